@@ -1,0 +1,110 @@
+"""The few torch.distributed helpers the benchmarks share.
+
+Every helper degrades to the single-process case when torch.distributed is not initialised, so callers never
+branch on it. Under ``torchrun`` the process group is expected to be initialised by the caller (the runner does it
+with :func:`init_from_env`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def init_from_env(device: torch.device | None = None) -> bool:
+    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1); returns whether it did.
+
+    NCCL on CUDA, gloo otherwise. A no-op when already initialised or when run as a single process.
+    """
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return True
+
+
+def shard_range(n: int, shard: int | None = None, shards: int | None = None) -> tuple[int, int]:
+    """The contiguous ``[start, stop)`` slice of ``n`` items owned by ``shard`` of ``shards`` (near-equal sizes).
+
+    Contiguous slices keep the gathered result in dataset order: rank 0's rows first, then rank 1's, ...
+    """
+    shard = rank() if shard is None else shard
+    shards = world_size() if shards is None else shards
+    per = -(-n // shards) if n else 0
+    start = min(n, shard * per)
+    return start, min(n, start + per)
+
+
+def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank along ``dim``, in rank order; sizes along ``dim`` may differ.
+
+    Tensors are padded to the largest size for the collective and trimmed afterwards. NCCL gathers only CUDA
+    tensors, so the collective runs on :func:`collective_device` and the result comes back on the input's device.
+    """
+    if not is_distributed() or world_size() == 1:
+        return tensor
+    home = tensor.device
+    tensor = tensor.to(collective_device()).contiguous()
+    size = torch.tensor([tensor.shape[dim]], device=tensor.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    sizes = [int(s.item()) for s in sizes]
+    longest = max(sizes)
+    if tensor.shape[dim] < longest:
+        pad_shape = list(tensor.shape)
+        pad_shape[dim] = longest - tensor.shape[dim]
+        tensor = torch.cat([tensor, tensor.new_zeros(pad_shape)], dim=dim)
+    gathered = [torch.empty_like(tensor) for _ in sizes]
+    dist.all_gather(gathered, tensor)
+    return torch.cat([g.narrow(dim, 0, s) for g, s in zip(gathered, sizes)], dim=dim).to(home)
+
+
+def collective_device() -> torch.device:
+    """Where tensors must live for collectives: the current CUDA device under NCCL, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (and return it); identity in a single process."""
+    if is_distributed() and world_size() > 1:
+        work = tensor.to(collective_device())
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        if work is not tensor:
+            tensor.copy_(work)
+    return tensor
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (small picklable values: decisions, paths)."""
+    if not is_distributed() or world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

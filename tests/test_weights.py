@@ -1,0 +1,139 @@
+import hashlib
+
+import pytest
+import torch
+from conftest import load_parity_model
+
+from sinder.vit import build_vit
+from sinder.weights import (
+    WeightsError,
+    file_sha256,
+    load_backbone,
+    normalize_keys,
+    official_url,
+    read_state_dict,
+    save_state_dict,
+    state_dict_sha256,
+)
+
+
+@pytest.fixture
+def swiglu_file(tmp_path):
+    arch, state, ref = load_parity_model("dinov2_tiny_swiglu")
+    path = tmp_path / "tiny.safetensors"
+    save_state_dict(state, path)
+    return arch, path, ref
+
+
+def test_load_backbone_from_safetensors_records_sha256(swiglu_file):
+    arch, path, ref = swiglu_file
+    model = load_backbone(arch, weights=path)
+    assert model.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not model.training
+    with torch.no_grad():
+        assert (model(ref["input"]) - ref["x_norm_clstoken"]).abs().max() <= 1e-5
+
+
+def test_load_backbone_from_pth_and_prefixed_keys(swiglu_file, tmp_path):
+    arch, path, ref = swiglu_file
+    state = read_state_dict(path)
+    pth = tmp_path / "wrapped.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, pth)
+    model = load_backbone(arch, weights=pth)
+    assert model.weights_sha256 == file_sha256(pth)
+    with torch.no_grad():
+        assert (model(ref["input"]) - ref["x_norm_clstoken"]).abs().max() <= 1e-5
+
+
+class NotATensor:
+    """A pickled object that is not a tensor: ``weights_only`` loading must refuse it."""
+
+
+def test_pth_with_arbitrary_objects_is_refused(tmp_path):
+    bad = tmp_path / "evil.pth"
+    torch.save({"x": NotATensor()}, bad)
+    with pytest.raises(WeightsError, match="cannot read weights file"):
+        read_state_dict(bad)
+
+
+def test_chunked_block_keys_are_flattened():
+    state = {"blocks.0.0.norm1.weight": torch.ones(1), "blocks.1.3.ls1.gamma": torch.ones(1), "norm.bias": torch.ones(1)}
+    assert set(normalize_keys(state)) == {"blocks.0.norm1.weight", "blocks.3.ls1.gamma", "norm.bias"}
+
+
+def test_wrong_keys_are_listed(swiglu_file, tmp_path):
+    arch, path, _ = swiglu_file
+    state = read_state_dict(path)
+    state.pop("blocks.2.ls1.gamma")
+    state["blocks.2.extra.weight"] = torch.zeros(2)
+    bad = tmp_path / "bad.safetensors"
+    save_state_dict(state, bad)
+    with pytest.raises(WeightsError) as err:
+        load_backbone(arch, weights=bad)
+    msg = str(err.value)
+    assert "missing keys (1): blocks.2.ls1.gamma" in msg
+    assert "unexpected keys (1): blocks.2.extra.weight" in msg
+    # Right keys, wrong architecture: shapes are named.
+    with pytest.raises(WeightsError, match=r"wrong shapes .*mlp\.w12\.weight"):
+        load_backbone({**arch, "mlp_ratio": 2}, weights=path)
+
+
+def test_corrupt_file_gets_clear_error(tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x00\x01not a safetensors file")
+    with pytest.raises(WeightsError, match="broken.safetensors"):
+        load_backbone("dinov2_tiny", weights=bad)
+
+
+def test_missing_official_file_names_path_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        load_backbone("dinov2_vitg14_reg")
+    msg = str(err.value)
+    assert "dinov2_vitg14_reg4_pretrain.pth" in msg
+    assert str(tmp_path / "hub" / "checkpoints") in msg
+    assert official_url("dinov2_vitg14_reg") in msg
+    assert official_url("dinov2_vitg14_reg").endswith("/dinov2_vitg14/dinov2_vitg14_reg4_pretrain.pth")
+
+
+def test_hub_cache_is_found(tmp_path, monkeypatch):
+    """An official name resolves to $TORCH_HOME/hub/checkpoints/<official file>."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    # A small stand-in with the ViT-S release's architecture would take 22M params; patch the preset's size.
+    from sinder import vit
+
+    small = {**vit.PRESETS["dinov2_vits14"], "embed_dim": 24, "depth": 1, "num_heads": 2, "img_size": 28}
+    monkeypatch.setitem(vit.PRESETS, "dinov2_vits14", small)
+    model = build_vit("dinov2_vits14", seed=0)
+    target = tmp_path / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    target.parent.mkdir(parents=True)
+    torch.save(model.state_dict(), target)
+    loaded = load_backbone("dinov2_vits14")
+    assert loaded.weights_source == str(target)
+    assert torch.equal(loaded.pos_embed, model.pos_embed)
+
+
+def test_save_is_atomic_and_never_overwrites(tmp_path):
+    path = tmp_path / "w.safetensors"
+    first = {"a": torch.arange(4.0)}
+    sha = save_state_dict(first, path)
+    assert sha == file_sha256(path)
+    with pytest.raises(FileExistsError, match="--force"):
+        save_state_dict({"a": torch.zeros(4)}, path)
+    assert torch.equal(read_state_dict(path)["a"], first["a"])
+    # A failing write leaves the old file and no temporary behind.
+    with pytest.raises(Exception):
+        save_state_dict({"a": "not a tensor"}, path, force=True)
+    assert torch.equal(read_state_dict(path)["a"], first["a"])
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+    save_state_dict({"a": torch.ones(4)}, path, force=True)
+    assert torch.equal(read_state_dict(path)["a"], torch.ones(4))
+
+
+def test_constructed_backbones_are_deterministic():
+    a = load_backbone("dinov2_tiny_random")
+    b = load_backbone("dinov2_tiny_random")
+    assert a.weights_sha256 == b.weights_sha256 == state_dict_sha256(a.state_dict())
+    c = load_backbone("dinov2_tiny_swiglu_random")
+    assert c.weights_sha256 != a.weights_sha256
+    assert a.weights_source == "constructed:dinov2_tiny_random"
