@@ -113,7 +113,7 @@ def test_hub_cache_is_found(tmp_path, monkeypatch):
     assert torch.equal(loaded.pos_embed, model.pos_embed)
 
 
-def test_save_is_atomic_and_never_overwrites(tmp_path):
+def test_save_is_atomic_and_never_overwrites(tmp_path, monkeypatch):
     path = tmp_path / "w.safetensors"
     first = {"a": torch.arange(4.0)}
     sha = save_state_dict(first, path)
@@ -121,9 +121,18 @@ def test_save_is_atomic_and_never_overwrites(tmp_path):
     with pytest.raises(FileExistsError, match="--force"):
         save_state_dict({"a": torch.zeros(4)}, path)
     assert torch.equal(read_state_dict(path)["a"], first["a"])
-    # A failing write leaves the old file and no temporary behind.
-    with pytest.raises(Exception):
-        save_state_dict({"a": "not a tensor"}, path, force=True)
+    # A write that dies half way leaves the old file and no temporary behind.
+    import safetensors.torch
+
+    def dies_half_way(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        save_state_dict({"a": torch.zeros(4)}, path, force=True)
+    monkeypatch.undo()
     assert torch.equal(read_state_dict(path)["a"], first["a"])
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
     save_state_dict({"a": torch.ones(4)}, path, force=True)
