@@ -11,7 +11,7 @@ def __getattr__(name):
     lazy = {
         "singular_defect_directions": "sinder.linearize",
         "find_defects": "sinder.defects",
-        "neighbor_loss": "sinder.neighbor_loss",
+        "neighbor_loss": "sinder.loss",
         "repair": "sinder.repair",
     }
     if name in lazy:
