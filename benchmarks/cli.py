@@ -16,6 +16,7 @@ VERB_MODULES = [
     "benchmarks.commands.ls",
     "benchmarks.data.commands",
     "sinder.commands",
+    "sinder.repair_command",
     "benchmarks.core.commands",
 ]
 

@@ -77,16 +77,15 @@ class SVDLinear(nn.Module):
         return linear
 
 
-def _named_block_linears(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
-    """(parent module, attribute, full name) of every nn.Linear inside ``model.blocks``."""
-    found = []
-    for block_index, block in enumerate(model.blocks):
-        for name, module in block.named_modules():
-            for attr, child in module.named_children():
-                if isinstance(child, nn.Linear):
-                    full = f"blocks.{block_index}.{name + '.' if name else ''}{attr}"
-                    found.append((module, attr, full))
-    return found
+def _block_linears(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(parent module, attribute) of every nn.Linear inside ``model.blocks``."""
+    return [
+        (module, attr)
+        for block in model.blocks
+        for module in block.modules()
+        for attr, child in module.named_children()
+        if isinstance(child, nn.Linear)
+    ]
 
 
 def parametrize_singular_values(model: nn.Module, trainable: str = "singular_values_except_qk") -> list[str]:
@@ -98,7 +97,7 @@ def parametrize_singular_values(model: nn.Module, trainable: str = "singular_val
         raise ValueError(f"trainable={trainable!r}: choose one of {sorted(TRAINABLE_SETTINGS)}")
     for param in model.parameters():
         param.requires_grad_(False)
-    for parent, attr, full in _named_block_linears(model):
+    for parent, attr in _block_linears(model):
         linear = getattr(parent, attr)
         if attr == "qkv":
             train_qk = trainable != "singular_values_except_qk"

@@ -1,0 +1,435 @@
+"""SINDER: Algorithm 1 of the paper, end to end, resumable, producing a plain repaired state dict.
+
+Per image: find the first block with at least sigma defects along its singular defect direction (Eq. 5); apply
+the neighbour loss (Eq. 8) there; update the singular values of the lambda blocks ending at that block. Stop
+when more than ``stop_fraction`` of the last ``window`` images were clear, or when the iteration budget ends.
+
+Engineering choices that do not change the result:
+- The block to train is found by a no-grad pass that keeps each block's input; the gradient pass then starts
+  at block ``layer - lambda + 1``. The official code runs every block with gradients and drops those of the
+  earlier blocks afterwards: the gradients of the trained blocks are the same, at a fraction of the memory.
+- State (singular-value deltas, momentum buffers, the clear-image window, the iteration) is checkpointed
+  atomically; the image order is fixed, so a resumed run ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .defects import find_defects
+from .loss import neighbor_loss
+from .svd import TRAINABLE_SETTINGS, fold_back, parametrize_singular_values, singular_value_changes
+
+
+@dataclass
+class RepairConfig:
+    """Every knob of Algorithm 1. Defaults: the official implementation (see ../shared/protocols.md)."""
+
+    # data: official resize short side + centre crop at 518, the 30k-image budget cycled in order
+    resolution: int = 518
+    num_images: int = 30_000
+    max_iters: int = 30_000
+    # optimiser (Section 5, training setting)
+    lr: float = 0.005
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    # detection and loss (Eqs. 5-8, Table 7)
+    mu: float = 4.0
+    sigma: int = 3
+    tau: float = 0.1
+    kernel: int = 3
+    # what trains (Table 6): lambda = limit_layers blocks ending at the loss layer; None = every block
+    trainable: str = "singular_values_except_qk"
+    limit_layers: int | None = 10
+    # stopping: the paper says M = 500, the official code uses a window of 1000
+    window: int = 1000
+    stop_fraction: float = 0.75
+    # where the official code differs from the paper's text (official values by default)
+    normalize_by_alpha: bool = True
+    include_center: bool = True
+    stop_gradient_target: bool = True
+    exclude_border: bool = True
+    # the official code skips a non-finite step; we stop by default, keeping the last good state
+    on_nonfinite: str = "stop"
+    # singular defect directions (Section 3)
+    n_samples: int = 100_000
+    direction_seed: int = 0
+    # engineering
+    checkpoint_every: int = 500
+    grad_checkpointing: bool = False
+    tf32: bool = True
+    holdout_images: int = 16
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> RepairConfig:
+        """The paper's text where it differs from the official code."""
+        base = dict(window=500, normalize_by_alpha=False, include_center=False, stop_gradient_target=False,
+                    exclude_border=False)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> RepairConfig:
+        data = dict(data)
+        behaviour = data.pop("behaviour", "official")
+        if behaviour not in {"official", "paper"}:
+            raise ValueError(f"behaviour={behaviour!r}: choose 'official' or 'paper'")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown repair config keys {unknown}; known: {sorted(known)}")
+        config = cls.paper(**data) if behaviour == "paper" else cls(**data)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RepairConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a repair config is a mapping of RepairConfig fields")
+        return cls.from_mapping(data)
+
+    def validate(self) -> None:
+        if self.trainable not in TRAINABLE_SETTINGS:
+            raise ValueError(f"trainable={self.trainable!r}: choose one of {sorted(TRAINABLE_SETTINGS)}")
+        if self.on_nonfinite not in {"stop", "skip"}:
+            raise ValueError(f"on_nonfinite={self.on_nonfinite!r}: choose 'stop' or 'skip'")
+        if self.limit_layers is not None and self.limit_layers < 1:
+            raise ValueError("limit_layers must be >= 1, or null for every block")
+        if not 0 < self.stop_fraction <= 1 or self.window < 1:
+            raise ValueError("stop_fraction must be in (0, 1] and window >= 1")
+
+    def behaviour(self) -> str:
+        """'official' or 'paper' where every paper/official switch agrees with one of them, else 'mixed'."""
+        switches = ("window", "normalize_by_alpha", "include_center", "stop_gradient_target", "exclude_border")
+        mine = {k: getattr(self, k) for k in switches}
+        for name, reference in (("official", RepairConfig()), ("paper", RepairConfig.paper())):
+            if mine == {k: getattr(reference, k) for k in switches}:
+                return name
+        return "mixed"
+
+    def differences_from_official(self) -> dict[str, Any]:
+        official = RepairConfig()
+        return {k: v for k, v in asdict(self).items() if getattr(official, k) != v}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN or inf loss or gradient with ``on_nonfinite='stop'``: the last good state has been saved."""
+
+
+# ------------------------------------------------------------------------------------------- one iteration
+def patch_grid(model: nn.Module, tokens: Tensor, rows: int, cols: int) -> Tensor:
+    """The (rows, cols, D) patch-token grid of a (1, 1+R+N, D) token tensor."""
+    return tokens[0, 1 + model.num_register_tokens :].reshape(rows, cols, -1)
+
+
+@dataclass
+class StepResult:
+    layer: int | None
+    n_defects: int
+    loss: float | None
+    alpha: float | None
+    nonfinite: bool = False
+
+
+class SinderStep:
+    """Algorithm 1, lines 4-11, for one image on a model whose block linears are SVD-parametrized."""
+
+    def __init__(self, model: nn.Module, directions: Sequence[Tensor], config: RepairConfig):
+        self.model = model
+        self.directions = [d.detach() for d in directions]
+        self.config = config
+
+    def _defect_count(self, grid: Tensor, layer: int) -> int:
+        cfg = self.config
+        return int(find_defects(grid, self.directions[layer].to(grid), cfg.mu, cfg.exclude_border, cfg.kernel).sum())
+
+    @torch.no_grad()
+    def find_loss_layer(self, image: Tensor) -> tuple[int | None, int, list[Tensor]]:
+        """First block with at least max(sigma, 1) defects, its count, and the input of every block up to it."""
+        rows, cols = image.shape[-2] // self.model.patch_size, image.shape[-1] // self.model.patch_size
+        tokens = self.model.prepare_tokens_with_masks(image)
+        inputs = []
+        for i, block in enumerate(self.model.blocks):
+            inputs.append(tokens)
+            tokens = block(tokens)
+            count = self._defect_count(patch_grid(self.model, tokens, rows, cols), i)
+            # The official code moves on when a layer has no defect at all, so sigma = 0 behaves as 1.
+            if count >= max(self.config.sigma, 1):
+                return i, count, inputs
+        return None, 0, inputs
+
+    def __call__(self, image: Tensor) -> tuple[StepResult, Tensor | None]:
+        """Forward and loss; returns the result and the loss tensor to backpropagate (None if clear)."""
+        cfg = self.config
+        layer, count, inputs = self.find_loss_layer(image)
+        if layer is None:
+            return StepResult(None, 0, None, None), None
+        start = max(0, layer - cfg.limit_layers + 1) if cfg.limit_layers else 0
+        rows, cols = image.shape[-2] // self.model.patch_size, image.shape[-1] // self.model.patch_size
+        tokens = inputs[start]
+        with torch.enable_grad():
+            for block in self.model.blocks[start : layer + 1]:
+                if cfg.grad_checkpointing:
+                    tokens = torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
+                else:
+                    tokens = block(tokens)
+            loss, mask, _, alpha = neighbor_loss(
+                patch_grid(self.model, tokens, rows, cols),
+                self.directions[layer].to(tokens),
+                mu=cfg.mu,
+                tau=cfg.tau,
+                kernel=cfg.kernel,
+                normalize_by_alpha=cfg.normalize_by_alpha,
+                include_center=cfg.include_center,
+                stop_gradient=cfg.stop_gradient_target,
+                exclude_border=cfg.exclude_border,
+            )
+        value = float(loss.detach()) if loss is not None else None
+        finite = value is not None and bool(torch.isfinite(loss.detach()))
+        return StepResult(layer, int(mask.sum()), value, float(alpha), nonfinite=not finite), loss
+
+
+# ------------------------------------------------------------------------------------------- state on disk
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _files_digest(files: Sequence[Path]) -> str:
+    return hashlib.sha256("\n".join(str(f) for f in files).encode()).hexdigest()
+
+
+def _peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+@dataclass
+class RepairResult:
+    state_dict: dict[str, Tensor]
+    iterations: int
+    iterations_with_loss: int
+    stop_reason: str
+    clear_fraction: float
+    wall_time_s: float
+    peak_memory_bytes: int
+    sv_changes: dict[str, Tensor]
+    log: list[dict[str, Any]]
+    nonfinite_steps: int = 0
+
+
+class RepairRun:
+    """Algorithm 1 over a list of images with checkpoints, a JSONL log and resume.
+
+    ``load`` turns an image path into a (3, R, R) tensor; ``work_dir`` holds ``checkpoint.pt`` and ``log.jsonl``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: Sequence[Path],
+        config: RepairConfig,
+        work_dir: str | Path,
+        load: Callable[[Path], Tensor],
+        directions: Sequence[Tensor] | None = None,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+        crash_at: int | None = None,
+    ):
+        config.validate()
+        self.config = config
+        self.device = torch.device(device)
+        self.images = list(images)
+        if not self.images:
+            raise ValueError("no training images for the repair")
+        self.load = load
+        self.work_dir = Path(work_dir)
+        self.progress = progress
+        self.crash_at = crash_at  # tests: simulate a kill after this many iterations
+        self.base_sha256 = getattr(model, "weights_sha256", None)
+        self.model = model.to(self.device).eval()
+        if directions is None:
+            from .linearize import singular_defect_directions
+
+            directions = singular_defect_directions(model, n_samples=config.n_samples, seed=config.direction_seed)
+        self.directions = [d.to(self.device) for d in directions]
+        self.original_keys = list(model.state_dict().keys())
+        self.trainable_names = parametrize_singular_values(self.model, config.trainable)
+        self.model.to(self.device)
+        self.params = [p for _, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.params, lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.step_fn = SinderStep(self.model, self.directions, config)
+        self.iteration = 0
+        # True = the image produced no loss (clear). The official window starts full of "had a loss".
+        self.history: deque[bool] = deque([False] * config.window, maxlen=config.window)
+        self.nonfinite_steps = 0
+
+    # ----------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.work_dir / "checkpoint.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "log.jsonl"
+
+    def _identity(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "base_sha256": self.base_sha256,
+                "images_sha256": _files_digest(self.images)}
+
+    def save_checkpoint(self) -> None:
+        named = dict(self.model.named_parameters())
+        _atomic_torch_save(
+            {
+                "iteration": self.iteration,
+                "history": torch.tensor(list(self.history), dtype=torch.bool),
+                "nonfinite_steps": self.nonfinite_steps,
+                "trainable": {n: named[n].detach().cpu() for n in self.trainable_names},
+                "optimizer": self.optimizer.state_dict(),
+                "identity": json.dumps(self._identity(), sort_keys=True),
+            },
+            self.checkpoint_path,
+        )
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.is_file():
+            return False
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        saved, current = json.loads(state["identity"]), self._identity()
+        if saved != current:
+            diff = sorted(k for k in current if saved.get(k) != current[k])
+            raise ValueError(
+                f"cannot resume from {self.checkpoint_path}: it was made with a different {', '.join(diff)}. "
+                "Use the same backbone, images and config, or start afresh in another --work-dir."
+            )
+        named = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                named[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+        self.history = deque(state["history"].tolist(), maxlen=self.config.window)
+        self.nonfinite_steps = int(state["nonfinite_steps"])
+        self._truncate_log(self.iteration)
+        return True
+
+    def _truncate_log(self, iteration: int) -> None:
+        """Drop log lines of iterations after the checkpoint: they will be run again."""
+        if not self.log_path.is_file():
+            return
+        kept = [line for line in self.log_path.read_text().splitlines() if line and json.loads(line)["iter"] < iteration]
+        fd, tmp = tempfile.mkstemp(dir=self.work_dir, prefix=".log.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.log_path)
+
+    # ----------------------------------------------------------------- the loop
+    def clear_fraction(self) -> float:
+        return sum(self.history) / len(self.history)
+
+    def _nonfinite(self, what: str) -> bool:
+        """Handle a NaN/inf; True when the step must be skipped."""
+        self.nonfinite_steps += 1
+        if self.config.on_nonfinite == "skip":
+            return True
+        self.save_checkpoint()  # parameters are untouched by this step: the last good state
+        raise NonFiniteLossError(
+            f"non-finite {what} at iteration {self.iteration} (image {self.images[self.iteration % len(self.images)]}); "
+            f"the last good state is saved in {self.checkpoint_path}. Lower the learning rate, or set "
+            "on_nonfinite: skip to skip such steps as the official code does."
+        )
+
+    def run(self, resume: bool = False) -> RepairResult:
+        from tqdm import tqdm
+
+        cfg = self.config
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_checkpoint()
+        elif self.checkpoint_path.exists():
+            raise FileExistsError(
+                f"{self.checkpoint_path} exists from an earlier run: pass --resume to continue it, "
+                "or use another --work-dir"
+            )
+        elif self.log_path.exists():
+            self.log_path.unlink()
+        if cfg.tf32 and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+        started = time.time()
+        stop_reason = "max_iters"
+        bar = tqdm(total=cfg.max_iters, initial=self.iteration, disable=not self.progress, desc="sinder repair",
+                   unit="img", dynamic_ncols=True)
+        with open(self.log_path, "a") as log:
+            while self.iteration < cfg.max_iters:
+                if self.clear_fraction() >= cfg.stop_fraction:
+                    stop_reason = "clear"
+                    break
+                if self.crash_at is not None and self.iteration >= self.crash_at:
+                    raise KeyboardInterrupt(f"simulated kill at iteration {self.iteration}")
+                path = self.images[self.iteration % len(self.images)]
+                image = self.load(path).unsqueeze(0).to(self.device)
+                self.optimizer.zero_grad(set_to_none=True)
+                result, loss = self.step_fn(image)
+                self.history.append(loss is None)
+                if loss is not None and not (result.nonfinite and self._nonfinite("loss")):
+                    loss.backward()
+                    grads_finite = all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None)
+                    if grads_finite or not self._nonfinite("gradient"):
+                        self.optimizer.step()
+                entry = {"iter": self.iteration, "image": str(path), "layer": result.layer,
+                         "n_defects": result.n_defects, "loss": result.loss, "alpha": result.alpha,
+                         "clear_fraction": round(self.clear_fraction(), 4), "time": round(time.time() - started, 3)}
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                self.iteration += 1
+                bar.update(1)
+                bar.set_postfix(loss="-" if result.loss is None else f"{result.loss:.4f}",
+                                layer=result.layer, clear=f"{self.clear_fraction():.0%}")
+                if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        bar.close()
+        self.save_checkpoint()
+        wall = time.time() - started
+        log_entries = [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+        changes = singular_value_changes(self.model)
+        fold_back(self.model)
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if list(state) != self.original_keys:
+            raise RuntimeError("folded-back state dict keys differ from the input's: this is a bug")
+        return RepairResult(
+            state_dict=state,
+            iterations=self.iteration,
+            iterations_with_loss=sum(1 for e in log_entries if e["loss"] is not None),
+            stop_reason=stop_reason,
+            clear_fraction=self.clear_fraction(),
+            wall_time_s=wall,
+            peak_memory_bytes=_peak_memory_bytes(self.device),
+            sv_changes=changes,
+            log=log_entries,
+            nonfinite_steps=self.nonfinite_steps,
+        )

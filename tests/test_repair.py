@@ -1,0 +1,213 @@
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sinder.defects import find_defects
+from sinder.images import load_image
+from sinder.repair import NonFiniteLossError, RepairConfig, RepairRun, SinderStep
+from sinder.repair_job import repair_checkpoint
+from sinder.svd import parametrize_singular_values
+from sinder.vit import build_vit
+from sinder.weights import load_backbone, read_state_dict
+
+BACKBONE = "dinov2_tiny_defective"
+RES = 112  # 8 x 8 token grid
+
+
+def write_images(folder, count, seed=0, size=128):
+    """Photographs stand-ins: smooth colour fields with a few blobs, different per image."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(count):
+        base = rng.uniform(0, 1, 3)[None, None] * (0.5 + 0.5 * np.stack([xx, yy, 1 - xx], -1))
+        for _ in range(3):
+            cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.05, 0.2)]
+            blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < r**2
+            base[blob] = rng.uniform(0, 1, 3)
+        noise = rng.normal(0, 0.05, base.shape)
+        Image.fromarray((np.clip(base + noise, 0, 1) * 255).astype(np.uint8)).save(folder / f"img_{i:03d}.png")
+    return folder
+
+
+def small_config(**overrides):
+    base = dict(resolution=RES, num_images=24, max_iters=60, window=20, n_samples=20_000, checkpoint_every=10,
+                holdout_images=6, limit_layers=4, sigma=1)
+    return RepairConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("imgs"), 30)
+
+
+@pytest.fixture(scope="module")
+def repaired(images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "repaired.safetensors"
+    report = repair_checkpoint(BACKBONE, images, out, config=small_config(), progress=False, device="cpu")
+    return out, report
+
+
+def test_repair_removes_defects_on_held_out_images(repaired):
+    out, report = repaired
+    before = sum(report["defects_before"]["eq5_defects_per_layer"])
+    after = sum(report["defects_after"]["eq5_defects_per_layer"])
+    assert before > 0
+    assert report["eq5_defects_removed_fraction"] >= 0.8, (before, after)
+    assert report["iterations_with_loss"] > 0
+    assert report["stop_reason"] in {"clear", "max_iters"}
+    # The output has exactly the input's keys and loads into a plain ViT of the same architecture.
+    original = load_backbone(BACKBONE)
+    state = read_state_dict(out)
+    assert list(sorted(state)) == list(sorted(original.state_dict()))
+    plain = build_vit(original.config)
+    plain.load_state_dict(state, strict=True)
+    # Only singular values of non-q/k parts moved: q and k rows, norms and embeddings are untouched.
+    ref = original.state_dict()
+    dim = original.embed_dim
+    for key in ("pos_embed", "patch_embed.proj.weight", "norm.weight", "blocks.0.norm1.weight"):
+        assert torch.equal(state[key], ref[key])
+    changed_qk = max(float((state[f"blocks.{i}.attn.qkv.weight"][: 2 * dim]
+                            - ref[f"blocks.{i}.attn.qkv.weight"][: 2 * dim]).abs().max())
+                     for i in range(len(original.blocks)))
+    assert changed_qk < 1e-5
+    assert any(float((state[k] - ref[k]).abs().max()) > 1e-4 for k in ref if k.endswith("mlp.w3.weight")
+               or k.endswith("mlp.fc2.weight"))
+    # The report and its figure are beside the checkpoint.
+    report_file = out.with_name(out.stem + ".report.json")
+    assert json.loads(report_file.read_text())["output_sha256"] == report["output_sha256"]
+    assert out.with_name(out.stem + ".sv_changes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["behaviour"] == "official"
+
+
+def test_existing_output_is_never_overwritten(images, tmp_path):
+    out = tmp_path / "keep.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="--force"):
+        repair_checkpoint(BACKBONE, images, out, config=small_config(max_iters=2), progress=False, device="cpu")
+    assert out.read_bytes() == b"precious"
+
+
+def _run(images, work_dir, config, crash_at=None, resume=False):
+    model = load_backbone(BACKBONE)
+    files = sorted(images.glob("*.png"))[:20]
+    load = functools.partial(load_image, resolution=config.resolution)
+    run = RepairRun(model, files, config, work_dir, load, device="cpu", progress=False, crash_at=crash_at)
+    return run.run(resume=resume)
+
+
+def test_resume_after_kill_gives_the_same_result(images, tmp_path):
+    config = small_config(max_iters=25, checkpoint_every=7, window=50)
+    straight = _run(images, tmp_path / "a", config)
+    with pytest.raises(KeyboardInterrupt):
+        _run(images, tmp_path / "b", config, crash_at=17)
+    # Without --resume, an existing run is not silently restarted.
+    with pytest.raises(FileExistsError, match="--resume"):
+        _run(images, tmp_path / "b", config)
+    resumed = _run(images, tmp_path / "b", config, resume=True)
+    assert resumed.iterations == straight.iterations == 25
+    assert straight.iterations_with_loss > 0
+    for key, value in straight.state_dict.items():
+        assert torch.equal(value, resumed.state_dict[key]), key
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [e["iter"] for e in log] == list(range(25))
+    # A different config refuses to resume.
+    with pytest.raises(ValueError, match="config"):
+        _run(images, tmp_path / "b", small_config(max_iters=25, checkpoint_every=7, window=50, lr=0.1), resume=True)
+
+
+def test_nonfinite_loss_stops_with_last_good_state(images, tmp_path, monkeypatch):
+    import sinder.repair as repair_module
+
+    real = repair_module.neighbor_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        loss, mask, target, alpha = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            loss = loss * float("nan")
+        return loss, mask, target, alpha
+
+    monkeypatch.setattr(repair_module, "neighbor_loss", sometimes_nan)
+    config = small_config(max_iters=10)
+    with pytest.raises(NonFiniteLossError, match="last good state"):
+        _run(images, tmp_path / "nan", config)
+    saved = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["trainable"].values())
+    calls["n"] = 0
+    result = _run(images, tmp_path / "skip", small_config(max_iters=10, on_nonfinite="skip"))
+    assert result.nonfinite_steps == 1 and result.iterations == 10
+
+
+def test_gradient_window_equals_full_graph_gradients(images):
+    """Starting the gradient pass at block layer-lambda+1 gives the official full-graph gradients."""
+    config = small_config(limit_layers=2)
+    model = load_backbone(BACKBONE)
+    from sinder.linearize import singular_defect_directions
+
+    directions = singular_defect_directions(model, n_samples=20_000)
+    parametrize_singular_values(model)
+    step = SinderStep(model, directions, config)
+    image = None
+    for path in sorted(images.glob("*.png")):
+        candidate = load_image(path, RES).unsqueeze(0)
+        if step.find_loss_layer(candidate)[0] is not None:
+            image = candidate
+            break
+    assert image is not None, "the defective model shows no defect on any test image"
+    result, loss = step(image)
+    loss.backward()
+    windowed = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    start = result.layer - config.limit_layers + 1
+    assert windowed and all(start <= int(n.split(".")[1]) <= result.layer for n in windowed)
+    model.zero_grad(set_to_none=True)
+    # The official way: every block with gradients from the start, then drop the early blocks' gradients.
+    from sinder.loss import neighbor_loss
+    from sinder.repair import patch_grid
+
+    tokens = model.prepare_tokens_with_masks(image)
+    for block in model.blocks[: result.layer + 1]:
+        tokens = block(tokens)
+    full_loss, *_ = neighbor_loss(patch_grid(model, tokens, RES // 14, RES // 14), directions[result.layer])
+    full_loss.backward()
+    assert torch.allclose(full_loss, loss)
+    for name, grad in windowed.items():
+        assert torch.allclose(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_ablation_settings_are_config_values(tmp_path):
+    cfg_file = tmp_path / "table6.yaml"
+    cfg_file.write_text("trainable: singular_values_and_biases\nlimit_layers: null\nsigma: 5\nmu: 4.5\n")
+    config = RepairConfig.from_file(cfg_file)
+    assert config.trainable == "singular_values_and_biases" and config.limit_layers is None
+    assert (config.sigma, config.mu) == (5, 4.5)
+    paper = RepairConfig.from_mapping({"behaviour": "paper"})
+    assert paper.window == 500 and not paper.normalize_by_alpha and paper.behaviour() == "paper"
+    assert RepairConfig().behaviour() == "official"
+    assert RepairConfig(window=500).behaviour() == "mixed"
+    with pytest.raises(ValueError, match="sigmaa"):
+        RepairConfig.from_mapping({"sigmaa": 3})
+    with pytest.raises(ValueError, match="trainable"):
+        RepairConfig.from_mapping({"trainable": "all"})
+
+
+def test_detection_used_by_the_loop_is_eq5(images):
+    """The loop's defect count is exactly find_defects on the block output."""
+    model = load_backbone(BACKBONE)
+    from sinder.linearize import singular_defect_directions
+
+    directions = singular_defect_directions(model, n_samples=20_000)
+    step = SinderStep(model, directions, small_config(sigma=1))
+    image = load_image(sorted(images.glob("*.png"))[0], RES).unsqueeze(0)
+    layer, count, _ = step.find_loss_layer(image)
+    grids = model.get_intermediate_layers(image, n=list(range(len(model.blocks))), norm=False)
+    counts = [int(find_defects(g[0].reshape(8, 8, -1), d).sum()) for g, d in zip(grids, directions)]
+    first = next((i for i, c in enumerate(counts) if c >= 1), None)
+    assert layer == first
+    if first is not None:
+        assert count == counts[first]
