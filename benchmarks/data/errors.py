@@ -12,12 +12,14 @@ from pathlib import Path
 class DatasetLayoutError(ValueError):
     """A dataset folder is missing something or holds a malformed file."""
 
-    def __init__(self, dataset: str, path: str | Path, problem: str, fix: str | None = None):
+    def __init__(
+        self, dataset: str, path: str | Path, problem: str, fix: str | None = None, detail: str = ""
+    ):
         self.dataset = dataset
         self.path = Path(path)
         self.problem = problem
         self.fix = fix
-        message = f"{dataset}: {problem}: {self.path}"
+        message = f"{dataset}: {problem}: {self.path}" + (f" ({detail})" if detail else "")
         if fix:
             message += f"\n  fix: {fix}"
         super().__init__(message)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from benchmarks.data.errors import EmptySplitError, MissingPathError, UnknownSplitError
+from benchmarks.data.errors import EmptySplitError, MalformedFileError, MissingPathError, UnknownSplitError
 from benchmarks.data.specs import DatasetSpec
 
 SHOW = 3  # how many offending paths a message lists before summarizing the rest
@@ -20,11 +20,17 @@ def resolve_root(spec: DatasetSpec, root: str | os.PathLike, marker: str) -> Pat
     root = Path(root).expanduser()
     if not root.is_dir():
         raise MissingPathError(spec.name, root, "dataset root folder does not exist", spec.fix_hint())
-    for candidate in ([root / spec.inner] if spec.inner else []) + [root]:
+    if not spec.inner:
+        return root  # nothing to choose; the loader's own checks name what is missing
+    for candidate in (root / spec.inner, root):
         if (candidate / marker).exists():
             return candidate
-    expected = root / spec.inner / marker if spec.inner else root / marker
-    raise MissingPathError(spec.name, expected, "dataset root does not contain the expected layout", spec.fix_hint())
+    raise MissingPathError(
+        spec.name,
+        root / spec.inner / marker,
+        "dataset root does not contain the expected layout",
+        spec.fix_hint(),
+    )
 
 
 def check_split(spec: DatasetSpec, split: str, aliases: dict[str, str] | None = None) -> str:
@@ -46,14 +52,22 @@ def require_file(spec: DatasetSpec, path: Path, what: str) -> Path:
     return path
 
 
-def read_split_file(spec: DatasetSpec, path: Path) -> list[str]:
-    """Non-blank, stripped lines of a split file; an absent or empty file is an error."""
+def read_split_lines(spec: DatasetSpec, path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of the non-blank lines of a split file; an absent or empty file is an error."""
     require_file(spec, path, "split file")
-    lines = [line.strip() for line in path.read_text().splitlines()]
-    lines = [line for line in lines if line]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise MalformedFileError(spec.name, path, f"split file is not text ({err})", spec.fix_hint()) from err
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise EmptySplitError(spec.name, path, "split file lists no samples", spec.fix_hint())
     return lines
+
+
+def read_split_file(spec: DatasetSpec, path: Path) -> list[str]:
+    """Non-blank, stripped lines of a split file (ids, one per line)."""
+    return [line for _, line in read_split_lines(spec, path)]
 
 
 def list_files(folder: Path, suffixes: Iterable[str]) -> list[str]:
@@ -67,9 +81,9 @@ def raise_missing(spec: DatasetSpec, missing: list[Path], what: str, context: st
     """Raise one error naming the first missing path, a few more, and how many in all."""
     if not missing:
         return
-    extra = ""
+    detail = ""
     if len(missing) > 1:
         shown = ", ".join(str(p) for p in missing[1:SHOW])
         rest = len(missing) - SHOW
-        extra = f" (also {shown}" + (f" and {rest} more" if rest > 0 else "") + ")"
-    raise MissingPathError(spec.name, missing[0], f"{len(missing)} {what} missing {context}{extra}", spec.fix_hint())
+        detail = f"{len(missing)} missing in all; also {shown}" + (f" and {rest} more" if rest > 0 else "")
+    raise MissingPathError(spec.name, missing[0], f"missing {what} {context}", spec.fix_hint(), detail)

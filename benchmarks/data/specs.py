@@ -19,21 +19,66 @@ class DatasetSpec:
     inner: str  # where the official archive's layout starts inside the root ("" = the root itself)
     layout: str  # the expected tree, shown in error messages
     url: str  # where the official data comes from
+    archives: tuple[str, ...] = ()  # what to fetch there
     class_names: tuple[str, ...] = field(default=(), repr=False)
 
     def fix_hint(self) -> str:
-        return f"get the official data from {self.url} and unpack it so that <root> holds {self.layout}"
+        what = f" ({', '.join(self.archives)})" if self.archives else ""
+        return f"get the official data{what} from {self.url} and unpack it so that <root> holds {self.layout}"
 
 
 CITYSCAPES_27 = (
-    "road", "sidewalk", "parking", "rail track", "building", "wall", "fence", "guard rail", "bridge", "tunnel",
-    "pole", "polegroup", "traffic light", "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-    "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle",
-)  # fmt: skip
+    "road",
+    "sidewalk",
+    "parking",
+    "rail track",
+    "building",
+    "wall",
+    "fence",
+    "guard rail",
+    "bridge",
+    "tunnel",
+    "pole",
+    "polegroup",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "caravan",
+    "trailer",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 VOC_21 = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 POTSDAM_3 = ("roads and cars", "buildings and clutter", "vegetation and trees")
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -50,6 +95,7 @@ DATASETS: dict[str, DatasetSpec] = {
             inner="",
             layout="train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (val sorted into class folders by valprep.sh)",
             url="https://image-net.org/challenges/LSVRC/2012/2012-downloads.php",
+            archives=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
         ),
         DatasetSpec(
             name="ade20k",
@@ -87,6 +133,11 @@ DATASETS: dict[str, DatasetSpec] = {
             inner="",
             layout="nyu_train.txt, nyu_test.txt (lines 'rgb_path depth_path focal') and <scene>/{rgb,sync_depth}_*",
             url="https://github.com/zhyever/Monocular-Depth-Estimation-Toolbox/blob/main/docs/dataset_prepare.md",
+            archives=(
+                "BTS sync.zip (train)",
+                "the official labelled test set",
+                "splits/nyu_train.txt, splits/nyu_test.txt",
+            ),
         ),
         DatasetSpec(
             name="cityscapes",
@@ -98,7 +149,8 @@ DATASETS: dict[str, DatasetSpec] = {
             root_name="cityscapes",
             inner="",
             layout="leftImg8bit/<split>/<city>/*_leftImg8bit.png and gtFine/<split>/<city>/*_gtFine_labelIds.png",
-            url="https://www.cityscapes-dataset.com/downloads/ (leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip)",
+            url="https://www.cityscapes-dataset.com/downloads/",
+            archives=("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip", "free registration"),
             class_names=CITYSCAPES_27,
         ),
         DatasetSpec(
@@ -112,6 +164,7 @@ DATASETS: dict[str, DatasetSpec] = {
             inner="potsdam",
             layout="potsdam/{imgs/<id>.mat, gt/<id>.mat, labelled_train.txt, unlabelled_train.txt, labelled_test.txt}",
             url="https://marhamilresearch4.blob.core.windows.net/stego-public/pytorch_data/potsdam.zip",
+            archives=("as STEGO's download_datasets.py fetches it",),
             class_names=POTSDAM_3,
         ),
     )
@@ -122,4 +175,6 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise UnknownDatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}") from None
+        raise UnknownDatasetError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}"
+        ) from None
