@@ -63,8 +63,8 @@ def _load_cached(path: Path, spec: FeatureSpec) -> dict[str, Tensor] | None:
             if json.loads(meta.get("spec", "{}")) != asdict(spec):
                 return None  # hash collision or a file from another schema: recompute
             return {name: handle.get_tensor(name) for name in handle.keys()}
-    except (OSError, ValueError, json.JSONDecodeError, RuntimeError):
-        return None  # unreadable (e.g. truncated by a crash before the atomic rename existed): recompute
+    except Exception:  # unreadable (truncated, foreign format; safetensors has its own error type): recompute
+        return None
 
 
 def _save_cached(path: Path, spec: FeatureSpec, tensors: Mapping[str, Tensor]) -> None:
@@ -116,15 +116,22 @@ def _extract_local(
     from tqdm import tqdm
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    chunks: dict[str, list[Tensor]] = {}
+    n = len(dataset)
+    # Preallocated outputs: stacking a list of chunks would double the peak memory (7.9 GB for ImageNet x ViT-g).
+    result: dict[str, Tensor] = {"labels": torch.empty(n, dtype=torch.long)}
     bar = tqdm(loader, desc=desc, disable=not (progress and D.is_main()), leave=False)
+    row = 0
     with torch.inference_mode(), _autocast(device, amp_dtype):
         for images, labels in bar:
             out = _as_dict(feature_fn(model, images.to(device, non_blocking=True)))
+            size = images.shape[0]
             for name, value in out.items():
-                chunks.setdefault(name, []).append(value.float().cpu())
-            chunks.setdefault("labels", []).append(torch.as_tensor(labels).long().cpu())
-    return {name: torch.cat(values) for name, values in chunks.items()}
+                if name not in result:
+                    result[name] = torch.empty((n, *value.shape[1:]), dtype=torch.float32)
+                result[name][row : row + size] = value.float().cpu()
+            result["labels"][row : row + size] = torch.as_tensor(labels).long()
+            row += size
+    return result
 
 
 def _empty_like_first(model, dataset, feature_fn, device, amp_dtype) -> dict[str, Tensor]:

@@ -1,0 +1,136 @@
+"""Table 3 tasks: ImageNet-1K weighted KNN and linear probe on a frozen backbone.
+
+Profile ``paper`` is the DINOv2 protocol (protocols.md); ``smoke`` shrinks resolution and schedule so the
+whole table runs in seconds on a CPU with a tiny backbone and the synthetic ImageNet twin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+
+from benchmarks.classification.datasets import open_imagenet
+from benchmarks.classification.knn import evaluate_knn
+from benchmarks.classification.linear import (
+    AVGPOOL,
+    LEARNING_RATES,
+    N_LAST_BLOCKS,
+    head_configs,
+    train_linear_probe,
+)
+from benchmarks.classification.transforms import eval_transform, train_transform
+from benchmarks.core.features import (
+    FeatureSpec,
+    compute_dtype_name,
+    dataset_fingerprint,
+    describe,
+    extract_features,
+)
+from benchmarks.core.registry import Metric, Task, register_task
+
+_TOP = (
+    Metric("top1", True, "top-1 accuracy (%) of the best setting"),
+    Metric("top5", True, "top-5 accuracy (%) of the best setting"),
+)
+
+
+class _ImageNetTask(Task):
+    table = "table3"
+    metrics = _TOP
+    profiles: dict[str, dict[str, Any]] = {}
+
+    def datasets_needed(self, profile: str) -> list[str]:
+        return ["imagenet:train", "imagenet:val"]
+
+    def config(self, profile: str) -> dict[str, Any]:
+        if profile not in self.profiles:
+            raise ValueError(f"task {self.name} has no profile {profile!r}; profiles: {', '.join(self.profiles)}")
+        return dict(self.profiles[profile])
+
+
+def _cls_normalized(model, images):
+    # The class token after the final norm, L2-normalised: DINOv2's KNN feature.
+    (_, cls), = model.get_intermediate_layers(images, n=1, return_class_token=True, norm=True)
+    return F.normalize(cls.float(), dim=-1, p=2)
+
+
+@register_task
+class ImageNetKNN(_ImageNetTask):
+    name = "imagenet_knn"
+    title = "ImageNet-1K weighted KNN (cosine, T=0.07, k in 10/20/100/200)"
+    profiles = {
+        "paper": {"resize": 256, "crop": 224, "ks": [10, 20, 100, 200], "T": 0.07, "batch_size": 256,
+                  "backend": "auto", "chunk_size": 1024},
+        "smoke": {"resize": 64, "crop": 56, "ks": [5, 10, 20], "T": 0.07, "batch_size": 16,
+                  "backend": "auto", "chunk_size": 256},
+    }  # fmt: skip
+
+    def run(self, backbone, ctx) -> dict[str, Any]:
+        cfg = ctx.config
+        transform = eval_transform(cfg["resize"], cfg["crop"])
+        root = ctx.dataset_root("imagenet")
+        features = {}
+        for split in ("train", "val"):
+            dataset = open_imagenet(root, split, transform)
+            spec = FeatureSpec(
+                weights_sha256=ctx.weights_sha256,
+                dataset=f"imagenet:{dataset_fingerprint(dataset)}",
+                transform=describe(transform),
+                resolution=str(cfg["crop"]),
+                layers="cls@last,norm,l2",
+                dtype=compute_dtype_name(ctx.device, ctx.amp_dtype),
+            )
+            features[split] = extract_features(
+                backbone, dataset, _cls_normalized, spec=spec, cache_dir=ctx.feature_cache,
+                batch_size=cfg["batch_size"], num_workers=ctx.num_workers, device=ctx.device,
+                amp_dtype=ctx.amp_dtype, progress=ctx.progress, desc=f"knn {split} features",
+            )  # fmt: skip
+            if split == "train":
+                num_classes = len(dataset.classes) or int(features[split]["labels"].max()) + 1
+        train, val = features["train"], features["val"]
+        ks = [k for k in cfg["ks"] if k <= len(train["labels"])]
+        if not ks:
+            raise ValueError(f"train split has {len(train['labels'])} images, fewer than every k in {cfg['ks']}")
+        if len(ks) < len(cfg["ks"]):
+            ctx.log(f"imagenet_knn: dropped k > {len(train['labels'])} train images: using ks={ks}")
+        result = evaluate_knn(
+            # Train features stay on the CPU: the search moves only this rank's shard to the device.
+            train["features"], train["labels"], val["features"].to(ctx.device), val["labels"],
+            ks=ks, T=cfg["T"], num_classes=num_classes, backend=cfg["backend"], chunk_size=cfg["chunk_size"],
+        )  # fmt: skip
+        result["hparams"]["n_train"] = len(train["labels"])
+        result["hparams"]["n_val"] = len(val["labels"])
+        return result
+
+
+@register_task
+class ImageNetLinear(_ImageNetTask):
+    name = "imagenet_linear"
+    title = "ImageNet-1K linear probe (52 heads: last 1/4 class tokens x avgpool x 13 lrs)"
+    profiles = {
+        # 10 epochs x 1250 iterations at global batch 1024 (DINOv2's setting); batch is per rank.
+        "paper": {"resize": 256, "crop": 224, "iterations": 12500, "batch_size": 1024, "eval_batch_size": 256,
+                  "lrs": list(LEARNING_RATES), "n_last_blocks": list(N_LAST_BLOCKS), "avgpool": list(AVGPOOL)},
+        "smoke": {"resize": 64, "crop": 56, "iterations": 24, "batch_size": 16, "eval_batch_size": 32,
+                  "lrs": list(LEARNING_RATES), "n_last_blocks": list(N_LAST_BLOCKS), "avgpool": list(AVGPOOL)},
+    }  # fmt: skip
+
+    def run(self, backbone, ctx) -> dict[str, Any]:
+        cfg = ctx.config
+        root = ctx.dataset_root("imagenet")
+        train = open_imagenet(root, "train", train_transform(cfg["crop"]))
+        val = open_imagenet(root, "val", eval_transform(cfg["resize"], cfg["crop"]))
+        batch = cfg["batch_size"]
+        if ctx.world_size > 1:  # the protocol's batch is global
+            batch = max(1, batch // ctx.world_size)
+        result = train_linear_probe(
+            backbone, train, val, num_classes=len(train.classes), iterations=cfg["iterations"], batch_size=batch,
+            configs=head_configs(cfg["n_last_blocks"], cfg["avgpool"], cfg["lrs"]), device=ctx.device,
+            seed=ctx.seed, num_workers=ctx.num_workers, eval_batch_size=cfg["eval_batch_size"],
+            amp_dtype=ctx.amp_dtype, progress=ctx.progress,
+        )  # fmt: skip
+        heads = result.pop("heads")
+        result["hparams"]["n_heads"] = len(heads)
+        result["details"] = {"heads": heads}  # every head's accuracy, kept in the run record
+        return result

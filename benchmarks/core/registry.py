@@ -1,0 +1,190 @@
+"""Benchmark tasks and suites by name.
+
+A task is an adapter with a small interface (:class:`Task`) registered with :func:`register_task`. Task modules
+are found without a central list: every ``benchmarks/<package>/task.py`` (or ``tasks.py``) is imported on first
+use, and installed packages may add modules through the ``sinder_bench.tasks`` entry-point group. A task
+module that fails to import (an optional dependency missing) is remembered with its error, so a suite naming
+its tasks reports them as "not available" instead of crashing.
+
+Suites are YAML files in ``benchmarks/suites/``: ``tasks:`` (an ordered list of task names) and/or
+``include:`` (other suites, whose tasks come first, in order, without duplicates).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+PROFILES = ("paper", "smoke")
+ENTRY_POINT_GROUP = "sinder_bench.tasks"
+# Packages under benchmarks/ that hold shared machinery, not tasks.
+_NOT_TASK_PACKAGES = {"core", "data", "suites", "perf", "commands"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number a task reports; ``higher_is_better`` drives deltas and the regression gate."""
+
+    name: str
+    higher_is_better: bool = True
+    description: str = ""
+
+
+class Task:
+    """Base class of benchmark adapters. Subclasses set the class attributes and implement ``run``.
+
+    ``run(backbone, ctx)`` evaluates a frozen backbone (a module with ``get_intermediate_layers``) and returns
+    ``{"metrics": {name: float}, "hparams": {chosen hyper-parameters}}``; ``ctx`` is a
+    :class:`benchmarks.core.runner.TaskContext` (profile, dataset paths, cache, device, seed, resolved config).
+    An optional ``"details"`` entry (JSON-able) is kept in the run record. A task whose smoke data is not a
+    ``benchmarks.data.synth`` twin may define ``synthesize(name, out_dir, seed)``.
+    """
+
+    name: str = ""
+    table: str = ""  # the paper table this task fills, e.g. "table3"
+    title: str = ""
+    metrics: tuple[Metric, ...] = ()
+
+    def datasets_needed(self, profile: str) -> list[str]:
+        """Datasets the task reads under ``profile``: ``benchmarks.data`` names, optionally ``name:split``.
+
+        The runner checks each before any work (a split's layout is opened and checked) under ``paper``, and
+        writes synthetic twins for ``smoke``; the task then finds the folder with ``ctx.dataset_root(name)``.
+        """
+        return []
+
+    def config(self, profile: str) -> dict[str, Any]:
+        """The resolved configuration (schedule, resolution, ...) of ``profile``; recorded in every run record."""
+        return {}
+
+    def run(self, backbone, ctx) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def metric(self, name: str) -> Metric | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+
+_TASKS: dict[str, Task] = {}
+_IMPORT_ERRORS: dict[str, str] = {}
+_discovered = False
+
+
+def register_task(obj=None, *, name: str | None = None):
+    """Class or instance decorator adding a task to the registry (a class is instantiated without arguments)."""
+
+    def add(target):
+        task = target() if isinstance(target, type) else target
+        key = name or task.name
+        if not key:
+            raise ValueError(f"task {target!r} has no name: set the class attribute `name`")
+        if key in _TASKS and type(_TASKS[key]) is not type(task):
+            raise ValueError(f"task name {key!r} registered twice ({type(_TASKS[key]).__name__}, {type(task).__name__})")
+        _TASKS[key] = task
+        return target
+
+    return add(obj) if obj is not None else add
+
+
+def _import_task_module(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            return  # no such module: the package simply has no tasks
+        _IMPORT_ERRORS[module] = f"{type(err).__name__}: {err}"
+    except Exception as err:  # a broken optional integration must not take the registry down
+        _IMPORT_ERRORS[module] = f"{type(err).__name__}: {err}"
+
+
+def discover(force: bool = False) -> None:
+    """Import every task module once (``benchmarks/<pkg>/task.py``, ``tasks.py``, and entry points)."""
+    global _discovered
+    if _discovered and not force:
+        return
+    _discovered = True
+    import benchmarks
+
+    for info in pkgutil.iter_modules(benchmarks.__path__):
+        if info.ispkg and info.name not in _NOT_TASK_PACKAGES:
+            for leaf in ("task", "tasks"):
+                _import_task_module(f"benchmarks.{info.name}.{leaf}")
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            _import_task_module(ep.module)
+    except Exception as err:  # broken metadata of an unrelated package
+        _IMPORT_ERRORS[ENTRY_POINT_GROUP] = f"{type(err).__name__}: {err}"
+
+
+def list_tasks() -> list[str]:
+    discover()
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    discover()
+    if name not in _TASKS:
+        hint = f" (task modules that failed to import: {import_errors()})" if _IMPORT_ERRORS else ""
+        raise KeyError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_TASKS)) or 'none'}{hint}")
+    return _TASKS[name]
+
+
+def import_errors() -> dict[str, str]:
+    """Task modules that exist but failed to import, with the error (why their tasks are not available)."""
+    discover()
+    return dict(_IMPORT_ERRORS)
+
+
+# ----------------------------------------------------------------------------------------------- suites
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    title: str = ""
+    tasks: tuple[str, ...] = ()
+    source: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _suite_file(name: str, suites_dir: Path) -> Path:
+    return suites_dir / f"{name}.yaml"
+
+
+def list_suites(suites_dir: str | Path | None = None) -> list[str]:
+    folder = Path(suites_dir) if suites_dir else SUITES_DIR
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def get_suite(name: str, suites_dir: str | Path | None = None, _seen: tuple[str, ...] = ()) -> Suite:
+    """The suite ``name`` (a YAML file), or a one-task suite when ``name`` is a registered task."""
+    import yaml
+
+    folder = Path(suites_dir) if suites_dir else SUITES_DIR
+    path = _suite_file(name, folder)
+    if not path.is_file():
+        if name in list_tasks():
+            return Suite(name=name, title=f"single task {name}", tasks=(name,), source="task")
+        raise KeyError(
+            f"unknown suite {name!r}; suites: {', '.join(list_suites(folder)) or 'none'} "
+            f"(or a single task: {', '.join(list_tasks()) or 'none registered'})"
+        )
+    if name in _seen:
+        raise ValueError(f"suite {name!r} includes itself: {' -> '.join((*_seen, name))}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a suite file must be a mapping with 'tasks' and/or 'include'")
+    tasks: list[str] = []
+    for sub in data.get("include") or []:
+        tasks += [t for t in get_suite(str(sub), folder, (*_seen, name)).tasks if t not in tasks]
+    for entry in data.get("tasks") or []:
+        if not isinstance(entry, str):
+            raise ValueError(f"{path}: task entries must be task names, got {entry!r}")
+        if entry not in tasks:
+            tasks.append(entry)
+    meta = {k: v for k, v in data.items() if k not in {"name", "title", "tasks", "include"}}
+    return Suite(name=name, title=str(data.get("title", "")), tasks=tuple(tasks), source=str(path), meta=meta)

@@ -1,0 +1,393 @@
+"""Run a suite of tasks on backbones and write one run record per (backbone, task).
+
+Order of work: resolve the suite (tasks not registered in this checkout are "not available"), check every
+input up front (datasets under the data root, weight files) and stop with ONE message listing all that is
+missing, then for each backbone load it once and run each task, writing its record as soon as it finishes,
+so a crash loses at most the task in flight. ``resume`` skips (weights sha256, task, profile) already recorded.
+Tasks that raise are reported as failed and the run goes on with the next task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import backbones as B
+from . import distributed as D
+from .registry import PROFILES, Task, get_suite, get_task, import_errors, list_tasks
+from .results import ResultStore, device_info, make_record, utc_now
+
+DATA_ENV = "SINDER_BENCH_DATA"
+CACHE_ENV = "SINDER_BENCH_CACHE"
+
+
+class PreflightError(RuntimeError):
+    """Inputs of a run are missing; the message lists every one of them."""
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sinder-bench"
+
+
+@dataclass
+class TaskContext:
+    """What a task's ``run`` gets besides the backbone."""
+
+    profile: str
+    config: dict[str, Any]
+    datasets: dict[str, Path]
+    device: torch.device
+    feature_cache: Path | None = None
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+    amp_dtype: torch.dtype | None = torch.bfloat16
+    weights_sha256: str = ""
+    backbone_label: str = ""
+    work_dir: Path | None = None  # scratch space of this task (checkpoints of long trainings)
+    log: Callable[[str], None] = print
+
+    @property
+    def world_size(self) -> int:
+        return D.world_size()
+
+    @property
+    def rank(self) -> int:
+        return D.rank()
+
+    def dataset_root(self, name: str) -> Path:
+        if name not in self.datasets:
+            raise KeyError(f"dataset {name!r} was not prepared for this task: list it in datasets_needed()")
+        return self.datasets[name]
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    suite: str
+    profile: str
+    ran: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # finished in an earlier run (--resume)
+    failed: list[dict] = field(default_factory=list)
+    not_available: dict[str, str] = field(default_factory=dict)  # task -> why
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def to_json(self) -> dict:
+        return {
+            "run_id": self.run_id, "suite": self.suite, "profile": self.profile, "ran": self.ran,
+            "skipped": self.skipped, "failed": self.failed, "not_available": self.not_available, "notes": self.notes,
+        }  # fmt: skip
+
+
+def _split_dataset(entry: str) -> tuple[str, str | None]:
+    name, _, split = entry.partition(":")
+    return name, (split or None)
+
+
+def _dataset_dirname(name: str) -> str:
+    try:
+        from benchmarks.data import DATASETS
+
+        return DATASETS[name].root_name if name in DATASETS else name
+    except ImportError:
+        return name
+
+
+def _check_dataset(name: str, root: Path, split: str | None) -> str | None:
+    """None when ``split`` of ``name`` opens at ``root`` (layout check, no decoding), else the problem."""
+    if not root.is_dir():
+        return f"dataset {name}: folder {root} does not exist"
+    if split is None:
+        return None
+    try:
+        from benchmarks.data import open_dataset
+    except ImportError:
+        return None
+    try:
+        open_dataset(name, root, split)
+    except Exception as err:  # the loaders raise DatasetLayoutError subclasses with the fix in the message
+        return f"dataset {name} ({split}): {err}"
+    return None
+
+
+def _synthesize(task: Task, name: str, root: Path, seed: int) -> None:
+    """Write the synthetic twin of ``name`` into ``root`` atomically (build in a temp dir, then rename)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    try:
+        if callable(getattr(task, "synthesize", None)):  # a task with data of its own
+            task.synthesize(name, tmp, seed)
+        else:
+            try:
+                from benchmarks.data.synth import write_synthetic
+            except ImportError as err:
+                raise PreflightError(f"no synthetic twin of dataset {name!r}: benchmarks.data.synth ({err})") from err
+            write_synthetic(name, tmp, seed=seed)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not root.is_dir():  # another process finished first: theirs is as good
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_datasets(
+    tasks: Sequence[Task], profile: str, data_root: Path | None, cache_dir: Path, seed: int
+) -> tuple[dict[str, Path], list[str]]:
+    """Dataset name -> folder for every dataset the tasks need, and the list of problems found."""
+    problems: list[str] = []
+    roots: dict[str, Path] = {}
+    needed: list[tuple[Task, str, str | None]] = []
+    for task in tasks:
+        for entry in task.datasets_needed(profile):
+            needed.append((task, *_split_dataset(entry)))
+    if profile == "smoke":
+        for task, name, _ in needed:
+            if name in roots:
+                continue
+            root = cache_dir / "synth" / f"{name}-seed{seed}"
+            if not root.is_dir():
+                if D.is_main():
+                    try:
+                        _synthesize(task, name, root, seed)
+                    except PreflightError as err:
+                        problems.append(str(err))
+                D.barrier()
+            roots[name] = root
+        return roots, problems
+    if data_root is None:
+        if needed:
+            names = sorted({name for _, name, _ in needed})
+            problems.append(
+                f"no data root: pass --data-root DIR or set {DATA_ENV}; the suite needs datasets {', '.join(names)}"
+            )
+        return roots, problems
+    for _, name, split in needed:
+        root = data_root / _dataset_dirname(name)
+        roots[name] = root
+        problem = _check_dataset(name, root, split)
+        if problem and problem not in problems:
+            problems.append(problem)
+    return roots, problems
+
+
+def _resolve_tasks(names: Sequence[str]) -> tuple[list[Task], dict[str, str]]:
+    available, missing = [], {}
+    registered = set(list_tasks())
+    errors = import_errors()
+    for name in names:
+        if name in registered:
+            available.append(get_task(name))
+        else:
+            why = "not registered in this checkout"
+            if errors:
+                why += " (task modules that failed to import: " + "; ".join(f"{m}: {e}" for m, e in errors.items()) + ")"
+            missing[name] = why
+    return available, missing
+
+
+def _metric_directions(task: Task, metrics: dict[str, float]) -> dict[str, str]:
+    out = {}
+    for key in metrics:
+        spec = task.metric(key)
+        out[key] = "higher" if spec is None or spec.higher_is_better else "lower"
+    lower = {m.name for m in task.metrics if not m.higher_is_better}
+    # Per-setting metrics (e.g. "k10_top1" or "sigma3/knn_top1") follow their base metric's direction.
+    for key in out:
+        base = key.rsplit("/", 1)[-1].rsplit("_", 1)[-1]
+        if base in lower or key.rsplit("/", 1)[-1] in lower:
+            out[key] = "lower"
+    return out
+
+
+def _preflight_failed(suite: str, profile: str, problems: list[str]):
+    raise PreflightError(
+        f"cannot start suite {suite!r} (profile {profile}): {len(problems)} missing or invalid input(s):\n  - "
+        + "\n  - ".join(problems)
+    )
+
+
+def run_suite(
+    suite: str,
+    backbones: Sequence[str] | None = None,
+    *,
+    profile: str = "paper",
+    data_root: str | Path | None = None,
+    out: str | Path = "results/runs",
+    cache_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Run ``suite`` on ``backbones`` (specs; smoke default: the defective tiny model and its repaired twin)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    say = log or (lambda msg: print(msg, flush=True) if D.is_main() else None)
+    device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    D.init_from_env(device_t)
+    if device_t.type == "cuda" and D.is_distributed():
+        device_t = torch.device("cuda", torch.cuda.current_device())
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if data_root is None and os.environ.get(DATA_ENV):
+        data_root = os.environ[DATA_ENV]
+    data_root = Path(data_root).expanduser() if data_root else None
+
+    suite_obj = get_suite(suite)
+    tasks, unavailable = _resolve_tasks(suite_obj.tasks)
+    run_id = D.broadcast_object(time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
+    summary = RunSummary(run_id=run_id, suite=suite, profile=profile, not_available=unavailable)
+    for name, why in unavailable.items():
+        say(f"task {name}: not available ({why}); skipped")
+
+    # ---- preflight: every missing input in one message, before any work
+    problems: list[str] = []
+    if backbones:
+        specs = []
+        for text in backbones:
+            try:
+                specs.append(B.parse_backbone_spec(text))
+            except ValueError as err:
+                problems.append(str(err))
+    elif profile == "smoke":
+        specs = B.smoke_specs(say)
+    else:
+        specs = []
+        problems.append("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
+    problems += [p for p in (B.backbone_problem(s) for s in specs) if p]
+    for task in tasks:
+        try:
+            task.config(profile)
+        except ValueError as err:
+            problems.append(str(err))
+    if profile == "smoke" and problems:
+        _preflight_failed(suite, profile, problems)  # before synthesizing any data
+    roots, data_problems = prepare_datasets(tasks, profile, data_root, cache, seed)
+    problems += data_problems
+    if problems:
+        _preflight_failed(suite, profile, problems)
+    if profile == "smoke" and not backbones and specs:
+        twin = B.repaired_twin(specs[0], cache, say) if D.is_main() else None
+        D.barrier()
+        twin = D.broadcast_object(twin)
+        if twin is not None:
+            specs.append(twin)
+        else:
+            summary.notes.append("repaired twin skipped: sinder.repair.repair_for_smoke not in this checkout")
+
+    job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, ResultStore(out),
+               summary, say)  # fmt: skip
+    for spec in specs:
+        model = sha = None
+        for task in tasks:
+            if model is None:
+                model = B.load(spec, device=device_t)
+                sha = model.weights_sha256
+            job.run_task(task, model, spec, sha, resume)
+        del model
+        if device_t.type == "cuda":
+            torch.cuda.empty_cache()  # the next backbone may be as large as this one
+    if D.is_main():
+        _write_summary(Path(out), summary)
+    return summary
+
+
+@dataclass
+class _Job:
+    """The state one suite run shares across its (backbone, task) pairs."""
+
+    profile: str
+    suite: str
+    run_id: str
+    roots: dict[str, Path]
+    cache: Path
+    device: torch.device
+    seed: int
+    num_workers: int
+    progress: bool
+    store: ResultStore
+    summary: RunSummary
+    say: Callable[[str], None]
+
+    def run_task(self, task: Task, model, spec: B.BackboneSpec, sha: str, resume: bool) -> None:
+        entry = {"backbone": spec.label, "task": task.name, "weights_sha256": sha}
+        if resume and D.broadcast_object(self.store.is_done(sha, task.name, self.profile)):
+            self.summary.skipped.append(entry)
+            self.say(f"[{spec.label}] {task.name}: already recorded, skipped (--resume)")
+            return
+        config = task.config(self.profile)
+        ctx = TaskContext(
+            profile=self.profile, config=config, datasets=self.roots, device=self.device,
+            feature_cache=self.cache / "features", seed=self.seed, num_workers=self.num_workers,
+            progress=self.progress, weights_sha256=sha, backbone_label=spec.label,
+            work_dir=self.cache / "work" / f"{task.name}-{sha[:16]}-{self.profile}", log=self.say,
+        )  # fmt: skip
+        self.say(f"[{spec.label}] {task.name} ({self.profile}) ...")
+        torch.manual_seed(self.seed)
+        start = time.perf_counter()
+        try:
+            result = task.run(model, ctx)
+            metrics = dict(result["metrics"])
+        except Exception as err:  # one broken task must not stop the suite; KeyboardInterrupt still does
+            self.summary.failed.append({**entry, "error": f"{type(err).__name__}: {err}"})
+            self.say(f"[{spec.label}] {task.name}: FAILED\n{traceback.format_exc()}")
+            return
+        wall = time.perf_counter() - start
+        used = {_split_dataset(e)[0] for e in task.datasets_needed(self.profile)}
+        if D.is_main():
+            record = make_record(
+                task=task.name, table=task.table, suite=self.suite, profile=self.profile, run_id=self.run_id,
+                backbone=spec.as_record(sha, getattr(model, "weights_source", "")), metrics=metrics,
+                metric_directions=_metric_directions(task, metrics), hparams=result.get("hparams", {}),
+                config=config, seed=self.seed, wall_time_s=wall, device=device_info(self.device, D.world_size()),
+                extra={"datasets": {k: str(v) for k, v in self.roots.items() if k in used},
+                       **({"details": result["details"]} if result.get("details") else {})},
+            )  # fmt: skip
+            path = self.store.write(record)
+            headline = ", ".join(f"{m.name}={metrics[m.name]:.4g}" for m in task.metrics if m.name in metrics)
+            self.say(f"[{spec.label}] {task.name}: {headline or 'done'} ({wall:.1f} s) -> {path}")
+        D.barrier()
+        self.summary.ran.append(entry)
+
+
+def _write_summary(out: Path, summary: RunSummary) -> Path:
+    folder = out / "summaries"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{summary.run_id}.json"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".summary.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump({**summary.to_json(), "finished": utc_now()}, handle, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def format_summary(summary: RunSummary) -> str:
+    lines = [
+        f"suite {summary.suite} (profile {summary.profile}): {len(summary.ran)} ran, "
+        f"{len(summary.skipped)} already recorded, {len(summary.failed)} failed, "
+        f"{len(summary.not_available)} not available"
+    ]
+    lines += [f"  failed: [{f['backbone']}] {f['task']}: {f['error']}" for f in summary.failed]
+    lines += [f"  not available: {name}" for name in summary.not_available]
+    lines += [f"  note: {note}" for note in summary.notes]
+    return "\n".join(lines)

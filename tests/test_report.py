@@ -1,0 +1,126 @@
+import csv
+import io
+
+import pytest
+
+from benchmarks.core import results as R
+from benchmarks.core.report import ReportError, build_report, load_paper_tables, match_row, parse_tables
+
+
+def _write(store, task, label, metrics, profile="paper", directions=None):
+    store.write(R.make_record(
+        task=task, profile=profile, backbone={"label": label, "weights_sha256": (label * 64)[:64]},
+        metrics=metrics, metric_directions=directions or dict.fromkeys(metrics, "higher"), hparams={}, config={},
+        seed=0, wall_time_s=1.0, device={"type": "cpu"},
+    ))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return load_paper_tables()
+
+
+def test_paper_numbers_agree_with_the_differences_stated_in_the_text(paper):
+    def v(table, row, key):
+        return next(r for r in paper[table]["rows"] if r["name"] == row)["values"][key]
+
+    def close(a, b):
+        return abs(a - b) < 1e-6
+
+    d, r, s = "DINOv2", "DINOv2-Register", "DINOv2-SINDER"
+    # Section 5.1: STEGO cluster mIoU +2.39 (Cityscapes), +3.25 (Potsdam); CAUSE +4.2/+4.4 and +7.1/+6.3.
+    assert close(v(1, s, "cs_cluster_miou") - v(1, d, "cs_cluster_miou"), 2.39)
+    assert close(v(1, s, "pd_cluster_miou") - v(1, d, "pd_cluster_miou"), 3.25)
+    assert [round(v(2, s, k) - v(2, d, k), 1) for k in ("cs_miou", "cs_crf_miou", "voc_miou", "voc_crf_miou")] == [
+        4.2, 4.4, 7.1, 6.3]  # fmt: skip
+    # Section 5.2: vs Register, KNN top-1 -0.18 and top-5 +1.03; linear -0.81 and -0.34.
+    assert [round(v(3, s, k) - v(3, r, k), 2) for k in ("knn_top1", "knn_top5", "linear_top1", "linear_top5")] == [
+        -0.18, 1.03, -0.81, -0.34]  # fmt: skip
+    # Section 5.3: +2.28 / +1.54 (ADE20k) and +1.58 / +0.93 (VOC) over DINOv2; +2.08 / +1.16 over Register.
+    keys = ("ade_lin_miou", "ade_ms_miou", "voc_lin_miou", "voc_ms_miou")
+    assert [round(v(4, s, k) - v(4, d, k), 2) for k in keys] == [2.28, 1.54, 1.58, 0.93]
+    assert [round(v(4, s, k) - v(4, r, k), 2) for k in keys[:2]] == [2.08, 1.16]
+    # The released setting appears three times: Table 6 (10 layers), Table 7 (sigma 3, mu 4) and Table 3 KNN.
+    released = [v(6, "Singular Value except QK in 10 Layers", "knn_top1"), v(7, "Skip less than sigma = 3", "knn_top1"),
+                v(7, "Mask threshold mu = 4", "knn_top1"), v(3, s, "knn_top1")]  # fmt: skip
+    assert len(set(released)) == 1
+    assert v(6, "Singular Value except QK in 10 Layers", "ade_miou") == v(4, s, "ade_lin_miou")
+    assert sorted(paper) == [1, 2, 3, 4, 5, 6, 7]
+    assert all(paper[n]["source"] for n in paper)
+
+
+def test_markdown_has_paper_numbers_ours_and_deltas(tmp_path):
+    store = R.ResultStore(tmp_path / "runs")
+    _write(store, "imagenet_knn", "dinov2_vitg14", {"top1": 80.00, "top5": 95.00})
+    _write(store, "imagenet_knn", "dinov2_vitg14", {"top1": 81.00, "top5": 95.00})  # repeats are averaged
+    _write(store, "imagenet_linear", "sinder_run", {"top1": 86.00, "top5": 97.00}, profile="smoke")
+    _write(store, "imagenet_knn", "mystery", {"top1": 1.0, "top5": 2.0})
+    text = build_report(tmp_path / "runs", tables="3", out_dir=tmp_path / "tables")
+    lines = text.splitlines()
+    assert any(line.startswith("| DINOv2 | paper | paper | 83.53 | 94.01 | 86.53 | 97.65 |") for line in lines)
+    ours = next(line for line in lines if "ours: dinov2_vitg14 (n=2)" in line)
+    assert "| paper | 80.50 | 95.00 | - | - |" in ours
+    delta = lines[lines.index(ours) + 1]
+    assert delta.startswith("| DINOv2 | delta (ours - paper) |") and "-3.03" in delta and "+0.99" in delta
+    sinder = next(line for line in lines if "ours: sinder_run" in line)
+    assert sinder.startswith("| DINOv2-SINDER |") and "| smoke |" in sinder and "86.00" in sinder
+    assert "-0.29" in lines[lines.index(sinder) + 1]  # 86.00 - 86.29
+    assert any(line.startswith("| (no paper row) | ours: mystery") for line in lines)
+    png = (tmp_path / "tables" / "table3.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "tables" / "table3.md").read_text().startswith("### Table 3")
+
+
+def test_lower_is_better_table_and_templated_ablation_rows(tmp_path):
+    store = R.ResultStore(tmp_path)
+    _write(store, "depth_nyu_linear1", "dinov2_vitg14", {"rmse": 0.400}, directions={"rmse": "lower"})
+    _write(store, "ablation_thresholds", "dinov2_vitg14", {"sigma_3/knn_top1": 83.0, "mu_4.5/ade20k_miou": 50.0})
+    text = build_report(tmp_path, tables="5,7", plots=False)
+    assert "Linear 1 RMSE (down)" in text and "| 0.400 |" in text and "+0.030" in text
+    sigma3 = next(line for line in text.splitlines() if line.startswith("| Skip less than sigma = 3 | ours"))
+    assert "83.00" in sigma3
+    mu45 = next(line for line in text.splitlines() if line.startswith("| Mask threshold mu = 4.5 | ours"))
+    assert "50.00" in mu45 and "83.00" not in mu45
+
+
+def test_csv_and_latex(tmp_path):
+    store = R.ResultStore(tmp_path)
+    _write(store, "imagenet_knn", "dinov2_vitg14_reg", {"top1": 83.69, "top5": 93.0})
+    rows = list(csv.DictReader(io.StringIO(build_report(tmp_path, fmt="csv", tables="3", plots=False))))
+    ours = [r for r in rows if r["source"] == "ours" and r["column_key"] == "knn_top1"]
+    assert len(ours) == 1 and ours[0]["row"] == "DINOv2-Register" and float(ours[0]["delta"]) == pytest.approx(0.0)
+    latex = build_report(tmp_path, fmt="latex", tables="3", plots=False)
+    assert "\\begin{tabular}" in latex and "dinov2\\_vitg14\\_reg" in latex and "83.69" in latex
+
+
+def test_no_records_still_shows_the_paper(tmp_path):
+    text = build_report(tmp_path / "empty", tables="1", plots=False)
+    assert "19.38" in text and "No run records" in text
+
+
+def test_table_selection_and_matching(paper):
+    assert parse_tables("1-3,6") == [1, 2, 3, 6]
+    assert parse_tables("5") == [5]
+    with pytest.raises(ReportError, match="--tables"):
+        parse_tables("x")
+    rows = paper[3]["rows"]
+    assert match_row("dinov2_vitg14", rows)["name"] == "DINOv2"
+    assert match_row("dinov2_vitg14_reg", rows)["name"] == "DINOv2-Register"
+    assert match_row("dinov2_tiny_defective_sinder", rows)["name"] == "DINOv2-SINDER"
+    assert match_row("something_else", rows) is None
+    with pytest.raises(ReportError, match="no paper table"):
+        build_report("nowhere", tables="9")
+
+
+def test_report_verb(tmp_path, capsys):
+    from benchmarks.cli import main
+
+    store = R.ResultStore(tmp_path / "runs")
+    _write(store, "imagenet_linear", "dinov2_vitg14", {"top1": 86.0, "top5": 97.0}, profile="smoke")
+    assert main(["report", "--runs", str(tmp_path / "runs"), "--tables", "3", "--out", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "86.53" in out and "86.00" in out and "-0.53" in out
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["table3.md", "table3.png"]
+    (tmp_path / "runs" / "bad.json").write_text("{}")
+    assert main(["report", "--runs", str(tmp_path / "runs"), "--tables", "3", "--no-plots"]) == 2
+    assert "bad.json" in capsys.readouterr().err
