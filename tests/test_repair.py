@@ -1,37 +1,20 @@
 import functools
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sinder.defects import find_defects
 from sinder.images import load_image
 from sinder.repair import NonFiniteLossError, RepairConfig, RepairRun, SinderStep
 from sinder.repair_job import repair_checkpoint
 from sinder.svd import parametrize_singular_values
+from sinder.synthetic_images import write_synthetic_photos
 from sinder.vit import build_vit
 from sinder.weights import load_backbone, read_state_dict
 
 BACKBONE = "dinov2_tiny_defective"
 RES = 112  # 8 x 8 token grid
-
-
-def write_images(folder, count, seed=0, size=128):
-    """Photographs stand-ins: smooth colour fields with a few blobs, different per image."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for i in range(count):
-        base = rng.uniform(0, 1, 3)[None, None] * (0.5 + 0.5 * np.stack([xx, yy, 1 - xx], -1))
-        for _ in range(3):
-            cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.05, 0.2)]
-            blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < r**2
-            base[blob] = rng.uniform(0, 1, 3)
-        noise = rng.normal(0, 0.05, base.shape)
-        Image.fromarray((np.clip(base + noise, 0, 1) * 255).astype(np.uint8)).save(folder / f"img_{i:03d}.png")
-    return folder
 
 
 def small_config(**overrides):
@@ -42,7 +25,7 @@ def small_config(**overrides):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    return write_images(tmp_path_factory.mktemp("imgs"), 30)
+    return write_synthetic_photos(tmp_path_factory.mktemp("imgs"), 30)
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +75,19 @@ def test_existing_output_is_never_overwritten(images, tmp_path):
     assert out.read_bytes() == b"precious"
 
 
+@functools.cache
+def _directions():
+    from sinder.linearize import singular_defect_directions
+
+    return singular_defect_directions(load_backbone(BACKBONE), n_samples=20_000)
+
+
 def _run(images, work_dir, config, crash_at=None, resume=False):
     model = load_backbone(BACKBONE)
     files = sorted(images.glob("*.png"))[:20]
     load = functools.partial(load_image, resolution=config.resolution)
-    run = RepairRun(model, files, config, work_dir, load, device="cpu", progress=False, crash_at=crash_at)
+    run = RepairRun(model, files, config, work_dir, load, directions=_directions(), device="cpu", progress=False,
+                    crash_at=crash_at)
     return run.run(resume=resume)
 
 
@@ -148,9 +139,7 @@ def test_gradient_window_equals_full_graph_gradients(images):
     """Starting the gradient pass at block layer-lambda+1 gives the official full-graph gradients."""
     config = small_config(limit_layers=2)
     model = load_backbone(BACKBONE)
-    from sinder.linearize import singular_defect_directions
-
-    directions = singular_defect_directions(model, n_samples=20_000)
+    directions = _directions()
     parametrize_singular_values(model)
     step = SinderStep(model, directions, config)
     image = None
@@ -189,7 +178,7 @@ def test_ablation_settings_are_config_values(tmp_path):
     paper = RepairConfig.from_mapping({"behaviour": "paper"})
     assert paper.window == 500 and not paper.normalize_by_alpha and paper.behaviour() == "paper"
     assert RepairConfig().behaviour() == "official"
-    assert RepairConfig(window=500).behaviour() == "mixed"
+    assert RepairConfig(include_center=False).behaviour() == "mixed"
     with pytest.raises(ValueError, match="sigmaa"):
         RepairConfig.from_mapping({"sigmaa": 3})
     with pytest.raises(ValueError, match="trainable"):
@@ -199,9 +188,7 @@ def test_ablation_settings_are_config_values(tmp_path):
 def test_detection_used_by_the_loop_is_eq5(images):
     """The loop's defect count is exactly find_defects on the block output."""
     model = load_backbone(BACKBONE)
-    from sinder.linearize import singular_defect_directions
-
-    directions = singular_defect_directions(model, n_samples=20_000)
+    directions = _directions()
     step = SinderStep(model, directions, small_config(sigma=1))
     image = load_image(sorted(images.glob("*.png"))[0], RES).unsqueeze(0)
     layer, count, _ = step.find_loss_layer(image)
@@ -211,3 +198,24 @@ def test_detection_used_by_the_loop_is_eq5(images):
     assert layer == first
     if first is not None:
         assert count == counts[first]
+
+
+def test_smoke_repair_clears_the_defective_model():
+    from sinder.images import resize_center_crop, to_normalized_tensor
+    from sinder.repair import repair_for_smoke
+    from sinder.repair_report import defect_census
+    from sinder.synthetic_images import synthetic_photos
+
+    model = load_backbone(BACKBONE)
+    held_out = [to_normalized_tensor(resize_center_crop(p, RES)) for p in synthetic_photos(8, 128, seed=99)]
+    census = functools.partial(defect_census, images=list(range(8)), load=held_out.__getitem__,
+                               directions=_directions())
+    before = census(model)
+    keys = list(model.state_dict())
+    repaired = repair_for_smoke(model)
+    after = census(repaired)
+    assert list(repaired.state_dict()) == keys
+    # Direction-free evidence: the high-norm tokens of the later blocks are gone and the norm spread collapses.
+    assert sum(before["high_norm_tokens_per_layer"][2:]) >= 20
+    assert sum(after["high_norm_tokens_per_layer"][2:]) <= 0.2 * sum(before["high_norm_tokens_per_layer"][2:])
+    assert max(after["max_over_median_norm_per_layer"]) < 0.5 * max(before["max_over_median_norm_per_layer"])
