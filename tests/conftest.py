@@ -15,11 +15,9 @@ def parity_path(name: str) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _deterministic_threads():
-    # Two cores on CI; keep torch from oversubscribing when pytest-xdist is not used.
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    yield
+# The tests use tiny matrices: one intra-op thread is as fast on an idle machine and far faster on a loaded one
+# (CI shares 2 cores with the processes that distributed tests spawn).
+torch.set_num_threads(1)
 
 
 def load_parity_model(name: str):
