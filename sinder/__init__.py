@@ -12,7 +12,8 @@ def __getattr__(name):
         "singular_defect_directions": "sinder.linearize",
         "find_defects": "sinder.defects",
         "neighbor_loss": "sinder.loss",
-        "repair": "sinder.repair",
+        "repair_checkpoint": "sinder.repair_job",
+        "RepairConfig": "sinder.repair",
     }
     if name in lazy:
         import importlib

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import resource
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_path, atomic_write_text
 from .defects import find_defects
 from .loss import neighbor_loss
 from .svd import TRAINABLE_SETTINGS, fold_back, parametrize_singular_values, singular_value_changes
@@ -211,15 +211,8 @@ class SinderStep:
 
 # ------------------------------------------------------------------------------------------- state on disk
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _files_digest(files: Sequence[Path]) -> str:
@@ -347,10 +340,7 @@ class RepairRun:
         if not self.log_path.is_file():
             return
         kept = [line for line in self.log_path.read_text().splitlines() if line and json.loads(line)["iter"] < iteration]
-        fd, tmp = tempfile.mkstemp(dir=self.work_dir, prefix=".log.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.log_path)
+        atomic_write_text(self.log_path, "".join(line + "\n" for line in kept))
 
     # ----------------------------------------------------------------- the loop
     def clear_fraction(self) -> float:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_path, atomic_write_text
 from .defects import find_defects, high_norm_mask, patch_token_grids
 
 
@@ -66,19 +65,14 @@ def plot_singular_value_changes(changes: dict[str, Tensor], path: Path) -> Path:
     ax.set_ylabel("change of singular value")
     ax.set_title("SINDER: singular value changes per linear layer")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
 def write_report(path: Path, report: dict[str, Any]) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(report, handle, indent=2, default=_jsonable)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report, indent=2, default=_jsonable))
     return path
 
 

@@ -7,9 +7,7 @@ Every loaded model carries the sha256 of the weights it was built from, so resul
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .atomic import atomic_path
 from .vit import PRESETS, DinoVisionTransformer, build_vit, resolve_config
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/dinov2/{arch}/{file}"
@@ -255,21 +254,14 @@ def save_state_dict(
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(tensors, tmp, metadata=dict(metadata or {}))
         else:
             torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return file_sha256(path)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from sinder.atomic import atomic_path
 
 from . import distributed as D
 
@@ -70,15 +70,8 @@ def _load_cached(path: Path, spec: FeatureSpec) -> dict[str, Tensor] | None:
 def _save_cached(path: Path, spec: FeatureSpec, tensors: Mapping[str, Tensor]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"spec": json.dumps(asdict(spec))})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_dict(out: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:

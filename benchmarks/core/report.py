@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from sinder.atomic import atomic_path, atomic_write_text
 
 from .results import RecordError, load_records
 
@@ -242,21 +242,10 @@ def plot_table(table: dict, frame, path: str | Path) -> Path:
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def build_report(
@@ -297,7 +286,7 @@ def build_report(
         parts.append(text)
         if out_dir is not None:
             suffix = {"md": "md", "latex": "tex", "csv": "csv"}[fmt]
-            _write_text(Path(out_dir) / f"table{number}.{suffix}", text)
+            atomic_write_text(Path(out_dir) / f"table{number}.{suffix}", text)
             if plots:
                 plot_table(table, frame, Path(out_dir) / f"table{number}.png")
     if fmt == "csv":

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from sinder.atomic import atomic_write_text
+
 from . import backbones as B
 from . import distributed as D
 from .registry import PROFILES, Task, get_suite, get_task, import_errors, list_tasks
@@ -371,13 +373,8 @@ class _Job:
 
 
 def _write_summary(out: Path, summary: RunSummary) -> Path:
-    folder = out / "summaries"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{summary.run_id}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".summary.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump({**summary.to_json(), "finished": utc_now()}, handle, indent=2)
-    os.replace(tmp, path)
+    path = out / "summaries" / f"{summary.run_id}.json"
+    atomic_write_text(path, json.dumps({**summary.to_json(), "finished": utc_now()}, indent=2))
     return path
 
 

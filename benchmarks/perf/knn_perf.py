@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.classification.knn import faiss_available, knn_classify
+from sinder.atomic import atomic_write_text
 
 
 def naive_knn(train, train_labels, test, ks, T, num_classes):
@@ -109,14 +109,6 @@ def extraction_throughput(batch: int = 32, batches: int = 4, resolution: int = 2
             "forward_images_per_s": len(images) / forward_s, "extract_features_images_per_s": len(images) / pipeline_s}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=int, default=50000)
@@ -142,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     path = Path(args.out) / "knn.json"
-    _write_json(path, result)
+    atomic_write_text(path, json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return 0

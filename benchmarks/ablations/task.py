@@ -1,0 +1,131 @@
+"""Tables 6 and 7: the repair ablations, as settings of the same SINDER code.
+
+Each row of a table is a RepairConfig override. The task repairs the backbone it is given once per row
+(resumable, in the task's work folder), then evaluates the repaired backbone with the tasks the paper uses:
+ImageNet KNN (``imagenet_knn``) and ADE20k linear segmentation (``seg_ade20k_linear``), recording
+``<row>/knn_top1``, ``<row>/knn_top5``, ``<row>/ade20k_miou`` and ``<row>/ade20k_aacc``.
+
+Profile ``paper``: the official repair (30k ImageNet train images at 518 px) per row, the evaluations' paper
+protocols. Profile ``smoke``: the short smoke repair on synthetic photographs, with lambda scaled by the
+backbone's depth (the paper's 15/10/5 of 40 blocks), and the evaluations' smoke protocols.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from typing import Any
+
+from benchmarks.core.registry import Metric, Task, get_task, register_task
+
+# Paper rows (keys as in results/paper/table6.yaml, table7.yaml) -> RepairConfig overrides.
+CONSTRAINT_SETTINGS: dict[str, dict[str, Any]] = {
+    "sv_bias": {"trainable": "singular_values_and_biases", "limit_layers": None},
+    "sv_except_qk": {"trainable": "singular_values_except_qk", "limit_layers": None},
+    "sv_except_qk_15": {"limit_layers": 15},
+    "sv_except_qk_10": {"limit_layers": 10},
+    "sv_except_qk_5": {"limit_layers": 5},
+}
+THRESHOLD_SETTINGS: dict[str, dict[str, Any]] = {
+    "sigma_0": {"sigma": 0},
+    "sigma_3": {"sigma": 3},
+    "sigma_5": {"sigma": 5},
+    "mu_3.5": {"mu": 3.5},
+    "mu_4": {"mu": 4.0},
+    "mu_4.5": {"mu": 4.5},
+}
+EVALUATIONS = (("imagenet_knn", {"top1": "knn_top1", "top5": "knn_top5"}),
+               ("seg_ade20k_linear", {"miou": "ade20k_miou", "aacc": "ade20k_aacc"}))
+PAPER_DEPTH = 40  # ViT-g/14, the backbone of every ablation in the paper
+
+
+def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
+    """Scale lambda from the paper's 40 blocks to ``depth`` (at least 1); other values unchanged."""
+    out = dict(overrides)
+    if out.get("limit_layers"):
+        out["limit_layers"] = max(1, round(out["limit_layers"] * depth / PAPER_DEPTH))
+    return out
+
+
+class _AblationTask(Task):
+    settings: dict[str, dict[str, Any]] = {}
+
+    @property
+    def metrics(self):
+        return tuple(Metric(f"{row}/{metric}", True) for row in self.settings
+                     for _, names in EVALUATIONS for metric in names.values())
+
+    def datasets_needed(self, profile: str) -> list[str]:
+        needed = ["imagenet:train"] if profile == "paper" else []  # the repair's images
+        for task_name, _ in EVALUATIONS:
+            try:
+                needed += get_task(task_name).datasets_needed(profile)
+            except KeyError:
+                pass  # that evaluation is not in this checkout; run() notes it
+        return list(dict.fromkeys(needed))
+
+    def config(self, profile: str) -> dict[str, Any]:
+        return {"settings": self.settings, "evaluations": [name for name, _ in EVALUATIONS],
+                "repair": "official" if profile == "paper" else "smoke"}
+
+    def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str):
+        from sinder.repair import SMOKE_CONFIG, RepairConfig, RepairRun, repair_for_smoke
+
+        model = copy.deepcopy(backbone)
+        if ctx.profile == "smoke":
+            config = RepairConfig(**{**SMOKE_CONFIG, **scaled_overrides(overrides, len(model.blocks))})
+            return repair_for_smoke(model, config=config, seed=ctx.seed), config
+        from sinder.images import list_images, load_image, stride_subset
+
+        config = RepairConfig(**overrides)
+        images = stride_subset(list_images(ctx.dataset_root("imagenet") / "train"), config.num_images)
+        load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
+        work = ctx.work_dir / f"repair-{row}"
+        run = RepairRun(model, images, config, work, load, device=ctx.device, progress=ctx.progress)
+        result = run.run(resume=(work / "checkpoint.pt").is_file())
+        model.load_state_dict(result.state_dict)
+        return model, config
+
+    def run(self, backbone, ctx) -> dict[str, Any]:
+        from sinder.weights import state_dict_sha256
+
+        metrics: dict[str, float] = {}
+        hparams: dict[str, Any] = {}
+        missing = []
+        for row, overrides in self.settings.items():
+            ctx.log(f"{self.name}: repairing with {row} {overrides}")
+            repaired, config = self._repair(backbone, overrides, ctx, row)
+            hparams[row] = config.differences_from_official()
+            sha = state_dict_sha256(repaired.state_dict())
+            for task_name, names in EVALUATIONS:
+                try:
+                    task = get_task(task_name)
+                except KeyError:
+                    missing.append(task_name)
+                    continue
+                sub_ctx = dataclasses.replace(ctx, config=task.config(ctx.profile), weights_sha256=sha,
+                                              work_dir=ctx.work_dir / f"{task_name}-{row}")
+                result = task.run(repaired, sub_ctx)
+                for source, target in names.items():
+                    metrics[f"{row}/{target}"] = float(result["metrics"][source])
+        out: dict[str, Any] = {"metrics": metrics, "hparams": hparams}
+        if missing:
+            out["details"] = {"evaluations_not_available": sorted(set(missing))}
+        return out
+
+
+@register_task
+class ConstraintAblation(_AblationTask):
+    name = "ablation_constraints"
+    table = "table6"
+    title = "Table 6: what the repair may learn (singular values, biases, number of layers)"
+    settings = CONSTRAINT_SETTINGS
+
+
+@register_task
+class ThresholdAblation(_AblationTask):
+    name = "ablation_thresholds"
+    table = "table7"
+    title = "Table 7: skip threshold sigma and mask threshold mu"
+    settings = THRESHOLD_SETTINGS

@@ -1,0 +1,196 @@
+"""``dinov2_tiny_defective``: a tiny DINOv2 with singular defects, built from first principles.
+
+Real DINOv2 weights cannot be downloaded in tests, and a randomly initialised ViT has no defects. This model
+is a randomly initialised tiny DINOv2 (width 96, 8 blocks, SwiGLU, patch 14, DINOv2's init scale) into which a
+small circuit is written that produces singular defects the way the paper describes them: a few tokens per
+image, chosen by their content, are amplified block after block along one direction ``u``, until their norms
+are many times the median; their directions agree within and across images; and the linearization of
+Section 3 predicts ``u``. The circuit lives in four orthonormal, zero-mean directions, all orthogonal to the
+per-channel sums of the patch filters (flat colour patches have no component along them) and removed from the
+position embedding (position alone never triggers): ``w`` (the content score, the only one the patch
+embedding writes to), ``u`` (the defect direction) and ``e``, ``f`` (scratch channels). With ``n`` a token
+after LayerNorm and ``z = n . w`` its score (about N(0, 1) for random textures):
+
+1. Block 0, MLP: two SwiGLU units, ``z (silu(kappa z) - silu(-kappa z)) = kappa z^2``, write the score's
+   square into ``e``.
+2. Block 1, attention: one head with zero query/key weights attends uniformly; a value channel reads ``e`` and
+   the projection writes it to ``f``: every token receives its image's mean z^2.
+3. Block 1, MLP: a bump of two units, ``silu(k y) - silu(k (y - cap))`` with ``y = n.e - tau n.f - floor``,
+   writes ``+u``: a token is triggered when its score is large *relative to its image* (z^2 above a multiple
+   of the image's mean z^2), so each image gets a few defects whatever its contrast or texture statistics.
+   The bump caps the increment.
+4. Blocks 2..7, MLP: the same bump on ``n . u`` with thresholds 3..4: positive feedback that keeps adding
+   ``+u`` to tokens already aligned with ``u`` (a residual power iteration), so defect norms grow linearly
+   with depth; normal tokens have no ``u`` component and are left alone.
+
+Why the linearization finds ``u``: in step 3 the trigger is a strong rank-one map ``e, f -> u`` (its linear
+fit on N(0, I) inputs has gain ~ trigger_gain * k / 2), so E_1 has a large leading singular value with left
+singular vector ``u``, and the later blocks (identity plus small random parts) keep it: nu_i is within about
+11 degrees of ``u`` for i >= 1. Block 0's attention also gets a value path ``u -> u`` (gain ``attn_gain``):
+averaged over the tokens it adds nothing (no token has a ``u`` component yet), but it makes nu_0 = ``u`` too,
+so that Eq. 5 in block 0 does not flag content tokens along an arbitrary direction.
+
+Why fine-tuning singular values removes the defects: every ``u`` increment passes through a rank-one component
+of ``w12`` (gain k) and of ``w3`` (gain trigger_gain / amp_gain), each a dominant singular value of its matrix
+(the random part's singular values are below 1). Lowering them raises the effective thresholds and shrinks the
+increments; clamping all singular values to 2 (Appendix B) removes nearly all defects, and 20 SGD steps on the
+singular values alone with the paper's smoothness loss do too (both are tested).
+
+All other weights are DINOv2's random initialisation (trunc-normal 0.02, layer scale 1.0) from ``build_vit``,
+so features and probes on them behave like those of a random tiny DINOv2. Defect counts scale with the number
+of tokens: at 224 x 224 (16 x 16 tokens) textured images get about 2 to 10 defects; perfectly flat images none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .vit import ARCH_DEFAULTS, build_vit
+from .weights import register_synthetic_backbone
+
+PRESET_NAME = "dinov2_tiny_defective"
+
+CONFIG = {
+    **ARCH_DEFAULTS,
+    "img_size": 224,
+    "patch_size": 14,
+    "embed_dim": 96,
+    "depth": 8,
+    "num_heads": 4,
+    "mlp_ratio": 4.0,
+    "ffn_layer": "swiglufused",
+    "init_values": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """Constants of the defect circuit (see the module docstring for the role of each)."""
+
+    kappa: float = 4.0  # sharpness of the one-sided square in block 0
+    energy: float = 0.5  # block 0 writes about energy * z^2 into e (before LayerNorm)
+    # Trigger when z^2 > tau * (sqrt(D) / |x|) * mean(z^2) over the image (f carries the mean of e after one more
+    # LayerNorm, hence the token-norm factor: about 1.75 for this model's token norms of ~5.6).
+    tau: float = 2.25
+    floor: float = 0.25  # ... and exceeds this absolute level (flat images stay clear)
+    k: float = 4.0  # slope of the bump units
+    cap: float = 1.5  # width of the trigger bump
+    trigger_gain: float = 4.0  # w3 gain of the trigger: increment about trigger_gain * k * cap
+    amp_threshold: float = 3.0  # amplifier bump from n.u = 3 to 4
+    amp_width: float = 1.0
+    amp_gain: float = 3.0  # amplifier increment per block about amp_gain * k * amp_width
+    first_amplifier: int = 2
+    attn_gain: float = 1.0  # block 0 attention: a u -> u value path (mean-field: no effect on the tokens)
+
+
+def _orthonormal_directions(count: int, avoid: Tensor, generator: torch.Generator) -> list[Tensor]:
+    """``count`` random orthonormal unit vectors orthogonal to the columns of ``avoid``."""
+    dirs: list[Tensor] = []
+    for _ in range(count):
+        basis, _ = torch.linalg.qr(torch.cat([avoid, *[d[:, None] for d in dirs]], dim=1))
+        v = torch.randn(avoid.shape[0], generator=generator, dtype=avoid.dtype)
+        v = v - basis @ (basis.T @ v)
+        dirs.append(v / v.norm())
+    return dirs
+
+
+def _bump(mlp, read: Tensor, start: float, width: float, k: float, gain: Tensor) -> None:
+    """SwiGLU units 0 and 1: ``gain * (silu(k (read.n - start)) - silu(k (read.n - start - width)))``."""
+    hidden = mlp.w3.weight.shape[1]
+    for unit, offset in ((0, start), (1, start + width)):
+        mlp.w12.weight[unit] = k * read
+        mlp.w12.bias[unit] = -k * offset
+        mlp.w12.weight[hidden + unit] = 0.0  # the gate's other factor is the constant 1
+        mlp.w12.bias[hidden + unit] = 1.0
+    mlp.w3.weight[:, 0] = gain
+    mlp.w3.weight[:, 1] = -gain
+
+
+@torch.no_grad()
+def _construct(seed: int, circuit: Circuit):
+    model = build_vit(CONFIG, seed=seed)
+    dim = model.embed_dim
+    gen = torch.Generator().manual_seed(seed + 1_000_003)
+    patch_w = model.patch_embed.proj.weight  # (D, 3, p, p)
+    # u, w, e, f: zero mean (LayerNorm's centring keeps them), orthogonal to the per-channel sums of the patch
+    # filters (flat colour patches score zero: defects need some texture).
+    avoid = torch.cat([torch.ones(dim, 1), patch_w.sum(dim=(2, 3))], dim=1)
+    u, w, e, f = _orthonormal_directions(4, avoid, gen)
+    circuit_dirs = torch.stack([u, w, e, f], dim=1)
+    model.pos_embed -= (model.pos_embed @ circuit_dirs) @ circuit_dirs.T  # position alone never triggers
+    silent = torch.stack([u, e, f], dim=1)  # the image writes only into w, the content score
+    flat = patch_w.view(dim, -1)
+    flat -= silent @ (silent.T @ flat)
+    model.patch_embed.proj.bias -= silent @ (silent.T @ model.patch_embed.proj.bias)
+
+    blocks = model.blocks
+    hidden = blocks[0].mlp.w3.weight.shape[1]
+    # 1. block 0 MLP: z (silu(kappa z) - silu(-kappa z)) = kappa z^2 into e, with z = n.w.
+    mlp, ls2 = blocks[0].mlp, blocks[0].ls2.gamma
+    for unit, sign in ((0, 1.0), (1, -1.0)):
+        mlp.w12.weight[unit] = sign * circuit.kappa * w
+        mlp.w12.bias[unit] = 0.0
+        mlp.w12.weight[hidden + unit] = w
+        mlp.w12.bias[hidden + unit] = 0.0
+        mlp.w3.weight[:, unit] = sign * circuit.energy / circuit.kappa * e / ls2
+    # Block 0 attention, value channel 0 of head 0: u -> attn_gain u. Averaged over tokens it adds nothing
+    # (no token has a u component yet), but it makes u the leading direction of I + A_0 as well.
+    attn0, ls1_0 = blocks[0].attn, blocks[0].ls1.gamma
+    attn0.qkv.weight[2 * dim] = u
+    attn0.qkv.bias[2 * dim] = 0.0
+    attn0.proj.weight[:, 0] = circuit.attn_gain * u / ls1_0
+    # 2. block 1 attention, head 0: uniform attention (zero q, k); value channel 0 reads e, proj writes f.
+    attn, ls1, head = blocks[1].attn, blocks[1].ls1.gamma, dim // model.config["num_heads"]
+    for part in (0, 1):  # q and k rows of head 0
+        attn.qkv.weight[part * dim : part * dim + head] = 0.0
+        attn.qkv.bias[part * dim : part * dim + head] = 0.0
+    attn.qkv.weight[2 * dim] = e
+    attn.qkv.bias[2 * dim] = 0.0
+    attn.proj.weight[:, 0] = f / ls1
+    # 3. block 1 MLP: trigger when n.e - tau n.f > floor.
+    _bump(blocks[1].mlp, e - circuit.tau * f, circuit.floor, circuit.cap, circuit.k,
+          circuit.trigger_gain * u / blocks[1].ls2.gamma)
+    # 4. later blocks: positive feedback along u.
+    for block in blocks[circuit.first_amplifier :]:
+        _bump(block.mlp, u, circuit.amp_threshold, circuit.amp_width, circuit.k, circuit.amp_gain * u / block.ls2.gamma)
+    return model, {"u": u.clone(), "w": w.clone(), "e": e.clone(), "f": f.clone()}
+
+
+def build_defective_tiny(seed: int = 0, circuit: Circuit | None = None):
+    """(model, config): the ``dinov2_tiny_defective`` backbone (eval mode), deterministic in ``seed``."""
+    model, _ = _construct(seed, circuit or Circuit())
+    return model.eval(), dict(model.config)
+
+
+def defective_tiny_state_dict(seed: int = 0, circuit: Circuit | None = None) -> dict[str, Tensor]:
+    """The state dict of ``build_defective_tiny(seed)`` (DINOv2 key names)."""
+    model, _ = _construct(seed, circuit or Circuit())
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def defect_direction(seed: int = 0, circuit: Circuit | None = None) -> Tensor:
+    """The unit direction ``u`` along which the defects of ``build_defective_tiny(seed)`` grow."""
+    return _construct(seed, circuit or Circuit())[1]["u"]
+
+
+def sample_images(n: int, size: int = 224, seed: int = 0) -> Tensor:
+    """``n`` ImageNet-normalized test images (n x 3 x size x size): smooth colour fields with fine texture.
+
+    Deterministic in ``seed``. The defective model shows a few defects on most of them.
+    """
+    if size % 14:
+        raise ValueError(f"size={size} is not a multiple of the patch size 14")
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(n, 3, size // 8 + 2, size // 8 + 2, generator=gen)
+    field = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)
+    field = field / field.std()
+    return field + 0.3 * torch.randn(n, 3, size, size, generator=gen)
+
+
+@register_synthetic_backbone(PRESET_NAME)
+def _preset():
+    return dict(CONFIG), defective_tiny_state_dict(0)
