@@ -5,9 +5,9 @@ the neighbour loss (Eq. 8) there; update the singular values of the lambda block
 when more than ``stop_fraction`` of the last ``window`` images were clear, or when the iteration budget ends.
 
 Engineering choices that do not change the result:
-- The block to train is found by a no-grad pass that keeps each block's input; the gradient pass then starts
-  at block ``layer - lambda + 1``. The official code runs every block with gradients and drops those of the
-  earlier blocks afterwards: the gradients of the trained blocks are the same, at a fraction of the memory.
+- The forward pass cuts the autograd graph at every block and keeps only the last lambda segments; backward
+  chains them. The official code runs every block with gradients and drops those of the earlier blocks
+  afterwards: the gradients of the trained blocks are the same, at lambda blocks' activation memory.
 - State (singular-value deltas, momentum buffers, the clear-image window, the iteration) is checkpointed
   atomically; the image order is fixed, so a resumed run ends where an uninterrupted one does.
 """
@@ -163,39 +163,54 @@ class SinderStep:
         cfg = self.config
         return int(find_defects(grid, self.directions[layer].to(grid), cfg.mu, cfg.exclude_border, cfg.kernel).sum())
 
-    @torch.no_grad()
-    def find_loss_layer(self, image: Tensor) -> tuple[int | None, int, list[Tensor]]:
-        """First block with at least max(sigma, 1) defects, its count, and the input of every block up to it."""
+    def _run_until_defective(self, image: Tensor, keep: int):
+        """Run blocks until one has at least max(sigma, 1) defects (the official code moves on when a layer
+        has no defect at all, so sigma = 0 behaves as 1).
+
+        Each block runs on a detached copy of its input, so the graph is cut into per-block segments; the
+        last ``keep`` segments are kept (older ones are freed as the forward goes on). Returns (layer or None,
+        defect count, segments as (input leaf, output) pairs).
+        """
         rows, cols = image.shape[-2] // self.model.patch_size, image.shape[-1] // self.model.patch_size
-        tokens = self.model.prepare_tokens_with_masks(image)
-        inputs = []
-        for i, block in enumerate(self.model.blocks):
-            inputs.append(tokens)
-            tokens = block(tokens)
-            count = self._defect_count(patch_grid(self.model, tokens, rows, cols), i)
-            # The official code moves on when a layer has no defect at all, so sigma = 0 behaves as 1.
-            if count >= max(self.config.sigma, 1):
-                return i, count, inputs
-        return None, 0, inputs
+        with torch.no_grad():
+            tokens = self.model.prepare_tokens_with_masks(image)
+        segments: deque[tuple[Tensor, Tensor]] = deque(maxlen=max(keep, 1))
+        with torch.set_grad_enabled(keep > 0):
+            for i, block in enumerate(self.model.blocks):
+                leaf = tokens.detach().requires_grad_(keep > 0)
+                if keep and self.config.grad_checkpointing:
+                    out = torch.utils.checkpoint.checkpoint(block, leaf, use_reentrant=False)
+                else:
+                    out = block(leaf)
+                segments.append((leaf, out))
+                count = self._defect_count(patch_grid(self.model, out.detach(), rows, cols), i)
+                if count >= max(self.config.sigma, 1):
+                    return i, count, list(segments)
+                tokens = out
+        return None, 0, []
+
+    def find_loss_layer(self, image: Tensor) -> tuple[int | None, int]:
+        """First block with at least max(sigma, 1) Eq. 5 defects and its count (no gradients)."""
+        layer, count, _ = self._run_until_defective(image, keep=0)
+        return layer, count
 
     def __call__(self, image: Tensor) -> tuple[StepResult, Tensor | None]:
-        """Forward and loss; returns the result and the loss tensor to backpropagate (None if clear)."""
+        """Forward and loss; returns the result and the loss (None if clear) to pass to ``backward``.
+
+        One forward pass: the graph of only the last lambda blocks is alive at any time, which gives the
+        gradients of the official step (all blocks under autograd, early gradients dropped) at lambda blocks'
+        memory and without running any block twice.
+        """
         cfg = self.config
-        layer, count, inputs = self.find_loss_layer(image)
+        keep = cfg.limit_layers or len(self.model.blocks)
+        layer, _, self._segments = self._run_until_defective(image, keep)
         if layer is None:
             return StepResult(None, 0, None, None), None
-        start = max(0, layer - cfg.limit_layers + 1) if cfg.limit_layers else 0
         rows, cols = image.shape[-2] // self.model.patch_size, image.shape[-1] // self.model.patch_size
-        tokens = inputs[start]
         with torch.enable_grad():
-            for block in self.model.blocks[start : layer + 1]:
-                if cfg.grad_checkpointing:
-                    tokens = torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
-                else:
-                    tokens = block(tokens)
             loss, mask, _, alpha = neighbor_loss(
-                patch_grid(self.model, tokens, rows, cols),
-                self.directions[layer].to(tokens),
+                patch_grid(self.model, self._segments[-1][1], rows, cols),
+                self.directions[layer].to(image),
                 mu=cfg.mu,
                 tau=cfg.tau,
                 kernel=cfg.kernel,
@@ -207,6 +222,17 @@ class SinderStep:
         value = float(loss.detach()) if loss is not None else None
         finite = value is not None and bool(torch.isfinite(loss.detach()))
         return StepResult(layer, int(mask.sum()), value, float(alpha), nonfinite=not finite), loss
+
+    def backward(self, loss: Tensor) -> None:
+        """Backpropagate ``loss`` through the kept segments, last block first, chaining input gradients."""
+        grad = None
+        for leaf, out in reversed(self._segments):
+            if grad is None:
+                loss.backward()
+            else:
+                out.backward(grad)
+            grad = leaf.grad
+        self._segments = []
 
 
 # ------------------------------------------------------------------------------------------- state on disk
@@ -391,7 +417,7 @@ class RepairRun:
                 result, loss = self.step_fn(image)
                 self.history.append(loss is None)
                 if loss is not None and not (result.nonfinite and self._nonfinite("loss")):
-                    loss.backward()
+                    self.step_fn.backward(loss)
                     grads_finite = all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None)
                     if grads_finite or not self._nonfinite("gradient"):
                         self.optimizer.step()

@@ -145,12 +145,12 @@ def test_gradient_window_equals_full_graph_gradients(images):
     image = None
     for path in sorted(images.glob("*.png")):
         candidate = load_image(path, RES).unsqueeze(0)
-        if step.find_loss_layer(candidate)[0] is not None:
+        if step.find_loss_layer(candidate)[0] not in (None, 0, 1):  # deep enough for the window to matter
             image = candidate
             break
     assert image is not None, "the defective model shows no defect on any test image"
     result, loss = step(image)
-    loss.backward()
+    step.backward(loss)
     windowed = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     start = result.layer - config.limit_layers + 1
     assert windowed and all(start <= int(n.split(".")[1]) <= result.layer for n in windowed)
@@ -191,7 +191,7 @@ def test_detection_used_by_the_loop_is_eq5(images):
     directions = _directions()
     step = SinderStep(model, directions, small_config(sigma=1))
     image = load_image(sorted(images.glob("*.png"))[0], RES).unsqueeze(0)
-    layer, count, _ = step.find_loss_layer(image)
+    layer, count = step.find_loss_layer(image)
     grids = model.get_intermediate_layers(image, n=list(range(len(model.blocks))), norm=False)
     counts = [int(find_defects(g[0].reshape(8, 8, -1), d).sum()) for g, d in zip(grids, directions)]
     first = next((i for i, c in enumerate(counts) if c >= 1), None)

@@ -1,0 +1,59 @@
+"""Depth losses of the DINOv2 protocol: the scale-invariant log loss (SigLoss) and the multi-scale gradient loss.
+
+Both read only pixels with valid ground truth: ``0 < gt <= max_depth`` (0 = no measurement).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+EPS = 1e-3  # added inside the logs, as the depth toolbox does, to keep gradients bounded near 0
+
+
+def valid_mask(target: Tensor, max_depth: float | None) -> Tensor:
+    mask = target > 0
+    if max_depth is not None:
+        mask &= target <= max_depth
+    return mask
+
+
+def sig_loss(pred: Tensor, target: Tensor, max_depth: float | None = 10.0, lam: float = 0.15,
+             eps: float = EPS, mean_only: bool = False) -> Tensor:  # fmt: skip
+    """``sqrt(Var(g) + lam * mean(g)^2)`` with ``g = log(pred + eps) - log(gt + eps)`` over all valid pixels of
+    the batch (``Var`` unbiased, as ``torch.var``). ``mean_only`` gives ``sqrt(lam * mean(g)^2)`` (warm-up)."""
+    mask = valid_mask(target, max_depth)
+    if not bool(mask.any()):
+        return pred.sum() * 0.0  # no valid pixel: a zero that keeps the graph
+    g = torch.log(pred[mask] + eps) - torch.log(target[mask] + eps)
+    energy = lam * g.mean() ** 2
+    if not mean_only:
+        energy = energy + (g.var() if g.numel() > 1 else g.sum() * 0.0)
+    return torch.sqrt(energy)
+
+
+def gradient_loss(pred: Tensor, target: Tensor, max_depth: float | None = 10.0, strides=(1, 2, 4, 6),
+                  eps: float = EPS) -> Tensor:  # fmt: skip
+    """Multi-scale gradient matching of the log-depth error (MegaDepth's loss, as the depth toolbox uses it).
+
+    At each stride s (the maps subsampled by ``[..., ::s, ::s]``), with ``d = (log(pred+eps) - log(gt+eps))``
+    zeroed outside the valid mask: ``(sum |d[y] - d[y+2]| + sum |d[x] - d[x+2]|) / N``, each difference
+    counted only where both pixels are valid and N the valid pixels at that stride; summed over strides.
+    Inputs are (B, 1, H, W) or (B, H, W); the subsampling is spatial only (the toolbox's batched version
+    also strided over the batch dimension).
+    """
+    if pred.dim() == 4:
+        pred, target = pred[:, 0], target[:, 0]
+    total = pred.new_zeros(())
+    for stride in strides:
+        p, t = pred[:, ::stride, ::stride], target[:, ::stride, ::stride]
+        mask = valid_mask(t, max_depth)
+        count = mask.sum()
+        if count == 0:
+            continue
+        maskf = mask.to(p.dtype)
+        d = (torch.log(p + eps) - torch.log(t + eps)) * maskf
+        vertical = (d[:, :-2, :] - d[:, 2:, :]).abs() * maskf[:, :-2, :] * maskf[:, 2:, :]
+        horizontal = (d[:, :, :-2] - d[:, :, 2:]).abs() * maskf[:, :, :-2] * maskf[:, :, 2:]
+        total = total + (vertical.sum() + horizontal.sum()) / count
+    return total

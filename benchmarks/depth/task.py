@@ -1,0 +1,92 @@
+"""Table 5 tasks: NYU Depth v2 with Linear 1, Linear 4 and DPT heads on a frozen backbone (RMSE, lower is better).
+
+Profile ``paper`` is the DINOv2 protocol (protocols.md, max_depth 10 m, not the hub heads' 80). Profile
+``smoke`` keeps every step of it (augmentation, losses, readout, flip-averaged full-resolution evaluation)
+with a small crop, a short schedule and a higher learning rate, on the synthetic NYU twin. The run record also
+carries the metrics of predicting the mean training depth everywhere, the floor any head must beat.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.core.registry import PROFILES, Metric, Task, register_task
+from benchmarks.depth.metrics import LOWER_IS_BETTER, METRICS
+
+PAPER = {"iterations": 38400, "warmup": 12800, "batch_size": 16, "lr": 1e-4, "weight_decay": 0.01,
+         "grad_clip": 35.0, "crop": [416, 544], "min_depth": 1e-3, "max_depth": 10.0, "n_bins": 256,
+         "upsample": 4, "dpt_channels": 256, "sig_weight": 1.0, "grad_weight": 0.5, "flip_eval": True}  # fmt: skip
+# Smoke: 150 iterations; the linear heads need a larger step than DPT to move the bin readout off its initial
+# mean (about (min_depth + max_depth) / 2) in so few iterations.
+SMOKE = {**PAPER, "iterations": 150, "warmup": 15, "batch_size": 4, "lr": 1e-3, "crop": [84, 112],
+         "dpt_channels": 32}  # fmt: skip
+SMOKE_LR = {"linear1": 1e-2, "linear4": 1e-2, "dpt": 1e-3}
+
+
+class _DepthTask(Task):
+    table = "table5"
+    head = ""
+    # Every metric is declared (the record's direction of each comes from here), RMSE first: Table 5's number.
+    metrics = tuple(
+        Metric(name, name not in LOWER_IS_BETTER, "averaged over test images")
+        for name in ("rmse", "abs_rel", "delta1", *(m for m in METRICS if m not in ("rmse", "abs_rel", "delta1")))
+    )
+
+    def datasets_needed(self, profile: str) -> list[str]:
+        return ["nyud:train", "nyud:test"]
+
+    def config(self, profile: str) -> dict[str, Any]:
+        if profile not in PROFILES:
+            raise ValueError(f"task {self.name}: unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+        if profile == "smoke":
+            return {"head": self.head, **SMOKE, "lr": SMOKE_LR[self.head]}
+        return {"head": self.head, **PAPER}
+
+    def run(self, backbone, ctx) -> dict[str, Any]:
+        from benchmarks.data.nyud import NYUDepthV2
+        from benchmarks.depth.features import head_blocks
+        from benchmarks.depth.metrics import mean_depth_baseline
+        from benchmarks.depth.train import DepthConfig, evaluate, train_head
+
+        cfg = DepthConfig.from_dict(ctx.config)
+        root = ctx.dataset_root("nyud")
+        train_set, test_set = NYUDepthV2(root, "train"), NYUDepthV2(root, "test")
+        head = train_head(backbone, train_set, cfg, device=ctx.device, seed=ctx.seed, num_workers=ctx.num_workers,
+                          log=ctx.log if ctx.progress else None)  # fmt: skip
+        metrics = evaluate(backbone, head, test_set, cfg, device=ctx.device, num_workers=ctx.num_workers)
+        n_images = int(metrics.pop("n_images"))
+        baseline = mean_depth_baseline(
+            (train_set[i]["depth"] for i in range(len(train_set))),
+            (test_set[i]["depth"] for i in range(min(len(test_set), cfg.eval_images or len(test_set)))),
+            cfg.min_depth, cfg.max_depth,
+        )  # fmt: skip
+        hparams = {
+            "blocks": head_blocks(cfg.head, len(backbone.blocks)),
+            "head_parameters": sum(p.numel() for p in head.parameters()),
+            "batch_size_per_rank": cfg.batch_size // ctx.world_size,
+            "skipped_steps": int(getattr(head, "skipped_steps", 0)),
+            "test_images": n_images,
+            "features": "patch tokens + class token, no final norm",
+        }
+        return {"metrics": metrics, "hparams": hparams, "details": {"mean_depth_baseline": baseline}}
+
+
+@register_task
+class DepthNYULinear1(_DepthTask):
+    name = "depth_nyu_linear1"
+    title = "NYU Depth v2, Linear 1 (last block + class token, BN + 1x1 conv, 256 bins)"
+    head = "linear1"
+
+
+@register_task
+class DepthNYULinear4(_DepthTask):
+    name = "depth_nyu_linear4"
+    title = "NYU Depth v2, Linear 4 (four blocks + class tokens, BN + 1x1 conv, 256 bins)"
+    head = "linear4"
+
+
+@register_task
+class DepthNYUDPT(_DepthTask):
+    name = "depth_nyu_dpt"
+    title = "NYU Depth v2, DPT head on four blocks (256 bins)"
+    head = "dpt"

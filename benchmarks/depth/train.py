@@ -1,0 +1,178 @@
+"""Train a depth head on a frozen backbone and evaluate it at full resolution with flip averaging.
+
+One loop for every head: features of the selected blocks (inference mode) -> head -> depth at feature
+resolution -> bilinear to the crop -> SigLoss + gradient loss -> AdamW with warmup + cosine, gradients
+clipped. Under torchrun each rank draws its own batches (global batch split across ranks), the head is
+wrapped in DDP, and the test images are sharded with their metric sums all-reduced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, RandomSampler, Subset
+
+from benchmarks.core import distributed as D
+from benchmarks.depth.features import backbone_features, head_blocks
+from benchmarks.depth.heads import DPTDepthHead, LinearDepthHead
+from benchmarks.depth.losses import gradient_loss, sig_loss
+from benchmarks.depth.metrics import MetricAverager, image_metrics
+from benchmarks.depth.transforms import AugmentedNYU, TestNYU, TrainTransform
+from benchmarks.segmentation.padding import center_pad
+
+
+@dataclass
+class DepthConfig:
+    head: str = "linear4"  # linear1 | linear4 | dpt
+    iterations: int = 38400
+    warmup: int = 12800
+    batch_size: int = 16  # global
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 35.0
+    crop: tuple[int, int] = (416, 544)
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+    n_bins: int = 256
+    upsample: int = 4  # linear heads: feature maps upsampled x4 before the 1x1 conv
+    dpt_channels: int = 256
+    sig_weight: float = 1.0
+    grad_weight: float = 0.5
+    sig_warmup_iters: int = 0  # iterations of the mean-only SigLoss (toolbox option; off in the protocol)
+    flip_eval: bool = True
+    eval_images: int = 0  # 0: the whole test split
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DepthConfig:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown depth config keys {unknown}; known: {sorted(known)}")
+        values = dict(values)
+        if "crop" in values:
+            values["crop"] = tuple(int(v) for v in values["crop"])
+        return cls(**values)
+
+
+def build_head(cfg: DepthConfig, embed_dim: int) -> nn.Module:
+    common = dict(n_bins=cfg.n_bins, min_depth=cfg.min_depth, max_depth=cfg.max_depth)
+    if cfg.head == "linear1":
+        return LinearDepthHead(embed_dim, 1, upsample=cfg.upsample, **common)
+    if cfg.head == "linear4":
+        return LinearDepthHead(embed_dim, 4, upsample=cfg.upsample, **common)
+    if cfg.head == "dpt":
+        return DPTDepthHead(embed_dim, channels=cfg.dpt_channels, **common)
+    raise ValueError(f"unknown depth head {cfg.head!r}; use linear1, linear4 or dpt")
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup from 0 to 1 over ``warmup`` steps, then cosine from 1 to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def depth_loss(pred: Tensor, target: Tensor, cfg: DepthConfig, step: int) -> Tensor:
+    sig = sig_loss(pred, target, cfg.max_depth, mean_only=step < cfg.sig_warmup_iters)
+    return cfg.sig_weight * sig + cfg.grad_weight * gradient_loss(pred, target, cfg.max_depth)
+
+
+def predict(backbone: nn.Module, head: nn.Module, images: Tensor, blocks: list[int]) -> Tensor:
+    """(B, 1, H, W) depth for (B, 3, H, W) normalized images: the head's map resized to the padded input, then
+    the padding cut away."""
+    padded, (top, bottom, left, right) = center_pad(images, int(backbone.patch_size))
+    depth = head(backbone_features(backbone, padded, blocks))
+    depth = F.interpolate(depth, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+    return depth[..., top : padded.shape[-2] - bottom, left : padded.shape[-1] - right]
+
+
+def _all_finite(loss: Tensor) -> bool:
+    flag = torch.isfinite(loss.detach()).float().reshape(1)
+    if D.is_distributed():
+        flag = flag.to(D.collective_device())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def _infinite(loader: DataLoader):
+    while True:
+        yield from loader
+
+
+def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torch.device, seed: int = 0,
+               num_workers: int = 0, log=None) -> nn.Module:  # fmt: skip
+    """Train a fresh head of ``cfg.head`` on ``train_set`` (a ``NYUDepthV2`` split); returns it (eval mode)."""
+    world = D.world_size()
+    if cfg.batch_size % world:
+        raise ValueError(f"global batch {cfg.batch_size} is not divisible by the {world} ranks of this run")
+    blocks = head_blocks(cfg.head, len(backbone.blocks))
+    torch.manual_seed(seed)
+    head = build_head(cfg, int(backbone.embed_dim)).to(device)
+    model: nn.Module = head
+    if D.is_distributed():
+        model = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.iterations))
+    generator = torch.Generator().manual_seed(seed * 1000 + D.rank())  # each rank draws its own batches
+    dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop))
+    sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size // world, sampler=sampler, num_workers=num_workers,
+                        generator=generator, drop_last=True)  # fmt: skip
+    batches = _infinite(loader)
+    head.train()
+    skipped = 0
+    for step in range(cfg.iterations):
+        images, depth = next(batches)
+        images, depth = images.to(device, non_blocking=True), depth.to(device, non_blocking=True)
+        pred = model(backbone_features(backbone, images, blocks))
+        pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
+        loss = depth_loss(pred, depth, cfg, step)
+        optimizer.zero_grad(set_to_none=True)
+        if not _all_finite(loss):
+            skipped += 1  # a NaN batch must not poison the head; all ranks skip together (DDP needs it)
+            scheduler.step()
+            continue
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if log is not None and (step + 1) % max(1, cfg.iterations // 5) == 0:
+            log(f"depth {cfg.head}: step {step + 1}/{cfg.iterations} loss {loss.item():.4f}")
+    head.eval()
+    head.skipped_steps = skipped
+    return head
+
+
+@torch.no_grad()
+def evaluate(backbone: nn.Module, head: nn.Module, test_set, cfg: DepthConfig, *, device: torch.device,
+             num_workers: int = 0) -> dict[str, float]:  # fmt: skip
+    """Metrics averaged over the test images (full resolution, flip-averaged when ``cfg.flip_eval``)."""
+    blocks = head_blocks(cfg.head, len(backbone.blocks))
+    dataset = TestNYU(test_set)
+    if cfg.eval_images:
+        dataset = Subset(dataset, range(min(cfg.eval_images, len(dataset))))
+    start, stop = D.shard_range(len(dataset))
+    loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=1, num_workers=num_workers)
+    averager = MetricAverager()
+    head.eval()
+    for image, depth in loader:
+        image = image.to(device)
+        pred = predict(backbone, head, image, blocks)
+        if cfg.flip_eval:
+            pred = 0.5 * (pred + predict(backbone, head, image.flip(-1), blocks).flip(-1))
+        averager.add(image_metrics(pred[0, 0].cpu(), depth[0, 0], cfg.min_depth, cfg.max_depth))
+    if D.is_distributed():
+        state = torch.tensor(averager.state(), dtype=torch.float64, device=D.collective_device())
+        torch.distributed.all_reduce(state)
+        averager = MetricAverager()
+        averager.merge_state(state.cpu().tolist())
+    result = averager.result()
+    result["n_images"] = float(averager.count)
+    return result

@@ -1,0 +1,122 @@
+"""Train augmentation and test preprocessing of the NYU protocol, on torch tensors.
+
+Train (the depth toolbox's NYU pipeline): NYU crop (the valid area of the 480 x 640 frame), rotation by
+U(-2.5, 2.5) degrees (with probability 0.5; bilinear image, nearest depth, zeros outside), horizontal flip
+(0.5), random crop (416 x 544 in the paper), colour augmentation (0.5: gamma U(0.9, 1.1), brightness
+U(0.75, 1.25), per-channel colour U(0.9, 1.1), clipped to [0, 1]), ImageNet normalization. Crop boxes given for
+480 x 640 frames are scaled to the image's size, so the synthetic twin (smaller frames) gets the same framing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+NYU_CROP_480x640 = (45, 472, 43, 608)  # rows [45, 472), cols [43, 608): the toolbox's NYUCrop
+
+
+def to_tensors(sample: dict) -> tuple[Tensor, Tensor]:
+    """(3, H, W) float image in [0, 1] and (1, H, W) depth in metres from a ``NYUDepthV2`` sample."""
+    image = torch.from_numpy(np.array(sample["image"], dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
+    depth = torch.from_numpy(np.array(sample["depth"], dtype=np.float32)).float()[None]
+    return image, depth
+
+
+def normalize(image: Tensor) -> Tensor:
+    mean = torch.tensor(MEAN, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+    std = torch.tensor(STD, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+    return (image - mean) / std
+
+
+def scaled_box(box: tuple[int, int, int, int], height: int, width: int) -> tuple[int, int, int, int]:
+    top, bottom, left, right = box
+    sy, sx = height / 480.0, width / 640.0
+    return round(top * sy), round(bottom * sy), round(left * sx), round(right * sx)
+
+
+def rotate(image: Tensor, depth: Tensor, degrees: float) -> tuple[Tensor, Tensor]:
+    """Rotate about the centre: bilinear for the image, nearest for depth (no mixed depths); zeros outside."""
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    height, width = image.shape[-2:]
+    # affine_grid works in normalized coordinates; correct the aspect ratio so the rotation is rigid in pixels.
+    theta = torch.tensor([[cos, -sin * height / width, 0.0], [sin * width / height, cos, 0.0]], dtype=torch.float32)
+    grid = F.affine_grid(theta[None], [1, 1, height, width], align_corners=False)
+    image = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    depth = F.grid_sample(depth[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
+    return image, depth
+
+
+@dataclass
+class TrainTransform:
+    crop: tuple[int, int] = (416, 544)
+    rotate_degrees: float = 2.5
+    gamma: tuple[float, float] = (0.9, 1.1)
+    brightness: tuple[float, float] = (0.75, 1.25)
+    colour: tuple[float, float] = (0.9, 1.1)
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        image, depth = to_tensors(sample)
+        top, bottom, left, right = scaled_box(NYU_CROP_480x640, *image.shape[-2:])
+        image, depth = image[:, top:bottom, left:right], depth[:, top:bottom, left:right]
+        if rng.random() < 0.5:
+            image, depth = rotate(image, depth, rng.uniform(-self.rotate_degrees, self.rotate_degrees))
+        if rng.random() < 0.5:
+            image, depth = image.flip(-1), depth.flip(-1)
+        image, depth = self._random_crop(image, depth, rng)
+        if rng.random() < 0.5:
+            image = image.clamp(0, 1) ** rng.uniform(*self.gamma) * rng.uniform(*self.brightness)
+            image = image * torch.tensor(rng.uniform(*self.colour, size=3), dtype=image.dtype).view(3, 1, 1)
+            image = image.clamp(0, 1)
+        return normalize(image), depth
+
+    def _random_crop(self, image: Tensor, depth: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        height, width = image.shape[-2:]
+        ch, cw = self.crop
+        if ch > height or cw > width:  # smaller frame than the crop: pad with zeros (= invalid depth)
+            pad = (0, max(0, cw - width), 0, max(0, ch - height))
+            image, depth = F.pad(image, pad), F.pad(depth, pad)
+            height, width = image.shape[-2:]
+        y = int(rng.integers(0, height - ch + 1))
+        x = int(rng.integers(0, width - cw + 1))
+        return image[:, y : y + ch, x : x + cw], depth[:, y : y + ch, x : x + cw]
+
+    def describe(self) -> str:
+        return (f"nyu_crop+rotate({self.rotate_degrees})+flip+crop{self.crop}+color(g{self.gamma},"
+                f"b{self.brightness},c{self.colour})+imagenet_norm")  # fmt: skip
+
+
+class AugmentedNYU(torch.utils.data.Dataset):
+    """A ``NYUDepthV2`` split with :class:`TrainTransform`; each draw takes its randomness from torch's RNG
+    (seeded per worker by the DataLoader), so a seeded run is reproducible."""
+
+    def __init__(self, dataset, transform: TrainTransform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        return self.transform(self.dataset[index], rng)
+
+
+class TestNYU(torch.utils.data.Dataset):
+    """Full-resolution normalized image and depth of a ``NYUDepthV2`` split."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, depth = to_tensors(self.dataset[index])
+        return normalize(image), depth

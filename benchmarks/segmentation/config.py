@@ -1,0 +1,140 @@
+"""Load a Table 4 config (``configs/*.py``, mmengine format) and resolve it for one run.
+
+The config files hold the paper's protocol. :func:`resolve_config` fills in what depends on the run: the
+dataset folder, the backbone's width, BN or SyncBN, the per-rank batch, workers, the work dir and the seed;
+and for short schedules (the smoke profile) the iteration count, warmup and a smaller resolution, rescaling
+every resolution-bearing field of the pipelines (resize scales, crop, slide window and stride) by one factor.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SETTINGS = ("linear", "multiscale")
+DATASETS = {"ade20k": "ade20k", "voc2012": "voc2012"}
+
+
+def config_path(dataset: str, setting: str) -> Path:
+    if dataset not in DATASETS or setting not in SETTINGS:
+        raise ValueError(
+            f"no segmentation config for dataset {dataset!r} / setting {setting!r}; datasets: "
+            f"{', '.join(DATASETS)}; settings: {', '.join(SETTINGS)}"
+        )
+    return CONFIG_DIR / f"{DATASETS[dataset]}_{setting}.py"
+
+
+def load_config(dataset: str, setting: str):
+    """The mmengine ``Config`` of ``configs/<dataset>_<setting>.py`` (the paper protocol, unresolved)."""
+    from mmengine.config import Config
+
+    return Config.fromfile(str(config_path(dataset, setting)))
+
+
+def _scaled(value: Sequence[int], factor: float) -> tuple[int, ...]:
+    return tuple(max(1, round(v * factor)) for v in value)
+
+
+def _rescale_transform(transform: dict, factor: float, crop: int) -> None:
+    kind = transform.get("type")
+    if kind in ("RandomResize", "Resize") and transform.get("scale") is not None:
+        transform["scale"] = _scaled(transform["scale"], factor)
+    elif kind == "RandomCrop":
+        transform["crop_size"] = (crop, crop)
+    elif kind == "TestTimeAug":
+        for group in transform["transforms"]:
+            for sub in group:
+                _rescale_transform(sub, factor, crop)
+
+
+def rescale_resolution(cfg, crop: int) -> float:
+    """Scale every resolution in ``cfg`` so that the training crop becomes ``crop``; returns the factor."""
+    base = int(cfg.model.data_preprocessor.size[0])
+    factor = crop / base
+    pipelines = [cfg.train_dataloader.dataset.pipeline, cfg.val_dataloader.dataset.pipeline,
+                 cfg.test_dataloader.dataset.pipeline, cfg.get("tta_pipeline") or []]  # fmt: skip
+    seen: set[int] = set()
+    for pipeline in pipelines:
+        if id(pipeline) in seen:  # val and test may share one pipeline object: scale it once
+            continue
+        seen.add(id(pipeline))
+        for transform in pipeline:
+            _rescale_transform(transform, factor, crop)
+    cfg.model.data_preprocessor.size = (crop, crop)
+    cfg.model.test_cfg.crop_size = (crop, crop)
+    cfg.model.test_cfg.stride = _scaled(cfg.model.test_cfg.stride, factor)
+    return factor
+
+
+def set_schedule(cfg, iterations: int, warmup: int) -> None:
+    """Linear warmup for ``warmup`` iterations then poly to 0 at ``iterations`` (the protocol's shape)."""
+    if not 0 <= warmup < iterations:
+        raise ValueError(f"warmup ({warmup}) must be in [0, iterations={iterations})")
+    warm, poly = cfg.param_scheduler
+    warm.end = warmup
+    poly.begin, poly.end = warmup, iterations
+    if warmup == 0:
+        cfg.param_scheduler = [poly]
+    cfg.train_cfg.max_iters = iterations
+    cfg.train_cfg.val_interval = iterations
+    hooks = cfg.default_hooks
+    hooks.checkpoint.interval = min(hooks.checkpoint.interval, iterations)
+    hooks.logger.interval = min(hooks.logger.interval, max(1, iterations // 4))
+
+
+def resolve_config(
+    cfg,
+    *,
+    data_root: str | Path,
+    embed_dim: int,
+    work_dir: str | Path,
+    world_size: int = 1,
+    sync_bn: bool = False,
+    device_type: str = "cuda",
+    num_workers: int = 0,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+):
+    """A copy of ``cfg`` ready for one run (see the module docstring). ``overrides`` (profile values):
+    ``crop``, ``iterations``, ``warmup``, ``batch_size`` (global), ``lr``, ``log_level``, ``eval_images`` (evaluate
+    on the first N images of the val split only)."""
+    cfg = copy.deepcopy(cfg)
+    overrides = dict(overrides or {})
+    if "crop" in overrides:
+        rescale_resolution(cfg, int(overrides["crop"]))
+    if "iterations" in overrides or "warmup" in overrides:
+        set_schedule(cfg, int(overrides.get("iterations", cfg.train_cfg.max_iters)),
+                     int(overrides.get("warmup", cfg.param_scheduler[0].end)))  # fmt: skip
+    if "lr" in overrides:
+        cfg.optim_wrapper.optimizer.lr = float(overrides["lr"])
+    if "log_level" in overrides:
+        cfg.log_level = overrides["log_level"]
+
+    head = cfg.model.decode_head
+    n_maps = len(head.in_index)
+    head.in_channels = [embed_dim] * n_maps
+    head.channels = embed_dim * n_maps
+    head.norm_cfg = dict(type="SyncBN" if sync_bn else "BN", requires_grad=True)
+
+    batch = int(overrides.get("batch_size", cfg.train_dataloader.batch_size))
+    if batch % world_size:
+        raise ValueError(f"global batch {batch} is not divisible by the {world_size} ranks of this run")
+    cfg.train_dataloader.batch_size = batch // world_size
+    for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = cfg[name]
+        loader.num_workers = num_workers
+        loader.persistent_workers = num_workers > 0  # torch refuses persistent workers without workers
+        loader.dataset.data_root = str(data_root)
+    if overrides.get("eval_images"):
+        cfg.test_dataloader = copy.deepcopy(cfg.test_dataloader)  # may be the val loader's object
+        cfg.test_dataloader.dataset.indices = int(overrides["eval_images"])
+    cfg.work_dir = str(work_dir)
+    cfg.randomness = dict(seed=seed)
+    cfg.launcher = "pytorch" if world_size > 1 else "none"
+    if world_size > 1 and device_type != "cuda":
+        # mmengine passes device_ids=[LOCAL_RANK] to DDP by default, which torch rejects for CPU modules.
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    return cfg

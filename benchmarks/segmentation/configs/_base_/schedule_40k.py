@@ -1,0 +1,43 @@
+# Shared by every Table 4 config: DINOv2's segmentation schedule and the mmengine runtime.
+# AdamW lr 1e-3, wd 1e-4; linear warmup for 1500 iterations, then poly (power 1) to 0 at 40k iterations.
+default_scope = "mmseg"
+
+optim_wrapper = dict(
+    type="OptimWrapper",
+    optimizer=dict(type="AdamW", lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-4),
+    clip_grad=None,
+)
+param_scheduler = [
+    dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=40000),
+]
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=40000, val_interval=40000)
+val_cfg = dict(type="ValLoop")
+test_cfg = dict(type="TestLoop")
+
+default_hooks = dict(
+    timer=dict(type="IterTimerHook"),
+    logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type="ParamSchedulerHook"),
+    # Checkpoints hold the head only (the frozen ViT is not part of the segmentor's state): small and resumable.
+    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=4000, max_keep_ckpts=2),
+    sampler_seed=dict(type="DistSamplerSeedHook"),
+)
+env_cfg = dict(
+    cudnn_benchmark=True,
+    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+    dist_cfg=dict(backend="nccl"),
+)
+log_processor = dict(by_epoch=False)
+log_level = "INFO"
+load_from = None
+resume = False
+randomness = dict(seed=0)
+tta_model = dict(type="SegTTAModel")
+
+# The protocol's global batch; the task divides it by the number of ranks under torchrun.
+train_dataloader = dict(batch_size=16, num_workers=4, persistent_workers=True, sampler=dict(type="InfiniteSampler", shuffle=True))
+val_dataloader = dict(batch_size=1, num_workers=4, persistent_workers=True, sampler=dict(type="DefaultSampler", shuffle=False))
+test_dataloader = val_dataloader
+val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
+test_evaluator = val_evaluator

@@ -1,0 +1,146 @@
+"""Table 4 tasks: ADE20k and VOC2012, linear and multiscale, through mmsegmentation.
+
+Profile ``paper`` runs the config files as they are (``configs/``: DINOv2's protocol). Profile ``smoke``
+shrinks them for a CPU: a small crop (every resolution of the pipelines scaled by the same factor), 100
+iterations at batch 4 and a higher learning rate; multiscale keeps the five TTA ratios and flip but evaluates
+on the first 4 val images only. The backbone runs on every augmented crop in both profiles (no feature cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.core.registry import PROFILES, Metric, Task, register_task
+
+SMOKE = {
+    "linear": {"crop": 84, "iterations": 100, "warmup": 10, "batch_size": 4, "lr": 3e-3, "log_level": "ERROR"},
+    "multiscale": {"crop": 70, "iterations": 100, "warmup": 10, "batch_size": 4, "lr": 3e-3, "eval_images": 4,
+                   "log_level": "ERROR"},
+}  # fmt: skip
+LOADERS = {"ade20k": ("benchmarks.data.ade20k", "ADE20k"), "voc2012": ("benchmarks.data.voc2012", "VOC2012")}
+
+
+def dataset_base(name: str, root: Path) -> Path:
+    """The folder mmseg's dataset reads (``ADEChallengeData2016`` / ``VOCdevkit/VOC2012``), after checking the
+    layout of both splits with our loaders (their errors name what is missing and how to get it)."""
+    import importlib
+
+    module, cls = LOADERS[name]
+    loader = getattr(importlib.import_module(module), cls)
+    loader(root, "train")
+    return Path(loader(root, "val").root)
+
+
+class _SegTask(Task):
+    table = "table4"
+    metrics = (
+        Metric("miou", True, "mean IoU (%) on the val split (mmseg IoUMetric)"),
+        Metric("aacc", True, "pixel accuracy (%) on the val split"),
+    )
+    dataset = ""
+    setting = ""
+
+    def datasets_needed(self, profile: str) -> list[str]:
+        return [f"{self.dataset}:train", f"{self.dataset}:val"]
+
+    def config(self, profile: str) -> dict[str, Any]:
+        from benchmarks.segmentation.config import config_path
+        from benchmarks.segmentation.mmseg_env import INSTALL_HINT, missing_packages
+
+        if profile not in PROFILES:
+            raise ValueError(f"task {self.name}: unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+        missing = missing_packages()
+        if missing:
+            raise ValueError(f"task {self.name} needs {', '.join(missing)} (not installed): {INSTALL_HINT}")
+        path = config_path(self.dataset, self.setting)
+        return {
+            "config_file": str(path.relative_to(path.parents[3])),
+            "dataset": self.dataset,
+            "setting": self.setting,
+            "overrides": dict(SMOKE[self.setting]) if profile == "smoke" else {},
+        }
+
+    def run(self, backbone, ctx) -> dict[str, Any]:
+        from benchmarks.segmentation.config import load_config, resolve_config
+        from benchmarks.segmentation.mmseg_env import ensure_mmseg
+        from benchmarks.segmentation.train import train_and_evaluate
+
+        ensure_mmseg()
+        data_root = dataset_base(self.dataset, ctx.dataset_root(self.dataset))
+        overrides = dict(ctx.config.get("overrides") or {})
+        if not ctx.progress:
+            overrides.setdefault("log_level", "WARNING")
+        base_dir = Path(ctx.work_dir) if ctx.work_dir else Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        cfg = resolve_config(
+            load_config(self.dataset, self.setting), data_root=data_root, embed_dim=int(backbone.embed_dim),
+            work_dir=base_dir, world_size=ctx.world_size,
+            sync_bn=ctx.world_size > 1 and ctx.device.type == "cuda", device_type=ctx.device.type, num_workers=ctx.num_workers, seed=ctx.seed,
+            overrides=overrides,
+        )  # fmt: skip
+        # Checkpoints of a different resolved config must never be resumed: key the folder by it.
+        digest = hashlib.sha256(cfg.pretty_text.replace(str(base_dir), "").encode()).hexdigest()[:12]
+        cfg.work_dir = str(base_dir / f"mmseg-{digest}")
+        result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale")
+
+        # Record names are lower case like every other task's (mmseg's mIoU -> miou, aAcc -> aacc).
+        single = {key.lower(): value for key, value in result["single_scale"].items()}
+        tta = None if result["tta"] is None else {key.lower(): value for key, value in result["tta"].items()}
+        metrics = dict(tta if tta is not None else single)
+        if tta is not None:
+            metrics.update({f"{key}_single_scale": value for key, value in single.items()})
+        return {"metrics": metrics, "hparams": self._hparams(cfg, result)}
+
+    def _hparams(self, cfg, result) -> dict[str, Any]:
+        head = cfg.model.decode_head
+        hparams = {
+            "crop": list(cfg.model.data_preprocessor.size),
+            "slide_crop": list(cfg.model.test_cfg.crop_size),
+            "slide_stride": list(cfg.model.test_cfg.stride),
+            "iterations": int(cfg.train_cfg.max_iters),
+            "warmup": int(cfg.param_scheduler[0].end) if len(cfg.param_scheduler) > 1 else 0,
+            "batch_size_per_rank": int(cfg.train_dataloader.batch_size),
+            "lr": float(cfg.optim_wrapper.optimizer.lr),
+            "weight_decay": float(cfg.optim_wrapper.optimizer.weight_decay),
+            "in_index": list(head.in_index),
+            "head_channels": int(head.channels),
+            "norm": head.norm_cfg["type"],
+            "eval_images": int(cfg.test_dataloader.dataset.get("indices") or 0) or "all",
+            "feature_cache": "none: the backbone runs on every augmented crop",
+            "resumed": bool(result["resumed"]),
+            "work_dir": cfg.work_dir,
+        }
+        if result["tta"] is not None:
+            hparams["tta_ratios"] = list(cfg.tta_ratios)
+            hparams["tta_flip"] = True
+        return hparams
+
+
+@register_task
+class SegADE20kLinear(_SegTask):
+    name = "seg_ade20k_linear"
+    title = "ADE20k, linear (BN + 1x1 conv on the last block, 512)"
+    dataset, setting = "ade20k", "linear"
+
+
+@register_task
+class SegADE20kMultiscale(_SegTask):
+    name = "seg_ade20k_multiscale"
+    title = "ADE20k, multiscale (last 4 blocks, 640, TTA 1.0-3.0 + flip)"
+    dataset, setting = "ade20k", "multiscale"
+
+
+@register_task
+class SegVOCLinear(_SegTask):
+    name = "seg_voc_linear"
+    title = "PASCAL VOC 2012, linear (BN + 1x1 conv on the last block, 512)"
+    dataset, setting = "voc2012", "linear"
+
+
+@register_task
+class SegVOCMultiscale(_SegTask):
+    name = "seg_voc_multiscale"
+    title = "PASCAL VOC 2012, multiscale (last 4 blocks, 640, TTA 1.0-3.0 + flip)"
+    dataset, setting = "voc2012", "multiscale"

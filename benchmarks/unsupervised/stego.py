@@ -1,0 +1,307 @@
+"""STEGO (Hamilton et al., ICLR 2022) on a frozen backbone: the segmentation head, its loss, probes, evaluation.
+
+Facts from the paper and its public code (configs and losses), reimplemented here:
+- Head on the last block's patch tokens (C channels): ``code = W1 x + W3 relu(W2 x)`` (1x1 convolutions C->70 and
+  C->C->70), each branch reading the features through its own channel dropout (p 0.1); the correspondence loss
+  sees the features through dropout too.
+- Correspondence loss on ``feature_samples`` x ``feature_samples`` points sampled uniformly (bilinear, border
+  padding): for feature maps f1, f2 and codes c1, c2, ``F = corr(norm f1, norm f2)`` centred per point over the
+  other map's points (plus its global mean, "pointwise"), ``S = corr(norm c1, norm c2)`` and the loss
+  ``-clamp(S, 0) * (F - shift)``. Three pairs: the image with itself (pos_intra), with a KNN positive
+  (pos_inter: one of its 1..7 nearest neighbours by pooled features) and with ``neg_samples`` random other images
+  of the batch (neg_inter). Weighted by the six per-dataset/backbone numbers of SINDER's appendix Table 7.
+- Probes on the detached code: a cluster probe (learnable centroids, cosine; loss = -max cosine) and a linear
+  1x1 conv with cross-entropy on the labels (supervised, for reference). Adam: head 5e-4, probes 5e-3.
+- Evaluation: code averaged with that of the flipped image, bilinearly upsampled to the label size; cluster
+  probe log-probabilities log_softmax(2 x cosine); optional DenseCRF; one Hungarian matching over the set.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.core import distributed as D
+
+from . import batches as B
+from . import loop as L
+from .crf import CRFParams, backend_name, crf_batch, resolve_workers
+from .data import SegmentationView
+from .metrics import ConfusionAccumulator
+from .tokens import TokenSource, compute_tokens
+
+
+class StegoHead(nn.Module):
+    def __init__(self, dim: int, code_dim: int = 70, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout2d(dropout)
+        self.linear = nn.Conv2d(dim, code_dim, 1)
+        self.nonlinear = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.ReLU(), nn.Conv2d(dim, code_dim, 1))
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features as the loss sees them, code); every use of the features draws its own dropout mask."""
+        code = self.linear(self.dropout(feats)) + self.nonlinear(self.dropout(feats))
+        return self.dropout(feats), code
+
+
+class ClusterProbe(nn.Module):
+    """Learnable centroids; cosine similarity of normalized code vectors to normalized centroids."""
+
+    def __init__(self, dim: int, n_clusters: int):
+        super().__init__()
+        self.centroids = nn.Parameter(torch.randn(n_clusters, dim))
+
+    def similarities(self, code: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,nc->bnhw", F.normalize(code, dim=1), F.normalize(self.centroids, dim=1))
+
+    def loss(self, code: torch.Tensor) -> torch.Tensor:
+        """Minus the mean cosine of each code vector to its nearest centroid (hard assignment)."""
+        return -self.similarities(code).max(dim=1).values.mean()
+
+    def log_probs(self, code: torch.Tensor, alpha: float) -> torch.Tensor:
+        return F.log_softmax(self.similarities(code) * alpha, dim=1)
+
+
+class StegoModel(nn.Module):
+    def __init__(self, dim: int, n_classes: int, code_dim: int = 70, dropout: float = 0.1, extra_clusters: int = 0):
+        super().__init__()
+        self.head = StegoHead(dim, code_dim, dropout)
+        self.cluster_probe = ClusterProbe(code_dim, n_classes + extra_clusters)
+        self.linear_probe = nn.Conv2d(code_dim, n_classes, 1)
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+def _sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    # coords: B x S x S x 2 in [-1, 1]; STEGO transposes them, which only reorders the samples
+    return F.grid_sample(maps, coords.permute(0, 2, 1, 3), padding_mode="border", align_corners=True)
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("nchw,ncij->nhwij", F.normalize(a, dim=1, eps=1e-10), F.normalize(b, dim=1, eps=1e-10))
+
+
+def pair_loss(f1, f2, c1, c2, shift: float, pointwise: bool = True, zero_clamp: bool = True,
+              stabilize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Elementwise ``-clamp(S) * (F - shift)`` and S for one pair of (sampled) feature and code maps."""
+    with torch.no_grad():
+        fd = _correlation(f1, f2)
+        if pointwise:
+            global_mean = fd.mean()
+            fd = fd - fd.mean(dim=(3, 4), keepdim=True)
+            fd = fd - fd.mean() + global_mean
+    cd = _correlation(c1, c2)
+    low = 0.0 if zero_clamp else -9999.0
+    clamped = cd.clamp(low, 0.8) if stabilize else cd.clamp(min=low)
+    return -clamped * (fd - shift), cd
+
+
+def derangement(n: int, device) -> torch.Tensor:
+    """A random permutation that moves every index when n > 1 (STEGO's "super_perm")."""
+    perm = torch.randperm(n, device=device)
+    perm[perm == torch.arange(n, device=device)] += 1
+    return perm % n
+
+
+def correspondence_losses(feats, feats_pos, code, code_pos, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Mean pos_intra, pos_inter and neg_inter losses of a batch (STEGO's ContrastiveCorrelationLoss)."""
+    batch = feats.shape[0]
+    s = int(cfg["feature_samples"])
+    shape = (batch, s, s, 2)
+    coords1 = torch.rand(shape, device=feats.device) * 2 - 1
+    coords2 = torch.rand(shape, device=feats.device) * 2 - 1
+    opts = dict(pointwise=cfg["pointwise"], zero_clamp=cfg["zero_clamp"], stabilize=cfg["stabilize"])
+    f, c = _sample(feats, coords1), _sample(code, coords1)
+    f_pos, c_pos = _sample(feats_pos, coords2), _sample(code_pos, coords2)
+    w = cfg["loss"]
+    pos_intra, _ = pair_loss(f, f, c, c, w["pos_intra_shift"], **opts)
+    pos_inter, _ = pair_loss(f, f_pos, c, c_pos, w["pos_inter_shift"], **opts)
+    negatives = []
+    for _ in range(int(cfg["neg_samples"])):
+        perm = derangement(batch, feats.device)
+        f_neg, c_neg = _sample(feats[perm], coords2), _sample(code[perm], coords2)
+        negatives.append(pair_loss(f, f_neg, c, c_neg, w["neg_inter_shift"], **opts)[0])
+    neg_inter = torch.cat(negatives, 0) if negatives else pos_intra.new_zeros(1)
+    return {"pos_intra": pos_intra.mean(), "pos_inter": pos_inter.mean(), "neg_inter": neg_inter.mean()}
+
+
+def linear_probe_loss(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Cross-entropy of the (upsampled) probe logits on the labelled pixels; 0 when none is labelled."""
+    logits = F.interpolate(logits, labels.shape[-2:], mode="bilinear", align_corners=False)
+    flat = logits.permute(0, 2, 3, 1).reshape(-1, n_classes)
+    target = labels.reshape(-1)
+    keep = (target >= 0) & (target < n_classes)
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(flat[keep], target[keep])
+
+
+# ------------------------------------------------------------------------------------------- training
+def _positives(nns: torch.Tensor, indices: torch.Tensor, num_neighbors: int, seed: int, step: int):
+    """One KNN positive per item: neighbour 1..num_neighbors (0 is the item itself), drawn from (seed, step)."""
+    generator = torch.Generator().manual_seed(L.step_seed(seed, "stego-positive", step))
+    high = min(num_neighbors, nns.shape[1] - 1)
+    if high < 1:
+        return indices.clone()
+    picks = torch.randint(1, high + 1, (len(indices),), generator=generator)
+    return nns[indices, picks]
+
+
+def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: dict[str, Any], ctx,
+                n_classes: int) -> dict[str, Any]:  # fmt: skip
+    """Train head and probes for ``cfg['steps']`` steps (resuming from the checkpoint); returns train stats."""
+    device = torch.device(ctx.device)
+    optimizers = {
+        "head": torch.optim.Adam(model.head.parameters(), lr=cfg["lr"]),
+        "cluster": torch.optim.Adam(model.cluster_probe.parameters(), lr=cfg["probe_lr"]),
+        "linear": torch.optim.Adam(model.linear_probe.parameters(), lr=cfg["probe_lr"]),
+    }
+    ckpt = L.Checkpoint(ctx.work_dir, "stego", L.config_fingerprint({**cfg, "seed": ctx.seed,
+                                                                      "world": ctx.world_size}))  # fmt: skip
+    start, stats = 0, {}
+    state = ckpt.load(ctx.log)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optim"][name])
+        start, stats = int(state["step"]), dict(state.get("stats", {}))
+        ctx.log(f"stego: resuming at step {start} from {ckpt.path}")
+    else:
+        L.broadcast_parameters(model)
+    steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
+    if start >= steps:
+        return stats
+    keys = []
+    for step in range(start, steps):
+        local = L.local_share(L.global_batch(len(source.view), batch, step, ctx.seed))
+        pos = _positives(nns, local, cfg["num_neighbors"], ctx.seed, step)
+        keys.append(list(zip(local.tolist(), pos.tolist())))
+    stream = B.iterate(source.view, keys, load_images=not source.cached, num_workers=ctx.num_workers)
+    weights = cfg["loss"]
+    model.train()
+    bar = L.progress_bar(steps, start, "stego train", ctx.progress)
+    sums = {k: 0.0 for k in ("loss", "pos_intra", "pos_inter", "neg_inter", "linear", "cluster")}
+    for step, item in zip(range(start, steps), stream):
+        torch.manual_seed(L.step_seed(ctx.seed, "stego", step))
+        feats = source.tokens_of(item["index"], item.get("image"))
+        feats_pos = source.tokens_of(item["positive"], item.get("pos_image"))
+        labels = item["label"].to(device) if "label" in item else source.labels_of(item["index"])
+        f, code = model.head(feats)
+        f_pos, code_pos = model.head(feats_pos)
+        corr = correspondence_losses(f, f_pos, code, code_pos, cfg)
+        loss = (weights["pos_inter_weight"] * corr["pos_inter"] + weights["pos_intra_weight"] * corr["pos_intra"]
+                + weights["neg_inter_weight"] * corr["neg_inter"]) * cfg["correspondence_weight"]  # fmt: skip
+        detached = code.detach()
+        linear = linear_probe_loss(model.linear_probe(detached), labels, n_classes)
+        cluster = model.cluster_probe.loss(detached)
+        total = loss + linear + cluster
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        L.average_gradients(model.parameters())
+        for opt in optimizers.values():
+            opt.step()
+        values = {"loss": total, "linear": linear, "cluster": cluster, **corr}
+        for k in sums:
+            sums[k] += float(values[k].detach())
+        bar.update(1)
+        done = step + 1
+        if done % int(cfg["checkpoint_every"]) == 0 or done == steps:
+            stats = {f"train_{k}": v / max(1, done - start) for k, v in sums.items()}
+            ckpt.save({"step": done, "model": model.state_dict(),
+                       "optim": {k: o.state_dict() for k, o in optimizers.items()}, "stats": stats})  # fmt: skip
+    bar.close()
+    return stats
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def flip_averaged_code(backbone, head: StegoHead, images: torch.Tensor, amp_dtype=None) -> torch.Tensor:
+    code = head(compute_tokens(backbone, images, amp_dtype))[1]
+    code_flip = head(compute_tokens(backbone, images.flip(dims=[3]), amp_dtype))[1]
+    return (code + code_flip.flip(dims=[3])) / 2
+
+
+@torch.no_grad()
+def evaluate_stego(backbone, model: StegoModel, view: SegmentationView, cfg: dict[str, Any], ctx,
+                   n_classes: int) -> dict[str, float]:  # fmt: skip
+    """Cluster and linear scores, without and (when ``cfg['crf']``) with CRF, on the whole of ``view``."""
+    device = torch.device(ctx.device)
+    model.eval()
+    n_clusters = n_classes + int(cfg.get("extra_clusters", 0))
+    acc = {name: ConfusionAccumulator(n_classes, n_clusters if name.startswith("cluster") else n_classes)
+           for name in ("cluster", "linear", "cluster_crf", "linear_crf")}  # fmt: skip
+    params = CRFParams(**cfg.get("crf_params", {}))
+    workers = resolve_workers(cfg.get("crf_workers", 0), D.world_size())
+    shard = list(L.eval_shard(len(view)))
+    size = int(cfg["eval_batch_size"])
+    batches = [shard[i : i + size] for i in range(0, len(shard), size)]
+    bar = L.progress_bar(len(batches), 0, "stego eval", ctx.progress)
+    for item in B.iterate(view, batches, load_images=True, num_workers=ctx.num_workers):
+        images, labels = item["image"].to(device), item["label"]
+        code = flip_averaged_code(backbone, model.head, images, ctx.amp_dtype)
+        code = F.interpolate(code, labels.shape[-2:], mode="bilinear", align_corners=False)
+        scores = {
+            "cluster": model.cluster_probe.log_probs(code, cfg["cluster_alpha"]).float().cpu(),
+            "linear": F.log_softmax(model.linear_probe(code), dim=1).float().cpu(),
+        }
+        for name, logp in scores.items():
+            acc[name].update(logp.argmax(1), labels)
+            if cfg["crf"]:
+                refined = crf_batch(item["rgb"], logp, params, cfg["crf_backend"], workers)
+                acc[f"{name}_crf"].update(refined.argmax(1), labels)
+        bar.update(1)
+    bar.close()
+    out = {}
+    for name, accumulator in acc.items():
+        if name.endswith("_crf") and not cfg["crf"]:
+            continue
+        accumulator.all_reduce()
+        scores = accumulator.compute(hungarian=name.startswith("cluster"))
+        out[name] = scores
+    return out
+
+
+def stego_metrics(results: dict[str, dict[str, float]], crf: bool) -> dict[str, float]:
+    """Table 1's columns (with CRF when it ran, as STEGO's evaluation reports) plus the other variants."""
+    metrics = {}
+    for probe in ("cluster", "linear"):
+        main = results[f"{probe}_crf"] if crf else results[probe]
+        metrics[f"{probe}_miou"] = main["mIoU"]
+        metrics[f"{probe}_acc"] = main["Acc"]
+        metrics[f"{probe}_miou_nocrf"] = results[probe]["mIoU"]
+        metrics[f"{probe}_acc_nocrf"] = results[probe]["Acc"]
+    return metrics
+
+
+def run_stego(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, knn_view: SegmentationView,
+              val_view: SegmentationView, n_classes: int, loss_variant: str) -> dict[str, Any]:  # fmt: skip
+    """Train STEGO on ``train_view`` and score it on ``val_view``: ``{"metrics", "hparams"}``."""
+    from .tokens import knn_indices
+
+    device = torch.device(ctx.device)
+    backbone.eval()  # frozen: its tokens are computed under inference_mode
+    nns = knn_indices(backbone, knn_view, ctx, k=int(cfg["knn_k"]), batch_size=int(cfg["eval_batch_size"]) * 4)
+    if len(nns) != len(train_view):
+        raise ValueError(f"KNN table has {len(nns)} rows but the training view {len(train_view)} items")
+    source = TokenSource(backbone, train_view, ctx, cache=cfg["feature_cache"], max_cache_gb=cfg["max_cache_gb"],
+                         batch_size=int(cfg["eval_batch_size"]) * 4, desc="stego train tokens")  # fmt: skip
+    torch.manual_seed(ctx.seed)
+    model = StegoModel(source.channels, n_classes, cfg["code_dim"], cfg["dropout"], cfg.get("extra_clusters", 0))
+    model.to(device)
+    stats = train_stego(model, source, nns, cfg, ctx, n_classes)
+    crf_name = backend_name(cfg["crf_backend"]) if cfg["crf"] else None
+    results = evaluate_stego(backbone, model, val_view, cfg, ctx, n_classes)
+    metrics = stego_metrics(results, bool(cfg["crf"]))
+    hparams = {
+        "loss_variant": loss_variant, "loss": dict(cfg["loss"]), "crf_backend": crf_name,
+        "token_source": source.mode, "token_cache_estimate_gb": round(source.estimated_gb, 3),
+        "n_train_items": len(train_view), "n_val_items": len(val_view), "steps": int(cfg["steps"]),
+        "global_batch": int(cfg["batch_size"]), "world_size": D.world_size(),
+        **{k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in stats.items()},
+    }  # fmt: skip
+    details = {name: scores for name, scores in results.items()}
+    return {"metrics": metrics, "hparams": hparams, "details": details}

@@ -1,0 +1,160 @@
+"""Tables 1 and 2: unsupervised segmentation with STEGO (Cityscapes-27, Potsdam-3) and CAUSE-TR (Cityscapes-27,
+VOC-21) on frozen backbones.
+
+Configurations live in ``configs.yaml`` beside this file (profiles ``paper`` and ``smoke``). STEGO's loss
+weights depend on the backbone (SINDER appendix Table 7): ``loss_variant`` picks the row from the backbone —
+"sinder" when its label or weights file names SINDER, "register" when it has register tokens, else "dinov2".
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from benchmarks.core.registry import Metric, Task, register_task
+
+CONFIG_FILE = Path(__file__).with_name("configs.yaml")
+LOSS_VARIANTS = ("dinov2", "register", "sinder")
+
+
+@lru_cache(maxsize=1)
+def _configs() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(CONFIG_FILE.read_text())
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_config(method: str, dataset_key: str, profile: str) -> dict[str, Any]:
+    """common <- datasets[dataset_key] <- profiles[profile] <- profiles[profile][dataset_key] of ``method``."""
+    table = _configs()[method]
+    profiles = table["profiles"]
+    if profile not in profiles:
+        raise ValueError(f"{method}_{dataset_key}: no profile {profile!r}; profiles: {', '.join(profiles)}")
+    prof = {k: v for k, v in profiles[profile].items() if k not in table["datasets"]}
+    cfg = _merge(_merge(table["common"], table["datasets"][dataset_key]), prof)
+    return _merge(cfg, profiles[profile].get(dataset_key, {}))
+
+
+def loss_variant(backbone, label: str = "") -> str:
+    """Which backbone row of appendix Table 7 applies: sinder, register or dinov2."""
+    names = f"{label} {getattr(backbone, 'weights_source', '')} {getattr(backbone, 'name', '')}".lower()
+    if "sinder" in names:
+        return "sinder"
+    if int(getattr(backbone, "num_register_tokens", 0) or 0) > 0:
+        return "register"
+    return "dinov2"
+
+
+def _open(ctx, cfg: dict[str, Any], split: str):
+    from benchmarks.data import open_dataset
+
+    return open_dataset(cfg["dataset"], ctx.dataset_root(cfg["dataset"]), split)
+
+
+class _UnsupervisedTask(Task):
+    method = ""
+    dataset_key = ""
+
+    def datasets_needed(self, profile: str) -> list[str]:
+        cfg = self.config(profile)
+        return [f"{cfg['dataset']}:{cfg['train_split']}", f"{cfg['dataset']}:{cfg['val_split']}"]
+
+    def config(self, profile: str) -> dict[str, Any]:
+        return resolve_config(self.method, self.dataset_key, profile)
+
+
+class _StegoTask(_UnsupervisedTask):
+    method = "stego"
+    table = "table1"
+    metrics = (
+        Metric("cluster_miou", True, "unsupervised cluster probe mIoU (%), Hungarian-matched, with CRF"),
+        Metric("cluster_acc", True, "unsupervised cluster probe pixel accuracy (%), with CRF"),
+        Metric("linear_miou", True, "supervised linear probe mIoU (%), for reference, with CRF"),
+        Metric("linear_acc", True, "supervised linear probe pixel accuracy (%), with CRF"),
+    )
+
+    def run(self, backbone, ctx) -> dict[str, Any]:
+        from .data import SegmentationView, parse_crops
+        from .stego import run_stego
+
+        cfg = dict(ctx.config)
+        variant = loss_variant(backbone, ctx.backbone_label)
+        cfg["loss"] = dict(cfg["loss_weights"][variant])
+        crops = parse_crops(cfg["train_crops"])
+        train_base = _open(ctx, cfg, cfg["train_split"])
+        name = f"{cfg['dataset']}:{cfg['train_split']}"
+        views = {
+            key: SegmentationView(base, res, crop, cfg["resize"], cfg["interpolation"], name=n)
+            for key, base, res, crop, n in (
+                ("train", train_base, cfg["train_resolution"], crops, name),
+                ("knn", train_base, cfg["knn_resolution"], crops, name),
+                ("val", _open(ctx, cfg, cfg["val_split"]), cfg["eval_resolution"], (),
+                 f"{cfg['dataset']}:{cfg['val_split']}"),
+            )
+        }  # fmt: skip
+        return run_stego(backbone, ctx, cfg, views["train"], views["knn"], views["val"], cfg["n_classes"], variant)
+
+
+@register_task
+class StegoCityscapes(_StegoTask):
+    name = "stego_cityscapes"
+    title = "STEGO on Cityscapes-27 (five-cropped train 392, val 560), frozen backbone"
+    dataset_key = "cityscapes"
+
+
+@register_task
+class StegoPotsdam(_StegoTask):
+    name = "stego_potsdam"
+    title = "STEGO on Potsdam-3 (train 392, val 560), frozen backbone"
+    dataset_key = "potsdam"
+
+
+class _CauseTask(_UnsupervisedTask):
+    method = "cause"
+    table = "table2"
+    metrics = (
+        Metric("miou", True, "cluster mIoU (%) without CRF"),
+        Metric("map", True, "CAUSE's mAP (%) without CRF: mean per-class precision of the matched clusters"),
+        Metric("acc", True, "pixel accuracy (%) without CRF"),
+        Metric("crf_miou", True, "cluster mIoU (%) with CRF"),
+        Metric("crf_map", True, "CAUSE's mAP (%) with CRF"),
+        Metric("crf_acc", True, "pixel accuracy (%) with CRF"),
+    )
+
+    def run(self, backbone, ctx) -> dict[str, Any]:
+        from .cause import run_cause
+        from .data import SegmentationView, parse_crops
+
+        cfg = dict(ctx.config)
+        res = cfg["resolution"]
+        train = SegmentationView(_open(ctx, cfg, cfg["train_split"]), res, parse_crops(cfg["train_crops"]),
+                                 cfg["resize"], cfg["interpolation"], name=f"{cfg['dataset']}:{cfg['train_split']}")
+        val = SegmentationView(_open(ctx, cfg, cfg["val_split"]), res, (), cfg["resize"], cfg["interpolation"],
+                               name=f"{cfg['dataset']}:{cfg['val_split']}")  # fmt: skip
+        return run_cause(backbone, ctx, cfg, train, val, cfg["n_classes"])
+
+
+@register_task
+class CauseCityscapes(_CauseTask):
+    name = "cause_cityscapes"
+    title = "CAUSE-TR on Cityscapes-27 (322, five-cropped train), frozen backbone"
+    dataset_key = "cityscapes"
+
+
+@register_task
+class CauseVOC(_CauseTask):
+    name = "cause_voc"
+    title = "CAUSE-TR on PASCAL VOC 2012 (21 classes, 322), frozen backbone"
+    dataset_key = "voc2012"
