@@ -46,6 +46,9 @@ class SVDLinear(nn.Module):
             self.register_buffer(f"Vt{j}", vt.to(weight.dtype))
             delta = nn.Parameter(torch.zeros_like(s, dtype=weight.dtype), requires_grad=trainable_parts[j])
             self.register_parameter(f"delta{j}", delta)
+        # The pre-trained weight, kept on the host and outside the state dict: folding back adds the learned
+        # change to it, so whatever did not train comes back bit for bit.
+        self.original_weight = weight.to("cpu", copy=True)
         self.bias = None
         if linear.bias is not None:
             self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
@@ -64,7 +67,9 @@ class SVDLinear(nn.Module):
 
     @torch.no_grad()
     def folded_weight(self) -> Tensor:
-        return torch.cat([(u * (s + delta)) @ vt for u, s, vt, delta in self.factors()], dim=0)
+        """W + U diag(delta) V^T: the weight this layer now computes, exact where delta is zero."""
+        change = torch.cat([(u * delta) @ vt for u, _, vt, delta in self.factors()], dim=0)
+        return self.original_weight.to(change) + change
 
     def to_linear(self) -> nn.Linear:
         weight = self.folded_weight()

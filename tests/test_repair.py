@@ -54,10 +54,8 @@ def test_repair_removes_defects_on_held_out_images(repaired):
     dim = original.embed_dim
     for key in ("pos_embed", "patch_embed.proj.weight", "norm.weight", "blocks.0.norm1.weight"):
         assert torch.equal(state[key], ref[key])
-    changed_qk = max(float((state[f"blocks.{i}.attn.qkv.weight"][: 2 * dim]
-                            - ref[f"blocks.{i}.attn.qkv.weight"][: 2 * dim]).abs().max())
-                     for i in range(len(original.blocks)))
-    assert changed_qk < 1e-5
+    for i in range(len(original.blocks)):
+        assert torch.equal(state[f"blocks.{i}.attn.qkv.weight"][: 2 * dim], ref[f"blocks.{i}.attn.qkv.weight"][: 2 * dim])
     assert any(float((state[k] - ref[k]).abs().max()) > 1e-4 for k in ref if k.endswith("mlp.w3.weight")
                or k.endswith("mlp.fc2.weight"))
     # The report and its figure are beside the checkpoint.
@@ -219,3 +217,86 @@ def test_smoke_repair_clears_the_defective_model():
     assert sum(before["high_norm_tokens_per_layer"][2:]) >= 20
     assert sum(after["high_norm_tokens_per_layer"][2:]) <= 0.2 * sum(before["high_norm_tokens_per_layer"][2:])
     assert max(after["max_over_median_norm_per_layer"]) < 0.5 * max(before["max_over_median_norm_per_layer"])
+
+
+def test_termination_rule_on_a_scripted_sequence(tmp_path):
+    """Stop before an iteration when >= stop_fraction of the last `window` images were clear."""
+    from sinder.repair import StepResult
+
+    script = [True, True, False, True, False, True, True, True, True, False, True]  # True = clear image
+    window, fraction = 4, 0.75
+
+    # Independent statement of the rule: the window starts full of "had a loss".
+    history = [False] * window
+    expected = len(script)
+    for t, clear in enumerate(script):
+        if sum(history[-window:]) / window >= fraction:
+            expected = t
+            break
+        history.append(clear)
+
+    class Scripted:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, image):
+            clear = script[self.calls]
+            self.calls += 1
+            if clear:
+                return StepResult(None, 0, None, None), None
+            return StepResult(3, 3, 1.0, 1.0), torch.tensor(1.0)
+
+        def backward(self, loss):
+            pass
+
+    model = build_vit("dinov2_tiny", seed=0)
+    config = RepairConfig(window=window, stop_fraction=fraction, max_iters=len(script), checkpoint_every=0,
+                          resolution=28)
+    run = RepairRun(model, list(range(len(script))), config, tmp_path, load=lambda i: torch.zeros(3, 28, 28),
+                    directions=[torch.ones(96)] * 6, progress=False)
+    run.step_fn = Scripted()
+    result = run.run()
+    assert 0 < expected < len(script)
+    assert result.iterations == expected == run.step_fn.calls
+    assert result.stop_reason == "clear"
+    assert result.iterations_with_loss == script[:expected].count(False)
+
+
+def test_repair_keeps_class_token_quality_and_frozen_parts_exact(tmp_path):
+    """Smoke repair: held-out defects gone, KNN on the ImageNet twin within 2 points, q/k/biases bit-identical."""
+    from benchmarks.classification.knn import evaluate_knn
+    from benchmarks.data import open_dataset
+    from benchmarks.data.synth import write_synthetic
+    from sinder.repair import repair_for_smoke
+
+    root = write_synthetic("imagenet", tmp_path / "imagenet", seed=3, n_train=20, n_val=20).root
+
+    @torch.no_grad()
+    def knn_top1(model):
+        feats = {}
+        for split in ("train", "val"):
+            data = open_dataset("imagenet", root, split)
+            images = torch.stack([load_image(path, RES) for path, _ in data.samples])
+            (_, cls), = model.get_intermediate_layers(images, n=1, return_class_token=True)
+            feats[split] = (torch.nn.functional.normalize(cls, dim=-1), torch.tensor(data.targets))
+        out = evaluate_knn(*feats["train"], *feats["val"], ks=(10, 20), T=0.07)
+        return out["metrics"]["top1"]
+
+    model = load_backbone(BACKBONE)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    before = knn_top1(model)
+    repaired = repair_for_smoke(model)
+    after = knn_top1(repaired)
+    # Quality kept: no loss beyond 2 points (on this twin the repair even helps: 97 -> 100 at seed 3, since
+    # the class token no longer attends to high-norm defects).
+    assert after >= before - 2.0, (before, after)
+    state = repaired.state_dict()
+    dim = repaired.embed_dim
+    v_changed = 0
+    for key, value in original.items():
+        if key.endswith("attn.qkv.weight"):
+            assert torch.equal(state[key][: 2 * dim], value[: 2 * dim]), key  # q and k rows
+            v_changed += not torch.equal(state[key][2 * dim :], value[2 * dim :])
+        elif key.endswith(".bias") or not key.startswith("blocks.") or "norm" in key or "gamma" in key:
+            assert torch.equal(state[key], value), key
+    assert v_changed >= 1
