@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks.cli import main
 from benchmarks.data.nyud import NYUDepthV2
@@ -23,12 +22,9 @@ MARGIN = 0.75
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: OpenMP sync costs more than it saves on a busy 2-core machine
     out, cache = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("cache")
     code = main(["run", "--suite", "table5", "--profile", "smoke", "--backbone", "dinov2_tiny_defective",
                  "--out", str(out), "--cache-dir", str(cache), "--no-progress"])  # fmt: skip
-    torch.set_num_threads(previous)
     records = {}
     for task in TASKS:
         files = sorted((out / task).glob("*.json"))

@@ -15,15 +15,6 @@ from benchmarks.classification.linear import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls on a shared 2-core machine are far faster without intra-op threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class FeatureBackbone(nn.Module):
     """A fake backbone whose 'image' is already a feature vector: the class token of every block is the input
     (scaled per block), the patch tokens are the input repeated. Counts calls of get_intermediate_layers."""

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from benchmarks.classification.task import ImageNetKNN, ImageNetLinear
 from benchmarks.cli import main
@@ -12,13 +11,6 @@ from benchmarks.core.results import load_records
 
 BACKBONE = "dinov2_tiny_random"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

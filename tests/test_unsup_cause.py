@@ -14,14 +14,6 @@ from benchmarks.unsupervised.data import SegmentationView
 from benchmarks.unsupervised.metrics import unsupervised_metrics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: more threads only contend with other test processes
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_modularity_loss_matches_direct_computation():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)

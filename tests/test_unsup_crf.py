@@ -10,13 +10,6 @@ HAS_PYDENSECRF = backend_name("auto") == "pydensecrf"
 BACKENDS = ["torch-permutohedral"] + (["pydensecrf"] if HAS_PYDENSECRF else [])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only contend with the other test processes
-    yield
-    torch.set_num_threads(previous)
-
 
 def two_region_scene(height=24, width=31, seed=0):
     """Left half red, right half green (with noise); logits that favour the right class but are noisy."""

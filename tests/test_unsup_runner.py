@@ -12,13 +12,6 @@ from benchmarks.unsupervised.metrics import unsupervised_metrics
 BACKBONE = "dinov2_tiny_random"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: more threads only contend with other test processes
-    yield
-    torch.set_num_threads(previous)
-
 
 def run_cli(suite, tmp_path, *extra):
     from benchmarks.cli import main

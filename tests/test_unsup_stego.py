@@ -11,14 +11,6 @@ from benchmarks.unsupervised.data import SegmentationView, parse_crops
 from benchmarks.unsupervised.metrics import unsupervised_metrics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: more threads only contend with other test processes
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def cityscapes(tmp_path_factory):
     from benchmarks.data.synth import write_synthetic
