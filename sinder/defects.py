@@ -237,3 +237,40 @@ def layer_statistics(
     for tokens, mask in zip(token_maps, masks):
         acc.add(tokens, mask)
     return acc.result(nu), acc.direction()
+
+
+# --------------------------------------------------------------------------------------------- random baseline
+def random_unit_direction(dim: int, seed: int = 0) -> Tensor:
+    """A unit vector uniform on the sphere (normalized N(0, I)), deterministic in ``seed``: the baseline of the
+    appendix's Figure 8, against which nu_i is shown to be special."""
+    gen = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(dim, generator=gen, dtype=torch.float64), dim=0).float()
+
+
+class TokenAngleAccumulator:
+    """Streams the mean acute angle (degrees) between named directions and the defective / normal tokens of one
+    layer, one image at a time."""
+
+    def __init__(self, directions: dict[str, Tensor]):
+        self.directions = directions
+        self.sums = {name: {"defective": 0.0, "normal": 0.0} for name in directions}
+        self.counts = {"defective": 0, "normal": 0}
+
+    def add(self, tokens_hw: Tensor, mask: Tensor) -> None:
+        tokens = _check_map(tokens_hw)
+        if mask.shape != tokens.shape[:2]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match the token grid {tuple(tokens.shape[:2])}")
+        flat, flat_mask = tokens.reshape(-1, tokens.shape[-1]), mask.reshape(-1).bool().to(tokens.device)
+        self.counts["defective"] += int(flat_mask.sum())
+        self.counts["normal"] += int((~flat_mask).sum())
+        for name, direction in self.directions.items():
+            angles = acute_angles_to(flat, direction.to(flat.device)).double()
+            self.sums[name]["defective"] += float(angles[flat_mask].sum())
+            self.sums[name]["normal"] += float(angles[~flat_mask].sum())
+
+    def result(self) -> dict[str, dict[str, float | None]]:
+        """``{name: {"defective": mean angle, "normal": mean angle}}``; None where a group has no tokens."""
+        return {
+            name: {g: (sums[g] / self.counts[g] if self.counts[g] else None) for g in ("defective", "normal")}
+            for name, sums in self.sums.items()
+        }

@@ -320,8 +320,11 @@ def compute_directions(
     method: str = "sampled",
     fingerprint: str | None = None,
     device: str | torch.device | None = None,
+    progress: bool | None = False,
 ) -> DefectDirections:
     """Directions of the requested kinds for every block, streaming: no per-block matrices are kept.
+
+    ``progress``: a bar over the blocks (None: only on a terminal).
 
     Computed on ``device`` (default: where the weights are); the results come back on the CPU.
     """
@@ -337,7 +340,11 @@ def compute_directions(
     vecs = {k: [] for k in kinds}
     sig = {k: [] for k in kinds}
     g, log_scale = eye.clone(), 0.0
-    for i, bw in enumerate(blocks):
+    from tqdm import tqdm
+
+    bar = tqdm(blocks, disable=None if progress is None else not progress, leave=False,
+               desc="defect directions", unit="block")
+    for i, bw in enumerate(bar):
         bw = bw.to(device)
         a = attention_linear(bw)
         c = mlp_linear(bw, mlp_fit(bw, method, n_samples, block_seed(seed, i)))
@@ -405,6 +412,7 @@ def linearized_directions(
     method: str = "sampled",
     cache_dir: str | Path | None = None,
     device: str | torch.device | None = None,
+    progress: bool | None = False,
 ) -> DefectDirections:
     """Directions of every requested kind (``KINDS``) for a model or a state dict; cached when ``cache_dir``.
 
@@ -424,7 +432,7 @@ def linearized_directions(
             if set(kinds) <= set(cached.directions):
                 return cached
             kinds = tuple(dict.fromkeys((*cached.directions, *kinds)))  # rewrite the cache with the union
-    result = compute_directions(blocks, n_samples, seed, kinds, method, fingerprint, device)
+    result = compute_directions(blocks, n_samples, seed, kinds, method, fingerprint, device, progress)
     if path is not None:
         _write_cache(path, result)
     return result

@@ -47,7 +47,8 @@ def test_angle_figure(tmp_path):
     tokens = {k: [torch.rand(30) * 90 for _ in layers] for k in emp}
     path = plots.plot_direction_angles(layers, emp, tokens, tmp_path / "fig2.png", figsize=(5, 4), dpi=60)
     assert_png(path, 300, 240)
-    assert_png(plots.plot_direction_angles(layers, emp, None, tmp_path / "lines.png", dpi=50), 400, 250)
+    # default: 8 x (0.5 + 2.5 per kind) inches, the 0.5 for the legend under the panels
+    assert_png(plots.plot_direction_angles(layers, emp, None, tmp_path / "lines.png", dpi=50), 400, 275)
 
 
 def test_norm_violins(tmp_path):
@@ -76,3 +77,44 @@ def test_singular_value_differences_and_figure(tmp_path):
     assert_png(path, 240, 320)
     with pytest.raises(KeyError, match="not in the new one"):
         plots.singular_value_differences(old, {k: v for k, v in new.items() if "blocks.3.mlp.w3" not in k})
+
+
+def test_norm_violins_per_layer(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    defective = [torch.zeros(0), torch.tensor([30.0]), torch.rand(6, generator=gen) * 50 + 40]  # empty, one, many
+    normal = [torch.rand(100, generator=gen) * 4 + 2 for _ in range(3)]
+    path = plots.plot_norm_violins_per_layer([0, 1, 2], defective, normal, tmp_path / "n.png", title="t", dpi=50)
+    assert_png(path, 300, 200)  # default width max(6, 1.5 + 0.45 * layers) inches, height 4
+    wide = plots.plot_norm_violins_per_layer(list(range(40)), [torch.zeros(0)] * 40, [torch.rand(9) + 1] * 40,
+                                             tmp_path / "w.png", dpi=10)
+    assert_png(wide, 195, 40)
+    with pytest.raises(ValueError, match="3 layers but 2 defective"):
+        plots.plot_norm_violins_per_layer([0, 1, 2], defective[:2], normal, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="every group of norms is empty"):
+        plots.plot_norm_violins_per_layer([0], [torch.zeros(0)], [torch.zeros(0)], tmp_path / "empty.png")
+
+
+def test_defect_masks_figure(tmp_path):
+    images = [torch.zeros(3, 56, 56), torch.zeros(3, 56, 56)]
+    masks = [[torch.zeros(4, 4, dtype=torch.bool)] * 2, [torch.eye(4, dtype=torch.bool)] * 2]
+    path = plots.plot_defect_masks(images, masks, [3, 7], tmp_path / "m.png", image_names=["a.png", "b" * 40],
+                                   cell=1.5, dpi=60)
+    assert_png(path, 270, 204)  # (1 + 2 layers) x 1.5 in wide, 2 x 1.5 + 0.4 in high
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
+    assert red[: rgb.shape[0] // 2].sum() == 0 and red[rgb.shape[0] // 2 :].sum() > 50  # only the 2nd row's eye
+    with pytest.raises(ValueError, match="masks must be 2 rows"):
+        plots.plot_defect_masks(images, masks[:1], [3, 7], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="no images"):
+        plots.plot_defect_masks([], [], [3], tmp_path / "none.png")
+
+
+def test_singular_value_differences_reject_other_architectures():
+    old = defective_tiny_state_dict(0)
+    wider = {k: (torch.zeros(v.shape[0], v.shape[1] + 1) if k == "blocks.2.attn.proj.weight" else v)
+             for k, v in old.items()}
+    with pytest.raises(ValueError, match=r"blocks\.2\.attn\.proj\.weight has shape \(96, 96\).*\(96, 97\)"):
+        plots.singular_value_differences(old, wider)
+    deeper = {**old, "blocks.8.attn.proj.weight": old["blocks.7.attn.proj.weight"]}
+    with pytest.raises(KeyError, match=r"blocks\.8\.attn\.proj\.weight .* not in the old one"):
+        plots.singular_value_differences(old, deeper)
