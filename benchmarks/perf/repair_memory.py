@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--resolution", type=int, default=518)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default="results/perf/repair_memory.json")
+    parser.add_argument("--out", default=None, help="default results/perf/repair_memory_<preset>_<resolution>.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
@@ -80,7 +80,8 @@ def main(argv=None) -> dict:
         record[f"{key}_seconds"] = round(time.perf_counter() - t0, 2)
         record[f"{key}_peak_gib"] = round(_peak(device), 3)
     print(json.dumps(record, indent=2))
-    atomic_write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
+    out = Path(args.out or f"results/perf/repair_memory_{args.preset}_{args.resolution}.json")
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     return record
 
 

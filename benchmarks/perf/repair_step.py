@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--window", type=int, default=10, help="lambda")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default="results/perf/repair_step.json")
+    parser.add_argument("--out", default=None, help="default results/perf/repair_step_<preset>_<resolution>.json")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
             for name, (t, peak) in results.items()
         },
     }
-    out = Path(args.out)
+    out = Path(args.out or f"results/perf/repair_step_{args.preset}_{args.resolution}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
