@@ -58,7 +58,23 @@ def test_suite_writes_one_record_per_task(run):
         assert record is not None, f"no record for {task}"
         assert record["task"] == task and record["table"] == "table4" and record["profile"] == "smoke"
         assert {"miou", "aacc"} <= set(record["metrics"])
-        assert record["hparams"]["feature_cache"].startswith("none")
+        if task.endswith("multiscale"):
+            assert record["hparams"]["feature_cache"].startswith("none")
+            assert record["hparams"]["train_augmentation"].startswith("full")
+
+
+@pytest.mark.parametrize("task,dataset", [("seg_ade20k_linear", "ade20k"), ("seg_voc_linear", "voc2012")])
+def test_smoke_linear_records_its_feature_cache(run, task, dataset):
+    """Every training image's maps computed once (each is drawn within the first pass), every later draw a hit."""
+    hparams = run["records"][task]["hparams"]
+    assert hparams["feature_cache"].startswith("in memory") and hparams["train_augmentation"].startswith("reduced")
+    assert run["records"][task]["backbone"]["weights_sha256"] in hparams["feature_cache"]
+    loader, _ = LOADERS[dataset]
+    n_train = len(loader(run["records"][task]["datasets"][dataset], "train"))
+    stats = hparams["feature_cache_stats"]
+    assert stats["entries"] == n_train
+    assert stats["hits"] + stats["misses"] == hparams["iterations"] * hparams["batch_size_per_rank"]
+    assert stats["entries"] <= stats["misses"] < stats["hits"]
 
 
 @pytest.mark.parametrize("task,dataset", [("seg_ade20k_linear", "ade20k"), ("seg_voc_linear", "voc2012")])

@@ -4,6 +4,10 @@ The ViT is held outside the module tree (not a submodule): it has no parameters 
 optimizer, DDP and checkpoints see only the head, and a ViT-g never lands in a 40k-iteration checkpoint. It
 runs under ``torch.inference_mode`` in eval mode; its outputs are cloned into normal tensors so the trainable
 head can save them for backward.
+
+With ``cache_train_features`` (smoke profile, un-augmented training crops) the maps of each training crop are
+computed once and reused (:mod:`benchmarks.segmentation.feature_cache`); in eval mode (the test and TTA loops)
+the backbone always runs.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import nn
 
+from benchmarks.segmentation.feature_cache import CropFeatureCache
 from benchmarks.segmentation.padding import center_pad
 
 
@@ -35,15 +40,19 @@ class FrozenViTBackbone(BaseModule):
         layers: the number of last blocks (int) or explicit block indices; maps come out in block order.
         norm: apply the final LayerNorm to each selected block's tokens (the segmentation protocol does).
         pad_multiple: inputs are center-padded to a multiple of this (None: the model's patch size).
+        cache_train_features: in training mode, serve the maps of a crop seen before from an in-memory cache
+            keyed by its content (meant for deterministic training pipelines; see the module docstring).
     """
 
     def __init__(self, spec: str | None = None, layers: int | Sequence[int] = 4, norm: bool = True,
-                 pad_multiple: int | None = None, init_cfg=None):  # fmt: skip
+                 pad_multiple: int | None = None, cache_train_features: bool = False, init_cfg=None):  # fmt: skip
         super().__init__(init_cfg)
         self.layers = layers if isinstance(layers, int) else [int(i) for i in layers]
         self.norm = norm
         self.pad_multiple = pad_multiple
+        self.cache_train_features = bool(cache_train_features)
         self.__dict__["_vit"] = None  # bypasses nn.Module registration on purpose (see module docstring)
+        self._cache: CropFeatureCache | None = None
         if spec is not None:
             from benchmarks.core.backbones import load, parse_backbone_spec
 
@@ -64,6 +73,7 @@ class FrozenViTBackbone(BaseModule):
         model.eval()
         model.requires_grad_(False)
         self.__dict__["_vit"] = model
+        self._cache = None  # maps of another model must never be served
         return self
 
     @property
@@ -90,14 +100,56 @@ class FrozenViTBackbone(BaseModule):
     def init_weights(self):
         pass  # pretrained and frozen: mmengine's weight init must not touch it
 
+    @property
+    def pad_to(self) -> int:
+        return int(self.pad_multiple or self.vit.patch_size)
+
+    def cache_context(self) -> str:
+        """What the maps depend on besides the input crop: part of every cache key."""
+        sha = getattr(self.vit, "weights_sha256", None) or f"unhashed-model-{id(self.vit)}"
+        return f"weights={sha};blocks={self.block_indices};norm={self.norm};pad={self.pad_to}"
+
+    @property
+    def feature_cache(self) -> CropFeatureCache | None:
+        """The cache of training-crop maps (None until the first cached forward)."""
+        return self._cache
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         vit = self.vit
         param = next(vit.parameters())
         if param.device != x.device:
             vit.to(x.device)
-        multiple = self.pad_multiple or int(vit.patch_size)
+        x = x.to(param.dtype)
+        if self.training and self.cache_train_features:
+            return self._cached_forward(x)
+        return self._compute(x)
+
+    def _compute(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.inference_mode():
-            padded, _ = center_pad(x.to(param.dtype), multiple)
-            maps = vit.get_intermediate_layers(padded, n=self.block_indices, reshape=True, norm=self.norm)
+            padded, _ = center_pad(x, self.pad_to)
+            maps = self.vit.get_intermediate_layers(
+                padded, n=self.block_indices, reshape=True, norm=self.norm
+            )
         # Inference tensors cannot be saved for backward: clone them into ordinary tensors for the head.
         return tuple(m.float().clone() for m in maps)
+
+    def _cached_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        context = self.cache_context()
+        if self._cache is None or self._cache.context != context:
+            self._cache = CropFeatureCache(context)
+        cache = self._cache
+        keys = [cache.key(sample) for sample in x]
+        todo: dict[str, int] = {}  # key -> first batch row with it (an image drawn twice is computed once)
+        for row, key in enumerate(keys):
+            if key in cache:
+                cache.stats.hits += 1
+            else:
+                cache.stats.misses += 1
+                todo.setdefault(key, row)
+        if todo:
+            maps = self._compute(x[list(todo.values())])
+            for j, key in enumerate(todo):
+                cache.put(key, tuple(m[j] for m in maps))
+        entries = [cache.get(key) for key in keys]
+        # torch.stack makes new tensors: the head never holds (or could modify) the cached ones.
+        return tuple(torch.stack([entry[level] for entry in entries]) for level in range(len(entries[0])))

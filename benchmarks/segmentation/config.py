@@ -3,7 +3,8 @@
 The config files hold the paper's protocol. :func:`resolve_config` fills in what depends on the run: the
 dataset folder, the backbone's width, BN or SyncBN, the per-rank batch, workers, the work dir and the seed;
 and for short schedules (the smoke profile) the iteration count, warmup and a smaller resolution, rescaling
-every resolution-bearing field of the pipelines (resize scales, crop, slide window and stride) by one factor.
+every resolution-bearing field of the pipelines (resize scales, crop, slide window and stride) by one factor;
+and, with ``feature_cache``, an un-augmented training pipeline whose crops' backbone maps are cached.
 """
 
 from __future__ import annotations
@@ -69,6 +70,46 @@ def rescale_resolution(cfg, crop: int) -> float:
     return factor
 
 
+# Training transforms that draw random numbers; the un-augmented pipeline replaces or drops each of them.
+RANDOM_TRAIN_TRANSFORMS = (
+    "RandomResize", "RandomCrop", "RandomFlip", "PhotoMetricDistortion", "RandomRotate", "RandomRotFlip",
+    "RandomCutOut", "RandomMosaic", "RandomChoiceResize",
+)  # fmt: skip
+
+
+def unaugmented_train_pipeline(cfg) -> str:
+    """Make the training pipeline deterministic; returns a description of what it became, for the record.
+
+    ``RandomResize`` becomes ``Resize`` to its base scale (ratio 1.0, as the test pipeline resizes),
+    ``RandomCrop`` becomes a center crop of the same size (no cat_max_ratio retries), flip and photometric
+    distortion are dropped. Every draw of an image then gives the same crop, so its backbone maps can be
+    cached. Other random transforms are refused rather than silently kept.
+    """
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    out, changes = [], []
+    for transform in pipeline:
+        kind = transform.get("type")
+        if kind == "RandomResize":
+            keep_ratio = transform.get("keep_ratio", True)
+            out.append(dict(type="Resize", scale=tuple(transform["scale"]), keep_ratio=keep_ratio))
+            changes.append(f"resize to {tuple(transform['scale'])} (no random ratio)")
+        elif kind == "RandomCrop":
+            crop = tuple(transform["crop_size"])
+            out.append(dict(type="CenterCrop", crop_size=(crop[1], crop[0])))  # mmcv's CenterCrop takes (w, h)
+            changes.append(f"center crop {crop[0]}x{crop[1]}")
+        elif kind in ("RandomFlip", "PhotoMetricDistortion"):
+            changes.append(f"no {kind}")
+        elif kind in RANDOM_TRAIN_TRANSFORMS:
+            raise ValueError(
+                f"the feature cache needs a deterministic training pipeline, and {kind} has no un-augmented "
+                "replacement here: run without feature_cache or remove it from the config"
+            )
+        else:
+            out.append(transform)
+    cfg.train_dataloader.dataset.pipeline = out
+    return "reduced: " + ", ".join(changes)
+
+
 def set_schedule(cfg, iterations: int, warmup: int) -> None:
     """Linear warmup for ``warmup`` iterations then poly to 0 at ``iterations`` (the protocol's shape)."""
     if not 0 <= warmup < iterations:
@@ -100,7 +141,8 @@ def resolve_config(
 ):
     """A copy of ``cfg`` ready for one run (see the module docstring). ``overrides`` (profile values):
     ``crop``, ``iterations``, ``warmup``, ``batch_size`` (global), ``lr``, ``log_level``, ``eval_images`` (evaluate
-    on the first N images of the val split only)."""
+    on the first N images of the val split only), ``feature_cache`` (un-augmented training crops whose backbone
+    maps are computed once; the description of the pipeline lands in ``cfg.train_augmentation``)."""
     cfg = copy.deepcopy(cfg)
     overrides = dict(overrides or {})
     if "crop" in overrides:
@@ -108,6 +150,11 @@ def resolve_config(
     if "iterations" in overrides or "warmup" in overrides:
         set_schedule(cfg, int(overrides.get("iterations", cfg.train_cfg.max_iters)),
                      int(overrides.get("warmup", cfg.param_scheduler[0].end)))  # fmt: skip
+    cfg.train_augmentation = "full: the config's training pipeline"
+    if overrides.get("feature_cache"):
+        # After the rescale: the center crop takes the (possibly smaller) crop size.
+        cfg.train_augmentation = unaugmented_train_pipeline(cfg)
+        cfg.model.backbone.cache_train_features = True
     if "lr" in overrides:
         cfg.optim_wrapper.optimizer.lr = float(overrides["lr"])
     if "log_level" in overrides:

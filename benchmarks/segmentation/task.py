@@ -3,7 +3,10 @@
 Profile ``paper`` runs the config files as they are (``configs/``: DINOv2's protocol). Profile ``smoke``
 shrinks them for a CPU: a small crop (every resolution of the pipelines scaled by the same factor), 100
 iterations at batch 4 and a higher learning rate; multiscale keeps the five TTA ratios and flip but evaluates
-on the first 4 val images only. The backbone runs on every augmented crop in both profiles (no feature cache).
+on the first 4 val images only. Smoke linear also trains on un-augmented crops (fixed resize and center crop,
+no flip or photometric distortion) whose frozen-backbone maps are computed once per image and reused every
+iteration; the record's ``feature_cache`` and ``train_augmentation`` say so. Everywhere else (paper profile,
+multiscale, every evaluation) the backbone runs on every crop.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.registry import PROFILES, Metric, Task, register_task
+from benchmarks.segmentation.feature_cache import CacheStats
 
 SMOKE = {
-    "linear": {"crop": 84, "iterations": 100, "warmup": 10, "batch_size": 4, "lr": 3e-3, "log_level": "ERROR"},
+    "linear": {"crop": 84, "iterations": 100, "warmup": 10, "batch_size": 4, "lr": 3e-3, "log_level": "ERROR",
+               "feature_cache": True},
     "multiscale": {"crop": 70, "iterations": 100, "warmup": 10, "batch_size": 4, "lr": 3e-3, "eval_images": 4,
                    "log_level": "ERROR"},
 }  # fmt: skip
@@ -108,7 +113,7 @@ class _SegTask(Task):
             "head_channels": int(head.channels),
             "norm": head.norm_cfg["type"],
             "eval_images": int(cfg.test_dataloader.dataset.get("indices") or 0) or "all",
-            "feature_cache": "none: the backbone runs on every augmented crop",
+            **feature_cache_record(cfg, result["segmentor"]),
             "resumed": bool(result["resumed"]),
             "work_dir": cfg.work_dir,
         }
@@ -116,6 +121,27 @@ class _SegTask(Task):
             hparams["tta_ratios"] = list(cfg.tta_ratios)
             hparams["tta_flip"] = True
         return hparams
+
+
+def feature_cache_record(cfg, segmentor) -> dict[str, Any]:
+    """``feature_cache`` (what was cached, or none), ``train_augmentation`` and the cache's counts."""
+    backbone = getattr(segmentor, "module", segmentor).backbone
+    augmentation = cfg.get("train_augmentation", "full: the config's training pipeline")
+    record: dict[str, Any] = {"train_augmentation": augmentation}
+    if not backbone.cache_train_features:
+        record["feature_cache"] = "none: the backbone runs on every training crop"
+        return record
+    crop = "x".join(str(v) for v in cfg.model.data_preprocessor.size)
+    sha = getattr(backbone.vit, "weights_sha256", "unknown")
+    record["feature_cache"] = (
+        f"in memory, training only: the frozen backbone's patch maps (blocks {backbone.block_indices}, "
+        f"final norm {backbone.norm}, weights sha256 {sha}) of each training image's un-augmented {crop} "
+        "crop, keyed by the sha256 of the preprocessed crop; computed on first use, reused every later "
+        "iteration; evaluation runs the backbone"
+    )
+    cache = backbone.feature_cache  # None when training resumed at its last iteration: nothing was looked up
+    record["feature_cache_stats"] = (cache.stats if cache is not None else CacheStats()).as_dict()
+    return record
 
 
 @register_task
