@@ -18,14 +18,6 @@ from benchmarks.segmentation.train import build_segmentor  # noqa: E402
 from sinder.vit import build_vit  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: OpenMP sync costs more than it saves on a busy 2-core machine
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def vit():
     return build_vit("dinov2_tiny", seed=0).eval()

@@ -18,18 +18,9 @@ from sinder.weights import load_backbone  # noqa: E402
 SMOKE = {"crop": 70, "warmup": 2, "batch_size": 2, "lr": 3e-3, "log_level": "ERROR", "eval_images": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: OpenMP sync costs more than it saves on a busy 2-core machine
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     ensure_mmseg()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("voc")
     write_synthetic("voc2012", root, seed=1, n_train=6, n_val=2)
     backbone = load_backbone("dinov2_tiny_random")
