@@ -31,3 +31,16 @@ def load_parity_model(name: str):
     arch = {k: v for k, v in arch.items() if k in ARCH_DEFAULTS}
     state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     return arch, state, tensors
+
+
+def run_smoke_suite(suite: str, out: Path, cache: Path, tasks, backbone: str = "dinov2_tiny_defective"):
+    """`sinder-bench run --suite SUITE --profile smoke` on one backbone: (exit code, {task: first record or None})."""
+    from benchmarks.cli import main
+
+    code = main(["run", "--suite", suite, "--profile", "smoke", "--backbone", backbone,
+                 "--out", str(out), "--cache-dir", str(cache), "--no-progress"])  # fmt: skip
+    records = {}
+    for task in tasks:
+        files = sorted((out / task).glob("*.json"))
+        records[task] = json.loads(files[0].read_text()) if files else None
+    return code, records

@@ -7,13 +7,12 @@ near 0.4-0.5 x, while a head that learned nothing (or a readout/loss with the wr
 above it.
 """
 
-import json
 import math
 
 import numpy as np
 import pytest
+from conftest import run_smoke_suite
 
-from benchmarks.cli import main
 from benchmarks.data.nyud import NYUDepthV2
 
 TASKS = ("depth_nyu_linear1", "depth_nyu_linear4", "depth_nyu_dpt")
@@ -23,12 +22,7 @@ MARGIN = 0.75
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out, cache = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("cache")
-    code = main(["run", "--suite", "table5", "--profile", "smoke", "--backbone", "dinov2_tiny_defective",
-                 "--out", str(out), "--cache-dir", str(cache), "--no-progress"])  # fmt: skip
-    records = {}
-    for task in TASKS:
-        files = sorted((out / task).glob("*.json"))
-        records[task] = json.loads(files[0].read_text()) if files else None
+    code, records = run_smoke_suite("table5", out, cache, TASKS)
     return {"code": code, "records": records}
 
 

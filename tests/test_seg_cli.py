@@ -9,14 +9,14 @@ and 4 (VOC twin), so the margin holds with room, while a broken pipeline (labels
 lands at or below chance.
 """
 
-import json
 
 import numpy as np
 import pytest
 
 pytest.importorskip("mmseg", reason="segmentation stack not installed (mmsegmentation==1.2.2)")
 
-from benchmarks.cli import main  # noqa: E402
+from conftest import run_smoke_suite  # noqa: E402
+
 from benchmarks.data.ade20k import ADE20k  # noqa: E402
 from benchmarks.data.voc2012 import VOC2012  # noqa: E402
 
@@ -27,12 +27,7 @@ LOADERS = {"ade20k": (ADE20k, 150), "voc2012": (VOC2012, 21)}
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out, cache = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("cache")
-    code = main(["run", "--suite", "table4", "--profile", "smoke", "--backbone", "dinov2_tiny_defective",
-                 "--out", str(out), "--cache-dir", str(cache), "--no-progress"])  # fmt: skip
-    records = {}
-    for task in TASKS:
-        files = sorted((out / task).glob("*.json"))
-        records[task] = json.loads(files[0].read_text()) if files else None
+    code, records = run_smoke_suite("table4", out, cache, TASKS)
     return {"code": code, "records": records, "cache": cache}
 
 
