@@ -1,50 +1,8 @@
-# Table 4, ADE20k "linear": BN + 1x1 conv on the last block's patch maps; train and test at 512.
-# Train: resize (ratio 0.5-2.0 of 2048x512), random crop 512 (cat_max_ratio 0.75), flip, photometric
-# distortion. Test: short side 512 (long side at most 2048), slide inference 512 / stride 341.
-_base_ = ["./_base_/model_bn_linear.py", "./_base_/schedule_40k.py"]
+# Table 4, ADE20k "linear": the linear setting (_base_/linear.py: last block, crop 512, slide stride 341)
+# on ADE20k (_base_/ade20k.py, 150 classes).
+_base_ = ["./_base_/linear.py", "./_base_/ade20k.py"]
 
-crop_size = (512, 512)
-dataset_type = "ADE20KDataset"
-data_root = "data/ADEChallengeData2016"  # the task points it at the prepared dataset
-
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    decode_head=dict(in_channels=[1536], in_index=[3], channels=1536, num_classes=150),
-    test_cfg=dict(mode="slide", crop_size=crop_size, stride=(341, 341)),
-)
-
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations"),
-    dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="PhotoMetricDistortion"),
-    dict(type="PackSegInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="Resize", scale=(2048, 512), keep_ratio=True),
-    dict(type="LoadAnnotations"),
-    dict(type="PackSegInputs"),
-]
-
-train_dataloader = dict(
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
-        reduce_zero_label=True,
-        pipeline=train_pipeline,
-    )
-)
-val_dataloader = dict(
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"),
-        reduce_zero_label=True,
-        pipeline=test_pipeline,
-    )
-)
+model = dict(decode_head=dict(num_classes=150))
+train_dataloader = dict(dataset=dict(pipeline=_base_.train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=_base_.test_pipeline))
 test_dataloader = val_dataloader

@@ -1,65 +1,8 @@
-# Table 4, ADE20k "multiscale": BN + 1x1 conv on the last 4 blocks' patch maps (concatenated); crop 640.
-# Train: resize (ratio 1.0-3.0 of 2560x640), random crop 640 (cat_max_ratio 0.75), flip, photometric
-# distortion. Test: short side 640 x [1.0, 1.32, 1.73, 2.28, 3.0] and horizontal flip (softmax averaged by
-# SegTTAModel), slide inference 640 / stride 426 at each scale.
-_base_ = ["./_base_/model_bn_linear.py", "./_base_/schedule_40k.py"]
+# Table 4, ADE20k "multiscale": the multiscale setting (_base_/multiscale.py: last 4 blocks, crop 640, slide
+# stride 426, multi-scale + flip TTA) on ADE20k (_base_/ade20k.py, 150 classes).
+_base_ = ["./_base_/multiscale.py", "./_base_/ade20k.py"]
 
-crop_size = (640, 640)
-tta_ratios = [1.0, 1.32, 1.73, 2.28, 3.0]
-dataset_type = "ADE20KDataset"
-data_root = "data/ADEChallengeData2016"  # the task points it at the prepared dataset
-
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    decode_head=dict(in_channels=[1536] * 4, in_index=[0, 1, 2, 3], channels=1536 * 4, num_classes=150),
-    test_cfg=dict(mode="slide", crop_size=crop_size, stride=(426, 426)),
-)
-
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations"),
-    dict(type="RandomResize", scale=(2560, 640), ratio_range=(1.0, 3.0), keep_ratio=True),
-    dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="PhotoMetricDistortion"),
-    dict(type="PackSegInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="Resize", scale=(2560, 640), keep_ratio=True),
-    dict(type="LoadAnnotations"),
-    dict(type="PackSegInputs"),
-]
-tta_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(
-        type="TestTimeAug",
-        transforms=[
-            [dict(type="Resize", scale=(4 * round(640 * r), round(640 * r)), keep_ratio=True) for r in tta_ratios],
-            [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
-             dict(type="RandomFlip", prob=1.0, direction="horizontal")],
-            [dict(type="LoadAnnotations")],
-            [dict(type="PackSegInputs")],
-        ],
-    ),
-]
-
-train_dataloader = dict(
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
-        reduce_zero_label=True,
-        pipeline=train_pipeline,
-    )
-)
-val_dataloader = dict(
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"),
-        reduce_zero_label=True,
-        pipeline=test_pipeline,
-    )
-)
+model = dict(decode_head=dict(num_classes=150))
+train_dataloader = dict(dataset=dict(pipeline=_base_.train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=_base_.test_pipeline))
 test_dataloader = val_dataloader
