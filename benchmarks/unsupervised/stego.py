@@ -100,10 +100,15 @@ def pair_loss(f1, f2, c1, c2, shift: float, pointwise: bool = True, zero_clamp: 
 
 
 def derangement(n: int, device) -> torch.Tensor:
-    """A random permutation that moves every index when n > 1 (STEGO's "super_perm")."""
-    perm = torch.randperm(n, device=device)
-    perm[perm == torch.arange(n, device=device)] += 1
-    return perm % n
+    """A random permutation that moves every index when n > 1, for STEGO's negative pairs ("super_perm").
+
+    STEGO bumps fixed points of a randperm by one, which can map two indices to the same one (not a
+    permutation); a random cycle through all indices is a true derangement with the same purpose.
+    """
+    order = torch.randperm(n, device=device)
+    perm = torch.empty_like(order)
+    perm[order] = order.roll(-1)
+    return perm
 
 
 def correspondence_losses(feats, feats_pos, code, code_pos, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -236,9 +241,7 @@ def evaluate_stego(backbone, model: StegoModel, view: SegmentationView, cfg: dic
            for name in ("cluster", "linear", "cluster_crf", "linear_crf")}  # fmt: skip
     params = CRFParams(**cfg.get("crf_params", {}))
     workers = resolve_workers(cfg.get("crf_workers", 0), D.world_size())
-    shard = list(L.eval_shard(len(view)))
-    size = int(cfg["eval_batch_size"])
-    batches = [shard[i : i + size] for i in range(0, len(shard), size)]
+    batches = L.eval_batches(len(view), int(cfg["eval_batch_size"]))
     bar = L.progress_bar(len(batches), 0, "stego eval", ctx.progress)
     for item in B.iterate(view, batches, load_images=True, num_workers=ctx.num_workers):
         images, labels = item["image"].to(device), item["label"]
