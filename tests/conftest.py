@@ -20,6 +20,17 @@ def parity_path(name: str) -> Path:
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def sinder_parity():
+    """The official SINDER fixture: (tensors, settings, the 9 x 11 x 96 planted token map without class token)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(parity_path("sinder_tiny_swiglu.safetensors")))
+    meta = json.loads(parity_path("sinder_tiny_swiglu.json").read_text())
+    tokens = tensors["tokens"][0, 1:].reshape(meta["H"], meta["W"], -1)
+    return tensors, meta, tokens
+
+
 def load_parity_model(name: str):
     """(architecture dict, state dict without the ``model.`` prefix, all tensors) of a DINOv2 parity fixture."""
     from safetensors.torch import load_file

@@ -4,31 +4,22 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import load_parity_model, parity_path
-from safetensors.torch import load_file
+from conftest import load_parity_model
 
 from sinder import defects as d
 from sinder.vit import build_vit
 
 
-@pytest.fixture(scope="module")
-def fixture():
-    ref = load_file(str(parity_path("sinder_tiny_swiglu.safetensors")))
-    meta = json.loads(parity_path("sinder_tiny_swiglu.json").read_text())
-    tokens = ref["tokens"][0, 1:].reshape(meta["H"], meta["W"], -1)
-    return ref, meta, tokens
-
-
-def test_mask_matches_the_official_code(fixture):
-    ref, meta, tokens = fixture
+def test_mask_matches_the_official_code(sinder_parity):
+    ref, meta, tokens = sinder_parity
     mask = d.find_defects(tokens, ref["nu_5"], mu=meta["mask_thr"])
     assert mask.dtype == torch.bool and mask.shape == (9, 11)
     assert torch.equal(mask, ref["mask"].bool())
     assert torch.nonzero(mask).tolist() == meta["defects"]
 
 
-def test_border_option_flags_anywhere(fixture):
-    ref, meta, tokens = fixture
+def test_border_option_flags_anywhere(sinder_parity):
+    ref, meta, tokens = sinder_parity
     # Independent computation in numpy: |cos| and mean + 4 * sample std.
     x = tokens.double().numpy()
     nu = ref["nu_5"].double().numpy()
@@ -41,8 +32,8 @@ def test_border_option_flags_anywhere(fixture):
     assert torch.allclose(d.defect_logits(tokens, ref["nu_5"]).double(), torch.from_numpy(logits), atol=1e-6)
 
 
-def test_sign_and_scale_of_nu_do_not_matter(fixture):
-    ref, _, tokens = fixture
+def test_sign_and_scale_of_nu_do_not_matter(sinder_parity):
+    ref, _, tokens = sinder_parity
     assert torch.equal(d.find_defects(tokens, -3 * ref["nu_5"]), ref["mask"].bool())
 
 

@@ -1,24 +1,13 @@
-import json
 
 import pytest
 import torch
-from conftest import parity_path
-from safetensors.torch import load_file
 
 from sinder import neighbor_loss
 from sinder.loss import neighbor_targets
 
 
-@pytest.fixture(scope="module")
-def fixture():
-    tensors = load_file(str(parity_path("sinder_tiny_swiglu.safetensors")))
-    meta = json.loads(parity_path("sinder_tiny_swiglu.json").read_text())
-    tokens = tensors["tokens"][0, 1:].reshape(meta["H"], meta["W"], -1)
-    return tensors, meta, tokens
-
-
-def test_official_neighbor_loss_parity(fixture):
-    tensors, meta, tokens = fixture
+def test_official_neighbor_loss_parity(sinder_parity):
+    tensors, meta, tokens = sinder_parity
     nu = tensors["nu_5"]  # the defects were planted along the last block's direction
     tokens = tokens.clone().requires_grad_(True)
     loss, mask, target, alpha = neighbor_loss(tokens, nu, mu=meta["mask_thr"], tau=meta["temperature"])

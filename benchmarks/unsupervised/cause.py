@@ -395,9 +395,7 @@ def evaluate_cause(backbone, segment: CauseSegment, probe: torch.Tensor, codeboo
     acc = {name: ConfusionAccumulator(n_classes) for name in ("cluster", "cluster_crf", "linear")}
     params = CRFParams(**cfg.get("crf_params", {}))
     workers = resolve_workers(cfg.get("crf_workers", 0), D.world_size())
-    shard = list(L.eval_shard(len(view)))
-    size = int(cfg["eval_batch_size"])
-    batches = [shard[i : i + size] for i in range(0, len(shard), size)]
+    batches = L.eval_batches(len(view), int(cfg["eval_batch_size"]))
     bar = L.progress_bar(len(batches), 0, "cause eval", ctx.progress)
     for item in B.iterate(view, batches, load_images=True, num_workers=ctx.num_workers):
         images, labels = item["image"].to(device), item["label"]

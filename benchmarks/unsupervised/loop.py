@@ -137,3 +137,9 @@ def eval_shard(n_items: int) -> range:
     """The items of the evaluation set this rank scores (contiguous slices; confusions are summed)."""
     start, stop = D.shard_range(n_items)
     return range(start, stop)
+
+
+def eval_batches(n_items: int, batch_size: int) -> list[list[int]]:
+    """This rank's evaluation items in batches of ``batch_size`` (the last one may be shorter)."""
+    shard = list(eval_shard(n_items))
+    return [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
