@@ -246,10 +246,14 @@ def load_backbone(
     load_state_dict_strict(model, checkpoint.state, source=str(path), assign=True)
     # An official file is identified by its bytes; a converted one by its tensors under official keys.
     sha = file_sha256(path) if checkpoint.format.kind == "official" else state_dict_sha256(checkpoint.state)
-    label = Path(name).name if named_checkpoint else (name or path.stem)
+    label = _checkpoint_label(Path(name)) if named_checkpoint else (name or path.stem)
     model = _finish(model, sha, str(path), label, device)
     model.checkpoint_format = checkpoint.format
     return model
+
+
+def _checkpoint_label(path: Path) -> str:
+    return path.name if path.is_dir() else path.stem
 
 
 def _own_config(checkpoint: Checkpoint, path: Path) -> dict[str, Any]:
