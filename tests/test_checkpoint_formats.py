@@ -237,3 +237,15 @@ def test_repair_command_writes_the_source_format(tmp_path):
     assert report["output_format"] == "hf"
     assert (out / "config.json").is_file()
     assert read_checkpoint(out).format.kind == "hf"
+
+
+def test_run_cli_takes_a_hugging_face_folder(tmp_path):
+    from conftest import run_smoke_suite
+
+    folder = parity_path("hf_dinov2_tiny")
+    code, records = run_smoke_suite("imagenet_knn", tmp_path / "runs", tmp_path / "cache", ["imagenet_knn"],
+                                    backbone=f"hf={folder}")  # fmt: skip
+    assert code == 0
+    backbone = records["imagenet_knn"]["backbone"]
+    assert backbone["label"] == "hf"
+    assert backbone["weights_sha256"] == load_backbone(folder).weights_sha256
