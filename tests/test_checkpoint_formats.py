@@ -249,3 +249,15 @@ def test_run_cli_takes_a_hugging_face_folder(tmp_path):
     backbone = records["imagenet_knn"]["backbone"]
     assert backbone["label"] == "hf"
     assert backbone["weights_sha256"] == load_backbone(folder).weights_sha256
+
+
+def test_repair_cli_refuses_a_file_for_a_hugging_face_source_format(tmp_path, capsys):
+    from benchmarks.cli import main
+
+    folder = parity_path("hf_dinov2_tiny")
+    out = tmp_path / "repaired.safetensors"
+    code = main(["repair", "--backbone", str(folder), "--images", str(tmp_path), "--out", str(out),
+                 "--save-format", "source", "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert "folder name without a suffix" in capsys.readouterr().out
+    assert not out.exists()

@@ -2,8 +2,8 @@
 
 A spec is ``[LABEL=]NAME[:WEIGHTS]``: NAME is a preset, a constructed (tiny) backbone, a config file or a
 checkpoint that carries its architecture (a Hugging Face DINOv2 folder, an official or timm weights file);
-WEIGHTS an optional weights file (any of those formats); LABEL the name used in records and tables (default: the weights file's
-stem, else NAME). Examples: ``dinov2_vitg14``, ``sinder=dinov2_vitg14:ckpt/sinder_vitg14.safetensors``.
+WEIGHTS an optional weights file (any of those formats); LABEL the name used in records and tables (default:
+the weights file's stem, else NAME). Examples: ``dinov2_vitg14``, ``sinder=dinov2_vitg14:ckpt/sinder_vitg14.safetensors``.
 """
 
 from __future__ import annotations
