@@ -416,6 +416,18 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(state, CheckpointFormat(kind), _safetensors_config(path))
 
 
+# timm resizes position embeddings to the exact grid with antialiasing, for every DINOv2 (checked against timm 1.0).
+TIMM_INTERPOLATION = {"interpolate_offset": 0.0, "interpolate_antialias": True}
+
+
+def checkpoint_architecture(checkpoint: Checkpoint, source: str) -> dict[str, Any]:
+    """The architecture a checkpoint describes: its own config, else read off its tensors."""
+    if checkpoint.config is not None:
+        return checkpoint.config
+    config = infer_official_config(checkpoint.state, source)
+    return {**config, **TIMM_INTERPOLATION} if checkpoint.format.kind == "timm" else config
+
+
 # ------------------------------------------------------------------------------------------- writing
 def check_save_format(save_format: str, source: CheckpointFormat, out: str | Path) -> str:
     """The concrete format (``official``, ``hf`` or ``timm``) of ``save_format`` (``official`` | ``source``)."""

@@ -18,9 +18,8 @@ from torch import Tensor
 from .atomic import atomic_path
 from .backbone import pretrained_config
 from .checkpoint_formats import (
-    Checkpoint,
+    checkpoint_architecture,
     config_from_hf,
-    infer_official_config,
     is_checkpoint_path,
     read_checkpoint,
     read_hf_folder_config,
@@ -236,7 +235,7 @@ def load_backbone(
         path = Path(weights) if weights is not None else resolve_weights_path(str(name_or_config))
     checkpoint = read_checkpoint(path)
     if named_checkpoint:
-        config = checkpoint_config(name) if weights is not None else _own_config(checkpoint, path)
+        config = checkpoint_config(name) if weights is not None else checkpoint_architecture(checkpoint, str(path))
     elif name in SYNTHETIC_BACKBONES:  # a constructed backbone's architecture with weights from a file
         config = SYNTHETIC_BACKBONES[name]()[0]
     else:
@@ -256,16 +255,12 @@ def _checkpoint_label(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def _own_config(checkpoint: Checkpoint, path: Path) -> dict[str, Any]:
-    return checkpoint.config or infer_official_config(checkpoint.state, str(path))
-
-
 def checkpoint_config(path: str | Path) -> dict[str, Any]:
     """The architecture a checkpoint (Hugging Face folder or weights file) describes."""
     path = Path(path)
     if path.is_dir():
         return config_from_hf(read_hf_folder_config(path), str(path))
-    return _own_config(read_checkpoint(path), path)
+    return checkpoint_architecture(read_checkpoint(path), str(path))
 
 
 def _finish(model, sha256: str, source: str, name: str, device) -> DinoVisionTransformer:

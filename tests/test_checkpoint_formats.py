@@ -179,6 +179,8 @@ def test_timm_file_alone_gives_its_architecture(tmp_path):
     got = {k: model.config[k] for k in ("embed_dim", "depth", "num_heads", "img_size", "ffn_layer",
                                           "num_register_tokens")}  # fmt: skip
     assert got == {k: config[k] for k in got}
+    # timm resizes position embeddings to the exact grid, antialiased (unlike the official 0.1 offset).
+    assert (model.config["interpolate_offset"], model.config["interpolate_antialias"]) == (0.0, True)
     assert model.name == "vit_small_reg4"
     x = torch.randn(1, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     assert torch.equal(_tokens(model, x), _tokens(source, x))
