@@ -20,7 +20,8 @@ def run(args) -> int:
     try:
         report = repair_checkpoint(args.backbone, args.images, args.out, config=config, weights=args.weights,
                                    work_dir=args.work_dir, resume=args.resume, force=args.force,
-                                   device=args.device, progress=not args.no_progress)
+                                   device=args.device, progress=not args.no_progress,
+                                   save_format=args.save_format)
     except NonFiniteLossError as err:
         print(f"repair stopped: {err}")
         return 3
@@ -36,10 +37,15 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("repair", help="repair singular defects (SINDER, Algorithm 1)")
-    parser.add_argument("--backbone", required=True, help="preset, constructed backbone or config file")
+    parser.add_argument("--backbone", required=True,
+                        help="preset, constructed backbone, config file, or a checkpoint (Hugging Face folder, "
+                             "official or timm weights file)")
     parser.add_argument("--weights", help="weights file (default: the official file in the torch hub cache)")
     parser.add_argument("--images", required=True, help="folder of training images (e.g. ImageNet train)")
     parser.add_argument("--out", required=True, help="repaired checkpoint (.safetensors or .pth)")
+    parser.add_argument("--save-format", choices=("official", "source"), default="official",
+                        help="keys of --out: official DINOv2 (default) or the format the backbone came in "
+                             "(a Hugging Face folder, timm keys)")
     parser.add_argument("--config", help="YAML of RepairConfig fields (behaviour: official|paper, sigma, mu, ...)")
     parser.add_argument("--paper", action="store_true", help="the paper's text where the official code differs")
     parser.add_argument("--max-iters", type=int)

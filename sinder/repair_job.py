@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
+from .checkpoint_formats import CheckpointFormat, check_save_format, save_checkpoint
 from .images import list_images, load_image, stride_subset
 from .repair import RepairConfig, RepairRun
 from .repair_report import defect_census, plot_singular_value_changes, removed_fraction, write_report
-from .weights import load_backbone, save_state_dict
+from .weights import load_backbone
 
 
 def split_images(files: list[Path], num_train: int, num_holdout: int) -> tuple[list[Path], list[Path]]:
@@ -44,11 +45,13 @@ def repair_checkpoint(
     progress: bool = True,
     directions_cache: str | Path | None = None,
     crash_at: int | None = None,
+    save_format: str = "official",
 ) -> dict[str, Any]:
     """Run SINDER on ``backbone`` with the images under ``images``; write ``out`` and its report.
 
     Returns the report dict. ``out`` is written atomically and never replaces an existing file without
     ``force``; the run's checkpoint and JSONL log live in ``work_dir`` (default ``<out>.work/``).
+    ``save_format``: ``official`` (DINOv2's keys) or ``source`` (the format the backbone was read in).
     """
     config = config or RepairConfig()
     config.validate()
@@ -59,6 +62,8 @@ def repair_checkpoint(
     device = device or default_device()
 
     model = load_backbone(backbone, weights=weights)
+    source_format = getattr(model, "checkpoint_format", CheckpointFormat())
+    out_format = check_save_format(save_format, source_format, out)
     files = list_images(images)
     train, holdout = split_images(files, config.num_images, config.holdout_images)
     load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
@@ -76,7 +81,8 @@ def repair_checkpoint(
     result = run.run(resume=resume)
 
     metadata = {"sinder_config": json.dumps(asdict(config)), "base_sha256": str(model.weights_sha256)}
-    out_sha = save_state_dict(result.state_dict, out, force=force, metadata=metadata)
+    out_sha = save_checkpoint(result.state_dict, out, out_format, config=model.config, source=source_format,
+                              force=force, metadata=metadata)
     repaired = load_backbone(backbone, weights=out)  # proves the output loads into a plain DINOv2
     repaired.to(device)
     after = defect_census(repaired, holdout, load, directions, config.mu, config.exclude_border) if holdout else None
@@ -87,6 +93,7 @@ def repair_checkpoint(
         "base_weights_sha256": model.weights_sha256,
         "output": str(out),
         "output_sha256": out_sha,
+        "output_format": out_format,
         "behaviour": config.behaviour(),
         "config": asdict(config),
         "differences_from_official": config.differences_from_official(),

@@ -16,22 +16,26 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_path
+from .backbone import pretrained_config
+from .checkpoint_formats import (
+    checkpoint_architecture,
+    config_from_hf,
+    is_checkpoint_path,
+    read_checkpoint,
+    read_hf_folder_config,
+)
 from .vit import PRESETS, DinoVisionTransformer, build_vit, resolve_config
-
-OFFICIAL_URL = "https://dl.fbaipublicfiles.com/dinov2/{arch}/{file}"
 
 
 def official_filename(preset: str) -> str | None:
     """File name the DINOv2 hub gives an official release (``dinov2_vitg14_reg4_pretrain.pth``), else None."""
-    match = re.fullmatch(r"dinov2_vit([sblg])14(_reg)?", preset)
-    if not match:
-        return None
-    return f"dinov2_vit{match.group(1)}14{'_reg4' if match.group(2) else ''}_pretrain.pth"
+    cfg = pretrained_config(preset)
+    return cfg.file if cfg else None
 
 
 def official_url(preset: str) -> str | None:
-    file = official_filename(preset)
-    return OFFICIAL_URL.format(arch=preset.removesuffix("_reg"), file=file) if file else None
+    cfg = pretrained_config(preset)
+    return cfg.url if cfg else None
 
 
 def hub_checkpoint_dir() -> Path:
@@ -209,8 +213,11 @@ def load_backbone(
     """Build a backbone and load its weights; the model comes back in eval mode.
 
     ``name_or_config``: a preset (``dinov2_vitg14``), a constructed backbone (``dinov2_tiny_defective``),
-    a JSON/YAML config file or a dict. ``weights``: an explicit file; without it an official preset is
-    looked up in the torch hub cache. The model records ``weights_sha256``, ``weights_source`` and ``name``.
+    a JSON/YAML config file, a dict, or a checkpoint that says its own architecture: a Hugging Face DINOv2
+    folder (``config.json`` + ``model.safetensors``) or a weights file in official or timm keys.
+    ``weights``: an explicit file (any of those formats); without it an official preset is looked up in the
+    torch hub cache. The model records ``weights_sha256``, ``weights_source``, ``name`` and
+    ``checkpoint_format`` (the key format its weights came in, for writing a repair back in that format).
     """
     name = str(name_or_config) if isinstance(name_or_config, (str, Path)) else None
     if weights is None and name is not None:
@@ -220,17 +227,40 @@ def load_backbone(
             model = DinoVisionTransformer(config)
             load_state_dict_strict(model, state, source=f"constructed {name}")
             return _finish(model, state_dict_sha256(model.state_dict()), f"constructed:{name}", name, device)
+    named_checkpoint = name is not None and name not in PRESETS and is_checkpoint_path(name)
     # Find and read the file before building: a missing file should fail fast, even for ViT-g.
-    path = Path(weights) if weights is not None else resolve_weights_path(str(name_or_config))
-    state = read_state_dict(path)
-    if name in SYNTHETIC_BACKBONES:  # a constructed backbone's architecture with weights from a file
+    if named_checkpoint and weights is None:
+        path = Path(name)
+    else:
+        path = Path(weights) if weights is not None else resolve_weights_path(str(name_or_config))
+    checkpoint = read_checkpoint(path)
+    if named_checkpoint:
+        config = checkpoint_config(name) if weights is not None else checkpoint_architecture(checkpoint, str(path))
+    elif name in SYNTHETIC_BACKBONES:  # a constructed backbone's architecture with weights from a file
         config = SYNTHETIC_BACKBONES[name]()[0]
     else:
         config = resolve_config(name_or_config)
     with torch.device("meta"):  # no random init of a billion parameters that the file replaces anyway
         model = DinoVisionTransformer(config)
-    load_state_dict_strict(model, state, source=str(path), assign=True)
-    return _finish(model, file_sha256(path), str(path), name or path.stem, device)
+    load_state_dict_strict(model, checkpoint.state, source=str(path), assign=True)
+    # An official file is identified by its bytes; a converted one by its tensors under official keys.
+    sha = file_sha256(path) if checkpoint.format.kind == "official" else state_dict_sha256(checkpoint.state)
+    label = _checkpoint_label(Path(name)) if named_checkpoint else (name or path.stem)
+    model = _finish(model, sha, str(path), label, device)
+    model.checkpoint_format = checkpoint.format
+    return model
+
+
+def _checkpoint_label(path: Path) -> str:
+    return path.name if path.is_dir() else path.stem
+
+
+def checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The architecture a checkpoint (Hugging Face folder or weights file) describes."""
+    path = Path(path)
+    if path.is_dir():
+        return config_from_hf(read_hf_folder_config(path), str(path))
+    return checkpoint_architecture(read_checkpoint(path), str(path))
 
 
 def _finish(model, sha256: str, source: str, name: str, device) -> DinoVisionTransformer:

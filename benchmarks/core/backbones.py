@@ -1,8 +1,9 @@
 """Backbone specs of ``sinder-bench run --backbone``: parse, check up front, load, and the smoke defaults.
 
-A spec is ``[LABEL=]NAME[:WEIGHTS]``: NAME is a preset, a constructed (tiny) backbone or a config file;
-WEIGHTS an optional weights file; LABEL the name used in records and tables (default: the weights file's
-stem, else NAME). Examples: ``dinov2_vitg14``, ``sinder=dinov2_vitg14:ckpt/sinder_vitg14.safetensors``.
+A spec is ``[LABEL=]NAME[:WEIGHTS]``: NAME is a preset, a constructed (tiny) backbone, a config file or a
+checkpoint that carries its architecture (a Hugging Face DINOv2 folder, an official or timm weights file);
+WEIGHTS an optional weights file (any of those formats); LABEL the name used in records and tables (default:
+the weights file's stem, else NAME). Examples: ``dinov2_vitg14``, ``sinder=dinov2_vitg14:ckpt/sinder_vitg14.safetensors``.
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ def parse_backbone_spec(text: str) -> BackboneSpec:
 def backbone_problem(spec: BackboneSpec) -> str | None:
     """Why ``spec`` cannot be loaded (a missing weights file, an unknown name), without building the model."""
     from sinder import weights as W
+    from sinder.checkpoint_formats import checkpoint_problem, is_checkpoint_path
     from sinder.vit import resolve_config
 
     if spec.weights is not None:
-        return None if Path(spec.weights).is_file() else f"weights file {spec.weights} (backbone {spec.text!r}) does not exist"
+        return None if Path(spec.weights).exists() else f"weights file {spec.weights} (backbone {spec.text!r}) does not exist"
+    if spec.name not in W.PRESETS and is_checkpoint_path(spec.name):  # LABEL=PATH: a self-describing checkpoint
+        problem = checkpoint_problem(spec.name)
+        return f"backbone {spec.text!r}: {problem}" if problem else None
     W.list_backbones()  # also imports the modules that register constructed backbones
     if spec.name in W.SYNTHETIC_BACKBONES:
         return None

@@ -1,0 +1,476 @@
+"""DINOv2 checkpoints in the three formats users have, converted to and from the official key format.
+
+- ``official``: the DINOv2 repository's ``state_dict`` (``blocks.N.attn.qkv``, ``mlp.w12``, ``ls1.gamma`` ...).
+- ``hf``: a Hugging Face ``Dinov2Model`` / ``Dinov2WithRegistersModel`` folder as ``save_pretrained`` writes it
+  (``config.json`` + ``model.safetensors``; the architecture comes from ``config.json``).
+- ``timm``: a ``vit_*_patch14_dinov2`` / ``vit_*_patch14_reg4_dinov2`` state dict (no mask token, SwiGLU packed
+  as ``mlp.fc1``/``mlp.fc2``, registers as ``reg_token`` and, for the register models, the class position
+  folded into ``cls_token`` with ``pos_embed`` holding patch positions only).
+
+Everything else in the package works on official keys; this module is the only place that knows the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+FORMATS = ("official", "hf", "timm")
+HF_CONFIG = "config.json"
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+HF_INDEX = "model.safetensors.index.json"
+# Metadata key under which a written .safetensors keeps its architecture (so an official-format file of a
+# Hugging Face model still loads with Hugging Face's position-embedding interpolation).
+CONFIG_METADATA = "backbone_config"
+# Every released DINOv2 uses 64-wide heads; the weights do not say how many heads there are.
+HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1536: 24}
+WEIGHT_SUFFIXES = {".safetensors", ".pth", ".pt", ".bin", ".ckpt"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not a DINOv2 in one of the known formats (the message says what to do)."""
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """The key format a backbone's weights came in, and what is needed to write that format back."""
+
+    kind: str = "official"  # one of FORMATS
+    hf_config: dict[str, Any] | None = field(default=None, compare=False)  # config.json of an ``hf`` source
+
+
+# ------------------------------------------------------------------------------------------- detection
+def is_checkpoint_path(name: str | Path) -> bool:
+    """True for a Hugging Face folder or an existing weights file (what ``--backbone LABEL=PATH`` may name)."""
+    path = Path(name)
+    if path.is_dir():
+        return True
+    return path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be loaded, from a cheap look (None when it looks loadable)."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if not path.is_dir():
+        return f"checkpoint {path} does not exist"
+    if not (path / HF_CONFIG).is_file():
+        return f"{path} is a folder without {HF_CONFIG}: not a Hugging Face checkpoint folder"
+    if not any((path / name).is_file() for name in (*HF_WEIGHTS, HF_INDEX)):
+        return f"{path}: no weights file ({', '.join(HF_WEIGHTS)} or {HF_INDEX}) beside {HF_CONFIG}"
+    return None
+
+
+def detect_format(state: Mapping[str, Tensor]) -> str:
+    """``hf``, ``timm`` or ``official`` from the key names alone."""
+    if any(k.startswith(("embeddings.", "encoder.layer.")) for k in state):
+        return "hf"
+    if "reg_token" in state:
+        return "timm"
+    if "mask_token" not in state and "cls_token" in state and not any(".mlp.w12." in k for k in state):
+        # timm drops the (inference-unused) mask token; a GELU official file without it has timm's keys anyway.
+        return "timm"
+    return "official"
+
+
+def _strip_hf_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    # *ForImageClassification checkpoints nest the backbone and add a classifier the backbone does not use.
+    out = {}
+    for key, value in state.items():
+        if key.startswith("classifier."):
+            continue
+        for prefix in ("dinov2_with_registers.", "dinov2."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------- Hugging Face
+_HF_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.mask_token": "mask_token",
+    "embeddings.register_tokens": "register_tokens",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_HF_BLOCK = {  # module path inside encoder.layer.N -> inside blocks.N (weight/bias suffix kept)
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attention.output.dense": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.weights_in": "mlp.w12",
+    "mlp.weights_out": "mlp.w3",
+}
+_HF_LAYER_SCALE = {"layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma"}
+_HF_QKV = ("query", "key", "value")  # the official fused qkv stacks them in this order
+_HF_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
+
+
+def hf_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face DINOv2 keys -> official keys (query/key/value fused into qkv). Unknown keys pass through."""
+    state = _strip_hf_prefix(state)
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in state.items():
+        if key in _HF_TOP:
+            out[_HF_TOP[key]] = value
+            continue
+        match = _HF_LAYER.match(key)
+        if not match:
+            out[key] = value  # reported by the strict load as unexpected
+            continue
+        layer, rest = match.groups()
+        if rest in _HF_LAYER_SCALE:
+            out[f"blocks.{layer}.{_HF_LAYER_SCALE[rest]}"] = value
+            continue
+        module, _, param = rest.rpartition(".")
+        if module.startswith("attention.attention.") and module.rsplit(".", 1)[1] in _HF_QKV:
+            qkv.setdefault((layer, param), {})[module.rsplit(".", 1)[1]] = value
+        elif module in _HF_BLOCK:
+            out[f"blocks.{layer}.{_HF_BLOCK[module]}.{param}"] = value
+        else:
+            out[key] = value
+    for (layer, param), parts in qkv.items():
+        missing = [p for p in _HF_QKV if p not in parts]
+        if missing:
+            raise CheckpointError(f"layer {layer}: attention {param} lacks {missing}; the checkpoint is incomplete")
+        out[f"blocks.{layer}.attn.qkv.{param}"] = torch.cat([parts[p] for p in _HF_QKV], dim=0)
+    return out
+
+
+def official_to_hf(state: Mapping[str, Tensor], hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Official keys -> the keys ``Dinov2Model`` / ``Dinov2WithRegistersModel`` of ``hf_config`` loads."""
+    top = {v: k for k, v in _HF_TOP.items()}
+    block = {v: k for k, v in _HF_BLOCK.items()}
+    scale = {v: k for k, v in _HF_LAYER_SCALE.items()}
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key == "mask_token" and not hf_config.get("use_mask_token", True):
+            continue
+        if key in top:
+            out[top[key]] = value
+            continue
+        match = re.match(r"^blocks\.(\d+)\.(.+)$", key)
+        if not match:
+            out[key] = value
+            continue
+        layer, rest = match.groups()
+        prefix = f"encoder.layer.{layer}."
+        module, _, param = rest.rpartition(".")
+        if rest in scale:
+            out[prefix + scale[rest]] = value
+        elif module == "attn.qkv":
+            for name, part in zip(_HF_QKV, value.chunk(3, dim=0)):
+                out[f"{prefix}attention.attention.{name}.{param}"] = part.clone()
+        elif module in block:
+            out[f"{prefix}{block[module]}.{param}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _single(value: Any, what: str, source: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise CheckpointError(f"{source}: non-square {what} {list(value)} is not supported")
+        value = value[0]
+    return int(value)
+
+
+def config_from_hf(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Our constructor arguments for the model a Hugging Face ``config.json`` describes."""
+    model_type = hf.get("model_type")
+    if model_type not in ("dinov2", "dinov2_with_registers"):
+        raise CheckpointError(
+            f"{source}: model_type {model_type!r} is not a DINOv2; expected 'dinov2' or 'dinov2_with_registers'"
+        )
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
+    if missing:
+        raise CheckpointError(f"{source}: config.json lacks {missing}")
+    swiglu = bool(hf.get("use_swiglu_ffn", False))
+    if not swiglu and hf.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (DINOv2 uses 'gelu')")
+    if float(hf.get("layer_norm_eps", 1e-6)) != 1e-6:
+        raise CheckpointError(f"{source}: layer_norm_eps {hf['layer_norm_eps']} is not supported (DINOv2 uses 1e-6)")
+    registers = model_type == "dinov2_with_registers"
+    return {
+        "img_size": _single(hf.get("image_size", 224), "image_size", source),
+        "patch_size": _single(hf.get("patch_size", 14), "patch_size", source),
+        "in_chans": int(hf.get("num_channels", 3)),
+        "embed_dim": int(hf["hidden_size"]),
+        "depth": int(hf["num_hidden_layers"]),
+        "num_heads": int(hf["num_attention_heads"]),
+        "mlp_ratio": float(hf.get("mlp_ratio", 4)),
+        "qkv_bias": bool(hf.get("qkv_bias", True)),
+        "ffn_bias": True,
+        "proj_bias": True,
+        "init_values": float(hf.get("layerscale_value", 1.0)) or 1.0,  # HF always has layer scale
+        "ffn_layer": "swiglufused" if swiglu else "mlp",
+        "num_register_tokens": int(hf.get("num_register_tokens", 4)) if registers else 0,
+        # Hugging Face resizes position embeddings to the exact grid (no 0.1 offset); antialiased with registers.
+        "interpolate_antialias": registers,
+        "interpolate_offset": 0.0,
+    }
+
+
+def read_hf_folder_config(folder: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a ``save_pretrained`` folder (an error naming the folder when there is none)."""
+    config_path = Path(folder) / HF_CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{folder} is a folder without {HF_CONFIG}: expected a Hugging Face DINOv2 checkpoint as "
+            "save_pretrained writes it (config.json + model.safetensors)"
+        )
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from err
+
+
+def read_hf_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(config.json, raw state dict) of a ``save_pretrained`` folder, single file or sharded."""
+    from .weights import read_state_dict
+
+    folder = Path(folder)
+    hf_config = read_hf_folder_config(folder)
+    index = folder / HF_INDEX
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        state: dict[str, Tensor] = {}
+        for shard in shards:
+            state.update(read_state_dict(folder / shard))
+        return hf_config, state
+    for name in HF_WEIGHTS:
+        if (folder / name).is_file():
+            return hf_config, read_state_dict(folder / name)
+    raise CheckpointError(f"{folder}: no weights file ({', '.join(HF_WEIGHTS)} or {HF_INDEX}) beside config.json")
+
+
+# ------------------------------------------------------------------------------------------- timm
+def _is_packed_swiglu(state: Mapping[str, Tensor], block: str) -> bool:
+    # timm packs SwiGLU's two input projections into fc1: twice as wide as fc2's input, unlike a plain MLP.
+    fc1, fc2 = state.get(f"{block}mlp.fc1.weight"), state.get(f"{block}mlp.fc2.weight")
+    return fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]
+
+
+def timm_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """timm DINOv2 keys -> official keys (register models get a zero class position: cls_token holds it)."""
+    out = dict(state)
+    if "reg_token" in out:
+        out["register_tokens"] = out.pop("reg_token")
+        pos = out["pos_embed"]
+        out["pos_embed"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
+    blocks = {m.group(1) for k in out if (m := re.match(r"^(blocks\.\d+\.)mlp\.fc1\.weight$", k))}
+    for block in blocks:
+        if _is_packed_swiglu(out, block):
+            for param in ("weight", "bias"):
+                for timm_name, official in (("fc1", "w12"), ("fc2", "w3")):
+                    if f"{block}mlp.{timm_name}.{param}" in out:
+                        out[f"{block}mlp.{official}.{param}"] = out.pop(f"{block}mlp.{timm_name}.{param}")
+    return out
+
+
+def official_to_timm(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official keys -> timm's (what timm's own DINOv2 checkpoint filter produces from an official file)."""
+    out = {k: v for k, v in state.items() if k != "mask_token"}
+    if "register_tokens" in out:
+        out["reg_token"] = out.pop("register_tokens")
+        pos = out["pos_embed"]
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:].clone()
+    for key in list(out):
+        match = re.match(r"^(blocks\.\d+\.mlp\.)(w12|w3)\.(weight|bias)$", key)
+        if match:
+            out[f"{match.group(1)}{'fc1' if match.group(2) == 'w12' else 'fc2'}.{match.group(3)}"] = out.pop(key)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- official
+def _swiglu_hidden(dim: int, mlp_ratio: float = 4.0) -> int:
+    return (int(int(dim * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+
+
+def infer_official_config(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
+    """The architecture of an official-key state dict, read off its shapes (heads from the width)."""
+    from .vit import ARCH_DEFAULTS, PRESETS
+
+    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
+        if key not in state:
+            raise CheckpointError(f"{source}: no {key!r}; this is not a DINOv2 checkpoint")
+    dim = int(state["cls_token"].shape[-1])
+    depth = 1 + max((int(k.split(".")[1]) for k in state if re.match(r"^blocks\.\d+\.", k)), default=-1)
+    swiglu = "blocks.0.mlp.w12.weight" in state
+    hidden = state.get("blocks.0.mlp.w12.weight" if swiglu else "blocks.0.mlp.fc1.weight")
+    if depth < 1 or hidden is None:
+        raise CheckpointError(f"{source}: no transformer blocks found; this is not a DINOv2 checkpoint")
+    expected = 2 * _swiglu_hidden(dim) if swiglu else 4 * dim
+    if hidden.shape[0] != expected:
+        raise CheckpointError(
+            f"{source}: MLP width {hidden.shape[0]} is not DINOv2's for width {dim} ({expected}); pass the "
+            "architecture explicitly (a preset or a config file with the weights)"
+        )
+    if dim not in HEADS_BY_WIDTH:
+        raise CheckpointError(
+            f"{source}: the weights do not say how many attention heads a {dim}-wide model has (known widths: "
+            f"{sorted(HEADS_BY_WIDTH)}); pass the architecture with the weights, e.g. "
+            "--backbone LABEL=CONFIG.yaml:WEIGHTS or load_backbone(config, weights=PATH)"
+        )
+    registers = int(state["register_tokens"].shape[1]) if "register_tokens" in state else 0
+    positions = int(state["pos_embed"].shape[1]) - 1
+    side = math.isqrt(positions)
+    if side * side != positions:
+        raise CheckpointError(f"{source}: {positions} patch positions is not a square grid")
+    patch = state["patch_embed.proj.weight"]
+    ffn = "swiglufused" if swiglu else "mlp"
+    # A released preset of the same shape gives the interpolation settings it was trained with.
+    base = next(
+        (dict(cfg) for cfg in PRESETS.values()
+         if (cfg["embed_dim"], cfg["depth"], cfg["num_register_tokens"]) == (dim, depth, registers)
+         and (cfg["ffn_layer"] != "mlp") == swiglu),
+        {**ARCH_DEFAULTS, "interpolate_antialias": bool(registers), "interpolate_offset": 0.0 if registers else 0.1},
+    )  # fmt: skip
+    return {
+        **base,
+        "img_size": side * int(patch.shape[-1]),
+        "patch_size": int(patch.shape[-1]),
+        "in_chans": int(patch.shape[1]),
+        "embed_dim": dim,
+        "depth": depth,
+        "num_heads": HEADS_BY_WIDTH[dim],
+        "mlp_ratio": 4.0,
+        "ffn_layer": ffn,
+        "num_register_tokens": registers,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "proj_bias": "blocks.0.attn.proj.bias" in state,
+        "ffn_bias": f"blocks.0.mlp.{'w12' if swiglu else 'fc1'}.bias" in state,
+        "init_values": 1.0 if "blocks.0.ls1.gamma" in state else 0.0,
+    }
+
+
+# ------------------------------------------------------------------------------------------- reading
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk: official-key tensors, its source format, its architecture if it says."""
+
+    state: dict[str, Tensor]
+    format: CheckpointFormat
+    config: dict[str, Any] | None  # from config.json or the file's metadata; None when only shapes tell
+
+
+def _safetensors_config(path: Path) -> dict[str, Any] | None:
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(CONFIG_METADATA)
+    except Exception:  # unreadable files are reported by the reader with a proper message
+        return None
+    return json.loads(text) if text else None
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a weights file or a Hugging Face folder and convert it to official keys."""
+    from .weights import normalize_keys, read_state_dict
+
+    path = Path(path)
+    if path.is_dir():
+        hf_config, raw = read_hf_folder(path)
+        config = config_from_hf(hf_config, str(path))
+        state = hf_to_official(raw)
+        state.setdefault("mask_token", torch.zeros(1, config["embed_dim"]))
+        return Checkpoint(state, CheckpointFormat("hf", hf_config), config)
+    raw = normalize_keys(read_state_dict(path))
+    kind = detect_format(raw)
+    if kind == "hf":
+        sibling = path.parent / HF_CONFIG
+        if not sibling.is_file():
+            raise CheckpointError(
+                f"{path} holds Hugging Face DINOv2 keys but no {HF_CONFIG} lies beside it: pass the folder "
+                "save_pretrained wrote, or the architecture with the weights (--backbone LABEL=PRESET:PATH)"
+            )
+        hf_config = json.loads(sibling.read_text())
+        config = config_from_hf(hf_config, str(sibling))
+        state = hf_to_official(raw)
+        state.setdefault("mask_token", torch.zeros(1, config["embed_dim"]))
+        return Checkpoint(state, CheckpointFormat("hf", hf_config), config)
+    state = timm_to_official(raw) if kind == "timm" else raw
+    if "mask_token" not in state and "cls_token" in state:
+        state["mask_token"] = torch.zeros(1, state["cls_token"].shape[-1])  # unused at inference
+    return Checkpoint(state, CheckpointFormat(kind), _safetensors_config(path))
+
+
+# timm resizes position embeddings to the exact grid with antialiasing, for every DINOv2 (checked against timm 1.0).
+TIMM_INTERPOLATION = {"interpolate_offset": 0.0, "interpolate_antialias": True}
+
+
+def checkpoint_architecture(checkpoint: Checkpoint, source: str) -> dict[str, Any]:
+    """The architecture a checkpoint describes: its own config, else read off its tensors."""
+    if checkpoint.config is not None:
+        return checkpoint.config
+    config = infer_official_config(checkpoint.state, source)
+    return {**config, **TIMM_INTERPOLATION} if checkpoint.format.kind == "timm" else config
+
+
+# ------------------------------------------------------------------------------------------- writing
+def check_save_format(save_format: str, source: CheckpointFormat, out: str | Path) -> str:
+    """The concrete format (``official``, ``hf`` or ``timm``) of ``save_format`` (``official`` | ``source``)."""
+    if save_format not in ("official", "source"):
+        raise ValueError(f"save format {save_format!r}: use 'official' or 'source'")
+    kind = source.kind if save_format == "source" else "official"
+    if kind == "hf" and Path(out).suffix:
+        raise ValueError(
+            f"--out {out}: the source format of a Hugging Face checkpoint is a folder (config.json + "
+            "model.safetensors); give a folder name without a suffix, or use --save-format official"
+        )
+    return kind
+
+
+def save_checkpoint(
+    state: Mapping[str, Tensor],
+    out: str | Path,
+    kind: str,
+    *,
+    config: Mapping[str, Any],
+    source: CheckpointFormat = CheckpointFormat(),
+    force: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> str:
+    """Write official-key ``state`` in format ``kind``; returns the sha256 of the weights file written.
+
+    ``config`` (our architecture) goes into the safetensors metadata so the file loads alone; an ``hf`` output
+    is a folder with the source's ``config.json`` and ``model.safetensors``.
+    """
+    from .atomic import atomic_write_text
+    from .weights import save_state_dict
+
+    metadata = {**(metadata or {}), CONFIG_METADATA: json.dumps(dict(config), sort_keys=True)}
+    out = Path(out)
+    if kind == "official":
+        return save_state_dict(state, out, force=force, metadata=metadata)
+    if kind == "timm":
+        return save_state_dict(official_to_timm(state), out, force=force, metadata=metadata)
+    if kind != "hf" or source.hf_config is None:
+        raise ValueError(f"cannot write format {kind!r} (source {source.kind!r})")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite it")
+    sha = save_state_dict(official_to_hf(state, source.hf_config), out / HF_WEIGHTS[0], force=True,
+                          metadata={**metadata, "format": "pt"})  # fmt: skip
+    atomic_write_text(out / HF_CONFIG, json.dumps(source.hf_config, indent=2, sort_keys=True) + "\n")
+    return sha
