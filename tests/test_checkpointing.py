@@ -64,6 +64,11 @@ def test_load_refuses_foreign_damaged_and_unsafe_files(tmp_path):
     ckpt.save({"step": 3, "w": torch.ones(2)})
     state = ckpt.load()
     assert state["step"] == 3 and torch.equal(state["w"], torch.ones(2)) and state["fingerprint"] == "fp-a"
+    small, large = CK.module_signature(torch.nn.Linear(2, 3)), CK.module_signature(torch.nn.Linear(2, 4))
+    assert small == CK.module_signature(torch.nn.Linear(2, 3)) != large
+    ckpt.save({"step": 4}, small)
+    assert ckpt.load(small)["step"] == 4
+    assert ckpt.load(large) is None and "differently built model" in said[-1]
     other = CK.TrainingCheckpoint(tmp_path, "t", "fp-b", every=1, log=said.append)
     assert other.load() is None and "another configuration" in said[-1]
     (tmp_path / "t.pt").write_bytes(b"not a checkpoint")

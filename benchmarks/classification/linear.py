@@ -18,7 +18,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from benchmarks.core import distributed as D
-from benchmarks.core.checkpointing import TrainingCheckpoint, gathered_rng_state, restore_rank_rng
+from benchmarks.core.checkpointing import (
+    TrainingCheckpoint,
+    gathered_rng_state,
+    module_signature,
+    restore_rank_rng,
+)
 
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 N_LAST_BLOCKS = (1, 4)
@@ -189,7 +194,8 @@ def train_linear_probe(
 
     heads.train()
     step, epoch, offset = 0, 0, 0  # offset: batches of this epoch already trained on
-    state = checkpoint.load() if checkpoint is not None else None
+    signature = module_signature(heads)
+    state = checkpoint.load(signature) if checkpoint is not None else None
     if state is not None:
         heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
@@ -227,7 +233,7 @@ def train_linear_probe(
                     "heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch + int(ended),
                     "offset": 0 if ended else offset, "rng": gathered_rng_state(),
-                })  # fmt: skip
+                }, signature)  # fmt: skip
             if step >= iterations:
                 break
         epoch, offset = epoch + 1, 0

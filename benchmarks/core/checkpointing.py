@@ -55,6 +55,13 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def module_signature(*modules: torch.nn.Module) -> str:
+    """A short hash of the names, shapes and dtypes of ``modules``' state: a checkpoint of a model built
+    differently (code changed under the same config) is refused instead of failing in ``load_state_dict``."""
+    entries = [[name, list(t.shape), str(t.dtype)] for m in modules for name, t in m.state_dict().items()]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------------------------- RNG state
 def rng_state() -> dict[str, Any]:
     """This process's generators (torch CPU, CUDA when initialised, numpy legacy global, python ``random``)."""
@@ -137,8 +144,9 @@ class TrainingCheckpoint:
         return cls(task_work_dir(ctx), name, fingerprint, every=config.get("checkpoint_every"),
                    every_s=config.get("checkpoint_every_s"), log=ctx.log)  # fmt: skip
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, or None (no file, unreadable, or written by another configuration)."""
+    def load(self, signature: str | None = None) -> dict[str, Any] | None:
+        """The saved state, or None (no file, unreadable, written by another configuration, or, when
+        ``signature`` is given, for modules of another :func:`module_signature`)."""
         if self.path is None or not D.broadcast_object(self.path.is_file()):
             return None
         try:
@@ -148,6 +156,9 @@ class TrainingCheckpoint:
             return None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             self.log(f"checkpoint {self.path} is from another configuration; starting afresh (it will be replaced)")
+            return None
+        if signature is not None and state.get("signature") != signature:
+            self.log(f"checkpoint {self.path} holds a differently built model; starting afresh (it will be replaced)")
             return None
         self._last = time.monotonic()
         return state
@@ -162,11 +173,11 @@ class TrainingCheckpoint:
             return False
         return bool(D.broadcast_object(time.monotonic() - self._last >= self.every_s))
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, state: dict[str, Any], signature: str | None = None) -> None:
         """Write ``state`` (rank 0, atomically); every rank must call it (it ends with a barrier)."""
         if self.path is None:
             return
         if D.is_main():
-            save_state(self.path, {**state, "fingerprint": self.fingerprint})
+            save_state(self.path, {**state, "fingerprint": self.fingerprint, "signature": signature})
         D.barrier()
         self._last = time.monotonic()

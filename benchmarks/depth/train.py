@@ -22,6 +22,7 @@ from benchmarks.core.checkpointing import (
     INTERVAL_KEYS,
     TrainingCheckpoint,
     gathered_rng_state,
+    module_signature,
     restore_rank_rng,
 )
 from benchmarks.depth.features import backbone_features, head_blocks
@@ -149,7 +150,8 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.iterations))
     start, skipped = 0, 0
-    state = checkpoint.load() if checkpoint is not None else None
+    signature = module_signature(head)
+    state = checkpoint.load(signature) if checkpoint is not None else None
     if state is not None:
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
@@ -180,7 +182,7 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
         if checkpoint is not None and checkpoint.due(step + 1, cfg.iterations):
             checkpoint.save({"head": head.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "step": step + 1, "skipped": skipped,
-                             "rng": gathered_rng_state()})  # fmt: skip
+                             "rng": gathered_rng_state()}, signature)  # fmt: skip
         if log is not None and (step + 1) % max(1, cfg.iterations // 5) == 0:
             log(f"depth {cfg.head}: step {step + 1}/{cfg.iterations} loss {loss.item():.4f}")
     head.eval()
