@@ -80,6 +80,9 @@ class _SegTask(Task):
         overrides = dict(ctx.config.get("overrides") or {})
         if not ctx.progress:
             overrides.setdefault("log_level", "WARNING")
+        if ctx.config.get("checkpoint_every_s") is not None:
+            raise ValueError(f"task {self.name}: mmengine checkpoints by iteration: set checkpoint_every, "
+                             "not checkpoint_every_s")  # fmt: skip
         if ctx.config.get("checkpoint_every") is not None:
             overrides["checkpoint_every"] = ctx.config["checkpoint_every"]
         work_dir = task_work_dir(ctx)
