@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text, temp_prefix
 from .defects import find_defects
 from .loss import neighbor_loss
 from .svd import TRAINABLE_SETTINGS, fold_back, parametrize_singular_values, singular_value_changes
@@ -472,7 +472,7 @@ def repair_for_smoke(model: nn.Module, config: RepairConfig | None = None, seed:
     config = config or RepairConfig(**SMOKE_CONFIG)
     photos = synthetic_photos(config.num_images, size=config.resolution + 16, seed=seed)
     tensors = [to_normalized_tensor(resize_center_crop(p, config.resolution)) for p in photos]
-    with tempfile.TemporaryDirectory(prefix="sinder-smoke-repair-") as work_dir:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("sinder-smoke-repair")) as work_dir:
         run = RepairRun(model, list(range(len(tensors))), config, work_dir, load=tensors.__getitem__,
                         device=next(model.parameters()).device, progress=False)
         result = run.run()

@@ -18,6 +18,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from benchmarks.core import distributed as D
+from benchmarks.core.checkpointing import (
+    TrainingCheckpoint,
+    gathered_rng_state,
+    module_signature,
+    restore_rank_rng,
+)
 
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 N_LAST_BLOCKS = (1, 4)
@@ -153,8 +159,14 @@ def train_linear_probe(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     progress: bool = False,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> dict:
     """Train every head for ``iterations`` steps of ``batch_size`` images per rank, then evaluate them all.
+
+    With ``checkpoint``, training resumes from its saved state (heads, optimizer, schedule, data position, RNG)
+    and saves at its interval: a resumed run ends with the same heads as an uninterrupted one (exactly with
+    ``num_workers=0``; with workers the batches are the same but the augmentation draws of the loader workers
+    of the interrupted epoch differ).
 
     Returns ``{"metrics": {"top1", "top5"}, "hparams": best head's config + scaled lr,
     "heads": {name: {"top1", "top5"}}}``.
@@ -181,14 +193,27 @@ def train_linear_probe(
     n_blocks = max(cfg.n_last_blocks for cfg in configs)
 
     heads.train()
-    step, epoch = 0, 0
-    bar = tqdm(total=iterations, desc="linear probe", disable=not (progress and D.is_main()), leave=False)
+    step, epoch, offset = 0, 0, 0  # offset: batches of this epoch already trained on
+    signature = module_signature(heads)
+    state = checkpoint.load(signature) if checkpoint is not None else None
+    if state is not None:
+        heads.load_state_dict(state["heads"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, offset = int(state["step"]), int(state["epoch"]), int(state["offset"])
+        restore_rank_rng(state["rng"])
+    bar = tqdm(total=iterations, initial=step, desc="linear probe", disable=not (progress and D.is_main()),
+               leave=False)  # fmt: skip
     while step < iterations:
         local = _epoch_indices(len(train_dataset), epoch, seed)
         drop_last = len(local) >= batch_size
+        n_batches = len(local) // batch_size if drop_last else -(-len(local) // batch_size)
         loader = DataLoader(
-            Subset(train_dataset, local), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-            drop_last=drop_last,
+            Subset(train_dataset, local[offset * batch_size :]), batch_size=batch_size, shuffle=False,
+            num_workers=num_workers, drop_last=drop_last,
+            # Its own generator: the loader's seed draw must not move the global RNG the augmentations use
+            # (a resumed epoch would otherwise see other draws).
+            generator=torch.Generator().manual_seed(seed * 100003 + epoch),
         )
         for images, labels in loader:
             tokens = backbone_tokens(backbone, images.to(device), n_blocks, amp_dtype)
@@ -200,10 +225,18 @@ def train_linear_probe(
             optimizer.step()
             scheduler.step()
             step += 1
+            offset += 1
             bar.update(1)
+            if checkpoint is not None and checkpoint.due(step, iterations):
+                ended = offset >= n_batches
+                checkpoint.save({
+                    "heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch + int(ended),
+                    "offset": 0 if ended else offset, "rng": gathered_rng_state(),
+                }, signature)  # fmt: skip
             if step >= iterations:
                 break
-        epoch += 1
+        epoch, offset = epoch + 1, 0
     bar.close()
 
     results = evaluate_heads(

@@ -20,6 +20,7 @@ from benchmarks.classification.linear import (
     train_linear_probe,
 )
 from benchmarks.classification.transforms import eval_transform, train_transform
+from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
 from benchmarks.core.features import (
     FeatureSpec,
     compute_dtype_name,
@@ -124,11 +125,13 @@ class ImageNetLinear(_ImageNetTask):
         batch = cfg["batch_size"]
         if ctx.world_size > 1:  # the protocol's batch is global
             batch = max(1, batch // ctx.world_size)
+        checkpoint = TrainingCheckpoint.for_task(ctx, "linear_probe", fingerprint(
+            cfg, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train), len(train.classes)))  # fmt: skip
         result = train_linear_probe(
             backbone, train, val, num_classes=len(train.classes), iterations=cfg["iterations"], batch_size=batch,
             configs=head_configs(cfg["n_last_blocks"], cfg["avgpool"], cfg["lrs"]), device=ctx.device,
             seed=ctx.seed, num_workers=ctx.num_workers, eval_batch_size=cfg["eval_batch_size"],
-            amp_dtype=ctx.amp_dtype, progress=ctx.progress,
+            amp_dtype=ctx.amp_dtype, progress=ctx.progress, checkpoint=checkpoint,
         )  # fmt: skip
         heads = result.pop("heads")
         result["hparams"]["n_heads"] = len(heads)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sinder.atomic import atomic_write_text
+from sinder.atomic import atomic_write_text, remove_stale_temps, temp_prefix
 
 from . import backbones as B
 from . import distributed as D
@@ -132,7 +132,7 @@ def _check_dataset(name: str, root: Path, split: str | None) -> str | None:
 def _synthesize(task: Task, name: str, root: Path, seed: int) -> None:
     """Write the synthetic twin of ``name`` into ``root`` atomically (build in a temp dir, then rename)."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=temp_prefix(root.name)))
     try:
         if callable(getattr(task, "synthesize", None)):  # a task with data of its own
             task.synthesize(name, tmp, seed)
@@ -251,6 +251,9 @@ def run_suite(
     if device_t.type == "cuda" and D.is_distributed():
         device_t = torch.device("cuda", torch.cuda.current_device())
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if D.is_main():  # temp files and folders of killed runs (ours are named by host and pid: see sinder.atomic)
+        for folder, recursive in ((cache, True), (Path(tempfile.gettempdir()), False)):
+            remove_stale_temps(folder, recursive=recursive)
     if data_root is None and os.environ.get(DATA_ENV):
         data_root = os.environ[DATA_ENV]
     data_root = Path(data_root).expanduser() if data_root else None

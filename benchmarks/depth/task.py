@@ -43,6 +43,7 @@ class _DepthTask(Task):
         return {"head": self.head, **PAPER}
 
     def run(self, backbone, ctx) -> dict[str, Any]:
+        from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
         from benchmarks.data.nyud import NYUDepthV2
         from benchmarks.depth.features import head_blocks
         from benchmarks.depth.metrics import mean_depth_baseline
@@ -51,8 +52,10 @@ class _DepthTask(Task):
         cfg = DepthConfig.from_dict(ctx.config)
         root = ctx.dataset_root("nyud")
         train_set, test_set = NYUDepthV2(root, "train"), NYUDepthV2(root, "test")
+        checkpoint = TrainingCheckpoint.for_task(ctx, "depth_head", fingerprint(
+            ctx.config, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train_set)))  # fmt: skip
         head = train_head(backbone, train_set, cfg, device=ctx.device, seed=ctx.seed, num_workers=ctx.num_workers,
-                          log=ctx.log if ctx.progress else None)  # fmt: skip
+                          log=ctx.log if ctx.progress else None, checkpoint=checkpoint)  # fmt: skip
         metrics = evaluate(backbone, head, test_set, cfg, device=ctx.device, num_workers=ctx.num_workers)
         n_images = int(metrics.pop("n_images"))
         baseline = mean_depth_baseline(

@@ -15,9 +15,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, RandomSampler, Subset
+from torch.utils.data import DataLoader, RandomSampler, Sampler, Subset
 
 from benchmarks.core import distributed as D
+from benchmarks.core.checkpointing import (
+    INTERVAL_KEYS,
+    TrainingCheckpoint,
+    gathered_rng_state,
+    module_signature,
+    restore_rank_rng,
+)
 from benchmarks.depth.features import backbone_features, head_blocks
 from benchmarks.depth.heads import DPTDepthHead, LinearDepthHead
 from benchmarks.depth.losses import gradient_loss, sig_loss
@@ -51,6 +58,7 @@ class DepthConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DepthConfig:
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        values = {k: v for k, v in values.items() if k not in INTERVAL_KEYS}  # the checkpoint's, not the loop's
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown depth config keys {unknown}; known: {sorted(known)}")
@@ -106,9 +114,30 @@ def _infinite(loader: DataLoader):
         yield from loader
 
 
+class _SkipFirst(Sampler):
+    """``sampler`` without its first ``n`` indices, drawn and dropped: the draws that follow are the ones an
+    uninterrupted run makes (the position of a resumed run in its data stream)."""
+
+    def __init__(self, sampler: Sampler, n: int):
+        self.sampler, self.n = sampler, int(n)
+
+    def __iter__(self):
+        indices = iter(self.sampler)
+        for _ in range(self.n):
+            next(indices)
+        yield from indices
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.n
+
+
 def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torch.device, seed: int = 0,
-               num_workers: int = 0, log=None) -> nn.Module:  # fmt: skip
-    """Train a fresh head of ``cfg.head`` on ``train_set`` (a ``NYUDepthV2`` split); returns it (eval mode)."""
+               num_workers: int = 0, log=None, checkpoint: TrainingCheckpoint | None = None) -> nn.Module:  # fmt: skip
+    """Train a fresh head of ``cfg.head`` on ``train_set`` (a ``NYUDepthV2`` split); returns it (eval mode).
+
+    With ``checkpoint``, training resumes from its saved state (head, optimizer, schedule, data position, RNG)
+    and saves at its interval; the resumed head equals the uninterrupted one (exactly with ``num_workers=0``;
+    with workers the batches are the same but the workers' augmentation draws differ after the resume)."""
     world = D.world_size()
     if cfg.batch_size % world:
         raise ValueError(f"global batch {cfg.batch_size} is not divisible by the {world} ranks of this run")
@@ -120,15 +149,23 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
         model = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.iterations))
+    start, skipped = 0, 0
+    signature = module_signature(head)
+    state = checkpoint.load(signature) if checkpoint is not None else None
+    if state is not None:
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, skipped = int(state["step"]), int(state["skipped"])
+        restore_rank_rng(state["rng"])
     generator = torch.Generator().manual_seed(seed * 1000 + D.rank())  # each rank draws its own batches
     dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop))
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size // world, sampler=sampler, num_workers=num_workers,
-                        generator=generator, drop_last=True)  # fmt: skip
+    loader = DataLoader(dataset, batch_size=cfg.batch_size // world, num_workers=num_workers, generator=generator,
+                        sampler=_SkipFirst(sampler, start * (cfg.batch_size // world)), drop_last=True)  # fmt: skip
     batches = _infinite(loader)
     head.train()
-    skipped = 0
-    for step in range(cfg.iterations):
+    for step in range(start, cfg.iterations):
         images, depth = next(batches)
         images, depth = images.to(device, non_blocking=True), depth.to(device, non_blocking=True)
         pred = model(backbone_features(backbone, images, blocks))
@@ -137,12 +174,15 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
         optimizer.zero_grad(set_to_none=True)
         if not _all_finite(loss):
             skipped += 1  # a NaN batch must not poison the head; all ranks skip together (DDP needs it)
-            scheduler.step()
-            continue
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
-        optimizer.step()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            optimizer.step()
         scheduler.step()
+        if checkpoint is not None and checkpoint.due(step + 1, cfg.iterations):
+            checkpoint.save({"head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "step": step + 1, "skipped": skipped,
+                             "rng": gathered_rng_state()}, signature)  # fmt: skip
         if log is not None and (step + 1) % max(1, cfg.iterations // 5) == 0:
             log(f"depth {cfg.head}: step {step + 1}/{cfg.iterations} loss {loss.item():.4f}")
     head.eval()

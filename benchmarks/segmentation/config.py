@@ -140,7 +140,8 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
 ):
     """A copy of ``cfg`` ready for one run (see the module docstring). ``overrides`` (profile values):
-    ``crop``, ``iterations``, ``warmup``, ``batch_size`` (global), ``lr``, ``log_level``, ``eval_images`` (evaluate
+    ``crop``, ``iterations``, ``warmup``, ``batch_size`` (global), ``lr``, ``log_level``, ``checkpoint_every``
+    (iterations between checkpoints), ``eval_images`` (evaluate
     on the first N images of the val split only), ``feature_cache`` (un-augmented training crops whose backbone
     maps are computed once; the description of the pipeline lands in ``cfg.train_augmentation``)."""
     cfg = copy.deepcopy(cfg)
@@ -159,6 +160,11 @@ def resolve_config(
         cfg.optim_wrapper.optimizer.lr = float(overrides["lr"])
     if "log_level" in overrides:
         cfg.log_level = overrides["log_level"]
+    if "checkpoint_every" in overrides:
+        every = int(overrides["checkpoint_every"])
+        if every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 iteration (got {every})")
+        cfg.default_hooks.checkpoint.interval = min(every, int(cfg.train_cfg.max_iters))
 
     head = cfg.model.decode_head
     n_maps = len(head.in_index)

@@ -84,6 +84,7 @@ def ensure_mmseg() -> None:
         register_all_modules(init_default_scope=False)
     import benchmarks.segmentation.backbone  # noqa: F401  (registers FrozenViTBackbone)
     import benchmarks.segmentation.head  # noqa: F401  (registers BNLinearHead)
+    import benchmarks.segmentation.resume  # noqa: F401  (registers ResumableIterBasedTrainLoop, RNGStateHook)
 
     allow_mmengine_checkpoints()
     _ready = True

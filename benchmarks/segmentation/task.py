@@ -11,13 +11,17 @@ multiscale, every evaluation) the backbone runs on every crop.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.core.checkpointing import task_work_dir
 from benchmarks.core.registry import PROFILES, Metric, Task, register_task
 from benchmarks.segmentation.feature_cache import CacheStats
+from sinder.atomic import temp_prefix
 
 SMOKE = {
     "linear": {"crop": 84, "iterations": 100, "warmup": 10, "batch_size": 4, "lr": 3e-3, "log_level": "ERROR",
@@ -69,24 +73,43 @@ class _SegTask(Task):
         }
 
     def run(self, backbone, ctx) -> dict[str, Any]:
-        from benchmarks.segmentation.config import load_config, resolve_config
         from benchmarks.segmentation.mmseg_env import ensure_mmseg
-        from benchmarks.segmentation.train import train_and_evaluate
 
         ensure_mmseg()
         data_root = dataset_base(self.dataset, ctx.dataset_root(self.dataset))
         overrides = dict(ctx.config.get("overrides") or {})
         if not ctx.progress:
             overrides.setdefault("log_level", "WARNING")
-        base_dir = Path(ctx.work_dir) if ctx.work_dir else Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        if ctx.config.get("checkpoint_every_s") is not None:
+            raise ValueError(f"task {self.name}: mmengine checkpoints by iteration: set checkpoint_every, "
+                             "not checkpoint_every_s")  # fmt: skip
+        if ctx.config.get("checkpoint_every") is not None:
+            overrides["checkpoint_every"] = ctx.config["checkpoint_every"]
+        work_dir = task_work_dir(ctx)
+        # Without a work folder (a direct call): a temp folder, removed after the run, and by the next run's
+        # stale-temp sweep if this process is killed.
+        base_dir = work_dir or Path(tempfile.mkdtemp(prefix=temp_prefix(self.name)))
+        try:
+            return self._run(backbone, ctx, data_root, overrides, base_dir)
+        finally:
+            if work_dir is None:
+                shutil.rmtree(base_dir, ignore_errors=True)
+
+    def _run(self, backbone, ctx, data_root, overrides, base_dir: Path) -> dict[str, Any]:
+        from benchmarks.segmentation.config import load_config, resolve_config
+        from benchmarks.segmentation.train import train_and_evaluate
+
         cfg = resolve_config(
             load_config(self.dataset, self.setting), data_root=data_root, embed_dim=int(backbone.embed_dim),
             work_dir=base_dir, world_size=ctx.world_size,
             sync_bn=ctx.world_size > 1 and ctx.device.type == "cuda", device_type=ctx.device.type, num_workers=ctx.num_workers, seed=ctx.seed,
             overrides=overrides,
         )  # fmt: skip
-        # Checkpoints of a different resolved config must never be resumed: key the folder by it.
-        digest = hashlib.sha256(cfg.pretty_text.replace(str(base_dir), "").encode()).hexdigest()[:12]
+        # Checkpoints of a different resolved config must never be resumed: key the folder by it (all but the
+        # checkpoint interval, which does not change what is computed).
+        keyed = copy.deepcopy(cfg)
+        keyed.default_hooks.checkpoint.interval = 0
+        digest = hashlib.sha256(keyed.pretty_text.replace(str(base_dir), "").encode()).hexdigest()[:12]
         cfg.work_dir = str(base_dir / f"mmseg-{digest}")
         result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale")
 

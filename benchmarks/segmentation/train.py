@@ -82,13 +82,16 @@ def train_and_evaluate(cfg, backbone: nn.Module, *, tta: bool = False) -> dict[s
     """Train the head of ``cfg`` on ``backbone`` and evaluate it on the val split.
 
     Returns ``{"single_scale": {mIoU, aAcc, mAcc}, "tta": {...} or None, "segmentor": module, "resumed":
-    bool}``. Training resumes from the latest checkpoint in ``cfg.work_dir`` when one is there.
+    bool}``. Training resumes from the newest whole checkpoint in ``cfg.work_dir`` when there is one.
     """
     ensure_mmseg()
+    from benchmarks.segmentation.resume import resume_point
+
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
     segmentor = build_segmentor(cfg, backbone)
     cfg = copy.deepcopy(cfg)
-    cfg.resume = (Path(cfg.work_dir) / "last_checkpoint").is_file()
+    cfg.load_from = resume_point(cfg.work_dir)
+    cfg.resume = cfg.load_from is not None
     with _quiet():
         runner = build_runner(cfg, segmentor, name="train")
         runner.train()

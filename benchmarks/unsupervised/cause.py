@@ -153,14 +153,17 @@ class CauseSegment(nn.Module):
                 t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
 
 
-class ConceptBank:
-    """At most ``size`` normalized teacher projections per concept, oldest dropped first (a ring per concept)."""
+class ConceptBank(nn.Module):
+    """At most ``size`` normalized teacher projections per concept, oldest dropped first (a ring per concept).
+
+    A module of buffers only, so the stage's checkpoint carries it and a resumed run sees the same bank."""
 
     def __init__(self, n_concepts: int, size: int, dim: int, device, keep: float = 0.5):
+        super().__init__()
         self.size, self.keep = int(size), float(keep)
-        self.values = torch.zeros(n_concepts, self.size, dim, device=device)
-        self.filled = torch.zeros(n_concepts, dtype=torch.long, device=device)
-        self.head = torch.zeros(n_concepts, dtype=torch.long, device=device)
+        self.register_buffer("values", torch.zeros(n_concepts, self.size, dim, device=device))
+        self.register_buffer("filled", torch.zeros(n_concepts, dtype=torch.long, device=device))
+        self.register_buffer("head", torch.zeros(n_concepts, dtype=torch.long, device=device))
 
     def entries(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(concept of each stored key, keys), M and M x D."""
@@ -343,7 +346,7 @@ def train_segment(segment: CauseSegment, codebook: torch.Tensor, source: TokenSo
         bank.update(concepts.reshape(-1), proj_ema_s.reshape(-1, proj_ema_s.shape[-1]))
         return {"contrastive": front.detach(), "linear": linear.detach()}
 
-    return _run_stage("stage2", source, cfg, stage, ctx, {"segment": segment}, {"opt": opt}, step_fn)
+    return _run_stage("stage2", source, cfg, stage, ctx, {"segment": segment, "bank": bank}, {"opt": opt}, step_fn)
 
 
 def train_cluster_probe(segment: CauseSegment, probe: nn.Parameter, codebook: torch.Tensor, source, cfg, ctx,

@@ -5,16 +5,15 @@
   randomness (``step_seed``) depend only on (seed, step), so a resumed run continues exactly where it stopped.
 - Data parallel: every rank starts from the same parameters (``broadcast_parameters``) and gradients are averaged
   across ranks (``average_gradients``) before each optimizer step: DDP's arithmetic, without its module wrapper.
-- ``Checkpoint``: one file per training stage in the task's work dir, written atomically by rank 0, tagged with a
-  fingerprint of the configuration so a changed config starts fresh instead of resuming a different run.
+- ``Checkpoint``: one file per training stage in the task's work dir (the shared
+  :class:`benchmarks.core.checkpointing.TrainingCheckpoint`: atomic, rank 0 writes, tagged with a fingerprint of
+  the configuration so a changed config starts fresh instead of resuming a different run).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from benchmarks.core import distributed as D
+from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
 
 
 def steps_per_epoch(n_items: int, global_batch: int) -> int:
@@ -88,43 +88,19 @@ def average_gradients(parameters) -> None:
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint(config)
 
 
-class Checkpoint:
-    """A resumable training state at ``work_dir/name.pt`` (nothing is written when ``work_dir`` is None)."""
+class Checkpoint(TrainingCheckpoint):
+    """A stage's resumable state at ``work_dir/name.pt`` (see :mod:`benchmarks.core.checkpointing`); the
+    stages save every ``checkpoint_every`` steps themselves and reseed per step, so no RNG state is kept."""
 
     def __init__(self, work_dir: str | Path | None, name: str, fingerprint: str):
-        self.path = Path(work_dir) / f"{name}.pt" if work_dir is not None else None
-        self.fingerprint = fingerprint
+        super().__init__(work_dir, name, fingerprint, every=1)
 
     def load(self, log=print) -> dict[str, Any] | None:
-        if self.path is None or not D.broadcast_object(self.path.is_file()):
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a damaged file: start the stage again rather than crash
-            log(f"checkpoint {self.path} unreadable ({type(err).__name__}: {err}); starting this stage afresh")
-            return None
-        if state.get("fingerprint") != self.fingerprint:
-            log(f"checkpoint {self.path} is from another configuration; starting this stage afresh")
-            return None
-        return state
-
-    def save(self, state: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        if D.is_main():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        D.barrier()
+        self.log = log
+        return super().load()
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from benchmarks.core import distributed as D
 from benchmarks.core.features import FeatureSpec, compute_dtype_name, describe, extract_features
+from sinder.atomic import temp_prefix
 
 from .data import ImageOnly, SegmentationView, label_stack
 
@@ -119,7 +120,7 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)

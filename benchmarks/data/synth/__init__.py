@@ -17,6 +17,7 @@ from pathlib import Path
 from benchmarks.data.specs import get_spec
 from benchmarks.data.synth.common import SampleTruth
 from benchmarks.data.synth.files import TreeWriter
+from sinder.atomic import temp_prefix
 
 WRITERS = {
     name: f"benchmarks.data.synth.{name}"
@@ -77,7 +78,7 @@ def write_synthetic(
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.synth-", dir=out_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir.name), dir=out_dir.parent))
     try:
         writer = TreeWriter(staging)
         truths = module.write(writer, seed, n_train, n_val, size, **conf)

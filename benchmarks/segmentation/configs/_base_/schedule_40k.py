@@ -11,7 +11,9 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=40000),
 ]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=40000, val_interval=40000)
+# mmengine's IterBasedTrainLoop, but a resume skips the sampler's indices instead of reloading every batch
+# trained on, and restores the RNG states kept in the checkpoint (benchmarks/segmentation/resume.py).
+train_cfg = dict(type="ResumableIterBasedTrainLoop", max_iters=40000, val_interval=40000)
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")
 
@@ -19,10 +21,12 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    # Checkpoints hold the head only (the frozen ViT is not part of the segmentor's state): small and resumable.
-    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=4000, max_keep_ckpts=2),
+    # Checkpoints hold the head only (the frozen ViT is not part of the segmentor's state): small and resumable,
+    # so every 500 iterations (minutes of work) costs little. Override with the task config's checkpoint_every.
+    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=500, max_keep_ckpts=2),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
+custom_hooks = [dict(type="RNGStateHook")]  # generator states in every checkpoint, for an exact resume
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),

@@ -1,0 +1,183 @@
+"""Resumable training state: one file per training, written atomically, tagged with the config it belongs to.
+
+A long training opens a :class:`TrainingCheckpoint` (usually :meth:`TrainingCheckpoint.for_task`), restores
+what :meth:`~TrainingCheckpoint.load` returns, and after each iteration saves when :meth:`~TrainingCheckpoint.due`
+says so. The state is whatever the training needs to continue exactly: parameters, optimizer and scheduler
+state dicts, the iteration, the data position, and :func:`rng_state` (torch, CUDA, numpy and python generators).
+Files are read with ``torch.load(weights_only=True)``, so the state holds tensors, numbers, strings, lists and
+dicts only. A checkpoint whose fingerprint differs (another config, seed, world size or file format) is ignored
+and replaced by the next save, never resumed.
+
+The interval comes from the task config: ``checkpoint_every`` (iterations) and/or ``checkpoint_every_s``
+(seconds of training); with neither, every :data:`DEFAULT_EVERY_S` seconds. The last iteration is always saved,
+so a task that dies after training (in evaluation) does not train again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.core import distributed as D
+from sinder.atomic import atomic_path, remove_stale_temps
+
+FORMAT = 1  # bump when the layout of saved states changes: older files are then ignored, not misread
+INTERVAL_KEYS = ("checkpoint_every", "checkpoint_every_s")
+DEFAULT_EVERY_S = 300.0
+
+
+def task_work_dir(ctx) -> Path | None:
+    """The folder a task keeps its training state in (None: no checkpoints). The one place that says where."""
+    work_dir = getattr(ctx, "work_dir", None)
+    return Path(work_dir) if work_dir else None
+
+
+def _without_intervals(value: Any) -> Any:
+    # How often a training saves does not change what it computes: a new interval resumes the old state.
+    if isinstance(value, dict):
+        return {k: _without_intervals(v) for k, v in value.items() if k not in INTERVAL_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_without_intervals(v) for v in value]
+    return value
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of ``parts`` (configs, seed, world size, ...), blind to the checkpoint interval keys."""
+    text = json.dumps([FORMAT, _without_intervals(list(parts))], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def module_signature(*modules: torch.nn.Module) -> str:
+    """A short hash of the names, shapes and dtypes of ``modules``' state: a checkpoint of a model built
+    differently (code changed under the same config) is refused instead of failing in ``load_state_dict``."""
+    entries = [[name, list(t.shape), str(t.dtype)] for m in modules for name, t in m.state_dict().items()]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict[str, Any]:
+    """This process's generators (torch CPU, CUDA when initialised, numpy legacy global, python ``random``)."""
+    np_state = np.random.get_state(legacy=False)
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+    }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32),
+                         "pos": n["pos"]}, "has_gauss": n["has_gauss"], "gauss": n["gauss"]})  # fmt: skip
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gathered_rng_state() -> list[dict[str, Any]]:
+    """Every rank's :func:`rng_state`, in rank order (a list of one in a single process)."""
+    mine = rng_state()
+    if not D.is_distributed() or D.world_size() == 1:
+        return [mine]
+    out: list[Any] = [None] * D.world_size()
+    torch.distributed.all_gather_object(out, mine)
+    return out
+
+
+def restore_rank_rng(states: list[dict[str, Any]]) -> None:
+    """This rank's entry of :func:`gathered_rng_state`."""
+    set_rng_state(states[D.rank() if len(states) > 1 else 0])
+
+
+# ------------------------------------------------------------------------------------------- files
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """``torch.save`` of ``state`` to ``path`` through a temp file: a kill leaves the old file or the new one."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """A state written by :func:`save_state`, loaded safely (``weights_only=True``) onto the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class TrainingCheckpoint:
+    """The resumable state of one training at ``folder/name.pt`` (nothing is read or written when ``folder``
+    is None). Rank 0 writes; every rank reads (the folder must be shared, as the cache is)."""
+
+    def __init__(self, folder: str | Path | None, name: str, fingerprint: str, *, every: int | None = None,
+                 every_s: float | None = None, log: Callable[[str], None] = print):  # fmt: skip
+        self.path = Path(folder) / f"{name}.pt" if folder is not None else None
+        self.fingerprint = fingerprint
+        if every is not None and int(every) < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 iteration (got {every})")
+        if every_s is not None and float(every_s) <= 0:
+            raise ValueError(f"checkpoint_every_s must be > 0 seconds (got {every_s})")
+        self.every = int(every) if every is not None else None
+        self.every_s = float(every_s) if every_s is not None else (DEFAULT_EVERY_S if every is None else None)
+        self.log = log
+        self._last = time.monotonic()
+        if self.path is not None and D.is_main():
+            remove_stale_temps(self.path.parent, recursive=False)  # temps of a save that a kill interrupted
+
+    @classmethod
+    def for_task(cls, ctx, name: str, fingerprint: str, config: dict[str, Any] | None = None) -> TrainingCheckpoint:
+        """In the task's work folder, with the interval of ``config`` (default: the task config)."""
+        config = ctx.config if config is None else config
+        return cls(task_work_dir(ctx), name, fingerprint, every=config.get("checkpoint_every"),
+                   every_s=config.get("checkpoint_every_s"), log=ctx.log)  # fmt: skip
+
+    def load(self, signature: str | None = None) -> dict[str, Any] | None:
+        """The saved state, or None (no file, unreadable, written by another configuration, or, when
+        ``signature`` is given, for modules of another :func:`module_signature`)."""
+        if self.path is None or not D.broadcast_object(self.path.is_file()):
+            return None
+        try:
+            state = load_state(self.path)
+        except Exception as err:  # a damaged or foreign file: train again rather than crash
+            self.log(f"checkpoint {self.path} unreadable ({type(err).__name__}: {err}); starting afresh")
+            return None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            self.log(f"checkpoint {self.path} is from another configuration; starting afresh (it will be replaced)")
+            return None
+        if signature is not None and state.get("signature") != signature:
+            self.log(f"checkpoint {self.path} holds a differently built model; starting afresh (it will be replaced)")
+            return None
+        self._last = time.monotonic()
+        return state
+
+    def due(self, done: int, total: int) -> bool:
+        """Whether to save after ``done`` of ``total`` iterations (the same answer on every rank)."""
+        if self.path is None:
+            return False
+        if done >= total or (self.every is not None and done % self.every == 0):
+            return True
+        if self.every_s is None:
+            return False
+        return bool(D.broadcast_object(time.monotonic() - self._last >= self.every_s))
+
+    def save(self, state: dict[str, Any], signature: str | None = None) -> None:
+        """Write ``state`` (rank 0, atomically); every rank must call it (it ends with a barrier)."""
+        if self.path is None:
+            return
+        if D.is_main():
+            save_state(self.path, {**state, "fingerprint": self.fingerprint, "signature": signature})
+        D.barrier()
+        self._last = time.monotonic()
