@@ -14,7 +14,9 @@ registers are left as they are.
 - ``apply_test_time_registers``: a wrapper around a ``DinoVisionTransformer`` whose ``forward``,
   ``forward_features`` and ``get_intermediate_layers`` run with the extra token. The base model is not changed:
   its hooks exist only while a wrapper call runs. Outputs keep their shapes: the extra token rides beside the
-  sequence from block to block and never reaches the final norm, a pooled feature or a dense output.
+  sequence from block to block and never reaches the final norm, a pooled feature or a dense output. Without
+  register neurons (a model without outliers) no token is added and the model runs unchanged: the extra token
+  alone, though initialised to the patch mean, shifts a random tiny ViT's patch outputs by about 1e-3 relative.
 
 The hidden unit is the input of the MLP's output layer: ``gelu(fc1(x))`` for the GELU MLP (ViT-S/B/L) and the
 gated product ``silu(x1) * x2`` (input of ``w3``) for SwiGLU (ViT-g). A SwiGLU unit can fire negatively at the
@@ -395,6 +397,11 @@ def apply_test_time_registers(model: nn.Module, neurons) -> TestTimeRegisters:
     """``model`` with one test-time register driven by ``neurons`` (a ``RegisterNeurons``, or ``RegisterNeuron``s
     or ``(block, unit[, sign])`` tuples). The base model is not modified."""
     return TestTimeRegisters(model, neurons)
+
+
+def apply_neuron_file(model: nn.Module, path: str | Path) -> TestTimeRegisters:
+    """``apply_test_time_registers`` with a neuron file, checked against the model's weights hash."""
+    return apply_test_time_registers(model, load_neurons(path, model))
 
 
 def describe(neurons: RegisterNeurons) -> str:

@@ -10,6 +10,7 @@ from sinder.defects import high_norm_mask, patch_token_grids
 from sinder.synthetic_images import write_synthetic_photos
 from sinder.ttr import (
     RegisterNeuron,
+    apply_neuron_file,
     apply_test_time_registers,
     fit_register_neurons,
     load_neurons,
@@ -144,6 +145,9 @@ def test_held_out_high_norm_tokens_fall_by_half_without_training(defective, fitt
     wrapped = apply_test_time_registers(defective, fitted)
     after, grids = _last_block_high_norm(wrapped, held_out)
     assert before >= 48  # about 8 per image
+    # Measured: 124 -> 0. With top_k <= 8 the four amplifier blocks' units (highest scores: they respond to
+    # outliers that already exist) fill the list, block 1's trigger still writes u and blocks 6-7 amplify it
+    # again: about 6% fewer. The stand-in re-amplifies in every block, real models form outliers in a few.
     assert after <= before / 2
     # The outlier moved to the extra token: its norm is many times a patch token's.
     extra = wrapped.extra_token_output(held_out).norm(dim=-1)
@@ -165,6 +169,7 @@ def test_neuron_file_round_trip_and_checks(tmp_path, defective, fitted):
     path = tmp_path / "neurons.json"
     save_neurons(fitted, path)
     loaded = load_neurons(path, defective)
+    assert apply_neuron_file(defective, path).register_neurons == fitted.neurons
     assert loaded.neurons == fitted.neurons and loaded.settings == fitted.settings
     assert loaded.weights_sha256 == defective.weights_sha256
     other = load_backbone("dinov2_tiny_swiglu_random")
