@@ -17,6 +17,7 @@ VERB_MODULES = [
     "benchmarks.data.commands",
     "sinder.commands",
     "sinder.repair_command",
+    "sinder.ttr_command",
     "benchmarks.core.commands",
 ]
 

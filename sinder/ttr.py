@@ -1,0 +1,426 @@
+"""Test-time registers (Jiang, Dravid, Efros, Gandelsman 2025, "Vision Transformers Don't Need Trained Registers").
+
+A training-free remedy for high-norm outlier tokens. A few MLP hidden units ("register neurons") fire at the
+outlier positions and create them. At inference one extra token is appended after the patch tokens; in every
+register neuron the extra token gets the neuron's extreme activation over the tokens and the patch tokens get
+zero, so the outlier forms on the extra token instead of on an image patch. The class token and any trained
+registers are left as they are.
+
+- ``fit_register_neurons``: outlier tokens are the patch tokens whose norm at a detection block is extreme (by
+  default the same robust rule as the high-norm census, ``sinder.defects.high_norm_mask``; or a fixed norm
+  threshold as in the reference code); each MLP hidden unit of blocks ``0..highest_block`` is scored by its mean
+  absolute activation at the outlier positions, averaged over the images that have outliers; the top-k units
+  are the register neurons.
+- ``apply_test_time_registers``: a wrapper around a ``DinoVisionTransformer`` whose ``forward``,
+  ``forward_features`` and ``get_intermediate_layers`` run with the extra token. The base model is not changed:
+  its hooks exist only while a wrapper call runs. Outputs keep their shapes: the extra token rides beside the
+  sequence from block to block and never reaches the final norm, a pooled feature or a dense output. Without
+  register neurons (a model without outliers) no token is added and the model runs unchanged: the extra token
+  alone, though initialised to the patch mean, shifts a random tiny ViT's patch outputs by about 1e-3 relative.
+
+The hidden unit is the input of the MLP's output layer: ``gelu(fc1(x))`` for the GELU MLP (ViT-S/B/L) and the
+gated product ``silu(x1) * x2`` (input of ``w3``) for SwiGLU (ViT-g). A SwiGLU unit can fire negatively at the
+outliers, so each neuron records the sign of its mean activation there and the extra token gets its extreme in
+that direction (the maximum for the usual positive unit, as in the reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .atomic import atomic_write_text
+
+FORMAT = "sinder-bench test-time register neurons"
+VERSION = 1
+DEFAULT_TOP_K = 50  # the reference's setting for ViT-L (24 blocks x 4096 units)
+
+
+@dataclass(frozen=True)
+class RegisterNeuron:
+    block: int
+    unit: int
+    score: float = 0.0  # mean |activation| at the outlier positions, averaged over images
+    sign: int = 1  # +1: fires positively at the outliers (extra token gets the max), -1: negatively (the min)
+
+
+@dataclass
+class RegisterNeurons:
+    """The content of a neuron file: the neurons, the backbone they were fitted on, and every setting."""
+
+    neurons: list[RegisterNeuron]
+    backbone: str | None = None
+    weights_sha256: str | None = None
+    architecture: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "backbone": self.backbone,
+            "weights_sha256": self.weights_sha256,
+            "architecture": self.architecture,
+            "settings": self.settings,
+            "fit": self.fit,
+            "neurons": [asdict(n) for n in self.neurons],
+        }
+
+
+# --------------------------------------------------------------------------------------------- model access
+def hidden_layer(block: nn.Module) -> nn.Linear:
+    """The MLP output layer of a block, whose input is the hidden activation (``fc2`` or SwiGLU's ``w3``)."""
+    mlp = getattr(block, "mlp", None)
+    for name in ("w3", "fc2"):
+        layer = getattr(mlp, name, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    raise TypeError(f"{type(mlp).__name__}: not a DINOv2 MLP (no fc2 or w3 layer); test-time registers need one")
+
+
+def hidden_width(model) -> int:
+    return hidden_layer(model.blocks[0]).in_features
+
+
+def architecture(model) -> dict[str, Any]:
+    config = getattr(model, "config", {}) or {}
+    return {
+        "depth": len(model.blocks),
+        "embed_dim": model.embed_dim,
+        "hidden_width": hidden_width(model),
+        "ffn_layer": config.get("ffn_layer"),
+        "num_register_tokens": model.num_register_tokens,
+    }
+
+
+def _resolve_block(index: int, depth: int, what: str) -> int:
+    resolved = index + depth if index < 0 else index
+    if not 0 <= resolved < depth:
+        raise ValueError(f"{what} {index} out of range: the model has blocks 0..{depth - 1} (or -1..-{depth})")
+    return resolved
+
+
+def default_highest_block(depth: int) -> int:
+    """Three quarters of the depth: block 17 of ViT-L's 24, the reference's setting."""
+    return max(0, round(0.75 * depth) - 1)
+
+
+# --------------------------------------------------------------------------------------------- fitting
+@contextlib.contextmanager
+def _hooks(modules_and_hooks: Iterable[tuple[nn.Module, str, Any]]) -> Iterator[None]:
+    handles = []
+    try:
+        for module, kind, hook in modules_and_hooks:
+            register = module.register_forward_pre_hook if kind == "pre" else module.register_forward_hook
+            handles.append(register(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def outlier_mask(grid: Tensor, threshold: float | None = None, mu: float = 4.0, min_ratio: float = 3.0) -> Tensor:
+    """H x W mask of one image's outlier tokens: norm above ``threshold``, or the census rule without one."""
+    from .defects import high_norm_mask
+
+    if threshold is None:
+        return high_norm_mask(grid, mu, min_ratio)
+    return grid.float().norm(dim=-1) > threshold
+
+
+@torch.no_grad()
+def fit_register_neurons(
+    model,
+    batches: Iterable[Tensor],
+    detection_block: int = -2,
+    highest_block: int | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    threshold: float | None = None,
+    mu: float = 4.0,
+    min_ratio: float = 3.0,
+) -> RegisterNeurons:
+    """Find the register neurons of ``model`` on image batches (B x 3 x H x W, normalized).
+
+    Two passes per batch keep memory bounded for ViT-g: the first finds the outlier positions at
+    ``detection_block`` (negative: from the end), the second reads the hidden activations of blocks
+    ``0..highest_block`` (default ``default_highest_block``) only at those positions.
+    """
+    from .defects import patch_token_grids
+
+    depth = len(model.blocks)
+    detect = _resolve_block(detection_block, depth, "detection block")
+    highest = default_highest_block(depth) if highest_block is None else _resolve_block(
+        highest_block, depth, "highest block")
+    if top_k < 1:
+        raise ValueError(f"top_k {top_k} must be >= 1")
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"threshold {threshold} must be a positive token norm (or None for the robust rule)")
+    width = hidden_width(model)
+    first_patch = 1 + model.num_register_tokens
+    abs_sum = torch.zeros(highest + 1, width, dtype=torch.float64)  # sum over images of per-image means
+    signed_sum = torch.zeros_like(abs_sum)
+    n_images = images_with_outliers = outlier_tokens = 0
+    masks: Tensor | None = None  # (B, N) patch positions of the current batch
+    captured: dict[int, Tensor] = {}
+
+    def capture(index):
+        def hook(_module, args):
+            hidden = args[0][:, first_patch:].float()  # (B, N, width) patch tokens only
+            weights = masks.to(hidden)  # (B, N)
+            counts = weights.sum(dim=1).clamp(min=1)[:, None]
+            captured[index] = (
+                torch.einsum("bn,bnh->bh", weights, hidden.abs()) / counts,
+                torch.einsum("bn,bnh->bh", weights, hidden) / counts,
+            )
+
+        return hook
+
+    hooks = [(hidden_layer(model.blocks[i]), "pre", capture(i)) for i in range(highest + 1)]
+    for images in batches:
+        grids = patch_token_grids(model, images, blocks=[detect])[0]  # (B, H, W, D)
+        masks = torch.stack([outlier_mask(g, threshold, mu, min_ratio).flatten() for g in grids])
+        n_images += images.shape[0]
+        has = masks.any(dim=1)
+        if not has.any():
+            continue
+        images_with_outliers += int(has.sum())
+        outlier_tokens += int(masks.sum())
+        captured.clear()
+        with _hooks(hooks):
+            model.get_intermediate_layers(images, n=[highest], norm=False)
+        for i in range(highest + 1):
+            abs_mean, signed_mean = captured[i]
+            abs_sum[i] += abs_mean[has].double().sum(dim=0).cpu()
+            signed_sum[i] += signed_mean[has].double().sum(dim=0).cpu()
+    if n_images == 0:
+        raise ValueError("no images to fit test-time registers on")
+    neurons: list[RegisterNeuron] = []
+    if images_with_outliers:
+        scores = (abs_sum / images_with_outliers).flatten()
+        top = torch.topk(scores, min(top_k, scores.numel()))
+        for value, flat in zip(top.values.tolist(), top.indices.tolist()):
+            block, unit = divmod(flat, width)
+            neurons.append(RegisterNeuron(block, unit, value, 1 if float(signed_sum[block, unit]) >= 0 else -1))
+    return RegisterNeurons(
+        neurons=neurons,
+        backbone=getattr(model, "name", None),
+        weights_sha256=getattr(model, "weights_sha256", None),
+        architecture=architecture(model),
+        settings={
+            "detection_block": detect,
+            "highest_block": highest,
+            "top_k": top_k,
+            "threshold": threshold,
+            "outlier_rule": (f"norm > {threshold}" if threshold is not None else
+                             f"robust z-score of the patch-token norms > {mu} and >= {min_ratio} x median"),
+            "mu": mu,
+            "min_ratio": min_ratio,
+            "hidden_unit": "input of the MLP output layer (GELU output; SwiGLU gated product)",
+        },
+        fit={"n_images": n_images, "images_with_outliers": images_with_outliers,
+             "outlier_tokens": outlier_tokens},
+    )
+
+
+# --------------------------------------------------------------------------------------------- neuron files
+def save_neurons(neurons: RegisterNeurons, path: str | Path) -> None:
+    atomic_write_text(path, json.dumps(neurons.to_dict(), indent=1) + "\n")
+
+
+def load_neurons(path: str | Path, model=None) -> RegisterNeurons:
+    """Read a neuron file; with ``model``, check it was fitted on these weights and fits the architecture."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"neuron file {path} does not exist: write one with `sinder-bench ttr fit`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"neuron file {path} is not valid JSON ({err}): fit it again with `sinder-bench ttr fit`") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a test-time register neuron file: write one with `sinder-bench ttr fit`")
+    if data.get("version") != VERSION:
+        raise ValueError(f"{path}: neuron file version {data.get('version')}, this code reads {VERSION}: refit it")
+    try:
+        neurons = [RegisterNeuron(int(n["block"]), int(n["unit"]), float(n.get("score", 0.0)), int(n.get("sign", 1)))
+                   for n in data["neurons"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: malformed neuron list ({err}): fit it again with `sinder-bench ttr fit`") from None
+    result = RegisterNeurons(neurons, data.get("backbone"), data.get("weights_sha256"), data.get("architecture", {}),
+                             data.get("settings", {}), data.get("fit", {}))
+    if model is not None:
+        expected = getattr(model, "weights_sha256", None)
+        if result.weights_sha256 and expected and result.weights_sha256 != expected:
+            raise ValueError(
+                f"{path} was fitted on weights {result.weights_sha256[:12]}, not on this backbone's "
+                f"{expected[:12]}: fit the neurons on this backbone with `sinder-bench ttr fit`"
+            )
+        _check_neurons(model, neurons, source=str(path))
+    return result
+
+
+def _check_neurons(model, neurons: Sequence[RegisterNeuron], source: str = "neurons") -> None:
+    depth, width = len(model.blocks), hidden_width(model)
+    bad = [(n.block, n.unit) for n in neurons if not (0 <= n.block < depth and 0 <= n.unit < width)]
+    if bad:
+        raise ValueError(f"{source}: neurons {bad[:5]} outside this backbone's {depth} blocks x {width} hidden "
+                         "units: they were fitted on another architecture")
+    wrong_sign = [(n.block, n.unit) for n in neurons if n.sign not in (1, -1)]
+    if wrong_sign:
+        raise ValueError(f"{source}: neurons {wrong_sign[:5]} have a sign other than +1/-1")
+
+
+# --------------------------------------------------------------------------------------------- inference
+def _as_neurons(neurons) -> list[RegisterNeuron]:
+    if isinstance(neurons, RegisterNeurons):
+        return list(neurons.neurons)
+    out = []
+    for n in neurons:
+        out.append(n if isinstance(n, RegisterNeuron) else RegisterNeuron(*(int(v) for v in n[:2]),
+                                                                          sign=int(n[2]) if len(n) > 2 else 1))
+    return out
+
+
+class TestTimeRegisters(nn.Module):
+    """A DINOv2 backbone with one test-time register; see the module docstring.
+
+    Attributes the wrapper does not define (``blocks``, ``patch_size``, ``embed_dim``, ``weights_sha256``, ...)
+    are the base model's. Only ``forward``, ``forward_features`` and ``get_intermediate_layers`` run with the
+    register: code that loops over ``blocks`` itself sees the base model.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, model: nn.Module, neurons):
+        super().__init__()
+        self.model = model
+        self.register_neurons = _as_neurons(neurons)
+        _check_neurons(model, self.register_neurons)
+        by_block: dict[int, tuple[list[int], list[int]]] = {}
+        for n in self.register_neurons:
+            units, signs = by_block.setdefault(n.block, ([], []))
+            units.append(n.unit)
+            signs.append(n.sign)
+        self._by_block = {b: (torch.tensor(u), torch.tensor(s)) for b, (u, s) in by_block.items()}
+        self._extra: Tensor | None = None  # the extra token between blocks during one forward pass
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+    # -- hooks: the extra token is appended at each block's input and split off its output, so that outside
+    # the blocks the sequence (and every output built from it) is exactly the base model's.
+    def _block_pre(self, index: int):
+        first_patch = 1 + self.model.num_register_tokens
+
+        def hook(_module, args):
+            (x, *rest) = args
+            if index == 0:
+                self._extra = x[:, first_patch:].mean(dim=1, keepdim=True)
+            return (torch.cat((x, self._extra.to(x.dtype)), dim=1), *rest)
+
+        return hook
+
+    def _block_post(self, _module, _args, output: Tensor) -> Tensor:
+        self._extra = output[:, -1:]
+        return output[:, :-1]
+
+    def _mlp_pre(self, index: int):
+        first_patch = 1 + self.model.num_register_tokens
+
+        def hook(_module, args):
+            (hidden, *rest) = args
+            units, signs = self._by_block[index]
+            units, signs = units.to(hidden.device), signs.to(hidden)
+            hidden = hidden.clone()
+            # The extreme over all tokens in the direction the neuron fires at the outliers.
+            extreme = (hidden[:, :, units] * signs).amax(dim=1) * signs  # (B, k)
+            hidden[:, first_patch:-1, units] = 0
+            hidden[:, -1, units] = extreme
+            return (hidden, *rest)
+
+        return hook
+
+    @property
+    def num_extra_tokens(self) -> int:
+        """1, or 0 without register neurons: then there is nothing to move and the model runs unchanged."""
+        return 1 if self.register_neurons else 0
+
+    @contextlib.contextmanager
+    def _active(self) -> Iterator[None]:
+        if not self.register_neurons:
+            yield
+            return
+        blocks = self.model.blocks
+        hooks = [(blocks[i], "pre", self._block_pre(i)) for i in range(len(blocks))]
+        hooks += [(blocks[i], "post", self._block_post) for i in range(len(blocks))]
+        hooks += [(hidden_layer(blocks[b]), "pre", self._mlp_pre(b)) for b in sorted(self._by_block)]
+        try:
+            with _hooks(hooks):
+                yield
+        finally:
+            self._extra = None
+
+    def forward_features(self, x: Tensor, masks: Tensor | None = None):
+        with self._active():
+            return self.model.forward_features(x, masks)
+
+    def get_intermediate_layers(self, x: Tensor, *args, **kwargs):
+        with self._active():
+            return self.model.get_intermediate_layers(x, *args, **kwargs)
+
+    def forward(self, x: Tensor, *args, **kwargs):
+        with self._active():
+            return self.model(x, *args, **kwargs)
+
+    def extra_token_output(self, x: Tensor) -> Tensor:
+        """The extra token after the last block (B x D, before the final norm): where the outlier went."""
+        if not self.register_neurons:
+            raise ValueError("no register neurons: the model runs without an extra token")
+        with self._active():
+            tokens = self.model.prepare_tokens_with_masks(x)
+            for block in self.model.blocks:
+                tokens = block(tokens)
+            return self._extra[:, 0]
+
+
+def apply_test_time_registers(model: nn.Module, neurons) -> TestTimeRegisters:
+    """``model`` with one test-time register driven by ``neurons`` (a ``RegisterNeurons``, or ``RegisterNeuron``s
+    or ``(block, unit[, sign])`` tuples). The base model is not modified."""
+    return TestTimeRegisters(model, neurons)
+
+
+def apply_neuron_file(model: nn.Module, path: str | Path) -> TestTimeRegisters:
+    """``apply_test_time_registers`` with a neuron file, checked against the model's weights hash."""
+    return apply_test_time_registers(model, load_neurons(path, model))
+
+
+def describe(neurons: RegisterNeurons) -> str:
+    """A one-paragraph summary for the CLI."""
+    fit, settings = neurons.fit, neurons.settings
+    per_block: dict[int, int] = {}
+    for n in neurons.neurons:
+        per_block[n.block] = per_block.get(n.block, 0) + 1
+    blocks = ", ".join(f"{b}: {c}" for b, c in sorted(per_block.items())) or "none"
+    tokens = fit.get("outlier_tokens", 0) / max(fit.get("images_with_outliers", 0), 1)
+    lines = [
+        f"{fit.get('images_with_outliers', 0)}/{fit.get('n_images', 0)} images have outlier tokens at block "
+        f"{settings.get('detection_block')} ({settings.get('outlier_rule')}), {tokens:.1f} per such image",
+        f"{len(neurons.neurons)} register neurons in blocks 0..{settings.get('highest_block')} (block: count) "
+        f"{blocks}",
+    ]
+    if neurons.neurons:
+        scores = [n.score for n in neurons.neurons]
+        lines.append(f"scores {max(scores):.3g} .. {min(scores):.3g}")
+    else:
+        lines.append("no outlier tokens found: applying this file leaves the backbone unchanged (no extra token)")
+    return "\n".join(lines)

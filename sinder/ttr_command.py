@@ -1,0 +1,90 @@
+"""`sinder-bench ttr fit`: find the register neurons of a backbone for test-time registers (``sinder.ttr``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("ttr", help="test-time registers (Jiang et al. 2025): fit register neurons")
+    verbs = parser.add_subparsers(dest="ttr_verb", metavar="ACTION", required=True)
+    fit = verbs.add_parser(
+        "fit",
+        help="find a backbone's register neurons on a folder of images and write the neuron file",
+        description="Outlier tokens are the patch tokens whose norm at the detection block is extreme; every MLP "
+        "hidden unit of blocks 0..--highest-block is scored by its mean absolute activation there, averaged over "
+        "images; the --top-k units are written to --out (JSON, with the backbone's weights hash and every setting).",
+    )
+    fit.add_argument("--backbone", required=True, help="preset name, constructed backbone or JSON/YAML config")
+    fit.add_argument("--weights", help="weights file (.safetensors or .pth); default: the preset's own")
+    fit.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
+    fit.add_argument("--out", required=True, type=Path, help="neuron file to write (.json)")
+    fit.add_argument("--max-images", type=int, default=300,
+                     help="use about this many images, spread over the folder (default %(default)s)")
+    fit.add_argument("--resolution", type=int, default=518,
+                     help="short side resize and square centre crop, a multiple of the patch size (default 518)")
+    fit.add_argument("--detection-block", type=int, default=-2,
+                     help="block whose output norms define the outliers; negative: from the end (default -2)")
+    fit.add_argument("--highest-block", type=int, default=None,
+                     help="score the MLP units of blocks 0..this (default: 3/4 of the depth, 17 for ViT-L)")
+    fit.add_argument("--top-k", type=int, default=50, help="number of register neurons (default %(default)s)")
+    fit.add_argument("--threshold", type=float, default=None,
+                     help="fixed outlier norm threshold (the reference uses 150 for ViT-L); default: robust rule "
+                     "of the high-norm census (median + mu x 1.4826 MAD, and >= min-ratio x median)")
+    fit.add_argument("--mu", type=float, default=4.0, help="robust rule: z-score threshold (default 4)")
+    fit.add_argument("--min-ratio", type=float, default=3.0, help="robust rule: minimum norm / median (default 3)")
+    fit.add_argument("--batch-size", type=int, default=8)
+    fit.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    fit.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    fit.set_defaults(func=run_fit)
+
+
+def _batches(paths, resolution: int, patch_size: int, batch_size: int, device):
+    import torch
+
+    from .images import load_image
+
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        yield torch.stack([load_image(p, resolution, patch_size) for p in chunk]).to(device)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    import torch
+
+    from .images import list_images, stride_subset
+    from .ttr import describe, fit_register_neurons, save_neurons
+    from .weights import load_backbone
+
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    if args.out.exists() and not args.force:
+        return fail(f"{args.out} exists; pass --force to overwrite it")
+    if args.out.suffix.lower() != ".json":
+        return fail(f"--out {args.out} must end in .json")
+    for name in ("max_images", "batch_size", "top_k"):
+        if getattr(args, name) < 1:
+            return fail(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        paths = stride_subset(list_images(args.images), args.max_images)
+        model = load_backbone(args.backbone, args.weights, device=device)
+        if args.resolution % model.patch_size:
+            return fail(f"--resolution {args.resolution} is not a multiple of the patch size {model.patch_size}")
+        neurons = fit_register_neurons(
+            model, _batches(paths, args.resolution, model.patch_size, args.batch_size, device),
+            detection_block=args.detection_block, highest_block=args.highest_block, top_k=args.top_k,
+            threshold=args.threshold, mu=args.mu, min_ratio=args.min_ratio,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        return fail(str(err))
+    neurons.settings.update({"resolution": args.resolution, "images": str(args.images),
+                             "max_images": args.max_images})
+    save_neurons(neurons, args.out)
+    print(describe(neurons))
+    print(f"wrote {args.out}")
+    return 0
