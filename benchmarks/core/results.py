@@ -1,9 +1,11 @@
 """Run records: one JSON file per (backbone, task, run), with full provenance, in an append-only store.
 
 A record says what was measured (metrics and their direction, chosen hyper-parameters), on what (backbone spec,
-label and weights sha256; task; profile) and how (resolved config, seed, git commit, package versions, device,
-wall time). Files are written atomically under a fresh name and never overwritten, so a crash leaves either a
-complete record or none, and ``--resume`` can trust every record it finds.
+label, content hash and role; task and its version; profile) and how (resolved config, seed, git commit, package
+versions, device, wall time), under its run identity (``identity``, see :mod:`benchmarks.core.identity`). A task
+that failed leaves a record too, with ``error`` and no metrics. Files are written atomically under a fresh name
+and never overwritten, so a crash leaves either a complete record or none, and ``--resume`` can trust every
+record it finds.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import re
 import secrets
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from sinder.atomic import _umask
+
+from .identity import RunIdentity
 
 SCHEMA = "sinder-bench/run-record"
 SCHEMA_VERSION = 1
@@ -115,8 +122,13 @@ def make_record(
     suite: str = "",
     run_id: str = "",
     extra: Mapping[str, Any] | None = None,
+    identity: RunIdentity | None = None,
+    error: str | None = None,
 ) -> dict[str, Any]:
-    """A complete run record (validated). ``backbone`` holds at least ``label`` and ``weights_sha256``."""
+    """A complete run record (validated). ``backbone`` holds at least ``label`` and ``weights_sha256``.
+
+    ``error``: the task failed (the record keeps what it was and why; ``metrics`` is empty).
+    """
     record = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -138,10 +150,20 @@ def make_record(
         "packages": package_versions(),
         "device": dict(device),
     }
+    if identity is not None:
+        record["identity"] = identity.as_dict()
+        record["task_version"] = identity.task_version
+    if error is not None:
+        record["error"] = str(error)
     if extra:
         record.update(_jsonable(dict(extra)))
     validate_record(record)
     return record
+
+
+def is_failure(record: Mapping[str, Any]) -> bool:
+    """A record of a task that raised (it has ``error`` and no metrics to trust)."""
+    return bool(record.get("error"))
 
 
 def _jsonable(value):
@@ -187,12 +209,17 @@ def validate_record(record: Any, source: str = "record") -> None:
         odd = [k for k, v in directions.items() if v not in ("higher", "lower")]
         if odd:
             problems.append(f"metric_directions must be 'higher' or 'lower' (bad: {odd})")
+    if "error" in record and not isinstance(record["error"], str):
+        problems.append("'error' must be text")
     if problems:
         raise RecordError(f"{source}: not a valid run record: " + "; ".join(problems))
 
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"
+
+
+STALE_TEMP_S = 3600.0  # a temp file this old belongs to a write that was killed
 
 
 def _write_new(path: Path, text: str) -> None:
@@ -202,10 +229,21 @@ def _write_new(path: Path, text: str) -> None:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # like any other output, not mkstemp's 0600
             os.fsync(handle.fileno())
         os.link(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 class ResultStore:
@@ -217,8 +255,9 @@ class ResultStore:
     def path_for(self, record: Mapping[str, Any]) -> Path:
         backbone = record["backbone"]
         stamp = record["created"].replace(":", "").replace("-", "").replace(".", "")
+        key = RunIdentity.from_record(record).key
         name = (
-            f"{_safe(backbone['label'])}__{backbone['weights_sha256'][:12]}__{_safe(record['profile'])}"
+            f"{_safe(backbone['label'])}__{key}__{_safe(record['profile'])}"
             f"__{stamp}__{record['record_id']}.json"
         )
         return self.root / _safe(record["task"]) / name
@@ -227,21 +266,23 @@ class ResultStore:
         validate_record(dict(record))
         path = self.path_for(record)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path.parent)
         _write_new(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         return path
 
     def records(self) -> list[dict[str, Any]]:
         return load_records(self.root, missing_ok=True)
 
-    def find(self, weights_sha256: str, task: str, profile: str) -> list[dict[str, Any]]:
+    def find(self, identity: RunIdentity, since: str | None = None) -> list[dict[str, Any]]:
+        """Successful records of ``identity`` (created at or after ``since``, an ISO time, when given)."""
+        folder = self.root / _safe(identity.task)
         return [
-            r
-            for r in self.records()
-            if r["task"] == task and r["profile"] == profile and r["backbone"]["weights_sha256"] == weights_sha256
-        ]
+            r for r in load_records(folder, missing_ok=True)
+            if not is_failure(r) and RunIdentity.from_record(r) == identity and (since is None or r["created"] >= since)
+        ]  # fmt: skip
 
-    def is_done(self, weights_sha256: str, task: str, profile: str) -> bool:
-        return bool(self.find(weights_sha256, task, profile))
+    def is_done(self, identity: RunIdentity) -> bool:
+        return bool(self.find(identity))
 
 
 def record_files(root: str | Path) -> list[Path]:
