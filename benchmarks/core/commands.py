@@ -25,7 +25,11 @@ def register(subparsers) -> None:
     run.add_argument("--data-root", default=None, help="folder holding the datasets (default: $SINDER_BENCH_DATA)")
     run.add_argument("--out", default="results/runs", help="run record folder (default: results/runs)")
     run.add_argument("--cache-dir", default=None, help="features, synthetic data (default: ~/.cache/sinder-bench)")
-    run.add_argument("--resume", action="store_true", help="skip (backbone, task, profile) already recorded in --out")
+    run.add_argument(
+        "--resume", action="store_true",
+        help="skip runs already recorded in --out: same weights (content hash), task version, config, seed and "
+        "profile; a record of the same weights under another label is reused under this one",
+    )  # fmt: skip
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument(
@@ -48,15 +52,21 @@ def register(subparsers) -> None:
     report.add_argument("--no-plots", action="store_true", help="skip the PNG bar charts")
     report.set_defaults(func=_cmd_report)
 
+    from .compare import TOLERANCE_HELP
+
     compare = subparsers.add_parser(
         "compare",
         help="regression gate: new run records against baseline records (exit 1 on regression)",
-        description="Compare metrics of --new records with --baseline records; exit 0 when no metric regressed "
-        "beyond tolerance, 1 on a regression, 2 when the input is unusable.",
+        description="Compare metrics of --new records with --baseline records, grouped by backbone (content hash "
+        "and role, not label), task and profile. Exit 0 when nothing regressed beyond tolerance; 1 on a "
+        "regression, when a baseline (backbone, task) or metric is missing from the new records, or when a new "
+        "record is of a failed task; 2 when the input is unusable (no records, a bad tolerance file).",
+        epilog=TOLERANCE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument("--new", required=True, nargs="+", help="run records (files or folders) to check")
     compare.add_argument("--baseline", required=True, nargs="+", help="run records to compare against")
-    compare.add_argument("--tolerance", default=None, help="YAML/JSON file of tolerances per metric")
+    compare.add_argument("--tolerance", default=None, help="YAML/JSON file of tolerances per metric (format below)")
     compare.add_argument("--format", choices=("md", "csv"), default="md")
     compare.set_defaults(func=_cmd_compare)
 
