@@ -397,7 +397,7 @@ def write_safetensors(tensors: Mapping[str, Tensor], path: str | Path, metadata:
         for key in order:
             tensor = tensors[key].detach().cpu().contiguous()
             if tensor.numel():
-                handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+                handle.write(tensor.reshape(-1).view(torch.uint8).numpy().data)  # no copy of a large tensor
 
 
 def save_state_dict(

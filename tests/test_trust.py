@@ -128,3 +128,22 @@ def test_readme_dataset_table_matches_the_loaders_layouts():
         assert _dataset_dirname(name) == spec.root_name  # where `run` looks under --data-root
         if spec.inner:
             assert spec.layout.startswith(spec.inner + "/")
+
+
+def test_the_smoke_twin_is_a_sinder_repair_by_its_metadata(tmp_path, monkeypatch):
+    from benchmarks.core import backbones as B
+    from benchmarks.core.report import paper_role
+    from sinder.weights import role_key
+
+    def halve_the_norm(model):
+        model.norm.weight.data.mul_(0.5)
+        return model
+
+    monkeypatch.setattr(B, "_repair_function", lambda: halve_the_norm)
+    spec = B.parse_backbone_spec(f"plain={BACKBONE}")
+    twin = B.repaired_twin(spec, tmp_path, log=lambda msg: None)
+    base, repaired = B.load(spec), B.load(twin)
+    assert twin.label == "plain_sinder" and repaired.weights_sha256 != base.weights_sha256
+    role = repaired.weights_role
+    assert (role["kind"], role["remedy"], role["base_sha256"]) == ("repair", "sinder", base.weights_sha256)
+    assert paper_role(role_key(role)) == "sinder" and paper_role(role_key(base.weights_role)) is None

@@ -122,7 +122,8 @@ def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None
         log("note: sinder.repair.repair_for_smoke is not in this checkout: the repaired twin is skipped")
         return None
     base = load(spec)
-    path = Path(cache_dir) / "backbones" / f"{spec.label}{REPAIRED_SUFFIX}-{base.weights_sha256[:16]}.safetensors"
+    # Keyed by the base's content hash only: the label is a display name.
+    path = Path(cache_dir) / "backbones" / f"{Path(spec.name).stem}{REPAIRED_SUFFIX}-{base.weights_sha256[:16]}.safetensors"
     if not path.is_file():
         log(f"repairing {spec.label} for the smoke run (cached at {path})")
         repaired = repair(copy.deepcopy(base))

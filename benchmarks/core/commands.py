@@ -14,7 +14,9 @@ def register(subparsers) -> None:
         help="run a benchmark suite on backbones and write one record per (backbone, task)",
         description="Run a suite (table1..table7, all, or one task name) and write run records. Profile paper reads "
         "the real datasets under --data-root (or $SINDER_BENCH_DATA); profile smoke generates synthetic twins and "
-        "defaults to the defective tiny backbone and its repaired twin.",
+        "defaults to the defective tiny backbone and its repaired twin. Exit 0 when every requested task ran or was "
+        "already recorded; 1 when a task failed or was not available (after running the rest; the summary lists "
+        "them); 2 when inputs are missing or invalid (one message lists every problem, before any work).",
     )
     run.add_argument("--suite", required=True, help="suite name (see `sinder-bench ls`) or a single task name")
     run.add_argument(
@@ -41,7 +43,10 @@ def register(subparsers) -> None:
     report = subparsers.add_parser(
         "report",
         help="the paper's tables with our numbers and deltas beside them",
-        description="Lay out the paper's Tables 1-7 with the paper's numbers, ours (from run records) and deltas.",
+        description="Lay out the paper's Tables 1-7 with the paper's numbers, ours (from run records) and deltas. "
+        "Our backbones fill the paper's rows by role, not label: an official release is DINOv2, a register "
+        "release DINOv2-Register, a SINDER repair (as its checkpoint metadata says) DINOv2-SINDER. Each table "
+        "also shows the effect of each remedy over its own base, with tableN_effects.png.",
     )
     report.add_argument("--runs", default="results/runs", help="folder of run records")
     report.add_argument("--format", choices=("md", "latex", "csv"), default="md")

@@ -324,11 +324,11 @@ def run_suite(
             problems.append(str(err))
     if profile == "smoke" and problems:
         _preflight_failed(suite, profile, problems)  # before synthesizing any data
+    roots, data_problems = prepare_datasets(tasks, profile, data_root, cache, seed)
+    problems += data_problems
+    if problems:
+        _preflight_failed(suite, profile, problems)
     with scratch_dir(cache / "tmp", f"{run_id}-r{D.rank()}"):  # temp files of this run; a killed run's are removed
-        roots, data_problems = prepare_datasets(tasks, profile, data_root, cache, seed)
-        problems += data_problems
-        if problems:
-            _preflight_failed(suite, profile, problems)
         if profile == "smoke" and not backbones and specs:
             twin = B.repaired_twin(specs[0], cache, say) if D.is_main() else None
             D.barrier()
