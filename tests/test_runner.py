@@ -224,3 +224,17 @@ def test_a_run_claimed_by_a_live_process_is_not_repeated(baseline, cache, tmp_pa
     assert counter.calls == ["imagenet_linear"]
     summary = json.loads(next((out / "summaries").glob("*.json")).read_text())
     assert summary["skipped"][0]["task"] == "imagenet_knn" and "being run by pid" in summary["skipped"][0]["why"]
+
+
+def test_work_a_concurrent_run_finished_meanwhile_is_not_repeated(baseline, cache, tmp_path, monkeypatch):
+    from benchmarks.core.results import ResultStore
+
+    out = tmp_path / "runs"
+    for rec in load_records(baseline):  # as if another run into this folder finished them after this one began
+        rec = {k: v for k, v in rec.items() if k != "_path"}
+        ResultStore(out).write({**rec, "created": "2999-01-01T00:00:00.000000Z"})
+    counter = _Counter(monkeypatch)
+    assert _run(out, cache) == 0  # no --resume: earlier records would be repeated, concurrent ones are not
+    assert counter.calls == [] and len(load_records(out)) == 2
+    summary = json.loads(next((out / "summaries").glob("*.json")).read_text())
+    assert [s["why"] for s in summary["skipped"]] == ["already recorded by a concurrent run"] * 2
