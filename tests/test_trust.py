@@ -85,6 +85,16 @@ def test_temp_folders_of_a_killed_run_are_removed(tmp_path):
     (target.parent / ".imagenet-seed01.keep").mkdir()
     claims.remove_stale_siblings(target)
     assert sorted(p.name for p in target.parent.iterdir()) == [".imagenet-seed01.keep"]
+    # Temporaries of killed atomic writes (untouched for an hour) go; a live write's stay.
+    features = tmp_path / "features" / "ab"
+    features.mkdir(parents=True)
+    old, live, data = features / ".x.pt.k1.tmp", features / ".y.pt.k2.tmp", features / "z.pt"
+    for path in (old, live, data):
+        path.write_bytes(b"0")
+    os.utime(old, (0, 0))
+    os.utime(data, (0, 0))
+    assert claims.remove_stale_temp_files(tmp_path / "features") == 1
+    assert sorted(p.name for p in features.iterdir()) == [".y.pt.k2.tmp", "z.pt"]
 
 
 def test_claims_are_exclusive_and_die_with_their_holder(tmp_path):

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,24 @@ def remove_stale_siblings(target: Path) -> None:
         for stale in target.parent.glob(f"{glob.escape(prefix)}*"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+STALE_TEMP_S = 3600.0  # a temp file untouched this long belongs to a write that was killed
+
+
+def remove_stale_temp_files(root: Path, age_s: float = STALE_TEMP_S) -> int:
+    """Remove ``.*.tmp`` files (atomic writes' temporaries) under ``root`` untouched for ``age_s``; return the count.
+
+    A live write keeps touching its file, so only the leftovers of killed writes are old.
+    """
+    if not root.is_dir():
+        return 0
+    removed, now = 0, time.time()
+    for tmp in root.rglob(".*.tmp"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > age_s:
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            pass
+    return removed

@@ -19,7 +19,6 @@ import re
 import secrets
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from sinder.atomic import _umask
 
+from .claims import remove_stale_temp_files
 from .identity import RunIdentity
 
 SCHEMA = "sinder-bench/run-record"
@@ -219,9 +219,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"
 
 
-STALE_TEMP_S = 3600.0  # a temp file this old belongs to a write that was killed
-
-
 def _write_new(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically; fail if ``path`` exists (a hard link never replaces a file)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -234,16 +231,6 @@ def _write_new(path: Path, text: str) -> None:
         os.link(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _remove_stale_temps(folder: Path) -> None:
-    now = time.time()
-    for tmp in folder.glob(".*.tmp"):
-        try:
-            if now - tmp.stat().st_mtime > STALE_TEMP_S:
-                tmp.unlink()
-        except OSError:
-            pass
 
 
 class ResultStore:
@@ -266,7 +253,7 @@ class ResultStore:
         validate_record(dict(record))
         path = self.path_for(record)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(path.parent)
+        remove_stale_temp_files(path.parent)  # left by writes that were killed
         _write_new(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         return path
 

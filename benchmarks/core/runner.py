@@ -32,7 +32,7 @@ from sinder.atomic import atomic_write_text
 
 from . import backbones as B
 from . import distributed as D
-from .claims import Claim, remove_stale_siblings, scratch_dir
+from .claims import Claim, remove_stale_siblings, remove_stale_temp_files, scratch_dir
 from .identity import RunIdentity
 from .registry import PROFILES, Task, get_suite, get_task, import_errors, list_tasks
 from .results import ResultStore, device_info, make_record, utc_now
@@ -328,6 +328,9 @@ def run_suite(
     problems += data_problems
     if problems:
         _preflight_failed(suite, profile, problems)
+    if D.is_main():
+        for folder in (cache / "features", cache / "work"):  # partial writes that a killed run left behind
+            remove_stale_temp_files(folder)
     with scratch_dir(cache / "tmp", f"{run_id}-r{D.rank()}"):  # temp files of this run; a killed run's are removed
         if profile == "smoke" and not backbones and specs:
             twin = B.repaired_twin(specs[0], cache, say) if D.is_main() else None
