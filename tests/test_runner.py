@@ -238,3 +238,15 @@ def test_work_a_concurrent_run_finished_meanwhile_is_not_repeated(baseline, cach
     assert counter.calls == [] and len(load_records(out)) == 2
     summary = json.loads(next((out / "summaries").glob("*.json")).read_text())
     assert [s["why"] for s in summary["skipped"]] == ["already recorded by a concurrent run"] * 2
+
+
+def test_resume_after_a_task_version_or_config_change_is_new_work(baseline, cache, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    shutil.copytree(baseline, out)
+    monkeypatch.setattr(ImageNetKNN, "version", "2")  # a change that makes earlier KNN numbers incomparable
+    original = ImageNetLinear.config
+    monkeypatch.setattr(ImageNetLinear, "config", lambda self, p: {**original(self, p), "iterations": 3})
+    counter = _Counter(monkeypatch)
+    assert _run(out, cache, "--resume") == 0
+    assert sorted(counter.calls) == ["imagenet_knn", "imagenet_linear"]
+    assert sorted(r["task_version"] for r in load_records(out) if r["task"] == "imagenet_knn") == ["1", "2"]
