@@ -412,7 +412,11 @@ class _Job:
         copy = {k: v for k, v in latest.items() if k != "_path"}
         copy.update(record_id=secrets.token_hex(8), created=utc_now(), run_id=self.run_id, reused_from=latest["record_id"],
                     backbone={**latest["backbone"], "label": spec.label, "spec": spec.text, "weights": spec.weights})  # fmt: skip
-        path = self.store.write(copy)
+        try:
+            path = self.store.write(copy)
+        except OSError as err:  # run it instead: that ends in a failure record if the disk is the problem
+            self.say(f"[{spec.label}] {identity.task}: could not reuse the record of {latest['backbone']['label']!r} ({err})")
+            return None
         return f"same weights recorded as {latest['backbone']['label']!r}; record reused under this label -> {path}"
 
     def _run(self, task, model, spec, config, identity: RunIdentity, role: dict, entry: dict) -> None:
