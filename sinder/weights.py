@@ -1,13 +1,18 @@
 """Resolve, load, fingerprint and save backbone weights.
 
 Loading is safe by construction: safetensors first, ``.pth``/``.pt`` only through ``torch.load(weights_only=True)``.
-Every loaded model carries the sha256 of the weights it was built from, so results and caches can be keyed by it.
+Every loaded model carries ``weights_sha256``, a content hash of its tensors (names, dtypes, shapes, values; the
+same for the same tensors whatever the file, format or key order), so results and caches can be keyed by it, and
+``weights_role``: what the weights are (an official release, a register release, a repair of base X with config
+Y as the checkpoint's metadata says, a constructed test model, or any other checkpoint).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ from .backbone import pretrained_config
 from .checkpoint_formats import (
     checkpoint_architecture,
     config_from_hf,
+    detect_format,
     is_checkpoint_path,
     read_checkpoint,
     read_hf_folder_config,
@@ -86,14 +92,22 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
-    """A content hash of a state dict: names, dtypes, shapes and values, in sorted key order."""
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        tensor = state_dict[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+def content_sha256(state_dict: Mapping[str, Tensor]) -> str:
+    """A content hash of a state dict: names (wrapper prefixes stripped), dtypes, shapes and values, by name.
+
+    Stable across files, formats (.pth, .safetensors) and key order, unlike a file's sha256.
+    """
+    digest = hashlib.sha256(b"sinder-tensors-v1\n")
+    state = normalize_keys(state_dict)
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{str(tensor.dtype).removeprefix('torch.')}|{tuple(tensor.shape)}\n".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+state_dict_sha256 = content_sha256  # the older name
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -216,17 +230,17 @@ def load_backbone(
     a JSON/YAML config file, a dict, or a checkpoint that says its own architecture: a Hugging Face DINOv2
     folder (``config.json`` + ``model.safetensors``) or a weights file in official or timm keys.
     ``weights``: an explicit file (any of those formats); without it an official preset is looked up in the
-    torch hub cache. The model records ``weights_sha256``, ``weights_source``, ``name`` and
+    torch hub cache. The model records ``weights_sha256`` (a content hash of its tensors under official keys,
+    the same whatever the file or format), ``weights_role``, ``weights_source``, ``name`` and
     ``checkpoint_format`` (the key format its weights came in, for writing a repair back in that format).
     """
     name = str(name_or_config) if isinstance(name_or_config, (str, Path)) else None
-    if weights is None and name is not None:
-        _load_synthetic_modules()
-        if name in SYNTHETIC_BACKBONES:
-            config, state = SYNTHETIC_BACKBONES[name]()
-            model = DinoVisionTransformer(config)
-            load_state_dict_strict(model, state, source=f"constructed {name}")
-            return _finish(model, state_dict_sha256(model.state_dict()), f"constructed:{name}", name, device)
+    _load_synthetic_modules()  # NAME:WEIGHTS of a constructed backbone needs its architecture registered
+    if weights is None and name is not None and name in SYNTHETIC_BACKBONES:
+        config, state = SYNTHETIC_BACKBONES[name]()
+        model = DinoVisionTransformer(config)
+        load_state_dict_strict(model, state, source=f"constructed {name}")
+        return _finish(model, f"constructed:{name}", name, {"kind": "constructed", "name": name}, device)
     named_checkpoint = name is not None and name not in PRESETS and is_checkpoint_path(name)
     # Find and read the file before building: a missing file should fail fast, even for ViT-g.
     if named_checkpoint and weights is None:
@@ -236,17 +250,13 @@ def load_backbone(
     checkpoint = read_checkpoint(path)
     if named_checkpoint:
         config = checkpoint_config(name) if weights is not None else checkpoint_architecture(checkpoint, str(path))
-    elif name in SYNTHETIC_BACKBONES:  # a constructed backbone's architecture with weights from a file
-        config = SYNTHETIC_BACKBONES[name]()[0]
     else:
-        config = resolve_config(name_or_config)
+        config = architecture_config(name_or_config)
     with torch.device("meta"):  # no random init of a billion parameters that the file replaces anyway
         model = DinoVisionTransformer(config)
     load_state_dict_strict(model, checkpoint.state, source=str(path), assign=True)
-    # An official file is identified by its bytes; a converted one by its tensors under official keys.
-    sha = file_sha256(path) if checkpoint.format.kind == "official" else state_dict_sha256(checkpoint.state)
     label = _checkpoint_label(Path(name)) if named_checkpoint else (name or path.stem)
-    model = _finish(model, sha, str(path), label, device)
+    model = _finish(model, str(path), label, weights_role(path, name), device)
     model.checkpoint_format = checkpoint.format
     return model
 
@@ -263,14 +273,173 @@ def checkpoint_config(path: str | Path) -> dict[str, Any]:
     return checkpoint_architecture(read_checkpoint(path), str(path))
 
 
-def _finish(model, sha256: str, source: str, name: str, device) -> DinoVisionTransformer:
-    model.weights_sha256 = sha256
+def architecture_config(name_or_config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture of a preset, constructed backbone, config file or dict."""
+    _load_synthetic_modules()
+    if isinstance(name_or_config, (str, Path)) and str(name_or_config) in SYNTHETIC_BACKBONES:
+        return dict(SYNTHETIC_BACKBONES[str(name_or_config)]()[0])
+    return resolve_config(name_or_config)
+
+
+def _finish(model, source: str, name: str, role: dict[str, Any], device) -> DinoVisionTransformer:
+    model.weights_sha256 = content_sha256(model.state_dict())
     model.weights_source = source
+    model.weights_role = role
     model.name = name
     return model.to(device).eval()
 
 
+# ------------------------------------------------------------------------------------------- roles
+def file_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (``{}`` for other formats); WeightsError when unreadable."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as err:
+        raise WeightsError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from err
+
+
+def _canonical_sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def weights_role(path: str | Path, name: str | None) -> dict[str, Any]:
+    """What a weights file is, from its metadata and provenance, never from a label.
+
+    - ``repair``: written by a remedy; ``sinder repair`` stores ``sinder_config`` and ``base_sha256``,
+      ``sinder clamp`` stores ``clamp_gamma`` and ``source_sha256``.
+    - ``official`` / ``register``: the release of preset ``name`` (``_reg`` presets are register releases),
+      read from the torch hub cache or from a file under the release's official name.
+    - ``other``: any other checkpoint.
+    """
+    meta = file_metadata(path)
+    if "sinder_config" in meta:
+        try:
+            config = json.loads(meta["sinder_config"])
+        except json.JSONDecodeError:
+            config = meta["sinder_config"]
+        return {"kind": "repair", "remedy": "sinder", "base_sha256": meta.get("base_sha256", ""),
+                "config": config, "config_sha256": _canonical_sha256(config)}  # fmt: skip
+    if "clamp_gamma" in meta:
+        config = {"gamma": float(meta["clamp_gamma"])}
+        return {"kind": "repair", "remedy": "clamp", "base_sha256": meta.get("source_sha256", ""),
+                "config": config, "config_sha256": _canonical_sha256(config)}  # fmt: skip
+    if name is not None and official_filename(name) == Path(path).name:
+        return {"kind": "register" if name.endswith("_reg") else "official", "name": name}
+    return {"kind": "other"}
+
+
+def role_key(role: Mapping[str, Any] | None) -> str:
+    """A short, stable text form of a role: ``official:dinov2_vitg14``, ``repair:sinder:<config>:<base>``."""
+    role = role or {"kind": "other"}
+    kind = role.get("kind", "other")
+    if kind in ("official", "register", "constructed"):
+        return f"{kind}:{role.get('name', '')}"
+    if kind == "repair":
+        return f"repair:{role.get('remedy', '')}:{str(role.get('config_sha256', ''))[:12]}:{str(role.get('base_sha256', ''))[:12]}"
+    return str(kind)
+
+
+# ------------------------------------------------------------------------------------------- preflight
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in a weights file, without reading the values where the format allows it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        except Exception as err:
+            raise WeightsError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from err
+    if path.suffix.lower() in {".pth", ".pt", ".bin", ".ckpt"}:
+        try:  # a zip checkpoint memory-maps: shapes without reading a billion parameters
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            state = None
+        if state is not None:
+            for wrapper in ("model", "state_dict", "teacher"):
+                if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+                    state = state[wrapper]
+            if isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values()):
+                return {k: tuple(v.shape) for k, v in state.items()}
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+
+
+def _official_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Shapes under official keys: an official file is read lazily, other formats are converted on reading."""
+    path = Path(path)
+    if path.is_file():
+        shapes = normalize_keys(tensor_shapes(path))  # type: ignore[arg-type]
+        if detect_format(shapes) == "official":  # the detection reads key names only
+            return shapes
+    return {k: tuple(v.shape) for k, v in read_checkpoint(path).state.items()}
+
+
+def check_weights_file(name_or_config: str | Path | Mapping[str, Any], path: str | Path) -> str | None:
+    """None when ``path`` opens and its keys and shapes fit the architecture, else the problem (one message)."""
+    try:
+        shapes = _official_shapes(path)
+        with torch.device("meta"):
+            expected = DinoVisionTransformer(architecture_config(name_or_config)).state_dict()
+    except (OSError, ValueError) as err:
+        return str(err)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = sorted(f"{k}: file {shapes[k]} vs model {tuple(expected[k].shape)}"
+                   for k in set(shapes) & set(expected) if tuple(shapes[k]) != tuple(expected[k].shape))  # fmt: skip
+    if not (missing or unexpected or wrong):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_format_keys(missing, 5)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_format_keys(unexpected, 5)}")
+    if wrong:
+        parts.append(f"wrong shapes ({len(wrong)}): {_format_keys(wrong, 3)}")
+    return f"weights {path} do not fit {name_or_config}: " + "; ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------- writing
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def write_safetensors(tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, str] | None = None):
+    """Write the safetensors format deterministically: metadata and tensors in sorted order, so the same
+    tensors and metadata always give the same bytes (the library's writer orders metadata at random)."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(metadata[k]) for k in sorted(metadata)}
+    offset, order = 0, sorted(tensors)
+    for key in order:
+        tensor = tensors[key]
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise WeightsError(f"tensor {key}: dtype {tensor.dtype} cannot be written as safetensors")
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + size]}  # fmt: skip
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)))
+        handle.write(text)
+        for key in order:
+            tensor = tensors[key].detach().cpu().contiguous()
+            if tensor.numel():
+                handle.write(tensor.reshape(-1).view(torch.uint8).numpy().data)  # no copy of a large tensor
+
+
 def save_state_dict(
     state_dict: Mapping[str, Tensor],
     path: str | Path,
@@ -279,7 +448,8 @@ def save_state_dict(
 ) -> str:
     """Write a state dict atomically as safetensors (or .pth); returns the sha256 of the written file.
 
-    An existing file is kept unless ``force``; a crash mid-write leaves the old file untouched.
+    An existing file is kept unless ``force``; a crash mid-write leaves the old file untouched. Safetensors
+    files are byte-for-byte deterministic (sorted metadata and tensors).
     """
     path = Path(path)
     if path.exists() and not force:
@@ -287,9 +457,7 @@ def save_state_dict(
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file(tensors, tmp, metadata=dict(metadata or {}))
+            write_safetensors(tensors, tmp, metadata)
         else:
             torch.save(tensors, tmp)
     return file_sha256(path)

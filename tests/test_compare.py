@@ -7,11 +7,12 @@ from benchmarks.core import results as R
 from benchmarks.core.compare import compare, load_tolerances
 
 
-def _write(root, label, metrics, task="imagenet_knn", directions=None, profile="smoke"):
-    R.ResultStore(root).write(R.make_record(
-        task=task, profile=profile, backbone={"label": label, "weights_sha256": (label * 64)[:64]},
+def _write(root, label, metrics, task="imagenet_knn", directions=None, profile="smoke", seed=0, sha=None,
+           error=None):
+    return R.ResultStore(root).write(R.make_record(
+        task=task, profile=profile, backbone={"label": label, "weights_sha256": sha or (label * 64)[:64]},
         metrics=metrics, metric_directions=directions or dict.fromkeys(metrics, "higher"), hparams={}, config={},
-        seed=0, wall_time_s=1.0, device={"type": "cpu"},
+        seed=seed, wall_time_s=1.0, device={"type": "cpu"}, error=error,
     ))  # fmt: skip
 
 
@@ -27,7 +28,8 @@ def test_exit_codes(tmp_path, capsys):
     _write(good, "sinder", {"top1": 79.5, "top5": 91.0})  # -0.5 is inside the default 1% (0.8)
     _write(bad, "sinder", {"top1": 78.0, "top5": 91.0})  # -2.0 is a regression
     code, out = _gate(good, base, capsys=capsys)
-    assert code == 0 and "0 regression(s)" in out.out and "sinder vs dinov2" in out.out
+    assert code == 0 and "0 regression(s)" in out.out
+    assert "| sinder [other@sindersinder] vs dinov2 [other@dinov2dinov2] |" in out.out
     code, out = _gate(bad, base, capsys=capsys)
     assert code == 1 and "REGRESSION" in out.out and "imagenet_knn/top1" in out.out
     code, out = _gate(tmp_path / "missing", base, capsys=capsys)
@@ -50,11 +52,11 @@ def test_lower_is_better_metric(tmp_path):
 
 def test_tolerance_from_repeated_runs_and_from_file(tmp_path, capsys):
     base, new = tmp_path / "b", tmp_path / "n"
-    for value in (80.0, 81.0, 79.0):  # sample sd 1.0 -> tolerance 3.0
-        _write(base, "m", {"top1": value})
+    for seed, value in enumerate((80.0, 81.0, 79.0)):  # sample sd 1.0 over three seeds -> tolerance 3.0
+        _write(base, "m", {"top1": value}, seed=seed)
     _write(new, "m", {"top1": 77.5})  # -2.5: within 3 sd of the repeats, though beyond 1% (0.8)
     rows, _ = compare(R.load_records(new), R.load_records(base))
-    assert rows[0].tolerance == pytest.approx(3.0) and "sd of 3 runs" in rows[0].tolerance_source
+    assert rows[0].tolerance == pytest.approx(3.0) and "sd of 3 seeds" in rows[0].tolerance_source
     assert rows[0].status == "ok"
     tol = tmp_path / "tol.yaml"
     tol.write_text("metrics:\n  imagenet_knn/top1: 1.0\n")
@@ -78,6 +80,90 @@ def test_nan_and_unmatched(tmp_path, capsys):
     assert rows[0].status == "REGRESSION"
     other = tmp_path / "o"
     _write(other, "m", {"top1": 80.0}, task="imagenet_linear")
+    _write(other, "n", {"top1": 80.0}, task="imagenet_linear")
     code, out = _gate(other, base, capsys=capsys)
-    assert code == 2 and "no baseline" in out.err
+    assert code == 1 and "MISSING: baseline m [other@mmmmmmmmmmmm] / imagenet_knn (smoke) has no new record" in out.out
     assert load_tolerances(None) == {"metrics": {}}
+
+
+def _pair(tmp_path, task_metrics):
+    base, new = tmp_path / "base", tmp_path / "new"
+    for task, metrics in task_metrics.items():
+        _write(base, "m", metrics, task=task)
+    return base, new
+
+
+def test_a_baseline_task_missing_from_the_new_runs_fails_the_gate(tmp_path, capsys):
+    base, new = _pair(tmp_path, {"imagenet_knn": {"top1": 80.0}, "imagenet_linear": {"top1": 85.0}})
+    _write(new, "m", {"top1": 85.0}, task="imagenet_linear")  # every KNN record deleted from the new runs
+    code, out = _gate(new, base, capsys=capsys)
+    assert code == 1 and "imagenet_knn (smoke) has no new record" in out.out and "1 missing" in out.out
+
+
+def test_a_baseline_metric_missing_from_the_new_runs_fails_the_gate(tmp_path, capsys):
+    base, new = _pair(tmp_path, {"imagenet_knn": {"top1": 80.0, "top5": 90.0}})
+    _write(new, "m", {"top1": 80.0})
+    code, out = _gate(new, base, capsys=capsys)
+    assert code == 1 and "baseline metric 'top5' is missing from the new records" in out.out
+
+
+def test_a_failed_task_in_the_new_runs_fails_the_gate(tmp_path, capsys):
+    base, new = _pair(tmp_path, {"imagenet_knn": {"top1": 80.0}})
+    _write(new, "m", {}, error="OSError: [Errno 28] No space left on device")
+    code, out = _gate(new, base, capsys=capsys)
+    assert code == 1 and "FAILED TASK: m / imagenet_knn (smoke) failed: OSError" in out.out
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("metrics:\n  imagenet_lienar/top1: 1.0\n", "'imagenet_lienar/top1' (no task 'imagenet_lienar'"),
+    ("metrics:\n  imagenet_knn/top9: 1.0\n", "'imagenet_knn/top9' (task imagenet_knn has metrics top1"),
+    ("metrics:\n  top9: 1.0\n", "'top9' (no such metric"),
+    ("defaults: {rel: 0.5}\n", "unknown key(s) ['defaults']"),
+])  # fmt: skip
+def test_a_typo_in_the_tolerance_file_is_an_error(tmp_path, capsys, text, needle):
+    base, new = _pair(tmp_path, {"imagenet_knn": {"top1": 80.0}})
+    _write(new, "m", {"top1": 80.0})
+    tol = tmp_path / "tol.yaml"
+    tol.write_text(text)
+    code, out = _gate(new, base, "--tolerance", str(tol), capsys=capsys)
+    assert code == 2 and needle in out.err
+
+
+def test_duplicate_baseline_records_never_tighten_the_tolerance(tmp_path, capsys):
+    once, twice, new = tmp_path / "once", tmp_path / "twice", tmp_path / "new"
+    _write(once, "m", {"top1": 80.0})
+    for _ in range(2):
+        _write(twice, "m", {"top1": 80.0})  # identical repeats: no spread to learn from
+    _write(new, "m", {"top1": 79.5})  # -0.5 is inside the default 1% (0.8)
+    tol = tmp_path / "tol.yaml"
+    tol.write_text("default: {abs: 0.6}\n")
+    for base in (once, twice):
+        assert _gate(new, base, capsys=capsys)[0] == 0
+        code, out = _gate(new, base, "--tolerance", str(tol), capsys=capsys)
+        assert code == 0 and "| 0.6000 | file default |" in out.out
+    rows, _ = compare(R.load_records(new), R.load_records(twice))
+    assert rows[0].n_baseline == 1 and rows[0].tolerance == pytest.approx(0.8)
+
+
+def test_two_checkpoints_under_one_label_are_never_averaged(tmp_path, capsys):
+    base, new = tmp_path / "base", tmp_path / "new"
+    _write(base, "ckpt", {"top1": 85.0}, sha="a" * 64)
+    _write(base, "ckpt", {"top1": 90.0}, sha="b" * 64)
+    _write(new, "ckpt", {"top1": 85.0}, sha="a" * 64)
+    _write(new, "ckpt", {"top1": 88.0}, sha="b" * 64)  # -2.0 on the second checkpoint
+    rows, _ = compare(R.load_records(new), R.load_records(base))
+    assert sorted((r.baseline, r.new, r.status) for r in rows) == [(85.0, 85.0, "ok"), (90.0, 88.0, "REGRESSION")]
+
+
+def test_the_shipped_tolerance_file_fits_the_table3_suite(tmp_path, capsys):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "tolerances.yaml"
+    base, new = tmp_path / "base", tmp_path / "new"
+    for task in ("imagenet_knn", "imagenet_linear"):
+        _write(base, "m", {"top1": 80.0, "top5": 95.0}, task=task)
+    _write(new, "m", {"top1": 79.8, "top5": 95.0}, task="imagenet_knn")  # -0.2: inside the file's 0.3
+    _write(new, "m", {"top1": 79.4, "top5": 95.0}, task="imagenet_linear")  # -0.6: beyond the file's 0.5
+    code, out = _gate(new, base, "--tolerance", str(shipped), capsys=capsys)
+    assert code == 1 and "1 regression(s) in 4 metric(s): imagenet_linear/top1" in out.out
+    assert "MISSING" not in out.out

@@ -4,14 +4,34 @@ import io
 import pytest
 
 from benchmarks.core import results as R
-from benchmarks.core.report import ReportError, build_report, load_paper_tables, match_row, parse_tables
+from benchmarks.core.report import (
+    SMOKE_NOTE,
+    ReportError,
+    build_report,
+    load_paper_tables,
+    parse_tables,
+    row_for_role,
+)
+
+OFFICIAL = {"kind": "official", "name": "dinov2_vitg14"}
+REGISTER = {"kind": "register", "name": "dinov2_vitg14_reg"}
 
 
-def _write(store, task, label, metrics, profile="paper", directions=None):
+def _sha(label):
+    return (label * 64)[:64]
+
+
+def _repair(base_label):
+    return {"kind": "repair", "remedy": "sinder", "base_sha256": _sha(base_label), "config": {},
+            "config_sha256": "c" * 64}  # fmt: skip
+
+
+def _write(store, task, label, metrics, profile="paper", directions=None, role=None, seed=0, sha=None):
     store.write(R.make_record(
-        task=task, profile=profile, backbone={"label": label, "weights_sha256": (label * 64)[:64]},
+        task=task, profile=profile, backbone={"label": label, "weights_sha256": sha or _sha(label),
+                                              "role": role or {"kind": "other"}},
         metrics=metrics, metric_directions=directions or dict.fromkeys(metrics, "higher"), hparams={}, config={},
-        seed=0, wall_time_s=1.0, device={"type": "cpu"},
+        seed=seed, wall_time_s=1.0, device={"type": "cpu"},
     ))  # fmt: skip
 
 
@@ -51,9 +71,10 @@ def test_paper_numbers_agree_with_the_differences_stated_in_the_text(paper):
 
 def test_markdown_has_paper_numbers_ours_and_deltas(tmp_path):
     store = R.ResultStore(tmp_path / "runs")
-    _write(store, "imagenet_knn", "dinov2_vitg14", {"top1": 80.00, "top5": 95.00})
-    _write(store, "imagenet_knn", "dinov2_vitg14", {"top1": 81.00, "top5": 95.00})  # repeats are averaged
-    _write(store, "imagenet_linear", "sinder_run", {"top1": 86.00, "top5": 97.00}, profile="smoke")
+    _write(store, "imagenet_knn", "dinov2_vitg14", {"top1": 80.00, "top5": 95.00}, role=OFFICIAL)
+    _write(store, "imagenet_knn", "dinov2_vitg14", {"top1": 81.00, "top5": 95.00}, role=OFFICIAL, seed=1)  # averaged
+    _write(store, "imagenet_linear", "sinder_run", {"top1": 86.00, "top5": 97.00}, profile="smoke",
+           role=_repair("dinov2_vitg14"))
     _write(store, "imagenet_knn", "mystery", {"top1": 1.0, "top5": 2.0})
     text = build_report(tmp_path / "runs", tables="3", out_dir=tmp_path / "tables")
     lines = text.splitlines()
@@ -73,7 +94,7 @@ def test_markdown_has_paper_numbers_ours_and_deltas(tmp_path):
 
 def test_lower_is_better_table_and_templated_ablation_rows(tmp_path):
     store = R.ResultStore(tmp_path)
-    _write(store, "depth_nyu_linear1", "dinov2_vitg14", {"rmse": 0.400}, directions={"rmse": "lower"})
+    _write(store, "depth_nyu_linear1", "dinov2_vitg14", {"rmse": 0.400}, directions={"rmse": "lower"}, role=OFFICIAL)
     _write(store, "ablation_thresholds", "dinov2_vitg14", {"sigma_3/knn_top1": 83.0, "mu_4.5/ade20k_miou": 50.0})
     text = build_report(tmp_path, tables="5,7", plots=False)
     assert "Linear 1 RMSE (down)" in text and "| 0.400 |" in text and "+0.030" in text
@@ -85,7 +106,7 @@ def test_lower_is_better_table_and_templated_ablation_rows(tmp_path):
 
 def test_csv_and_latex(tmp_path):
     store = R.ResultStore(tmp_path)
-    _write(store, "imagenet_knn", "dinov2_vitg14_reg", {"top1": 83.69, "top5": 93.0})
+    _write(store, "imagenet_knn", "dinov2_vitg14_reg", {"top1": 83.69, "top5": 93.0}, role=REGISTER)
     rows = list(csv.DictReader(io.StringIO(build_report(tmp_path, fmt="csv", tables="3", plots=False))))
     ours = [r for r in rows if r["source"] == "ours" and r["column_key"] == "knn_top1"]
     assert len(ours) == 1 and ours[0]["row"] == "DINOv2-Register" and float(ours[0]["delta"]) == pytest.approx(0.0)
@@ -104,10 +125,12 @@ def test_table_selection_and_matching(paper):
     with pytest.raises(ReportError, match="--tables"):
         parse_tables("x")
     rows = paper[3]["rows"]
-    assert match_row("dinov2_vitg14", rows)["name"] == "DINOv2"
-    assert match_row("dinov2_vitg14_reg", rows)["name"] == "DINOv2-Register"
-    assert match_row("dinov2_tiny_defective_sinder", rows)["name"] == "DINOv2-SINDER"
-    assert match_row("something_else", rows) is None
+    assert row_for_role("official:dinov2_vitg14", rows)["name"] == "DINOv2"
+    assert row_for_role("register:dinov2_vitg14_reg", rows)["name"] == "DINOv2-Register"
+    assert row_for_role("repair:sinder:abc:def", rows)["name"] == "DINOv2-SINDER"
+    assert row_for_role("constructed:dinov2_tiny_defective", rows)["name"] == "DINOv2"
+    assert row_for_role("repair:clamp:abc:def", rows) is None
+    assert row_for_role("other", rows) is None
     with pytest.raises(ReportError, match="no paper table"):
         build_report("nowhere", tables="9")
 
@@ -116,11 +139,43 @@ def test_report_verb(tmp_path, capsys):
     from benchmarks.cli import main
 
     store = R.ResultStore(tmp_path / "runs")
-    _write(store, "imagenet_linear", "dinov2_vitg14", {"top1": 86.0, "top5": 97.0}, profile="smoke")
+    _write(store, "imagenet_linear", "dinov2_vitg14", {"top1": 86.0, "top5": 97.0}, profile="smoke", role=OFFICIAL)
     assert main(["report", "--runs", str(tmp_path / "runs"), "--tables", "3", "--out", str(tmp_path / "t")]) == 0
     out = capsys.readouterr().out
     assert "86.53" in out and "86.00" in out and "-0.53" in out
-    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["table3.md", "table3.png"]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["table3.md", "table3.png", "table3_effects.png"]
     (tmp_path / "runs" / "bad.json").write_text("{}")
     assert main(["report", "--runs", str(tmp_path / "runs"), "--tables", "3", "--no-plots"]) == 2
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_rows_follow_the_role_not_the_label(tmp_path):
+    store = R.ResultStore(tmp_path / "runs")
+    knn = {"top1": 80.0, "top5": 90.0}
+    _write(store, "imagenet_knn", "dinov2", knn, role=OFFICIAL, profile="smoke")  # the README's label
+    _write(store, "imagenet_knn", "register", knn, role=REGISTER, profile="smoke")
+    _write(store, "imagenet_knn", "candidate", {"top1": 82.5, "top5": 89.0}, role=_repair("dinov2"), profile="smoke")
+    _write(store, "imagenet_knn", "my_sinder_lookalike", knn, profile="smoke")  # a label is not a role
+    text = build_report(tmp_path / "runs", tables="3", out_dir=tmp_path / "t")
+    lines = text.splitlines()
+    row_of = {line.split(" | ")[1].split(" (n=")[0]: line.split(" | ")[0] for line in lines if "| ours: " in line}
+    assert row_of == {"ours: dinov2": "| DINOv2", "ours: register": "| DINOv2-Register",
+                      "ours: candidate": "| DINOv2-SINDER", "ours: my_sinder_lookalike": "| (no paper row)"}
+    assert SMOKE_NOTE in text
+    # The remedy-over-base view: the paper's SINDER - DINOv2 (83.51 - 83.53) and ours (82.5 - 80.0, 89.0 - 90.0).
+    paper_effect = next(line for line in lines if line.startswith("| DINOv2-SINDER - DINOv2 | paper |"))
+    assert "| -0.02 | +0.14 | -0.24 | -0.04 |" in paper_effect  # 86.29 - 86.53 linear top-1
+    ours_effect = next(line for line in lines if line.startswith("| candidate - dinov2 | ours (sinder) | smoke |"))
+    assert "| +2.50 | -1.00 | - | - |" in ours_effect
+    assert (tmp_path / "t" / "table3_effects.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paper_numbers_ship_inside_the_package():
+    from pathlib import Path
+
+    import benchmarks
+    from benchmarks.core import report
+
+    package = Path(benchmarks.__file__).resolve().parent
+    assert report.PAPER_DIR.is_relative_to(package)  # package data ("**/*.yaml"), not the source tree's results/
+    assert sorted(p.name for p in report.PAPER_DIR.glob("table*.yaml")) == [f"table{n}.yaml" for n in range(1, 8)]

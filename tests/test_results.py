@@ -1,9 +1,11 @@
+import dataclasses
 import json
 import os
 
 import pytest
 
 from benchmarks.core import results as R
+from benchmarks.core.identity import RunIdentity
 
 
 def _record(task="imagenet_knn", sha="ab" * 32, profile="smoke", label="tiny", **metrics):
@@ -46,10 +48,13 @@ def test_store_appends_and_never_overwrites(tmp_path):
         R._write_new(first, json.dumps(rec))
     assert json.loads(first.read_text()) == rec
     assert len(store.records()) == 2
-    assert store.is_done("ab" * 32, "imagenet_knn", "smoke")
-    assert not store.is_done("ab" * 32, "imagenet_knn", "paper")
-    assert not store.is_done("cd" * 32, "imagenet_knn", "smoke")
-    assert not store.is_done("ab" * 32, "imagenet_linear", "smoke")
+    assert (os.stat(first).st_mode & 0o777) == 0o666 & ~R._umask()  # not mkstemp's owner-only 0600
+    ident = RunIdentity.from_record(rec)
+    assert store.is_done(ident)
+    assert not store.is_done(dataclasses.replace(ident, profile="paper"))
+    assert not store.is_done(dataclasses.replace(ident, backbone_sha256="cd" * 32))
+    assert not store.is_done(dataclasses.replace(ident, task="imagenet_linear"))
+    assert not store.is_done(dataclasses.replace(ident, seed=1))
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):

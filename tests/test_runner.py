@@ -1,6 +1,7 @@
 """`sinder-bench run` end to end on the smoke profile, resume, crash recovery, preflight, registry."""
 
 import json
+import shutil
 
 import pytest
 
@@ -97,7 +98,9 @@ def test_a_failing_task_is_reported_and_the_suite_goes_on(cache, tmp_path, monke
     monkeypatch.setattr(ImageNetKNN, "run", broken)
     monkeypatch.setattr(ImageNetLinear, "config", lambda self, profile: {**self.profiles[profile], "iterations": 2})
     assert _run(tmp_path, cache) == 1
-    assert [k[0] for k in _keys(tmp_path)] == ["imagenet_linear"]
+    records = {r["task"]: r for r in load_records(tmp_path)}
+    assert records["imagenet_knn"]["error"] == "ValueError: synthetic failure"  # the failure is on record
+    assert records["imagenet_knn"]["metrics"] == {} and "error" not in records["imagenet_linear"]
     out = capsys.readouterr().out
     assert "1 failed" in out and "synthetic failure" in out
 
@@ -126,7 +129,7 @@ def test_unregistered_tasks_are_not_available(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(registry, "SUITES_DIR", suites)
     code = main(["run", "--suite", "future", "--profile", "smoke", "--backbone", BACKBONE, "--out",
                  str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
-    assert code == 0
+    assert code == 1  # a requested table that did not run must not pass a CI job
     assert "not available: seg_future_task" in capsys.readouterr().out
     summary = json.loads(next((tmp_path / "runs" / "summaries").glob("*.json")).read_text())
     assert "seg_future_task" in summary["not_available"]
@@ -177,3 +180,73 @@ def test_backbone_spec_parsing():
     assert parse_backbone_spec("dinov2_vits14").label == "dinov2_vits14"
     with pytest.raises(ValueError, match="label"):
         parse_backbone_spec("bad label=dinov2_vits14")
+
+
+def test_resume_after_a_seed_change_is_new_work(baseline, cache, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    shutil.copytree(baseline, out)
+    counter = _Counter(monkeypatch)
+    assert _run(out, cache, "--resume", "--seed", "1") == 0
+    assert sorted(counter.calls) == ["imagenet_knn", "imagenet_linear"]  # seed 1 gives other numbers: new work
+    assert sorted(r["seed"] for r in load_records(out)) == [0, 0, 1, 1]
+    counter.calls.clear()
+    assert _run(out, cache, "--resume", "--seed", "1") == 0 and counter.calls == []
+
+
+def test_resume_under_a_new_label_reuses_the_record(baseline, cache, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    shutil.copytree(baseline, out)
+    counter = _Counter(monkeypatch)
+    code = main(["run", "--suite", "table3", "--profile", "smoke", "--backbone", f"renamed={BACKBONE}", "--out",
+                 str(out), "--cache-dir", str(cache), "--no-progress", "--resume"])  # fmt: skip
+    assert code == 0 and counter.calls == []  # same weights: no work
+    records = load_records(out)
+    renamed = {r["task"]: r for r in records if r["backbone"]["label"] == "renamed"}
+    original = {r["task"]: r for r in records if r["backbone"]["label"] == BACKBONE}
+    assert sorted(renamed) == sorted(original) == ["imagenet_knn", "imagenet_linear"]
+    for task, rec in renamed.items():
+        assert rec["metrics"] == original[task]["metrics"] and rec["reused_from"] == original[task]["record_id"]
+        assert rec["identity"] == original[task]["identity"]
+
+
+def test_a_run_claimed_by_a_live_process_is_not_repeated(baseline, cache, tmp_path, monkeypatch):
+    from benchmarks.core.claims import Claim
+
+    out = tmp_path / "runs"
+    knn = next(r for r in load_records(baseline) if r["task"] == "imagenet_knn")
+    held = Claim(out / ".claims" / f"{knn['identity']['key']}.lock")
+    assert held.acquire()  # as a concurrent run into the same folder would
+    counter = _Counter(monkeypatch)
+    try:
+        assert _run(out, cache) == 0
+    finally:
+        held.release()
+    assert counter.calls == ["imagenet_linear"]
+    summary = json.loads(next((out / "summaries").glob("*.json")).read_text())
+    assert summary["skipped"][0]["task"] == "imagenet_knn" and "being run by pid" in summary["skipped"][0]["why"]
+
+
+def test_work_a_concurrent_run_finished_meanwhile_is_not_repeated(baseline, cache, tmp_path, monkeypatch):
+    from benchmarks.core.results import ResultStore
+
+    out = tmp_path / "runs"
+    for rec in load_records(baseline):  # as if another run into this folder finished them after this one began
+        rec = {k: v for k, v in rec.items() if k != "_path"}
+        ResultStore(out).write({**rec, "created": "2999-01-01T00:00:00.000000Z"})
+    counter = _Counter(monkeypatch)
+    assert _run(out, cache) == 0  # no --resume: earlier records would be repeated, concurrent ones are not
+    assert counter.calls == [] and len(load_records(out)) == 2
+    summary = json.loads(next((out / "summaries").glob("*.json")).read_text())
+    assert [s["why"] for s in summary["skipped"]] == ["already recorded by a concurrent run"] * 2
+
+
+def test_resume_after_a_task_version_or_config_change_is_new_work(baseline, cache, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    shutil.copytree(baseline, out)
+    monkeypatch.setattr(ImageNetKNN, "version", "2")  # a change that makes earlier KNN numbers incomparable
+    original = ImageNetLinear.config
+    monkeypatch.setattr(ImageNetLinear, "config", lambda self, p: {**original(self, p), "iterations": 3})
+    counter = _Counter(monkeypatch)
+    assert _run(out, cache, "--resume") == 0
+    assert sorted(counter.calls) == ["imagenet_knn", "imagenet_linear"]
+    assert sorted(r["task_version"] for r in load_records(out) if r["task"] == "imagenet_knn") == ["1", "2"]

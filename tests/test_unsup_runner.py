@@ -64,9 +64,16 @@ def test_loss_variant_follows_the_backbone():
 
     from benchmarks.unsupervised.task import loss_variant
 
-    assert loss_variant(SimpleNamespace(num_register_tokens=0), "dinov2_vitg14") == "dinov2"
-    assert loss_variant(SimpleNamespace(num_register_tokens=4), "dinov2_vitg14_reg") == "register"
-    assert loss_variant(SimpleNamespace(num_register_tokens=0, weights_source="ckpt/sinder.safetensors")) == "sinder"
+    repaired = {"kind": "repair", "remedy": "sinder", "base_sha256": "ab" * 32}
+    assert loss_variant(SimpleNamespace(num_register_tokens=0, weights_role={"kind": "official"})) == "dinov2"
+    assert loss_variant(SimpleNamespace(num_register_tokens=4, weights_role={"kind": "register"})) == "register"
+    assert loss_variant(SimpleNamespace(num_register_tokens=0, weights_role=repaired)) == "sinder"
+    assert loss_variant(SimpleNamespace(num_register_tokens=0), repaired) == "sinder"  # the run context's role
+    # A label or file name that says "sinder" is not a repair.
+    lookalike = SimpleNamespace(num_register_tokens=0, weights_role={"kind": "other"}, weights_source="sinder.pth")
+    assert loss_variant(lookalike) == "dinov2"
+    clamped = {"kind": "repair", "remedy": "clamp", "base_sha256": "ab" * 32}
+    assert loss_variant(SimpleNamespace(num_register_tokens=0), clamped) == "dinov2"
 
 
 def test_table1_smoke_run_writes_records(tmp_path):

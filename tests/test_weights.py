@@ -7,11 +7,14 @@ from conftest import load_parity_model
 from sinder.vit import build_vit
 from sinder.weights import (
     WeightsError,
+    check_weights_file,
+    content_sha256,
     file_sha256,
     load_backbone,
     normalize_keys,
     official_url,
     read_state_dict,
+    role_key,
     save_state_dict,
     state_dict_sha256,
 )
@@ -25,10 +28,11 @@ def swiglu_file(tmp_path):
     return arch, path, ref
 
 
-def test_load_backbone_from_safetensors_records_sha256(swiglu_file):
+def test_load_backbone_from_safetensors_records_content_hash(swiglu_file):
     arch, path, ref = swiglu_file
     model = load_backbone(arch, weights=path)
-    assert model.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert model.weights_sha256 == content_sha256(read_state_dict(path))
+    assert model.weights_role == {"kind": "other"}
     assert not model.training
     with torch.no_grad():
         assert (model(ref["input"]) - ref["x_norm_clstoken"]).abs().max() <= 1e-5
@@ -40,7 +44,9 @@ def test_load_backbone_from_pth_and_prefixed_keys(swiglu_file, tmp_path):
     pth = tmp_path / "wrapped.pth"
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, pth)
     model = load_backbone(arch, weights=pth)
-    assert model.weights_sha256 == file_sha256(pth)
+    # The same tensors behind other keys in another format: the same content hash, another file hash.
+    assert model.weights_sha256 == load_backbone(arch, weights=path).weights_sha256
+    assert file_sha256(pth) != file_sha256(path)
     with torch.no_grad():
         assert (model(ref["input"]) - ref["x_norm_clstoken"]).abs().max() <= 1e-5
 
@@ -122,14 +128,14 @@ def test_save_is_atomic_and_never_overwrites(tmp_path, monkeypatch):
         save_state_dict({"a": torch.zeros(4)}, path)
     assert torch.equal(read_state_dict(path)["a"], first["a"])
     # A write that dies half way leaves the old file and no temporary behind.
-    import safetensors.torch
-
     def dies_half_way(tensors, filename, metadata=None):
         with open(filename, "wb") as handle:
             handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    from sinder import weights as W
+
+    monkeypatch.setattr(W, "write_safetensors", dies_half_way)
     with pytest.raises(OSError, match="disk full"):
         save_state_dict({"a": torch.zeros(4)}, path, force=True)
     monkeypatch.undo()
@@ -146,3 +152,70 @@ def test_constructed_backbones_are_deterministic():
     c = load_backbone("dinov2_tiny_swiglu_random")
     assert c.weights_sha256 != a.weights_sha256
     assert a.weights_source == "constructed:dinov2_tiny_random"
+
+
+def test_content_hash_is_an_independent_sha256_of_names_dtypes_shapes_and_bytes():
+    state = {"b": torch.arange(3, dtype=torch.int16), "a": torch.tensor([[1.5, -2.0]])}
+    digest = hashlib.sha256(b"sinder-tensors-v1\n")
+    digest.update(b"a|float32|(1, 2)\n" + torch.tensor([1.5, -2.0]).numpy().tobytes())
+    digest.update(b"b|int16|(3,)\n" + torch.arange(3, dtype=torch.int16).numpy().tobytes())
+    assert content_sha256(state) == digest.hexdigest()
+    assert content_sha256(dict(reversed(state.items()))) == digest.hexdigest()  # key order does not matter
+    assert content_sha256({"module." + k: v for k, v in state.items()}) == digest.hexdigest()
+    assert content_sha256({**state, "a": torch.tensor([[1.5, -2.0]], dtype=torch.float64)}) != digest.hexdigest()
+
+
+def test_safetensors_saves_are_byte_identical_and_readable(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    state = {f"t{i}": torch.randn(3, i + 1) for i in range(6)} | {"z": torch.zeros(0), "h": torch.ones(2).half()}
+    meta = {f"key{i}": str(i) for i in range(12)}
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    save_state_dict(state, one, metadata=meta)
+    save_state_dict(dict(reversed(state.items())), two, metadata=dict(reversed(meta.items())))
+    assert one.read_bytes() == two.read_bytes()
+    loaded = load_file(str(one))
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    with safe_open(str(one), framework="pt") as handle:
+        assert handle.metadata() == meta
+
+
+def test_roles_come_from_metadata_and_official_names(swiglu_file, tmp_path):
+    arch, path, _ = swiglu_file
+    state = read_state_dict(path)
+    repaired = tmp_path / "anything.safetensors"
+    save_state_dict(state, repaired, metadata={"sinder_config": '{"mu": 4.0}', "base_sha256": "ab" * 32})
+    role = load_backbone(arch, weights=repaired).weights_role
+    assert role["kind"] == "repair" and role["remedy"] == "sinder" and role["config"] == {"mu": 4.0}
+    assert role_key(role) == f"repair:sinder:{role['config_sha256'][:12]}:{'ab' * 6}"
+    assert role_key({"kind": "register", "name": "dinov2_vitg14_reg"}) == "register:dinov2_vitg14_reg"
+    assert role_key(None) == "other"
+
+
+def test_constructed_name_with_weights_needs_no_prior_import(tmp_path, monkeypatch):
+    import sys
+
+    from sinder import weights as W
+
+    model = load_backbone("dinov2_tiny_defective")
+    path = tmp_path / "d.safetensors"
+    save_state_dict(model.state_dict(), path)
+    # As in a fresh process: the module that registers the constructed architecture was never imported.
+    monkeypatch.setattr(W, "SYNTHETIC_BACKBONES", {k: v for k, v in W.SYNTHETIC_BACKBONES.items()
+                                                   if k != "dinov2_tiny_defective"})  # fmt: skip
+    monkeypatch.delitem(sys.modules, "sinder.defective_model")
+    loaded = load_backbone("dinov2_tiny_defective", weights=path)
+    assert loaded.weights_sha256 == model.weights_sha256
+
+
+def test_check_weights_file_reads_keys_and_shapes_only(swiglu_file, tmp_path):
+    arch, path, _ = swiglu_file
+    assert check_weights_file(arch, path) is None
+    pth = tmp_path / "w.pth"
+    torch.save(read_state_dict(path), pth)
+    assert check_weights_file(arch, pth) is None
+    assert "wrong shapes" in check_weights_file({**arch, "mlp_ratio": 2}, path)
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(path.read_bytes()[:200])
+    assert "corrupt.safetensors" in check_weights_file(arch, bad)

@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks.core.registry import Metric, Task, get_task, register_task
 
-# Paper rows (keys as in results/paper/table6.yaml, table7.yaml) -> RepairConfig overrides.
+# Paper rows (keys as in benchmarks/paper/table6.yaml, table7.yaml) -> RepairConfig overrides.
 CONSTRAINT_SETTINGS: dict[str, dict[str, Any]] = {
     "sv_bias": {"trainable": "singular_values_and_biases", "limit_layers": None},
     "sv_except_qk": {"trainable": "singular_values_except_qk", "limit_layers": None},

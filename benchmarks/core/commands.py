@@ -14,7 +14,9 @@ def register(subparsers) -> None:
         help="run a benchmark suite on backbones and write one record per (backbone, task)",
         description="Run a suite (table1..table7, all, or one task name) and write run records. Profile paper reads "
         "the real datasets under --data-root (or $SINDER_BENCH_DATA); profile smoke generates synthetic twins and "
-        "defaults to the defective tiny backbone and its repaired twin.",
+        "defaults to the defective tiny backbone and its repaired twin. Exit 0 when every requested task ran or was "
+        "already recorded; 1 when a task failed or was not available (after running the rest; the summary lists "
+        "them); 2 when inputs are missing or invalid (one message lists every problem, before any work).",
     )
     run.add_argument("--suite", required=True, help="suite name (see `sinder-bench ls`) or a single task name")
     run.add_argument(
@@ -25,7 +27,11 @@ def register(subparsers) -> None:
     run.add_argument("--data-root", default=None, help="folder holding the datasets (default: $SINDER_BENCH_DATA)")
     run.add_argument("--out", default="results/runs", help="run record folder (default: results/runs)")
     run.add_argument("--cache-dir", default=None, help="features, synthetic data (default: ~/.cache/sinder-bench)")
-    run.add_argument("--resume", action="store_true", help="skip (backbone, task, profile) already recorded in --out")
+    run.add_argument(
+        "--resume", action="store_true",
+        help="skip runs already recorded in --out: same weights (content hash), task version, config, seed and "
+        "profile; a record of the same weights under another label is reused under this one",
+    )  # fmt: skip
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument(
@@ -37,7 +43,10 @@ def register(subparsers) -> None:
     report = subparsers.add_parser(
         "report",
         help="the paper's tables with our numbers and deltas beside them",
-        description="Lay out the paper's Tables 1-7 with the paper's numbers, ours (from run records) and deltas.",
+        description="Lay out the paper's Tables 1-7 with the paper's numbers, ours (from run records) and deltas. "
+        "Our backbones fill the paper's rows by role, not label: an official release is DINOv2, a register "
+        "release DINOv2-Register, a SINDER repair (as its checkpoint metadata says) DINOv2-SINDER. Each table "
+        "also shows the effect of each remedy over its own base, with tableN_effects.png.",
     )
     report.add_argument("--runs", default="results/runs", help="folder of run records")
     report.add_argument("--format", choices=("md", "latex", "csv"), default="md")
@@ -48,15 +57,21 @@ def register(subparsers) -> None:
     report.add_argument("--no-plots", action="store_true", help="skip the PNG bar charts")
     report.set_defaults(func=_cmd_report)
 
+    from .compare import TOLERANCE_HELP
+
     compare = subparsers.add_parser(
         "compare",
         help="regression gate: new run records against baseline records (exit 1 on regression)",
-        description="Compare metrics of --new records with --baseline records; exit 0 when no metric regressed "
-        "beyond tolerance, 1 on a regression, 2 when the input is unusable.",
+        description="Compare metrics of --new records with --baseline records, grouped by backbone (content hash "
+        "and role, not label), task and profile. Exit 0 when nothing regressed beyond tolerance; 1 on a "
+        "regression, when a baseline (backbone, task) or metric is missing from the new records, or when a new "
+        "record is of a failed task; 2 when the input is unusable (no records, a bad tolerance file).",
+        epilog=TOLERANCE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument("--new", required=True, nargs="+", help="run records (files or folders) to check")
     compare.add_argument("--baseline", required=True, nargs="+", help="run records to compare against")
-    compare.add_argument("--tolerance", default=None, help="YAML/JSON file of tolerances per metric")
+    compare.add_argument("--tolerance", default=None, help="YAML/JSON file of tolerances per metric (format below)")
     compare.add_argument("--format", choices=("md", "csv"), default="md")
     compare.set_defaults(func=_cmd_compare)
 

@@ -46,6 +46,7 @@ class Task:
     """
 
     name: str = ""
+    version: str = "1"  # bump when a change makes earlier numbers incomparable: --resume then redoes the task
     table: str = ""  # the paper table this task fills, e.g. "table3"
     title: str = ""
     metrics: tuple[Metric, ...] = ()

@@ -1,26 +1,36 @@
 """The paper's tables with our numbers beside them: markdown, LaTeX or CSV, plus a bar chart per table.
 
-The paper's numbers live in ``results/paper/tableN.yaml`` (with their source). Each of its columns names the
-task and metric of our run records that fill it; each row names the backbone labels it stands for. Our records
-are averaged per (backbone label, task, profile); the "protocol" column says whether a number came from the
-paper's protocol or the smoke profile, so smoke numbers are never mistaken for reproductions.
+The paper's numbers live in ``benchmarks/paper/tableN.yaml`` (shipped with the package, with their source).
+Each of its columns names the task and metric of our run records that fill it; each row names the role of the
+backbones it stands for (``dinov2``, ``register``, ``sinder``), matched against the role our records carry
+(what the weights are), never the label. Our records are averaged per (backbone identity, task, profile) over
+distinct seeds; the "protocol" column says whether a number came from the paper's protocol or the smoke
+profile, and smoke tables say that their absolute numbers come from a tiny constructed model on synthetic data.
+
+Beside each table, the view the paper argues with: the effect of each remedy over its own base, metric by
+metric (ours: a repaired checkpoint minus the base its metadata names; the paper's: SINDER minus DINOv2).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from sinder.atomic import atomic_path, atomic_write_text
 
-from .results import RecordError, load_records
+from .identity import BackboneIdentity, RunIdentity
+from .results import RecordError, is_failure, load_records
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
+PAPER_DIR = Path(__file__).resolve().parents[1] / "paper"  # inside the package: works from any install
 DELTA = "delta (ours - paper)"
+# Constructed backbones that stand in for a paper row in smoke runs (by architecture name, not label).
+STAND_INS = {"dinov2_tiny_defective": "dinov2"}
+SMOKE_NOTE = ("Smoke profile: our numbers come from a tiny constructed model on synthetic data, so only the effects "
+              "(a remedy minus its base), not the absolute numbers, are comparable with the paper.")
 
 
 class ReportError(ValueError):
@@ -60,7 +70,7 @@ def load_paper_tables(paper_dir: str | Path | None = None) -> dict[int, dict[str
                 col.setdefault("higher_is_better", True)
             for row in data["rows"]:
                 row.setdefault("key", row["name"])
-                row.setdefault("match", [])
+                row.setdefault("role", None)
                 row["values"] = {str(k): float(v) for k, v in row.get("values", {}).items()}
         except (KeyError, TypeError, ValueError) as err:
             raise ReportError(f"{path}: malformed paper table ({type(err).__name__}: {err})") from err
@@ -71,42 +81,87 @@ def load_paper_tables(paper_dir: str | Path | None = None) -> dict[int, dict[str
     return tables
 
 
-def aggregate(records: list[dict]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Mean of each metric over the records of one (backbone label, task, profile), with the run count."""
-    groups: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    counts: dict[tuple[str, str, str], int] = defaultdict(int)
-    for rec in records:
-        key = (rec["backbone"]["label"], rec["task"], rec["profile"])
-        counts[key] += 1
-        for name, value in rec["metrics"].items():
-            groups[key][name].append(float(value))
-    return {
-        key: {"metrics": {m: sum(v) / len(v) for m, v in metrics.items()}, "n": counts[key]}
-        for key, metrics in groups.items()
-    }
+def paper_role(role: str) -> str | None:
+    """The paper row a backbone role stands for: ``dinov2``, ``register``, ``sinder`` or None.
 
-
-def match_row(label: str, rows: list[dict]) -> dict | None:
-    """The paper row a backbone label stands for: an exact name first, then the first glob in file order."""
-    for row in rows:
-        if label in [p for p in row["match"] if not any(c in p for c in "*?[")]:
-            return row
-    for row in rows:
-        if any(fnmatch.fnmatchcase(label, p) for p in row["match"]):
-            return row
+    ``role`` is the text form of a role (``sinder.weights.role_key``): an official release is DINOv2, an
+    official register release is DINOv2-Register, any SINDER repair is DINOv2-SINDER.
+    """
+    kind, _, rest = role.partition(":")
+    if kind == "official":
+        return "dinov2"
+    if kind == "register":
+        return "register"
+    if kind == "repair" and rest.split(":", 1)[0] == "sinder":
+        return "sinder"
+    if kind == "constructed":
+        return STAND_INS.get(rest)
     return None
+
+
+def row_for_role(role: str, rows: list[dict]) -> dict | None:
+    wanted = paper_role(role)
+    return next((row for row in rows if wanted is not None and row.get("role") == wanted), None)
+
+
+Key = tuple[BackboneIdentity, str, str]  # (backbone, task, profile)
+
+
+def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
+    """Per (backbone identity, task, profile): the mean of each metric over distinct seeds (records of one seed,
+    such as a record reused under a new label, count once), the seed count, a display label and the role."""
+    groups: dict[Key, list[dict]] = defaultdict(list)
+    for rec in records:
+        if is_failure(rec):
+            continue
+        ident = RunIdentity.from_record(rec)
+        groups[(ident.backbone, rec["task"], rec["profile"])].append(rec)
+    labels: dict[BackboneIdentity, list[str]] = defaultdict(list)
+    for (backbone, _, _), recs in groups.items():
+        for rec in sorted(recs, key=lambda r: r["created"]):
+            labels[backbone].append(rec["backbone"]["label"])
+    latest = {b: names[-1] for b, names in labels.items()}
+    clashes = {name for name in latest.values() if list(latest.values()).count(name) > 1}
+    out = {}
+    for key, recs in groups.items():
+        by_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for rec in recs:
+            for name, value in rec["metrics"].items():
+                by_seed[int(rec.get("seed", 0))][name].append(float(value))
+        names = {m for seed in by_seed.values() for m in seed}
+        metrics = {m: statistics.fmean([statistics.fmean(s[m]) for s in by_seed.values() if m in s]) for m in names}
+        label = latest[key[0]]
+        newest = max(recs, key=lambda r: r["created"])
+        out[key] = {"metrics": metrics, "n": len(by_seed), "role": dict(newest["backbone"].get("role") or {}),
+                    "label": f"{label} [{key[0].short}]" if label in clashes else label}  # fmt: skip
+    return out
 
 
 def _templated(table: dict) -> bool:
     return any("{row}" in col["metric"] for col in table["columns"])
 
 
-def table_frame(table: dict, agg: dict[tuple[str, str, str], dict[str, Any]]):
+def _ours(table: dict, agg: dict[Key, dict[str, Any]]) -> list[tuple[BackboneIdentity, str]]:
+    tasks = {col["task"] for col in table["columns"]}
+    return sorted({(b, profile) for (b, task, profile) in agg if task in tasks}, key=lambda k: (k[1], str(k[0])))
+
+
+def _label_of(agg, backbone: BackboneIdentity, profile: str) -> str:
+    return next(v["label"] for (b, _, p), v in agg.items() if b == backbone and p == profile)
+
+
+def _value(agg, backbone, profile, col, row_key: str | None = None) -> float:
+    entry = agg.get((backbone, col["task"], profile))
+    metric = col["metric"].replace("{row}", str(row_key)) if row_key is not None else col["metric"]
+    return entry["metrics"].get(metric, math.nan) if entry else math.nan
+
+
+def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
     """Long-format pandas DataFrame: one line per (paper row, source, column) with paper, ours and delta."""
     import pandas as pd
 
     tasks = {col["task"] for col in table["columns"]}
-    ours = sorted({(label, profile) for (label, task, profile) in agg if task in tasks})
+    ours = _ours(table, agg)
     lines = []
 
     def add(row, source, label, profile, n_runs, value_of):
@@ -121,28 +176,61 @@ def table_frame(table: dict, agg: dict[tuple[str, str, str], dict[str, Any]]):
                 "value": value, "delta": value - paper if source == "ours" else math.nan,
             })  # fmt: skip
 
+    def n_runs(backbone, profile):
+        return max((agg[(backbone, t, profile)]["n"] for t in tasks if (backbone, t, profile) in agg), default=0)
+
     assigned = {}
     if not _templated(table):
-        assigned = {(label, profile): match_row(label, table["rows"]) for label, profile in ours}
+        assigned = {(b, profile): row_for_role(b.role, table["rows"]) for b, profile in ours}
     for row in table["rows"]:
         add(row, "paper", "", "paper", 0, lambda col, row=row: row["values"].get(col["key"], math.nan))
-        for label, profile in ours:
-            if not _templated(table) and assigned[(label, profile)] is not row:
+        for backbone, profile in ours:
+            if not _templated(table) and assigned[(backbone, profile)] is not row:
                 continue
-
-            def value_of(col, label=label, profile=profile, row=row):
-                entry = agg.get((label, col["task"], profile))
-                metric = col["metric"].replace("{row}", str(row["key"]))
-                return entry["metrics"].get(metric, math.nan) if entry else math.nan
-
-            n_runs = max((agg[(label, t, profile)]["n"] for t in tasks if (label, t, profile) in agg), default=0)
-            add(row, "ours", label, profile, n_runs, value_of)
-    for (label, profile), row in assigned.items():
+            row_key = row["key"] if _templated(table) else None
+            add(row, "ours", _label_of(agg, backbone, profile), profile, n_runs(backbone, profile),
+                lambda col, b=backbone, p=profile, k=row_key: _value(agg, b, p, col, k))  # fmt: skip
+    for (backbone, profile), row in assigned.items():
         if row is None:  # a backbone no paper row stands for: ours only, no delta
-            n_runs = max((agg[(label, t, profile)]["n"] for t in tasks if (label, t, profile) in agg), default=0)
-            add(None, "ours", label, profile, n_runs,
-                lambda col, label=label, profile=profile: (agg.get((label, col["task"], profile)) or {"metrics": {}})[
-                    "metrics"].get(col["metric"], math.nan))  # fmt: skip
+            add(None, "ours", _label_of(agg, backbone, profile), profile, n_runs(backbone, profile),
+                lambda col, b=backbone, p=profile: _value(agg, b, p, col))  # fmt: skip
+    return pd.DataFrame(lines)
+
+
+def _paper_row(table: dict, role: str) -> dict | None:
+    return next((r for r in table["rows"] if r.get("role") == role), None)
+
+
+def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
+    """The effect of each remedy over its own base, per column: the paper's (SINDER minus DINOv2) and ours
+    (each repaired checkpoint minus the base its metadata names, when the base was run in the same profile)."""
+    import pandas as pd
+
+    lines = []
+
+    def add(name, source, profile, value_of):
+        for col in table["columns"]:
+            lines.append({"table": table["table"], "effect": name, "source": source, "protocol": profile,
+                          "column": col["label"], "column_key": col["key"], "task": col["task"],
+                          "metric": col["metric"], "higher_is_better": bool(col["higher_is_better"]),
+                          "value": value_of(col)})  # fmt: skip
+
+    if _templated(table):
+        return pd.DataFrame(lines)
+    sinder, dinov2 = _paper_row(table, "sinder"), _paper_row(table, "dinov2")
+    if sinder and dinov2:
+        add(f"{sinder['name']} - {dinov2['name']}", "paper", "paper",
+            lambda col: sinder["values"].get(col["key"], math.nan) - dinov2["values"].get(col["key"], math.nan))
+    for backbone, profile in _ours(table, agg):
+        role = next(v["role"] for (b, _, p), v in agg.items() if b == backbone and p == profile)
+        base_sha = role.get("base_sha256") if role.get("kind") == "repair" else None
+        bases = [b for b, p in _ours(table, agg) if p == profile and b.sha256 == base_sha]
+        if not bases:
+            continue
+        base = bases[0]
+        name = f"{_label_of(agg, backbone, profile)} - {_label_of(agg, base, profile)}"
+        add(name, f"ours ({role.get('remedy', 'remedy')})", profile,
+            lambda col, b=backbone, a=base, p=profile: _value(agg, b, p, col) - _value(agg, a, p, col))
     return pd.DataFrame(lines)
 
 
@@ -188,27 +276,97 @@ def _fmt(value: float, decimals: int, sign: bool = False) -> str:
     return f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
 
 
-def render_markdown(table: dict, frame) -> str:
+def effect_rows(table: dict, effects) -> tuple[list[str], list[list[str]]]:
+    """Header and string rows of the remedy-over-base view (signed numbers)."""
+    header = ["Effect (remedy - its base)", "Source", "Protocol"] + [
+        col["label"] + (" (up)" if col["higher_is_better"] else " (down)") for col in table["columns"]
+    ]
+    body = []
+    if effects.empty:
+        return header, body
+    for key in dict.fromkeys(zip(effects["effect"], effects["source"], effects["protocol"])):
+        part = effects[(effects["effect"] == key[0]) & (effects["source"] == key[1]) & (effects["protocol"] == key[2])]
+        cells = {r.column_key: r.value for r in part.itertuples()}
+        body.append(list(key) + [_fmt(cells.get(c["key"], math.nan), _decimals(table, c["key"]), sign=True)
+                                 for c in table["columns"]])  # fmt: skip
+    return header, body
+
+
+def _is_smoke(frame) -> bool:
+    return bool(((frame["source"] == "ours") & (frame["protocol"] == "smoke")).any()) if len(frame) else False
+
+
+def render_markdown(table: dict, frame, effects=None) -> str:
     header, body = wide_rows(table, frame)
     lines = [f"### Table {table['table']}: {table['title']}", "", f"Paper source: {table['source'].rstrip('.')}."]
     if table.get("note"):
         lines += ["", table["note"]]
+    if _is_smoke(frame):
+        lines += ["", f"**{SMOKE_NOTE}**"]
     if not (frame["source"] == "ours").any():
         lines += ["", "No run records of this table's tasks yet."]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    if effects is not None and not effects.empty:
+        header, body = effect_rows(table, effects)
+        lines += ["", f"Effect of each remedy over its own base (Table {table['table']}; ours: a repaired checkpoint "
+                  "minus the base its metadata names):", ""]  # fmt: skip
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
-def render_latex(table: dict, frame) -> str:
+def render_latex(table: dict, frame, effects=None) -> str:
     import pandas as pd
 
     header, body = wide_rows(table, frame)
-    df = pd.DataFrame(body, columns=header)
-    return df.to_latex(
-        index=False, escape=True, caption=f"{table['title']} Paper numbers: {table['source'].rstrip('.')}.",
-        label=f"tab:sinder-bench-{table['table']}",
-    )  # fmt: skip
+    caption = f"{table['title']} Paper numbers: {table['source'].rstrip('.')}."
+    if _is_smoke(frame):
+        caption += " " + SMOKE_NOTE
+    text = pd.DataFrame(body, columns=header).to_latex(
+        index=False, escape=True, caption=caption, label=f"tab:sinder-bench-{table['table']}"
+    )
+    if effects is not None and not effects.empty:
+        header, body = effect_rows(table, effects)
+        text += pd.DataFrame(body, columns=header).to_latex(
+            index=False, escape=True, caption=f"Table {table['table']}: effect of each remedy over its own base.",
+            label=f"tab:sinder-bench-{table['table']}-effects",
+        )  # fmt: skip
+    return text
+
+
+def plot_effects(table: dict, effects, path: str | Path) -> Path:
+    """Grouped bars of each remedy's effect over its base, per column (the paper's and ours), PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = list(dict.fromkeys(zip(effects["effect"], effects["source"], effects["protocol"])))
+    columns = table["columns"]
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(columns) * max(1, len(series)) ** 0.5), 4.5), dpi=100)
+    for i, (name, source, protocol) in enumerate(series):
+        part = effects[(effects["effect"] == name) & (effects["source"] == source) & (effects["protocol"] == protocol)]
+        by_key = {r.column_key: r.value for r in part.itertuples()}
+        ax.bar([j + i * width for j in range(len(columns))], [by_key.get(c["key"], math.nan) for c in columns], width,
+               label=f"{name} ({source}, {protocol})", hatch=None if source == "paper" else "//",
+               edgecolor="black")  # fmt: skip
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(columns))])
+    ax.set_xticklabels([c["label"] + (" (up)" if c["higher_is_better"] else " (down)") for c in columns],
+                       rotation=30, ha="right", fontsize=8)  # fmt: skip
+    title = f"Table {table['table']}: effect of each remedy over its base"
+    if (effects["protocol"] == "smoke").any():
+        title += "\n(smoke: tiny constructed model, synthetic data)"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
 
 
 def plot_table(table: dict, frame, path: str | Path) -> Path:
@@ -238,7 +396,10 @@ def plot_table(table: dict, frame, path: str | Path) -> Path:
                hatch=None if source == "paper" else "//", edgecolor="white" if source == "paper" else "black")  # fmt: skip
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(columns))])
     ax.set_xticklabels([c["label"] for c in columns], rotation=30, ha="right", fontsize=8)
-    ax.set_title(f"Table {table['table']}: {table['title']}", fontsize=9)
+    title = f"Table {table['table']}: {table['title']}"
+    if _is_smoke(frame):
+        title += "\n(ours: smoke profile, a tiny constructed model on synthetic data)"
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
     fig.tight_layout()
     path = Path(path)
@@ -276,19 +437,22 @@ def build_report(
     for number in wanted:
         table = paper[number]
         frame = table_frame(table, agg)
-        frames.append(frame)
+        effects = effects_frame(table, agg)
+        frames += [frame.assign(view="values"), effects.assign(view="effects")]
         if fmt == "md":
-            text = render_markdown(table, frame)
+            text = render_markdown(table, frame, effects)
         elif fmt == "latex":
-            text = render_latex(table, frame)
+            text = render_latex(table, frame, effects)
         else:
-            text = frame.to_csv(index=False)
+            text = pd.concat([frame.assign(view="values"), effects.assign(view="effects")]).to_csv(index=False)
         parts.append(text)
         if out_dir is not None:
             suffix = {"md": "md", "latex": "tex", "csv": "csv"}[fmt]
             atomic_write_text(Path(out_dir) / f"table{number}.{suffix}", text)
             if plots:
                 plot_table(table, frame, Path(out_dir) / f"table{number}.png")
+                if not effects.empty:
+                    plot_effects(table, effects, Path(out_dir) / f"table{number}_effects.png")
     if fmt == "csv":
         return pd.concat(frames, ignore_index=True).to_csv(index=False)
     header = f"{len(records)} run record(s) from {runs}" if records else f"no run records found under {runs}"

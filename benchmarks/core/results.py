@@ -1,9 +1,11 @@
 """Run records: one JSON file per (backbone, task, run), with full provenance, in an append-only store.
 
 A record says what was measured (metrics and their direction, chosen hyper-parameters), on what (backbone spec,
-label and weights sha256; task; profile) and how (resolved config, seed, git commit, package versions, device,
-wall time). Files are written atomically under a fresh name and never overwritten, so a crash leaves either a
-complete record or none, and ``--resume`` can trust every record it finds.
+label, content hash and role; task and its version; profile) and how (resolved config, seed, git commit, package
+versions, device, wall time), under its run identity (``identity``, see :mod:`benchmarks.core.identity`). A task
+that failed leaves a record too, with ``error`` and no metrics. Files are written atomically under a fresh name
+and never overwritten, so a crash leaves either a complete record or none, and ``--resume`` can trust every
+record it finds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from sinder.atomic import _umask, remove_stale_temps, temp_prefix
+
+from .identity import RunIdentity
 
 SCHEMA = "sinder-bench/run-record"
 SCHEMA_VERSION = 1
@@ -115,8 +121,13 @@ def make_record(
     suite: str = "",
     run_id: str = "",
     extra: Mapping[str, Any] | None = None,
+    identity: RunIdentity | None = None,
+    error: str | None = None,
 ) -> dict[str, Any]:
-    """A complete run record (validated). ``backbone`` holds at least ``label`` and ``weights_sha256``."""
+    """A complete run record (validated). ``backbone`` holds at least ``label`` and ``weights_sha256``.
+
+    ``error``: the task failed (the record keeps what it was and why; ``metrics`` is empty).
+    """
     record = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -138,10 +149,20 @@ def make_record(
         "packages": package_versions(),
         "device": dict(device),
     }
+    if identity is not None:
+        record["identity"] = identity.as_dict()
+        record["task_version"] = identity.task_version
+    if error is not None:
+        record["error"] = str(error)
     if extra:
         record.update(_jsonable(dict(extra)))
     validate_record(record)
     return record
+
+
+def is_failure(record: Mapping[str, Any]) -> bool:
+    """A record of a task that raised (it has ``error`` and no metrics to trust)."""
+    return bool(record.get("error"))
 
 
 def _jsonable(value):
@@ -187,6 +208,8 @@ def validate_record(record: Any, source: str = "record") -> None:
         odd = [k for k, v in directions.items() if v not in ("higher", "lower")]
         if odd:
             problems.append(f"metric_directions must be 'higher' or 'lower' (bad: {odd})")
+    if "error" in record and not isinstance(record["error"], str):
+        problems.append("'error' must be text")
     if problems:
         raise RecordError(f"{source}: not a valid run record: " + "; ".join(problems))
 
@@ -197,11 +220,12 @@ def _safe(text: str) -> str:
 
 def _write_new(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically; fail if ``path`` exists (a hard link never replaces a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # like any other output, not mkstemp's 0600
             os.fsync(handle.fileno())
         os.link(tmp, path)
     finally:
@@ -217,8 +241,9 @@ class ResultStore:
     def path_for(self, record: Mapping[str, Any]) -> Path:
         backbone = record["backbone"]
         stamp = record["created"].replace(":", "").replace("-", "").replace(".", "")
+        key = RunIdentity.from_record(record).key
         name = (
-            f"{_safe(backbone['label'])}__{backbone['weights_sha256'][:12]}__{_safe(record['profile'])}"
+            f"{_safe(backbone['label'])}__{key}__{_safe(record['profile'])}"
             f"__{stamp}__{record['record_id']}.json"
         )
         return self.root / _safe(record["task"]) / name
@@ -227,21 +252,23 @@ class ResultStore:
         validate_record(dict(record))
         path = self.path_for(record)
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent, recursive=False)  # left by writes that were killed
         _write_new(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         return path
 
     def records(self) -> list[dict[str, Any]]:
         return load_records(self.root, missing_ok=True)
 
-    def find(self, weights_sha256: str, task: str, profile: str) -> list[dict[str, Any]]:
+    def find(self, identity: RunIdentity, since: str | None = None) -> list[dict[str, Any]]:
+        """Successful records of ``identity`` (created at or after ``since``, an ISO time, when given)."""
+        folder = self.root / _safe(identity.task)
         return [
-            r
-            for r in self.records()
-            if r["task"] == task and r["profile"] == profile and r["backbone"]["weights_sha256"] == weights_sha256
-        ]
+            r for r in load_records(folder, missing_ok=True)
+            if not is_failure(r) and RunIdentity.from_record(r) == identity and (since is None or r["created"] >= since)
+        ]  # fmt: skip
 
-    def is_done(self, weights_sha256: str, task: str, profile: str) -> bool:
-        return bool(self.find(weights_sha256, task, profile))
+    def is_done(self, identity: RunIdentity) -> bool:
+        return bool(self.find(identity))
 
 
 def record_files(root: str | Path) -> list[Path]:

@@ -1,16 +1,22 @@
 """Run a suite of tasks on backbones and write one run record per (backbone, task).
 
 Order of work: resolve the suite (tasks not registered in this checkout are "not available"), check every
-input up front (datasets under the data root, weight files) and stop with ONE message listing all that is
-missing, then for each backbone load it once and run each task, writing its record as soon as it finishes,
-so a crash loses at most the task in flight. ``resume`` skips (weights sha256, task, profile) already recorded.
-Tasks that raise are reported as failed and the run goes on with the next task.
+input up front (datasets under the data root, every weights file opened against its architecture, output and
+cache folders writable) and stop with ONE message listing all problems, then for each backbone load it once and
+run each task, writing its record as soon as it finishes, so a crash loses at most the task in flight.
+
+Each (backbone, task) is looked up by its run identity (``identity.py``): ``resume`` skips identities already
+recorded (a changed seed, config or task version is new work; the same weights under another label reuse the
+record, copied under the new label). Concurrent runs into one folder claim each identity first and never
+repeat one another's work. A task that raises (or whose record cannot be written) gets a failure record and
+the run goes on; the exit code says that something failed or was not available.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -26,6 +32,8 @@ from sinder.atomic import atomic_write_text, remove_stale_temps, temp_prefix
 
 from . import backbones as B
 from . import distributed as D
+from .claims import Claim, scratch_dir
+from .identity import RunIdentity
 from .registry import PROFILES, Task, get_suite, get_task, import_errors, list_tasks
 from .results import ResultStore, device_info, make_record, utc_now
 
@@ -58,8 +66,10 @@ class TaskContext:
     progress: bool = True
     amp_dtype: torch.dtype | None = torch.bfloat16
     weights_sha256: str = ""
-    backbone_label: str = ""
+    backbone_label: str = ""  # for display only
     work_dir: Path | None = None  # scratch space of this task (checkpoints of long trainings)
+    backbone_role: dict[str, Any] = field(default_factory=dict)  # sinder.weights.weights_role of the backbone
+    run_key: str = ""  # RunIdentity.key of this (backbone, task) run
     log: Callable[[str], None] = print
 
     @property
@@ -89,7 +99,8 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        """1 when a requested task failed or was not available (a gate must not pass on a missing table)."""
+        return 1 if self.failed or self.not_available else 0
 
     def to_json(self) -> dict:
         return {
@@ -130,25 +141,33 @@ def _check_dataset(name: str, root: Path, split: str | None) -> str | None:
 
 
 def _synthesize(task: Task, name: str, root: Path, seed: int) -> None:
-    """Write the synthetic twin of ``name`` into ``root`` atomically (build in a temp dir, then rename)."""
+    """Write the synthetic twin of ``name`` into ``root`` atomically (build in a temp dir, then rename).
+
+    Builders of one folder take turns through a claim; staging folders of a killed build are removed.
+    """
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=temp_prefix(root.name)))
+    claim = Claim(root.parent / f".{root.name}.lock")
+    while not claim.acquire():
+        time.sleep(0.5)  # another process is building it
     try:
-        if callable(getattr(task, "synthesize", None)):  # a task with data of its own
-            task.synthesize(name, tmp, seed)
-        else:
-            try:
-                from benchmarks.data.synth import write_synthetic
-            except ImportError as err:
-                raise PreflightError(f"no synthetic twin of dataset {name!r}: benchmarks.data.synth ({err})") from err
-            write_synthetic(name, tmp, seed=seed)
+        if root.is_dir():
+            return
+        remove_stale_temps(root.parent, recursive=False)  # staging folders of a killed build
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=temp_prefix(root.name)))
         try:
+            if callable(getattr(task, "synthesize", None)):  # a task with data of its own
+                task.synthesize(name, tmp, seed)
+            else:
+                try:
+                    from benchmarks.data.synth import write_synthetic
+                except ImportError as err:
+                    raise PreflightError(f"no synthetic twin of dataset {name!r}: benchmarks.data.synth ({err})") from err
+                write_synthetic(name, tmp, seed=seed)
             os.rename(tmp, root)
-        except OSError:
-            if not root.is_dir():  # another process finished first: theirs is as good
-                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        claim.release()
 
 
 def prepare_datasets(
@@ -220,6 +239,24 @@ def _metric_directions(task: Task, metrics: dict[str, float]) -> dict[str, str]:
     return out
 
 
+def _writable_problem(folder: Path, what: str) -> str | None:
+    """None when ``folder`` can be written (created if missing) without creating it now, else the problem."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{what} {folder}: {probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{what} {folder} is not writable ({probe}: permission denied or read-only); choose another folder"
+    if probe == folder:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            return f"{what} {folder} is not writable ({err.strerror or err}); choose another folder"
+    return None
+
+
 def _preflight_failed(suite: str, profile: str, problems: list[str]):
     raise PreflightError(
         f"cannot start suite {suite!r} (profile {profile}): {len(problems)} missing or invalid input(s):\n  - "
@@ -280,6 +317,8 @@ def run_suite(
         specs = []
         problems.append("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
     problems += [p for p in (B.backbone_problem(s) for s in specs) if p]
+    problems += [p for p in (_writable_problem(Path(out).expanduser(), "output folder (--out)"),
+                             _writable_problem(cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
     for task in tasks:
         try:
             task.config(profile)
@@ -291,29 +330,32 @@ def run_suite(
     problems += data_problems
     if problems:
         _preflight_failed(suite, profile, problems)
-    if profile == "smoke" and not backbones and specs:
-        twin = B.repaired_twin(specs[0], cache, say) if D.is_main() else None
-        D.barrier()
-        twin = D.broadcast_object(twin)
-        if twin is not None:
-            specs.append(twin)
-        else:
-            summary.notes.append("repaired twin skipped: sinder.repair.repair_for_smoke not in this checkout")
+    with scratch_dir(cache / "tmp", f"{run_id}-r{D.rank()}"):  # temp files of this run; a killed run's are removed
+        if profile == "smoke" and not backbones and specs:
+            twin = B.repaired_twin(specs[0], cache, say) if D.is_main() else None
+            D.barrier()
+            twin = D.broadcast_object(twin)
+            if twin is not None:
+                specs.append(twin)
+            else:
+                summary.notes.append("repaired twin skipped: sinder.repair.repair_for_smoke not in this checkout")
 
-    job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, ResultStore(out),
-               summary, say)  # fmt: skip
-    for spec in specs:
-        model = sha = None
-        for task in tasks:
-            if model is None:
-                model = B.load(spec, device=device_t)
-                sha = model.weights_sha256
-            job.run_task(task, model, spec, sha, resume)
-        del model
-        if device_t.type == "cuda":
-            torch.cuda.empty_cache()  # the next backbone may be as large as this one
+        job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, ResultStore(out),
+                   summary, say, started=utc_now())  # fmt: skip
+        for spec in specs:
+            model = None
+            for task in tasks:
+                if model is None:
+                    model = B.load(spec, device=device_t)
+                job.run_task(task, model, spec, resume)
+            del model
+            if device_t.type == "cuda":
+                torch.cuda.empty_cache()  # the next backbone may be as large as this one
     if D.is_main():
-        _write_summary(Path(out), summary)
+        try:
+            _write_summary(Path(out), summary)
+        except OSError as err:
+            say(f"could not write the run summary into {out}: {err}")
     return summary
 
 
@@ -334,43 +376,92 @@ class _Job:
     summary: RunSummary
     say: Callable[[str], None]
 
-    def run_task(self, task: Task, model, spec: B.BackboneSpec, sha: str, resume: bool) -> None:
-        entry = {"backbone": spec.label, "task": task.name, "weights_sha256": sha}
-        if resume and D.broadcast_object(self.store.is_done(sha, task.name, self.profile)):
-            self.summary.skipped.append(entry)
-            self.say(f"[{spec.label}] {task.name}: already recorded, skipped (--resume)")
-            return
+    started: str = ""  # records of this folder created since then come from concurrent runs
+
+    def run_task(self, task: Task, model, spec: B.BackboneSpec, resume: bool) -> None:
+        sha = model.weights_sha256
+        role = dict(getattr(model, "weights_role", None) or {"kind": "other"})
         config = task.config(self.profile)
+        identity = RunIdentity.of(backbone_sha256=sha, role=role, task=task.name, task_version=task.version,
+                                  config=config, seed=self.seed, profile=self.profile)  # fmt: skip
+        entry = {"backbone": spec.label, "task": task.name, "weights_sha256": sha, "identity": identity.key}
+        claim = Claim(self.store.root / ".claims" / f"{identity.key}.lock")
+        try:
+            why_not = self._claim(claim, identity, spec, resume) if D.is_main() else None
+            why_not = D.broadcast_object(why_not)
+            if why_not:
+                self.summary.skipped.append({**entry, "why": why_not})
+                self.say(f"[{spec.label}] {task.name}: {why_not}, skipped")
+                return
+            self._run(task, model, spec, config, identity, role, entry)
+        finally:
+            claim.release()
+
+    def _claim(self, claim: Claim, identity: RunIdentity, spec: B.BackboneSpec, resume: bool) -> str | None:
+        """None when this process should run ``identity`` (and now holds its claim), else why not."""
+        if not claim.acquire():
+            return f"being run by {claim.holder()} into the same folder"
+        # Without --resume only records that concurrent runs wrote since this run began count as done.
+        done = self.store.find(identity, since=None if resume else self.started)
+        if not done:
+            return None
+        if any(r["backbone"]["label"] == spec.label for r in done):
+            return "already recorded" + (" (--resume)" if resume else " by a concurrent run")
+        latest = max(done, key=lambda r: r["created"])
+        copy = {k: v for k, v in latest.items() if k != "_path"}
+        copy.update(record_id=secrets.token_hex(8), created=utc_now(), run_id=self.run_id, reused_from=latest["record_id"],
+                    backbone={**latest["backbone"], "label": spec.label, "spec": spec.text, "weights": spec.weights})  # fmt: skip
+        try:
+            path = self.store.write(copy)
+        except OSError as err:  # run it instead: that ends in a failure record if the disk is the problem
+            self.say(f"[{spec.label}] {identity.task}: could not reuse the record of {latest['backbone']['label']!r} ({err})")
+            return None
+        return f"same weights recorded as {latest['backbone']['label']!r}; record reused under this label -> {path}"
+
+    def _run(self, task, model, spec, config, identity: RunIdentity, role: dict, entry: dict) -> None:
         ctx = TaskContext(
             profile=self.profile, config=config, datasets=self.roots, device=self.device,
             feature_cache=self.cache / "features", seed=self.seed, num_workers=self.num_workers,
-            progress=self.progress, weights_sha256=sha, backbone_label=spec.label,
-            work_dir=self.cache / "work" / f"{task.name}-{sha[:16]}-{self.profile}", log=self.say,
+            progress=self.progress, weights_sha256=identity.backbone_sha256, backbone_label=spec.label,
+            work_dir=self.cache / "work" / f"{task.name}-{identity.key}", log=self.say, backbone_role=role,
+            run_key=identity.key,
         )  # fmt: skip
         self.say(f"[{spec.label}] {task.name} ({self.profile}) ...")
         torch.manual_seed(self.seed)
         start = time.perf_counter()
+        used = {_split_dataset(e)[0] for e in task.datasets_needed(self.profile)}
+        common = dict(
+            task=task.name, table=task.table, suite=self.suite, profile=self.profile, run_id=self.run_id,
+            backbone=spec.as_record(identity.backbone_sha256, getattr(model, "weights_source", ""), role),
+            config=config, seed=self.seed, device=device_info(self.device, D.world_size()), identity=identity,
+        )  # fmt: skip
         try:
             result = task.run(model, ctx)
             metrics = dict(result["metrics"])
+            wall = time.perf_counter() - start
+            if D.is_main():  # inside the error handling: a full or read-only disk fails this task, not the suite
+                record = make_record(
+                    **common, metrics=metrics, metric_directions=_metric_directions(task, metrics),
+                    hparams=result.get("hparams", {}), wall_time_s=wall,
+                    extra={"datasets": {k: str(v) for k, v in self.roots.items() if k in used},
+                           **({"details": result["details"]} if result.get("details") else {})},
+                )  # fmt: skip
+                path = self.store.write(record)
+                headline = ", ".join(f"{m.name}={metrics[m.name]:.4g}" for m in task.metrics if m.name in metrics)
+                self.say(f"[{spec.label}] {task.name}: {headline or 'done'} ({wall:.1f} s) -> {path}")
         except Exception as err:  # one broken task must not stop the suite; KeyboardInterrupt still does
-            self.summary.failed.append({**entry, "error": f"{type(err).__name__}: {err}"})
+            error = f"{type(err).__name__}: {err}"
+            self.summary.failed.append({**entry, "error": error})
             self.say(f"[{spec.label}] {task.name}: FAILED\n{traceback.format_exc()}")
+            if D.is_main():
+                try:
+                    failure = make_record(**common, metrics={}, metric_directions={}, hparams={},
+                                          wall_time_s=time.perf_counter() - start, error=error)  # fmt: skip
+                    self.say(f"[{spec.label}] {task.name}: failure recorded -> {self.store.write(failure)}")
+                except Exception as write_err:
+                    self.say(f"[{spec.label}] {task.name}: could not record the failure either ({write_err})")
+            D.barrier()
             return
-        wall = time.perf_counter() - start
-        used = {_split_dataset(e)[0] for e in task.datasets_needed(self.profile)}
-        if D.is_main():
-            record = make_record(
-                task=task.name, table=task.table, suite=self.suite, profile=self.profile, run_id=self.run_id,
-                backbone=spec.as_record(sha, getattr(model, "weights_source", "")), metrics=metrics,
-                metric_directions=_metric_directions(task, metrics), hparams=result.get("hparams", {}),
-                config=config, seed=self.seed, wall_time_s=wall, device=device_info(self.device, D.world_size()),
-                extra={"datasets": {k: str(v) for k, v in self.roots.items() if k in used},
-                       **({"details": result["details"]} if result.get("details") else {})},
-            )  # fmt: skip
-            path = self.store.write(record)
-            headline = ", ".join(f"{m.name}={metrics[m.name]:.4g}" for m in task.metrics if m.name in metrics)
-            self.say(f"[{spec.label}] {task.name}: {headline or 'done'} ({wall:.1f} s) -> {path}")
         D.barrier()
         self.summary.ran.append(entry)
 
@@ -388,6 +479,8 @@ def format_summary(summary: RunSummary) -> str:
         f"{len(summary.not_available)} not available"
     ]
     lines += [f"  failed: [{f['backbone']}] {f['task']}: {f['error']}" for f in summary.failed]
-    lines += [f"  not available: {name}" for name in summary.not_available]
+    lines += [f"  not available: {name} ({why})" for name, why in summary.not_available.items()]
+    lines += [f"  skipped: [{s['backbone']}] {s['task']}: {s['why']}" for s in summary.skipped
+              if s.get("why", "").startswith("being run")]  # fmt: skip
     lines += [f"  note: {note}" for note in summary.notes]
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 VOC-21) on frozen backbones.
 
 Configurations live in ``configs.yaml`` beside this file (profiles ``paper`` and ``smoke``). STEGO's loss
-weights depend on the backbone (SINDER appendix Table 7): ``loss_variant`` picks the row from the backbone —
-"sinder" when its label or weights file names SINDER, "register" when it has register tokens, else "dinov2".
+weights depend on the backbone (SINDER appendix Table 7): ``loss_variant`` picks the row from the backbone's
+role — "sinder" for a checkpoint whose metadata says SINDER repaired it, "register" when it has register tokens,
+else "dinov2" — never from its label or file name.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ def resolve_config(method: str, dataset_key: str, profile: str) -> dict[str, Any
     return _merge(cfg, profiles[profile].get(dataset_key, {}))
 
 
-def loss_variant(backbone, label: str = "") -> str:
-    """Which backbone row of appendix Table 7 applies: sinder, register or dinov2."""
-    names = f"{label} {getattr(backbone, 'weights_source', '')} {getattr(backbone, 'name', '')}".lower()
-    if "sinder" in names:
+def loss_variant(backbone, role: dict | None = None) -> str:
+    """Which backbone row of appendix Table 7 applies: sinder, register or dinov2 (by role, see sinder.weights)."""
+    role = role or getattr(backbone, "weights_role", None) or {}
+    if role.get("kind") == "repair" and role.get("remedy") == "sinder":
         return "sinder"
     if int(getattr(backbone, "num_register_tokens", 0) or 0) > 0:
         return "register"
@@ -90,7 +91,7 @@ class _StegoTask(_UnsupervisedTask):
         from .stego import run_stego
 
         cfg = dict(ctx.config)
-        variant = loss_variant(backbone, ctx.backbone_label)
+        variant = loss_variant(backbone, getattr(ctx, "backbone_role", None))
         cfg["loss"] = dict(cfg["loss_weights"][variant])
         crops = parse_crops(cfg["train_crops"])
         train_base = _open(ctx, cfg, cfg["train_split"])
