@@ -89,3 +89,11 @@ def test_load_records_skips_summaries_and_reports_missing(tmp_path):
     with pytest.raises(R.RecordError, match="no such file"):
         R.load_records(tmp_path / "nope")
     assert R.load_records(tmp_path / "nope", missing_ok=True) == []
+
+
+def test_config_hash_ignores_the_checkpoint_interval_only():
+    from benchmarks.core.identity import config_sha256
+
+    base = {"iterations": 100, "lrs": [0.1, 0.01], "head": {"checkpoint_every": 50}}
+    assert config_sha256(base) == config_sha256({**base, "checkpoint_every_s": 60, "head": {}})
+    assert config_sha256(base) != config_sha256({**base, "iterations": 101})

@@ -40,18 +40,18 @@ def task_work_dir(ctx) -> Path | None:
     return Path(work_dir) if work_dir else None
 
 
-def _without_intervals(value: Any) -> Any:
+def without_intervals(value: Any) -> Any:
     # How often a training saves does not change what it computes: a new interval resumes the old state.
     if isinstance(value, dict):
-        return {k: _without_intervals(v) for k, v in value.items() if k not in INTERVAL_KEYS}
+        return {k: without_intervals(v) for k, v in value.items() if k not in INTERVAL_KEYS}
     if isinstance(value, (list, tuple)):
-        return [_without_intervals(v) for v in value]
+        return [without_intervals(v) for v in value]
     return value
 
 
 def fingerprint(*parts: Any) -> str:
     """A short hash of ``parts`` (configs, seed, world size, ...), blind to the checkpoint interval keys."""
-    text = json.dumps([FORMAT, _without_intervals(list(parts))], sort_keys=True, default=str)
+    text = json.dumps([FORMAT, without_intervals(list(parts))], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

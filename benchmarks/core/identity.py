@@ -16,6 +16,8 @@ from typing import Any
 
 from sinder.weights import role_key
 
+from .checkpointing import without_intervals
+
 
 def canonical_sha256(value: Any) -> str:
     """sha256 of ``value`` as canonical JSON (sorted keys, no spaces; tuples as lists, paths as text)."""
@@ -33,8 +35,9 @@ def _default(obj):
 
 def config_sha256(config: Mapping[str, Any]) -> str:
     """The hash of a resolved task config, as a record stores it (JSON round trip first, so a record's
-    ``config`` hashes to the same value as the config it was made from)."""
-    return canonical_sha256(json.loads(json.dumps(dict(config), default=_default)))
+    ``config`` hashes to the same value as the config it was made from). The checkpoint interval is left
+    out: how often a training saves does not change its result."""
+    return canonical_sha256(without_intervals(json.loads(json.dumps(dict(config), default=_default))))
 
 
 @dataclass(frozen=True)
