@@ -71,7 +71,7 @@ CONFIG = {
 class Circuit:
     """Constants of the defect circuit (see the module docstring for the role of each)."""
 
-    kappa: float = 4.0  # sharpness of the one-sided square in block 0
+    kappa: float = 1.0  # value/gate gain ratio of the square units in block 0 (z silu(kappa z) terms)
     energy: float = 0.5  # block 0 writes about energy * z^2 into e (before LayerNorm)
     # Trigger when z^2 > tau * (sqrt(D) / |x|) * mean(z^2) over the image (f carries the mean of e after one more
     # LayerNorm, hence the token-norm factor: about 1.75 for this model's token norms of ~5.6).
@@ -129,14 +129,29 @@ def _construct(seed: int, circuit: Circuit):
 
     blocks = model.blocks
     hidden = blocks[0].mlp.w3.weight.shape[1]
+    # Blocks 0 and 1 write nothing into u, e, f but the circuit: f must carry the image's mean z^2, which is
+    # >= 0. With the random writes of these blocks left in, the e channel had a random offset of either sign;
+    # on images where its mean came out negative, "- tau n.f" added instead of subtracting and every token of
+    # the image fired (a whole-image defect, which neither Eq. 5 nor the norm census can see), and any change
+    # of the e -> f gain by the repair moved images across that edge.
+    for block in blocks[:2]:
+        for layer in (block.attn.proj, block.mlp.w3):
+            layer.weight -= silent @ (silent.T @ layer.weight)
+            layer.bias -= silent @ (silent.T @ layer.bias)
     # 1. block 0 MLP: z (silu(kappa z) - silu(-kappa z)) = kappa z^2 into e, with z = n.w.
+    # The gain energy is split so that each factor is a dominant singular value of its matrix (w3: 1, w12:
+    # about 1.7, above the random parts' 0.5 and 0.6). A circuit gain kept in a small singular value (it was
+    # 0.18 in w3) is one SGD step away from zero: the repair drove it negative, e flipped sign, and with it
+    # the image-mean threshold, so whole images fired after a few steps.
     mlp, ls2 = blocks[0].mlp, blocks[0].ls2.gamma
+    out_gain = 2**-0.5  # two columns of this norm: singular value 1
+    in_gain = (circuit.energy / (circuit.kappa * out_gain)) ** 0.5  # value rows kappa * in_gain, gate in_gain
     for unit, sign in ((0, 1.0), (1, -1.0)):
-        mlp.w12.weight[unit] = sign * circuit.kappa * w
+        mlp.w12.weight[unit] = sign * circuit.kappa * in_gain * w
         mlp.w12.bias[unit] = 0.0
-        mlp.w12.weight[hidden + unit] = w
+        mlp.w12.weight[hidden + unit] = in_gain * w
         mlp.w12.bias[hidden + unit] = 0.0
-        mlp.w3.weight[:, unit] = sign * circuit.energy / circuit.kappa * e / ls2
+        mlp.w3.weight[:, unit] = sign * out_gain * e / ls2
     # Block 0 attention, value channel 0 of head 0: u -> attn_gain u. Averaged over tokens it adds nothing
     # (no token has a u component yet), but it makes u the leading direction of I + A_0 as well.
     attn0, ls1_0 = blocks[0].attn, blocks[0].ls1.gamma
