@@ -564,7 +564,7 @@ class RepairRun:
 # spread over a 37 x 37 grid with a trigger tuned for 8 x 8 to 16 x 16, and the repair does not converge.
 PRESET_REPAIR_DEFAULTS: dict[str, dict[str, Any]] = {
     "dinov2_tiny_defective": dict(resolution=112, sigma=1, limit_layers=4, n_samples=20_000, window=50,
-                                  max_iters=2_000, checkpoint_every=100),
+                                  max_iters=300, checkpoint_every=100),
 }
 
 
