@@ -11,10 +11,12 @@ position embedding (position alone never triggers): ``w`` (the content score, th
 embedding writes to), ``u`` (the defect direction) and ``e``, ``f`` (scratch channels). With ``n`` a token
 after LayerNorm and ``z = n . w`` its score (about N(0, 1) for random textures):
 
-1. Block 0, MLP: two SwiGLU units, ``z (silu(kappa z) - silu(-kappa z)) = kappa z^2``, write the score's
-   square into ``e``.
+1. Block 0, MLP: two SwiGLU units, ``z (silu(kappa z) - silu(-kappa z)) = kappa z^2``, write ``energy z^2``
+   (the score's square, >= 0) into ``e``; the gain is split so that both factors are dominant singular values
+   of ``w12`` and ``w3``.
 2. Block 1, attention: one head with zero query/key weights attends uniformly; a value channel reads ``e`` and
-   the projection writes it to ``f``: every token receives its image's mean z^2.
+   the projection writes it to ``f``: every token receives its image's mean z^2. Blocks 0 and 1 write nothing
+   else into ``u``, ``e``, ``f``, so that mean is >= 0.
 3. Block 1, MLP: a bump of two units, ``silu(k y) - silu(k (y - cap))`` with ``y = n.e - tau n.f - floor``,
    writes ``+u``: a token is triggered when its score is large *relative to its image* (z^2 above a multiple
    of the image's mean z^2), so each image gets a few defects whatever its contrast or texture statistics.
@@ -32,7 +34,15 @@ so that Eq. 5 in block 0 does not flag content tokens along an arbitrary directi
 
 Why fine-tuning singular values removes the defects: every ``u`` increment passes through a rank-one component
 of ``w12`` (gain k) and of ``w3`` (gain trigger_gain / amp_gain), each a dominant singular value of its matrix
-(the random part's singular values are below 1). Lowering them raises the effective thresholds and shrinks the
+(the random part's singular values are below 1).
+
+Why a repair leaves no image worse (the real DINOv2's high-norm tokens are a few per image, never a whole image):
+the threshold subtracts the image's mean z^2, which must stay >= 0. Two earlier flaws broke that. (a) The random
+writes of blocks 0-1 gave ``e`` an offset of either sign: 8 of the 120 synthetic ImageNet-twin images had a
+negative mean, so "- tau n.f" added and every token fired, invisible to Eq. 5 and to the norm census; a repair
+that raised the e -> f value gain (1.04 -> 1.27) moved more images across that edge (held-out last-block
+high-norm tokens 12 -> 29 at 112 px). (b) The energy gain sat in a singular value of 0.18 of ``w3``: SGD with
+lr 0.005 drove it negative in a few steps, flipping ``e`` and the whole threshold. Lowering them raises the effective thresholds and shrinks the
 increments; clamping all singular values to 2 (Appendix B) removes nearly all defects, and 20 SGD steps on the
 singular values alone with the paper's smoothness loss do too (both are tested).
 
