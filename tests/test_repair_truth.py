@@ -59,7 +59,7 @@ def test_an_image_made_worse_is_reported_warned_and_fails_ci(photos, damaged_fil
 
     monkeypatch.setattr(RepairRun, "run", forced_regression)
     config = tmp_path / "c.yaml"
-    config.write_text("max_iters: 2\nholdout_images: 6\n")
+    config.write_text("max_iters: 2\nholdout_images: 6\nn_samples: 4000\n")
     out = tmp_path / "r.safetensors"
     args = ["repair", "--backbone", BACKBONE, "--images", str(photos), "--out", str(out), "--config", str(config),
             "--device", "cpu", "--no-progress"]
