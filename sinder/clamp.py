@@ -8,14 +8,13 @@ bit-identical. A "linear layer" is an ``nn.Linear`` of a block: ``attn.qkv`` (on
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-LINEAR_KEY = re.compile(r"(^|\.)blocks\.(\d+\.)?\d+\.(attn\.(qkv|proj)|mlp\.(w12|w3|fc1|fc2))\.weight$")
+from .svd import is_block_linear  # the one definition of a block linear layer
 
 
 @dataclass
@@ -24,10 +23,6 @@ class ClampedLayer:
     max_before: float
     max_after: float
     n_clamped: int  # how many singular values were above gamma
-
-
-def is_block_linear(key: str, tensor: Tensor) -> bool:
-    return tensor.ndim == 2 and LINEAR_KEY.search(key) is not None
 
 
 def clamp_matrix(weight: Tensor, gamma: float) -> tuple[Tensor, ClampedLayer]:

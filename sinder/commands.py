@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_text
+from .defects import DEFAULT_MU
 
 
 def register(subparsers) -> None:
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
         "--method", choices=("sampled", "expectation"), default="sampled",
         help="MLP linearization: sampled least squares (official) or its exact Gaussian expectation (fast)",
     )
-    p.add_argument("--mu", type=float, default=4.0, help="Eq. 5 mask threshold (default %(default)s)")
+    p.add_argument("--mu", type=float, default=DEFAULT_MU, help="Eq. 5 mask threshold (default %(default)s)")
     p.add_argument("--sigma", type=int, default=3, help="an image is clear if every layer has fewer defects")
     p.add_argument(
         "--flag-border", action="store_true",
@@ -55,6 +56,12 @@ def register(subparsers) -> None:
                    help="architecture of --compare-weights (default: --backbone); alone, compares with that "
                    "backbone's own weights")
     p.add_argument("--sv-top", type=int, default=3, help="leading singular values in the comparison (default 3)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                   help="instead of the analysis: the per-image defect census of two checkpoints of --backbone "
+                   "(weights files; 'own' for the backbone's own weights), each measured with its own directions; "
+                   "lists the images B has made worse than A and writes census.json into --out")
+    p.add_argument("--fail-on-regression", action="store_true",
+                   help="with --compare: exit 4 when B made any image worse than A")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: only on a terminal)")
     p.set_defaults(func=run_analyze)
@@ -119,7 +126,7 @@ def _state_dict(model_or_state) -> dict:
     return dict(model_or_state) if isinstance(model_or_state, Mapping) else model_or_state.state_dict()
 
 
-def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sampled", mu=4.0, sigma=3,
+def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sampled", mu=DEFAULT_MU, sigma=3,
             exclude_border=True, resolution=518, cache_dir=None, log=print, compare=None, sv_top=3,
             mask_images=3, mask_layers=None, progress=None) -> dict:
     """Run the Section 2-3 analysis; returns (and writes to ``out/analysis.json``) the per-layer record.
@@ -132,7 +139,9 @@ def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sa
         LayerAccumulator,
         TokenAngleAccumulator,
         acute_angle,
+        enough_defects,
         find_defects,
+        first_defective,
         high_norm_mask,
         patch_token_grids,
         random_unit_direction,
@@ -192,7 +201,7 @@ def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sa
         layers.append({
             "layer": i,
             "eq5_mean_defects": float(eq5_counts[:, i].mean()),
-            "eq5_images_with_sigma_defects": int((eq5_counts[:, i] >= sigma).sum()),
+            "eq5_images_with_sigma_defects": int(sum(enough_defects(int(n), sigma) for n in eq5_counts[:, i])),
             "high_norm": stats.to_dict(),
             "angle_to_empirical": {
                 k: (_nan_to_none(acute_angle(emp, dirs.directions[k][i])) if emp is not None else None) for k in KINDS
@@ -200,7 +209,7 @@ def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sa
             "random_angle_to_empirical": _nan_to_none(acute_angle(emp, rand)) if emp is not None else None,
             "token_angles": token_angles[i].result(),
         })
-    clear = (eq5_counts < sigma).all(axis=1)
+    clear = np.array([first_defective(row, sigma) is None for row in eq5_counts], dtype=bool)
     figures = _write_figures(out, model, image_paths, dirs, rand, layers, accs, first_maps, first_image,
                              mask_inputs, mask_rows, mask_layers, differences, compare)
     record = {
@@ -311,12 +320,25 @@ def format_table(record: dict) -> str:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    """The analyze verb; bad input (empty or unreadable folder, corrupt image, mismatched checkpoint) is one
+    line on stderr and exit 2."""
+    try:
+        return _run_analyze(args)
+    except (ValueError, FileNotFoundError, KeyError, PermissionError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
     from .images import list_images
     from .weights import load_backbone
 
     if args.sv_top < 1:
         raise ValueError(f"--sv-top {args.sv_top} must be >= 1")
     images = list_images(args.images)[: args.max_images] if args.max_images else list_images(args.images)
+    if args.compare:
+        return _run_compare(args, images)
     model = load_backbone(args.backbone, args.weights)
     compare = None
     if args.compare_weights is not None or args.compare_backbone is not None:
@@ -326,8 +348,27 @@ def run_analyze(args: argparse.Namespace) -> int:
                      mask_images=args.mask_images, mask_layers=args.mask_layers, progress=args.progress)
     print(format_table(record))
     print("def-nu / def-rand: mean angle of the high-norm tokens to nu_i / to a random direction")
-    print(f"{record['clear_images']}/{len(images)} images clear (every layer < {args.sigma} Eq. 5 defects)")
+    print(f"{record['clear_images']}/{len(images)} images clear (every layer < max(sigma, 1) = {max(args.sigma, 1)} Eq. 5 defects)")
     print(f"wrote {args.out / 'analysis.json'} and {len(record['figures'])} figures")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace, images) -> int:
+    from .census import compare_checkpoints, format_comparison, worse_warning
+
+    first, second = (None if w == "own" else w for w in args.compare)
+    record = compare_checkpoints(args.backbone, first, second, images, args.resolution, mu=args.mu,
+                                 exclude_border=not args.flag_border, n_samples=args.n_samples, seed=args.seed,
+                                 cache_dir=args.cache_dir, method=args.method)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "census.json", json.dumps(record, indent=1))
+    print(format_comparison(record["first"], record["second"], record["comparison"]))
+    print(f"wrote {args.out / 'census.json'}")
+    warning = worse_warning(record["comparison"])
+    if warning:
+        print(warning.replace("by the repair", f"by {args.compare[1]}"), file=sys.stderr)
+        if args.fail_on_regression:
+            return 4
     return 0
 
 

@@ -11,10 +11,12 @@ position embedding (position alone never triggers): ``w`` (the content score, th
 embedding writes to), ``u`` (the defect direction) and ``e``, ``f`` (scratch channels). With ``n`` a token
 after LayerNorm and ``z = n . w`` its score (about N(0, 1) for random textures):
 
-1. Block 0, MLP: two SwiGLU units, ``z (silu(kappa z) - silu(-kappa z)) = kappa z^2``, write the score's
-   square into ``e``.
+1. Block 0, MLP: two SwiGLU units, ``z (silu(kappa z) - silu(-kappa z)) = kappa z^2``, write ``energy z^2``
+   (the score's square, >= 0) into ``e``; the gain is split so that both factors are dominant singular values
+   of ``w12`` and ``w3``.
 2. Block 1, attention: one head with zero query/key weights attends uniformly; a value channel reads ``e`` and
-   the projection writes it to ``f``: every token receives its image's mean z^2.
+   the projection writes it to ``f``: every token receives its image's mean z^2. Blocks 0 and 1 write nothing
+   else into ``u``, ``e``, ``f``, so that mean is >= 0.
 3. Block 1, MLP: a bump of two units, ``silu(k y) - silu(k (y - cap))`` with ``y = n.e - tau n.f - floor``,
    writes ``+u``: a token is triggered when its score is large *relative to its image* (z^2 above a multiple
    of the image's mean z^2), so each image gets a few defects whatever its contrast or texture statistics.
@@ -32,7 +34,15 @@ so that Eq. 5 in block 0 does not flag content tokens along an arbitrary directi
 
 Why fine-tuning singular values removes the defects: every ``u`` increment passes through a rank-one component
 of ``w12`` (gain k) and of ``w3`` (gain trigger_gain / amp_gain), each a dominant singular value of its matrix
-(the random part's singular values are below 1). Lowering them raises the effective thresholds and shrinks the
+(the random part's singular values are below 1).
+
+Why a repair leaves no image worse (the real DINOv2's high-norm tokens are a few per image, never a whole image):
+the threshold subtracts the image's mean z^2, which must stay >= 0. Two earlier flaws broke that. (a) The random
+writes of blocks 0-1 gave ``e`` an offset of either sign: 8 of the 120 synthetic ImageNet-twin images had a
+negative mean, so "- tau n.f" added and every token fired, invisible to Eq. 5 and to the norm census; a repair
+that raised the e -> f value gain (1.04 -> 1.27) moved more images across that edge (held-out last-block
+high-norm tokens 12 -> 29 at 112 px). (b) The energy gain sat in a singular value of 0.18 of ``w3``: SGD with
+lr 0.005 drove it negative in a few steps, flipping ``e`` and the whole threshold. Lowering them raises the effective thresholds and shrinks the
 increments; clamping all singular values to 2 (Appendix B) removes nearly all defects, and 20 SGD steps on the
 singular values alone with the paper's smoothness loss do too (both are tested).
 
@@ -71,7 +81,7 @@ CONFIG = {
 class Circuit:
     """Constants of the defect circuit (see the module docstring for the role of each)."""
 
-    kappa: float = 4.0  # sharpness of the one-sided square in block 0
+    kappa: float = 1.0  # value/gate gain ratio of the square units in block 0 (z silu(kappa z) terms)
     energy: float = 0.5  # block 0 writes about energy * z^2 into e (before LayerNorm)
     # Trigger when z^2 > tau * (sqrt(D) / |x|) * mean(z^2) over the image (f carries the mean of e after one more
     # LayerNorm, hence the token-norm factor: about 1.75 for this model's token norms of ~5.6).
@@ -129,14 +139,29 @@ def _construct(seed: int, circuit: Circuit):
 
     blocks = model.blocks
     hidden = blocks[0].mlp.w3.weight.shape[1]
+    # Blocks 0 and 1 write nothing into u, e, f but the circuit: f must carry the image's mean z^2, which is
+    # >= 0. With the random writes of these blocks left in, the e channel had a random offset of either sign;
+    # on images where its mean came out negative, "- tau n.f" added instead of subtracting and every token of
+    # the image fired (a whole-image defect, which neither Eq. 5 nor the norm census can see), and any change
+    # of the e -> f gain by the repair moved images across that edge.
+    for block in blocks[:2]:
+        for layer in (block.attn.proj, block.mlp.w3):
+            layer.weight -= silent @ (silent.T @ layer.weight)
+            layer.bias -= silent @ (silent.T @ layer.bias)
     # 1. block 0 MLP: z (silu(kappa z) - silu(-kappa z)) = kappa z^2 into e, with z = n.w.
+    # The gain energy is split so that each factor is a dominant singular value of its matrix (w3: 1, w12:
+    # about 1.7, above the random parts' 0.5 and 0.6). A circuit gain kept in a small singular value (it was
+    # 0.18 in w3) is one SGD step away from zero: the repair drove it negative, e flipped sign, and with it
+    # the image-mean threshold, so whole images fired after a few steps.
     mlp, ls2 = blocks[0].mlp, blocks[0].ls2.gamma
+    out_gain = 2**-0.5  # two columns of this norm: singular value 1
+    in_gain = (circuit.energy / (circuit.kappa * out_gain)) ** 0.5  # value rows kappa * in_gain, gate in_gain
     for unit, sign in ((0, 1.0), (1, -1.0)):
-        mlp.w12.weight[unit] = sign * circuit.kappa * w
+        mlp.w12.weight[unit] = sign * circuit.kappa * in_gain * w
         mlp.w12.bias[unit] = 0.0
-        mlp.w12.weight[hidden + unit] = w
+        mlp.w12.weight[hidden + unit] = in_gain * w
         mlp.w12.bias[hidden + unit] = 0.0
-        mlp.w3.weight[:, unit] = sign * circuit.energy / circuit.kappa * e / ls2
+        mlp.w3.weight[:, unit] = sign * out_gain * e / ls2
     # Block 0 attention, value channel 0 of head 0: u -> attn_gain u. Averaged over tokens it adds nothing
     # (no token has a u component yet), but it makes u the leading direction of I + A_0 as well.
     attn0, ls1_0 = blocks[0].attn, blocks[0].ls1.gamma

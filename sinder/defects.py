@@ -22,6 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+DEFAULT_MU = 4.0  # Eq. 5's mask threshold (paper and official code); every default of mu refers to this
+HIGH_NORM_Z = 4.0  # robust z-score of the high-norm census (Section 2); a different quantity from mu
+
 
 def _check_map(tokens_hw: Tensor, name: str = "tokens_hw") -> Tensor:
     if tokens_hw.ndim != 3:
@@ -47,7 +50,7 @@ def border_mask(height: int, width: int, kernel: int = 3, device=None) -> Tensor
 
 
 def find_defects(
-    tokens_hw: Tensor, nu: Tensor, mu: float = 4.0, exclude_border: bool = True, kernel: int = 3
+    tokens_hw: Tensor, nu: Tensor, mu: float = DEFAULT_MU, exclude_border: bool = True, kernel: int = 3
 ) -> Tensor:
     """Boolean H x W mask of the singular defects of one token map along direction ``nu`` (Eq. 5)."""
     logits = defect_logits(tokens_hw, nu)
@@ -57,7 +60,7 @@ def find_defects(
     return mask
 
 
-def high_norm_mask(tokens_hw: Tensor, mu: float = 4.0, min_ratio: float = 3.0) -> Tensor:
+def high_norm_mask(tokens_hw: Tensor, mu: float = HIGH_NORM_Z, min_ratio: float = 3.0) -> Tensor:
     """Boolean H x W mask of the high-norm tokens (robust z-score of the norms, and >= min_ratio x median)."""
     norms = _check_map(tokens_hw).norm(dim=-1)
     median = norms.median()
@@ -66,23 +69,40 @@ def high_norm_mask(tokens_hw: Tensor, mu: float = 4.0, min_ratio: float = 3.0) -
 
 
 def count_defects(
-    layer_maps: Sequence[Tensor], directions: Sequence[Tensor], mu: float = 4.0, exclude_border: bool = True
+    layer_maps: Sequence[Tensor],
+    directions: Sequence[Tensor],
+    mu: float = DEFAULT_MU,
+    exclude_border: bool = True,
+    kernel: int = 3,
 ) -> list[int]:
     """Eq. 5 defect count of one image in each layer (``layer_maps[i]`` with ``directions[i]``)."""
     if len(layer_maps) != len(directions):
         raise ValueError(f"{len(layer_maps)} layer maps but {len(directions)} directions: one per layer needed")
-    return [int(find_defects(m, nu, mu, exclude_border).sum()) for m, nu in zip(layer_maps, directions)]
+    return [int(find_defects(m, nu, mu, exclude_border, kernel).sum()) for m, nu in zip(layer_maps, directions)]
+
+
+def enough_defects(count: int, sigma: int) -> bool:
+    """The one "clear image" rule, per layer: a layer gives the loss when it has at least max(sigma, 1) Eq. 5
+    defects (the official code moves on from a layer without any defect, so sigma = 0 behaves as 1); an image
+    is clear when no layer does. The repair loop, ``is_clear`` and ``analyze`` all decide with this."""
+    return count >= max(sigma, 1)
+
+
+def first_defective(counts: Iterable[int], sigma: int) -> int | None:
+    """The first layer with ``enough_defects``, None if the image is clear."""
+    return next((i for i, n in enumerate(counts) if enough_defects(n, sigma)), None)
 
 
 def is_clear(
     layer_maps: Sequence[Tensor],
     directions: Sequence[Tensor],
     sigma: int = 3,
-    mu: float = 4.0,
+    mu: float = DEFAULT_MU,
     exclude_border: bool = True,
+    kernel: int = 3,
 ) -> bool:
-    """The paper's clear image: every layer has fewer than ``sigma`` defects."""
-    return all(n < sigma for n in count_defects(layer_maps, directions, mu, exclude_border))
+    """The paper's clear image: no layer has sigma (at least 1) defects."""
+    return first_defective(count_defects(layer_maps, directions, mu, exclude_border, kernel), sigma) is None
 
 
 # --------------------------------------------------------------------------------------------- running a model

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .defects import find_defects
+from .defects import DEFAULT_MU, find_defects
 
 # Discrete Gaussian windows of the official code (3x3 binomial; the usual 5x5 /273 kernel).
 _GAUSSIAN = {
@@ -30,6 +30,7 @@ _GAUSSIAN = {
     )
     / 273,
 }
+KERNELS = tuple(_GAUSSIAN)  # the neighbourhood sizes the loss supports (and so the repair's `kernel`)
 
 
 def _windows(grid: Tensor, kernel: int) -> Tensor:
@@ -64,7 +65,7 @@ def neighbor_targets(
 def neighbor_loss(
     tokens_hw: Tensor,
     nu: Tensor,
-    mu: float = 4.0,
+    mu: float = DEFAULT_MU,
     tau: float = 0.1,
     kernel: int = 3,
     normalize_by_alpha: bool = True,
@@ -80,7 +81,7 @@ def neighbor_loss(
     if tokens_hw.dim() != 3:
         raise ValueError(f"tokens_hw must be (H, W, D), got shape {tuple(tokens_hw.shape)}")
     pad = kernel // 2
-    mask = find_defects(tokens_hw.detach(), nu, mu=mu, exclude_border=exclude_border)
+    mask = find_defects(tokens_hw.detach(), nu, mu=mu, exclude_border=exclude_border, kernel=kernel)
     grad_context = torch.no_grad() if stop_gradient else contextlib.nullcontext()
     with grad_context:
         target = neighbor_targets(tokens_hw, nu, tau=tau, kernel=kernel, include_center=include_center)

@@ -20,6 +20,7 @@ import json
 import resource
 import tempfile
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,9 +31,27 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import atomic_path, atomic_write_text, temp_prefix
-from .defects import find_defects
-from .loss import neighbor_loss
+from .defects import DEFAULT_MU, enough_defects, find_defects
+from .loss import KERNELS, neighbor_loss
 from .svd import TRAINABLE_SETTINGS, fold_back, parametrize_singular_values, singular_value_changes
+
+
+def _check_type(key: str, value: Any, annotation: str) -> None:
+    """Raise a one-line ValueError unless ``value`` fits the field's annotation (as written in the class)."""
+    if value is None and "None" in annotation:
+        return
+    kind = annotation.replace(" | None", "")
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[kind]
+    if not ok:
+        expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
+        if "None" in annotation:
+            expected += " or null"
+        raise ValueError(f"config field '{key}': {value!r} ({type(value).__name__}); expected {expected}")
 
 
 @dataclass
@@ -48,7 +67,7 @@ class RepairConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     # detection and loss (Eqs. 5-8, Table 7)
-    mu: float = 4.0
+    mu: float = DEFAULT_MU
     sigma: int = 3
     tau: float = 0.1
     kernel: int = 3
@@ -65,6 +84,8 @@ class RepairConfig:
     exclude_border: bool = True
     # the official code skips a non-finite step; we stop by default, keeping the last good state
     on_nonfinite: str = "stop"
+    # an unreadable training image: skip it with a warning (counted in the report), or stop the run
+    on_bad_image: str = "skip"
     # singular defect directions (Section 3)
     n_samples: int = 100_000
     direction_seed: int = 0
@@ -82,37 +103,69 @@ class RepairConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any]) -> RepairConfig:
-        data = dict(data)
+    def from_mapping(cls, data: dict[str, Any], base: dict[str, Any] | None = None) -> RepairConfig:
+        """A config from ``data`` (RepairConfig fields and ``behaviour``) over ``base`` (e.g. a preset's
+        defaults); every value's type is checked here, so a bad value fails before any work."""
+        data = {**(base or {}), **data}
         behaviour = data.pop("behaviour", "official")
         if behaviour not in {"official", "paper"}:
-            raise ValueError(f"behaviour={behaviour!r}: choose 'official' or 'paper'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+            raise ValueError(f"config field 'behaviour': {behaviour!r}; expected 'official' or 'paper'")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ValueError(f"unknown repair config keys {unknown}; known: {sorted(known)}")
+            raise ValueError(f"unknown repair config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        for key, value in data.items():
+            _check_type(key, value, cls.__annotations__[key])
+        data = {k: float(v) if cls.__annotations__[k] == "float" else v for k, v in data.items()}
         config = cls.paper(**data) if behaviour == "paper" else cls(**data)
         config.validate()
         return config
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> RepairConfig:
+    @staticmethod
+    def read_file(path: str | Path) -> dict[str, Any]:
+        """The mapping in a YAML config file, or a one-line ValueError naming the file and the problem."""
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read repair config {path}: {err}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a repair config is a mapping of RepairConfig fields")
-        return cls.from_mapping(data)
+            raise ValueError(f"{path}: a repair config is a mapping of RepairConfig fields, got {type(data).__name__}")
+        return data
+
+    @classmethod
+    def from_file(cls, path: str | Path, base: dict[str, Any] | None = None) -> RepairConfig:
+        try:
+            return cls.from_mapping(cls.read_file(path), base=base)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}" if not str(err).startswith(str(path)) else str(err)) from None
 
     def validate(self) -> None:
         if self.trainable not in TRAINABLE_SETTINGS:
-            raise ValueError(f"trainable={self.trainable!r}: choose one of {sorted(TRAINABLE_SETTINGS)}")
-        if self.on_nonfinite not in {"stop", "skip"}:
-            raise ValueError(f"on_nonfinite={self.on_nonfinite!r}: choose 'stop' or 'skip'")
+            raise ValueError(f"config field 'trainable': {self.trainable!r}; expected one of {sorted(TRAINABLE_SETTINGS)}")
+        for name in ("on_nonfinite", "on_bad_image"):
+            if getattr(self, name) not in {"stop", "skip"}:
+                raise ValueError(f"config field '{name}': {getattr(self, name)!r}; expected 'stop' or 'skip'")
         if self.limit_layers is not None and self.limit_layers < 1:
-            raise ValueError("limit_layers must be >= 1, or null for every block")
-        if not 0 < self.stop_fraction <= 1 or self.window < 1:
-            raise ValueError("stop_fraction must be in (0, 1] and window >= 1")
+            raise ValueError(f"config field 'limit_layers': {self.limit_layers}; expected >= 1, or null for every block")
+        if not 0 < self.stop_fraction <= 1:
+            raise ValueError(f"config field 'stop_fraction': {self.stop_fraction}; expected a number in (0, 1]")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"config field 'kernel': {self.kernel}; expected one of {sorted(KERNELS)}")
+        for name in ("resolution", "num_images", "window", "n_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config field '{name}': {getattr(self, name)}; expected >= 1")
+        for name in ("max_iters", "sigma", "checkpoint_every", "holdout_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config field '{name}': {getattr(self, name)}; expected >= 0")
+        for name in ("lr", "mu", "tau"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"config field '{name}': {getattr(self, name)}; expected a positive number")
 
     def behaviour(self) -> str:
         """'official' or 'paper' where every loss/detection switch agrees with one of them, else 'mixed'.
@@ -184,7 +237,7 @@ class SinderStep:
                     out = block(leaf)
                 segments.append((leaf, out))
                 count = self._defect_count(patch_grid(self.model, out.detach(), rows, cols), i)
-                if count >= max(self.config.sigma, 1):
+                if enough_defects(count, self.config.sigma):
                     return i, count, list(segments)
                 tokens = out
         return None, 0, []
@@ -263,6 +316,8 @@ class RepairResult:
     sv_changes: dict[str, Tensor]
     log: list[dict[str, Any]]
     nonfinite_steps: int = 0
+    bad_images: list[str] = dataclasses.field(default_factory=list)  # unreadable images skipped
+    segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # one per start or resume
 
 
 class RepairRun:
@@ -311,6 +366,9 @@ class RepairRun:
         # True = the image produced no loss (clear). The official window starts full of "had a loss".
         self.history: deque[bool] = deque([False] * config.window, maxlen=config.window)
         self.nonfinite_steps = 0
+        self.bad_images: list[str] = []
+        # Each start or resume: its first iteration, learning rate and wall time (summed for the report).
+        self.segments: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -321,9 +379,13 @@ class RepairRun:
     def log_path(self) -> Path:
         return self.work_dir / "log.jsonl"
 
+    # Fields that may change on --resume: the learning rate (the advice after a non-finite stop is to lower it)
+    # and the policies for non-finite steps and unreadable images. The segments record each change.
+    RESUMABLE_CHANGES = ("lr", "on_nonfinite", "on_bad_image")
+
     def _identity(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "base_sha256": self.base_sha256,
-                "images_sha256": _files_digest(self.images)}
+        config = {k: v for k, v in asdict(self.config).items() if k not in self.RESUMABLE_CHANGES}
+        return {"config": config, "base_sha256": self.base_sha256, "images_sha256": _files_digest(self.images)}
 
     def save_checkpoint(self) -> None:
         named = dict(self.model.named_parameters())
@@ -332,6 +394,8 @@ class RepairRun:
                 "iteration": self.iteration,
                 "history": torch.tensor(list(self.history), dtype=torch.bool),
                 "nonfinite_steps": self.nonfinite_steps,
+                "bad_images": json.dumps(self.bad_images),
+                "segments": json.dumps(self._closed_segments()),
                 "trainable": {n: named[n].detach().cpu() for n in self.trainable_names},
                 "optimizer": self.optimizer.state_dict(),
                 "identity": json.dumps(self._identity(), sort_keys=True),
@@ -355,11 +419,22 @@ class RepairRun:
             for name, value in state["trainable"].items():
                 named[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved state carries the old learning rate
+            group["lr"] = self.config.lr
         self.iteration = int(state["iteration"])
         self.history = deque(state["history"].tolist(), maxlen=self.config.window)
         self.nonfinite_steps = int(state["nonfinite_steps"])
-        self._truncate_log(self.iteration)
+        self.bad_images = json.loads(state.get("bad_images", "[]"))
+        self.segments = json.loads(state.get("segments", "[]"))
         return True
+
+    def _closed_segments(self) -> list[dict[str, Any]]:
+        """The segments so far, the current one with its wall time up to now."""
+        if not self.segments:
+            return []
+        *done, current = self.segments
+        return [*done, {**current, "wall_time_s": round(time.time() - self._segment_started, 3),
+                        "end_iteration": self.iteration}]
 
     def _truncate_log(self, iteration: int) -> None:
         """Drop log lines of iterations after the checkpoint: they will be run again."""
@@ -374,15 +449,30 @@ class RepairRun:
 
     def _nonfinite(self, what: str) -> bool:
         """Handle a NaN/inf; True when the step must be skipped."""
-        self.nonfinite_steps += 1
         if self.config.on_nonfinite == "skip":
+            self.nonfinite_steps += 1
             return True
-        self.save_checkpoint()  # parameters are untouched by this step: the last good state
+        # Parameters, history and counters are untouched by this step: the checkpoint is the last good state,
+        # and a resume runs this iteration again.
+        self.save_checkpoint()
         raise NonFiniteLossError(
             f"non-finite {what} at iteration {self.iteration} (image {self.images[self.iteration % len(self.images)]}); "
-            f"the last good state is saved in {self.checkpoint_path}. Lower the learning rate, or set "
-            "on_nonfinite: skip to skip such steps as the official code does."
+            f"the last good state is saved in {self.checkpoint_path}. Resume it (--resume) with a lower lr in the "
+            "config, or with on_nonfinite: skip to skip such steps as the official code does."
         )
+
+    def _load_or_skip(self, path) -> Tensor | None:
+        """The image, or None when it cannot be read and ``on_bad_image`` is skip (warned and counted)."""
+        try:
+            return self.load(path)
+        except (ValueError, OSError) as err:
+            if self.config.on_bad_image == "stop":
+                raise ValueError(f"{err} (iteration {self.iteration}); set on_bad_image: skip to skip such "
+                                 "images, then --resume") from err
+            if str(path) not in self.bad_images:
+                self.bad_images.append(str(path))
+                warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
+            return None
 
     def run(self, resume: bool = False) -> RepairResult:
         from tqdm import tqdm
@@ -391,6 +481,8 @@ class RepairRun:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
+            # Lines after the checkpoint (all of them when it was killed before the first) are run again.
+            self._truncate_log(self.iteration)
         elif self.checkpoint_path.exists():
             raise FileExistsError(
                 f"{self.checkpoint_path} exists from an earlier run: pass --resume to continue it, "
@@ -400,7 +492,8 @@ class RepairRun:
             self.log_path.unlink()
         if cfg.tf32 and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
-        started = time.time()
+        started = self._segment_started = time.time()
+        self.segments.append({"start_iteration": self.iteration, "lr": cfg.lr})
         stop_reason = "max_iters"
         bar = tqdm(total=cfg.max_iters, initial=self.iteration, disable=not self.progress, desc="sinder repair",
                    unit="img", dynamic_ncols=True)
@@ -412,29 +505,35 @@ class RepairRun:
                 if self.crash_at is not None and self.iteration >= self.crash_at:
                     raise KeyboardInterrupt(f"simulated kill at iteration {self.iteration}")
                 path = self.images[self.iteration % len(self.images)]
-                image = self.load(path).unsqueeze(0).to(self.device)
-                self.optimizer.zero_grad(set_to_none=True)
-                result, loss = self.step_fn(image)
-                self.history.append(loss is None)
-                if loss is not None and not (result.nonfinite and self._nonfinite("loss")):
-                    self.step_fn.backward(loss)
-                    grads_finite = all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None)
-                    if grads_finite or not self._nonfinite("gradient"):
-                        self.optimizer.step()
-                entry = {"iter": self.iteration, "image": str(path), "layer": result.layer,
-                         "n_defects": result.n_defects, "loss": result.loss, "alpha": result.alpha,
-                         "clear_fraction": round(self.clear_fraction(), 4), "time": round(time.time() - started, 3)}
+                image = self._load_or_skip(path)
+                if image is None:  # an unreadable image is not an iteration of the algorithm: no history entry
+                    entry = {"iter": self.iteration, "image": str(path), "skipped": "unreadable", "layer": None,
+                             "loss": None}
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    result, loss = self.step_fn(image.unsqueeze(0).to(self.device))
+                    if loss is not None and not (result.nonfinite and self._nonfinite("loss")):
+                        self.step_fn.backward(loss)
+                        grads_finite = all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None)
+                        if grads_finite or not self._nonfinite("gradient"):
+                            self.optimizer.step()
+                    self.history.append(loss is None)  # after the step: a non-finite stop leaves it untouched
+                    entry = {"iter": self.iteration, "image": str(path), "layer": result.layer,
+                             "n_defects": result.n_defects, "loss": result.loss, "alpha": result.alpha,
+                             "clear_fraction": round(self.clear_fraction(), 4)}
+                entry["time"] = round(time.time() - started, 3)
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
                 self.iteration += 1
                 bar.update(1)
-                bar.set_postfix(loss="-" if result.loss is None else f"{result.loss:.4f}",
-                                layer=result.layer, clear=f"{self.clear_fraction():.0%}")
+                bar.set_postfix(loss="-" if entry["loss"] is None else f"{entry['loss']:.4f}",
+                                layer=entry["layer"], clear=f"{self.clear_fraction():.0%}")
                 if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         bar.close()
         self.save_checkpoint()
-        wall = time.time() - started
+        self.segments = self._closed_segments()
+        wall = sum(seg["wall_time_s"] for seg in self.segments)  # every segment of a resumed run
         log_entries = [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
         changes = singular_value_changes(self.model)
         fold_back(self.model)
@@ -452,16 +551,35 @@ class RepairRun:
             sv_changes=changes,
             log=log_entries,
             nonfinite_steps=self.nonfinite_steps,
+            bad_images=list(self.bad_images),
+            segments=list(self.segments),
         )
 
 
+# ------------------------------------------------------------------------------------------- preset scale
+# Backbones far from ViT-g at 518 px carry their own repair defaults; the official ones use RepairConfig's.
+# dinov2_tiny_defective (8 blocks, width 96) is built for 112 px: an 8 x 8 grid whose 6 x 6 interior rarely
+# shows 3 defects at once (sigma = 1), lambda = 4 of its 8 blocks, 20k least-squares samples suffice for a
+# width of 96, and a window of 50 images since its folders hold about a hundred. At 518 px its defects are
+# spread over a 37 x 37 grid with a trigger tuned for 8 x 8 to 16 x 16, and the repair does not converge.
+PRESET_REPAIR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dinov2_tiny_defective": dict(resolution=112, sigma=1, limit_layers=4, n_samples=20_000, window=50,
+                                  max_iters=300, checkpoint_every=100),
+}
+
+
+def preset_defaults(backbone: str) -> tuple[dict[str, Any], str]:
+    """(the repair defaults of ``backbone``, where they come from: 'official' or 'preset <name>')."""
+    name = str(backbone)
+    if name in PRESET_REPAIR_DEFAULTS:
+        return dict(PRESET_REPAIR_DEFAULTS[name]), f"preset {name}"
+    return {}, "official"
+
+
 # ------------------------------------------------------------------------------------------- smoke repair
-SMOKE_CONFIG = dict(
-    # A tiny model has an 8 x 8 grid at 112 px: sigma = 1 (its 6 x 6 interior rarely shows 3 defects at once),
-    # lambda = 4 of its 8 blocks, a short window; everything else as in the official run.
-    resolution=112, num_images=32, max_iters=80, window=20, sigma=1, limit_layers=4, n_samples=20_000,
-    checkpoint_every=0, holdout_images=0,
-)
+# The tiny preset's settings on a shorter budget (32 synthetic photographs, 80 iterations).
+SMOKE_CONFIG = {**PRESET_REPAIR_DEFAULTS["dinov2_tiny_defective"], "num_images": 32, "max_iters": 80, "window": 20,
+                "checkpoint_every": 0, "holdout_images": 0}
 
 
 def repair_for_smoke(model: nn.Module, config: RepairConfig | None = None, seed: int = 0) -> nn.Module:

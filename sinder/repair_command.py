@@ -3,35 +3,53 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
-def run(args) -> int:
-    from .repair import NonFiniteLossError, RepairConfig
-    from .repair_job import repair_checkpoint
+def build_config(args):
+    """(config, which defaults applied): the backbone's preset defaults (official ones for the real presets),
+    then the --config file, then --paper and the command-line flags."""
+    from .repair import RepairConfig, preset_defaults
 
-    config = RepairConfig.from_file(args.config) if args.config else RepairConfig()
+    base, defaults = preset_defaults(args.backbone)
+    data = RepairConfig.read_file(args.config) if args.config else {}
     overrides = {k: v for k, v in {"max_iters": args.max_iters, "num_images": args.num_images,
                                    "resolution": args.resolution}.items() if v is not None}
     if args.paper:
-        config = RepairConfig.paper(**{**config.differences_from_official(), **overrides})
-    elif overrides:
-        config = RepairConfig.from_mapping({**config.differences_from_official(), **overrides})
+        data = {**data, "behaviour": "paper"}
     try:
+        config = RepairConfig.from_mapping({**data, **overrides}, base=base)
+    except ValueError as err:
+        raise ValueError(f"{args.config}: {err}" if args.config else str(err)) from None
+    return config, defaults
+
+
+def run(args) -> int:
+    from .repair import NonFiniteLossError
+    from .repair_job import repair_checkpoint
+
+    try:
+        config, defaults = build_config(args)
         report = repair_checkpoint(args.backbone, args.images, args.out, config=config, weights=args.weights,
                                    work_dir=args.work_dir, resume=args.resume, force=args.force,
                                    device=args.device, progress=not args.no_progress,
-                                   save_format=args.save_format)
+                                   save_format=args.save_format, defaults=defaults)
     except NonFiniteLossError as err:
         print(f"repair stopped: {err}")
         return 3
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}")
+    except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     summary = {k: report[k] for k in ("output", "iterations", "iterations_with_loss", "stop_reason",
-                                      "eq5_defects_removed_fraction", "high_norm_removed_fraction", "wall_time_s")}
+                                      "high_norm_last_block", "high_norm_removed_fraction_last_block",
+                                      "eq5_defects_removed_fraction", "images_made_worse", "wall_time_s")}
     print(json.dumps(summary, indent=2))
     print(f"report: {Path(args.out).with_name(Path(args.out).stem + '.report.json')}")
+    if report.get("warning"):
+        print(report["warning"], file=sys.stderr)
+        if args.fail_on_regression:
+            return 4
     return 0
 
 
@@ -56,4 +74,6 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--fail-on-regression", action="store_true",
+                        help="exit 4 when any held-out image has more high-norm tokens after the repair than before")
     parser.set_defaults(func=run)

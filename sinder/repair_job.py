@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .census import census, compare, worse_warning
 from .checkpoint_formats import CheckpointFormat, check_save_format, save_checkpoint
 from .images import list_images, load_image, stride_subset
+from .plots import plot_singular_value_differences, singular_value_differences
 from .repair import RepairConfig, RepairRun
-from .repair_report import defect_census, plot_singular_value_changes, removed_fraction, write_report
+from .repair_report import write_report
 from .weights import load_backbone
 
 
@@ -26,6 +30,30 @@ def split_images(files: list[Path], num_train: int, num_holdout: int) -> tuple[l
     held = set(holdout)
     train = stride_subset([f for f in files if f not in held], num_train)
     return train, sorted(holdout)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail before any work when ``folder`` cannot take new files (a read-only --out used to fail after the
+    whole repair)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{what} {folder} is not writable ({err.strerror or err}): choose another") from None
+
+
+def readable(images: list[Path], load) -> tuple[list[Path], list[str]]:
+    """(the images that load, the names of those that do not, each warned about)."""
+    good, bad = [], []
+    for path in images:
+        try:
+            load(path)
+            good.append(path)
+        except (ValueError, OSError) as err:
+            warnings.warn(f"skipping unreadable held-out image {path}: {err}", stacklevel=2)
+            bad.append(str(path))
+    return good, bad
 
 
 def default_device() -> str:
@@ -46,6 +74,7 @@ def repair_checkpoint(
     directions_cache: str | Path | None = None,
     crash_at: int | None = None,
     save_format: str = "official",
+    defaults: str = "official",
 ) -> dict[str, Any]:
     """Run SINDER on ``backbone`` with the images under ``images``; write ``out`` and its report.
 
@@ -59,6 +88,8 @@ def repair_checkpoint(
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     work_dir = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+    check_writable(out.parent, "--out's folder")
+    check_writable(work_dir, "the work folder")
     device = device or default_device()
 
     model = load_backbone(backbone, weights=weights)
@@ -67,6 +98,7 @@ def repair_checkpoint(
     files = list_images(images)
     train, holdout = split_images(files, config.num_images, config.holdout_images)
     load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
+    holdout, unreadable_holdout = readable(holdout, load)
 
     from .linearize import singular_defect_directions
 
@@ -74,7 +106,9 @@ def repair_checkpoint(
     directions = singular_defect_directions(model, n_samples=config.n_samples, seed=config.direction_seed,
                                             cache_dir=cache)
     model.to(device)
-    before = defect_census(model, holdout, load, directions, config.mu, config.exclude_border) if holdout else None
+    measure = functools.partial(census, images=holdout, load=load, mu=config.mu,
+                                exclude_border=config.exclude_border, kernel=config.kernel)
+    before = measure(model, directions=directions) if holdout else None
 
     run = RepairRun(model, train, config, work_dir, load, directions=directions, device=device,
                     progress=progress, crash_at=crash_at)
@@ -85,9 +119,19 @@ def repair_checkpoint(
                               force=force, metadata=metadata)
     repaired = load_backbone(backbone, weights=out)  # proves the output loads into a plain DINOv2
     repaired.to(device)
-    after = defect_census(repaired, holdout, load, directions, config.mu, config.exclude_border) if holdout else None
+    after = comparison = None
+    if holdout:
+        # Eq. 5 after the repair along the repaired model's own directions: the old ones would count the
+        # defects that were repaired and miss any new ones.
+        after_directions = singular_defect_directions(repaired, n_samples=config.n_samples,
+                                                      seed=config.direction_seed, cache_dir=work_dir / "directions")
+        after = measure(repaired, directions=after_directions)
+        comparison = compare(before, after)
 
-    figure = plot_singular_value_changes(result.sv_changes, out.with_name(out.stem + ".sv_changes.png"))
+    figure = plot_singular_value_differences(
+        singular_value_differences(load_backbone(backbone, weights=weights).state_dict(), result.state_dict),
+        out.with_name(out.stem + ".sv_changes.png"), ylabel="repaired - original",
+        title="SINDER: change of the leading singular values per block linear layer")
     report = {
         "backbone": backbone,
         "base_weights_sha256": model.weights_sha256,
@@ -95,6 +139,7 @@ def repair_checkpoint(
         "output_sha256": out_sha,
         "output_format": out_format,
         "behaviour": config.behaviour(),
+        "defaults": defaults,
         "config": asdict(config),
         "differences_from_official": config.differences_from_official(),
         "images_folder": str(images),
@@ -104,6 +149,9 @@ def repair_checkpoint(
         "iterations": result.iterations,
         "iterations_with_loss": result.iterations_with_loss,
         "nonfinite_steps": result.nonfinite_steps,
+        "bad_images": len(result.bad_images) + len(unreadable_holdout),
+        "bad_image_files": result.bad_images + unreadable_holdout,
+        "segments": result.segments,
         "stop_reason": result.stop_reason,
         "final_clear_fraction": result.clear_fraction,
         "wall_time_s": round(result.wall_time_s, 2),
@@ -111,8 +159,15 @@ def repair_checkpoint(
         "peak_memory_bytes": result.peak_memory_bytes,
         "defects_before": before,
         "defects_after": after,
-        "eq5_defects_removed_fraction": removed_fraction(before, after, "eq5_defects_per_layer") if before else None,
-        "high_norm_removed_fraction": removed_fraction(before, after, "high_norm_tokens_per_layer") if before else None,
+        "eq5_directions": "each model's own (recomputed on the repaired model)",
+        "eq5_defects_removed_fraction": comparison["eq5_removed_fraction"] if comparison else None,
+        "high_norm_removed_fraction": comparison["high_norm_removed_fraction"] if comparison else None,
+        "high_norm_last_block": comparison["high_norm_last_block"] if comparison else None,
+        "high_norm_removed_fraction_last_block": (comparison["high_norm_removed_fraction_last_block"]
+                                                  if comparison else None),
+        "images_made_worse": comparison["images_made_worse"] if comparison else None,
+        "worse_images": comparison["worse_images"] if comparison else None,
+        "warning": worse_warning(comparison) if comparison else None,
         "singular_value_changes": {k: {"min": float(v.min()), "max": float(v.max()), "mean_abs": float(v.abs().mean())}
                                    for k, v in result.sv_changes.items()},
         "figure_sv_changes": str(figure),

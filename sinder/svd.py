@@ -9,6 +9,7 @@ plain ``nn.Linear`` layers, so the repaired checkpoint has exactly the keys of t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import torch
@@ -82,15 +83,26 @@ class SVDLinear(nn.Module):
         return linear
 
 
+# The one definition of a "block linear layer", shared by the repair's parametrization, the clamp (Appendix B)
+# and Figure 7: the weight of a block's attention qkv / proj or MLP w12 / w3 / fc1 / fc2 (DINOv2's key names,
+# optionally chunked as blocks.<chunk>.<i>). Biases, norms and layer scales are not.
+BLOCK_LINEAR_KEY = re.compile(r"(^|\.)blocks\.(\d+\.)?\d+\.(attn\.(qkv|proj)|mlp\.(w12|w3|fc1|fc2))\.weight$")
+
+
+def is_block_linear(key: str, tensor: Tensor) -> bool:
+    """True for a state-dict entry that is a block linear layer's weight."""
+    return tensor.ndim == 2 and BLOCK_LINEAR_KEY.search(key) is not None
+
+
 def _block_linears(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(parent module, attribute) of every nn.Linear inside ``model.blocks``."""
-    return [
-        (module, attr)
-        for block in model.blocks
-        for module in block.modules()
-        for attr, child in module.named_children()
-        if isinstance(child, nn.Linear)
-    ]
+    """(parent module, attribute) of every block linear layer of ``model`` (``is_block_linear`` on its key)."""
+    found = []
+    for name, module in model.named_modules():
+        for attr, child in module.named_children():
+            key = f"{name}.{attr}.weight" if name else f"{attr}.weight"
+            if isinstance(child, nn.Linear) and is_block_linear(key, child.weight):
+                found.append((module, attr))
+    return found
 
 
 def parametrize_singular_values(model: nn.Module, trainable: str = "singular_values_except_qk") -> list[str]:

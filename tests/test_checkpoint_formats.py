@@ -261,5 +261,6 @@ def test_repair_cli_refuses_a_file_for_a_hugging_face_source_format(tmp_path, ca
     code = main(["repair", "--backbone", str(folder), "--images", str(tmp_path), "--out", str(out),
                  "--save-format", "source", "--no-progress"])  # fmt: skip
     assert code == 2
-    assert "folder name without a suffix" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "folder name without a suffix" in captured.out + captured.err
     assert not out.exists()

@@ -166,5 +166,5 @@ def test_analyze_command_writes_statistics_and_figures(tmp_path, capsys):
         assert (out / record["figures"][name].split("/")[-1]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "eq5/img" in printed and "analysis.json" in printed
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["analyze", "--backbone", "dinov2_tiny_defective", "--images", str(tmp_path / "nope")])
+    assert main(["analyze", "--backbone", "dinov2_tiny_defective", "--images", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
