@@ -54,6 +54,7 @@ from sinder.atomic import atomic_write_text
 # match wins (so the NVL/PCIe variants come before the bare name). NVIDIA's datasheets quote "with sparsity";
 # the dense peak is half of that.
 BF16_PEAK_TFLOPS: list[tuple[str, float, str]] = [
+    ("GH200", 989.5, "NVIDIA GH200 datasheet (nvidia.com/en-us/data-center/grace-hopper-superchip): 1,979 sparse"),
     ("H200 NVL", 835.0, "NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): 1,671 TFLOPS bf16 sparse"),
     ("H200", 989.5, "NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): 1,979 TFLOPS bf16 sparse, SXM"),
     ("H100 NVL", 835.0, "NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): 1,671 TFLOPS bf16 sparse, NVL"),
