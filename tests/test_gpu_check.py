@@ -69,7 +69,8 @@ def test_tiny_check_writes_every_measurement(tmp_path):
     # 518 px has (37/16)^2 more patches than 224 px and attention grows with the square of the tokens
     assert m["feature_extraction_518"]["flops_per_image"]["total"] > 5 * m["feature_extraction_224"]["flops_per_image"]["total"]
     rep = m["repair"]
-    for key in ("svd_setup_s", "iterations_per_s", "seconds_per_iteration", "peak_memory_gib", "last_loss"):
+    assert rep["directions_error"] is None
+    for key in ("svd_setup_s", "directions_setup_s", "iterations_per_s", "seconds_per_iteration", "peak_memory_gib", "last_loss"):
         assert _finite_positive(rep[key]), key
     assert rep["iterations_per_s"] == pytest.approx(1 / rep["seconds_per_iteration"])
     assert rep["verdict"] == ("pass" if rep["seconds_per_iteration"] <= 0.12 else "miss")

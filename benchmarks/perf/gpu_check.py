@@ -10,7 +10,8 @@ Measures, each in its own try-block (an OOM in one still writes the others):
   count (:func:`vit_forward_flops`; the peak from :data:`BF16_PEAK_TFLOPS` by device name, ``null`` with the
   reason when the name is not in the table). Goal (issue 16): >= 60% of peak.
 * ``repair``: SINDER repair iterations/s at 518 px, lambda 10, on random ViT-g weights, with the real
-  ``sinder.svd.parametrize_singular_values`` (timed: the SVD set-up), ``sinder.repair.SinderStep`` (defect
+  ``sinder.svd.parametrize_singular_values`` (timed: the SVD set-up; also timed: the singular defect directions,
+  ``sinder.linearize.singular_defect_directions`` with 100k samples), ``sinder.repair.SinderStep`` (defect
   detection on every block) and SGD as ``RepairRun`` sets it up. Random weights have no defects, so the loss
   layer is pinned to the last block (the worst case: the most blocks run before the loss). Peak memory.
   Goal (issue 16): 30,000 iterations within an hour, i.e. <= 120 ms an iteration.
@@ -48,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.core.results import git_commit
 from sinder.atomic import atomic_write_text
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by a substring of torch.cuda.get_device_name(), first
@@ -80,6 +82,7 @@ class Sizes:
     repair_resolution: int
     repair_window: int
     repair_iterations: int
+    direction_samples: int  # Gaussian samples of the singular defect directions' least squares (official: 100k)
     knn: dict[str, Any]
     seg_crop: int | None  # None: the config's 512
     seg_batch: int | None  # None: the config's
@@ -92,14 +95,14 @@ class Sizes:
 
 FULL = Sizes(
     scale="full", preset="dinov2_vitg14", extraction=[(224, 64, 20), (518, 16, 10)], repair_resolution=518,
-    repair_window=10, repair_iterations=20,
+    repair_window=10, repair_iterations=20, direction_samples=100_000,
     knn={"n_train": 1_281_167, "n_test": 50_000, "dim": 1536, "classes": 1000, "ks": [10, 20, 100, 200],
          "chunk_size": 1024},
     seg_crop=None, seg_batch=None, seg_workers=8, seg_iterations=10, jpeg_images=512, jpeg_size=(500, 375), jpeg_workers=[1, 4],
 )  # fmt: skip
 TINY = Sizes(
     scale="tiny", preset="dinov2_tiny_swiglu", extraction=[(224, 2, 2), (518, 1, 1)], repair_resolution=112,
-    repair_window=3, repair_iterations=2,
+    repair_window=3, repair_iterations=2, direction_samples=2000,
     knn={"n_train": 3000, "n_test": 200, "dim": 32, "classes": 10, "ks": [10, 20], "chunk_size": 64},
     seg_crop=56, seg_batch=2, seg_workers=0, seg_iterations=4, jpeg_images=8, jpeg_size=(80, 60), jpeg_workers=[1],
 )  # fmt: skip
@@ -219,6 +222,21 @@ def _pinned_step(model: nn.Module, window: int):
     return step
 
 
+def _time_directions(model: nn.Module, n_samples: int, device: torch.device) -> tuple[float | None, str | None]:
+    """Seconds of the singular defect directions' set-up (Section 3, the official least squares) on the device;
+    (None, error) when it fails, so the repair timing still runs."""
+    from sinder.linearize import singular_defect_directions
+
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        singular_defect_directions(model, n_samples=n_samples, device=device)
+        _sync(device)
+        return time.perf_counter() - start, None
+    except Exception as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
 def measure_repair(sizes: Sizes, device: torch.device) -> dict:
     from sinder.repair import RepairConfig
     from sinder.svd import parametrize_singular_values
@@ -227,6 +245,7 @@ def measure_repair(sizes: Sizes, device: torch.device) -> dict:
     cfg = RepairConfig()
     _reset_peak(device)
     model = build_vit(sizes.preset, seed=0).to(device).eval()
+    directions_s, directions_error = _time_directions(model, sizes.direction_samples, device)
     _sync(device)
     start = time.perf_counter()
     parametrize_singular_values(model, cfg.trainable)  # the SVD of every block linear, on the device
@@ -263,7 +282,8 @@ def measure_repair(sizes: Sizes, device: torch.device) -> dict:
     return {
         "preset": sizes.preset, "resolution": sizes.repair_resolution, "lambda": sizes.repair_window,
         "loss_layer": "pinned to the last block (worst case)", "iterations_timed": sizes.repair_iterations,
-        "svd_setup_s": svd_s, "iterations_per_s": 1 / per_iter, "seconds_per_iteration": per_iter,
+        "svd_setup_s": svd_s, "directions_setup_s": directions_s, "directions_samples": sizes.direction_samples,
+        "directions_error": directions_error, "iterations_per_s": 1 / per_iter, "seconds_per_iteration": per_iter,
         "projected_30k_iterations_h": per_iter * 30_000 / 3600, "peak_memory_gib": peak, "peak_memory_measure": how,
         "trainable_parameters": sum(p.numel() for p in params), "last_loss": losses[-1],
         "goal": _goal("30,000 iterations within 1 h: <= 0.12 s an iteration", REPAIR_GOAL_S, "issue 16"),
@@ -452,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "gpu_check", "scale": sizes.scale, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "note": "toy sizes: verdicts say nothing about the goals" if args.tiny else "sizes of issue 16",
-        "device": _device_info(device), "sizes": asdict(sizes), "verdicts": verdicts,
+        "git_commit": git_commit(), "device": _device_info(device), "sizes": asdict(sizes), "verdicts": verdicts,
         "measurements": measurements, "total_wall_s": time.perf_counter() - started,
     }  # fmt: skip
     path = Path(args.out) / ("gpu_check_tiny.json" if args.tiny else "gpu_check.json")
