@@ -125,7 +125,9 @@ def _data_parallel(heads: nn.Module, device: torch.device) -> nn.Module:
         return heads
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(heads, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type != "cuda":
+        return DistributedDataParallel(heads)
+    return DistributedDataParallel(heads, device_ids=[torch.cuda.current_device() if device.index is None else device.index])
 
 
 @torch.no_grad()
