@@ -19,6 +19,7 @@ VERB_MODULES = [
     "sinder.repair_command",
     "sinder.ttr_command",
     "benchmarks.core.commands",
+    "benchmarks.core.launch",  # after commands: adds --launcher to its `run`, and `status`
 ]
 
 

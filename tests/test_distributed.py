@@ -71,8 +71,16 @@ class _Identity(torch.nn.Module):
         return tuple((x[:, None, :], x * (i + 1)) for i in range(n))
 
 
+class _Augmented(torch.utils.data.TensorDataset):
+    """Random noise added per draw from torch's global generator, as the image augmentations draw theirs."""
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return x + 0.5 * torch.randn(x.shape), y
+
+
 def linear_case(batch_per_rank):
-    """Accuracies of 8 heads after 6 steps on noisy data (so heads differ), as a tensor."""
+    """Accuracies of 8 heads after 6 steps on noisy, randomly augmented data (so heads differ), as a tensor."""
     from torch.utils.data import TensorDataset
 
     from benchmarks.classification.linear import head_configs, train_linear_probe
@@ -80,7 +88,7 @@ def linear_case(batch_per_rank):
     gen = torch.Generator().manual_seed(5)
     labels = torch.randint(0, 4, (96,), generator=gen)
     x = torch.randn(4, 6, generator=gen)[labels] + 1.5 * torch.randn(96, 6, generator=gen)
-    train, val = TensorDataset(x[:64], labels[:64]), TensorDataset(x[64:], labels[64:])
+    train, val = _Augmented(x[:64], labels[:64]), TensorDataset(x[64:], labels[64:])
     out = train_linear_probe(_Identity(), train, val, 4, iterations=6, batch_size=batch_per_rank, seed=1,
                              configs=head_configs([1, 4], [False, True], [0.5, 5.0]))  # fmt: skip
     return torch.tensor([[v["top1"], v["top5"]] for v in out["heads"].values()], dtype=torch.float64)
@@ -103,7 +111,9 @@ def test_two_gloo_processes_match_one(tmp_path):
 
     script = tmp_path / "worker.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # This checkout's code, not an installed copy: the worker script's folder is not the repository root.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            str(tmp_path), os.path.dirname(__file__)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)

@@ -102,11 +102,32 @@ def _epoch_indices(n: int, epoch: int, seed: int) -> list[int]:
     return order[: len(order) - len(order) % world][D.rank() :: world]
 
 
-def _average_gradients(module: nn.Module) -> None:
-    if D.world_size() > 1:
-        for p in module.parameters():
-            if p.grad is not None:
-                D.all_reduce_sum(p.grad).div_(D.world_size())
+class SeededSamples(Dataset):
+    """``dataset[i]`` drawn under a generator seeded by (seed, epoch, i): a sample's augmentation is the same
+    whichever rank, DataLoader worker or resumed run loads it, so N ranks train on the batches one process would."""
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 2**24 + index) % 2**63)
+            return self.dataset[index]
+
+
+def _data_parallel(heads: nn.Module, device: torch.device) -> nn.Module:
+    """``heads`` under DistributedDataParallel when several ranks train (bucketed gradient all-reduce, averaged
+    over ranks), else ``heads`` itself."""
+    if D.world_size() <= 1:
+        return heads
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type != "cuda":
+        return DistributedDataParallel(heads)
+    return DistributedDataParallel(heads, device_ids=[torch.cuda.current_device() if device.index is None else device.index])
 
 
 @torch.no_grad()
@@ -164,9 +185,11 @@ def train_linear_probe(
     """Train every head for ``iterations`` steps of ``batch_size`` images per rank, then evaluate them all.
 
     With ``checkpoint``, training resumes from its saved state (heads, optimizer, schedule, data position, RNG)
-    and saves at its interval: a resumed run ends with the same heads as an uninterrupted one (exactly with
-    ``num_workers=0``; with workers the batches are the same but the augmentation draws of the loader workers
-    of the interrupted epoch differ).
+    and saves at its interval: a resumed run ends with the same heads as an uninterrupted one (each sample's
+    augmentation is seeded by (seed, epoch, index): :class:`SeededSamples`).
+
+    Under torchrun each rank trains on its interleaved share of every global batch (``batch_size`` per rank) with
+    the heads wrapped in DistributedDataParallel: the same heads as one process with ``batch_size x ranks``.
 
     Returns ``{"metrics": {"top1", "top5"}, "hparams": best head's config + scaled lr,
     "heads": {name: {"top1", "top5"}}}``.
@@ -193,6 +216,7 @@ def train_linear_probe(
     n_blocks = max(cfg.n_last_blocks for cfg in configs)
 
     heads.train()
+    trained = _data_parallel(heads, device)
     step, epoch, offset = 0, 0, 0  # offset: batches of this epoch already trained on
     signature = module_signature(heads)
     state = checkpoint.load(signature) if checkpoint is not None else None
@@ -209,7 +233,8 @@ def train_linear_probe(
         drop_last = len(local) >= batch_size
         n_batches = len(local) // batch_size if drop_last else -(-len(local) // batch_size)
         loader = DataLoader(
-            Subset(train_dataset, local[offset * batch_size :]), batch_size=batch_size, shuffle=False,
+            Subset(SeededSamples(train_dataset, seed, epoch), local[offset * batch_size :]), batch_size=batch_size,
+            shuffle=False,
             num_workers=num_workers, drop_last=drop_last,
             # Its own generator: the loader's seed draw must not move the global RNG the augmentations use
             # (a resumed epoch would otherwise see other draws).
@@ -218,10 +243,9 @@ def train_linear_probe(
         for images, labels in loader:
             tokens = backbone_tokens(backbone, images.to(device), n_blocks, amp_dtype)
             labels = torch.as_tensor(labels).to(device)
-            loss = sum(F.cross_entropy(out, labels) for out in heads(tokens))
+            loss = sum(F.cross_entropy(out, labels) for out in trained(tokens))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _average_gradients(heads)
+            loss.backward()  # under DDP: gradients averaged over ranks, as one process on the global batch
             optimizer.step()
             scheduler.step()
             step += 1
@@ -250,6 +274,8 @@ def train_linear_probe(
         "head": best_cfg.name,
         "lr_scaled": best_cfg.lr * scale,
         "global_batch": global_batch,
+        "batch_per_rank": batch_size,
+        "world_size": D.world_size(),
         "iterations": iterations,
         "epochs_seen": epoch,
     }
