@@ -15,7 +15,10 @@ from benchmarks.depth.metrics import LOWER_IS_BETTER, METRICS
 
 PAPER = {"iterations": 38400, "warmup": 12800, "batch_size": 16, "lr": 1e-4, "weight_decay": 0.01,
          "grad_clip": 35.0, "crop": [416, 544], "min_depth": 1e-3, "max_depth": 10.0, "n_bins": 256,
-         "upsample": 4, "dpt_channels": 256, "sig_weight": 1.0, "grad_weight": 0.5, "flip_eval": True}  # fmt: skip
+         "upsample": 4, "dpt_channels": 256, "sig_weight": 1.0, "grad_weight": 0.5, "flip_eval": True,
+         # as DINOv2's code computes them (train.SWITCHES); its evaluations run the backbone in fp16
+         "gradient_loss": "reference", "colour_aug": "reference", "eval_resize": "reference",
+         "eval_valid_gt": "reference", "autocast": "float16"}  # fmt: skip
 # Smoke: 150 iterations; the linear heads need a larger step than DPT to move the bin readout off its initial
 # mean (about (min_depth + max_depth) / 2) in so few iterations.
 SMOKE = {**PAPER, "iterations": 150, "warmup": 15, "batch_size": 4, "lr": 1e-3, "crop": [84, 112],
@@ -52,13 +55,14 @@ class _DepthTask(Task):
         root = ctx.dataset_root("nyud")
         train_set, test_set = NYUDepthV2(root, "train"), NYUDepthV2(root, "test")
         head = train_head(backbone, train_set, cfg, device=ctx.device, seed=ctx.seed, num_workers=ctx.num_workers,
-                          log=ctx.log if ctx.progress else None)  # fmt: skip
-        metrics = evaluate(backbone, head, test_set, cfg, device=ctx.device, num_workers=ctx.num_workers)
+                          log=ctx.log if ctx.progress else None, amp_dtype=ctx.amp_dtype)  # fmt: skip
+        metrics = evaluate(backbone, head, test_set, cfg, device=ctx.device, num_workers=ctx.num_workers,
+                           amp_dtype=ctx.amp_dtype)  # fmt: skip
         n_images = int(metrics.pop("n_images"))
         baseline = mean_depth_baseline(
             (train_set[i]["depth"] for i in range(len(train_set))),
             (test_set[i]["depth"] for i in range(min(len(test_set), cfg.eval_images or len(test_set)))),
-            cfg.min_depth, cfg.max_depth,
+            cfg.min_depth, cfg.max_depth, include_max=cfg.eval_valid_gt == "inclusive",
         )  # fmt: skip
         hparams = {
             "blocks": head_blocks(cfg.head, len(backbone.blocks)),
@@ -68,25 +72,26 @@ class _DepthTask(Task):
             "test_images": n_images,
             "features": "patch tokens + class token, no final norm",
         }
-        return {"metrics": metrics, "hparams": hparams, "details": {"mean_depth_baseline": baseline}}
+        return {"metrics": metrics, "hparams": hparams, "details": {"mean_depth_baseline": baseline},
+                "deviations": cfg.deviations()}  # fmt: skip
 
 
 @register_task
 class DepthNYULinear1(_DepthTask):
     name = "depth_nyu_linear1"
-    title = "NYU Depth v2, Linear 1 (last block + class token, BN + 1x1 conv, 256 bins)"
+    title = "NYU Depth v2, Linear 1 (last block + class token, 1x1 conv, 256 bins)"
     head = "linear1"
 
 
 @register_task
 class DepthNYULinear4(_DepthTask):
     name = "depth_nyu_linear4"
-    title = "NYU Depth v2, Linear 4 (four blocks + class tokens, BN + 1x1 conv, 256 bins)"
+    title = "NYU Depth v2, Linear 4 (four blocks + class tokens, 1x1 conv, 256 bins)"
     head = "linear4"
 
 
 @register_task
 class DepthNYUDPT(_DepthTask):
     name = "depth_nyu_dpt"
-    title = "NYU Depth v2, DPT head on four blocks (256 bins)"
+    title = "NYU Depth v2, DPT head on four blocks (regression readout)"
     head = "dpt"
