@@ -53,6 +53,10 @@ class DepthConfig:
     eval_resize: str = "reference"  # reference (clamp, resize the padded frame's map to GT) | unpad (cut padding)
     eval_valid_gt: str = "reference"  # reference: min < gt < max (the toolbox) | inclusive: min < gt <= max
     autocast: str = "float16"  # the backbone's CUDA autocast dtype (applied by the runner: ctx.amp_dtype)
+    # DPT's regression readout relu(x) + min_depth is dead from the start (no gradient ever) when PyTorch's
+    # default init makes x < 0 everywhere, about one seed in two on small heads; "positive_readout" starts the
+    # last conv's bias at 1 so every pixel is alive.
+    head_init: str = "reference"  # reference | positive_readout
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -76,12 +80,15 @@ class DepthConfig:
 
 
 SWITCHES = {"gradient_loss": GRADIENT_LOSSES, "colour_aug": tuple(COLOUR_AUGS), "eval_resize": ("reference", "unpad"),
-            "eval_valid_gt": ("reference", "inclusive")}
+            "eval_valid_gt": ("reference", "inclusive"), "head_init": ("reference", "positive_readout")}
 
 
 def make_head(cfg: DepthConfig, embed_dim: int) -> nn.Module:
-    return build_head(cfg.head, embed_dim, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
+    head = build_head(cfg.head, embed_dim, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
                       channels=cfg.dpt_channels, n_bins=cfg.n_bins, upsample=cfg.upsample)  # fmt: skip
+    if cfg.head_init == "positive_readout" and cfg.head == "dpt":
+        nn.init.constant_(head.conv_depth.head[-1].bias, 1.0)
+    return head
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -154,6 +161,11 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
         images, depth = next(batches)
         images, depth = images.to(device, non_blocking=True), depth.to(device, non_blocking=True)
         pred = model(backbone_features(backbone, images, blocks, amp_dtype))
+        if step == 0 and cfg.head == "dpt" and bool((pred.detach() <= cfg.min_depth).all()):
+            head.dead_at_init = True
+            if log is not None:
+                log("depth dpt: the readout relu(x) + min_depth is 0 + min_depth everywhere at initialization, so no "
+                    "gradient flows; rerun with another seed or head_init: positive_readout")  # fmt: skip
         pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
         loss = depth_loss(pred, depth, cfg, step)
         optimizer.zero_grad(set_to_none=True)
