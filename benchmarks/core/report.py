@@ -86,6 +86,18 @@ def aggregate(records: list[dict]) -> dict[tuple[str, str, str], dict[str, Any]]
     }
 
 
+def deviation_notes(table: dict, records: list[dict]) -> list[str]:
+    """One line per (backbone, task, profile) of this table's tasks whose records list deviations from the
+    reference code (the record's ``deviations``), with the autocast dtype the runs computed in."""
+    tasks = {col["task"] for col in table["columns"]}
+    found: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for rec in records:
+        if rec["task"] in tasks and rec.get("deviations"):
+            found[(rec["backbone"]["label"], rec["task"], rec["profile"])].update(rec["deviations"])
+    return [f"- {label} / {task} ({profile}): " + "; ".join(sorted(devs))
+            for (label, task, profile), devs in sorted(found.items())]  # fmt: skip
+
+
 def match_row(label: str, rows: list[dict]) -> dict | None:
     """The paper row a backbone label stands for: an exact name first, then the first glob in file order."""
     for row in rows:
@@ -279,6 +291,9 @@ def build_report(
         frames.append(frame)
         if fmt == "md":
             text = render_markdown(table, frame)
+            notes = deviation_notes(table, records)
+            if notes:
+                text += "\nDeviations from the reference code in the runs shown:\n\n" + "\n".join(notes) + "\n"
         elif fmt == "latex":
             text = render_latex(table, frame)
         else:

@@ -279,7 +279,7 @@ def run_suite(
     problems += [p for p in (B.backbone_problem(s) for s in specs) if p]
     for task in tasks:
         try:
-            task.config(profile)
+            autocast_dtype(task.config(profile))
         except ValueError as err:
             problems.append(str(err))
     if profile == "smoke" and problems:
@@ -338,8 +338,9 @@ class _Job:
             self.say(f"[{spec.label}] {task.name}: already recorded, skipped (--resume)")
             return
         config = task.config(self.profile)
+        amp_dtype = autocast_dtype(config)
         ctx = TaskContext(
-            profile=self.profile, config=config, datasets=self.roots, device=self.device,
+            profile=self.profile, config=config, datasets=self.roots, device=self.device, amp_dtype=amp_dtype,
             feature_cache=self.cache / "features", seed=self.seed, num_workers=self.num_workers,
             progress=self.progress, weights_sha256=sha, backbone_label=spec.label,
             work_dir=self.cache / "work" / f"{task.name}-{sha[:16]}-{self.profile}", log=self.say,
@@ -363,13 +364,39 @@ class _Job:
                 metric_directions=_metric_directions(task, metrics), hparams=result.get("hparams", {}),
                 config=config, seed=self.seed, wall_time_s=wall, device=device_info(self.device, D.world_size()),
                 extra={"datasets": {k: str(v) for k, v in self.roots.items() if k in used},
-                       **({"details": result["details"]} if result.get("details") else {})},
+                       **({"details": result["details"]} if result.get("details") else {}),
+                       **run_deviations(config, result, self.device, amp_dtype)},
             )  # fmt: skip
             path = self.store.write(record)
             headline = ", ".join(f"{m.name}={metrics[m.name]:.4g}" for m in task.metrics if m.name in metrics)
             self.say(f"[{spec.label}] {task.name}: {headline or 'done'} ({wall:.1f} s) -> {path}")
         D.barrier()
         self.summary.ran.append(entry)
+
+
+AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}
+
+
+def autocast_dtype(config: dict[str, Any]) -> torch.dtype | None:
+    """The CUDA autocast dtype a task's config asks for (``autocast``: float16, bfloat16 or float32 = none);
+    bfloat16 when it does not say."""
+    name = config.get("autocast", "bfloat16")
+    if name not in AUTOCAST:
+        raise ValueError(f"config autocast={name!r}: use one of {', '.join(AUTOCAST)}")
+    return AUTOCAST[name]
+
+
+def run_deviations(config: dict[str, Any], result: dict[str, Any], device: torch.device, amp_dtype) -> dict:
+    """The record's ``autocast`` (the dtype the backbone actually ran in) and ``deviations``: every switch and
+    deliberate departure from the reference code the task reports, plus autocast when it differs."""
+    from .features import compute_dtype_name
+
+    ran = compute_dtype_name(device, amp_dtype)
+    deviations = list(result.get("deviations", []))
+    wanted = config.get("autocast")
+    if wanted is not None and ran != wanted:
+        deviations.append(f"autocast: the reference uses {wanted}, this run computed in {ran} ({device.type})")
+    return {"autocast": ran, "deviations": deviations}
 
 
 def _write_summary(out: Path, summary: RunSummary) -> Path:

@@ -66,6 +66,7 @@ class _SegTask(Task):
             "dataset": self.dataset,
             "setting": self.setting,
             "overrides": dict(SMOKE[self.setting]) if profile == "smoke" else {},
+            "autocast": "float32",  # the mmseg pipeline runs the backbone without autocast; recorded as such
         }
 
     def run(self, backbone, ctx) -> dict[str, Any]:
