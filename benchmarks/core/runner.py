@@ -61,6 +61,8 @@ class TaskContext:
     backbone_label: str = ""
     work_dir: Path | None = None  # scratch space of this task (checkpoints of long trainings)
     log: Callable[[str], None] = print
+    head_weights: Path | None = None  # folder of released heads to evaluate instead of training (--head-weights)
+    backbone_name: str = ""  # the architecture name of the backbone spec (e.g. dinov2_vitg14)
 
     @property
     def world_size(self) -> int:
@@ -241,6 +243,7 @@ def run_suite(
     num_workers: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    head_weights: str | Path | None = None,
 ) -> RunSummary:
     """Run ``suite`` on ``backbones`` (specs; smoke default: the defective tiny model and its repaired twin)."""
     if profile not in PROFILES:
@@ -282,6 +285,9 @@ def run_suite(
             autocast_dtype(task.config(profile))
         except ValueError as err:
             problems.append(str(err))
+    head_dir = Path(head_weights).expanduser() if head_weights else None
+    if head_dir is not None:
+        problems += released_head_problems(tasks, specs, head_dir)
     if profile == "smoke" and problems:
         _preflight_failed(suite, profile, problems)  # before synthesizing any data
     roots, data_problems = prepare_datasets(tasks, profile, data_root, cache, seed)
@@ -298,7 +304,7 @@ def run_suite(
             summary.notes.append("repaired twin skipped: sinder.repair.repair_for_smoke not in this checkout")
 
     job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, ResultStore(out),
-               summary, say)  # fmt: skip
+               summary, say, head_dir)  # fmt: skip
     for spec in specs:
         model = sha = None
         for task in tasks:
@@ -330,6 +336,7 @@ class _Job:
     store: ResultStore
     summary: RunSummary
     say: Callable[[str], None]
+    head_weights: Path | None = None
 
     def run_task(self, task: Task, model, spec: B.BackboneSpec, sha: str, resume: bool) -> None:
         entry = {"backbone": spec.label, "task": task.name, "weights_sha256": sha}
@@ -344,6 +351,7 @@ class _Job:
             feature_cache=self.cache / "features", seed=self.seed, num_workers=self.num_workers,
             progress=self.progress, weights_sha256=sha, backbone_label=spec.label,
             work_dir=self.cache / "work" / f"{task.name}-{sha[:16]}-{self.profile}", log=self.say,
+            head_weights=self.head_weights, backbone_name=spec.name,
         )  # fmt: skip
         self.say(f"[{spec.label}] {task.name} ({self.profile}) ...")
         torch.manual_seed(self.seed)
@@ -372,6 +380,25 @@ class _Job:
             self.say(f"[{spec.label}] {task.name}: {headline or 'done'} ({wall:.1f} s) -> {path}")
         D.barrier()
         self.summary.ran.append(entry)
+
+
+def released_head_problems(tasks: Sequence[Task], specs, head_dir: Path) -> list[str]:
+    """What is missing to evaluate released heads from ``head_dir``: the folder, a task without released heads,
+    or a head file (named with where the release lives)."""
+    if not head_dir.is_dir():
+        return [f"--head-weights {head_dir}: folder does not exist"]
+    problems = []
+    for task in tasks:
+        name_of = getattr(task, "released_head_file", None)
+        if name_of is None:
+            problems.append(f"task {task.name}: no released head to evaluate; run it without --head-weights")
+            continue
+        for spec in specs:
+            path = head_dir / name_of(spec.name)
+            if not path.is_file():
+                problems.append(f"released head {path} is missing: DINOv2 publishes it as "
+                                f"https://dl.fbaipublicfiles.com/dinov2/{spec.name}/{path.name}")  # fmt: skip
+    return problems
 
 
 AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}

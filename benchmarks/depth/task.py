@@ -8,6 +8,7 @@ carries the metrics of predicting the mean training depth everywhere, the floor 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from benchmarks.core.registry import PROFILES, Metric, Task, register_task
@@ -47,17 +48,29 @@ class _DepthTask(Task):
             return {"head": self.head, **SMOKE, "lr": SMOKE_LR[self.head], "head_init": SMOKE_HEAD_INIT[self.head]}
         return {"head": self.head, **PAPER}
 
+    def released_head_file(self, arch: str) -> str:
+        from benchmarks.depth.released import released_head_file
+
+        return released_head_file(arch, self.head)
+
     def run(self, backbone, ctx) -> dict[str, Any]:
         from benchmarks.data.nyud import NYUDepthV2
         from benchmarks.depth.features import head_blocks
         from benchmarks.depth.metrics import mean_depth_baseline
-        from benchmarks.depth.train import DepthConfig, evaluate, train_head
+        from benchmarks.depth.released import load_released_head
+        from benchmarks.depth.train import DepthConfig, evaluate, make_head, train_head
 
         cfg = DepthConfig.from_dict(ctx.config)
         root = ctx.dataset_root("nyud")
         train_set, test_set = NYUDepthV2(root, "train"), NYUDepthV2(root, "test")
-        head = train_head(backbone, train_set, cfg, device=ctx.device, seed=ctx.seed, num_workers=ctx.num_workers,
-                          log=ctx.log if ctx.progress else None, amp_dtype=ctx.amp_dtype)  # fmt: skip
+        released = None
+        if ctx.head_weights is not None:  # DINOv2's released head, inference only
+            head = make_head(cfg, int(backbone.embed_dim))
+            released = load_released_head(Path(ctx.head_weights) / self.released_head_file(ctx.backbone_name), head)
+            head = head.to(ctx.device).eval()
+        else:
+            head = train_head(backbone, train_set, cfg, device=ctx.device, seed=ctx.seed, num_workers=ctx.num_workers,
+                              log=ctx.log if ctx.progress else None, amp_dtype=ctx.amp_dtype)  # fmt: skip
         metrics = evaluate(backbone, head, test_set, cfg, device=ctx.device, num_workers=ctx.num_workers,
                            amp_dtype=ctx.amp_dtype)  # fmt: skip
         n_images = int(metrics.pop("n_images"))
@@ -74,6 +87,7 @@ class _DepthTask(Task):
             "dead_readout_at_init": bool(getattr(head, "dead_at_init", False)),
             "test_images": n_images,
             "features": "patch tokens + class token, no final norm",
+            "head": released or {"source": "trained"},
         }
         return {"metrics": metrics, "hparams": hparams, "details": {"mean_depth_baseline": baseline},
                 "deviations": cfg.deviations()}  # fmt: skip
