@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     run.add_argument(
         "--head-weights", default=None, metavar="DIR",
         help="evaluate DINOv2's released heads from DIR (official file names) instead of training heads "
-        "(table5 depth heads)",
+        "(table5 depth heads, table4 segmentation heads)",
     )  # fmt: skip
     run.set_defaults(func=_cmd_run)
 
