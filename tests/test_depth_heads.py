@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.depth.features import backbone_features
-from benchmarks.depth.heads import DPTDepthHead, LinearDepthHead
-from benchmarks.depth.train import DepthConfig, build_head, predict
+from benchmarks.depth.heads import DPTDepthHead, LinearDepthHead, build_head
+from benchmarks.depth.train import DepthConfig, make_head, predict
 from benchmarks.depth.transforms import MEAN, STD, TrainTransform, rotate, scaled_box
 from sinder.vit import build_vit
 
@@ -18,53 +18,56 @@ def _features(n_layers, dim=16, h=4, w=6, batch=2, seed=0):
     return [(torch.randn(batch, dim, h, w, generator=gen), torch.randn(batch, dim, generator=gen)) for _ in range(n_layers)]
 
 
-def test_linear_head_is_bn_conv_over_upsampled_patch_and_cls():
+def test_linear_head_is_one_conv_over_upsampled_patch_and_cls():
     torch.manual_seed(0)
-    head = LinearDepthHead(16, 2, upsample=4, n_bins=8, min_depth=0.5, max_depth=4.0).eval()
-    feats = _features(2)
+    head = build_head("linear4", 16, min_depth=0.5, max_depth=4.0, n_bins=8).eval()
+    feats = _features(4)
+    feats[1] = (F.avg_pool2d(feats[1][0], 2), feats[1][1])  # a coarser map is resized to the first's x4 too
     maps = []
     for patch, cls in feats:
-        x = torch.cat([patch, cls[:, :, None, None].expand(-1, -1, 4, 6)], 1)
+        x = torch.cat([patch, cls[:, :, None, None].expand_as(patch)], 1)
         maps.append(F.interpolate(x, size=(16, 24), mode="bilinear", align_corners=False))
-    x = torch.cat(maps, 1)
-    x = (x - head.bn.running_mean[None, :, None, None]) / torch.sqrt(head.bn.running_var[None, :, None, None] + head.bn.eps)
-    logits = F.conv2d(x * head.bn.weight[None, :, None, None] + head.bn.bias[None, :, None, None],
-                      head.conv_depth.weight, head.conv_depth.bias)  # fmt: skip
+    logits = F.conv2d(torch.cat(maps, 1), head.conv_depth.weight, head.conv_depth.bias)
     weights = F.relu(logits) + 0.1
     expected = (weights / weights.sum(1, keepdim=True) * torch.linspace(0.5, 4.0, 8)[None, :, None, None]).sum(1, keepdim=True)
     out = head(feats)
     assert out.shape == (2, 1, 16, 24)
     torch.testing.assert_close(out, expected)
     assert out.min() >= 0.5 and out.max() <= 4.0
-    with pytest.raises(ValueError, match="built for 2 layers"):
+    assert sorted(head.state_dict()) == ["conv_depth.bias", "conv_depth.weight"]  # no BatchNorm, as DINOv2's
+    with pytest.raises(ValueError, match="built for 4 layers"):
         head(feats[:1])
 
 
 def test_dpt_head_shapes_and_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
-    head = DPTDepthHead(16, channels=8, n_bins=16)
+    head = DPTDepthHead(16, channels=8, min_depth=1e-3, max_depth=10.0)
     out = head(_features(4))
-    assert out.shape == (2, 1, 32, 48)  # a 4 x 6 token grid: finest level x4, then the last fusion's x2
+    assert out.shape == (2, 1, 64, 96)  # a 4 x 6 token grid: finest level x4, the last fusion x2, HeadDepth x2
+    assert out.min() >= 1e-3  # regression readout relu(x) + min_depth
     out.mean().backward()
     missing = [name for name, p in head.named_parameters() if p.grad is None]
     assert not missing, f"parameters without gradient (DDP would need find_unused_parameters): {missing}"
     odd = head(_features(4, h=5, w=7))  # odd grids: the stride-2 level rounds up, skips are resized to match
     assert odd.shape[0] == 2 and odd.shape[1] == 1
-    assert [c.out_channels for c in head.projects] == [2, 4, 8, 16]
+    assert [p.conv.out_channels for p in head.reassemble_blocks.projects] == [2, 4, 8, 16]
 
 
 def test_build_head_and_config_errors():
     cfg = DepthConfig.from_dict({"head": "dpt", "dpt_channels": 8, "crop": [28, 42]})
-    assert isinstance(build_head(cfg, 16), DPTDepthHead) and cfg.crop == (28, 42)
+    assert isinstance(make_head(cfg, 16), DPTDepthHead) and cfg.crop == (28, 42)
+    assert isinstance(make_head(DepthConfig(head="linear1"), 16), LinearDepthHead)
     with pytest.raises(ValueError, match="unknown depth config keys"):
         DepthConfig.from_dict({"head": "dpt", "lr_typo": 1.0})
     with pytest.raises(ValueError, match="unknown depth head"):
-        build_head(DepthConfig(head="conv"), 16)
+        make_head(DepthConfig(head="conv"), 16)
+    with pytest.raises(ValueError, match="min_depth < max_depth"):
+        build_head("linear1", 16, min_depth=5.0, max_depth=1.0)
 
 
 def test_predict_returns_the_frame_size_and_backbone_features_have_no_final_norm():
     vit = build_vit("dinov2_tiny", seed=0).eval()
-    head = LinearDepthHead(96, 1, n_bins=8).eval()
+    head = build_head("linear1", 96, min_depth=1e-3, max_depth=10.0, n_bins=8).eval()
     images = torch.randn(1, 3, 45, 61)
     assert predict(vit, head, images, [5]).shape == (1, 1, 45, 61)
     x = torch.randn(1, 3, 28, 28)

@@ -92,10 +92,13 @@ def test_image_metrics_hand_computed():
 
 
 def test_image_metrics_clamps_predictions_and_reads_the_valid_range():
-    gt = torch.tensor([[5.0, 10.0, 12.0, 0.0005]])  # 12 m and 0.5 mm are outside (1e-3, 10]
-    pred = torch.tensor([[20.0, 0.0, 3.0, 3.0]])  # clamped to 10 and 1e-3
+    gt = torch.tensor([[5.0, 10.0, 12.0, 0.0005, 9.0]])  # 12 m and 0.5 mm are outside (1e-3, 10]
+    pred = torch.tensor([[20.0, 0.0, 3.0, 3.0, 0.0]])  # clamped to 10 and 1e-3
+    m = image_metrics(pred, gt, eigen_crop=False, include_max=True)
+    assert m["rmse"] == pytest.approx(math.sqrt(((10 - 5) ** 2 + (10 - 1e-3) ** 2 + (9 - 1e-3) ** 2) / 3))
+    # the toolbox's valid range (1e-3, 10) leaves gt == 10 out
     m = image_metrics(pred, gt, eigen_crop=False)
-    assert m["rmse"] == pytest.approx(math.sqrt(((10 - 5) ** 2 + (10 - 1e-3) ** 2) / 2))
+    assert m["rmse"] == pytest.approx(math.sqrt(((10 - 5) ** 2 + (9 - 1e-3) ** 2) / 2))
     assert image_metrics(pred, torch.zeros_like(gt), eigen_crop=False) is None
 
 

@@ -47,7 +47,8 @@ class _ImageNetTask(Task):
     def config(self, profile: str) -> dict[str, Any]:
         if profile not in self.profiles:
             raise ValueError(f"task {self.name} has no profile {profile!r}; profiles: {', '.join(self.profiles)}")
-        return dict(self.profiles[profile])
+        # DINOv2's KNN and linear evaluations run the backbone under fp16 autocast (the record says what ran)
+        return {**self.profiles[profile], "autocast": "float16"}
 
 
 def _cls_normalized(model, images):

@@ -38,6 +38,11 @@ def register(subparsers) -> None:
         "--num-workers", type=int, default=None, help="DataLoader workers (default: 0 for smoke, up to 8 for paper)"
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--head-weights", default=None, metavar="DIR",
+        help="evaluate DINOv2's released heads from DIR (official file names) instead of training heads "
+        "(table5 depth heads, table4 segmentation heads)",
+    )  # fmt: skip
     run.set_defaults(func=_cmd_run)
 
     report = subparsers.add_parser(
@@ -86,7 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary = run_suite(
             args.suite, args.backbone, profile=args.profile, data_root=args.data_root, out=args.out,
             cache_dir=args.cache_dir, resume=args.resume, device=args.device, seed=args.seed,
-            num_workers=workers, progress=not args.no_progress,
+            num_workers=workers, progress=not args.no_progress, head_weights=args.head_weights,
         )  # fmt: skip
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -137,6 +137,18 @@ def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
     return out
 
 
+def deviation_notes(table: dict, records: list[dict]) -> list[str]:
+    """One line per (backbone, task, profile) of this table's tasks whose records list deviations from the
+    reference code (the record's ``deviations``)."""
+    tasks = {col["task"] for col in table["columns"]}
+    found: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for rec in records:
+        if rec["task"] in tasks and rec.get("deviations"):
+            found[(rec["backbone"]["label"], rec["task"], rec["profile"])].update(rec["deviations"])
+    return [f"- {label} / {task} ({profile}): " + "; ".join(sorted(devs))
+            for (label, task, profile), devs in sorted(found.items())]  # fmt: skip
+
+
 def _templated(table: dict) -> bool:
     return any("{row}" in col["metric"] for col in table["columns"])
 
@@ -441,6 +453,9 @@ def build_report(
         frames += [frame.assign(view="values"), effects.assign(view="effects")]
         if fmt == "md":
             text = render_markdown(table, frame, effects)
+            notes = deviation_notes(table, records)
+            if notes:
+                text += "\nDeviations from the reference code in the runs shown:\n\n" + "\n".join(notes) + "\n"
         elif fmt == "latex":
             text = render_latex(table, frame, effects)
         else:

@@ -71,6 +71,8 @@ class TaskContext:
     backbone_role: dict[str, Any] = field(default_factory=dict)  # sinder.weights.weights_role of the backbone
     run_key: str = ""  # RunIdentity.key of this (backbone, task) run
     log: Callable[[str], None] = print
+    head_weights: Path | None = None  # folder of released heads to evaluate instead of training (--head-weights)
+    backbone_name: str = ""  # the architecture name of the backbone spec (e.g. dinov2_vitg14)
 
     @property
     def world_size(self) -> int:
@@ -278,6 +280,7 @@ def run_suite(
     num_workers: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    head_weights: str | Path | None = None,
 ) -> RunSummary:
     """Run ``suite`` on ``backbones`` (specs; smoke default: the defective tiny model and its repaired twin)."""
     if profile not in PROFILES:
@@ -321,9 +324,12 @@ def run_suite(
                              _writable_problem(cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
     for task in tasks:
         try:
-            task.config(profile)
+            autocast_dtype(task.config(profile))
         except ValueError as err:
             problems.append(str(err))
+    head_dir = Path(head_weights).expanduser() if head_weights else None
+    if head_dir is not None:
+        problems += released_head_problems(tasks, specs, head_dir)
     if profile == "smoke" and problems:
         _preflight_failed(suite, profile, problems)  # before synthesizing any data
     roots, data_problems = prepare_datasets(tasks, profile, data_root, cache, seed)
@@ -341,7 +347,7 @@ def run_suite(
                 summary.notes.append("repaired twin skipped: sinder.repair.repair_for_smoke not in this checkout")
 
         job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, ResultStore(out),
-                   summary, say, started=utc_now())  # fmt: skip
+                   summary, say, head_dir, started=utc_now())  # fmt: skip
         for spec in specs:
             model = None
             for task in tasks:
@@ -375,6 +381,7 @@ class _Job:
     store: ResultStore
     summary: RunSummary
     say: Callable[[str], None]
+    head_weights: Path | None = None
 
     started: str = ""  # records of this folder created since then come from concurrent runs
 
@@ -383,7 +390,8 @@ class _Job:
         role = dict(getattr(model, "weights_role", None) or {"kind": "other"})
         config = task.config(self.profile)
         identity = RunIdentity.of(backbone_sha256=sha, role=role, task=task.name, task_version=task.version,
-                                  config=config, seed=self.seed, profile=self.profile)  # fmt: skip
+                                  config=self._identity_config(task, spec, config), seed=self.seed,
+                                  profile=self.profile)  # fmt: skip
         entry = {"backbone": spec.label, "task": task.name, "weights_sha256": sha, "identity": identity.key}
         claim = Claim(self.store.root / ".claims" / f"{identity.key}.lock")
         try:
@@ -396,6 +404,16 @@ class _Job:
             self._run(task, model, spec, config, identity, role, entry)
         finally:
             claim.release()
+
+    def _identity_config(self, task: Task, spec: B.BackboneSpec, config: dict[str, Any]) -> dict[str, Any]:
+        """The config that identifies the run: a released head evaluated instead of training is other work
+        than the trained head, so its file's hash joins the task config."""
+        if self.head_weights is None:
+            return config
+        from sinder.weights import file_sha256
+
+        head = self.head_weights / task.released_head_file(spec.name)
+        return {**config, "released_head_sha256": file_sha256(head)}
 
     def _claim(self, claim: Claim, identity: RunIdentity, spec: B.BackboneSpec, resume: bool) -> str | None:
         """None when this process should run ``identity`` (and now holds its claim), else why not."""
@@ -419,12 +437,14 @@ class _Job:
         return f"same weights recorded as {latest['backbone']['label']!r}; record reused under this label -> {path}"
 
     def _run(self, task, model, spec, config, identity: RunIdentity, role: dict, entry: dict) -> None:
+        amp_dtype = autocast_dtype(config)
         ctx = TaskContext(
-            profile=self.profile, config=config, datasets=self.roots, device=self.device,
+            profile=self.profile, config=config, datasets=self.roots, device=self.device, amp_dtype=amp_dtype,
             feature_cache=self.cache / "features", seed=self.seed, num_workers=self.num_workers,
             progress=self.progress, weights_sha256=identity.backbone_sha256, backbone_label=spec.label,
             work_dir=self.cache / "work" / f"{task.name}-{identity.key}", log=self.say, backbone_role=role,
             run_key=identity.key,
+            head_weights=self.head_weights, backbone_name=spec.name,
         )  # fmt: skip
         self.say(f"[{spec.label}] {task.name} ({self.profile}) ...")
         torch.manual_seed(self.seed)
@@ -444,7 +464,8 @@ class _Job:
                     **common, metrics=metrics, metric_directions=_metric_directions(task, metrics),
                     hparams=result.get("hparams", {}), wall_time_s=wall,
                     extra={"datasets": {k: str(v) for k, v in self.roots.items() if k in used},
-                           **({"details": result["details"]} if result.get("details") else {})},
+                           **({"details": result["details"]} if result.get("details") else {}),
+                           **run_deviations(config, result, self.device, amp_dtype)},
                 )  # fmt: skip
                 path = self.store.write(record)
                 headline = ", ".join(f"{m.name}={metrics[m.name]:.4g}" for m in task.metrics if m.name in metrics)
@@ -464,6 +485,50 @@ class _Job:
             return
         D.barrier()
         self.summary.ran.append(entry)
+
+
+def released_head_problems(tasks: Sequence[Task], specs, head_dir: Path) -> list[str]:
+    """What is missing to evaluate released heads from ``head_dir``: the folder, a task without released heads,
+    or a head file (named with where the release lives)."""
+    if not head_dir.is_dir():
+        return [f"--head-weights {head_dir}: folder does not exist"]
+    problems = []
+    for task in tasks:
+        name_of = getattr(task, "released_head_file", None)
+        if name_of is None:
+            problems.append(f"task {task.name}: no released head to evaluate; run it without --head-weights")
+            continue
+        for spec in specs:
+            path = head_dir / name_of(spec.name)
+            if not path.is_file():
+                problems.append(f"released head {path} is missing: DINOv2 publishes it as "
+                                f"https://dl.fbaipublicfiles.com/dinov2/{spec.name}/{path.name}")  # fmt: skip
+    return problems
+
+
+AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}
+
+
+def autocast_dtype(config: dict[str, Any]) -> torch.dtype | None:
+    """The CUDA autocast dtype a task's config asks for (``autocast``: float16, bfloat16 or float32 = none);
+    bfloat16 when it does not say."""
+    name = config.get("autocast", "bfloat16")
+    if name not in AUTOCAST:
+        raise ValueError(f"config autocast={name!r}: use one of {', '.join(AUTOCAST)}")
+    return AUTOCAST[name]
+
+
+def run_deviations(config: dict[str, Any], result: dict[str, Any], device: torch.device, amp_dtype) -> dict:
+    """The record's ``autocast`` (the dtype the backbone actually ran in) and ``deviations``: every switch and
+    deliberate departure from the reference code the task reports, plus autocast when it differs."""
+    from .features import compute_dtype_name
+
+    ran = compute_dtype_name(device, amp_dtype)
+    deviations = list(result.get("deviations", []))
+    wanted = config.get("autocast")
+    if wanted is not None and ran != wanted:
+        deviations.append(f"autocast: the reference uses {wanted}, this run computed in {ran} ({device.type})")
+    return {"autocast": ran, "deviations": deviations}
 
 
 def _write_summary(out: Path, summary: RunSummary) -> Path:

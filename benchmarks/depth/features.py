@@ -29,10 +29,14 @@ def head_blocks(head: str, n_blocks: int) -> list[int]:
     raise ValueError(f"unknown depth head {head!r}; use linear1, linear4 or dpt")
 
 
-def backbone_features(backbone: nn.Module, images: Tensor, blocks: list[int]) -> list[tuple[Tensor, Tensor]]:
+def backbone_features(backbone: nn.Module, images: Tensor, blocks: list[int],
+                      amp_dtype: torch.dtype | None = None) -> list[tuple[Tensor, Tensor]]:  # fmt: skip
     """``(patch map, class token)`` of ``blocks`` without the final norm (the depth protocol), inputs
-    center-padded to a multiple of the patch size; computed under inference mode, returned as normal tensors."""
-    with torch.inference_mode():
+    center-padded to a multiple of the patch size; computed under inference mode (and CUDA autocast to
+    ``amp_dtype`` when given), returned as normal float32 tensors."""
+    from benchmarks.core.features import _autocast
+
+    with torch.inference_mode(), _autocast(images.device, amp_dtype):
         padded, _ = center_pad(images, int(backbone.patch_size))
         outs = backbone.get_intermediate_layers(padded, n=blocks, reshape=True, return_class_token=True, norm=False)
     return [(patch.float().clone(), cls.float().clone()) for patch, cls in outs]

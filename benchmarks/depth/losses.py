@@ -1,6 +1,10 @@
 """Depth losses of the DINOv2 protocol: the scale-invariant log loss (SigLoss) and the multi-scale gradient loss.
 
-Both read only pixels with valid ground truth: ``0 < gt <= max_depth`` (0 = no measurement).
+Both read only pixels with valid ground truth: ``0 < gt <= max_depth`` (0 = no measurement). The gradient loss
+comes in two readings (config ``gradient_loss``): ``reference``, as DINOv2's code computes it on the (B, 1, H, W)
+tensors it receives, so its strides and differences run over the batch and channel axes (it compares image b
+with image b + 2 and is zero at <= 2 images per GPU, DINOv2's setting), and ``spatial``, the per-image loss
+MegaDepth meant (strides and differences over H and W).
 """
 
 from __future__ import annotations
@@ -32,6 +36,30 @@ def sig_loss(pred: Tensor, target: Tensor, max_depth: float | None = 10.0, lam: 
     return torch.sqrt(energy)
 
 
+GRADIENT_LOSSES = ("reference", "spatial")
+
+
+def gradient_loss_reference(pred: Tensor, target: Tensor, max_depth: float | None = 10.0, eps: float = EPS) -> Tensor:
+    """DINOv2's gradient loss on (B, 1, H, W): the scales are ``x[::s, ::s]`` for s in 1, 2, 4, 6 (batch and
+    channel axes) and the differences ``d[i] - d[i+2]`` run over axis 0 (images) and axis 1 (the single channel,
+    so none). A scale without a valid pixel is skipped (the reference divides 0 by 0 there)."""
+    if pred.dim() != 4:
+        raise ValueError(f"the reference gradient loss takes (B, 1, H, W) tensors, got shape {tuple(pred.shape)}")
+    total = pred.new_zeros(())
+    for stride in (1, 2, 4, 6):
+        p, t = pred[::stride, ::stride], target[::stride, ::stride]
+        mask = valid_mask(t, max_depth)
+        count = mask.sum()
+        if count == 0:
+            continue
+        maskf = mask.to(p.dtype)
+        d = (torch.log(p + eps) - torch.log(t + eps)) * maskf
+        across_images = (d[:-2] - d[2:]).abs() * maskf[:-2] * maskf[2:]
+        across_channels = (d[:, :-2] - d[:, 2:]).abs() * maskf[:, :-2] * maskf[:, 2:]
+        total = total + (across_images.sum() + across_channels.sum()) / count
+    return total
+
+
 def gradient_loss(pred: Tensor, target: Tensor, max_depth: float | None = 10.0, strides=(1, 2, 4, 6),
                   eps: float = EPS) -> Tensor:  # fmt: skip
     """Multi-scale gradient matching of the log-depth error (MegaDepth's loss, as the depth toolbox uses it).
@@ -39,8 +67,8 @@ def gradient_loss(pred: Tensor, target: Tensor, max_depth: float | None = 10.0, 
     At each stride s (the maps subsampled by ``[..., ::s, ::s]``), with ``d = (log(pred+eps) - log(gt+eps))``
     zeroed outside the valid mask: ``(sum |d[y] - d[y+2]| + sum |d[x] - d[x+2]|) / N``, each difference
     counted only where both pixels are valid and N the valid pixels at that stride; summed over strides.
-    Inputs are (B, 1, H, W) or (B, H, W); the subsampling is spatial only (the toolbox's batched version
-    also strided over the batch dimension).
+    Inputs are (B, 1, H, W) or (B, H, W); the subsampling is spatial only (``gradient_loss_reference`` is
+    DINOv2's batched reading).
     """
     if pred.dim() == 4:
         pred, target = pred[:, 0], target[:, 0]

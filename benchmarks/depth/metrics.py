@@ -1,6 +1,7 @@
 """Depth metrics of the NYU protocol, per image and averaged over images.
 
-Per image, over pixels with valid ground truth (``min_depth < gt <= max_depth``) inside the Eigen crop, with
+Per image, over pixels with valid ground truth (``min_depth < gt < max_depth`` as the depth toolbox's
+``eval_mask``; ``include_max`` counts ``gt == max_depth`` too) inside the Eigen crop, with
 the prediction clamped to ``[min_depth, max_depth]``: delta1..3 (share with max(gt/pred, pred/gt) < 1.25^k),
 abs_rel, sq_rel, rmse, rmse_log, log10 and silog. Images without a valid pixel are left out of the mean.
 """
@@ -25,10 +26,10 @@ def eigen_crop_mask(height: int, width: int, device=None) -> Tensor:
 
 
 def image_metrics(pred: Tensor, gt: Tensor, min_depth: float = 1e-3, max_depth: float = 10.0,
-                  eigen_crop: bool = True) -> dict[str, float] | None:  # fmt: skip
+                  eigen_crop: bool = True, include_max: bool = False) -> dict[str, float] | None:  # fmt: skip
     """Metrics of one (H, W) prediction against its (H, W) ground truth, or None without valid pixels."""
     pred, gt = pred.double(), gt.double()
-    mask = (gt > min_depth) & (gt <= max_depth)
+    mask = (gt > min_depth) & ((gt <= max_depth) if include_max else (gt < max_depth))
     if eigen_crop:
         mask &= eigen_crop_mask(*gt.shape, device=gt.device)
     if not bool(mask.any()):
@@ -79,7 +80,8 @@ class MetricAverager:
         return {key: self.sums[key] / self.count for key in METRICS}
 
 
-def mean_depth_baseline(train_depths, test_depths, min_depth=1e-3, max_depth=10.0) -> dict[str, float]:
+def mean_depth_baseline(train_depths, test_depths, min_depth=1e-3, max_depth=10.0,
+                        include_max: bool = False) -> dict[str, float]:  # fmt: skip
     """Metrics of predicting one constant everywhere: the mean valid depth of the training maps (arrays or
     tensors, metres); also returns that mean as ``mean_depth``."""
     total, count = 0.0, 0
@@ -94,7 +96,7 @@ def mean_depth_baseline(train_depths, test_depths, min_depth=1e-3, max_depth=10.
     averager = MetricAverager()
     for depth in test_depths:
         depth = torch.as_tensor(depth)
-        averager.add(image_metrics(torch.full_like(depth, mean), depth, min_depth, max_depth))
+        averager.add(image_metrics(torch.full_like(depth, mean), depth, min_depth, max_depth, include_max=include_max))
     result = averager.result()
     result["mean_depth"] = mean
     return result

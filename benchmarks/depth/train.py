@@ -26,10 +26,10 @@ from benchmarks.core.checkpointing import (
     restore_rank_rng,
 )
 from benchmarks.depth.features import backbone_features, head_blocks
-from benchmarks.depth.heads import DPTDepthHead, LinearDepthHead
-from benchmarks.depth.losses import gradient_loss, sig_loss
+from benchmarks.depth.heads import build_head
+from benchmarks.depth.losses import GRADIENT_LOSSES, gradient_loss, gradient_loss_reference, sig_loss
 from benchmarks.depth.metrics import MetricAverager, image_metrics
-from benchmarks.depth.transforms import AugmentedNYU, TestNYU, TrainTransform
+from benchmarks.depth.transforms import COLOUR_AUGS, AugmentedNYU, TestNYU, TrainTransform
 from benchmarks.segmentation.padding import center_pad
 
 
@@ -53,6 +53,17 @@ class DepthConfig:
     sig_warmup_iters: int = 0  # iterations of the mean-only SigLoss (toolbox option; off in the protocol)
     flip_eval: bool = True
     eval_images: int = 0  # 0: the whole test split
+    # Training signal and evaluation as DINOv2's code computes them ("reference"), or our reading; see
+    # losses.gradient_loss_reference, transforms.colour_augment, predict and metrics.image_metrics.
+    gradient_loss: str = "reference"  # reference (over batch/channel axes, as DINOv2's) | spatial (per image)
+    colour_aug: str = "reference"  # reference (on 0-255, clip at 255) | unit (on [0, 1])
+    eval_resize: str = "reference"  # reference (clamp, resize the padded frame's map to GT) | unpad (cut padding)
+    eval_valid_gt: str = "reference"  # reference: min < gt < max (the toolbox) | inclusive: min < gt <= max
+    autocast: str = "float16"  # the backbone's CUDA autocast dtype (applied by the runner: ctx.amp_dtype)
+    # DPT's regression readout relu(x) + min_depth is dead from the start (no gradient ever) when PyTorch's
+    # default init makes x < 0 everywhere, about one seed in two on small heads; "positive_readout" starts the
+    # last conv's bias at 1 so every pixel is alive.
+    head_init: str = "reference"  # reference | positive_readout
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -65,18 +76,27 @@ class DepthConfig:
         values = dict(values)
         if "crop" in values:
             values["crop"] = tuple(int(v) for v in values["crop"])
-        return cls(**values)
+        cfg = cls(**values)
+        for key, allowed in SWITCHES.items():
+            if getattr(cfg, key) not in allowed:
+                raise ValueError(f"depth config {key}={getattr(cfg, key)!r}: use one of {', '.join(allowed)}")
+        return cfg
+
+    def deviations(self) -> list[str]:
+        """The switches set away from the reference, as ``key=value``."""
+        return [f"{key}={getattr(self, key)}" for key in SWITCHES if getattr(self, key) != "reference"]
 
 
-def build_head(cfg: DepthConfig, embed_dim: int) -> nn.Module:
-    common = dict(n_bins=cfg.n_bins, min_depth=cfg.min_depth, max_depth=cfg.max_depth)
-    if cfg.head == "linear1":
-        return LinearDepthHead(embed_dim, 1, upsample=cfg.upsample, **common)
-    if cfg.head == "linear4":
-        return LinearDepthHead(embed_dim, 4, upsample=cfg.upsample, **common)
-    if cfg.head == "dpt":
-        return DPTDepthHead(embed_dim, channels=cfg.dpt_channels, **common)
-    raise ValueError(f"unknown depth head {cfg.head!r}; use linear1, linear4 or dpt")
+SWITCHES = {"gradient_loss": GRADIENT_LOSSES, "colour_aug": tuple(COLOUR_AUGS), "eval_resize": ("reference", "unpad"),
+            "eval_valid_gt": ("reference", "inclusive"), "head_init": ("reference", "positive_readout")}
+
+
+def make_head(cfg: DepthConfig, embed_dim: int) -> nn.Module:
+    head = build_head(cfg.head, embed_dim, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
+                      channels=cfg.dpt_channels, n_bins=cfg.n_bins, upsample=cfg.upsample)  # fmt: skip
+    if cfg.head_init == "positive_readout" and cfg.head == "dpt":
+        nn.init.constant_(head.conv_depth.head[-1].bias, 1.0)
+    return head
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -89,14 +109,23 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 def depth_loss(pred: Tensor, target: Tensor, cfg: DepthConfig, step: int) -> Tensor:
     sig = sig_loss(pred, target, cfg.max_depth, mean_only=step < cfg.sig_warmup_iters)
-    return cfg.sig_weight * sig + cfg.grad_weight * gradient_loss(pred, target, cfg.max_depth)
+    grad = gradient_loss_reference if cfg.gradient_loss == "reference" else gradient_loss
+    return cfg.sig_weight * sig + cfg.grad_weight * grad(pred, target, cfg.max_depth)
 
 
-def predict(backbone: nn.Module, head: nn.Module, images: Tensor, blocks: list[int]) -> Tensor:
-    """(B, 1, H, W) depth for (B, 3, H, W) normalized images: the head's map resized to the padded input, then
-    the padding cut away."""
+def predict(backbone: nn.Module, head: nn.Module, images: Tensor, blocks: list[int], resize: str = "reference",
+            amp_dtype: torch.dtype | None = None) -> Tensor:  # fmt: skip
+    """(B, 1, H, W) depth for (B, 3, H, W) normalized images (center-padded to the patch size for the backbone).
+
+    ``reference`` (DINOv2's encode_decode): the head's map clamped to [min_depth, max_depth] and resized as a
+    whole, padding included, to the image size. ``unpad``: resized to the padded input, then the padding cut."""
     padded, (top, bottom, left, right) = center_pad(images, int(backbone.patch_size))
-    depth = head(backbone_features(backbone, padded, blocks))
+    depth = head(backbone_features(backbone, padded, blocks, amp_dtype))
+    if resize == "reference":
+        depth = depth.clamp(head.min_depth, head.max_depth)
+        return F.interpolate(depth, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    if resize != "unpad":
+        raise ValueError(f"unknown eval_resize {resize!r}; use reference or unpad")
     depth = F.interpolate(depth, size=padded.shape[-2:], mode="bilinear", align_corners=False)
     return depth[..., top : padded.shape[-2] - bottom, left : padded.shape[-1] - right]
 
@@ -132,7 +161,8 @@ class _SkipFirst(Sampler):
 
 
 def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torch.device, seed: int = 0,
-               num_workers: int = 0, log=None, checkpoint: TrainingCheckpoint | None = None) -> nn.Module:  # fmt: skip
+               num_workers: int = 0, log=None, checkpoint: TrainingCheckpoint | None = None,
+               amp_dtype: torch.dtype | None = None) -> nn.Module:  # fmt: skip
     """Train a fresh head of ``cfg.head`` on ``train_set`` (a ``NYUDepthV2`` split); returns it (eval mode).
 
     With ``checkpoint``, training resumes from its saved state (head, optimizer, schedule, data position, RNG)
@@ -143,7 +173,7 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
         raise ValueError(f"global batch {cfg.batch_size} is not divisible by the {world} ranks of this run")
     blocks = head_blocks(cfg.head, len(backbone.blocks))
     torch.manual_seed(seed)
-    head = build_head(cfg, int(backbone.embed_dim)).to(device)
+    head = make_head(cfg, int(backbone.embed_dim)).to(device)
     model: nn.Module = head
     if D.is_distributed():
         model = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
@@ -159,7 +189,7 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
         start, skipped = int(state["step"]), int(state["skipped"])
         restore_rank_rng(state["rng"])
     generator = torch.Generator().manual_seed(seed * 1000 + D.rank())  # each rank draws its own batches
-    dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop))
+    dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop, colour_aug=cfg.colour_aug))
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)
     loader = DataLoader(dataset, batch_size=cfg.batch_size // world, num_workers=num_workers, generator=generator,
                         sampler=_SkipFirst(sampler, start * (cfg.batch_size // world)), drop_last=True)  # fmt: skip
@@ -168,7 +198,12 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     for step in range(start, cfg.iterations):
         images, depth = next(batches)
         images, depth = images.to(device, non_blocking=True), depth.to(device, non_blocking=True)
-        pred = model(backbone_features(backbone, images, blocks))
+        pred = model(backbone_features(backbone, images, blocks, amp_dtype))
+        if step == 0 and cfg.head == "dpt" and bool((pred.detach() <= cfg.min_depth).all()):
+            head.dead_at_init = True
+            if log is not None:
+                log("depth dpt: the readout relu(x) + min_depth is 0 + min_depth everywhere at initialization, so no "
+                    "gradient flows; rerun with another seed or head_init: positive_readout")  # fmt: skip
         pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
         loss = depth_loss(pred, depth, cfg, step)
         optimizer.zero_grad(set_to_none=True)
@@ -192,7 +227,7 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
 
 @torch.no_grad()
 def evaluate(backbone: nn.Module, head: nn.Module, test_set, cfg: DepthConfig, *, device: torch.device,
-             num_workers: int = 0) -> dict[str, float]:  # fmt: skip
+             num_workers: int = 0, amp_dtype: torch.dtype | None = None) -> dict[str, float]:  # fmt: skip
     """Metrics averaged over the test images (full resolution, flip-averaged when ``cfg.flip_eval``)."""
     blocks = head_blocks(cfg.head, len(backbone.blocks))
     dataset = TestNYU(test_set)
@@ -204,10 +239,11 @@ def evaluate(backbone: nn.Module, head: nn.Module, test_set, cfg: DepthConfig, *
     head.eval()
     for image, depth in loader:
         image = image.to(device)
-        pred = predict(backbone, head, image, blocks)
+        pred = predict(backbone, head, image, blocks, cfg.eval_resize, amp_dtype)
         if cfg.flip_eval:
-            pred = 0.5 * (pred + predict(backbone, head, image.flip(-1), blocks).flip(-1))
-        averager.add(image_metrics(pred[0, 0].cpu(), depth[0, 0], cfg.min_depth, cfg.max_depth))
+            pred = 0.5 * (pred + predict(backbone, head, image.flip(-1), blocks, cfg.eval_resize, amp_dtype).flip(-1))
+        averager.add(image_metrics(pred[0, 0].cpu(), depth[0, 0], cfg.min_depth, cfg.max_depth,
+                                   include_max=cfg.eval_valid_gt == "inclusive"))  # fmt: skip
     if D.is_distributed():
         state = torch.tensor(averager.state(), dtype=torch.float64, device=D.collective_device())
         torch.distributed.all_reduce(state)

@@ -3,7 +3,9 @@
 Train (the depth toolbox's NYU pipeline): NYU crop (the valid area of the 480 x 640 frame), rotation by
 U(-2.5, 2.5) degrees (with probability 0.5; bilinear image, nearest depth, zeros outside), horizontal flip
 (0.5), random crop (416 x 544 in the paper), colour augmentation (0.5: gamma U(0.9, 1.1), brightness
-U(0.75, 1.25), per-channel colour U(0.9, 1.1), clipped to [0, 1]), ImageNet normalization. Crop boxes given for
+U(0.75, 1.25), per-channel colour U(0.9, 1.1)), ImageNet normalization. The toolbox applies the colour
+augmentation to 0-255 pixel values and clips at 255 (``colour_aug: reference``; gamma on that scale brightens
+far more than on [0, 1]); ``unit`` applies it on [0, 1] and clips at 1. Crop boxes given for
 480 x 640 frames are scaled to the image's size, so the synthetic twin (smaller frames) gets the same framing.
 """
 
@@ -54,6 +56,16 @@ def rotate(image: Tensor, depth: Tensor, degrees: float) -> tuple[Tensor, Tensor
     return image, depth
 
 
+COLOUR_AUGS = {"reference": 255.0, "unit": 1.0}  # the pixel scale the colour augmentation works on
+
+
+def colour_augment(image: Tensor, gamma: float, brightness: float, colours, scale: float = 255.0) -> Tensor:
+    """``clip((x * scale) ** gamma * brightness * colour_c, 0, scale) / scale`` for a (3, H, W) image in [0, 1]."""
+    x = (image.clamp(0, 1) * scale) ** gamma * brightness
+    x = x * torch.as_tensor(colours, dtype=image.dtype).view(3, 1, 1)
+    return x.clamp(0, scale) / scale
+
+
 @dataclass
 class TrainTransform:
     crop: tuple[int, int] = (416, 544)
@@ -61,6 +73,11 @@ class TrainTransform:
     gamma: tuple[float, float] = (0.9, 1.1)
     brightness: tuple[float, float] = (0.75, 1.25)
     colour: tuple[float, float] = (0.9, 1.1)
+    colour_aug: str = "reference"
+
+    def __post_init__(self):
+        if self.colour_aug not in COLOUR_AUGS:
+            raise ValueError(f"colour_aug must be one of {', '.join(COLOUR_AUGS)}, got {self.colour_aug!r}")
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
         image, depth = to_tensors(sample)
@@ -72,9 +89,9 @@ class TrainTransform:
             image, depth = image.flip(-1), depth.flip(-1)
         image, depth = self._random_crop(image, depth, rng)
         if rng.random() < 0.5:
-            image = image.clamp(0, 1) ** rng.uniform(*self.gamma) * rng.uniform(*self.brightness)
-            image = image * torch.tensor(rng.uniform(*self.colour, size=3), dtype=image.dtype).view(3, 1, 1)
-            image = image.clamp(0, 1)
+            gamma, brightness = rng.uniform(*self.gamma), rng.uniform(*self.brightness)
+            image = colour_augment(image, gamma, brightness, rng.uniform(*self.colour, size=3),
+                                   COLOUR_AUGS[self.colour_aug])  # fmt: skip
         return normalize(image), depth
 
     def _random_crop(self, image: Tensor, depth: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
@@ -90,7 +107,7 @@ class TrainTransform:
 
     def describe(self) -> str:
         return (f"nyu_crop+rotate({self.rotate_degrees})+flip+crop{self.crop}+color(g{self.gamma},"
-                f"b{self.brightness},c{self.colour})+imagenet_norm")  # fmt: skip
+                f"b{self.brightness},c{self.colour},{self.colour_aug})+imagenet_norm")  # fmt: skip
 
 
 class AugmentedNYU(torch.utils.data.Dataset):

@@ -70,6 +70,7 @@ class _SegTask(Task):
             "dataset": self.dataset,
             "setting": self.setting,
             "overrides": dict(SMOKE[self.setting]) if profile == "smoke" else {},
+            "autocast": "float32",  # the mmseg pipeline runs the backbone without autocast; recorded as such
         }
 
     def run(self, backbone, ctx) -> dict[str, Any]:
@@ -111,7 +112,13 @@ class _SegTask(Task):
         keyed.default_hooks.checkpoint.interval = 0
         digest = hashlib.sha256(keyed.pretty_text.replace(str(base_dir), "").encode()).hexdigest()[:12]
         cfg.work_dir = str(base_dir / f"mmseg-{digest}")
-        result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale")
+        if ctx.head_weights is not None:  # DINOv2's released head, inference only
+            from benchmarks.segmentation.train import evaluate_released
+
+            head_file = Path(ctx.head_weights) / self.released_head_file(ctx.backbone_name)
+            result = evaluate_released(cfg, backbone, head_file, tta=self.setting == "multiscale")
+        else:
+            result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale")
 
         # Record names are lower case like every other task's (mmseg's mIoU -> miou, aAcc -> aacc).
         single = {key.lower(): value for key, value in result["single_scale"].items()}
@@ -120,6 +127,10 @@ class _SegTask(Task):
         if tta is not None:
             metrics.update({f"{key}_single_scale": value for key, value in single.items()})
         return {"metrics": metrics, "hparams": self._hparams(cfg, result)}
+
+    def released_head_file(self, arch: str) -> str:
+        """DINOv2's official file name, e.g. dinov2_vitg14_ade20k_linear_head.pth (multiscale: ``ms``)."""
+        return f"{arch}_{self.dataset}_{'linear' if self.setting == 'linear' else 'ms'}_head.pth"
 
     def _hparams(self, cfg, result) -> dict[str, Any]:
         head = cfg.model.decode_head
@@ -138,6 +149,7 @@ class _SegTask(Task):
             "eval_images": int(cfg.test_dataloader.dataset.get("indices") or 0) or "all",
             **feature_cache_record(cfg, result["segmentor"]),
             "resumed": bool(result["resumed"]),
+            "head": result.get("head", {"source": "trained"}),
             "work_dir": cfg.work_dir,
         }
         if result["tta"] is not None:

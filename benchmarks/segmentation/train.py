@@ -102,6 +102,42 @@ def train_and_evaluate(cfg, backbone: nn.Module, *, tta: bool = False) -> dict[s
     return result
 
 
+def evaluate_released(cfg, backbone: nn.Module, head_file: str | Path, *, tta: bool = False) -> dict[str, Any]:
+    """Evaluate DINOv2's released head ``head_file`` (an mmseg checkpoint whose ``state_dict`` holds the head
+    under ``decode_head.``) on ``backbone`` without training: same result dict as :func:`train_and_evaluate`,
+    plus ``head``: ``{source: "released head", file, sha256}``."""
+    import torch
+
+    from sinder.weights import file_sha256
+
+    ensure_mmseg()
+    head_file = Path(head_file)
+    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    segmentor = build_segmentor(cfg, backbone)
+    try:
+        checkpoint = torch.load(head_file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"released head {head_file}: cannot read it with torch.load(weights_only=True) ({err})") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
+    weights = {k[len("decode_head.") :]: v for k, v in state.items() if k.startswith("decode_head.")}
+    if not weights:
+        raise ValueError(f"released head {head_file}: no 'decode_head.*' weights; is it a DINOv2 segmentation head?")
+    try:
+        segmentor.decode_head.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"released head {head_file} does not fit this head/backbone: {str(err).splitlines()[0]}") from err
+    cfg = copy.deepcopy(cfg)
+    cfg.resume, cfg.load_from = False, None
+    with _quiet():
+        single = _iou_metrics(build_runner(cfg, segmentor, name="released").test())
+    result: dict[str, Any] = {"single_scale": single, "tta": None, "segmentor": segmentor, "resumed": False,
+                              "head": {"source": "released head", "file": head_file.name,
+                                       "sha256": file_sha256(head_file)}}  # fmt: skip
+    if tta:
+        result["tta"] = evaluate_tta(cfg, segmentor)
+    return result
+
+
 def evaluate_tta(cfg, segmentor: nn.Module) -> dict[str, float]:
     """mIoU/aAcc of ``segmentor`` with the config's ``tta_pipeline`` (scales x flips, averaged softmax)."""
     ensure_mmseg()

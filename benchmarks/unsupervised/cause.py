@@ -461,6 +461,23 @@ def run_cause(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, 
         "token_source": source.mode, "token_cache_estimate_gb": round(source.estimated_gb, 3),
         "n_train_items": len(train_view), "n_val_items": len(val_view), "world_size": D.world_size(),
         "stage3_teacher_trainable": bool(cfg["stage3"]["teacher_trainable"]), "map_definition": cfg["map_definition"],
+        "ddp": cfg.get("ddp", "single"), "ddp_processes": int(cfg.get("ddp_processes", 1)),
         **{k: round(v, 5) for k, v in stats.items() if isinstance(v, float) and math.isfinite(v)},
     }  # fmt: skip
-    return {"metrics": cause_metrics(results), "hparams": hparams, "details": results}
+    return {"metrics": cause_metrics(results), "hparams": hparams, "details": results,
+            "deviations": cause_deviations(cfg, D.world_size())}  # fmt: skip
+
+
+def cause_deviations(cfg: dict[str, Any], world_size: int) -> list[str]:
+    """How this run departs from the official CAUSE scripts (the record's ``deviations``)."""
+    out = []
+    if cfg.get("ddp", "single") == "single":
+        out.append("ddp=single: batch and lr read as one process (official: 4-process DDP, global batch 64, lr 4e-3)")
+    elif world_size != int(cfg.get("ddp_processes", 1)):
+        out.append(f"ddp=reference on {world_size} process(es): global batch and lr as 4-process DDP, but one "
+                   "concept bank per process of this run, not one per official process")  # fmt: skip
+    if cfg.get("map_definition") != "cause":
+        out.append(f"map_definition={cfg.get('map_definition')}: mAP is not CAUSE's mean per-class precision")
+    if not cfg["stage3"]["teacher_trainable"]:
+        out.append("stage3 teacher frozen (official: trainable)")
+    return out

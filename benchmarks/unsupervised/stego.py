@@ -155,9 +155,59 @@ def _positives(nns: torch.Tensor, indices: torch.Tensor, num_neighbors: int, see
     return nns[indices, picks]
 
 
+SELECTIONS = ("best", "last")
+
+
+class BestCheckpoint:
+    """STEGO's model selection: the model state of the highest validation cluster mIoU seen (the first on ties,
+    as a "max" monitor only replaces on improvement), with the history of (step, score)."""
+
+    def __init__(self, state: dict[str, Any] | None = None):
+        state = state or {}
+        self.step, self.score = state.get("step"), state.get("score")
+        self.model = state.get("model")
+        self.history: list[list[float]] = [list(h) for h in state.get("history", [])]
+
+    def offer(self, step: int, score: float, model: nn.Module) -> bool:
+        self.history.append([int(step), float(score)])
+        if self.score is not None and not score > self.score:
+            return False
+        self.step, self.score = int(step), float(score)
+        self.model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return True
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "score": self.score, "model": self.model, "history": self.history}
+
+
+@torch.no_grad()
+def validate_cluster_miou(model: StegoModel, val: TokenSource, cfg: dict[str, Any], n_classes: int) -> float:
+    """STEGO's validation score: cluster-probe mIoU (Hungarian) of the val split, no flip, no CRF."""
+    was_training = model.training
+    model.eval()
+    acc = ConfusionAccumulator(n_classes, n_classes + int(cfg.get("extra_clusters", 0)))
+    for batch in L.eval_batches(len(val.view), int(cfg["eval_batch_size"])):
+        index = torch.tensor(batch)
+        labels = val.labels_of(index)
+        code = F.interpolate(model.head(val.tokens_of(index))[1], labels.shape[-2:], mode="bilinear",
+                             align_corners=False)  # fmt: skip
+        acc.update(model.cluster_probe.log_probs(code, cfg["cluster_alpha"]).argmax(1).cpu(), labels.cpu())
+    acc.all_reduce()
+    model.train(was_training)
+    return float(acc.compute(hungarian=True)["mIoU"])
+
+
 def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: dict[str, Any], ctx,
-                n_classes: int) -> dict[str, Any]:  # fmt: skip
-    """Train head and probes for ``cfg['steps']`` steps (resuming from the checkpoint); returns train stats."""
+                n_classes: int, val: TokenSource | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train head and probes for ``cfg['steps']`` steps (resuming from the checkpoint); returns train stats.
+
+    With ``cfg['selection'] == 'best'`` and a ``val`` source, the model is scored on it every ``val_every`` steps
+    and at the end, and ends up holding the best-scoring state (``stats['selection']`` says which)."""
+    selection = cfg.get("selection", "last")
+    if selection not in SELECTIONS:
+        raise ValueError(f"stego config selection={selection!r}: use best (STEGO's) or last")
+    validating = selection == "best" and val is not None
+    val_every = int(cfg.get("val_every", 100))
     device = torch.device(ctx.device)
     optimizers = {
         "head": torch.optim.Adam(model.head.parameters(), lr=cfg["lr"]),
@@ -173,12 +223,14 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optim"][name])
         start, stats = int(state["step"]), dict(state.get("stats", {}))
+        best = BestCheckpoint(state.get("best"))
         ctx.log(f"stego: resuming at step {start} from {ckpt.path}")
     else:
+        best = BestCheckpoint()
         L.broadcast_parameters(model)
     steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
     if start >= steps:
-        return stats
+        return _select(model, best, stats, validating)
     keys = []
     for step in range(start, steps):
         local = L.local_share(L.global_batch(len(source.view), batch, step, ctx.seed))
@@ -214,12 +266,23 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
             sums[k] += float(values[k].detach())
         bar.update(1)
         done = step + 1
+        if validating and (done % val_every == 0 or done == steps):
+            best.offer(done, validate_cluster_miou(model, val, cfg, n_classes), model)
         if done % int(cfg["checkpoint_every"]) == 0 or done == steps:
             stats = {f"train_{k}": v / max(1, done - start) for k, v in sums.items()}
-            ckpt.save({"step": done, "model": model.state_dict(),
+            ckpt.save({"step": done, "model": model.state_dict(), "best": best.state(),
                        "optim": {k: o.state_dict() for k, o in optimizers.items()}, "stats": stats})  # fmt: skip
     bar.close()
-    return stats
+    return _select(model, best, stats, validating)
+
+
+def _select(model: StegoModel, best: BestCheckpoint, stats: dict[str, Any], validating: bool) -> dict[str, Any]:
+    """Load the best state into ``model`` when selecting; the stats say which step was evaluated."""
+    if not validating or best.model is None:
+        return {**stats, "selection": {"mode": "last"}}
+    model.load_state_dict(best.model)
+    return {**stats, "selection": {"mode": "best", "step": best.step, "val_cluster_miou": round(best.score, 4),
+                                   "history": best.history}}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -295,7 +358,11 @@ def run_stego(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, 
     torch.manual_seed(ctx.seed)
     model = StegoModel(source.channels, n_classes, cfg["code_dim"], cfg["dropout"], cfg.get("extra_clusters", 0))
     model.to(device)
-    stats = train_stego(model, source, nns, cfg, ctx, n_classes)
+    val = None
+    if cfg.get("selection", "last") == "best":
+        val = TokenSource(backbone, val_view, ctx, cache=cfg["feature_cache"], max_cache_gb=cfg["max_cache_gb"],
+                          batch_size=int(cfg["eval_batch_size"]) * 4, desc="stego val tokens")  # fmt: skip
+    stats = train_stego(model, source, nns, cfg, ctx, n_classes, val)
     crf_name = backend_name(cfg["crf_backend"]) if cfg["crf"] else None
     results = evaluate_stego(backbone, model, val_view, cfg, ctx, n_classes)
     metrics = stego_metrics(results, bool(cfg["crf"]))
@@ -307,4 +374,6 @@ def run_stego(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, 
         **{k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in stats.items()},
     }  # fmt: skip
     details = {name: scores for name, scores in results.items()}
-    return {"metrics": metrics, "hparams": hparams, "details": details}
+    deviations = [] if hparams["selection"]["mode"] == "best" else ["selection=last: the last step is evaluated "
+                                                                    "(STEGO: the best by validation cluster mIoU)"]
+    return {"metrics": metrics, "hparams": hparams, "details": details, "deviations": deviations}

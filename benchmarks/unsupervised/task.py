@@ -45,7 +45,23 @@ def resolve_config(method: str, dataset_key: str, profile: str) -> dict[str, Any
         raise ValueError(f"{method}_{dataset_key}: no profile {profile!r}; profiles: {', '.join(profiles)}")
     prof = {k: v for k, v in profiles[profile].items() if k not in table["datasets"]}
     cfg = _merge(_merge(table["common"], table["datasets"][dataset_key]), prof)
-    return _merge(cfg, profiles[profile].get(dataset_key, {}))
+    cfg = _merge(cfg, profiles[profile].get(dataset_key, {}))
+    return _cause_ddp(cfg) if method == "cause" else cfg
+
+
+def _cause_ddp(cfg: dict[str, Any]) -> dict[str, Any]:
+    """CAUSE's stage batch sizes and lrs as global values: x ``ddp_processes`` under ``ddp: reference`` (the
+    official 4-process scripts), as written under ``single``. Keeps the per-process values beside them."""
+    mode = cfg.get("ddp", "single")
+    if mode not in ("reference", "single"):
+        raise ValueError(f"cause config ddp={mode!r}: use reference (the official 4-process DDP) or single")
+    n = int(cfg.get("ddp_processes", 1)) if mode == "reference" else 1
+    cfg["ddp_processes"] = n
+    for stage in ("stage1", "stage2", "stage3"):
+        st = cfg[stage]
+        st["batch_size_per_process"], st["lr_per_process"] = st["batch_size"], st["lr"]
+        st["batch_size"], st["lr"] = st["batch_size"] * n, st["lr"] * n
+    return cfg
 
 
 def loss_variant(backbone, role: dict | None = None) -> str:
