@@ -22,6 +22,7 @@ from typing import Any
 
 from sinder.atomic import atomic_path, atomic_write_text
 
+from . import remedies_report as R
 from .identity import BackboneIdentity, RunIdentity
 from .results import RecordError, is_failure, load_records
 
@@ -223,8 +224,9 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
             lambda col: sinder["values"].get(col["key"], math.nan) - dinov2["values"].get(col["key"], math.nan))
     for backbone, profile in _ours(table, agg):
         role = next(v["role"] for (b, _, p), v in agg.items() if b == backbone and p == profile)
-        base_sha = role.get("base_sha256") if role.get("kind") == "repair" else None
-        bases = [b for b, p in _ours(table, agg) if p == profile and b.sha256 == base_sha]
+        base_sha = role.get("base_sha256") if role.get("kind") in ("repair", "remedy") else None
+        bases = [b for b, p in _ours(table, agg) if p == profile and b.sha256 == base_sha
+                 and not b.role.startswith(("repair:", "remedy:"))]  # fmt: skip
         if not bases:
             continue
         base = bases[0]
@@ -453,6 +455,17 @@ def build_report(
                 plot_table(table, frame, Path(out_dir) / f"table{number}.png")
                 if not effects.empty:
                     plot_effects(table, effects, Path(out_dir) / f"table{number}_effects.png")
+    remedies = R.remedies_frame(agg)
+    if R.has_remedies(remedies):  # each remedy beside its base, with its cost (suite `remedies`)
+        frames.append(remedies.assign(view="remedies"))
+        if fmt != "csv":
+            parts.append(R.render_markdown(remedies) if fmt == "md" else R.render_latex(remedies))
+        if out_dir is not None:
+            suffix = {"md": "md", "latex": "tex", "csv": "csv"}[fmt]
+            text = parts[-1] if fmt != "csv" else remedies.to_csv(index=False)
+            atomic_write_text(Path(out_dir) / f"remedies.{suffix}", text)
+            if plots:
+                R.plot_remedies(remedies, Path(out_dir) / "remedies.png")
     if fmt == "csv":
         return pd.concat(frames, ignore_index=True).to_csv(index=False)
     header = f"{len(records)} run record(s) from {runs}" if records else f"no run records found under {runs}"
