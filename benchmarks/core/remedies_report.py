@@ -70,7 +70,7 @@ def remedies_frame(agg: dict):
             order += sorted((b for b in backbones if base[b] == root), key=lambda b: (remedy_of(info[b]["role"]),
                                                                                       info[b]["label"]))  # fmt: skip
 
-        def value(b, col):
+        def value(b, col, profile=profile):
             entry = agg.get((b, col["task"], profile))
             return entry["metrics"].get(col["metric"], math.nan) if entry else math.nan
 
