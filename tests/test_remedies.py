@@ -176,3 +176,4 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     assert cells[-2] == "1"  # one extra inference token
     assert (tmp_path / "report" / "remedies.png").stat().st_size > 0
     assert f"{BASE}+ttr - {BASE}" in text  # Table 3's effects view gains the remedy
+    assert f"| (no paper row: ttr) | ours: {BASE}+ttr (n=1) | smoke |" in text  # and a row of its own

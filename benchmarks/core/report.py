@@ -100,6 +100,12 @@ def paper_role(role: str) -> str | None:
     return None
 
 
+def _unmatched_row(role: str) -> str:
+    """The row name of a backbone no paper row stands for; a remedy the paper did not evaluate says which."""
+    kind, _, rest = role.partition(":")
+    return f"(no paper row: {rest.split(':', 1)[0]})" if kind in ("repair", "remedy") else "(no paper row)"
+
+
 def row_for_role(role: str, rows: list[dict]) -> dict | None:
     wanted = paper_role(role)
     return next((row for row in rows if wanted is not None and row.get("role") == wanted), None)
@@ -165,12 +171,12 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
     ours = _ours(table, agg)
     lines = []
 
-    def add(row, source, label, profile, n_runs, value_of):
+    def add(row, source, label, profile, n_runs, value_of, other="(no paper row)"):
         for col in table["columns"]:
             paper = row["values"].get(col["key"], math.nan) if row else math.nan
             value = value_of(col)
             lines.append({
-                "table": table["table"], "row": row["name"] if row else "(no paper row)",
+                "table": table["table"], "row": row["name"] if row else other,
                 "row_key": row["key"] if row else "", "source": source, "backbone": label, "protocol": profile,
                 "n_runs": n_runs, "column": col["label"], "column_key": col["key"], "task": col["task"],
                 "metric": col["metric"], "higher_is_better": bool(col["higher_is_better"]), "paper": paper,
@@ -194,7 +200,7 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
     for (backbone, profile), row in assigned.items():
         if row is None:  # a backbone no paper row stands for: ours only, no delta
             add(None, "ours", _label_of(agg, backbone, profile), profile, n_runs(backbone, profile),
-                lambda col, b=backbone, p=profile: _value(agg, b, p, col))  # fmt: skip
+                lambda col, b=backbone, p=profile: _value(agg, b, p, col), _unmatched_row(backbone.role))  # fmt: skip
     return pd.DataFrame(lines)
 
 
@@ -266,7 +272,7 @@ def wide_rows(table: dict, frame) -> tuple[list[str], list[list[str]]]:
         n = int(part["n_runs"].max()) if len(part) else 0
         values = [_fmt(cells[c["key"]].value, _decimals(table, c["key"])) for c in table["columns"]]
         body.append([row_name, f"ours: {label} (n={n})", protocol] + values)
-        if row_name != "(no paper row)":
+        if not row_name.startswith("(no paper row"):
             deltas = [_fmt(cells[c["key"]].delta, _decimals(table, c["key"]), sign=True) for c in table["columns"]]
             body.append([row_name, DELTA, protocol] + deltas)
     return header, body

@@ -34,8 +34,9 @@ class DefectCensus(Task):
         "paper": {"split": "val", "n_images": 256, "resolution": 448, "mu": 4.0, "min_ratio": 3.0,
                   "eq5_mu": 4.0, "exclude_border": True, "n_samples": 100_000, "batch_size": 8},
         "smoke": {"split": "val", "n_images": 32, "resolution": 112, "mu": 4.0, "min_ratio": 3.0,
-                  "eq5_mu": 4.0, "exclude_border": True, "n_samples": 20_000, "batch_size": 16},
+                  "eq5_mu": 4.0, "exclude_border": True, "n_samples": 5_000, "batch_size": 16},
     }  # fmt: skip
+    # smoke n_samples: the tiny model's directions from 5k samples match those from 20k (|cos| > 0.999), 3x faster
 
     def datasets_needed(self, profile: str) -> list[str]:
         return [f"imagenet:{self.config(profile)['split']}"]
