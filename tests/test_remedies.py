@@ -77,18 +77,25 @@ def neurons_file(tmp_path_factory):
     return path
 
 
-def test_clamp_and_ttr_through_the_spec_equal_applying_them_directly(neurons_file):
+@pytest.fixture(scope="module")
+def loaded(neurons_file):
+    """The base and two remedies of it, loaded through their specs (shared: loading takes a second each)."""
+    return {name: B.load(B.parse_backbone_spec(text)) for name, text in
+            [("base", BASE), ("clamp5", f"{BASE}+clamp:gamma=5"), ("ttr", f"{BASE}+ttr:{neurons_file}")]}  # fmt: skip
+
+
+def test_clamp_and_ttr_through_the_spec_equal_applying_them_directly(neurons_file, loaded):
     images = sample_images(4, size=112, seed=7)
     base = load_backbone(BASE)
     direct_clamp = copy.deepcopy(base)
     direct_clamp.load_state_dict(clamp_singular_values(base, 5.0)[0])
-    via_spec = B.load(B.parse_backbone_spec(f"{BASE}+clamp:gamma=5"))
+    via_spec = loaded["clamp5"]
     for a, b in zip(direct_clamp.get_intermediate_layers(images, n=3), via_spec.get_intermediate_layers(images, n=3)):
         assert torch.equal(a, b)
     assert not torch.allclose(base.get_intermediate_layers(images, n=1)[0], via_spec.get_intermediate_layers(images, n=1)[0])
 
     direct_ttr = apply_neuron_file(base, neurons_file)
-    ttr = B.load(B.parse_backbone_spec(f"{BASE}+ttr:{neurons_file}"))
+    ttr = loaded["ttr"]
     assert ttr.num_extra_tokens == 1 and ttr.remedy_cost["extra_tokens"] == 1
     for a, b in zip(direct_ttr.get_intermediate_layers(images, n=3, return_class_token=True),
                     ttr.get_intermediate_layers(images, n=3, return_class_token=True)):  # fmt: skip
@@ -102,10 +109,9 @@ def _identity(model):
                           task_version="1", config={}, seed=0, profile="smoke")  # fmt: skip
 
 
-def test_the_identity_records_the_remedy_and_its_parameters(neurons_file, tmp_path):
-    base = load_backbone(BASE)
-    specs = [BASE, f"{BASE}+clamp:gamma=5", f"{BASE}+clamp:gamma=3", f"{BASE}+ttr:{neurons_file}"]
-    models = [B.load(B.parse_backbone_spec(s)) for s in specs]
+def test_the_identity_records_the_remedy_and_its_parameters(neurons_file, loaded, tmp_path):
+    base = loaded["base"]
+    models = [base, loaded["clamp5"], B.load(B.parse_backbone_spec(f"{BASE}+clamp:gamma=3")), loaded["ttr"]]
     keys = [_identity(m).key for m in models]
     assert len(set(keys)) == len(keys)
     ttr = models[3]
@@ -145,6 +151,10 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     (suites / "cheap.yaml").write_text("smoke_remedies: [clamp, ttr]\ntasks: [defect_census, imagenet_knn]\n")
     monkeypatch.setattr(registry, "SUITES_DIR", suites)
     monkeypatch.setattr(B, "_repair_function", lambda: None)
+    monkeypatch.setattr(B, "SMOKE_TTR_IMAGES", 40)
+    from benchmarks.remedies.task import DefectCensus
+
+    monkeypatch.setattr(DefectCensus, "profiles", {"smoke": {**DefectCensus.profiles["smoke"], "n_images": 16}})
     out = tmp_path / "runs"
     summary = run_suite("cheap", profile="smoke", out=out, cache_dir=tmp_path / "cache", device="cpu",
                         progress=False, log=lambda msg: None)  # fmt: skip
