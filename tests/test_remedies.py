@@ -55,17 +55,18 @@ def test_bad_specs_name_the_problem(text, message):
     assert repr(text) in str(err.value)
 
 
-def test_preflight_rejects_a_bad_remedy_with_exit_2(tmp_path, capsys):
+def test_preflight_rejects_a_bad_remedy_with_exit_2(tmp_path, capsys, neurons_file):
     from benchmarks.cli import main
 
     args = ["run", "--suite", "defect_census", "--profile", "smoke", "--out", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
     assert main(args + ["--backbone", f"{BASE}+clamp:gamma=zero"]) == 2
     assert main(args + ["--backbone", f"{BASE}+ttr:{tmp_path / 'missing.json'}", "--backbone",
-                        f"{BASE}+registers"]) == 2  # fmt: skip
+                        f"{BASE}+registers", "--backbone", f"dinov2_vits14+ttr:{neurons_file}"]) == 2  # fmt: skip
     err = capsys.readouterr().err + capsys.readouterr().out
     assert "gamma='zero' is not a float" in err
     assert "missing.json does not exist" in err and "has no register release" in err
+    assert "not dinov2_vits14's (depth 12, embed_dim 384)" in err
     assert not (tmp_path / "runs" / "defect_census").exists()  # nothing ran
 
 

@@ -22,12 +22,22 @@ class TestTimeRegisterRemedy(Remedy):
         return {"neurons": path}
 
     def problem(self, base, params: dict[str, Any]) -> str | None:
+        from sinder import weights as W
         from sinder.ttr import load_neurons
 
         try:
-            load_neurons(params["neurons"])  # format and content; the weights hash is checked on loading
+            neurons = load_neurons(params["neurons"])  # format and content; the weights hash is checked on loading
         except (OSError, ValueError) as err:
             return str(err)
+        try:  # the architecture, without building the model (a named checkpoint is checked on loading)
+            config = W.architecture_config(base.name)
+        except (OSError, ValueError):
+            return None
+        fitted = {k: neurons.architecture.get(k) for k in ("depth", "embed_dim")}
+        if None not in fitted.values() and fitted != {k: config.get(k) for k in fitted}:
+            return (f"neuron file {params['neurons']} was fitted on an architecture with {fitted}, not "
+                    f"{base.name}'s (depth {config.get('depth')}, embed_dim {config.get('embed_dim')}): "
+                    "fit the neurons on this backbone with `sinder-bench ttr fit`")  # fmt: skip
         return None
 
     def load(self, base, params: dict[str, Any], device="cpu"):
