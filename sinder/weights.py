@@ -335,13 +335,14 @@ def weights_role(path: str | Path, name: str | None) -> dict[str, Any]:
 
 
 def role_key(role: Mapping[str, Any] | None) -> str:
-    """A short, stable text form of a role: ``official:dinov2_vitg14``, ``repair:sinder:<config>:<base>``."""
+    """A short, stable text form of a role: ``official:dinov2_vitg14``, ``repair:sinder:<config>:<base>``,
+    ``remedy:ttr:<config>:<base>``."""
     role = role or {"kind": "other"}
     kind = role.get("kind", "other")
     if kind in ("official", "register", "constructed"):
         return f"{kind}:{role.get('name', '')}"
-    if kind == "repair":
-        return f"repair:{role.get('remedy', '')}:{str(role.get('config_sha256', ''))[:12]}:{str(role.get('base_sha256', ''))[:12]}"
+    if kind in ("repair", "remedy"):  # remedy: an inference-time change of base's weights (test-time registers)
+        return f"{kind}:{role.get('remedy', '')}:{str(role.get('config_sha256', ''))[:12]}:{str(role.get('base_sha256', ''))[:12]}"
     return str(kind)
 
 

@@ -137,7 +137,8 @@ def test_unregistered_tasks_are_not_available(tmp_path, monkeypatch, capsys):
 
 def test_registry_and_suites():
     assert {"imagenet_knn", "imagenet_linear"} <= set(registry.list_tasks())
-    assert registry.list_suites() == ["all", "table1", "table2", "table3", "table4", "table5", "table6", "table7"]
+    assert registry.list_suites() == ["all", "remedies", "table1", "table2", "table3", "table4", "table5", "table6",
+                                      "table7"]
     everything = registry.get_suite("all").tasks
     union = [t for n in range(1, 8) for t in registry.get_suite(f"table{n}").tasks]
     assert list(everything) == union and len(set(everything)) == len(everything)

@@ -1,9 +1,12 @@
 """Backbone specs of ``sinder-bench run --backbone``: parse, check up front, load, and the smoke defaults.
 
-A spec is ``[LABEL=]NAME[:WEIGHTS]``: NAME is a preset, a constructed (tiny) backbone, a config file or a
+A spec is ``[LABEL=]NAME[:WEIGHTS][+REMEDY[:ARGS]]``: NAME is a preset, a constructed (tiny) backbone, a config file or a
 checkpoint that carries its architecture (a Hugging Face DINOv2 folder, an official or timm weights file);
 WEIGHTS an optional weights file (any of those formats); LABEL the name shown in records and tables (default:
-the weights file's stem, else NAME). Examples: ``dinov2_vitg14``, ``sinder=dinov2_vitg14:ckpt/sinder_vitg14.safetensors``.
+the weights file's stem, else NAME; with a remedy, ``BASE+REMEDY``); REMEDY a remedy of ``benchmarks.remedies``
+applied to the base (``sinder``, ``clamp``, ``ttr``, ``registers``) with its arguments. Examples: ``dinov2_vitg14``,
+``sinder=dinov2_vitg14:ckpt/sinder_vitg14.safetensors``, ``ttr=dinov2_vitg14+ttr:neurons.json``,
+``clamp=dinov2_vitg14+clamp:gamma=5``.
 The label only displays: runs are identified by the weights' content hash and role (``identity.py``).
 """
 
@@ -11,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 SMOKE_BACKBONE = "dinov2_tiny_defective"
@@ -26,14 +30,44 @@ class BackboneSpec:
     name: str
     weights: str | None
     label: str
+    remedy: str | None = None
+    remedy_args: str | None = None
+    remedy_params: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def base(self) -> BackboneSpec:
+        """The spec without its remedy."""
+        return replace(self, remedy=None, remedy_args=None, remedy_params={})
 
     def as_record(self, sha256: str, source: str = "", role: dict | None = None) -> dict:
-        return {"spec": self.text, "name": self.name, "weights": self.weights, "label": self.label,
-                "weights_sha256": sha256, "source": source, "role": dict(role or {"kind": "other"})}  # fmt: skip
+        out = {"spec": self.text, "name": self.name, "weights": self.weights, "label": self.label,
+               "weights_sha256": sha256, "source": source, "role": dict(role or {"kind": "other"})}  # fmt: skip
+        if self.remedy:
+            out["remedy"] = {"name": self.remedy, "args": self.remedy_args, "params": dict(self.remedy_params)}
+        return out
+
+
+_REMEDY_PART = re.compile(r"\+([A-Za-z][A-Za-z0-9_-]*)(?=:|$)")
+
+
+def _split_remedy(text: str, raw: str) -> tuple[str, str | None, str | None]:
+    """``NAME[:WEIGHTS]+REMEDY[:ARGS]`` -> (base part, remedy, args); a '+' inside a path is not a remedy."""
+    from benchmarks.remedies.base import list_remedies
+
+    known = list_remedies()
+    for match in _REMEDY_PART.finditer(raw):
+        before = raw[: match.start()]
+        if match.group(1) in known:
+            args = raw[match.end() + 1 :].strip() if raw[match.end() : match.end() + 1] == ":" else None
+            return before, match.group(1), (args or None)
+        if "/" not in before and "\\" not in before:
+            raise ValueError(f"--backbone {text!r}: unknown remedy {match.group(1)!r}; remedies: {', '.join(known)} "
+                             "(e.g. dinov2_vitg14+clamp:gamma=5)")  # fmt: skip
+    return raw, None, None
 
 
 def parse_backbone_spec(text: str) -> BackboneSpec:
-    """``[LABEL=]NAME[:WEIGHTS]`` -> :class:`BackboneSpec` (ValueError naming the bad spec)."""
+    """``[LABEL=]NAME[:WEIGHTS][+REMEDY[:ARGS]]`` -> :class:`BackboneSpec` (ValueError naming the bad spec)."""
     raw = text.strip()
     label = None
     head, eq, rest = raw.partition("=")
@@ -41,6 +75,16 @@ def parse_backbone_spec(text: str) -> BackboneSpec:
         label, raw = head.strip(), rest.strip()
         if not re.fullmatch(r"[A-Za-z0-9._+-]+", label or ""):
             raise ValueError(f"--backbone {text!r}: label {label!r} must be letters, digits, '.', '_', '+' or '-'")
+    raw, remedy, remedy_args = _split_remedy(text, raw)
+    params: dict = {}
+    if remedy is not None:
+        from benchmarks.remedies.base import get_remedy
+
+        try:
+            params = get_remedy(remedy).parse_args(remedy_args)
+        except ValueError as err:
+            usage = get_remedy(remedy).args_help
+            raise ValueError(f"--backbone {text!r}: {err}" + (f" (usage: +{remedy}:{usage})" if usage else "")) from None
     name, _, weights = raw.partition(":")
     name, weights = name.strip(), (weights.strip() or None)
     if not name:
@@ -48,11 +92,22 @@ def parse_backbone_spec(text: str) -> BackboneSpec:
                          "sinder=dinov2_vitg14:sinder.safetensors")  # fmt: skip
     if label is None:
         label = Path(weights).stem if weights else Path(name).stem
-    return BackboneSpec(text=text, name=name, weights=weights, label=label)
+        label = f"{label}+{remedy}" if remedy else label
+    return BackboneSpec(text=text, name=name, weights=weights, label=label, remedy=remedy, remedy_args=remedy_args,
+                        remedy_params=params)  # fmt: skip
 
 
 def backbone_problem(spec: BackboneSpec) -> str | None:
     """Why ``spec`` cannot be loaded (a missing weights file, an unknown name), without building the model."""
+    if spec.remedy:
+        from benchmarks.remedies.base import get_remedy
+
+        problem = get_remedy(spec.remedy).problem(spec.base, spec.remedy_params)
+        if problem:
+            return f"backbone {spec.text!r}: {problem}"
+        if spec.remedy in ("sinder", "registers"):  # these load other weights instead of the base's
+            return None
+        return backbone_problem(spec.base)
     from sinder import weights as W
     from sinder.checkpoint_formats import checkpoint_problem, is_checkpoint_path
 
@@ -90,10 +145,19 @@ def backbone_problem(spec: BackboneSpec) -> str | None:
 
 
 def load(spec: BackboneSpec, device="cpu"):
-    """The model (eval mode) with ``weights_sha256``; see ``sinder.weights.load_backbone``."""
+    """The model (eval mode) with ``weights_sha256``, ``weights_role`` and ``remedy_cost``; see
+    ``sinder.weights.load_backbone`` and ``benchmarks.remedies``."""
     from sinder.weights import load_backbone
 
-    return load_backbone(spec.name, weights=spec.weights, device=device)
+    if spec.remedy:
+        from benchmarks.remedies.base import get_remedy
+
+        return get_remedy(spec.remedy).load(spec.base, spec.remedy_params, device=device)
+    model = load_backbone(spec.name, weights=spec.weights, device=device)
+    from benchmarks.remedies.base import default_cost
+
+    model.remedy_cost = default_cost(model)
+    return model
 
 
 def smoke_specs(log: Callable[[str], None] = print) -> list[BackboneSpec]:
@@ -130,6 +194,7 @@ def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None
     import json
     from dataclasses import asdict
 
+    from benchmarks.remedies.base import REPAIR_SECONDS_KEY
     from sinder.weights import save_state_dict
 
     repair = _repair_function()
@@ -141,11 +206,14 @@ def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None
     path = Path(cache_dir) / "backbones" / f"{Path(spec.name).stem}{REPAIRED_SUFFIX}-{base.weights_sha256[:16]}.safetensors"
     if not path.is_file():
         log(f"repairing {spec.label} for the smoke run (cached at {path})")
+        start = time.perf_counter()
         repaired = repair(copy.deepcopy(base))
+        seconds = time.perf_counter() - start
         model = repaired[0] if isinstance(repaired, tuple) else repaired
         path.parent.mkdir(parents=True, exist_ok=True)
         # The metadata a repaired checkpoint carries: its role (a SINDER repair of this base) is read from it.
-        metadata = {"base_sha256": base.weights_sha256, "sinder_config": json.dumps(_smoke_repair_config(asdict))}
+        metadata = {"base_sha256": base.weights_sha256, "sinder_config": json.dumps(_smoke_repair_config(asdict)),
+                    REPAIR_SECONDS_KEY: f"{seconds:.3f}"}  # fmt: skip
         save_state_dict(model.state_dict(), path, force=True, metadata=metadata)
     return BackboneSpec(
         text=f"{spec.label}{REPAIRED_SUFFIX}={spec.name}:{path}", name=spec.name, weights=str(path),
@@ -160,3 +228,52 @@ def _smoke_repair_config(asdict) -> dict:
         return asdict(RepairConfig(**SMOKE_CONFIG))
     except (ImportError, TypeError):
         return {"profile": "smoke"}
+
+
+# The remedies the smoke profile builds of its base besides the repaired twin (suite key ``smoke_remedies``).
+SMOKE_CLAMP_GAMMA = 5.0  # the tiny defective model's circuit layers reach ~5.7: 5 cuts its high-norm tokens by 2/3
+SMOKE_TTR_IMAGES = 80  # train images of the synthetic ImageNet twin the register neurons are fitted on
+SMOKE_TTR_RESOLUTION = 112
+
+
+def smoke_remedies(spec: BackboneSpec, names, cache_dir: Path, seed: int = 0,
+                   log: Callable[[str], None] = print) -> list[BackboneSpec]:  # fmt: skip
+    """Specs of ``spec`` with each remedy in ``names`` (``clamp``, ``ttr``), what they need made once and cached
+    by the base's content hash (the test-time register neurons, fitted on the synthetic ImageNet twin)."""
+    out = []
+    for name in names:
+        if name == "clamp":
+            text = f"{spec.label}+clamp={spec.name}+clamp:gamma={SMOKE_CLAMP_GAMMA:g}"
+        elif name == "ttr":
+            text = f"{spec.label}+ttr={spec.name}+ttr:{smoke_ttr_neurons(spec, cache_dir, seed, log)}"
+        else:
+            raise ValueError(f"smoke_remedies: the smoke profile builds clamp and ttr, not {name!r}")
+        out.append(parse_backbone_spec(text))
+    return out
+
+
+def smoke_ttr_neurons(spec: BackboneSpec, cache_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> Path:
+    """The register neurons of ``spec`` fitted on the synthetic ImageNet twin's train images (cached)."""
+    from sinder.images import list_images, load_image, stride_subset
+    from sinder.ttr import fit_register_neurons, save_neurons
+
+    base = load(spec)
+    path = Path(cache_dir) / "backbones" / f"{Path(spec.name).stem}_ttr-{base.weights_sha256[:16]}.json"
+    if path.is_file():
+        return path
+    images_dir = Path(cache_dir) / "synth" / f"imagenet-seed{seed}"
+    if not images_dir.is_dir():
+        from benchmarks.data.synth import write_synthetic
+
+        write_synthetic("imagenet", images_dir, seed=seed)  # built beside and renamed into place
+    files = stride_subset(list_images(images_dir / "train"), SMOKE_TTR_IMAGES)
+    log(f"fitting test-time register neurons of {spec.label} on {len(files)} synthetic images (cached at {path})")
+    import torch
+
+    images = torch.stack([load_image(f, SMOKE_TTR_RESOLUTION, base.patch_size) for f in files])
+    start = time.perf_counter()
+    neurons = fit_register_neurons(base, images.split(16))
+    neurons.fit["seconds"] = round(time.perf_counter() - start, 3)
+    neurons.fit["images"] = f"synthetic ImageNet twin (seed {seed}), {len(files)} train images at {SMOKE_TTR_RESOLUTION} px"
+    save_neurons(neurons, path)
+    return path

@@ -51,7 +51,8 @@ def register(subparsers) -> None:
         description="Lay out the paper's Tables 1-7 with the paper's numbers, ours (from run records) and deltas. "
         "Our backbones fill the paper's rows by role, not label: an official release is DINOv2, a register "
         "release DINOv2-Register, a SINDER repair (as its checkpoint metadata says) DINOv2-SINDER. Each table "
-        "also shows the effect of each remedy over its own base, with tableN_effects.png.",
+        "also shows the effect of each remedy over its own base, with tableN_effects.png; with records of "
+        "remedies (suite remedies), remedies.{md,png} set each remedy beside its base with its cost.",
     )
     report.add_argument("--runs", default="results/runs", help="folder of run records")
     report.add_argument("--format", choices=("md", "latex", "csv"), default="md")

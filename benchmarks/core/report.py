@@ -22,6 +22,7 @@ from typing import Any
 
 from sinder.atomic import atomic_path, atomic_write_text
 
+from . import remedies_report as R
 from .identity import BackboneIdentity, RunIdentity
 from .results import RecordError, is_failure, load_records
 
@@ -97,6 +98,12 @@ def paper_role(role: str) -> str | None:
     if kind == "constructed":
         return STAND_INS.get(rest)
     return None
+
+
+def _unmatched_row(role: str) -> str:
+    """The row name of a backbone no paper row stands for; a remedy the paper did not evaluate says which."""
+    kind, _, rest = role.partition(":")
+    return f"(no paper row: {rest.split(':', 1)[0]})" if kind in ("repair", "remedy") else "(no paper row)"
 
 
 def row_for_role(role: str, rows: list[dict]) -> dict | None:
@@ -176,12 +183,12 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
     ours = _ours(table, agg)
     lines = []
 
-    def add(row, source, label, profile, n_runs, value_of):
+    def add(row, source, label, profile, n_runs, value_of, other="(no paper row)"):
         for col in table["columns"]:
             paper = row["values"].get(col["key"], math.nan) if row else math.nan
             value = value_of(col)
             lines.append({
-                "table": table["table"], "row": row["name"] if row else "(no paper row)",
+                "table": table["table"], "row": row["name"] if row else other,
                 "row_key": row["key"] if row else "", "source": source, "backbone": label, "protocol": profile,
                 "n_runs": n_runs, "column": col["label"], "column_key": col["key"], "task": col["task"],
                 "metric": col["metric"], "higher_is_better": bool(col["higher_is_better"]), "paper": paper,
@@ -205,7 +212,7 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
     for (backbone, profile), row in assigned.items():
         if row is None:  # a backbone no paper row stands for: ours only, no delta
             add(None, "ours", _label_of(agg, backbone, profile), profile, n_runs(backbone, profile),
-                lambda col, b=backbone, p=profile: _value(agg, b, p, col))  # fmt: skip
+                lambda col, b=backbone, p=profile: _value(agg, b, p, col), _unmatched_row(backbone.role))  # fmt: skip
     return pd.DataFrame(lines)
 
 
@@ -235,8 +242,9 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
             lambda col: sinder["values"].get(col["key"], math.nan) - dinov2["values"].get(col["key"], math.nan))
     for backbone, profile in _ours(table, agg):
         role = next(v["role"] for (b, _, p), v in agg.items() if b == backbone and p == profile)
-        base_sha = role.get("base_sha256") if role.get("kind") == "repair" else None
-        bases = [b for b, p in _ours(table, agg) if p == profile and b.sha256 == base_sha]
+        base_sha = role.get("base_sha256") if role.get("kind") in ("repair", "remedy") else None
+        bases = [b for b, p in _ours(table, agg) if p == profile and b.sha256 == base_sha
+                 and not b.role.startswith(("repair:", "remedy:"))]  # fmt: skip
         if not bases:
             continue
         base = bases[0]
@@ -276,7 +284,7 @@ def wide_rows(table: dict, frame) -> tuple[list[str], list[list[str]]]:
         n = int(part["n_runs"].max()) if len(part) else 0
         values = [_fmt(cells[c["key"]].value, _decimals(table, c["key"])) for c in table["columns"]]
         body.append([row_name, f"ours: {label} (n={n})", protocol] + values)
-        if row_name != "(no paper row)":
+        if not row_name.startswith("(no paper row"):
             deltas = [_fmt(cells[c["key"]].delta, _decimals(table, c["key"]), sign=True) for c in table["columns"]]
             body.append([row_name, DELTA, protocol] + deltas)
     return header, body
@@ -468,6 +476,17 @@ def build_report(
                 plot_table(table, frame, Path(out_dir) / f"table{number}.png")
                 if not effects.empty:
                     plot_effects(table, effects, Path(out_dir) / f"table{number}_effects.png")
+    remedies = R.remedies_frame(agg)
+    if R.has_remedies(remedies):  # each remedy beside its base, with its cost (suite `remedies`)
+        frames.append(remedies.assign(view="remedies"))
+        if fmt != "csv":
+            parts.append(R.render_markdown(remedies) if fmt == "md" else R.render_latex(remedies))
+        if out_dir is not None:
+            suffix = {"md": "md", "latex": "tex", "csv": "csv"}[fmt]
+            text = parts[-1] if fmt != "csv" else remedies.to_csv(index=False)
+            atomic_write_text(Path(out_dir) / f"remedies.{suffix}", text)
+            if plots:
+                R.plot_remedies(remedies, Path(out_dir) / "remedies.png")
     if fmt == "csv":
         return pd.concat(frames, ignore_index=True).to_csv(index=False)
     header = f"{len(records)} run record(s) from {runs}" if records else f"no run records found under {runs}"

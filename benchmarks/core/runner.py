@@ -345,6 +345,10 @@ def run_suite(
                 specs.append(twin)
             else:
                 summary.notes.append("repaired twin skipped: sinder.repair.repair_for_smoke not in this checkout")
+            remedies = list(suite_obj.meta.get("smoke_remedies") or [])  # clamp, ttr: see benchmarks.remedies
+            extra = B.smoke_remedies(specs[0], remedies, cache, seed, say) if D.is_main() and remedies else []
+            D.barrier()
+            specs += D.broadcast_object(extra)
 
         job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, ResultStore(out),
                    summary, say, head_dir, started=utc_now())  # fmt: skip

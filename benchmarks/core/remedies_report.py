@@ -1,0 +1,185 @@
+"""The remedies table: each remedy beside its base on the defect census and the trade-off tasks, with its cost.
+
+Rows are grouped by base backbone: the base (an official release, a constructed model, any checkpoint), then
+every remedy whose role names that base (a repair or test-time registers by ``base_sha256``; a register release
+by the official release of the same architecture), each value with its difference from the base. The cost
+columns come from the census records: tokens added at inference and seconds to make the remedy from its base.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from sinder.atomic import atomic_path
+
+from .identity import BackboneIdentity
+
+COLUMNS = (
+    {"key": "high_norm_last", "label": "High-norm tokens, last block", "task": "defect_census",
+     "metric": "high_norm_last", "higher_is_better": False},
+    {"key": "defects_total", "label": "Eq. 5 defects, all blocks", "task": "defect_census",
+     "metric": "defects_total", "higher_is_better": False},
+    {"key": "knn_top1", "label": "ImageNet KNN Top1", "task": "imagenet_knn", "metric": "top1",
+     "higher_is_better": True},
+    {"key": "ade_lin_miou", "label": "ADE20k Linear mIoU", "task": "seg_ade20k_linear", "metric": "miou",
+     "higher_is_better": True},
+    {"key": "nyu_lin4_rmse", "label": "NYUd Linear 4 RMSE", "task": "depth_nyu_linear4", "metric": "rmse",
+     "higher_is_better": False},
+)  # fmt: skip
+COSTS = (
+    {"key": "extra_tokens", "label": "Extra inference tokens", "task": "defect_census", "metric": "extra_tokens"},
+    {"key": "setup_s", "label": "Setup time (s)", "task": "defect_census", "metric": "setup_s"},
+)
+
+
+def remedy_of(role: dict[str, Any]) -> str:
+    kind = role.get("kind", "other")
+    if kind in ("repair", "remedy"):
+        return str(role.get("remedy") or kind)
+    return "registers" if kind == "register" else "base"
+
+
+def _base_of(backbone: BackboneIdentity, role: dict, candidates: list[BackboneIdentity]) -> BackboneIdentity | None:
+    kind = role.get("kind")
+    if kind in ("repair", "remedy"):
+        wanted = role.get("base_sha256")
+        return next((b for b in candidates if b.sha256 == wanted and b != backbone
+                     and not b.role.startswith(("repair:", "remedy:"))), None)  # fmt: skip
+    if kind == "register":
+        official = f"official:{str(role.get('name', '')).removesuffix('_reg')}"
+        return next((b for b in candidates if b.role == official), None)
+    return None
+
+
+def remedies_frame(agg: dict):
+    """Long format: one line per (backbone, column) with value, its base's value and the difference."""
+    import pandas as pd
+
+    tasks = {c["task"] for c in COLUMNS + COSTS}
+    lines = []
+    for profile in sorted({p for (_, t, p) in agg if t in tasks}):
+        backbones = sorted({b for (b, t, p) in agg if p == profile and t in tasks}, key=str)
+        info = {b: next(v for (bb, t, p), v in agg.items() if bb == b and p == profile) for b in backbones}
+        base = {b: _base_of(b, info[b]["role"], backbones) for b in backbones}
+        roots = [b for b in backbones if base[b] is None]
+        order = []
+        for root in sorted(roots, key=lambda b: info[b]["label"]):
+            order.append(root)
+            order += sorted((b for b in backbones if base[b] == root), key=lambda b: (remedy_of(info[b]["role"]),
+                                                                                      info[b]["label"]))  # fmt: skip
+
+        def value(b, col, profile=profile):
+            entry = agg.get((b, col["task"], profile))
+            return entry["metrics"].get(col["metric"], math.nan) if entry else math.nan
+
+        for b in order:
+            parent = base[b]
+            for col in COLUMNS + COSTS:
+                v = value(b, col)
+                ref = value(parent, col) if parent is not None else math.nan
+                lines.append({
+                    "protocol": profile, "backbone": info[b]["label"], "remedy": remedy_of(info[b]["role"]),
+                    "base": info[parent]["label"] if parent is not None else info[b]["label"],
+                    "has_base": parent is not None, "column": col["label"], "column_key": col["key"],
+                    "task": col["task"], "metric": col["metric"], "cost": col in COSTS,
+                    "higher_is_better": col.get("higher_is_better"), "value": v,
+                    "base_value": ref, "delta": v - ref,
+                })  # fmt: skip
+    return pd.DataFrame(lines)
+
+
+def has_remedies(frame) -> bool:
+    return bool(len(frame)) and bool(frame["has_base"].any() or (frame["task"] == "defect_census").any())
+
+
+def _fmt(value: float, delta: float | None = None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    text = f"{value:.4g}"
+    if delta is not None and not math.isnan(delta):
+        text += f" ({delta:+.3g})"
+    return text
+
+
+def rows(frame) -> tuple[list[str], list[list[str]]]:
+    arrows = {True: " (up)", False: " (down)"}
+    header = ["Backbone", "Remedy", "Protocol"] + [c["label"] + arrows[c["higher_is_better"]] for c in COLUMNS]
+    header += [c["label"] for c in COSTS]
+    body = []
+    for key in dict.fromkeys(zip(frame["protocol"], frame["backbone"])):
+        part = frame[(frame["protocol"] == key[0]) & (frame["backbone"] == key[1])]
+        cells = {r.column_key: r for r in part.itertuples()}
+        first = part.iloc[0]
+        name = key[1] if not first["has_base"] else f"  {key[1]} (of {first['base']})"
+        body.append([name, first["remedy"], key[0]] + [
+            _fmt(cells[c["key"]].value, cells[c["key"]].delta if first["has_base"] else None) for c in COLUMNS
+        ] + [_fmt(cells[c["key"]].value) for c in COSTS])  # fmt: skip
+    return header, body
+
+
+NOTE = ("Each remedy beside its base, with the difference from the base in parentheses; cost: tokens added at "
+        "inference and seconds to make the remedy from its base (a repair's training, a neuron fit, a weight "
+        "transform; '-' when not recorded, e.g. a register release's pretraining).")  # fmt: skip
+
+
+def render_markdown(frame) -> str:
+    header, body = rows(frame)
+    lines = ["### Remedies: each remedy beside its base", "", NOTE]
+    if (frame["protocol"] == "smoke").any():
+        lines += ["", "**Smoke profile: a tiny constructed model on synthetic data; only the effects compare.**"]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def render_latex(frame) -> str:
+    import pandas as pd
+
+    header, body = rows(frame)
+    return pd.DataFrame(body, columns=header).to_latex(index=False, escape=True, caption=NOTE,
+                                                       label="tab:sinder-bench-remedies")  # fmt: skip
+
+
+def plot_remedies(frame, path: str | Path) -> Path:
+    """One panel per column (metrics and costs): a bar per backbone, each base followed by its remedies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(COLUMNS + COSTS)
+    series = list(dict.fromkeys(zip(frame["protocol"], frame["backbone"])))
+    remedies = list(dict.fromkeys(frame["remedy"]))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {r: palette[i % len(palette)] for i, r in enumerate(remedies)}
+    ncols = 4
+    nrows = math.ceil(len(columns) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows + 0.8), dpi=100, squeeze=False)
+    for ax, col in zip(axes.flat, columns):
+        part = frame[frame["column_key"] == col["key"]]
+        values = {(r.protocol, r.backbone): (r.value, r.remedy) for r in part.itertuples()}
+        heights = [values.get(s, (math.nan, ""))[0] for s in series]
+        colours = [colour.get(values.get(s, (0, "base"))[1], "grey") for s in series]
+        ax.bar(range(len(series)), heights, color=colours, edgecolor="black")
+        if all(math.isnan(h) for h in heights):
+            ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        arrow = {True: " (up)", False: " (down)", None: ""}[col.get("higher_is_better")]
+        ax.set_title(col["label"] + arrow, fontsize=9)
+        ax.set_xticks(range(len(series)))
+        ax.set_xticklabels([b for _, b in series], rotation=35, ha="right", fontsize=7)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour[r]) for r in remedies]
+    fig.legend(handles, remedies, loc="lower center", ncol=len(remedies), fontsize=8, frameon=False)
+    title = "Remedies beside their base"
+    if (frame["protocol"] == "smoke").any():
+        title += " (smoke: tiny constructed model, synthetic data)"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

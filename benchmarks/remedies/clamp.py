@@ -1,0 +1,40 @@
+"""``+clamp:gamma=G``: SINDER's Appendix B baseline, every block linear weight's singular values clamped to G."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .base import Remedy, key_value_args, register_remedy, remedy_role
+
+
+@register_remedy
+class Clamp(Remedy):
+    name = "clamp"
+    title = "singular-value clamping (SINDER Appendix B)"
+    args_help = "gamma=G"
+
+    def parse_args(self, text: str | None) -> dict[str, Any]:
+        params = key_value_args(self.name, text, {"gamma": float}, positional="gamma")
+        if "gamma" not in params:
+            raise ValueError("remedy clamp needs the singular value bound: gamma=G")
+        if not params["gamma"] > 0:
+            raise ValueError(f"remedy clamp: gamma={params['gamma']} must be positive")
+        return params
+
+    def load(self, base, params: dict[str, Any], device="cpu"):
+        from benchmarks.core.backbones import load
+        from sinder.clamp import clamp_singular_values
+        from sinder.weights import content_sha256
+
+        model = load(base, device="cpu")
+        base_sha = model.weights_sha256
+        start = time.perf_counter()
+        state, _ = clamp_singular_values(model, params["gamma"])
+        model.load_state_dict(state)
+        seconds = time.perf_counter() - start
+        model.weights_sha256 = content_sha256(model.state_dict())
+        # The role a file written by `sinder clamp` has: the same tensors and gamma are the same work.
+        model.weights_role = remedy_role("repair", "clamp", {"gamma": float(params["gamma"])}, base_sha)
+        model.remedy_cost = {"setup_s": seconds, "extra_tokens": 0}
+        return model.to(device).eval()

@@ -1,0 +1,60 @@
+"""``+ttr:NEURONS.json``: test-time registers (``sinder.ttr``) driven by a neuron file fitted on the base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import Remedy, canonical_sha256, register_remedy, remedy_role
+
+
+@register_remedy
+class TestTimeRegisterRemedy(Remedy):
+    __test__ = False
+    name = "ttr"
+    title = "test-time registers (Jiang et al. 2025)"
+    args_help = "NEURONS.json (from `sinder-bench ttr fit`)"
+
+    def parse_args(self, text: str | None) -> dict[str, Any]:
+        path = (text or "").removeprefix("neurons=").strip()
+        if not path:
+            raise ValueError("remedy ttr needs a neuron file: +ttr:NEURONS.json (write one with `sinder-bench ttr fit`)")
+        return {"neurons": path}
+
+    def problem(self, base, params: dict[str, Any]) -> str | None:
+        from sinder import weights as W
+        from sinder.ttr import load_neurons
+
+        try:
+            neurons = load_neurons(params["neurons"])  # format and content; the weights hash is checked on loading
+        except (OSError, ValueError) as err:
+            return str(err)
+        try:  # the architecture, without building the model (a named checkpoint is checked on loading)
+            config = W.architecture_config(base.name)
+        except (OSError, ValueError):
+            return None
+        fitted = {k: neurons.architecture.get(k) for k in ("depth", "embed_dim")}
+        if None not in fitted.values() and fitted != {k: config.get(k) for k in fitted}:
+            return (f"neuron file {params['neurons']} was fitted on an architecture with {fitted}, not "
+                    f"{base.name}'s (depth {config.get('depth')}, embed_dim {config.get('embed_dim')}): "
+                    "fit the neurons on this backbone with `sinder-bench ttr fit`")  # fmt: skip
+        return None
+
+    def load(self, base, params: dict[str, Any], device="cpu"):
+        from benchmarks.core.backbones import load
+        from sinder.ttr import apply_test_time_registers, load_neurons
+        from sinder.weights import file_sha256
+
+        model = load(base, device=device)
+        neurons = load_neurons(params["neurons"], model)  # refuses a file fitted on other weights
+        wrapped = apply_test_time_registers(model, neurons)
+        base_sha = model.weights_sha256
+        config = {"neurons_sha256": file_sha256(params["neurons"]), "n_neurons": len(neurons.neurons)}
+        role = remedy_role("remedy", "ttr", config, base_sha)
+        # The tensors are the base's: the hash of the model that runs also names the neurons, so feature caches
+        # keyed by it never hand the base's features to the remedy.
+        wrapped.weights_sha256 = canonical_sha256({"base": base_sha, "remedy": "ttr", "config": config})
+        wrapped.weights_role = role
+        wrapped.weights_source = f"{model.weights_source} + test-time registers {Path(params['neurons']).name}"
+        wrapped.remedy_cost = {"setup_s": neurons.fit.get("seconds"), "extra_tokens": wrapped.num_extra_tokens}
+        return wrapped.eval()
