@@ -37,7 +37,7 @@ from .svd import TRAINABLE_SETTINGS, fold_back, parametrize_singular_values, sin
 
 @dataclass
 class RepairConfig:
-    """Every knob of Algorithm 1. Defaults: the official implementation (see ../shared/protocols.md)."""
+    """Every knob of Algorithm 1. Defaults: the official implementation (see docs/protocols.md)."""
 
     # data: official resize short side + centre crop at 518, the 30k-image budget cycled in order
     resolution: int = 518
