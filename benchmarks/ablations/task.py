@@ -50,6 +50,7 @@ def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
 
 class _AblationTask(Task):
     settings: dict[str, dict[str, Any]] = {}
+    first_backbone_only = True  # each row repairs DINOv2 itself; a repaired twin would be repaired twice
 
     @property
     def metrics(self):

@@ -26,6 +26,7 @@ from sinder.atomic import atomic_write_text
 
 from . import backbones as B
 from . import distributed as D
+from .progress import SuiteProgress, expected_durations, format_duration, headline
 from .registry import PROFILES, Task, get_suite, get_task, import_errors, list_tasks
 from .results import ResultStore, device_info, make_record, utc_now
 
@@ -112,10 +113,19 @@ def _dataset_dirname(name: str) -> str:
         return name
 
 
+def _download_hint(name: str) -> str:
+    """``; fix: where to get it ...``, as ``sinder-bench data check`` says it (empty for an unknown name)."""
+    try:
+        from benchmarks.data import DATASETS
+    except ImportError:
+        return ""
+    return f"\n    fix: {DATASETS[name].fix_hint()}" if name in DATASETS else ""
+
+
 def _check_dataset(name: str, root: Path, split: str | None) -> str | None:
     """None when ``split`` of ``name`` opens at ``root`` (layout check, no decoding), else the problem."""
     if not root.is_dir():
-        return f"dataset {name}: folder {root} does not exist"
+        return f"dataset {name}: folder {root} does not exist{_download_hint(name)}"
     if split is None:
         return None
     try:
@@ -297,11 +307,23 @@ def run_suite(
         else:
             summary.notes.append("repaired twin skipped: sinder.repair.repair_for_smoke not in this checkout")
 
-    job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, ResultStore(out),
-               summary, say)  # fmt: skip
-    for spec in specs:
+    store = ResultStore(out)
+    # Tasks that repair their input (Tables 6-7) run on the first backbone only: the paper applies them to DINOv2.
+    plan = [(spec, [t for t in tasks if i == 0 or not getattr(t, "first_backbone_only", False)])
+            for i, spec in enumerate(specs)]  # fmt: skip
+    for task in tasks:
+        if getattr(task, "first_backbone_only", False) and len(specs) > 1:
+            summary.notes.append(f"{task.name} ran on {specs[0].label} only (it repairs the un-repaired backbone)")
+    try:
+        expected = expected_durations(store.records(), profile)
+    except ValueError:  # an unreadable earlier record: no estimate from the records, the run still goes on
+        expected = {}
+    tracker = SuiteProgress([t.name for _, ts in plan for t in ts], expected)
+    job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, store,
+               summary, say, tracker)  # fmt: skip
+    for spec, spec_tasks in plan:
         model = sha = None
-        for task in tasks:
+        for task in spec_tasks:
             if model is None:
                 model = B.load(spec, device=device_t)
                 sha = model.weights_sha256
@@ -330,12 +352,21 @@ class _Job:
     store: ResultStore
     summary: RunSummary
     say: Callable[[str], None]
+    tracker: SuiteProgress | None = None
+
+    def _prefix(self) -> str:
+        return self.tracker.prefix() + " " if self.tracker else ""
+
+    def _done(self, task: Task, seconds: float | None) -> None:
+        if self.tracker:
+            self.tracker.done(task.name, seconds)
 
     def run_task(self, task: Task, model, spec: B.BackboneSpec, sha: str, resume: bool) -> None:
         entry = {"backbone": spec.label, "task": task.name, "weights_sha256": sha}
         if resume and D.broadcast_object(self.store.is_done(sha, task.name, self.profile)):
             self.summary.skipped.append(entry)
-            self.say(f"[{spec.label}] {task.name}: already recorded, skipped (--resume)")
+            self.say(f"{self._prefix()}{spec.label} {task.name}: already recorded, skipped (--resume)")
+            self._done(task, None)
             return
         config = task.config(self.profile)
         ctx = TaskContext(
@@ -344,7 +375,7 @@ class _Job:
             progress=self.progress, weights_sha256=sha, backbone_label=spec.label,
             work_dir=self.cache / "work" / f"{task.name}-{sha[:16]}-{self.profile}", log=self.say,
         )  # fmt: skip
-        self.say(f"[{spec.label}] {task.name} ({self.profile}) ...")
+        self.say(f"{self._prefix()}{spec.label} {task.name} ...")
         torch.manual_seed(self.seed)
         start = time.perf_counter()
         try:
@@ -352,7 +383,8 @@ class _Job:
             metrics = dict(result["metrics"])
         except Exception as err:  # one broken task must not stop the suite; KeyboardInterrupt still does
             self.summary.failed.append({**entry, "error": f"{type(err).__name__}: {err}"})
-            self.say(f"[{spec.label}] {task.name}: FAILED\n{traceback.format_exc()}")
+            self.say(f"{spec.label} {task.name}: FAILED\n{traceback.format_exc()}")
+            self._done(task, time.perf_counter() - start)
             return
         wall = time.perf_counter() - start
         used = {_split_dataset(e)[0] for e in task.datasets_needed(self.profile)}
@@ -365,9 +397,10 @@ class _Job:
                 extra={"datasets": {k: str(v) for k, v in self.roots.items() if k in used},
                        **({"details": result["details"]} if result.get("details") else {})},
             )  # fmt: skip
-            path = self.store.write(record)
-            headline = ", ".join(f"{m.name}={metrics[m.name]:.4g}" for m in task.metrics if m.name in metrics)
-            self.say(f"[{spec.label}] {task.name}: {headline or 'done'} ({wall:.1f} s) -> {path}")
+            self.store.write(record)
+            line = headline(metrics, [m.name for m in task.metrics] + sorted(metrics))
+            self.say(f"    {spec.label} {task.name}: {line or 'done'} ({format_duration(wall)})")
+        self._done(task, wall)
         D.barrier()
         self.summary.ran.append(entry)
 
