@@ -76,8 +76,7 @@ class _SegTask(Task):
         ensure_mmseg()
         data_root = dataset_base(self.dataset, ctx.dataset_root(self.dataset))
         overrides = dict(ctx.config.get("overrides") or {})
-        if not ctx.progress:
-            overrides.setdefault("log_level", "WARNING")
+        overrides.setdefault("log_level", "WARNING")  # the progress bar, not mmengine's INFO lines, shows training
         base_dir = Path(ctx.work_dir) if ctx.work_dir else Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         cfg = resolve_config(
             load_config(self.dataset, self.setting), data_root=data_root, embed_dim=int(backbone.embed_dim),
@@ -88,7 +87,7 @@ class _SegTask(Task):
         # Checkpoints of a different resolved config must never be resumed: key the folder by it.
         digest = hashlib.sha256(cfg.pretty_text.replace(str(base_dir), "").encode()).hexdigest()[:12]
         cfg.work_dir = str(base_dir / f"mmseg-{digest}")
-        result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale")
+        result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale", progress=ctx.progress)
 
         # Record names are lower case like every other task's (mmseg's mIoU -> miou, aAcc -> aacc).
         single = {key.lower(): value for key, value in result["single_scale"].items()}
