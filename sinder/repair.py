@@ -372,6 +372,12 @@ class RepairRun:
     def clear_fraction(self) -> float:
         return sum(self.history) / len(self.history)
 
+    def clear_of_seen(self) -> tuple[int, int]:
+        """(clear images, images) among the last ``window`` images actually seen, for the progress bar: the stop
+        rule's window starts full of "had a loss" placeholders, which a rate over the window would count."""
+        seen = min(self.iteration, len(self.history))
+        return sum(list(self.history)[len(self.history) - seen :]), seen
+
     def _nonfinite(self, what: str) -> bool:
         """Handle a NaN/inf; True when the step must be skipped."""
         self.nonfinite_steps += 1
@@ -428,8 +434,9 @@ class RepairRun:
                 log.flush()
                 self.iteration += 1
                 bar.update(1)
+                clear, seen = self.clear_of_seen()
                 bar.set_postfix(loss="-" if result.loss is None else f"{result.loss:.4f}",
-                                layer=result.layer, clear=f"{self.clear_fraction():.0%}")
+                                layer=result.layer, clear=f"{clear}/{seen}")
                 if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         bar.close()

@@ -35,19 +35,23 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("repair", help="repair singular defects (SINDER, Algorithm 1)")
+    parser = subparsers.add_parser(
+        "repair", help="repair singular defects (SINDER, Algorithm 1)",
+        description="Fine-tune the singular values of a DINOv2-style backbone with SINDER's smoothness loss "
+        "(Algorithm 1; the official code's defaults) and write the repaired checkpoint, a report and Figure 7.",
+    )  # fmt: skip
     parser.add_argument("--backbone", required=True, help="preset, constructed backbone or config file")
     parser.add_argument("--weights", help="weights file (default: the official file in the torch hub cache)")
     parser.add_argument("--images", required=True, help="folder of training images (e.g. ImageNet train)")
     parser.add_argument("--out", required=True, help="repaired checkpoint (.safetensors or .pth)")
     parser.add_argument("--config", help="YAML of RepairConfig fields (behaviour: official|paper, sigma, mu, ...)")
     parser.add_argument("--paper", action="store_true", help="the paper's text where the official code differs")
-    parser.add_argument("--max-iters", type=int)
-    parser.add_argument("--num-images", type=int)
-    parser.add_argument("--resolution", type=int)
+    parser.add_argument("--max-iters", type=int, help="iteration budget, one image each (default 30000)")
+    parser.add_argument("--num-images", type=int, help="images strided over --images (default 30000)")
+    parser.add_argument("--resolution", type=int, help="image side in pixels (default 518)")
     parser.add_argument("--work-dir", help="checkpoints and JSONL log (default: <out>.work)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -146,3 +146,42 @@ def test_paper_preflight_says_where_to_get_a_missing_dataset(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert code == 2
     assert DATASETS["cityscapes"].url in err and DATASETS["potsdam"].url in err
+
+
+def test_repair_progress_counts_clear_images_among_those_seen(tmp_path):
+    """195 clear of 200 seen reads 195/200, not 20% of a 1000-image window still full of placeholders."""
+    import torch
+
+    from sinder.repair import RepairConfig, RepairRun, StepResult
+    from sinder.vit import build_vit
+
+    script = [True, False, True, True]  # True = a clear image
+
+    class Scripted:
+        calls = 0
+
+        def __call__(self, image):
+            clear = script[self.calls]
+            self.calls += 1
+            return (StepResult(None, 0, None, None), None) if clear else (StepResult(3, 3, 1.0, 1.0), torch.tensor(1.0))
+
+        def backward(self, loss):
+            pass
+
+    config = RepairConfig(window=10, stop_fraction=0.75, max_iters=len(script), checkpoint_every=0, resolution=28)
+    run = RepairRun(build_vit("dinov2_tiny", seed=0), list(range(len(script))), config, tmp_path,
+                    load=lambda i: torch.zeros(3, 28, 28), directions=[torch.ones(96)] * 6, progress=False)  # fmt: skip
+    run.step_fn = Scripted()
+    run.run()
+    assert run.clear_of_seen() == (3, 4)
+    assert run.clear_fraction() == 3 / 10  # the stop rule's window is unchanged
+
+
+def test_repair_help_describes_the_verb_and_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["repair", "--help"])
+    text = capsys.readouterr().out
+    assert "Fine-tune the singular values" in text
+    for flag in ("--max-iters", "--num-images", "--resolution", "--no-progress"):
+        after = text.split(flag, 1)[1].split("\n  --", 1)[0]
+        assert len(after.split()) > 2, flag  # the flag, its metavar, then words of help
