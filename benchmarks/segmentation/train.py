@@ -64,7 +64,8 @@ def build_runner(cfg, model: nn.Module, *, test_pipeline: list | None = None, na
     if progress:
         from benchmarks.segmentation.progress import ProgressBarHook
 
-        kwargs["custom_hooks"] = [*(kwargs.get("custom_hooks") or []), ProgressBarHook("mmseg tta" if name == "tta" else "mmseg")]
+        bar = ProgressBarHook("mmseg tta" if name == "tta" else "mmseg")
+        kwargs["custom_hooks"] = [*(kwargs.get("custom_hooks") or []), bar]
     # A unique name: a second Runner in the same second must not reuse the first one's logger and visualizer.
     return Runner(model=model, experiment_name=f"{name}-{uuid.uuid4().hex[:8]}", cfg=cfg, **kwargs)
 
