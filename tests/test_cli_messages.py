@@ -90,6 +90,21 @@ def test_run_shows_k_of_n_and_ends_with_where_the_records_are(tmp_path, toy_suit
     assert lines[-1].startswith(f"next:    sinder-bench report --runs {out} ")
 
 
+def test_smoke_runs_torch_on_one_thread_unless_told(tmp_path, toy_suite, capsys):
+    import torch
+
+    common = ["run", "--suite", "toys", "--profile", "smoke", "--backbone", FIRST, "--out", str(tmp_path / "runs"),
+              "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    try:
+        torch.set_num_threads(2)
+        assert main(common) == 0 and torch.get_num_threads() == 1
+        assert main([*common, "--threads", "2"]) == 0 and torch.get_num_threads() == 2
+        assert main([*common, "--threads", "0"]) == 2
+        assert "--threads 0: give 1 or more" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_report_on_a_missing_folder_exits_2(tmp_path, capsys):
     assert main(["report", "--runs", str(tmp_path / "missing"), "--out", str(tmp_path / "tables")]) == 2
     err = capsys.readouterr().err

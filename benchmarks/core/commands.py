@@ -32,6 +32,11 @@ def register(subparsers) -> None:
     run.add_argument(
         "--num-workers", type=int, default=None, help="DataLoader workers (default: 0 for smoke, up to 8 for paper)"
     )
+    run.add_argument(
+        "--threads", type=int, default=None,
+        help="torch intra-op threads (default: 1 for profile smoke, whose tiny models run slower on more threads, "
+        "up to 20x on a busy machine; torch's own default for paper)",
+    )  # fmt: skip
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 
@@ -66,6 +71,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import PreflightError, format_summary, run_suite
 
     started = time.monotonic()
+    threads = args.threads if args.threads is not None else (1 if args.profile == "smoke" else None)
+    if threads is not None:
+        if threads < 1:
+            print(f"error: --threads {threads}: give 1 or more", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(threads)
     workers = args.num_workers
     if workers is None:  # decoding ImageNet JPEGs in the main process would starve the GPU
         workers = 0 if args.profile == "smoke" else min(8, os.cpu_count() or 1)
