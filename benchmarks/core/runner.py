@@ -114,7 +114,7 @@ def _dataset_dirname(name: str) -> str:
 
 
 def _download_hint(name: str) -> str:
-    """``; fix: where to get it ...``, as ``sinder-bench data check`` says it (empty for an unknown name)."""
+    """A ``fix:`` line saying where to get dataset ``name``, as ``sinder-bench data check`` does (empty if unknown)."""
     try:
         from benchmarks.data import DATASETS
     except ImportError:
