@@ -38,7 +38,8 @@ class ProgressBarHook(Hook):
         self.bar.update(1)
         loss = (outputs or {}).get("loss")
         if loss is not None and self.bar.n % 10 == 0:
-            self.bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+            value = loss.detach() if hasattr(loss, "detach") else loss  # no autograd warning from float()
+            self.bar.set_postfix(loss=f"{float(value):.3f}", refresh=False)
 
     def after_train(self, runner) -> None:
         self._close()
