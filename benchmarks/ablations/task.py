@@ -38,6 +38,9 @@ THRESHOLD_SETTINGS: dict[str, dict[str, Any]] = {
 EVALUATIONS = (("imagenet_knn", {"top1": "knn_top1", "top5": "knn_top5"}),
                ("seg_ade20k_linear", {"miou": "ade20k_miou", "aacc": "ade20k_aacc"}))
 PAPER_DEPTH = 40  # ViT-g/14, the backbone of every ablation in the paper
+# Smoke only: 11 rows each train an ADE20k head; a quarter of the segmentation task's own smoke schedule keeps
+# Tables 6-7 from dominating the main job (recorded in the run record's config).
+SMOKE_EVAL_OVERRIDES = {"seg_ade20k_linear": {"iterations": 25, "warmup": 3}}
 
 
 def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -68,7 +71,8 @@ class _AblationTask(Task):
 
     def config(self, profile: str) -> dict[str, Any]:
         return {"settings": self.settings, "evaluations": [name for name, _ in EVALUATIONS],
-                "repair": "official" if profile == "paper" else "smoke"}
+                "repair": "official" if profile == "paper" else "smoke",
+                "evaluation_overrides": SMOKE_EVAL_OVERRIDES if profile == "smoke" else {}}
 
     def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str):
         from sinder.repair import SMOKE_CONFIG, RepairConfig, RepairRun, repair_for_smoke
@@ -105,7 +109,11 @@ class _AblationTask(Task):
                 except KeyError:
                     missing.append(task_name)
                     continue
-                sub_ctx = dataclasses.replace(ctx, config=task.config(ctx.profile), weights_sha256=sha,
+                sub_config = copy.deepcopy(task.config(ctx.profile))
+                extra = (ctx.config.get("evaluation_overrides") or {}).get(task_name)
+                if extra:
+                    sub_config["overrides"] = {**(sub_config.get("overrides") or {}), **extra}
+                sub_ctx = dataclasses.replace(ctx, config=sub_config, weights_sha256=sha,
                                               work_dir=ctx.work_dir / f"{task_name}-{row}")
                 result = task.run(repaired, sub_ctx)
                 for source, target in names.items():
