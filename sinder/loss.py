@@ -1,6 +1,6 @@
 """The smoothness loss of Section 4.1 (Eqs. 6-8): pull each defective token towards its 3x3 neighbourhood.
 
-Defaults follow the official implementation (see ../shared/protocols.md): the window includes the token
+Defaults follow the official implementation (see docs/protocols.md): the window includes the token
 itself, the target and the normaliser carry no gradient, the loss is divided by alpha, the mean norm of the
 interior tokens, and tokens on the grid border are never flagged. Each of those is a switch, so the paper's
 reading (neighbours only, a plain mean distance) is one argument away.

@@ -56,7 +56,7 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
 
 @dataclass
 class RepairConfig:
-    """Every knob of Algorithm 1. Defaults: the official implementation (see ../shared/protocols.md)."""
+    """Every knob of Algorithm 1. Defaults: the official implementation (see docs/protocols.md)."""
 
     # data: official resize short side + centre crop at 518, the 30k-image budget cycled in order
     resolution: int = 518
@@ -447,6 +447,12 @@ class RepairRun:
     def clear_fraction(self) -> float:
         return sum(self.history) / len(self.history)
 
+    def clear_of_seen(self) -> tuple[int, int]:
+        """(clear images, images) among the last ``window`` images actually seen, for the progress bar: the stop
+        rule's window starts full of "had a loss" placeholders, which a rate over the window would count."""
+        seen = min(self.iteration, len(self.history))
+        return sum(list(self.history)[len(self.history) - seen :]), seen
+
     def _nonfinite(self, what: str) -> bool:
         """Handle a NaN/inf; True when the step must be skipped."""
         if self.config.on_nonfinite == "skip":
@@ -526,8 +532,9 @@ class RepairRun:
                 log.flush()
                 self.iteration += 1
                 bar.update(1)
+                clear, seen = self.clear_of_seen()
                 bar.set_postfix(loss="-" if entry["loss"] is None else f"{entry['loss']:.4f}",
-                                layer=entry["layer"], clear=f"{self.clear_fraction():.0%}")
+                                layer=entry["layer"], clear=f"{clear}/{seen}")
                 if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         bar.close()

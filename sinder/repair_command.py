@@ -54,9 +54,12 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("repair", help="repair singular defects (SINDER, Algorithm 1)")
-    parser.add_argument("--backbone", required=True,
-                        help="preset, constructed backbone, config file, or a checkpoint (Hugging Face folder, "
+    parser = subparsers.add_parser(
+        "repair", help="repair singular defects (SINDER, Algorithm 1)",
+        description="Fine-tune the singular values of a DINOv2-style backbone with SINDER's smoothness loss "
+        "(Algorithm 1; the official code's defaults) and write the repaired checkpoint, a report and Figure 7.",
+    )  # fmt: skip
+    parser.add_argument("--backbone", required=True, help="preset, constructed backbone, config file, or a checkpoint (Hugging Face folder, "
                              "official or timm weights file)")
     parser.add_argument("--weights", help="weights file (default: the official file in the torch hub cache)")
     parser.add_argument("--images", required=True, help="folder of training images (e.g. ImageNet train)")
@@ -66,14 +69,14 @@ def register(subparsers) -> None:
                              "(a Hugging Face folder, timm keys)")
     parser.add_argument("--config", help="YAML of RepairConfig fields (behaviour: official|paper, sigma, mu, ...)")
     parser.add_argument("--paper", action="store_true", help="the paper's text where the official code differs")
-    parser.add_argument("--max-iters", type=int)
-    parser.add_argument("--num-images", type=int)
-    parser.add_argument("--resolution", type=int)
+    parser.add_argument("--max-iters", type=int, help="iteration budget, one image each (default: the preset's; 30000 for the official presets)")
+    parser.add_argument("--num-images", type=int, help="images strided over --images (default: the preset's; 30000 for the official presets)")
+    parser.add_argument("--resolution", type=int, help="image side in pixels (default: the preset's; 518 for the official presets)")
     parser.add_argument("--work-dir", help="checkpoints and JSONL log (default: <out>.work)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="exit 4 when any held-out image has more high-norm tokens after the repair than before")
     parser.set_defaults(func=run)

@@ -202,19 +202,23 @@ def _describe(cfg: Mapping[str, Any]) -> str:
     )
 
 
+# How each verb takes an explicit weights file (.safetensors or .pth): quoted by every message that asks for one.
+WEIGHTS_HINT = "`--backbone NAME:WEIGHTS` for run, `--weights PATH` for repair, analyze and clamp"
+
+
 def resolve_weights_path(name: str) -> Path:
     """The torch-hub cache path of an official release, or a FileNotFoundError that says where to get it."""
     file = official_filename(name)
     if file is None:
         raise FileNotFoundError(
-            f"backbone {name!r} has no official weights file: pass --weights PATH (.safetensors or .pth)"
+            f"backbone {name!r} has no official weights file: give one (.safetensors or .pth), {WEIGHTS_HINT}"
         )
     path = hub_checkpoint_dir() / file
     if not path.is_file():
         raise FileNotFoundError(
             f"weights for {name} not found: looked for {file} in {path.parent} (the torch hub cache, "
             f"$TORCH_HOME/hub/checkpoints). Download the official file from {official_url(name)} into that "
-            "folder, or pass --weights PATH."
+            f"folder, or give a weights file: {WEIGHTS_HINT}."
         )
     return path
 
@@ -470,8 +474,14 @@ def list_backbones() -> dict[str, str]:
     out = {}
     for name, cfg in PRESETS.items():
         file = official_filename(name)
-        where = f"official weights {file}" if file else "architecture only (random init; pass --weights)"
-        out[name] = f"{_describe(cfg)} {where}"
+        if file is None:
+            where = "no official weights: give a file as NAME:WEIGHTS (run) or --weights (other verbs)"
+        elif (hub_checkpoint_dir() / file).is_file():
+            where = f"official weights present ({hub_checkpoint_dir() / file})"
+        else:
+            where = f"official weights not downloaded ({file} into {hub_checkpoint_dir()})"
+        registers = f", {cfg['num_register_tokens']} registers" if cfg["num_register_tokens"] else ""
+        out[name] = f"{cfg['embed_dim']}-d x {cfg['depth']} blocks, {cfg['ffn_layer']}{registers}; {where}"
     for name in SYNTHETIC_BACKBONES:
         out[name] = "constructed weights (tests and smoke runs)"
     return out

@@ -4,14 +4,15 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PARITY = SHARED / "parity"
+# Outputs of the reference implementations on small inputs, shipped with the tests (fixtures/parity/README.md).
+PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 
 
 def parity_path(name: str) -> Path:
+    """A parity fixture's path; a missing one fails the test (these are the checks that matter most)."""
     path = PARITY / name
     if not path.exists():
-        pytest.skip(f"parity fixture {path} not present (../shared/parity beside the checkout)")
+        pytest.fail(f"parity fixture {path} is missing: it ships with the repository (git checkout tests/fixtures)")
     return path
 
 

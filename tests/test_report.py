@@ -179,3 +179,24 @@ def test_paper_numbers_ship_inside_the_package():
     package = Path(benchmarks.__file__).resolve().parent
     assert report.PAPER_DIR.is_relative_to(package)  # package data ("**/*.yaml"), not the source tree's results/
     assert sorted(p.name for p in report.PAPER_DIR.glob("table*.yaml")) == [f"table{n}.yaml" for n in range(1, 8)]
+
+
+def test_charts_are_screen_sized_with_one_legend_entry_per_role(tmp_path, paper):
+    from PIL import Image
+
+    from benchmarks.core.report import aggregate, chart_series, table_frame
+
+    store = R.ResultStore(tmp_path / "runs")
+    for label in ("dinov2_tiny_defective", "dinov2_tiny_defective_sinder"):
+        metrics = {c["metric"]: 40.0 for c in paper[2]["columns"] if c["task"] == "cause_voc"}
+        _write(store, "cause_voc", label, metrics, profile="smoke")
+    ablation = {c["metric"].replace("{row}", r["key"]): 50.0 for c in paper[6]["columns"] for r in paper[6]["rows"]}
+    _write(store, "ablation_constraints", "dinov2_tiny_defective", ablation, profile="smoke")
+    build_report(tmp_path / "runs", tables="2,6", out_dir=tmp_path / "t")
+    for number in (2, 6):
+        width, height = Image.open(tmp_path / "t" / f"table{number}.png").size
+        assert width <= 1400 and height <= 1000, (number, width, height)
+    records = R.load_records(tmp_path / "runs")
+    rows, series, roles = chart_series(table_frame(paper[6], aggregate(records)))
+    assert roles == ["paper", "ours (smoke protocol)"]  # not one entry per setting
+    assert len(rows) == 5 and all(len(bars) == 2 for bars in series.values())

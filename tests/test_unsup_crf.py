@@ -28,7 +28,7 @@ def two_region_scene(height=24, width=31, seed=0):
 
 def test_torch_fallback_matches_pydensecrf():
     if not HAS_PYDENSECRF:
-        pytest.skip("pydensecrf not installed (pip install pydensecrf2==1.1)")
+        pytest.skip("pydensecrf not installed (the optional [crf] extra)")
     image, _, logits = two_region_scene()
     extra = torch.randn(3, 24, 31, generator=torch.Generator().manual_seed(1))
     logits = torch.cat([logits, extra])  # 5 labels
@@ -37,6 +37,28 @@ def test_torch_fallback_matches_pydensecrf():
     assert a.shape == b.shape == (5, 24, 31)
     assert (a - b).abs().max() < 1e-3
     assert torch.equal(a.argmax(0), b.argmax(0))
+
+
+def test_torch_fallback_matches_a_stored_pydensecrf_output():
+    """Runs without the C++ library (the optional [crf] extra): its output on this input ships in fixtures/crf."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    ref = load_file(str(Path(__file__).parent / "fixtures" / "crf" / "pydensecrf_5labels.safetensors"))
+    out = dense_crf(ref["image"].numpy(), ref["logits"], backend="torch-permutohedral")
+    assert out.shape == ref["probabilities"].shape == (5, 24, 31)
+    assert (out - ref["probabilities"]).abs().max() < 1e-3
+    assert torch.equal(out.argmax(0), ref["probabilities"].argmax(0))
+
+
+def test_auto_falls_back_to_torch_without_the_cxx_library(monkeypatch):
+    from benchmarks.unsupervised import crf
+
+    monkeypatch.setattr(crf, "_pydensecrf", lambda: None)
+    assert backend_name("auto") == "torch-permutohedral"
+    with pytest.raises(ImportError, match=r"\[crf\]"):
+        backend_name("pydensecrf")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -74,7 +96,7 @@ def test_batch_and_channel_first_images():
 
 def test_process_pool_gives_the_same_result():
     if not HAS_PYDENSECRF:
-        pytest.skip("pydensecrf not installed (pip install pydensecrf2==1.1)")
+        pytest.skip("pydensecrf not installed (the optional [crf] extra)")
     image, _, logits = two_region_scene()
     images, batch = np.stack([image, image[::-1]]), torch.stack([logits, logits.flip(-2)])
     pooled = crf_batch(images, batch, backend="pydensecrf", workers=2)

@@ -51,6 +51,9 @@ def ablation_config(overrides: dict[str, Any], profile: str, depth: int):
     if profile == "smoke":
         return RepairConfig(**{**SMOKE_CONFIG, **scaled_overrides(overrides, depth), **ABLATION_POLICY})
     return RepairConfig(**{**overrides, **ABLATION_POLICY})
+# Smoke only: 11 rows each train an ADE20k head; a quarter of the segmentation task's own smoke schedule keeps
+# Tables 6-7 from dominating the main job (recorded in the run record's config).
+SMOKE_EVAL_OVERRIDES = {"seg_ade20k_linear": {"iterations": 25, "warmup": 3}}
 
 
 def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -63,6 +66,7 @@ def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
 
 class _AblationTask(Task):
     settings: dict[str, dict[str, Any]] = {}
+    first_backbone_only = True  # each row repairs DINOv2 itself; a repaired twin would be repaired twice
 
     @property
     def metrics(self):
@@ -80,7 +84,8 @@ class _AblationTask(Task):
 
     def config(self, profile: str) -> dict[str, Any]:
         return {"settings": self.settings, "evaluations": [name for name, _ in EVALUATIONS],
-                "repair": "official" if profile == "paper" else "smoke"}
+                "repair": "official" if profile == "paper" else "smoke",
+                "evaluation_overrides": SMOKE_EVAL_OVERRIDES if profile == "smoke" else {}}
 
     def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str):
         from sinder.repair import RepairRun, repair_for_smoke
@@ -118,7 +123,11 @@ class _AblationTask(Task):
                 except KeyError:
                     missing.append(task_name)
                     continue
-                sub_ctx = dataclasses.replace(ctx, config=task.config(ctx.profile), weights_sha256=sha,
+                sub_config = copy.deepcopy(task.config(ctx.profile))
+                extra = (ctx.config.get("evaluation_overrides") or {}).get(task_name)
+                if extra:
+                    sub_config["overrides"] = {**(sub_config.get("overrides") or {}), **extra}
+                sub_ctx = dataclasses.replace(ctx, config=sub_config, weights_sha256=sha,
                                               work_dir=ctx.work_dir / f"{task_name}-{row}")
                 result = task.run(repaired, sub_ctx)
                 for source, target in names.items():

@@ -22,14 +22,26 @@ def collect() -> dict[str, dict[str, str]]:
     datasets = _optional("benchmarks.data", "DATASETS")
     if datasets:
         sections["datasets"] = {name: getattr(spec, "description", "") for name, spec in datasets.items()}
-    list_tasks = _optional("benchmarks.core.registry", "list_tasks")
-    if list_tasks:
-        sections["tasks"] = {t.name if hasattr(t, "name") else str(t): getattr(t, "description", "") for t in list_tasks()}
-    list_suites = _optional("benchmarks.core.registry", "list_suites")
-    if list_suites:
-        suites = list_suites()
-        sections["suites"] = suites if isinstance(suites, dict) else {s: "" for s in suites}
+    registry = _optional("benchmarks.core.registry", "get_task") and importlib.import_module("benchmarks.core.registry")
+    if registry:
+        sections["tasks"] = {name: _task_line(registry.get_task(name)) for name in registry.list_tasks()}
+        sections["suites"] = {name: _suite_line(registry.get_suite(name)) for name in registry.list_suites()}
     return sections
+
+
+def _task_line(task) -> str:
+    """``Table 3: ...`` title, and the paper table it fills when the title does not say it."""
+    title = getattr(task, "title", "") or ""
+    table = getattr(task, "table", "") or ""
+    if table and table.replace("table", "Table ") not in title:
+        title = f"{title} ({table})" if title else table
+    return title
+
+
+def _suite_line(suite) -> str:
+    """The suite's title and how many tasks it runs."""
+    count = f"{len(suite.tasks)} task{'s' if len(suite.tasks) != 1 else ''}"
+    return f"{suite.title} ({count})" if suite.title else count
 
 
 def run(args) -> int:

@@ -50,6 +50,9 @@ class Task:
     table: str = ""  # the paper table this task fills, e.g. "table3"
     title: str = ""
     metrics: tuple[Metric, ...] = ()
+    # True for a task that repairs its input itself (the Tables 6-7 ablations): the runner gives it the run's
+    # first backbone only, since the paper applies it to DINOv2, not to an already repaired twin.
+    first_backbone_only: bool = False
 
     def datasets_needed(self, profile: str) -> list[str]:
         """Datasets the task reads under ``profile``: ``benchmarks.data`` names, optionally ``name:split``.

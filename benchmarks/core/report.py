@@ -390,43 +390,95 @@ def plot_effects(table: dict, effects, path: str | Path) -> Path:
 
 
 def plot_table(table: dict, frame, path: str | Path) -> Path:
-    """Grouped bars: one group per column, one bar per paper row and per run of ours (PNG, Agg backend)."""
+    """Small multiples (PNG, Agg backend): one panel per column, the paper's rows along x, and in each row the
+    paper's bar (solid) beside ours (hatched, one per backbone and protocol). Colours stand for roles (paper, ours
+    under each protocol), so the legend has one entry per role; our backbones are named under their rows."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    series = []
-    for key in zip(frame["row"], frame["source"], frame["backbone"], frame["protocol"]):
-        if key not in series:
-            series.append(key)
     columns = table["columns"]
-    width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(columns) * max(1, len(series)) ** 0.5), 5), dpi=100)
-    # Our bars take the colour of the paper row they stand for, hatched, right after it.
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(frame["row"]))}
-    for i, (row_name, source, label, protocol) in enumerate(series):
-        part = frame[(frame["row"] == row_name) & (frame["source"] == source) & (frame["backbone"] == label)
-                     & (frame["protocol"] == protocol)]  # fmt: skip
-        by_key = {r.column_key: (r.paper if source == "paper" else r.value) for r in part.itertuples()}
-        values = [by_key.get(c["key"], math.nan) for c in columns]
-        name = f"{row_name} (paper)" if source == "paper" else f"ours: {label} [{protocol}]"
-        ax.bar([j + i * width for j in range(len(columns))], values, width, label=name, color=colours[row_name],
-               hatch=None if source == "paper" else "//", edgecolor="white" if source == "paper" else "black")  # fmt: skip
-    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(columns))])
-    ax.set_xticklabels([c["label"] for c in columns], rotation=30, ha="right", fontsize=8)
+    rows, series, roles = chart_series(frame)
+    palette = ["#9aa5b1", "#d95f02", "#1b9e77", "#7570b3", "#e7298a"]
+    colour = {role: palette[i % len(palette)] for i, role in enumerate(roles)}
+    per_row = max(len(bars) for bars in series.values()) if series else 1
+    width = 0.8 / per_row
+    ncols = min(4, len(columns))
+    nrows = math.ceil(len(columns) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 0.6 + 2.6 * nrows + 0.2 * len(rows)), dpi=100,
+                             squeeze=False)  # fmt: skip
+    ours_by_row = {name: sorted({b for src, b, _ in series[name] if src == "ours"}) for name in rows}
+    shared = {tuple(v) for v in ours_by_row.values() if v}
+    # One backbone behind every row (the ablations: rows are settings): name it once, in the title.
+    named_once = len(shared) == 1 and len(rows) > 1 and all(ours_by_row.values())
+    tick_labels = []
+    for name in rows:
+        text = textwrap.fill(name, 24)
+        if ours_by_row[name] and not named_once:
+            text += "\nours: " + ", ".join(ours_by_row[name])
+        tick_labels.append(text)
+    for index, col in enumerate(columns):
+        ax = axes[index // ncols][index % ncols]
+        part = frame[frame["column_key"] == col["key"]]
+        for i, name in enumerate(rows):
+            for j, (source, label, protocol) in enumerate(series[name]):
+                hit = part[(part["row"] == name) & (part["source"] == source) & (part["backbone"] == label)
+                           & (part["protocol"] == protocol)]  # fmt: skip
+                if hit.empty:
+                    continue
+                value = hit["paper"].iloc[0] if source == "paper" else hit["value"].iloc[0]
+                role = "paper" if source == "paper" else f"ours ({protocol} protocol)"
+                ax.bar(i + (j - (len(series[name]) - 1) / 2) * width, value, width, color=colour[role],
+                       hatch=None if source == "paper" else "//", edgecolor="black", linewidth=0.4)  # fmt: skip
+        ax.set_title(col["label"], fontsize=8)
+        ax.set_ylabel(f"{_axis_unit(col)} ({'higher' if col['higher_is_better'] else 'lower'} is better)",
+                      fontsize=7)  # fmt: skip
+        ax.set_xticks(range(len(rows)))
+        last_row = index + ncols >= len(columns)
+        ax.set_xticklabels(tick_labels if last_row else [""] * len(rows), rotation=35, ha="right", fontsize=6)
+        if last_row:
+            ax.set_xlabel(table.get("row_header", "Backbone"), fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", linewidth=0.3, alpha=0.6)
+    for index in range(len(columns), nrows * ncols):
+        axes[index // ncols][index % ncols].axis("off")
+    handles = [Patch(facecolor=colour[r], edgecolor="black", hatch=None if r == "paper" else "//",
+                                        label=r) for r in roles]  # fmt: skip
     title = f"Table {table['table']}: {table['title']}"
+    if named_once:
+        title += f"\nours: {', '.join(next(iter(shared)))}"
     if _is_smoke(frame):
         title += "\n(ours: smoke profile, a tiny constructed model on synthetic data)"
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=9, x=0.02, ha="left")
+    fig.legend(handles=handles, loc="upper right", ncol=1, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.2 + 0.17 * max(len(handles), title.count("\n") + 1)) / fig.get_figheight()))
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def chart_series(frame) -> tuple[list[str], dict[str, list[tuple[str, str, str]]], list[str]]:
+    """(rows in order, row -> its bars as (source, backbone, protocol), the legend's roles: paper, ours per protocol)."""
+    rows = list(dict.fromkeys(frame["row"]))
+    series: dict[str, list[tuple[str, str, str]]] = {}
+    for key in zip(frame["row"], frame["source"], frame["backbone"], frame["protocol"]):
+        series.setdefault(key[0], [])
+        if key[1:] not in series[key[0]]:
+            series[key[0]].append(key[1:])
+    roles = list(dict.fromkeys(("paper" if src == "paper" else f"ours ({proto} protocol)")
+                               for bars in series.values() for src, _, proto in bars))  # fmt: skip
+    return rows, series, roles
+
+
+def _axis_unit(col: dict) -> str:
+    """``RMSE`` for the depth columns, else ``%`` (every other metric of the paper's tables is a percentage)."""
+    return "RMSE" if "rmse" in (col.get("metric", "") + col.get("label", "")).lower() else "%"
 
 
 def build_report(

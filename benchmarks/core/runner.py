@@ -34,6 +34,7 @@ from . import backbones as B
 from . import distributed as D
 from .claims import Claim, scratch_dir
 from .identity import RunIdentity
+from .progress import SuiteProgress, expected_durations, format_duration, headline
 from .registry import PROFILES, Task, get_suite, get_task, import_errors, list_tasks
 from .results import ResultStore, device_info, make_record, utc_now
 
@@ -125,10 +126,19 @@ def _dataset_dirname(name: str) -> str:
         return name
 
 
+def _download_hint(name: str) -> str:
+    """A ``fix:`` line saying where to get dataset ``name``, as ``sinder-bench data check`` does (empty if unknown)."""
+    try:
+        from benchmarks.data import DATASETS
+    except ImportError:
+        return ""
+    return f"\n    fix: {DATASETS[name].fix_hint()}" if name in DATASETS else ""
+
+
 def _check_dataset(name: str, root: Path, split: str | None) -> str | None:
     """None when ``split`` of ``name`` opens at ``root`` (layout check, no decoding), else the problem."""
     if not root.is_dir():
-        return f"dataset {name}: folder {root} does not exist"
+        return f"dataset {name}: folder {root} does not exist{_download_hint(name)}"
     if split is None:
         return None
     try:
@@ -350,11 +360,23 @@ def run_suite(
             D.barrier()
             specs += D.broadcast_object(extra)
 
-        job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, ResultStore(out),
-                   summary, say, head_dir, started=utc_now())  # fmt: skip
-        for spec in specs:
+        store = ResultStore(out)
+        # Tasks that repair their input (Tables 6-7) run on the first backbone only: the paper applies them to DINOv2.
+        plan = [(spec, [t for t in tasks if i == 0 or not getattr(t, "first_backbone_only", False)])
+                for i, spec in enumerate(specs)]  # fmt: skip
+        for task in tasks:
+            if getattr(task, "first_backbone_only", False) and len(specs) > 1:
+                summary.notes.append(f"{task.name} ran on {specs[0].label} only (it repairs the un-repaired backbone)")
+        try:
+            expected = expected_durations(store.records(), profile)
+        except ValueError:  # an unreadable earlier record: no estimate from the records, the run still goes on
+            expected = {}
+        tracker = SuiteProgress([t.name for _, ts in plan for t in ts], expected)
+        job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, store,
+                   summary, say, head_dir, tracker, started=utc_now())  # fmt: skip
+        for spec, spec_tasks in plan:
             model = None
-            for task in tasks:
+            for task in spec_tasks:
                 if model is None:
                     model = B.load(spec, device=device_t)
                 job.run_task(task, model, spec, resume)
@@ -386,8 +408,16 @@ class _Job:
     summary: RunSummary
     say: Callable[[str], None]
     head_weights: Path | None = None
+    tracker: SuiteProgress | None = None
 
     started: str = ""  # records of this folder created since then come from concurrent runs
+
+    def _prefix(self) -> str:
+        return self.tracker.prefix() + " " if self.tracker else ""
+
+    def _done(self, task: Task, seconds: float | None) -> None:
+        if self.tracker:
+            self.tracker.done(task.name, seconds)
 
     def run_task(self, task: Task, model, spec: B.BackboneSpec, resume: bool) -> None:
         sha = model.weights_sha256
@@ -403,7 +433,8 @@ class _Job:
             why_not = D.broadcast_object(why_not)
             if why_not:
                 self.summary.skipped.append({**entry, "why": why_not})
-                self.say(f"[{spec.label}] {task.name}: {why_not}, skipped")
+                self.say(f"{self._prefix()}{spec.label} {task.name}: {why_not}, skipped")
+                self._done(task, None)
                 return
             self._run(task, model, spec, config, identity, role, entry)
         finally:
@@ -436,7 +467,7 @@ class _Job:
         try:
             path = self.store.write(copy)
         except OSError as err:  # run it instead: that ends in a failure record if the disk is the problem
-            self.say(f"[{spec.label}] {identity.task}: could not reuse the record of {latest['backbone']['label']!r} ({err})")
+            self.say(f"{spec.label} {identity.task}: could not reuse the record of {latest['backbone']['label']!r} ({err})")
             return None
         return f"same weights recorded as {latest['backbone']['label']!r}; record reused under this label -> {path}"
 
@@ -450,7 +481,7 @@ class _Job:
             run_key=identity.key,
             head_weights=self.head_weights, backbone_name=spec.name,
         )  # fmt: skip
-        self.say(f"[{spec.label}] {task.name} ({self.profile}) ...")
+        self.say(f"{self._prefix()}{spec.label} {task.name} ...")
         torch.manual_seed(self.seed)
         start = time.perf_counter()
         used = {_split_dataset(e)[0] for e in task.datasets_needed(self.profile)}
@@ -471,22 +502,24 @@ class _Job:
                            **({"details": result["details"]} if result.get("details") else {}),
                            **run_deviations(config, result, self.device, amp_dtype)},
                 )  # fmt: skip
-                path = self.store.write(record)
-                headline = ", ".join(f"{m.name}={metrics[m.name]:.4g}" for m in task.metrics if m.name in metrics)
-                self.say(f"[{spec.label}] {task.name}: {headline or 'done'} ({wall:.1f} s) -> {path}")
+                self.store.write(record)
+                line = headline(metrics, [m.name for m in task.metrics] + sorted(metrics))
+                self.say(f"    {spec.label} {task.name}: {line or 'done'} ({format_duration(wall)})")
         except Exception as err:  # one broken task must not stop the suite; KeyboardInterrupt still does
             error = f"{type(err).__name__}: {err}"
             self.summary.failed.append({**entry, "error": error})
-            self.say(f"[{spec.label}] {task.name}: FAILED\n{traceback.format_exc()}")
+            self.say(f"{spec.label} {task.name}: FAILED\n{traceback.format_exc()}")
             if D.is_main():
                 try:
                     failure = make_record(**common, metrics={}, metric_directions={}, hparams={},
                                           wall_time_s=time.perf_counter() - start, error=error)  # fmt: skip
-                    self.say(f"[{spec.label}] {task.name}: failure recorded -> {self.store.write(failure)}")
+                    self.say(f"{spec.label} {task.name}: failure recorded -> {self.store.write(failure)}")
                 except Exception as write_err:
-                    self.say(f"[{spec.label}] {task.name}: could not record the failure either ({write_err})")
+                    self.say(f"{spec.label} {task.name}: could not record the failure either ({write_err})")
+            self._done(task, time.perf_counter() - start)
             D.barrier()
             return
+        self._done(task, wall)
         D.barrier()
         self.summary.ran.append(entry)
 

@@ -51,7 +51,11 @@ def run_synth(args: argparse.Namespace) -> int:
                 name, out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, size=args.size,
                 overwrite=args.overwrite,
             )  # fmt: skip
-        except (FileExistsError, ValueError) as err:
+        except FileExistsError:
+            print(f"error: {out} is not empty; choose an empty folder or pass --overwrite to replace it",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         counts = ", ".join(f"{split} {len(samples)}" for split, samples in result.truths.items())

@@ -79,8 +79,7 @@ class _SegTask(Task):
         ensure_mmseg()
         data_root = dataset_base(self.dataset, ctx.dataset_root(self.dataset))
         overrides = dict(ctx.config.get("overrides") or {})
-        if not ctx.progress:
-            overrides.setdefault("log_level", "WARNING")
+        overrides.setdefault("log_level", "WARNING")  # the progress bar, not mmengine's INFO lines, shows training
         if ctx.config.get("checkpoint_every_s") is not None:
             raise ValueError(f"task {self.name}: mmengine checkpoints by iteration: set checkpoint_every, "
                              "not checkpoint_every_s")  # fmt: skip
@@ -118,7 +117,7 @@ class _SegTask(Task):
             head_file = Path(ctx.head_weights) / self.released_head_file(ctx.backbone_name)
             result = evaluate_released(cfg, backbone, head_file, tta=self.setting == "multiscale")
         else:
-            result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale")
+            result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale", progress=ctx.progress)
 
         # Record names are lower case like every other task's (mmseg's mIoU -> miou, aAcc -> aacc).
         single = {key.lower(): value for key, value in result["single_scale"].items()}

@@ -43,11 +43,13 @@ def build_segmentor(cfg, backbone: nn.Module) -> nn.Module:
     return segmentor
 
 
-def build_runner(cfg, model: nn.Module, *, test_pipeline: list | None = None, name: str = "seg"):
+def build_runner(cfg, model: nn.Module, *, test_pipeline: list | None = None, name: str = "seg",
+                 progress: bool = False):  # fmt: skip
     """An mmengine Runner over ``model`` (a module) with the training and test loops, hooks and data of ``cfg``.
 
     No validation loop: the test loop (on the val split) evaluates once after training. ``test_pipeline``
-    replaces the test dataloader's pipeline (test-time augmentation).
+    replaces the test dataloader's pipeline (test-time augmentation). ``progress``: a progress bar over the
+    training and test iterations (:class:`benchmarks.segmentation.progress.ProgressBarHook`).
     """
     ensure_mmseg()
     from mmengine.runner import Runner
@@ -59,6 +61,11 @@ def build_runner(cfg, model: nn.Module, *, test_pipeline: list | None = None, na
     if test_pipeline is not None:
         # TestTimeAug mutates its transform lists in place: always hand it a fresh copy.
         kwargs["test_dataloader"].dataset.pipeline = copy.deepcopy(test_pipeline)
+    if progress:
+        from benchmarks.segmentation.progress import ProgressBarHook
+
+        bar = ProgressBarHook("mmseg tta" if name == "tta" else "mmseg")
+        kwargs["custom_hooks"] = [*(kwargs.get("custom_hooks") or []), bar]
     # A unique name: a second Runner in the same second must not reuse the first one's logger and visualizer.
     return Runner(model=model, experiment_name=f"{name}-{uuid.uuid4().hex[:8]}", cfg=cfg, **kwargs)
 
@@ -78,7 +85,7 @@ def _iou_metrics(raw: dict[str, float]) -> dict[str, float]:
     return {key: float(raw[key]) for key in ("mIoU", "aAcc", "mAcc") if key in raw}
 
 
-def train_and_evaluate(cfg, backbone: nn.Module, *, tta: bool = False) -> dict[str, Any]:
+def train_and_evaluate(cfg, backbone: nn.Module, *, tta: bool = False, progress: bool = False) -> dict[str, Any]:
     """Train the head of ``cfg`` on ``backbone`` and evaluate it on the val split.
 
     Returns ``{"single_scale": {mIoU, aAcc, mAcc}, "tta": {...} or None, "segmentor": module, "resumed":
@@ -93,12 +100,12 @@ def train_and_evaluate(cfg, backbone: nn.Module, *, tta: bool = False) -> dict[s
     cfg.load_from = resume_point(cfg.work_dir)
     cfg.resume = cfg.load_from is not None
     with _quiet():
-        runner = build_runner(cfg, segmentor, name="train")
+        runner = build_runner(cfg, segmentor, name="train", progress=progress)
         runner.train()
         single = _iou_metrics(runner.test())
     result: dict[str, Any] = {"single_scale": single, "tta": None, "segmentor": segmentor, "resumed": cfg.resume}
     if tta:
-        result["tta"] = evaluate_tta(cfg, segmentor)
+        result["tta"] = evaluate_tta(cfg, segmentor, progress=progress)
     return result
 
 
@@ -138,7 +145,7 @@ def evaluate_released(cfg, backbone: nn.Module, head_file: str | Path, *, tta: b
     return result
 
 
-def evaluate_tta(cfg, segmentor: nn.Module) -> dict[str, float]:
+def evaluate_tta(cfg, segmentor: nn.Module, progress: bool = False) -> dict[str, float]:
     """mIoU/aAcc of ``segmentor`` with the config's ``tta_pipeline`` (scales x flips, averaged softmax)."""
     ensure_mmseg()
     from mmseg.models.segmentors.seg_tta import SegTTAModel
@@ -151,5 +158,6 @@ def evaluate_tta(cfg, segmentor: nn.Module) -> dict[str, float]:
     test_cfg.resume = False
     test_cfg.load_from = None
     with _quiet():
-        runner = build_runner(test_cfg, tta_model, test_pipeline=list(cfg.tta_pipeline), name="tta")
+        runner = build_runner(test_cfg, tta_model, test_pipeline=list(cfg.tta_pipeline), name="tta",
+                              progress=progress)  # fmt: skip
         return _iou_metrics(runner.test())

@@ -4,11 +4,12 @@ Both references refine each image with Krähenbühl's fully connected CRF: 10 me
 kernel (sxy 1, Potts compat 3) and a bilateral kernel (sxy 67, srgb 3, compat 4), unaries ``-log(softmax)``.
 
 Backends:
-- ``pydensecrf``: the C++ implementation through ``pydensecrf2`` (checked with pydensecrf2==1.1, which imports as
-  ``pydensecrf.densecrf``). Used whenever it imports.
+- ``pydensecrf``: the C++ implementation through ``pydensecrf2`` (the optional ``[crf]`` extra; checked with
+  pydensecrf2==1.1, which imports as ``pydensecrf.densecrf``). Used whenever it imports.
 - ``torch-permutohedral``: a fallback written here in vectorized torch: the same mean-field updates with the
   same permutohedral-lattice filtering (Adams, Baek & Davis 2010) and symmetric kernel normalization, so it agrees
-  with the C++ library up to float rounding. Slower on CPU, but runs on any machine (and on GPU).
+  with the C++ library up to float rounding (tests/fixtures/crf holds a C++ output it is checked against). Slower
+  on CPU, but runs on any machine (and on GPU). The default install's path.
 
 ``backend_name()`` says which one ``"auto"`` resolves to; tasks record it in their run record.
 """
@@ -53,8 +54,8 @@ def backend_name(backend: str = "auto") -> str:
         raise ValueError(f"unknown CRF backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "pydensecrf" and _pydensecrf() is None:
         raise ImportError(
-            "CRF backend 'pydensecrf' requested but pydensecrf does not import: `pip install pydensecrf2==1.1` "
-            "(source build, needs a C++ compiler and Cython), or use backend='torch-permutohedral'"
+            "CRF backend 'pydensecrf' requested but pydensecrf does not import: `pip install -e '.[crf]'` "
+            "(pydensecrf2, a source build that needs a C++ compiler), or use backend='torch-permutohedral'"
         )
     if backend == "auto":
         return "pydensecrf" if _pydensecrf() is not None else "torch-permutohedral"

@@ -1,0 +1,47 @@
+"""Tables 6-7 ablation tasks: each row's repaired model reaches both evaluations, smoke ones on a short schedule."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from benchmarks.ablations import task as A
+from benchmarks.core import registry
+
+
+def test_smoke_rows_evaluate_with_the_shortened_segmentation_schedule(monkeypatch):
+    seen = []
+
+    class FakeEval:
+        def __init__(self, name, config):
+            self.name, self._config = name, config
+
+        def config(self, profile):
+            return {"overrides": dict(self._config)}
+
+        def run(self, model, ctx):
+            seen.append((self.name, ctx.config["overrides"]))
+            return {"metrics": {"top1": 1.0, "top5": 2.0, "miou": 3.0, "aacc": 4.0}}
+
+    fakes = {"imagenet_knn": FakeEval("imagenet_knn", {}),
+             "seg_ade20k_linear": FakeEval("seg_ade20k_linear", {"iterations": 100, "crop": 84})}  # fmt: skip
+    monkeypatch.setattr(A, "get_task", lambda name: fakes[name])
+    monkeypatch.setattr(A._AblationTask, "_repair", lambda self, backbone, overrides, ctx, row: (backbone, _Config(), None))
+    monkeypatch.setattr("sinder.weights.state_dict_sha256", lambda state: "0" * 64)
+    ablation = A.ThresholdAblation()
+    assert ablation.first_backbone_only and not registry.Task.first_backbone_only
+    ctx = SimpleNamespace(profile="smoke", config=ablation.config("smoke"), log=lambda msg: None,
+                          work_dir=Path("/nonexistent"))  # fmt: skip
+    monkeypatch.setattr(A.dataclasses, "replace", lambda ctx, **kw: SimpleNamespace(**{**vars(ctx), **kw}))
+    out = ablation.run(SimpleNamespace(state_dict=dict), ctx)
+    seg = [overrides for name, overrides in seen if name == "seg_ade20k_linear"]
+    assert len(seg) == len(A.THRESHOLD_SETTINGS)
+    assert all(o == {"iterations": 25, "warmup": 3, "crop": 84} for o in seg)  # the task's own crop kept
+    assert out["metrics"]["mu_4/ade20k_miou"] == 3.0
+    assert all(h["on_nonfinite"] == "skip" for h in out["hparams"].values())  # the policy is recorded per row
+    assert ablation.config("paper")["evaluation_overrides"] == {}
+
+
+class _Config:
+    on_nonfinite = "skip"
+
+    def differences_from_official(self):
+        return {}
