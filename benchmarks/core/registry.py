@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,9 +60,23 @@ class Task:
         """
         return []
 
-    def config(self, profile: str) -> dict[str, Any]:
-        """The resolved configuration (schedule, resolution, ...) of ``profile``; recorded in every run record."""
-        return {}
+    def config(self, profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The resolved configuration (schedule, resolution, ...) of ``profile`` with ``overrides`` (dotted keys,
+        ``--cfg-options``) applied; recorded in every run record. Read from ``profiles/<name>/<profile>.yaml``
+        beside the task's module (see benchmarks.core.task_config); a task without that folder has none."""
+        from benchmarks.core.task_config import apply_overrides, load_task_config, task_profiles
+
+        folder = self.task_dir()
+        if not task_profiles(folder, self.name):
+            if profile not in PROFILES:
+                raise ValueError(f"task {self.name}: unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+            return apply_overrides({}, overrides or {}, where=f"task {self.name}")
+        return load_task_config(folder, self.name, profile, overrides)
+
+    @classmethod
+    def task_dir(cls) -> Path:
+        """The folder of the module defining the task (its ``profiles/`` live there)."""
+        return Path(sys.modules[cls.__module__].__file__).resolve().parent
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         raise NotImplementedError
