@@ -1,7 +1,7 @@
 """Table 5 tasks: NYU Depth v2 with Linear 1, Linear 4 and DPT heads on a frozen backbone (RMSE, lower is better).
 
-Profiles live in ``profiles/<task>/{paper,smoke}.yaml``. Profile ``paper`` is the DINOv2 protocol (protocols.md, max_depth 10 m, not the hub heads' 80). Profile
-``smoke`` keeps every step of it (augmentation, losses, readout, flip-averaged full-resolution evaluation)
+Profiles live in ``profiles/<task>/{paper,smoke}.yaml``. Profile ``paper`` is the DINOv2 protocol
+(protocols.md, max_depth 10 m, not the hub heads' 80). Profile ``smoke`` keeps every step of it (augmentation, losses, readout, flip-averaged full-resolution evaluation)
 with a small crop, a short schedule and a higher learning rate, on the synthetic NYU twin. The run record also
 carries the metrics of predicting the mean training depth everywhere, the floor any head must beat.
 """
