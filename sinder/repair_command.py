@@ -9,7 +9,8 @@ from pathlib import Path
 
 def build_config(args):
     """(config, which defaults applied): the backbone's preset defaults (official ones for the real presets),
-    then the --config file, then --paper and the command-line flags."""
+    then the --config file, then --paper and the command-line flags, then --cfg-options (any RepairConfig field,
+    typed and checked by RepairConfig.from_mapping like the file's)."""
     from .repair import RepairConfig, preset_defaults
 
     base, defaults = preset_defaults(args.backbone)
@@ -22,6 +23,12 @@ def build_config(args):
         config = RepairConfig.from_mapping({**data, **overrides}, base=base)
     except ValueError as err:
         raise ValueError(f"{args.config}: {err}" if args.config else str(err)) from None
+    options = dict(getattr(args, "cfg_options", None) or {})
+    if options:  # applied last; checked again as a whole so the message names the option
+        try:
+            config = RepairConfig.from_mapping({**data, **overrides, **options}, base=base)
+        except ValueError as err:
+            raise ValueError(f"--cfg-options: {err}") from None
     return config, defaults
 
 
@@ -54,6 +61,8 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
+    from .cfg_options import CfgOptionsAction
+
     parser = subparsers.add_parser("repair", help="repair singular defects (SINDER, Algorithm 1)")
     parser.add_argument("--backbone", required=True,
                         help="preset, constructed backbone, config file, or a checkpoint (Hugging Face folder, "
@@ -69,6 +78,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-iters", type=int)
     parser.add_argument("--num-images", type=int)
     parser.add_argument("--resolution", type=int)
+    parser.add_argument("--cfg-options", nargs="+", action=CfgOptionsAction, default={}, metavar="KEY=VALUE",
+                        help="set any RepairConfig field, e.g. max_iters=100 mu=3.5 trainable=singular_values_and_biases "
+                             "(values typed as YAML; applied last; an unknown field or a bad value exits 2)")
     parser.add_argument("--work-dir", help="checkpoints and JSONL log (default: <out>.work)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")

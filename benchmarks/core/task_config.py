@@ -12,11 +12,15 @@ values typed as YAML types them. A key the profile does not hold is refused, so 
 
 from __future__ import annotations
 
-import argparse
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from sinder.cfg_options import CfgOptionsAction, parse_cfg_options, parse_value
+
+__all__ = ["CfgOptionsAction", "apply_overrides", "load_task_config", "parse_cfg_options", "parse_value",
+           "split_by_task"]
 
 PROFILE_DIR = "profiles"
 # Keys any task may add: read by benchmarks.core.checkpointing for every task that checkpoints.
@@ -84,42 +88,6 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def parse_value(text: str) -> Any:
-    """A ``--cfg-options`` value: mmengine DictAction's lists (``a,b``, ``[a,b]``, ``(a,b)``), each item typed
-    as YAML types it (``1e-4`` is a number, ``null`` is None, ``true`` is true/false)."""
-    import yaml
-    from mmengine.config import DictAction
-
-    def typed(item):
-        if isinstance(item, list | tuple):
-            return [typed(x) for x in item]
-        if not isinstance(item, str):
-            return item
-        try:
-            loaded = yaml.safe_load(item)
-        except yaml.YAMLError:
-            return item
-        if isinstance(loaded, str):
-            try:
-                return float(loaded)  # YAML 1.1 reads 1e-4 (no dot) as text
-            except ValueError:
-                return loaded
-        return loaded if not isinstance(loaded, dict) else item
-
-    return typed(DictAction._parse_iterable(text))
-
-
-def parse_cfg_options(items: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x,y"]`` -> ``{"a.b": 1, "c": ["x", "y"]}``; an item without ``=`` is a ValueError."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--cfg-options {item!r}: write KEY=VALUE, e.g. imagenet_linear.iterations=100")
-        out[key.strip()] = parse_value(value)
-    return out
-
-
 def split_by_task(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{"imagenet_linear.iterations": 100}`` -> ``{"imagenet_linear": {"iterations": 100}}``."""
     out: dict[str, dict[str, Any]] = {}
@@ -129,15 +97,3 @@ def split_by_task(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"--cfg-options {dotted}: name the task first, e.g. imagenet_linear.iterations=100")
         out.setdefault(task, {})[key] = value
     return out
-
-
-class CfgOptionsAction(argparse.Action):
-    """``--cfg-options KEY=VALUE ...`` (repeatable) into one dict; a malformed item is a usage error (exit 2)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        options = dict(getattr(namespace, self.dest, None) or {})
-        try:
-            options.update(parse_cfg_options(values or []))
-        except ValueError as err:
-            parser.error(str(err))
-        setattr(namespace, self.dest, options)
