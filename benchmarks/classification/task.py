@@ -15,6 +15,7 @@ from benchmarks.classification.knn import evaluate_knn
 from benchmarks.classification.linear import head_configs, train_linear_probe
 from benchmarks.classification.transforms import eval_transform, train_transform
 from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
+from benchmarks.core.distributed import per_rank_batch
 from benchmarks.core.features import (
     FeatureSpec,
     compute_dtype_name,
@@ -97,9 +98,7 @@ class ImageNetLinear(_ImageNetTask):
         root = ctx.dataset_root("imagenet")
         train = open_imagenet(root, "train", train_transform(cfg["crop"]))
         val = open_imagenet(root, "val", eval_transform(cfg["resize"], cfg["crop"]))
-        batch = cfg["batch_size"]
-        if ctx.world_size > 1:  # the protocol's batch is global
-            batch = max(1, batch // ctx.world_size)
+        batch = per_rank_batch(cfg["batch_size"], ctx.world_size)  # the protocol's batch is global
         checkpoint = TrainingCheckpoint.for_task(ctx, "linear_probe", fingerprint(
             cfg, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train), len(train.classes)))  # fmt: skip
         result = train_linear_probe(

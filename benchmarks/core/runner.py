@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from sinder.atomic import atomic_write_text, remove_stale_temps, temp_prefix
+from sinder.device import default_device
 
 from . import backbones as B
 from . import distributed as D
@@ -290,7 +291,7 @@ def run_suite(
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     say = log or (lambda msg: print(msg, flush=True) if D.is_main() else None)
-    device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device_t = torch.device(default_device(device))
     D.init_from_env(device_t)
     if device_t.type == "cuda" and D.is_distributed():
         device_t = torch.device("cuda", torch.cuda.current_device())
