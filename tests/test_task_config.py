@@ -100,3 +100,15 @@ def test_run_cfg_options_without_equals_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["run", "--suite", "table3", "--cfg-options", "imagenet_linear.iterations"])
     assert exit_.value.code == 2 and "write KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_task_may_declare_keys_its_profiles_need_not_hold():
+    # segmentation's paper profile has empty overrides; resolve_config's keys may still be set
+    task = get_task("seg_ade20k_linear")
+    config = task.config("paper", {"overrides.iterations": 1000, "overrides.lr": 1e-3})
+    assert config["overrides"] == {"iterations": 1000, "lr": 1e-3}
+    assert task.config("smoke", {"overrides.iterations": 7})["overrides"]["crop"] == 84  # the rest kept
+    with pytest.raises(ValueError, match="no config key 'overrides.itrations'"):
+        task.config("paper", {"overrides.itrations": 1000})
+    with pytest.raises(ValueError, match="no config key 'iterations'"):  # only under overrides
+        task.config("paper", {"iterations": 1000})

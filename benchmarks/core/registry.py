@@ -51,6 +51,7 @@ class Task:
     table: str = ""  # the paper table this task fills, e.g. "table3"
     title: str = ""
     metrics: tuple[Metric, ...] = ()
+    optional_keys: tuple[str, ...] = ()  # dotted config keys the task reads that its profiles need not hold
 
     def datasets_needed(self, profile: str) -> list[str]:
         """Datasets the task reads under ``profile``: ``benchmarks.data`` names, optionally ``name:split``.
@@ -70,8 +71,8 @@ class Task:
         if not task_profiles(folder, self.name):
             if profile not in PROFILES:
                 raise ValueError(f"task {self.name}: unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
-            return apply_overrides({}, overrides or {}, where=f"task {self.name}")
-        return load_task_config(folder, self.name, profile, overrides)
+            return apply_overrides({}, overrides or {}, where=f"task {self.name}", optional=self.optional_keys)
+        return load_task_config(folder, self.name, profile, overrides, optional=self.optional_keys)
 
     @classmethod
     def task_dir(cls) -> Path:

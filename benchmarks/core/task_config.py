@@ -37,9 +37,11 @@ def task_profiles(task_dir: str | Path, name: str) -> list[str]:
 
 
 def load_task_config(
-    task_dir: str | Path, name: str, profile: str, overrides: Mapping[str, Any] | None = None
+    task_dir: str | Path, name: str, profile: str, overrides: Mapping[str, Any] | None = None,
+    optional: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The resolved config of task ``name`` under ``profile``, with ``overrides`` (dotted keys) applied."""
+    """The resolved config of task ``name`` under ``profile``, with ``overrides`` (dotted keys) applied;
+    ``optional``: dotted keys the task reads that a profile need not hold (an override may add them)."""
     from mmengine.config import Config
 
     path = profile_file(task_dir, name, profile)
@@ -47,10 +49,11 @@ def load_task_config(
         known = ", ".join(task_profiles(task_dir, name)) or "none"
         raise ValueError(f"task {name} has no profile {profile!r} ({path} is missing); profiles: {known}")
     config = Config.fromfile(str(path)).to_dict()
-    return apply_overrides(config, overrides or {}, where=f"task {name}")
+    return apply_overrides(config, overrides or {}, where=f"task {name}", optional=optional)
 
 
-def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any], *, where: str,
+                    optional: tuple[str, ...] = ()) -> dict[str, Any]:
     """A copy of ``config`` with each dotted key of ``overrides`` set; an unknown key or a value of another kind
     than the one it replaces (number, text, true/false, list, mapping) is a ValueError naming it."""
     out = copy.deepcopy(config)
@@ -62,7 +65,7 @@ def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any], *, whe
                 raise ValueError(f"{where}: no config key {'.'.join(parents[: i + 1])!r} (in {dotted}); "
                                  f"keys: {', '.join(sorted(node))}")  # fmt: skip
             node = node[part]
-        if leaf not in node and not (not parents and leaf in OPTIONAL_KEYS):
+        if leaf not in node and dotted not in (*OPTIONAL_KEYS, *optional):
             prefix = ".".join(parents) + "." if parents else ""
             raise ValueError(f"{where}: no config key {dotted!r}; keys: "
                              f"{', '.join(prefix + k for k in sorted(node))}")  # fmt: skip

@@ -17,6 +17,9 @@ from typing import Any
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SETTINGS = ("linear", "multiscale")
 DATASETS = {"ade20k": "ade20k", "voc2012": "voc2012"}
+# What a profile's ``overrides`` may set (read by resolve_config); the paper profile sets none of them.
+OVERRIDE_KEYS = ("crop", "iterations", "warmup", "batch_size", "lr", "feature_cache", "eval_images", "log_level",
+                 "checkpoint_every")  # fmt: skip
 
 
 def config_path(dataset: str, setting: str) -> Path:

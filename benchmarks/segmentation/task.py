@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmarks.core.checkpointing import task_work_dir
 from benchmarks.core.registry import Metric, Task, register_task
+from benchmarks.segmentation.config import OVERRIDE_KEYS
 from benchmarks.segmentation.feature_cache import CacheStats
 from sinder.atomic import temp_prefix
 
@@ -45,6 +46,8 @@ class _SegTask(Task):
     )
     dataset = ""
     setting = ""
+    # --cfg-options may set any key resolve_config reads, e.g. seg_ade20k_linear.overrides.iterations=1000
+    optional_keys = tuple(f"overrides.{key}" for key in OVERRIDE_KEYS)
 
     def datasets_needed(self, profile: str) -> list[str]:
         return [f"{self.dataset}:train", f"{self.dataset}:val"]
