@@ -89,10 +89,13 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
+def atomic_path(path: str | Path, suffix: str = ".tmp", *, replace: bool = True) -> Iterator[str]:
     """Yield a temporary file name beside ``path``; on success it replaces ``path``, on error it is removed.
+    With ``replace=False`` an existing ``path`` is never replaced: FileExistsError (a hard link, atomic).
 
-    The final file gets ordinary permissions (0666 minus the umask), not mkstemp's private 0600.
+    The temporary file is flushed to disk (fsync) before the rename, so a crash never leaves ``path`` naming
+    an empty or partial file. The final file gets ordinary permissions (0666 minus the umask), not mkstemp's
+    private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +103,14 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            Path(tmp).unlink()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

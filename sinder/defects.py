@@ -24,6 +24,7 @@ from torch import Tensor
 
 DEFAULT_MU = 4.0  # Eq. 5's mask threshold (paper and official code); every default of mu refers to this
 HIGH_NORM_Z = 4.0  # robust z-score of the high-norm census (Section 2); a different quantity from mu
+HIGH_NORM_MIN_RATIO = 3.0  # and a high-norm token is at least this many times the median norm
 
 
 def _check_map(tokens_hw: Tensor, name: str = "tokens_hw") -> Tensor:
@@ -60,7 +61,7 @@ def find_defects(
     return mask
 
 
-def high_norm_mask(tokens_hw: Tensor, mu: float = HIGH_NORM_Z, min_ratio: float = 3.0) -> Tensor:
+def high_norm_mask(tokens_hw: Tensor, mu: float = HIGH_NORM_Z, min_ratio: float = HIGH_NORM_MIN_RATIO) -> Tensor:
     """Boolean H x W mask of the high-norm tokens (robust z-score of the norms, and >= min_ratio x median)."""
     norms = _check_map(tokens_hw).norm(dim=-1)
     median = norms.median()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 def build_config(args):
     """(config, which defaults applied): the backbone's preset defaults (official ones for the real presets),
-    then the --config file, then --paper and the command-line flags."""
+    then the --config file, then --paper and the command-line flags, then --cfg-options (any RepairConfig field,
+    typed and checked by RepairConfig.from_mapping like the file's)."""
     from .repair import RepairConfig, preset_defaults
 
     base, defaults = preset_defaults(args.backbone)
@@ -22,6 +23,12 @@ def build_config(args):
         config = RepairConfig.from_mapping({**data, **overrides}, base=base)
     except ValueError as err:
         raise ValueError(f"{args.config}: {err}" if args.config else str(err)) from None
+    options = dict(getattr(args, "cfg_options", None) or {})
+    if options:  # applied last; checked again as a whole so the message names the option
+        try:
+            config = RepairConfig.from_mapping({**data, **overrides, **options}, base=base)
+        except ValueError as err:
+            raise ValueError(f"--cfg-options: {err}") from None
     return config, defaults
 
 
@@ -54,12 +61,15 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
+    from .cfg_options import CfgOptionsAction
+
     parser = subparsers.add_parser(
         "repair", help="repair singular defects (SINDER, Algorithm 1)",
         description="Fine-tune the singular values of a DINOv2-style backbone with SINDER's smoothness loss "
         "(Algorithm 1; the official code's defaults) and write the repaired checkpoint, a report and Figure 7.",
     )  # fmt: skip
-    parser.add_argument("--backbone", required=True, help="preset, constructed backbone, config file, or a checkpoint (Hugging Face folder, "
+    parser.add_argument("--backbone", required=True,
+                        help="preset, constructed backbone, config file, or a checkpoint (Hugging Face folder, "
                              "official or timm weights file)")
     parser.add_argument("--weights", help="weights file (default: the official file in the torch hub cache)")
     parser.add_argument("--images", required=True, help="folder of training images (e.g. ImageNet train)")
@@ -72,6 +82,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-iters", type=int, help="iteration budget, one image each (default: the preset's; 30000 for the official presets)")
     parser.add_argument("--num-images", type=int, help="images strided over --images (default: the preset's; 30000 for the official presets)")
     parser.add_argument("--resolution", type=int, help="image side in pixels (default: the preset's; 518 for the official presets)")
+    parser.add_argument("--cfg-options", nargs="+", action=CfgOptionsAction, default={}, metavar="KEY=VALUE",
+                        help="set any RepairConfig field, e.g. max_iters=100 mu=3.5 trainable=singular_values_and_biases "
+                             "(values typed as YAML; applied last; an unknown field or a bad value exits 2)")
     parser.add_argument("--work-dir", help="checkpoints and JSONL log (default: <out>.work)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")

@@ -10,10 +10,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .census import census, compare, worse_warning
 from .checkpoint_formats import CheckpointFormat, check_save_format, save_checkpoint
+from .device import default_device
 from .images import list_images, load_image, stride_subset
 from .plots import plot_singular_value_differences, singular_value_differences
 from .repair import RepairConfig, RepairRun
@@ -56,10 +55,6 @@ def readable(images: list[Path], load) -> tuple[list[Path], list[str]]:
     return good, bad
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def repair_checkpoint(
     backbone: str,
     images: str | Path,
@@ -90,7 +85,7 @@ def repair_checkpoint(
     work_dir = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
     check_writable(out.parent, "--out's folder")
     check_writable(work_dir, "the work folder")
-    device = device or default_device()
+    device = default_device(device)
 
     model = load_backbone(backbone, weights=weights)
     source_format = getattr(model, "checkpoint_format", CheckpointFormat())

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import atomic_write_text
+from .defects import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
 
 FORMAT = "sinder-bench test-time register neurons"
 VERSION = 1
@@ -127,7 +128,8 @@ def _hooks(modules_and_hooks: Iterable[tuple[nn.Module, str, Any]]) -> Iterator[
             handle.remove()
 
 
-def outlier_mask(grid: Tensor, threshold: float | None = None, mu: float = 4.0, min_ratio: float = 3.0) -> Tensor:
+def outlier_mask(grid: Tensor, threshold: float | None = None, mu: float = HIGH_NORM_Z,
+                 min_ratio: float = HIGH_NORM_MIN_RATIO) -> Tensor:
     """H x W mask of one image's outlier tokens: norm above ``threshold``, or the census rule without one."""
     from .defects import high_norm_mask
 
@@ -144,8 +146,8 @@ def fit_register_neurons(
     highest_block: int | None = None,
     top_k: int = DEFAULT_TOP_K,
     threshold: float | None = None,
-    mu: float = 4.0,
-    min_ratio: float = 3.0,
+    mu: float = HIGH_NORM_Z,
+    min_ratio: float = HIGH_NORM_MIN_RATIO,
 ) -> RegisterNeurons:
     """Find the register neurons of ``model`` on image batches (B x 3 x H x W, normalized).
 

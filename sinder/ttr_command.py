@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .defects import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("ttr", help="test-time registers (Jiang et al. 2025): fit register neurons")
@@ -33,8 +35,10 @@ def register(subparsers) -> None:
     fit.add_argument("--threshold", type=float, default=None,
                      help="fixed outlier norm threshold (the reference uses 150 for ViT-L); default: robust rule "
                      "of the high-norm census (median + mu x 1.4826 MAD, and >= min-ratio x median)")
-    fit.add_argument("--mu", type=float, default=4.0, help="robust rule: z-score threshold (default 4)")
-    fit.add_argument("--min-ratio", type=float, default=3.0, help="robust rule: minimum norm / median (default 3)")
+    fit.add_argument("--mu", type=float, default=HIGH_NORM_Z,
+                     help="robust rule: z-score threshold (default %(default)s)")
+    fit.add_argument("--min-ratio", type=float, default=HIGH_NORM_MIN_RATIO,
+                     help="robust rule: minimum norm / median (default %(default)s)")
     fit.add_argument("--batch-size", type=int, default=8)
     fit.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     fit.add_argument("--force", action="store_true", help="overwrite an existing --out")
@@ -52,8 +56,7 @@ def _batches(paths, resolution: int, patch_size: int, batch_size: int, device):
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    import torch
-
+    from .device import default_device
     from .images import list_images, stride_subset
     from .ttr import describe, fit_register_neurons, save_neurons
     from .weights import load_backbone
@@ -69,7 +72,7 @@ def run_fit(args: argparse.Namespace) -> int:
     for name in ("max_images", "batch_size", "top_k"):
         if getattr(args, name) < 1:
             return fail(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     try:
         paths = stride_subset(list_images(args.images), args.max_images)
         model = load_backbone(args.backbone, args.weights, device=device)

@@ -122,3 +122,11 @@ def test_plan_takes_resources_from_flags_else_defaults(tmp_path):
         L.plan_jobs("imagenet_knn", None, profile="paper", cache_dir=tmp_path)
     with pytest.raises(L.LaunchError, match="--slurm-param 'account'"):
         L._parse_slurm_params(["account"])
+
+
+def test_cfg_options_are_checked_before_any_job_is_submitted():
+    L._check_cfg_options({"imagenet_knn.ks": [5]}, "table3", "smoke")  # a task of the suite, a key it holds
+    with pytest.raises(L.LaunchError, match="suite table3 has no task 'depth_nyu_dpt'"):
+        L._check_cfg_options({"depth_nyu_dpt.lr": 1.0}, "table3", "smoke")
+    with pytest.raises(L.LaunchError, match="task imagenet_knn: no config key 'k'"):
+        L._check_cfg_options({"imagenet_knn.k": 5}, "table3", "smoke")

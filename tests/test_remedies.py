@@ -155,7 +155,8 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     monkeypatch.setattr(B, "SMOKE_TTR_IMAGES", 40)
     from benchmarks.remedies.task import DefectCensus
 
-    monkeypatch.setattr(DefectCensus, "profiles", {"smoke": {**DefectCensus.profiles["smoke"], "n_images": 16}})
+    smoke = DefectCensus().config("smoke", {"n_images": 16})
+    monkeypatch.setattr(DefectCensus, "config", lambda self, profile, overrides=None: smoke)
     out = tmp_path / "runs"
     summary = run_suite("cheap", profile="smoke", out=out, cache_dir=tmp_path / "cache", device="cpu",
                         progress=False, log=lambda msg: None)  # fmt: skip

@@ -416,11 +416,12 @@ def test_mu_has_one_default():
 
 # -------------------------------------------------------------------------------------------- 8. ablations
 def test_ablation_repairs_use_and_record_the_official_nonfinite_policy():
-    from benchmarks.ablations.task import CONSTRAINT_SETTINGS, ablation_config
+    from benchmarks.ablations.task import ConstraintAblation, ablation_config
 
+    settings = ConstraintAblation().settings
     for profile in ("smoke", "paper"):
-        for overrides in CONSTRAINT_SETTINGS.values():
+        for overrides in settings.values():
             config = ablation_config(overrides, profile, depth=8)
             assert config.on_nonfinite == "skip"
             assert config.differences_from_official()["on_nonfinite"] == "skip"
-    assert ablation_config(CONSTRAINT_SETTINGS["sv_bias"], "paper", 40).trainable == "singular_values_and_biases"
+    assert ablation_config(settings["sv_bias"], "paper", 40).trainable == "singular_values_and_biases"

@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks.core import results as R
 from benchmarks.core.identity import RunIdentity
+from sinder.atomic import _umask
 
 
 def _record(task="imagenet_knn", sha="ab" * 32, profile="smoke", label="tiny", **metrics):
@@ -48,7 +49,7 @@ def test_store_appends_and_never_overwrites(tmp_path):
         R._write_new(first, json.dumps(rec))
     assert json.loads(first.read_text()) == rec
     assert len(store.records()) == 2
-    assert (os.stat(first).st_mode & 0o777) == 0o666 & ~R._umask()  # not mkstemp's owner-only 0600
+    assert (os.stat(first).st_mode & 0o777) == 0o666 & ~_umask()  # not mkstemp's owner-only 0600
     ident = RunIdentity.from_record(rec)
     assert store.is_done(ident)
     assert not store.is_done(dataclasses.replace(ident, profile="paper"))

@@ -96,8 +96,7 @@ def test_a_failing_task_is_reported_and_the_suite_goes_on(cache, tmp_path, monke
         raise ValueError("synthetic failure")
 
     monkeypatch.setattr(ImageNetKNN, "run", broken)
-    monkeypatch.setattr(ImageNetLinear, "config", lambda self, profile: {**self.profiles[profile], "iterations": 2})
-    assert _run(tmp_path, cache) == 1
+    assert _run(tmp_path, cache, "--cfg-options", "imagenet_linear.iterations=2") == 1
     records = {r["task"]: r for r in load_records(tmp_path)}
     assert records["imagenet_knn"]["error"] == "ValueError: synthetic failure"  # the failure is on record
     assert records["imagenet_knn"]["metrics"] == {} and "error" not in records["imagenet_linear"]
@@ -245,9 +244,9 @@ def test_resume_after_a_task_version_or_config_change_is_new_work(baseline, cach
     out = tmp_path / "runs"
     shutil.copytree(baseline, out)
     monkeypatch.setattr(ImageNetKNN, "version", "2")  # a change that makes earlier KNN numbers incomparable
-    original = ImageNetLinear.config
-    monkeypatch.setattr(ImageNetLinear, "config", lambda self, p: {**original(self, p), "iterations": 3})
     counter = _Counter(monkeypatch)
-    assert _run(out, cache, "--resume") == 0
+    # an override is part of the resolved config, hence of the run identity: new work, not a resumed record
+    assert _run(out, cache, "--resume", "--cfg-options", "imagenet_linear.iterations=3") == 0
     assert sorted(counter.calls) == ["imagenet_knn", "imagenet_linear"]
     assert sorted(r["task_version"] for r in load_records(out) if r["task"] == "imagenet_knn") == ["1", "2"]
+    assert sorted(r["config"]["iterations"] for r in load_records(out) if r["task"] == "imagenet_linear") == [3, 24]

@@ -17,7 +17,6 @@ from benchmarks.data.synth import write_synthetic  # noqa: E402
 from benchmarks.segmentation.backbone import FrozenViTBackbone  # noqa: E402
 from benchmarks.segmentation.config import load_config, resolve_config, unaugmented_train_pipeline  # noqa: E402
 from benchmarks.segmentation.task import (  # noqa: E402
-    SMOKE,
     SegADE20kLinear,
     SegVOCMultiscale,
     dataset_base,
@@ -109,7 +108,7 @@ def test_unaugmented_pipeline_config():
 def test_profiles_enable_the_cache_for_smoke_linear_only():
     assert SegADE20kLinear().config("smoke")["overrides"]["feature_cache"] is True
     assert "feature_cache" not in SegADE20kLinear().config("paper")["overrides"]
-    assert "feature_cache" not in SMOKE["multiscale"]
+    assert "feature_cache" not in SegVOCMultiscale().config("smoke")["overrides"]
     assert "feature_cache" not in SegVOCMultiscale().config("smoke")["overrides"]
 
 

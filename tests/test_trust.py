@@ -52,7 +52,9 @@ def test_preflight_opens_every_weights_file_before_any_work(tmp_path, monkeypatc
 
 
 def test_a_full_disk_fails_that_task_and_keeps_earlier_records(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ImageNetLinear, "config", lambda self, profile: {**self.profiles[profile], "iterations": 2})
+    original = ImageNetLinear.config
+    monkeypatch.setattr(ImageNetLinear, "config",
+                        lambda self, profile, overrides=None: original(self, profile, {"iterations": 2}))
     write = results.ResultStore.write
 
     def full_after_knn(store, record):

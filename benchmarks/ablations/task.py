@@ -19,22 +19,7 @@ from typing import Any
 
 from benchmarks.core.registry import Metric, Task, get_task, register_task
 
-# Paper rows (keys as in benchmarks/paper/table6.yaml, table7.yaml) -> RepairConfig overrides.
-CONSTRAINT_SETTINGS: dict[str, dict[str, Any]] = {
-    "sv_bias": {"trainable": "singular_values_and_biases", "limit_layers": None},
-    "sv_except_qk": {"trainable": "singular_values_except_qk", "limit_layers": None},
-    "sv_except_qk_15": {"limit_layers": 15},
-    "sv_except_qk_10": {"limit_layers": 10},
-    "sv_except_qk_5": {"limit_layers": 5},
-}
-THRESHOLD_SETTINGS: dict[str, dict[str, Any]] = {
-    "sigma_0": {"sigma": 0},
-    "sigma_3": {"sigma": 3},
-    "sigma_5": {"sigma": 5},
-    "mu_3.5": {"mu": 3.5},
-    "mu_4": {"mu": 4.0},
-    "mu_4.5": {"mu": 4.5},
-}
+# Each task's rows (RepairConfig overrides) are its profile's ``settings``: profiles/<task>/paper.yaml.
 EVALUATIONS = (("imagenet_knn", {"top1": "knn_top1", "top5": "knn_top5"}),
                ("seg_ade20k_linear", {"miou": "ade20k_miou", "aacc": "ade20k_aacc"}))
 PAPER_DEPTH = 40  # ViT-g/14, the backbone of every ablation in the paper
@@ -51,9 +36,6 @@ def ablation_config(overrides: dict[str, Any], profile: str, depth: int):
     if profile == "smoke":
         return RepairConfig(**{**SMOKE_CONFIG, **scaled_overrides(overrides, depth), **ABLATION_POLICY})
     return RepairConfig(**{**overrides, **ABLATION_POLICY})
-# Smoke only: 11 rows each train an ADE20k head; a quarter of the segmentation task's own smoke schedule keeps
-# Tables 6-7 from dominating the main job (recorded in the run record's config).
-SMOKE_EVAL_OVERRIDES = {"seg_ade20k_linear": {"iterations": 25, "warmup": 3}}
 
 
 def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -65,7 +47,9 @@ def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
 
 
 class _AblationTask(Task):
-    settings: dict[str, dict[str, Any]] = {}
+    @property
+    def settings(self) -> dict[str, dict[str, Any]]:
+        return self.config("paper")["settings"]
     first_backbone_only = True  # each row repairs DINOv2 itself; a repaired twin would be repaired twice
 
     @property
@@ -81,11 +65,6 @@ class _AblationTask(Task):
             except KeyError:
                 pass  # that evaluation is not in this checkout; run() notes it
         return list(dict.fromkeys(needed))
-
-    def config(self, profile: str) -> dict[str, Any]:
-        return {"settings": self.settings, "evaluations": [name for name, _ in EVALUATIONS],
-                "repair": "official" if profile == "paper" else "smoke",
-                "evaluation_overrides": SMOKE_EVAL_OVERRIDES if profile == "smoke" else {}}
 
     def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str):
         from sinder.repair import RepairRun, repair_for_smoke
@@ -110,7 +89,7 @@ class _AblationTask(Task):
         metrics: dict[str, float] = {}
         hparams: dict[str, Any] = {}
         missing = []
-        for row, overrides in self.settings.items():
+        for row, overrides in ctx.config["settings"].items():
             ctx.log(f"{self.name}: repairing with {row} {overrides}")
             repaired, config, nonfinite_steps = self._repair(backbone, overrides, ctx, row)
             hparams[row] = {**config.differences_from_official(), "on_nonfinite": config.on_nonfinite}
@@ -143,7 +122,6 @@ class ConstraintAblation(_AblationTask):
     name = "ablation_constraints"
     table = "table6"
     title = "Table 6: what the repair may learn (singular values, biases, number of layers)"
-    settings = CONSTRAINT_SETTINGS
 
 
 @register_task
@@ -151,4 +129,3 @@ class ThresholdAblation(_AblationTask):
     name = "ablation_thresholds"
     table = "table7"
     title = "Table 7: skip threshold sigma and mask threshold mu"
-    settings = THRESHOLD_SETTINGS

@@ -1,7 +1,7 @@
 """Table 3 tasks: ImageNet-1K weighted KNN and linear probe on a frozen backbone.
 
-Profile ``paper`` is the DINOv2 protocol (protocols.md); ``smoke`` shrinks resolution and schedule so the
-whole table runs in seconds on a CPU with a tiny backbone and the synthetic ImageNet twin.
+Profiles (``profiles/<task>/{paper,smoke}.yaml``): ``paper`` is the DINOv2 protocol (protocols.md); ``smoke``
+shrinks resolution and schedule so the whole table runs in seconds on a CPU with a tiny backbone and the synthetic ImageNet twin.
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ import torch.nn.functional as F
 
 from benchmarks.classification.datasets import open_imagenet
 from benchmarks.classification.knn import evaluate_knn
-from benchmarks.classification.linear import (
-    AVGPOOL,
-    LEARNING_RATES,
-    N_LAST_BLOCKS,
-    head_configs,
-    train_linear_probe,
-)
+from benchmarks.classification.linear import head_configs, train_linear_probe
 from benchmarks.classification.transforms import eval_transform, train_transform
 from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
+from benchmarks.core.distributed import per_rank_batch
 from benchmarks.core.features import (
     FeatureSpec,
     compute_dtype_name,
@@ -39,16 +34,9 @@ _TOP = (
 class _ImageNetTask(Task):
     table = "table3"
     metrics = _TOP
-    profiles: dict[str, dict[str, Any]] = {}
 
     def datasets_needed(self, profile: str) -> list[str]:
         return ["imagenet:train", "imagenet:val"]
-
-    def config(self, profile: str) -> dict[str, Any]:
-        if profile not in self.profiles:
-            raise ValueError(f"task {self.name} has no profile {profile!r}; profiles: {', '.join(self.profiles)}")
-        # DINOv2's KNN and linear evaluations run the backbone under fp16 autocast (the record says what ran)
-        return {**self.profiles[profile], "autocast": "float16"}
 
 
 def _cls_normalized(model, images):
@@ -61,12 +49,6 @@ def _cls_normalized(model, images):
 class ImageNetKNN(_ImageNetTask):
     name = "imagenet_knn"
     title = "ImageNet-1K weighted KNN (cosine, T=0.07, k in 10/20/100/200)"
-    profiles = {
-        "paper": {"resize": 256, "crop": 224, "ks": [10, 20, 100, 200], "T": 0.07, "batch_size": 256,
-                  "backend": "auto", "chunk_size": 1024},
-        "smoke": {"resize": 64, "crop": 56, "ks": [5, 10, 20], "T": 0.07, "batch_size": 16,
-                  "backend": "auto", "chunk_size": 256},
-    }  # fmt: skip
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         cfg = ctx.config
@@ -110,22 +92,13 @@ class ImageNetKNN(_ImageNetTask):
 class ImageNetLinear(_ImageNetTask):
     name = "imagenet_linear"
     title = "ImageNet-1K linear probe (52 heads: last 1/4 class tokens x avgpool x 13 lrs)"
-    profiles = {
-        # 10 epochs x 1250 iterations at global batch 1024 (DINOv2's setting); batch is per rank.
-        "paper": {"resize": 256, "crop": 224, "iterations": 12500, "batch_size": 1024, "eval_batch_size": 256,
-                  "lrs": list(LEARNING_RATES), "n_last_blocks": list(N_LAST_BLOCKS), "avgpool": list(AVGPOOL)},
-        "smoke": {"resize": 64, "crop": 56, "iterations": 24, "batch_size": 16, "eval_batch_size": 32,
-                  "lrs": list(LEARNING_RATES), "n_last_blocks": list(N_LAST_BLOCKS), "avgpool": list(AVGPOOL)},
-    }  # fmt: skip
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         cfg = ctx.config
         root = ctx.dataset_root("imagenet")
         train = open_imagenet(root, "train", train_transform(cfg["crop"]))
         val = open_imagenet(root, "val", eval_transform(cfg["resize"], cfg["crop"]))
-        batch = cfg["batch_size"]
-        if ctx.world_size > 1:  # the protocol's batch is global
-            batch = max(1, batch // ctx.world_size)
+        batch = per_rank_batch(cfg["batch_size"], ctx.world_size)  # the protocol's batch is global
         checkpoint = TrainingCheckpoint.for_task(ctx, "linear_probe", fingerprint(
             cfg, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train), len(train.classes)))  # fmt: skip
         result = train_linear_probe(

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sinder.images import IMAGENET_MEAN, IMAGENET_STD
+
 BICUBIC = Image.Resampling.BICUBIC
 
 

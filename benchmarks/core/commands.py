@@ -49,6 +49,13 @@ def register(subparsers) -> None:
         help="evaluate DINOv2's released heads from DIR (official file names) instead of training heads "
         "(table5 depth heads, table4 segmentation heads)",
     )  # fmt: skip
+    from .task_config import CfgOptionsAction
+
+    run.add_argument(
+        "--cfg-options", nargs="+", action=CfgOptionsAction, default={}, metavar="TASK.KEY=VALUE",
+        help="set keys of a task's profile (profiles/<task>/<profile>.yaml), e.g. imagenet_linear.iterations=100 "
+        "imagenet_knn.ks=[10,20]; values typed as YAML; an unknown task or key stops the run before any work",
+    )  # fmt: skip
     run.set_defaults(func=_cmd_run)
 
     report = subparsers.add_parser(
@@ -108,6 +115,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args.suite, args.backbone, profile=args.profile, data_root=args.data_root, out=args.out,
             cache_dir=args.cache_dir, resume=args.resume, device=args.device, seed=args.seed,
             num_workers=workers, progress=not args.no_progress, head_weights=args.head_weights,
+            cfg_options=args.cfg_options,
         )  # fmt: skip
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,6 +25,16 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def per_rank_batch(global_batch: int, world: int | None = None, what: str = "batch_size") -> int:
+    """Each rank's share of a protocol's global batch. One policy for every task: a global batch that does not
+    split evenly across the ranks is an error, never a silent change of the protocol's batch."""
+    world = world_size() if world is None else int(world)
+    if global_batch < 1 or global_batch % world:
+        raise ValueError(f"global batch {what}={global_batch} is not divisible by the {world} ranks of this run: "
+                         f"use a multiple of {world} (e.g. --cfg-options TASK.{what}=N) or another number of ranks")
+    return global_batch // world
+
+
 def is_main() -> bool:
     return rank() == 0
 

@@ -141,7 +141,10 @@ class BenchJob(_checkpointable_base()):
         from .runner import run_suite
 
         _distributed_env()
-        summary = run_suite(job["task"], [job["backbone"]], profile=job["profile"], **run_kwargs)
+        options = {k: v for k, v in (run_kwargs.get("cfg_options") or {}).items()  # this job's task only
+                   if k.partition(".")[0] == job["task"]}
+        summary = run_suite(job["task"], [job["backbone"]], profile=job["profile"],
+                            **{**run_kwargs, "cfg_options": options})
         if D.is_distributed():
             import torch.distributed as dist
 
@@ -199,6 +202,20 @@ def make_executor(launcher: str, folder: Path, job: JobSpec, *, partition: str |
     return executor
 
 
+def _check_cfg_options(options: dict[str, Any], suite: str, profile: str) -> None:
+    """``--cfg-options`` must name tasks of the suite and keys of their profiles: checked before submitting."""
+    from .task_config import split_by_task
+
+    names = suite_tasks(suite)
+    try:
+        for name, overrides in split_by_task(options).items():
+            if name not in names:
+                raise ValueError(f"--cfg-options {name}.{', '.join(overrides)}: suite {suite} has no task {name!r}")
+            get_task(name).config(profile, overrides)
+    except ValueError as err:
+        raise LaunchError(str(err)) from err
+
+
 def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profile: str = "paper",
            out: str | Path = "results/runs", cache_dir: str | Path | None = None, gpus: int | None = None,
            timeout_min: int | None = None, partition: str | None = None,
@@ -215,6 +232,7 @@ def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profil
                               timeout_min=timeout_min, say=say)  # fmt: skip
     for name, why in missing.items():
         say(f"task {name}: not available ({why}); not submitted")
+    _check_cfg_options((run_kwargs or {}).get("cfg_options") or {}, suite, profile)
     kwargs = {**(run_kwargs or {}), "out": str(out), "cache_dir": str(cache)}
     folder = launch_dir(out) / "submitit"
     submitted, entries = [], []
@@ -358,7 +376,7 @@ def _cmd_run(args: argparse.Namespace, in_process: Callable[[argparse.Namespace]
     if workers is None:
         workers = 0 if args.profile == "smoke" else 8
     run_kwargs = {"data_root": args.data_root, "resume": args.resume, "device": args.device, "seed": args.seed,
-                  "num_workers": workers, "progress": False}  # fmt: skip
+                  "num_workers": workers, "progress": False, "cfg_options": args.cfg_options}  # fmt: skip
     try:
         jobs = launch(args.suite, args.backbone, launcher=args.launcher, profile=args.profile, out=args.out,
                       cache_dir=args.cache_dir, gpus=args.gpus, timeout_min=args.timeout_min,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class Task:
     # True for a task that repairs its input itself (the Tables 6-7 ablations): the runner gives it the run's
     # first backbone only, since the paper applies it to DINOv2, not to an already repaired twin.
     first_backbone_only: bool = False
+    optional_keys: tuple[str, ...] = ()  # dotted config keys the task reads that its profiles need not hold
 
     def datasets_needed(self, profile: str) -> list[str]:
         """Datasets the task reads under ``profile``: ``benchmarks.data`` names, optionally ``name:split``.
@@ -62,9 +64,23 @@ class Task:
         """
         return []
 
-    def config(self, profile: str) -> dict[str, Any]:
-        """The resolved configuration (schedule, resolution, ...) of ``profile``; recorded in every run record."""
-        return {}
+    def config(self, profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The resolved configuration (schedule, resolution, ...) of ``profile`` with ``overrides`` (dotted keys,
+        ``--cfg-options``) applied; recorded in every run record. Read from ``profiles/<name>/<profile>.yaml``
+        beside the task's module (see benchmarks.core.task_config); a task without that folder has none."""
+        from benchmarks.core.task_config import apply_overrides, load_task_config, task_profiles
+
+        folder = self.task_dir()
+        if not task_profiles(folder, self.name):
+            if profile not in PROFILES:
+                raise ValueError(f"task {self.name}: unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+            return apply_overrides({}, overrides or {}, where=f"task {self.name}", optional=self.optional_keys)
+        return load_task_config(folder, self.name, profile, overrides, optional=self.optional_keys)
+
+    @classmethod
+    def task_dir(cls) -> Path:
+        """The folder of the module defining the task (its ``profiles/`` live there)."""
+        return Path(sys.modules[cls.__module__].__file__).resolve().parent
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         raise NotImplementedError

@@ -13,18 +13,16 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
-import os
 import platform
 import re
 import secrets
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sinder.atomic import _umask, remove_stale_temps, temp_prefix
+from sinder.atomic import atomic_path, remove_stale_temps
 
 from .identity import RunIdentity
 
@@ -220,16 +218,8 @@ def _safe(text: str) -> str:
 
 def _write_new(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically; fail if ``path`` exists (a hard link never replaces a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # like any other output, not mkstemp's 0600
-            os.fsync(handle.fileno())
-        os.link(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path, replace=False) as tmp:
+        Path(tmp).write_text(text)
 
 
 class ResultStore:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from sinder.atomic import atomic_write_text, remove_stale_temps, temp_prefix
+from sinder.device import default_device
 
 from . import backbones as B
 from . import distributed as D
@@ -291,12 +292,16 @@ def run_suite(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     head_weights: str | Path | None = None,
+    cfg_options: dict[str, Any] | None = None,
 ) -> RunSummary:
-    """Run ``suite`` on ``backbones`` (specs; smoke default: the defective tiny model and its repaired twin)."""
+    """Run ``suite`` on ``backbones`` (specs; smoke default: the defective tiny model and its repaired twin).
+
+    ``cfg_options`` (``--cfg-options``): ``{"<task>.<key>": value}`` set over the task's profile; an unknown
+    task or key is a preflight error."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     say = log or (lambda msg: print(msg, flush=True) if D.is_main() else None)
-    device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device_t = torch.device(default_device(device))
     D.init_from_env(device_t)
     if device_t.type == "cuda" and D.is_distributed():
         device_t = torch.device("cuda", torch.cuda.current_device())
@@ -332,9 +337,11 @@ def run_suite(
     problems += [p for p in (B.backbone_problem(s) for s in specs) if p]
     problems += [p for p in (_writable_problem(Path(out).expanduser(), "output folder (--out)"),
                              _writable_problem(cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
+    overrides, option_problems = _task_overrides(cfg_options or {}, tasks, unavailable, suite)
+    problems += option_problems
     for task in tasks:
         try:
-            autocast_dtype(task.config(profile))
+            autocast_dtype(task.config(profile, overrides.get(task.name)))
         except ValueError as err:
             problems.append(str(err))
     head_dir = Path(head_weights).expanduser() if head_weights else None
@@ -373,7 +380,7 @@ def run_suite(
             expected = {}
         tracker = SuiteProgress([t.name for _, ts in plan for t in ts], expected)
         job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, store,
-                   summary, say, head_dir, tracker, started=utc_now())  # fmt: skip
+                   summary, say, head_dir, tracker, started=utc_now(), overrides=overrides)  # fmt: skip
         for spec, spec_tasks in plan:
             model = None
             for task in spec_tasks:
@@ -389,6 +396,21 @@ def run_suite(
         except OSError as err:
             say(f"could not write the run summary into {out}: {err}")
     return summary
+
+
+def _task_overrides(options: dict[str, Any], tasks: Sequence[Task], unavailable: dict[str, str],
+                    suite: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``--cfg-options`` split by task, and a problem for each option naming no task of the suite."""
+    from .task_config import split_by_task
+
+    try:
+        by_task = split_by_task(options)
+    except ValueError as err:
+        return {}, [str(err)]
+    names = [t.name for t in tasks] + list(unavailable)
+    problems = [f"--cfg-options {name}.{', '.join(keys)}: suite {suite} has no task {name!r}; its tasks: "
+                f"{', '.join(names)}" for name, keys in by_task.items() if name not in names]  # fmt: skip
+    return by_task, problems
 
 
 @dataclass
@@ -411,6 +433,7 @@ class _Job:
     tracker: SuiteProgress | None = None
 
     started: str = ""  # records of this folder created since then come from concurrent runs
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # --cfg-options by task
 
     def _prefix(self) -> str:
         return self.tracker.prefix() + " " if self.tracker else ""
@@ -422,7 +445,7 @@ class _Job:
     def run_task(self, task: Task, model, spec: B.BackboneSpec, resume: bool) -> None:
         sha = model.weights_sha256
         role = dict(getattr(model, "weights_role", None) or {"kind": "other"})
-        config = task.config(self.profile)
+        config = task.config(self.profile, self.overrides.get(task.name))  # recorded, and in the identity
         identity = RunIdentity.of(backbone_sha256=sha, role=role, task=task.name, task_version=task.version,
                                   config=self._identity_config(task, spec, config), seed=self.seed,
                                   profile=self.profile)  # fmt: skip

@@ -1,7 +1,7 @@
 """Table 5 tasks: NYU Depth v2 with Linear 1, Linear 4 and DPT heads on a frozen backbone (RMSE, lower is better).
 
-Profile ``paper`` is the DINOv2 protocol (protocols.md, max_depth 10 m, not the hub heads' 80). Profile
-``smoke`` keeps every step of it (augmentation, losses, readout, flip-averaged full-resolution evaluation)
+Profiles live in ``profiles/<task>/{paper,smoke}.yaml``. Profile ``paper`` is the DINOv2 protocol
+(protocols.md, max_depth 10 m, not the hub heads' 80). Profile ``smoke`` keeps every step of it (augmentation, losses, readout, flip-averaged full-resolution evaluation)
 with a small crop, a short schedule and a higher learning rate, on the synthetic NYU twin. The run record also
 carries the metrics of predicting the mean training depth everywhere, the floor any head must beat.
 """
@@ -11,22 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core.registry import PROFILES, Metric, Task, register_task
+from benchmarks.core.registry import Metric, Task, register_task
 from benchmarks.depth.metrics import LOWER_IS_BETTER, METRICS
-
-PAPER = {"iterations": 38400, "warmup": 12800, "batch_size": 16, "lr": 1e-4, "weight_decay": 0.01,
-         "grad_clip": 35.0, "crop": [416, 544], "min_depth": 1e-3, "max_depth": 10.0, "n_bins": 256,
-         "upsample": 4, "dpt_channels": 256, "sig_weight": 1.0, "grad_weight": 0.5, "flip_eval": True,
-         # as DINOv2's code computes them (train.SWITCHES); its evaluations run the backbone in fp16
-         "gradient_loss": "reference", "colour_aug": "reference", "eval_resize": "reference",
-         "eval_valid_gt": "reference", "autocast": "float16", "head_init": "reference"}  # fmt: skip
-# Smoke: 150 iterations; the linear heads need a larger step than DPT to move the bin readout off its initial
-# mean (about (min_depth + max_depth) / 2) in so few iterations.
-SMOKE = {**PAPER, "iterations": 150, "warmup": 15, "batch_size": 4, "lr": 1e-3, "crop": [84, 112],
-         "dpt_channels": 32}  # fmt: skip
-SMOKE_LR = {"linear1": 1e-2, "linear4": 1e-2, "dpt": 1e-3}
-# A small DPT head starts dead about one seed in two (see DepthConfig.head_init); the smoke run must not.
-SMOKE_HEAD_INIT = {"linear1": "reference", "linear4": "reference", "dpt": "positive_readout"}
 
 
 class _DepthTask(Task):
@@ -40,13 +26,6 @@ class _DepthTask(Task):
 
     def datasets_needed(self, profile: str) -> list[str]:
         return ["nyud:train", "nyud:test"]
-
-    def config(self, profile: str) -> dict[str, Any]:
-        if profile not in PROFILES:
-            raise ValueError(f"task {self.name}: unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
-        if profile == "smoke":
-            return {"head": self.head, **SMOKE, "lr": SMOKE_LR[self.head], "head_init": SMOKE_HEAD_INIT[self.head]}
-        return {"head": self.head, **PAPER}
 
     def released_head_file(self, arch: str) -> str:
         from benchmarks.depth.released import released_head_file

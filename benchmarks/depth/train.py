@@ -168,9 +168,7 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     With ``checkpoint``, training resumes from its saved state (head, optimizer, schedule, data position, RNG)
     and saves at its interval; the resumed head equals the uninterrupted one (exactly with ``num_workers=0``;
     with workers the batches are the same but the workers' augmentation draws differ after the resume)."""
-    world = D.world_size()
-    if cfg.batch_size % world:
-        raise ValueError(f"global batch {cfg.batch_size} is not divisible by the {world} ranks of this run")
+    per_rank = D.per_rank_batch(cfg.batch_size)
     blocks = head_blocks(cfg.head, len(backbone.blocks))
     torch.manual_seed(seed)
     head = make_head(cfg, int(backbone.embed_dim)).to(device)
@@ -191,8 +189,8 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     generator = torch.Generator().manual_seed(seed * 1000 + D.rank())  # each rank draws its own batches
     dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop, colour_aug=cfg.colour_aug))
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size // world, num_workers=num_workers, generator=generator,
-                        sampler=_SkipFirst(sampler, start * (cfg.batch_size // world)), drop_last=True)  # fmt: skip
+    loader = DataLoader(dataset, batch_size=per_rank, num_workers=num_workers, generator=generator,
+                        sampler=_SkipFirst(sampler, start * per_rank), drop_last=True)  # fmt: skip
     batches = _infinite(loader)
     head.train()
     for step in range(start, cfg.iterations):

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from sinder.images import IMAGENET_MEAN as MEAN
+from sinder.images import IMAGENET_STD as STD
+
 NYU_CROP_480x640 = (45, 472, 43, 608)  # rows [45, 472), cols [43, 608): the toolbox's NYUCrop
 
 

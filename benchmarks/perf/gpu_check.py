@@ -51,6 +51,7 @@ from torch import nn
 
 from benchmarks.core.results import git_commit
 from sinder.atomic import atomic_write_text
+from sinder.device import default_device
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by a substring of torch.cuda.get_device_name(), first
 # match wins (so the NVL/PCIe variants come before the bare name). NVIDIA's datasheets quote "with sparsity";
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--only", action="append", default=None, metavar="NAME", help="run only this measurement")
     args = parser.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(default_device(args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu (with --tiny)")
     sizes = TINY if args.tiny else FULL

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from benchmarks.perf.repair_step import pinned_step
 from sinder.atomic import atomic_write_text
+from sinder.device import default_device
 from sinder.svd import parametrize_singular_values
 from sinder.vit import build_vit
 
@@ -48,7 +49,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--preset", default="dinov2_vitg14")
     parser.add_argument("--resolution", type=int, default=518)
     parser.add_argument("--window", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--out", default=None, help="default results/perf/repair_memory_<preset>_<resolution>.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sinder.device import default_device
 from sinder.loss import neighbor_loss
 from sinder.repair import RepairConfig, SinderStep, patch_grid
 from sinder.svd import SVDLinear, parametrize_singular_values
@@ -109,7 +110,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--window", type=int, default=10, help="lambda")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--out", default=None, help="default results/perf/repair_step_<preset>_<resolution>.json")
     args = parser.parse_args(argv)
 

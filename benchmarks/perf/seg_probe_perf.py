@@ -78,10 +78,11 @@ def _clock_hook():
 def variant_config(data_root: Path, work_dir: Path, *, unaugmented: bool, cache: bool, iterations: int,
                    crop: int, batch: int):  # fmt: skip
     from benchmarks.segmentation.config import load_config, resolve_config, unaugmented_train_pipeline
-    from benchmarks.segmentation.task import SMOKE
+    from benchmarks.segmentation.task import SegADE20kLinear
 
-    warmup = min(SMOKE["linear"]["warmup"], iterations - 1)  # short timing runs keep a valid schedule
-    overrides = {**SMOKE["linear"], "iterations": iterations, "warmup": warmup, "crop": crop, "batch_size": batch,
+    smoke = SegADE20kLinear().config("smoke")["overrides"]
+    warmup = min(smoke["warmup"], iterations - 1)  # short timing runs keep a valid schedule
+    overrides = {**smoke, "iterations": iterations, "warmup": warmup, "crop": crop, "batch_size": batch,
                  "feature_cache": cache}  # fmt: skip
     cfg = resolve_config(load_config("ade20k", "linear"), data_root=data_root, embed_dim=96, work_dir=work_dir,
                          device_type="cpu", overrides=overrides)  # fmt: skip

@@ -30,21 +30,9 @@ class DefectCensus(Task):
         Metric("extra_tokens", False, "tokens the remedy adds at inference"),
         Metric("setup_s", False, "seconds to make the remedy from its base (repair, fit or transform)"),
     )
-    profiles = {
-        "paper": {"split": "val", "n_images": 256, "resolution": 448, "mu": 4.0, "min_ratio": 3.0,
-                  "eq5_mu": 4.0, "exclude_border": True, "n_samples": 100_000, "batch_size": 8},
-        "smoke": {"split": "val", "n_images": 32, "resolution": 112, "mu": 4.0, "min_ratio": 3.0,
-                  "eq5_mu": 4.0, "exclude_border": True, "n_samples": 5_000, "batch_size": 16},
-    }  # fmt: skip
-    # smoke n_samples: the tiny model's directions from 5k samples match those from 20k (|cos| > 0.999), 3x faster
 
     def datasets_needed(self, profile: str) -> list[str]:
         return [f"imagenet:{self.config(profile)['split']}"]
-
-    def config(self, profile: str) -> dict[str, Any]:
-        if profile not in self.profiles:
-            raise ValueError(f"task {self.name} has no profile {profile!r}; profiles: {', '.join(self.profiles)}")
-        return dict(self.profiles[profile])
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         from benchmarks.data import open_dataset

@@ -17,6 +17,9 @@ from typing import Any
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SETTINGS = ("linear", "multiscale")
 DATASETS = {"ade20k": "ade20k", "voc2012": "voc2012"}
+# What a profile's ``overrides`` may set (read by resolve_config); the paper profile sets none of them.
+OVERRIDE_KEYS = ("crop", "iterations", "warmup", "batch_size", "lr", "feature_cache", "eval_images", "log_level",
+                 "checkpoint_every")  # fmt: skip
 
 
 def config_path(dataset: str, setting: str) -> Path:
@@ -173,9 +176,9 @@ def resolve_config(
     head.norm_cfg = dict(type="SyncBN" if sync_bn else "BN", requires_grad=True)
 
     batch = int(overrides.get("batch_size", cfg.train_dataloader.batch_size))
-    if batch % world_size:
-        raise ValueError(f"global batch {batch} is not divisible by the {world_size} ranks of this run")
-    cfg.train_dataloader.batch_size = batch // world_size
+    from benchmarks.core.distributed import per_rank_batch
+
+    cfg.train_dataloader.batch_size = per_rank_batch(batch, world_size, "overrides.batch_size")
     for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
         loader = cfg[name]
         loader.num_workers = num_workers

@@ -1,7 +1,7 @@
 """Table 4 tasks: ADE20k and VOC2012, linear and multiscale, through mmsegmentation.
 
-Profile ``paper`` runs the config files as they are (``configs/``: DINOv2's protocol). Profile ``smoke``
-shrinks them for a CPU: a small crop (every resolution of the pipelines scaled by the same factor), 100
+Profiles live in ``profiles/<task>/{paper,smoke}.yaml``. Profile ``paper`` runs the config files as they are
+(``configs/``: DINOv2's protocol). Profile ``smoke`` shrinks them for a CPU: a small crop (every resolution of the pipelines scaled by the same factor), 100
 iterations at batch 4 and a higher learning rate; multiscale keeps the five TTA ratios and flip but evaluates
 on the first 4 val images only. Smoke linear also trains on un-augmented crops (fixed resize and center crop,
 no flip or photometric distortion) whose frozen-backbone maps are computed once per image and reused every
@@ -19,16 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.checkpointing import task_work_dir
-from benchmarks.core.registry import PROFILES, Metric, Task, register_task
+from benchmarks.core.registry import Metric, Task, register_task
+from benchmarks.segmentation.config import OVERRIDE_KEYS
 from benchmarks.segmentation.feature_cache import CacheStats
 from sinder.atomic import temp_prefix
 
-SMOKE = {
-    "linear": {"crop": 84, "iterations": 100, "warmup": 10, "batch_size": 4, "lr": 3e-3, "log_level": "ERROR",
-               "feature_cache": True},
-    "multiscale": {"crop": 70, "iterations": 100, "warmup": 10, "batch_size": 4, "lr": 3e-3, "eval_images": 4,
-                   "log_level": "ERROR"},
-}  # fmt: skip
 LOADERS = {"ade20k": ("benchmarks.data.ade20k", "ADE20k"), "voc2012": ("benchmarks.data.voc2012", "VOC2012")}
 
 
@@ -51,27 +46,22 @@ class _SegTask(Task):
     )
     dataset = ""
     setting = ""
+    # --cfg-options may set any key resolve_config reads, e.g. seg_ade20k_linear.overrides.iterations=1000
+    optional_keys = tuple(f"overrides.{key}" for key in OVERRIDE_KEYS)
 
     def datasets_needed(self, profile: str) -> list[str]:
         return [f"{self.dataset}:train", f"{self.dataset}:val"]
 
-    def config(self, profile: str) -> dict[str, Any]:
+    def config(self, profile: str, overrides=None) -> dict[str, Any]:
         from benchmarks.segmentation.config import config_path
         from benchmarks.segmentation.mmseg_env import INSTALL_HINT, missing_packages
 
-        if profile not in PROFILES:
-            raise ValueError(f"task {self.name}: unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
         missing = missing_packages()
         if missing:
             raise ValueError(f"task {self.name} needs {', '.join(missing)} (not installed): {INSTALL_HINT}")
-        path = config_path(self.dataset, self.setting)
-        return {
-            "config_file": str(path.relative_to(path.parents[3])),
-            "dataset": self.dataset,
-            "setting": self.setting,
-            "overrides": dict(SMOKE[self.setting]) if profile == "smoke" else {},
-            "autocast": "float32",  # the mmseg pipeline runs the backbone without autocast; recorded as such
-        }
+        config = super().config(profile, overrides)
+        path = config_path(config["dataset"], config["setting"])  # recorded: the protocol file that ran
+        return {"config_file": str(path.relative_to(path.parents[3])), **config}
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         from benchmarks.segmentation.mmseg_env import ensure_mmseg

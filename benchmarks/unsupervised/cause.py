@@ -267,6 +267,7 @@ def _save(ckpt, step, modules, optims, stats):
 def _run_stage(name, source: TokenSource, cfg, stage_cfg, ctx, modules, optims, step_fn):
     """Generic epoch loop with resume: ``step_fn(token maps, labels, epoch) -> {loss name: value}``."""
     batch, per_epoch, total = _schedule(len(source.view), stage_cfg)
+    D.per_rank_batch(batch, what=f"{name}.batch_size")  # the global batch splits evenly across ranks
     fingerprint = L.config_fingerprint({"cfg": cfg, "seed": ctx.seed, "world": ctx.world_size, "stage": name})
     ckpt = L.Checkpoint(ctx.work_dir, f"cause_{name}", fingerprint)
     start, stats = _resume(ckpt, modules, optims, ctx, name)

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sinder.images import IMAGENET_MEAN, IMAGENET_STD
+
 RESIZE_MODES = ("short_center", "square")
 CROP_KINDS = ("five", "ten")
 _INTERPOLATION = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}

@@ -229,6 +229,7 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
         best = BestCheckpoint()
         L.broadcast_parameters(model)
     steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
+    D.per_rank_batch(batch)  # the global batch splits evenly across ranks (benchmarks.core.distributed)
     if start >= steps:
         return _select(model, best, stats, validating)
     keys = []

@@ -1,7 +1,8 @@
 """Tables 1 and 2: unsupervised segmentation with STEGO (Cityscapes-27, Potsdam-3) and CAUSE-TR (Cityscapes-27,
 VOC-21) on frozen backbones.
 
-Configurations live in ``configs.yaml`` beside this file (profiles ``paper`` and ``smoke``). STEGO's loss
+Configurations live in ``profiles/<task>/{paper,smoke}.yaml`` beside this file (shared protocol in
+``profiles/_base_/``). STEGO's loss
 weights depend on the backbone (SINDER appendix Table 7): ``loss_variant`` picks the row from the backbone's
 role — "sinder" for a checkpoint whose metadata says SINDER repaired it, "register" when it has register tokens,
 else "dinov2" — never from its label or file name.
@@ -9,43 +10,22 @@ else "dinov2" — never from its label or file name.
 
 from __future__ import annotations
 
-import copy
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from benchmarks.core.registry import Metric, Task, register_task
 
-CONFIG_FILE = Path(__file__).with_name("configs.yaml")
 LOSS_VARIANTS = ("dinov2", "register", "sinder")
+TASK_NAMES = {("stego", "cityscapes"): "stego_cityscapes", ("stego", "potsdam"): "stego_potsdam",
+              ("cause", "cityscapes"): "cause_cityscapes", ("cause", "voc2012"): "cause_voc"}  # fmt: skip
 
 
-@lru_cache(maxsize=1)
-def _configs() -> dict[str, Any]:
-    import yaml
+def resolve_config(method: str, dataset_key: str, profile: str, overrides=None) -> dict[str, Any]:
+    """The task's profile (``profiles/<task>/<profile>.yaml``) with ``overrides``; CAUSE's batch sizes and lrs
+    made global (:func:`_cause_ddp`)."""
+    from benchmarks.core.task_config import load_task_config
 
-    return yaml.safe_load(CONFIG_FILE.read_text())
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (update or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def resolve_config(method: str, dataset_key: str, profile: str) -> dict[str, Any]:
-    """common <- datasets[dataset_key] <- profiles[profile] <- profiles[profile][dataset_key] of ``method``."""
-    table = _configs()[method]
-    profiles = table["profiles"]
-    if profile not in profiles:
-        raise ValueError(f"{method}_{dataset_key}: no profile {profile!r}; profiles: {', '.join(profiles)}")
-    prof = {k: v for k, v in profiles[profile].items() if k not in table["datasets"]}
-    cfg = _merge(_merge(table["common"], table["datasets"][dataset_key]), prof)
-    cfg = _merge(cfg, profiles[profile].get(dataset_key, {}))
+    cfg = load_task_config(Path(__file__).parent, TASK_NAMES[method, dataset_key], profile, overrides)
     return _cause_ddp(cfg) if method == "cause" else cfg
 
 
@@ -88,8 +68,8 @@ class _UnsupervisedTask(Task):
         cfg = self.config(profile)
         return [f"{cfg['dataset']}:{cfg['train_split']}", f"{cfg['dataset']}:{cfg['val_split']}"]
 
-    def config(self, profile: str) -> dict[str, Any]:
-        return resolve_config(self.method, self.dataset_key, profile)
+    def config(self, profile: str, overrides=None) -> dict[str, Any]:
+        return resolve_config(self.method, self.dataset_key, profile, overrides)
 
 
 class _StegoTask(_UnsupervisedTask):

@@ -14,8 +14,6 @@ stored beside the feature cache.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ import torch.nn.functional as F
 
 from benchmarks.core import distributed as D
 from benchmarks.core.features import FeatureSpec, compute_dtype_name, describe, extract_features
-from sinder.atomic import temp_prefix
+from sinder.atomic import atomic_path
 
 from .data import ImageOnly, SegmentationView, label_stack
 
@@ -119,15 +117,8 @@ def patch_tokens_shape(model, resolution: int) -> tuple[int, int, int]:
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def knn_indices(model, view: SegmentationView, ctx, k: int = 30, batch_size: int = 64) -> torch.Tensor:

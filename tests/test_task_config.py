@@ -1,0 +1,114 @@
+"""Task profiles as data (benchmarks.core.task_config): the same resolved configs as before, and overrides."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.core.identity import config_sha256
+from benchmarks.core.registry import get_task, list_tasks
+from benchmarks.core.task_config import apply_overrides, parse_cfg_options, split_by_task
+
+FIXTURE = Path(__file__).parent / "fixtures" / "task_configs.json"
+
+
+def _canonical(value) -> str:
+    # json text keeps 35 and 35.0 apart (dict equality would not)
+    return json.dumps(value, sort_keys=True)
+
+
+@pytest.mark.parametrize("profile", ["paper", "smoke"])
+def test_every_task_resolves_to_the_pinned_config(profile):
+    expected = json.loads(FIXTURE.read_text())  # dumped from the code before profiles became YAML
+    assert sorted(expected) == sorted(list_tasks())
+    for name, by_profile in expected.items():
+        assert _canonical(get_task(name).config(profile)) == _canonical(by_profile[profile]), name
+
+
+def test_smoke_profiles_inherit_from_paper():
+    # every task's smoke.yaml starts from its paper profile (directly or through a shared base)
+    from benchmarks.core.task_config import profile_file
+
+    for name in list_tasks():
+        task = get_task(name)
+        text = profile_file(task.task_dir(), name, "smoke").read_text()
+        assert "_base_:" in text, name
+
+
+def test_cfg_options_values_are_typed_like_yaml():
+    options = parse_cfg_options(["a.lr=1e-4", "b=[10,20]", "c=5,6", "d=null", "e=true", "f=auto", "g=0.5"])
+    assert options == {"a.lr": 1e-4, "b": [10, 20], "c": [5, 6], "d": None, "e": True, "f": "auto", "g": 0.5}
+    assert isinstance(options["b"][0], int) and isinstance(options["a.lr"], float)
+    with pytest.raises(ValueError, match="write KEY=VALUE"):
+        parse_cfg_options(["iterations"])
+    assert split_by_task({"imagenet_linear.iterations": 3, "x.a.b": 1}) == {
+        "imagenet_linear": {"iterations": 3}, "x": {"a.b": 1}}
+    with pytest.raises(ValueError, match="name the task first"):
+        split_by_task({"iterations": 3})
+
+
+def test_overrides_set_nested_keys_and_refuse_unknown_keys_and_kinds():
+    config = {"lr": 0.1, "stage1": {"epochs": 1}, "crop": [1, 2], "name": "x", "grad_clip": None}
+    out = apply_overrides(config, {"lr": 1, "stage1.epochs": 4, "crop": [3, 4], "grad_clip": 2.0,
+                                   "checkpoint_every": 10}, where="task t")
+    assert out == {"lr": 1, "stage1": {"epochs": 4}, "crop": [3, 4], "name": "x", "grad_clip": 2.0,
+                   "checkpoint_every": 10}
+    assert config["stage1"] == {"epochs": 1}  # the input is not changed
+    with pytest.raises(ValueError, match=r"task t: no config key 'lrr'; keys: crop, grad_clip, lr, name, stage1"):
+        apply_overrides(config, {"lrr": 1}, where="task t")
+    with pytest.raises(ValueError, match=r"no config key 'stage1.epoch'; keys: stage1.epochs"):
+        apply_overrides(config, {"stage1.epoch": 1}, where="task t")
+    with pytest.raises(ValueError, match=r"no config key 'lr' \(in lr.x\)"):
+        apply_overrides(config, {"lr.x": 1}, where="task t")
+    with pytest.raises(ValueError, match=r"lr='fast' is text, the config holds a number"):
+        apply_overrides(config, {"lr": "fast"}, where="task t")
+
+
+def test_task_overrides_reach_the_config_and_its_hash():
+    # CAUSE's stage values are made global after the override: the override is of the profile's number
+    task = get_task("cause_voc")
+    base, changed = task.config("paper"), task.config("paper", {"stage1.batch_size": 32})
+    assert changed["stage1"]["batch_size_per_process"] == 32 and changed["stage1"]["batch_size"] == 32 * 4
+    assert base["stage1"]["batch_size_per_process"] == 16
+    assert config_sha256(changed) != config_sha256(base)
+    with pytest.raises(ValueError, match="task cause_voc: no config key 'stage9'"):
+        task.config("smoke", {"stage9.lr": 1.0})
+    with pytest.raises(ValueError, match="task imagenet_knn has no profile 'fast'"):
+        get_task("imagenet_knn").config("fast")
+
+
+@pytest.mark.parametrize("option, message", [
+    ("imagenet_linera.iterations=2", "suite table3 has no task 'imagenet_linera'; its tasks: imagenet_knn, "
+                                     "imagenet_linear"),
+    ("imagenet_linear.iteration=2", "task imagenet_linear: no config key 'iteration'"),
+    ("imagenet_linear.iterations=many", "iterations='many' is text, the config holds a number"),
+])
+def test_run_refuses_an_unknown_task_or_key_before_any_work(tmp_path, capsys, option, message):
+    from benchmarks.cli import main
+
+    code = main(["run", "--suite", "table3", "--profile", "smoke", "--out", str(tmp_path / "runs"),
+                 "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--cfg-options", option])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+    assert not (tmp_path / "cache" / "synth").exists()  # no synthetic twin written
+
+
+def test_run_cfg_options_without_equals_is_a_usage_error(capsys):
+    from benchmarks.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--suite", "table3", "--cfg-options", "imagenet_linear.iterations"])
+    assert exit_.value.code == 2 and "write KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_task_may_declare_keys_its_profiles_need_not_hold():
+    # segmentation's paper profile has empty overrides; resolve_config's keys may still be set
+    task = get_task("seg_ade20k_linear")
+    config = task.config("paper", {"overrides.iterations": 1000, "overrides.lr": 1e-3})
+    assert config["overrides"] == {"iterations": 1000, "lr": 1e-3}
+    assert task.config("smoke", {"overrides.iterations": 7})["overrides"]["crop"] == 84  # the rest kept
+    with pytest.raises(ValueError, match="no config key 'overrides.itrations'"):
+        task.config("paper", {"overrides.itrations": 1000})
+    with pytest.raises(ValueError, match="no config key 'iterations'"):  # only under overrides
+        task.config("paper", {"iterations": 1000})
