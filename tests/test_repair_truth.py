@@ -398,8 +398,8 @@ def test_one_definition_of_a_block_linear():
 def test_mu_has_one_default():
     import inspect
 
+    import sinder.analysis
     import sinder.census
-    import sinder.commands
     import sinder.defects
     import sinder.loss
     from sinder.defects import DEFAULT_MU
@@ -407,10 +407,10 @@ def test_mu_has_one_default():
     defaults = [RepairConfig().mu]
     for fn in (sinder.defects.find_defects, sinder.defects.count_defects, sinder.defects.is_clear,
                sinder.loss.neighbor_loss, sinder.census.census, sinder.census.compare_checkpoints,
-               sinder.commands.analyze):
+               sinder.analysis.analyze):
         defaults.append(inspect.signature(fn).parameters["mu"].default)
     assert defaults == [DEFAULT_MU] * len(defaults)
-    source = "".join(Path(m.__file__).read_text() for m in (sinder.census, sinder.commands, sinder.loss))
+    source = "".join(Path(m.__file__).read_text() for m in (sinder.census, sinder.analysis, sinder.loss))
     assert "mu: float = 4.0" not in source and "mu=4.0" not in source
 
 
