@@ -16,7 +16,8 @@ from .census import census, compare, worse_warning
 from .checkpoint_formats import CheckpointFormat, check_save_format, save_checkpoint
 from .images import list_images, load_image, stride_subset
 from .plots import plot_singular_value_differences, singular_value_differences
-from .repair import RepairConfig, RepairRun
+from .repair import RepairRun
+from .repair_config import RepairConfig
 from .repair_report import write_report
 from .weights import load_backbone
 

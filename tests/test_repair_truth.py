@@ -17,7 +17,8 @@ from sinder.census import census, compare, compare_checkpoints
 from sinder.defects import find_defects, high_norm_mask, patch_token_grids
 from sinder.images import load_image
 from sinder.linearize import singular_defect_directions
-from sinder.repair import RepairConfig, RepairResult, RepairRun, preset_defaults
+from sinder.repair import RepairResult, RepairRun
+from sinder.repair_config import RepairConfig, preset_defaults
 from sinder.synthetic_images import write_synthetic_photos
 from sinder.weights import load_backbone, save_state_dict
 
@@ -249,7 +250,7 @@ def test_resume_sums_wall_time_and_may_lower_the_learning_rate(photos, tmp_path)
 
 
 def test_nonfinite_stop_then_resume_equals_a_run_without_it(photos, tmp_path, monkeypatch):
-    import sinder.repair as repair_module
+    import sinder.repair_step as repair_module
 
     files = sorted(photos.glob("*.png"))
     straight = _run(files, tmp_path / "s", small())

@@ -174,9 +174,9 @@ def smoke_specs(log: Callable[[str], None] = print) -> list[BackboneSpec]:
 def _repair_function():
     """``sinder.repair``'s quick repair for smoke runs, if this checkout has one (else None)."""
     try:
-        import sinder.repair as repair
+        import sinder.repair_smoke as repair
     except ModuleNotFoundError as err:
-        if err.name in ("sinder.repair", "sinder"):
+        if err.name in ("sinder.repair_smoke", "sinder"):
             return None
         raise
     for name in ("repair_for_smoke", "smoke_repair"):
@@ -223,7 +223,7 @@ def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None
 
 def _smoke_repair_config(asdict) -> dict:
     try:
-        from sinder.repair import SMOKE_CONFIG, RepairConfig
+        from sinder.repair_config import SMOKE_CONFIG, RepairConfig
 
         return asdict(RepairConfig(**SMOKE_CONFIG))
     except (ImportError, TypeError):
