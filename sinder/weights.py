@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from .checkpoint_formats import (
     read_checkpoint,
     read_hf_folder_config,
 )
-from .vit import PRESETS, DinoVisionTransformer, build_vit, resolve_config
+from .constructed import SYNTHETIC_BACKBONES
+from .vit import PRESETS, DinoVisionTransformer, resolve_config
 
 
 def official_filename(preset: str) -> str | None:
@@ -47,40 +48,6 @@ def official_url(preset: str) -> str | None:
 def hub_checkpoint_dir() -> Path:
     """Where ``torch.hub`` stores downloaded checkpoints: ``$TORCH_HOME/hub/checkpoints``."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-# Backbones whose weights are constructed, not downloaded (tests and smoke runs). Each entry maps a name to
-# a function returning (config, state_dict); registered by the module that knows how to build them.
-SYNTHETIC_BACKBONES: dict[str, Callable[[], tuple[dict[str, Any], dict[str, Tensor]]]] = {}
-
-
-def register_synthetic_backbone(name: str):
-    def decorator(fn):
-        SYNTHETIC_BACKBONES[name] = fn
-        return fn
-
-    return decorator
-
-
-def _random_tiny(name: str):
-    def build():
-        model = build_vit(name, seed=0)
-        return dict(model.config), model.state_dict()
-
-    return build
-
-
-for _name in ("dinov2_tiny", "dinov2_tiny_swiglu", "dinov2_tiny_reg"):
-    SYNTHETIC_BACKBONES[f"{_name}_random"] = _random_tiny(_name)
-
-
-def _load_synthetic_modules() -> None:
-    # Modules that register constructed backbones; optional so that a partial checkout still works.
-    try:
-        import sinder.defective_model  # noqa: F401
-    except ModuleNotFoundError as err:
-        if err.name != "sinder.defective_model":
-            raise
 
 
 # ------------------------------------------------------------------------------------------- fingerprints
@@ -235,7 +202,6 @@ def load_backbone(
     ``checkpoint_format`` (the key format its weights came in, for writing a repair back in that format).
     """
     name = str(name_or_config) if isinstance(name_or_config, (str, Path)) else None
-    _load_synthetic_modules()  # NAME:WEIGHTS of a constructed backbone needs its architecture registered
     if weights is None and name is not None and name in SYNTHETIC_BACKBONES:
         config, state = SYNTHETIC_BACKBONES[name]()
         model = DinoVisionTransformer(config)
@@ -275,7 +241,6 @@ def checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 def architecture_config(name_or_config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """The architecture of a preset, constructed backbone, config file or dict."""
-    _load_synthetic_modules()
     if isinstance(name_or_config, (str, Path)) and str(name_or_config) in SYNTHETIC_BACKBONES:
         return dict(SYNTHETIC_BACKBONES[str(name_or_config)]()[0])
     return resolve_config(name_or_config)
@@ -466,7 +431,6 @@ def save_state_dict(
 
 def list_backbones() -> dict[str, str]:
     """Every backbone name `load_backbone` accepts, with a one-line description."""
-    _load_synthetic_modules()
     out = {}
     for name, cfg in PRESETS.items():
         file = official_filename(name)

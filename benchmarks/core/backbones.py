@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 SMOKE_BACKBONE = "dinov2_tiny_defective"
-SMOKE_FALLBACK = "dinov2_tiny_swiglu_random"
 REPAIRED_SUFFIX = "_sinder"
 
 
@@ -110,6 +109,7 @@ def backbone_problem(spec: BackboneSpec) -> str | None:
         return backbone_problem(spec.base)
     from sinder import weights as W
     from sinder.checkpoint_formats import checkpoint_problem, is_checkpoint_path
+    from sinder.constructed import SYNTHETIC_BACKBONES
 
     named_checkpoint = spec.name not in W.PRESETS and is_checkpoint_path(spec.name)
     if spec.weights is not None:
@@ -129,8 +129,7 @@ def backbone_problem(spec: BackboneSpec) -> str | None:
             except (OSError, ValueError) as err:
                 problem = str(err)
         return f"backbone {spec.text!r}: {problem}" if problem else None
-    W.list_backbones()  # also imports the modules that register constructed backbones
-    if spec.name in W.SYNTHETIC_BACKBONES:
+    if spec.name in SYNTHETIC_BACKBONES:
         return None
     try:
         W.architecture_config(spec.name)
@@ -160,15 +159,9 @@ def load(spec: BackboneSpec, device="cpu"):
     return model
 
 
-def smoke_specs(log: Callable[[str], None] = print) -> list[BackboneSpec]:
-    """The smoke profile's default backbone: the defective tiny model (or, without it, a random tiny one)."""
-    from sinder import weights as W
-
-    W.list_backbones()  # also imports the modules that register constructed backbones
-    if SMOKE_BACKBONE in W.SYNTHETIC_BACKBONES:
-        return [parse_backbone_spec(SMOKE_BACKBONE)]
-    log(f"note: {SMOKE_BACKBONE} is not in this checkout (sinder.defective_model); smoke runs on {SMOKE_FALLBACK}")
-    return [parse_backbone_spec(SMOKE_FALLBACK)]
+def smoke_specs() -> list[BackboneSpec]:
+    """The smoke profile's default backbone: the defective tiny model."""
+    return [parse_backbone_spec(SMOKE_BACKBONE)]
 
 
 def _repair_function():

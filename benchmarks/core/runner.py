@@ -315,7 +315,7 @@ def run_suite(
             except ValueError as err:
                 problems.append(str(err))
     elif profile == "smoke":
-        specs = B.smoke_specs(say)
+        specs = B.smoke_specs()
     else:
         specs = []
         problems.append("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
