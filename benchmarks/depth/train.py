@@ -25,12 +25,12 @@ from benchmarks.core.checkpointing import (
     module_signature,
     restore_rank_rng,
 )
+from benchmarks.core.padding import center_pad
 from benchmarks.depth.features import backbone_features, head_blocks
 from benchmarks.depth.heads import build_head
 from benchmarks.depth.losses import GRADIENT_LOSSES, gradient_loss, gradient_loss_reference, sig_loss
 from benchmarks.depth.metrics import MetricAverager, image_metrics
 from benchmarks.depth.transforms import COLOUR_AUGS, AugmentedNYU, TestNYU, TrainTransform
-from benchmarks.segmentation.padding import center_pad
 
 
 @dataclass
