@@ -83,7 +83,6 @@ class RepairRun:
         directions: Sequence[Tensor] | None = None,
         device: str | torch.device = "cpu",
         progress: bool = True,
-        crash_at: int | None = None,
     ):
         config.validate()
         self.config = config
@@ -94,7 +93,6 @@ class RepairRun:
         self.load = load
         self.work_dir = Path(work_dir)
         self.progress = progress
-        self.crash_at = crash_at  # tests: simulate a kill after this many iterations
         self.base_sha256 = getattr(model, "weights_sha256", None)
         self.model = model.to(self.device).eval()
         if directions is None:
@@ -249,8 +247,6 @@ class RepairRun:
                 if self.clear_fraction() >= cfg.stop_fraction:
                     stop_reason = "clear"
                     break
-                if self.crash_at is not None and self.iteration >= self.crash_at:
-                    raise KeyboardInterrupt(f"simulated kill at iteration {self.iteration}")
                 path = self.images[self.iteration % len(self.images)]
                 image = self._load_or_skip(path)
                 if image is None:  # an unreadable image is not an iteration of the algorithm: no history entry

@@ -73,7 +73,6 @@ def repair_checkpoint(
     device: str | None = None,
     progress: bool = True,
     directions_cache: str | Path | None = None,
-    crash_at: int | None = None,
     save_format: str = "official",
     defaults: str = "official",
 ) -> dict[str, Any]:
@@ -112,7 +111,7 @@ def repair_checkpoint(
     before = measure(model, directions=directions) if holdout else None
 
     run = RepairRun(model, train, config, work_dir, load, directions=directions, device=device,
-                    progress=progress, crash_at=crash_at)
+                    progress=progress)
     result = run.run(resume=resume)
 
     metadata = {"sinder_config": json.dumps(asdict(config)), "base_sha256": str(model.weights_sha256)}

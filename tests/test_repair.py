@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from simulated_kill import killed_at
 
 from sinder.defects import find_defects
 from sinder.images import load_image
@@ -87,9 +88,8 @@ def _directions():
 def _run(images, work_dir, config, crash_at=None, resume=False):
     model = load_backbone(BACKBONE)
     files = sorted(images.glob("*.png"))[:20]
-    load = functools.partial(load_image, resolution=config.resolution)
-    run = RepairRun(model, files, config, work_dir, load, directions=_directions(), device="cpu", progress=False,
-                    crash_at=crash_at)
+    load = killed_at(functools.partial(load_image, resolution=config.resolution), crash_at)
+    run = RepairRun(model, files, config, work_dir, load, directions=_directions(), device="cpu", progress=False)
     return run.run(resume=resume)
 
 

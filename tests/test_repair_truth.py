@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from simulated_kill import killed_at
 
 import sinder.repair_job as repair_job
 from benchmarks.cli import main
@@ -212,8 +213,8 @@ def _directions():
 
 def _run(files, work_dir, config, crash_at=None, resume=False, load=None):
     run = RepairRun(load_backbone(BACKBONE), files, config, work_dir,
-                    load or functools.partial(load_image, resolution=RES), directions=_directions(),
-                    device="cpu", progress=False, crash_at=crash_at)
+                    killed_at(load or functools.partial(load_image, resolution=RES), crash_at),
+                    directions=_directions(), device="cpu", progress=False)
     return run.run(resume=resume)
 
 
