@@ -75,20 +75,28 @@ _IMPORT_ERRORS: dict[str, str] = {}
 _discovered = False
 
 
-def register_task(obj=None, *, name: str | None = None):
-    """Class or instance decorator adding a task to the registry (a class is instantiated without arguments)."""
+def registrar(table: dict[str, Any], kind: str):
+    """A class-or-instance decorator adding to ``table`` under the object's ``name`` (a class is instantiated
+    without arguments); one name for two different classes is an error. Tasks and remedies register with it."""
 
-    def add(target):
-        task = target() if isinstance(target, type) else target
-        key = name or task.name
-        if not key:
-            raise ValueError(f"task {target!r} has no name: set the class attribute `name`")
-        if key in _TASKS and type(_TASKS[key]) is not type(task):
-            raise ValueError(f"task name {key!r} registered twice ({type(_TASKS[key]).__name__}, {type(task).__name__})")
-        _TASKS[key] = task
-        return target
+    def register(obj=None, *, name: str | None = None):
+        def add(target):
+            item = target() if isinstance(target, type) else target
+            key = name or item.name
+            if not key:
+                raise ValueError(f"{kind} {target!r} has no name: set the class attribute `name`")
+            if key in table and type(table[key]) is not type(item):
+                raise ValueError(f"{kind} name {key!r} registered twice ({type(table[key]).__name__}, "
+                                 f"{type(item).__name__})")  # fmt: skip
+            table[key] = item
+            return target
 
-    return add(obj) if obj is not None else add
+        return add(obj) if obj is not None else add
+
+    return register
+
+
+register_task = registrar(_TASKS, "task")
 
 
 def _import_task_module(module: str) -> None:
