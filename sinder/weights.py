@@ -134,27 +134,31 @@ def _format_keys(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _mismatches(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],
+                limits: tuple[int, int, int]) -> list[str]:  # fmt: skip
+    """The missing, unexpected and wrong-shape keys of a file's ``found`` shapes against the model's, one
+    line each (at most ``limits`` keys shown per line); empty when they fit."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(f"{k}: file {tuple(found[k])} vs model {tuple(expected[k])}"
+                   for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k]))  # fmt: skip
+    lines = [(what, keys, limit) for what, keys, limit in
+             (("missing keys", missing, limits[0]), ("unexpected keys", unexpected, limits[1]),
+              ("wrong shapes", wrong, limits[2])) if keys]  # fmt: skip
+    return [f"{what} ({len(keys)}): {_format_keys(keys, limit)}" for what, keys, limit in lines]
+
+
 def load_state_dict_strict(
     model: DinoVisionTransformer, state_dict: Mapping[str, Tensor], source: str, assign: bool = False
 ) -> None:
     """Load with ``strict=True``, turning any mismatch into one error listing every offending key."""
     state = normalize_keys(state_dict)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or wrong_shape:
+    mismatches = _mismatches({k: v.shape for k, v in state.items()}, {k: v.shape for k, v in expected.items()},
+                             limits=(20, 20, 8))  # fmt: skip
+    if mismatches:
         parts = [f"weights {source} do not fit the backbone architecture {_describe(model.config)}:"]
-        if missing:
-            parts.append(f"  missing keys ({len(missing)}): {_format_keys(missing)}")
-        if unexpected:
-            parts.append(f"  unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
-        if wrong_shape:
-            parts.append(f"  wrong shapes ({len(wrong_shape)}): {_format_keys(wrong_shape, 8)}")
+        parts += [f"  {line}" for line in mismatches]
         parts.append("  check that --backbone names the architecture these weights were trained with.")
         raise WeightsError("\n".join(parts))
     if assign:  # the model lives on the meta device: take the file's tensors as the parameters
@@ -357,20 +361,10 @@ def check_weights_file(name_or_config: str | Path | Mapping[str, Any], path: str
             expected = DinoVisionTransformer(architecture_config(name_or_config)).state_dict()
     except (OSError, ValueError) as err:
         return str(err)
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = sorted(f"{k}: file {shapes[k]} vs model {tuple(expected[k].shape)}"
-                   for k in set(shapes) & set(expected) if tuple(shapes[k]) != tuple(expected[k].shape))  # fmt: skip
-    if not (missing or unexpected or wrong):
+    mismatches = _mismatches(shapes, {k: v.shape for k, v in expected.items()}, limits=(5, 5, 3))
+    if not mismatches:
         return None
-    parts = []
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {_format_keys(missing, 5)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {_format_keys(unexpected, 5)}")
-    if wrong:
-        parts.append(f"wrong shapes ({len(wrong)}): {_format_keys(wrong, 3)}")
-    return f"weights {path} do not fit {name_or_config}: " + "; ".join(parts)
+    return f"weights {path} do not fit {name_or_config}: " + "; ".join(mismatches)
 
 
 # ------------------------------------------------------------------------------------------- writing
