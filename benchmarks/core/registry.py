@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,13 +75,15 @@ _IMPORT_ERRORS: dict[str, str] = {}
 _discovered = False
 
 
-def registrar(table: dict[str, Any], kind: str):
-    """A class-or-instance decorator adding to ``table`` under the object's ``name`` (a class is instantiated
-    without arguments); one name for two different classes is an error. Tasks and remedies register with it."""
+def registrar(registry: Callable[[], dict[str, Any]], kind: str):
+    """A class-or-instance decorator adding to ``registry()`` (looked up at each call) under the object's
+    ``name`` (a class is instantiated without arguments); one name for two classes is an error. Tasks and
+    remedies register with it."""
 
     def register(obj=None, *, name: str | None = None):
         def add(target):
             item = target() if isinstance(target, type) else target
+            table = registry()
             key = name or item.name
             if not key:
                 raise ValueError(f"{kind} {target!r} has no name: set the class attribute `name`")
@@ -96,7 +98,7 @@ def registrar(table: dict[str, Any], kind: str):
     return register
 
 
-register_task = registrar(_TASKS, "task")
+register_task = registrar(lambda: _TASKS, "task")
 
 
 def _import_task_module(module: str) -> None:

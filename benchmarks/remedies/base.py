@@ -49,7 +49,7 @@ class Remedy:
         raise NotImplementedError
 
 
-register_remedy = registrar(_REMEDIES, "remedy")
+register_remedy = registrar(lambda: _REMEDIES, "remedy")
 
 
 def discover() -> None:
