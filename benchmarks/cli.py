@@ -10,8 +10,7 @@ import argparse
 import importlib
 import sys
 
-# Modules that contribute verbs, in the order they appear in --help. A module that fails to import because
-# an optional dependency is absent is skipped with a note, so the other verbs still work.
+# Modules that contribute verbs, in the order they appear in --help.
 VERB_MODULES = [
     "benchmarks.commands.ls",
     "benchmarks.data.commands",
@@ -30,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name and (err.name == name or name.startswith(err.name + ".")):
-                continue  # that capability has not landed in this checkout
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

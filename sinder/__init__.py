@@ -13,7 +13,7 @@ def __getattr__(name):
         "find_defects": "sinder.defects",
         "neighbor_loss": "sinder.loss",
         "repair_checkpoint": "sinder.repair_job",
-        "RepairConfig": "sinder.repair",
+        "RepairConfig": "sinder.repair_config",
     }
     if name in lazy:
         import importlib

@@ -7,6 +7,7 @@ satisfies both; any other module with these members can be benchmarked.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -105,3 +106,11 @@ PRETRAINED: dict[str, PretrainedConfig] = _pretrained_configs()
 def pretrained_config(name: str) -> PretrainedConfig | None:
     """The pretrained config of a preset, None for any other name."""
     return PRETRAINED.get(name)
+
+
+def missing_members(obj, protocol: type = Backbone) -> list[str]:
+    """The members of ``protocol`` that ``obj`` lacks (empty: it can be benchmarked), for one-line errors."""
+    names = [n for klass in protocol.__mro__ if klass not in (object, Protocol, typing.Generic)
+             for n in (*getattr(klass, "__annotations__", {}), *(k for k, v in vars(klass).items() if callable(v)))]
+    wanted = dict.fromkeys(n for n in names if not n.startswith("_"))
+    return [n for n in wanted if not hasattr(obj, n)]

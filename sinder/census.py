@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .defects import DEFAULT_MU, find_defects, high_norm_mask, patch_token_grids
+from .defects import DEFAULT_MU, HIGH_NORM_Z, find_defects, high_norm_mask, patch_token_grids
 
 MEDIAN_JUMP = 2.0
 
@@ -27,29 +27,38 @@ MEDIAN_JUMP = 2.0
 @torch.no_grad()
 def census(
     model: nn.Module,
-    images: Sequence[Path],
-    load: Callable[[Path], Tensor],
+    images: Sequence[Any],
+    load: Callable[[Any], Tensor],
     directions: Sequence[Tensor],
     mu: float = DEFAULT_MU,
     exclude_border: bool = True,
     kernel: int = 3,
+    high_norm_z: float = HIGH_NORM_Z,
+    min_ratio: float = 3.0,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
-    """Per image and per block: high-norm count, median norm, max/median norm, Eq. 5 count; with totals."""
+    """Per image and per block: high-norm count, median norm, max/median norm, Eq. 5 count; with totals.
+
+    ``images``: paths (or any keys) that ``load`` turns into (3, R, R) tensors, run ``batch_size`` at a time.
+    """
     device = next(model.parameters()).device
     per_image = []
-    for path in images:
-        grids = patch_token_grids(model, load(path).unsqueeze(0).to(device))
-        row: dict[str, Any] = {"image": str(path), "high_norm": [], "median_norm": [], "max_over_median": [],
-                               "eq5": []}
-        for i, grid in enumerate(grids):
-            tokens = grid[0].float()
-            norms = tokens.norm(dim=-1)
-            median = float(norms.median())
-            row["high_norm"].append(int(high_norm_mask(tokens).sum()))
-            row["median_norm"].append(round(median, 4))
-            row["max_over_median"].append(round(float(norms.max()) / median, 3))
-            row["eq5"].append(int(find_defects(tokens, directions[i].to(tokens), mu, exclude_border, kernel).sum()))
-        per_image.append(row)
+    for start in range(0, len(images), batch_size):
+        keys = images[start : start + batch_size]
+        grids = patch_token_grids(model, torch.stack([load(key) for key in keys]).to(device))
+        for b, key in enumerate(keys):
+            row: dict[str, Any] = {"image": str(key), "high_norm": [], "median_norm": [], "max_over_median": [],
+                                   "eq5": []}
+            for i, grid in enumerate(grids):
+                tokens = grid[b].float()
+                norms = tokens.norm(dim=-1)
+                median = float(norms.median())
+                row["high_norm"].append(int(high_norm_mask(tokens, high_norm_z, min_ratio).sum()))
+                row["median_norm"].append(round(median, 4))
+                row["max_over_median"].append(round(float(norms.max()) / median, 3))
+                row["eq5"].append(int(find_defects(tokens, directions[i].to(tokens), mu, exclude_border,
+                                                   kernel).sum()))  # fmt: skip
+            per_image.append(row)
     depth = len(model.blocks)
     return {
         "images": len(per_image),

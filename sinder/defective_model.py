@@ -60,7 +60,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .vit import ARCH_DEFAULTS, build_vit
-from .weights import register_synthetic_backbone
 
 PRESET_NAME = "dinov2_tiny_defective"
 
@@ -214,8 +213,3 @@ def sample_images(n: int, size: int = 224, seed: int = 0) -> Tensor:
     field = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)
     field = field / field.std()
     return field + 0.3 * torch.randn(n, 3, size, size, generator=gen)
-
-
-@register_synthetic_backbone(PRESET_NAME)
-def _preset():
-    return dict(CONFIG), defective_tiny_state_dict(0)

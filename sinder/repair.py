@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import resource
-import tempfile
 import time
 import warnings
 from collections import deque
@@ -30,262 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_path, atomic_write_text, temp_prefix
-from .defects import DEFAULT_MU, enough_defects, find_defects
-from .loss import KERNELS, neighbor_loss
-from .svd import TRAINABLE_SETTINGS, fold_back, parametrize_singular_values, singular_value_changes
-
-
-def _check_type(key: str, value: Any, annotation: str) -> None:
-    """Raise a one-line ValueError unless ``value`` fits the field's annotation (as written in the class)."""
-    if value is None and "None" in annotation:
-        return
-    kind = annotation.replace(" | None", "")
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-    }[kind]
-    if not ok:
-        expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
-        if "None" in annotation:
-            expected += " or null"
-        raise ValueError(f"config field '{key}': {value!r} ({type(value).__name__}); expected {expected}")
-
-
-@dataclass
-class RepairConfig:
-    """Every knob of Algorithm 1. Defaults: the official implementation (see docs/protocols.md)."""
-
-    # data: official resize short side + centre crop at 518, the 30k-image budget cycled in order
-    resolution: int = 518
-    num_images: int = 30_000
-    max_iters: int = 30_000
-    # optimiser (Section 5, training setting)
-    lr: float = 0.005
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    # detection and loss (Eqs. 5-8, Table 7)
-    mu: float = DEFAULT_MU
-    sigma: int = 3
-    tau: float = 0.1
-    kernel: int = 3
-    # what trains (Table 6): lambda = limit_layers blocks ending at the loss layer; None = every block
-    trainable: str = "singular_values_except_qk"
-    limit_layers: int | None = 10
-    # stopping: the paper says M = 500, the official code uses a window of 1000
-    window: int = 1000
-    stop_fraction: float = 0.75
-    # where the official code differs from the paper's text (official values by default)
-    normalize_by_alpha: bool = True
-    include_center: bool = True
-    stop_gradient_target: bool = True
-    exclude_border: bool = True
-    # the official code skips a non-finite step; we stop by default, keeping the last good state
-    on_nonfinite: str = "stop"
-    # an unreadable training image: skip it with a warning (counted in the report), or stop the run
-    on_bad_image: str = "skip"
-    # singular defect directions (Section 3)
-    n_samples: int = 100_000
-    direction_seed: int = 0
-    # engineering
-    checkpoint_every: int = 500
-    grad_checkpointing: bool = False
-    tf32: bool = True
-    holdout_images: int = 16
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> RepairConfig:
-        """The paper's text where it differs from the official code."""
-        base = dict(window=500, normalize_by_alpha=False, include_center=False, stop_gradient_target=False,
-                    exclude_border=False)
-        return cls(**{**base, **overrides})
-
-    @classmethod
-    def from_mapping(cls, data: dict[str, Any], base: dict[str, Any] | None = None) -> RepairConfig:
-        """A config from ``data`` (RepairConfig fields and ``behaviour``) over ``base`` (e.g. a preset's
-        defaults); every value's type is checked here, so a bad value fails before any work."""
-        data = {**(base or {}), **data}
-        behaviour = data.pop("behaviour", "official")
-        if behaviour not in {"official", "paper"}:
-            raise ValueError(f"config field 'behaviour': {behaviour!r}; expected 'official' or 'paper'")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown repair config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-        for key, value in data.items():
-            _check_type(key, value, cls.__annotations__[key])
-        data = {k: float(v) if cls.__annotations__[k] == "float" else v for k, v in data.items()}
-        config = cls.paper(**data) if behaviour == "paper" else cls(**data)
-        config.validate()
-        return config
-
-    @staticmethod
-    def read_file(path: str | Path) -> dict[str, Any]:
-        """The mapping in a YAML config file, or a one-line ValueError naming the file and the problem."""
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"cannot read repair config {path}: {err}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a repair config is a mapping of RepairConfig fields, got {type(data).__name__}")
-        return data
-
-    @classmethod
-    def from_file(cls, path: str | Path, base: dict[str, Any] | None = None) -> RepairConfig:
-        try:
-            return cls.from_mapping(cls.read_file(path), base=base)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}" if not str(err).startswith(str(path)) else str(err)) from None
-
-    def validate(self) -> None:
-        if self.trainable not in TRAINABLE_SETTINGS:
-            raise ValueError(f"config field 'trainable': {self.trainable!r}; expected one of {sorted(TRAINABLE_SETTINGS)}")
-        for name in ("on_nonfinite", "on_bad_image"):
-            if getattr(self, name) not in {"stop", "skip"}:
-                raise ValueError(f"config field '{name}': {getattr(self, name)!r}; expected 'stop' or 'skip'")
-        if self.limit_layers is not None and self.limit_layers < 1:
-            raise ValueError(f"config field 'limit_layers': {self.limit_layers}; expected >= 1, or null for every block")
-        if not 0 < self.stop_fraction <= 1:
-            raise ValueError(f"config field 'stop_fraction': {self.stop_fraction}; expected a number in (0, 1]")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"config field 'kernel': {self.kernel}; expected one of {sorted(KERNELS)}")
-        for name in ("resolution", "num_images", "window", "n_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"config field '{name}': {getattr(self, name)}; expected >= 1")
-        for name in ("max_iters", "sigma", "checkpoint_every", "holdout_images"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"config field '{name}': {getattr(self, name)}; expected >= 0")
-        for name in ("lr", "mu", "tau"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"config field '{name}': {getattr(self, name)}; expected a positive number")
-
-    def behaviour(self) -> str:
-        """'official' or 'paper' where every loss/detection switch agrees with one of them, else 'mixed'.
-
-        The stopping window (1000 official, 500 paper) is reported with the other differences instead, since
-        short runs shrink it anyway.
-        """
-        switches = ("normalize_by_alpha", "include_center", "stop_gradient_target", "exclude_border")
-        mine = {k: getattr(self, k) for k in switches}
-        for name, reference in (("official", RepairConfig()), ("paper", RepairConfig.paper())):
-            if mine == {k: getattr(reference, k) for k in switches}:
-                return name
-        return "mixed"
-
-    def differences_from_official(self) -> dict[str, Any]:
-        official = RepairConfig()
-        return {k: v for k, v in asdict(self).items() if getattr(official, k) != v}
-
-
-class NonFiniteLossError(RuntimeError):
-    """A NaN or inf loss or gradient with ``on_nonfinite='stop'``: the last good state has been saved."""
-
-
-# ------------------------------------------------------------------------------------------- one iteration
-def patch_grid(model: nn.Module, tokens: Tensor, rows: int, cols: int) -> Tensor:
-    """The (rows, cols, D) patch-token grid of a (1, 1+R+N, D) token tensor."""
-    return tokens[0, 1 + model.num_register_tokens :].reshape(rows, cols, -1)
-
-
-@dataclass
-class StepResult:
-    layer: int | None
-    n_defects: int
-    loss: float | None
-    alpha: float | None
-    nonfinite: bool = False
-
-
-class SinderStep:
-    """Algorithm 1, lines 4-11, for one image on a model whose block linears are SVD-parametrized."""
-
-    def __init__(self, model: nn.Module, directions: Sequence[Tensor], config: RepairConfig):
-        self.model = model
-        self.directions = [d.detach() for d in directions]
-        self.config = config
-
-    def _defect_count(self, grid: Tensor, layer: int) -> int:
-        cfg = self.config
-        return int(find_defects(grid, self.directions[layer].to(grid), cfg.mu, cfg.exclude_border, cfg.kernel).sum())
-
-    def _run_until_defective(self, image: Tensor, keep: int):
-        """Run blocks until one has at least max(sigma, 1) defects (the official code moves on when a layer
-        has no defect at all, so sigma = 0 behaves as 1).
-
-        Each block runs on a detached copy of its input, so the graph is cut into per-block segments; the
-        last ``keep`` segments are kept (older ones are freed as the forward goes on). Returns (layer or None,
-        defect count, segments as (input leaf, output) pairs).
-        """
-        rows, cols = image.shape[-2] // self.model.patch_size, image.shape[-1] // self.model.patch_size
-        with torch.no_grad():
-            tokens = self.model.prepare_tokens_with_masks(image)
-        segments: deque[tuple[Tensor, Tensor]] = deque(maxlen=max(keep, 1))
-        with torch.set_grad_enabled(keep > 0):
-            for i, block in enumerate(self.model.blocks):
-                leaf = tokens.detach().requires_grad_(keep > 0)
-                if keep and self.config.grad_checkpointing:
-                    out = torch.utils.checkpoint.checkpoint(block, leaf, use_reentrant=False)
-                else:
-                    out = block(leaf)
-                segments.append((leaf, out))
-                count = self._defect_count(patch_grid(self.model, out.detach(), rows, cols), i)
-                if enough_defects(count, self.config.sigma):
-                    return i, count, list(segments)
-                tokens = out
-        return None, 0, []
-
-    def find_loss_layer(self, image: Tensor) -> tuple[int | None, int]:
-        """First block with at least max(sigma, 1) Eq. 5 defects and its count (no gradients)."""
-        layer, count, _ = self._run_until_defective(image, keep=0)
-        return layer, count
-
-    def __call__(self, image: Tensor) -> tuple[StepResult, Tensor | None]:
-        """Forward and loss; returns the result and the loss (None if clear) to pass to ``backward``.
-
-        One forward pass: the graph of only the last lambda blocks is alive at any time, which gives the
-        gradients of the official step (all blocks under autograd, early gradients dropped) at lambda blocks'
-        memory and without running any block twice.
-        """
-        cfg = self.config
-        keep = cfg.limit_layers or len(self.model.blocks)
-        layer, _, self._segments = self._run_until_defective(image, keep)
-        if layer is None:
-            return StepResult(None, 0, None, None), None
-        rows, cols = image.shape[-2] // self.model.patch_size, image.shape[-1] // self.model.patch_size
-        with torch.enable_grad():
-            loss, mask, _, alpha = neighbor_loss(
-                patch_grid(self.model, self._segments[-1][1], rows, cols),
-                self.directions[layer].to(image),
-                mu=cfg.mu,
-                tau=cfg.tau,
-                kernel=cfg.kernel,
-                normalize_by_alpha=cfg.normalize_by_alpha,
-                include_center=cfg.include_center,
-                stop_gradient=cfg.stop_gradient_target,
-                exclude_border=cfg.exclude_border,
-            )
-        value = float(loss.detach()) if loss is not None else None
-        finite = value is not None and bool(torch.isfinite(loss.detach()))
-        return StepResult(layer, int(mask.sum()), value, float(alpha), nonfinite=not finite), loss
-
-    def backward(self, loss: Tensor) -> None:
-        """Backpropagate ``loss`` through the kept segments, last block first, chaining input gradients."""
-        grad = None
-        for leaf, out in reversed(self._segments):
-            if grad is None:
-                loss.backward()
-            else:
-                out.backward(grad)
-            grad = leaf.grad
-        self._segments = []
+from .atomic import atomic_path, atomic_write_text
+from .repair_config import RepairConfig
+from .repair_step import NonFiniteLossError, SinderStep
+from .svd import fold_back, parametrize_singular_values, singular_value_changes
 
 
 # ------------------------------------------------------------------------------------------- state on disk
@@ -336,7 +83,6 @@ class RepairRun:
         directions: Sequence[Tensor] | None = None,
         device: str | torch.device = "cpu",
         progress: bool = True,
-        crash_at: int | None = None,
     ):
         config.validate()
         self.config = config
@@ -347,7 +93,6 @@ class RepairRun:
         self.load = load
         self.work_dir = Path(work_dir)
         self.progress = progress
-        self.crash_at = crash_at  # tests: simulate a kill after this many iterations
         self.base_sha256 = getattr(model, "weights_sha256", None)
         self.model = model.to(self.device).eval()
         if directions is None:
@@ -508,8 +253,6 @@ class RepairRun:
                 if self.clear_fraction() >= cfg.stop_fraction:
                     stop_reason = "clear"
                     break
-                if self.crash_at is not None and self.iteration >= self.crash_at:
-                    raise KeyboardInterrupt(f"simulated kill at iteration {self.iteration}")
                 path = self.images[self.iteration % len(self.images)]
                 image = self._load_or_skip(path)
                 if image is None:  # an unreadable image is not an iteration of the algorithm: no history entry
@@ -561,45 +304,3 @@ class RepairRun:
             bad_images=list(self.bad_images),
             segments=list(self.segments),
         )
-
-
-# ------------------------------------------------------------------------------------------- preset scale
-# Backbones far from ViT-g at 518 px carry their own repair defaults; the official ones use RepairConfig's.
-# dinov2_tiny_defective (8 blocks, width 96) is built for 112 px: an 8 x 8 grid whose 6 x 6 interior rarely
-# shows 3 defects at once (sigma = 1), lambda = 4 of its 8 blocks, 20k least-squares samples suffice for a
-# width of 96, and a window of 50 images since its folders hold about a hundred. At 518 px its defects are
-# spread over a 37 x 37 grid with a trigger tuned for 8 x 8 to 16 x 16, and the repair does not converge.
-PRESET_REPAIR_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dinov2_tiny_defective": dict(resolution=112, sigma=1, limit_layers=4, n_samples=20_000, window=50,
-                                  max_iters=300, checkpoint_every=100),
-}
-
-
-def preset_defaults(backbone: str) -> tuple[dict[str, Any], str]:
-    """(the repair defaults of ``backbone``, where they come from: 'official' or 'preset <name>')."""
-    name = str(backbone)
-    if name in PRESET_REPAIR_DEFAULTS:
-        return dict(PRESET_REPAIR_DEFAULTS[name]), f"preset {name}"
-    return {}, "official"
-
-
-# ------------------------------------------------------------------------------------------- smoke repair
-# The tiny preset's settings on a shorter budget (32 synthetic photographs, 80 iterations).
-SMOKE_CONFIG = {**PRESET_REPAIR_DEFAULTS["dinov2_tiny_defective"], "num_images": 32, "max_iters": 80, "window": 20,
-                "checkpoint_every": 0, "holdout_images": 0}
-
-
-def repair_for_smoke(model: nn.Module, config: RepairConfig | None = None, seed: int = 0) -> nn.Module:
-    """A short SINDER repair on synthetic photographs, for the smoke suite; returns the repaired model."""
-    from .images import resize_center_crop, to_normalized_tensor
-    from .synthetic_images import synthetic_photos
-
-    config = config or RepairConfig(**SMOKE_CONFIG)
-    photos = synthetic_photos(config.num_images, size=config.resolution + 16, seed=seed)
-    tensors = [to_normalized_tensor(resize_center_crop(p, config.resolution)) for p in photos]
-    with tempfile.TemporaryDirectory(prefix=temp_prefix("sinder-smoke-repair")) as work_dir:
-        run = RepairRun(model, list(range(len(tensors))), config, work_dir, load=tensors.__getitem__,
-                        device=next(model.parameters()).device, progress=False)
-        result = run.run()
-    model.load_state_dict(result.state_dict)
-    return model

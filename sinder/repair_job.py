@@ -15,7 +15,8 @@ from .checkpoint_formats import CheckpointFormat, check_save_format, save_checkp
 from .device import default_device
 from .images import list_images, load_image, stride_subset
 from .plots import plot_singular_value_differences, singular_value_differences
-from .repair import RepairConfig, RepairRun
+from .repair import RepairRun
+from .repair_config import RepairConfig
 from .repair_report import write_report
 from .weights import load_backbone
 
@@ -67,7 +68,6 @@ def repair_checkpoint(
     device: str | None = None,
     progress: bool = True,
     directions_cache: str | Path | None = None,
-    crash_at: int | None = None,
     save_format: str = "official",
     defaults: str = "official",
 ) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def repair_checkpoint(
     before = measure(model, directions=directions) if holdout else None
 
     run = RepairRun(model, train, config, work_dir, load, directions=directions, device=device,
-                    progress=progress, crash_at=crash_at)
+                    progress=progress)
     result = run.run(resume=resume)
 
     metadata = {"sinder_config": json.dumps(asdict(config)), "base_sha256": str(model.weights_sha256)}

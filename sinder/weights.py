@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from .checkpoint_formats import (
     read_checkpoint,
     read_hf_folder_config,
 )
-from .vit import PRESETS, DinoVisionTransformer, build_vit, resolve_config
+from .constructed import SYNTHETIC_BACKBONES
+from .vit import PRESETS, DinoVisionTransformer, resolve_config
 
 
 def official_filename(preset: str) -> str | None:
@@ -47,40 +48,6 @@ def official_url(preset: str) -> str | None:
 def hub_checkpoint_dir() -> Path:
     """Where ``torch.hub`` stores downloaded checkpoints: ``$TORCH_HOME/hub/checkpoints``."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-# Backbones whose weights are constructed, not downloaded (tests and smoke runs). Each entry maps a name to
-# a function returning (config, state_dict); registered by the module that knows how to build them.
-SYNTHETIC_BACKBONES: dict[str, Callable[[], tuple[dict[str, Any], dict[str, Tensor]]]] = {}
-
-
-def register_synthetic_backbone(name: str):
-    def decorator(fn):
-        SYNTHETIC_BACKBONES[name] = fn
-        return fn
-
-    return decorator
-
-
-def _random_tiny(name: str):
-    def build():
-        model = build_vit(name, seed=0)
-        return dict(model.config), model.state_dict()
-
-    return build
-
-
-for _name in ("dinov2_tiny", "dinov2_tiny_swiglu", "dinov2_tiny_reg"):
-    SYNTHETIC_BACKBONES[f"{_name}_random"] = _random_tiny(_name)
-
-
-def _load_synthetic_modules() -> None:
-    # Modules that register constructed backbones; optional so that a partial checkout still works.
-    try:
-        import sinder.defective_model  # noqa: F401
-    except ModuleNotFoundError as err:
-        if err.name != "sinder.defective_model":
-            raise
 
 
 # ------------------------------------------------------------------------------------------- fingerprints
@@ -167,27 +134,31 @@ def _format_keys(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _mismatches(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],
+                limits: tuple[int, int, int]) -> list[str]:  # fmt: skip
+    """The missing, unexpected and wrong-shape keys of a file's ``found`` shapes against the model's, one
+    line each (at most ``limits`` keys shown per line); empty when they fit."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(f"{k}: file {tuple(found[k])} vs model {tuple(expected[k])}"
+                   for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k]))  # fmt: skip
+    lines = [(what, keys, limit) for what, keys, limit in
+             (("missing keys", missing, limits[0]), ("unexpected keys", unexpected, limits[1]),
+              ("wrong shapes", wrong, limits[2])) if keys]  # fmt: skip
+    return [f"{what} ({len(keys)}): {_format_keys(keys, limit)}" for what, keys, limit in lines]
+
+
 def load_state_dict_strict(
     model: DinoVisionTransformer, state_dict: Mapping[str, Tensor], source: str, assign: bool = False
 ) -> None:
     """Load with ``strict=True``, turning any mismatch into one error listing every offending key."""
     state = normalize_keys(state_dict)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or wrong_shape:
+    mismatches = _mismatches({k: v.shape for k, v in state.items()}, {k: v.shape for k, v in expected.items()},
+                             limits=(20, 20, 8))  # fmt: skip
+    if mismatches:
         parts = [f"weights {source} do not fit the backbone architecture {_describe(model.config)}:"]
-        if missing:
-            parts.append(f"  missing keys ({len(missing)}): {_format_keys(missing)}")
-        if unexpected:
-            parts.append(f"  unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
-        if wrong_shape:
-            parts.append(f"  wrong shapes ({len(wrong_shape)}): {_format_keys(wrong_shape, 8)}")
+        parts += [f"  {line}" for line in mismatches]
         parts.append("  check that --backbone names the architecture these weights were trained with.")
         raise WeightsError("\n".join(parts))
     if assign:  # the model lives on the meta device: take the file's tensors as the parameters
@@ -239,7 +210,6 @@ def load_backbone(
     ``checkpoint_format`` (the key format its weights came in, for writing a repair back in that format).
     """
     name = str(name_or_config) if isinstance(name_or_config, (str, Path)) else None
-    _load_synthetic_modules()  # NAME:WEIGHTS of a constructed backbone needs its architecture registered
     if weights is None and name is not None and name in SYNTHETIC_BACKBONES:
         config, state = SYNTHETIC_BACKBONES[name]()
         model = DinoVisionTransformer(config)
@@ -279,7 +249,6 @@ def checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 def architecture_config(name_or_config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """The architecture of a preset, constructed backbone, config file or dict."""
-    _load_synthetic_modules()
     if isinstance(name_or_config, (str, Path)) and str(name_or_config) in SYNTHETIC_BACKBONES:
         return dict(SYNTHETIC_BACKBONES[str(name_or_config)]()[0])
     return resolve_config(name_or_config)
@@ -396,20 +365,10 @@ def check_weights_file(name_or_config: str | Path | Mapping[str, Any], path: str
             expected = DinoVisionTransformer(architecture_config(name_or_config)).state_dict()
     except (OSError, ValueError) as err:
         return str(err)
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = sorted(f"{k}: file {shapes[k]} vs model {tuple(expected[k].shape)}"
-                   for k in set(shapes) & set(expected) if tuple(shapes[k]) != tuple(expected[k].shape))  # fmt: skip
-    if not (missing or unexpected or wrong):
+    mismatches = _mismatches(shapes, {k: v.shape for k, v in expected.items()}, limits=(5, 5, 3))
+    if not mismatches:
         return None
-    parts = []
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {_format_keys(missing, 5)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {_format_keys(unexpected, 5)}")
-    if wrong:
-        parts.append(f"wrong shapes ({len(wrong)}): {_format_keys(wrong, 3)}")
-    return f"weights {path} do not fit {name_or_config}: " + "; ".join(parts)
+    return f"weights {path} do not fit {name_or_config}: " + "; ".join(mismatches)
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -470,7 +429,6 @@ def save_state_dict(
 
 def list_backbones() -> dict[str, str]:
     """Every backbone name `load_backbone` accepts, with a one-line description."""
-    _load_synthetic_modules()
     out = {}
     for name, cfg in PRESETS.items():
         file = official_filename(name)

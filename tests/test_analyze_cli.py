@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from benchmarks.cli import main
+from sinder.analysis import default_mask_layers, directions_with_progress
 from sinder.clamp import clamp_singular_values
-from sinder.commands import default_mask_layers, directions_with_progress
 from sinder.defective_model import defective_tiny_state_dict, sample_images
 from sinder.defects import TokenAngleAccumulator, high_norm_mask, patch_token_grids, random_unit_direction
 from sinder.images import IMAGENET_MEAN, IMAGENET_STD, list_images, load_image

@@ -72,6 +72,31 @@ def test_presets_carry_their_pretrained_config():
     assert PRETRAINED["dinov2_tiny"].file is None and official_filename("dinov2_tiny") is None
 
 
+def _independent_knn_top1(foreign, imagenet_root, config, metrics):
+    """Assert ``metrics`` hold the top-1 of a weighted KNN on ``foreign``'s own class tokens; returns the
+    (normalized class tokens, labels) per split."""
+    from benchmarks.classification.datasets import open_imagenet
+    from benchmarks.classification.transforms import eval_transform
+
+    transform = eval_transform(config["resize"], config["crop"])
+    feats = {}
+    for split in ("train", "val"):
+        data = open_imagenet(imagenet_root, split, transform)
+        images = torch.stack([data[i][0] for i in range(len(data))])
+        labels = torch.tensor([data[i][1] for i in range(len(data))])
+        with torch.no_grad():
+            feats[split] = (F.normalize(foreign.final_cls(images), dim=-1), labels)
+    (train, train_y), (val, val_y) = feats["train"], feats["val"]
+    ks = config["ks"]
+    sims, idx = (val @ train.T).topk(max(ks), dim=1)
+    n_classes = int(train_y.max()) + 1
+    for k in ks:
+        votes = torch.zeros(len(val), n_classes).scatter_add_(1, train_y[idx[:, :k]], (sims[:, :k] / 0.07).exp())
+        top1 = (votes.argmax(1) == val_y).float().mean().item() * 100
+        assert abs(metrics[f"k{k}_top1"] - top1) < 1e-3, (k, metrics, top1)
+    return feats
+
+
 def test_foreign_backbone_runs_the_knn_task(tmp_path):
     from benchmarks.classification.task import ImageNetKNN
     from benchmarks.core.runner import TaskContext, prepare_datasets
@@ -87,24 +112,7 @@ def test_foreign_backbone_runs_the_knn_task(tmp_path):
     result = task.run(foreign, ctx)
 
     # An independent weighted KNN on the foreign model's own class tokens gives the same top-1.
-    from benchmarks.classification.datasets import open_imagenet
-    from benchmarks.classification.transforms import eval_transform
-
-    transform = eval_transform(config["resize"], config["crop"])
-    feats = {}
-    for split in ("train", "val"):
-        data = open_imagenet(roots["imagenet"], split, transform)
-        images = torch.stack([data[i][0] for i in range(len(data))])
-        labels = torch.tensor([data[i][1] for i in range(len(data))])
-        with torch.no_grad():
-            feats[split] = (F.normalize(foreign.final_cls(images), dim=-1), labels)
-    (train, train_y), (val, val_y) = feats["train"], feats["val"]
-    sims, idx = (val @ train.T).topk(10, dim=1)
-    n_classes = int(train_y.max()) + 1
-    for k in (5, 10):
-        votes = torch.zeros(len(val), n_classes).scatter_add_(1, train_y[idx[:, :k]], (sims[:, :k] / 0.07).exp())
-        top1 = (votes.argmax(1) == val_y).float().mean().item() * 100
-        assert abs(result["metrics"][f"k{k}_top1"] - top1) < 1e-3, (k, result["metrics"], top1)
+    feats = _independent_knn_top1(foreign, roots["imagenet"], config, result["metrics"])
     # The task's features (cached under the foreign backbone's identity) are the model's own class tokens.
     from safetensors.torch import load_file
 
@@ -113,3 +121,30 @@ def test_foreign_backbone_runs_the_knn_task(tmp_path):
     for features, labels in feats.values():
         match = [c for c in cached if c["features"].shape == features.shape and torch.equal(c["labels"], labels)]
         assert match and torch.allclose(match[0]["features"], features, atol=1e-5), "cached features differ"
+
+
+def test_the_runner_benchmarks_a_foreign_module_through_the_smoke_suite(tmp_path):
+    import json
+
+    import pytest
+
+    from benchmarks.core.registry import get_task
+    from benchmarks.core.runner import PreflightError, prepare_datasets, run_suite
+
+    foreign = ForeignViT().eval()
+    out, cache = tmp_path / "runs", tmp_path / "cache"
+    summary = run_suite("imagenet_knn", profile="smoke", models={"alien": foreign}, out=out, cache_dir=cache,
+                        device="cpu", progress=False, log=lambda msg: None)  # fmt: skip
+    assert summary.exit_code == 0 and [e["backbone"] for e in summary.ran] == ["alien"]  # no smoke defaults
+    (path,) = (out / "imagenet_knn").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["backbone"]["label"] == "alien" and record["backbone"]["name"] == "foreign"
+    assert record["backbone"]["weights_sha256"] == foreign.weights_sha256
+    config = get_task("imagenet_knn").config("smoke")
+    assert record["config"] == config
+    roots, _ = prepare_datasets([get_task("imagenet_knn")], "smoke", None, cache, seed=0)  # the run's own data
+    _independent_knn_top1(foreign, roots["imagenet"], config, record["metrics"])
+
+    with pytest.raises(PreflightError, match=r"model 'lin' \(Linear\): lacks name, weights_sha256, .*get_intermediate_layers"):
+        run_suite("imagenet_knn", profile="smoke", models={"lin": nn.Linear(2, 2)}, out=out, cache_dir=cache,
+                  device="cpu", progress=False, log=lambda msg: None)  # fmt: skip

@@ -225,7 +225,7 @@ def test_hf_repair_output_official_and_source_formats(tmp_path):
 
 
 def test_repair_command_writes_the_source_format(tmp_path):
-    from sinder.repair import RepairConfig
+    from sinder.repair_config import RepairConfig
     from sinder.repair_job import repair_checkpoint
     from sinder.synthetic_images import write_synthetic_photos
 

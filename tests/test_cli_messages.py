@@ -168,7 +168,9 @@ def test_repair_progress_counts_clear_images_among_those_seen(tmp_path):
     """195 clear of 200 seen reads 195/200, not 20% of a 1000-image window still full of placeholders."""
     import torch
 
-    from sinder.repair import RepairConfig, RepairRun, StepResult
+    from sinder.repair import RepairRun
+    from sinder.repair_config import RepairConfig
+    from sinder.repair_step import StepResult
     from sinder.vit import build_vit
 
     script = [True, False, True, True]  # True = a clear image

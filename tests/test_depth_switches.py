@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.core.padding import center_pad
 from benchmarks.depth.heads import build_head
 from benchmarks.depth.losses import gradient_loss, gradient_loss_reference
 from benchmarks.depth.metrics import image_metrics
 from benchmarks.depth.train import DepthConfig, depth_loss, predict
 from benchmarks.depth.transforms import TrainTransform, colour_augment
-from benchmarks.segmentation.padding import center_pad
 from sinder.vit import build_vit
 
 

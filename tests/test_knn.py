@@ -2,12 +2,10 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import parity_path
 
 from benchmarks.classification.knn import (
     evaluate_knn,
-    faiss_available,
     knn_classify,
     knn_neighbors,
     topk_accuracy,
@@ -37,10 +35,8 @@ def test_reference_weights_are_a_softmax_over_max_k(fixture):
     assert (tensors["probs_k10"].sum(1) < 0.999).all()
 
 
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_parity_with_reference_knn(fixture, backend):
-    if backend == "faiss" and not faiss_available():
-        pytest.skip("faiss not installed")
+def test_parity_with_reference_knn(fixture):
+    backend = "torch"
     tensors, settings = fixture
     # Small chunks force the chunked top-k merge over train blocks.
     scores = _scores(tensors, settings, backend=backend, chunk_size=97)
@@ -62,19 +58,6 @@ def test_train_chunk_merge_matches_one_block(fixture):
     # Indices really are the top-30 by cosine: compare with a full sort.
     sims = tensors["test_features"][:50] @ tensors["train_features"].T
     assert torch.equal(sims.argsort(1, descending=True)[:, :30], whole[2])
-
-
-@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
-def test_faiss_gives_the_same_neighbours():
-    gen = torch.Generator().manual_seed(1)
-    train = F.normalize(torch.randn(2000, 32, generator=gen), dim=1)
-    test = F.normalize(torch.randn(100, 32, generator=gen), dim=1)
-    labels = torch.randint(0, 7, (2000,), generator=gen)
-    s_t, l_t, i_t = knn_neighbors(train, labels, test, 25, backend="torch")
-    s_f, l_f, i_f = knn_neighbors(train, labels, test, 25, backend="faiss")
-    assert torch.equal(i_t, i_f)
-    assert torch.equal(l_t, l_f)
-    assert torch.allclose(s_t, s_f, atol=1e-5)
 
 
 def test_evaluate_knn_reports_best_k(fixture):

@@ -151,7 +151,7 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     suites.mkdir()
     (suites / "cheap.yaml").write_text("smoke_remedies: [clamp, ttr]\ntasks: [defect_census, imagenet_knn]\n")
     monkeypatch.setattr(registry, "SUITES_DIR", suites)
-    monkeypatch.setattr(B, "_repair_function", lambda: None)
+    monkeypatch.setattr(B, "repaired_twin", lambda *args, **kwargs: None)
     monkeypatch.setattr(B, "SMOKE_TTR_IMAGES", 40)
     from benchmarks.remedies.task import DefectCensus
 

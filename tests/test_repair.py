@@ -3,11 +3,14 @@ import json
 
 import pytest
 import torch
+from simulated_kill import killed_at
 
 from sinder.defects import find_defects
 from sinder.images import load_image
-from sinder.repair import NonFiniteLossError, RepairConfig, RepairRun, SinderStep
+from sinder.repair import RepairRun
+from sinder.repair_config import RepairConfig
 from sinder.repair_job import repair_checkpoint
+from sinder.repair_step import NonFiniteLossError, SinderStep
 from sinder.svd import parametrize_singular_values
 from sinder.synthetic_images import write_synthetic_photos
 from sinder.vit import build_vit
@@ -85,9 +88,8 @@ def _directions():
 def _run(images, work_dir, config, crash_at=None, resume=False):
     model = load_backbone(BACKBONE)
     files = sorted(images.glob("*.png"))[:20]
-    load = functools.partial(load_image, resolution=config.resolution)
-    run = RepairRun(model, files, config, work_dir, load, directions=_directions(), device="cpu", progress=False,
-                    crash_at=crash_at)
+    load = killed_at(functools.partial(load_image, resolution=config.resolution), crash_at)
+    run = RepairRun(model, files, config, work_dir, load, directions=_directions(), device="cpu", progress=False)
     return run.run(resume=resume)
 
 
@@ -112,7 +114,7 @@ def test_resume_after_kill_gives_the_same_result(images, tmp_path):
 
 
 def test_nonfinite_loss_stops_with_last_good_state(images, tmp_path, monkeypatch):
-    import sinder.repair as repair_module
+    import sinder.repair_step as repair_module
 
     real = repair_module.neighbor_loss
     calls = {"n": 0}
@@ -157,7 +159,7 @@ def test_gradient_window_equals_full_graph_gradients(images):
     model.zero_grad(set_to_none=True)
     # The official way: every block with gradients from the start, then drop the early blocks' gradients.
     from sinder.loss import neighbor_loss
-    from sinder.repair import patch_grid
+    from sinder.repair_step import patch_grid
 
     tokens = model.prepare_tokens_with_masks(image)
     for block in model.blocks[: result.layer + 1]:
@@ -203,7 +205,7 @@ def test_detection_used_by_the_loop_is_eq5(images):
 def test_smoke_repair_clears_the_defective_model():
     from sinder.census import census as defect_census
     from sinder.images import resize_center_crop, to_normalized_tensor
-    from sinder.repair import repair_for_smoke
+    from sinder.repair_smoke import repair_for_smoke
     from sinder.synthetic_images import synthetic_photos
 
     model = load_backbone(BACKBONE)
@@ -223,7 +225,7 @@ def test_smoke_repair_clears_the_defective_model():
 
 def test_termination_rule_on_a_scripted_sequence(tmp_path):
     """Stop before an iteration when >= stop_fraction of the last `window` images were clear."""
-    from sinder.repair import StepResult
+    from sinder.repair_step import StepResult
 
     script = [True, True, False, True, False, True, True, True, True, False, True]  # True = clear image
     window, fraction = 4, 0.75
@@ -269,7 +271,7 @@ def test_repair_keeps_class_token_quality_and_frozen_parts_exact(tmp_path):
     from benchmarks.classification.knn import evaluate_knn
     from benchmarks.data import open_dataset
     from benchmarks.data.synth import write_synthetic
-    from sinder.repair import repair_for_smoke
+    from sinder.repair_smoke import repair_for_smoke
 
     root = write_synthetic("imagenet", tmp_path / "imagenet", seed=3, n_train=20, n_val=20).root
 

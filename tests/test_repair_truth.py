@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from simulated_kill import killed_at
 
 import sinder.repair_job as repair_job
 from benchmarks.cli import main
@@ -17,7 +18,8 @@ from sinder.census import census, compare, compare_checkpoints
 from sinder.defects import find_defects, high_norm_mask, patch_token_grids
 from sinder.images import load_image
 from sinder.linearize import singular_defect_directions
-from sinder.repair import RepairConfig, RepairResult, RepairRun, preset_defaults
+from sinder.repair import RepairResult, RepairRun
+from sinder.repair_config import RepairConfig, preset_defaults
 from sinder.synthetic_images import write_synthetic_photos
 from sinder.weights import load_backbone, save_state_dict
 
@@ -211,8 +213,8 @@ def _directions():
 
 def _run(files, work_dir, config, crash_at=None, resume=False, load=None):
     run = RepairRun(load_backbone(BACKBONE), files, config, work_dir,
-                    load or functools.partial(load_image, resolution=RES), directions=_directions(),
-                    device="cpu", progress=False, crash_at=crash_at)
+                    killed_at(load or functools.partial(load_image, resolution=RES), crash_at),
+                    directions=_directions(), device="cpu", progress=False)
     return run.run(resume=resume)
 
 
@@ -249,7 +251,7 @@ def test_resume_sums_wall_time_and_may_lower_the_learning_rate(photos, tmp_path)
 
 
 def test_nonfinite_stop_then_resume_equals_a_run_without_it(photos, tmp_path, monkeypatch):
-    import sinder.repair as repair_module
+    import sinder.repair_step as repair_module
 
     files = sorted(photos.glob("*.png"))
     straight = _run(files, tmp_path / "s", small())
@@ -398,8 +400,8 @@ def test_one_definition_of_a_block_linear():
 def test_mu_has_one_default():
     import inspect
 
+    import sinder.analysis
     import sinder.census
-    import sinder.commands
     import sinder.defects
     import sinder.loss
     from sinder.defects import DEFAULT_MU
@@ -407,10 +409,10 @@ def test_mu_has_one_default():
     defaults = [RepairConfig().mu]
     for fn in (sinder.defects.find_defects, sinder.defects.count_defects, sinder.defects.is_clear,
                sinder.loss.neighbor_loss, sinder.census.census, sinder.census.compare_checkpoints,
-               sinder.commands.analyze):
+               sinder.analysis.analyze):
         defaults.append(inspect.signature(fn).parameters["mu"].default)
     assert defaults == [DEFAULT_MU] * len(defaults)
-    source = "".join(Path(m.__file__).read_text() for m in (sinder.census, sinder.commands, sinder.loss))
+    source = "".join(Path(m.__file__).read_text() for m in (sinder.census, sinder.analysis, sinder.loss))
     assert "mu: float = 4.0" not in source and "mu=4.0" not in source
 
 

@@ -9,6 +9,7 @@ run performs the same floating-point operations in the same order, so any differ
 
 import pytest
 import torch
+from token_maps import TokenMaps
 
 from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
 
@@ -133,24 +134,6 @@ def test_depth_head_resumes_to_the_uninterrupted_head(nyud, tiny, tmp_path, monk
 
 
 # ------------------------------------------------------------------------------------------------ CAUSE
-class TokenMaps:
-    """Random token maps of a 16-item set (what CAUSE's stages read from a cached token source)."""
-
-    cached = True
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.view = list(range(16))
-        self.maps = torch.randn(16, 8, 4, 4, generator=g)
-        self.labels = torch.randint(0, 3, (16, 8, 8), generator=g)
-
-    def tokens_of(self, index, images=None):
-        return self.maps[index]
-
-    def labels_of(self, index):
-        return self.labels[index]
-
-
 CAUSE_CFG = {"reduced_dim": 6, "hidden_dim": 16, "heads": 1, "dropout": 0.1, "projection_dim": 8, "grid_cell": 1,
              "temperature": 0.07, "pos_threshold": 0.3, "neg_threshold": 0.1, "bank_size": 6, "bank_keep": 0.5,
              "ema_momentum": 0.9, "checkpoint_every": 3,

@@ -10,10 +10,10 @@ from benchmarks.segmentation.mmseg_env import ensure_mmseg  # noqa: E402
 
 ensure_mmseg()
 
+from benchmarks.core.padding import center_pad, center_pad_amounts  # noqa: E402
 from benchmarks.segmentation.backbone import FrozenViTBackbone  # noqa: E402
 from benchmarks.segmentation.config import load_config, resolve_config  # noqa: E402
 from benchmarks.segmentation.head import BNLinearHead  # noqa: E402
-from benchmarks.segmentation.padding import center_pad, center_pad_amounts  # noqa: E402
 from benchmarks.segmentation.train import build_segmentor  # noqa: E402
 from sinder.vit import build_vit  # noqa: E402
 

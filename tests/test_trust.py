@@ -151,7 +151,7 @@ def test_the_smoke_twin_is_a_sinder_repair_by_its_metadata(tmp_path, monkeypatch
         model.norm.weight.data.mul_(0.5)
         return model
 
-    monkeypatch.setattr(B, "_repair_function", lambda: halve_the_norm)
+    monkeypatch.setattr("sinder.repair_smoke.repair_for_smoke", halve_the_norm)
     spec = B.parse_backbone_spec(f"plain={BACKBONE}")
     twin = B.repaired_twin(spec, tmp_path, log=lambda msg: None)
     base, repaired = B.load(spec), B.load(twin)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from token_maps import TokenMaps
 
 from benchmarks.core.runner import TaskContext
 from benchmarks.data import open_dataset
@@ -124,24 +125,6 @@ def test_head_rejects_a_different_token_count():
         segment.head(torch.randn(2, 25, 8), torch.randn(5, 8))
 
 
-class _FakeSource:
-    """Random token maps of a 16-item "dataset" (what the training stages read), labels 0..2."""
-
-    cached = True
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.view = list(range(16))
-        self.maps = torch.randn(16, 8, 4, 4, generator=g)
-        self.labels = torch.randint(0, 3, (16, 8, 8), generator=g)
-
-    def tokens_of(self, index, images=None):
-        return self.maps[index]
-
-    def labels_of(self, index):
-        return self.labels[index]
-
-
 @pytest.mark.parametrize("teacher_trainable", [False, True])
 def test_stage3_trains_the_teacher_only_when_asked(teacher_trainable, tmp_path):
     cfg = {**SMALL, "grid_cell": 2, "modularity_temperature": 0.1, "checkpoint_every": 100,
@@ -154,7 +137,7 @@ def test_stage3_trains_the_teacher_only_when_asked(teacher_trainable, tmp_path):
     probe = torch.nn.Parameter(torch.randn(3, 6))
     before = copy.deepcopy(segment.state_dict())
     probe_before = probe.detach().clone()
-    stats = C.train_cluster_probe(segment, probe, torch.randn(5, 8), _FakeSource(), cfg, ctx, 3)
+    stats = C.train_cluster_probe(segment, probe, torch.randn(5, 8), TokenMaps(), cfg, ctx, 3)
     after = segment.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("linear.") for k in changed)

@@ -31,7 +31,7 @@ ABLATION_POLICY: dict[str, Any] = {"on_nonfinite": "skip"}
 def ablation_config(overrides: dict[str, Any], profile: str, depth: int):
     """The RepairConfig of one ablation row: the official (paper profile) or smoke settings, the row's
     overrides, and the official non-finite policy."""
-    from sinder.repair import SMOKE_CONFIG, RepairConfig
+    from sinder.repair_config import SMOKE_CONFIG, RepairConfig
 
     if profile == "smoke":
         return RepairConfig(**{**SMOKE_CONFIG, **scaled_overrides(overrides, depth), **ABLATION_POLICY})
@@ -67,7 +67,8 @@ class _AblationTask(Task):
         return list(dict.fromkeys(needed))
 
     def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str):
-        from sinder.repair import RepairRun, repair_for_smoke
+        from sinder.repair import RepairRun
+        from sinder.repair_smoke import repair_for_smoke
 
         model = copy.deepcopy(backbone)
         config = ablation_config(overrides, ctx.profile, len(model.blocks))

@@ -5,7 +5,8 @@ product), the top ``max(ks)`` neighbours, weights ``softmax(sim / T)`` over thos
 reference fixture confirms softmax: its k = 200 scores sum to 1 per row), and for each k the class score is the
 sum of the weights of the first k neighbours carrying that class (no renormalisation per k).
 
-The neighbour search is a chunked matmul + top-k in torch, or faiss (``IndexFlatIP``, opt-in) when installed. Under
+The neighbour search is a chunked matmul + top-k in torch (faiss' flat index was slower on every size measured:
+results/perf/knn.json, and it cannot run on the GPU tensors the features are on). Under
 torchrun each rank searches its own slice of the train set and the per-shard top-k lists are merged.
 """
 
@@ -18,27 +19,13 @@ from torch import Tensor
 
 from benchmarks.core import distributed as D
 
-BACKENDS = ("auto", "torch", "faiss")
-
-
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+BACKENDS = ("auto", "torch")  # auto: torch, the only backend
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown KNN backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if backend == "faiss" and not faiss_available():
-        raise ModuleNotFoundError("KNN backend 'faiss' requested but faiss is not installed: pip install faiss-cpu")
-    if backend == "auto":
-        # Measured here (results/perf/knn.json; 2 CPU cores, 1e4-1e5 x 384-768 train, k 10-200) the chunked
-        # torch search was as fast as faiss' flat index or faster, and it is the only one that runs on the GPU.
-        return "torch"
-    return backend
+    return "torch"
 
 
 def _topk_torch(train: Tensor, test: Tensor, k: int, chunk_size: int, train_chunk: int) -> tuple[Tensor, Tensor]:
@@ -63,15 +50,6 @@ def _topk_torch(train: Tensor, test: Tensor, k: int, chunk_size: int, train_chun
         sims_out[t0 : t0 + chunk_size] = best_s
         idx_out[t0 : t0 + chunk_size] = best_i
     return sims_out, idx_out
-
-
-def _topk_faiss(train: Tensor, test: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    import faiss
-
-    index = faiss.IndexFlatIP(train.shape[1])
-    index.add(train.detach().float().cpu().contiguous().numpy())
-    sims, idx = index.search(test.detach().float().cpu().contiguous().numpy(), k)
-    return torch.from_numpy(sims).to(test.device), torch.from_numpy(idx).long().to(test.device)
 
 
 def knn_neighbors(
@@ -115,8 +93,6 @@ def knn_neighbors(
     if local_k == 0:
         sims = test_features.new_empty(test_features.shape[0], 0)
         idx = torch.empty(test_features.shape[0], 0, dtype=torch.long, device=device)
-    elif backend == "faiss":
-        sims, idx = _topk_faiss(train_features, test_features, local_k)
     else:
         if train_chunk is None:  # keep each similarity block near 2^26 floats (256 MiB in fp32)
             train_chunk = max(local_k, (1 << 26) // max(1, min(chunk_size, test_features.shape[0])))

@@ -22,7 +22,6 @@ from benchmarks.core.checkpointing import (
     TrainingCheckpoint,
     gathered_rng_state,
     module_signature,
-    restore_rank_rng,
 )
 
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
@@ -219,13 +218,9 @@ def train_linear_probe(
     trained = _data_parallel(heads, device)
     step, epoch, offset = 0, 0, 0  # offset: batches of this epoch already trained on
     signature = module_signature(heads)
-    state = checkpoint.load(signature) if checkpoint is not None else None
+    state = checkpoint.resume("heads", heads, optimizer, scheduler) if checkpoint is not None else None
     if state is not None:
-        heads.load_state_dict(state["heads"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         step, epoch, offset = int(state["step"]), int(state["epoch"]), int(state["offset"])
-        restore_rank_rng(state["rng"])
     bar = tqdm(total=iterations, initial=step, desc="linear probe", disable=not (progress and D.is_main()),
                leave=False)  # fmt: skip
     while step < iterations:

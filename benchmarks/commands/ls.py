@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
-
-
-def _optional(module: str, attr: str):
-    """A listing provided by a capability that may not be in this checkout yet."""
-    try:
-        return getattr(importlib.import_module(module), attr, None)
-    except ModuleNotFoundError as err:
-        if err.name and module.startswith(err.name):
-            return None
-        raise
-
 
 def collect() -> dict[str, dict[str, str]]:
+    """Each section's names with their one-line titles."""
+    from benchmarks.core.registry import get_suite, get_task, list_suites, list_tasks
+    from benchmarks.data import DATASETS
     from sinder.weights import list_backbones
 
-    sections: dict[str, dict[str, str]] = {"backbones": list_backbones()}
-    datasets = _optional("benchmarks.data", "DATASETS")
-    if datasets:
-        sections["datasets"] = {name: getattr(spec, "description", "") for name, spec in datasets.items()}
-    registry = _optional("benchmarks.core.registry", "get_task") and importlib.import_module("benchmarks.core.registry")
-    if registry:
-        sections["tasks"] = {name: _task_line(registry.get_task(name)) for name in registry.list_tasks()}
-        sections["suites"] = {name: _suite_line(registry.get_suite(name)) for name in registry.list_suites()}
-    return sections
+    return {
+        "backbones": list_backbones(),
+        "datasets": {name: spec.description for name, spec in DATASETS.items()},
+        "tasks": {name: _task_line(get_task(name)) for name in list_tasks()},
+        "suites": {name: _suite_line(get_suite(name)) for name in list_suites()},
+    }
 
 
 def _task_line(task) -> str:
@@ -48,14 +36,10 @@ def run(args) -> int:
     sections = collect()
     wanted = [args.what] if args.what else list(sections)
     for title in wanted:
-        if title not in sections:
-            print(f"{title}: none in this installation")
-            continue
         print(f"{title}:")
         entries = sections[title]
         width = max((len(k) for k in entries), default=0)
         for key, text in entries.items():
-            text = ", ".join(text) if isinstance(text, (list, tuple)) else str(text)
             print(f"  {key:<{width}}  {text}".rstrip())
     return 0
 

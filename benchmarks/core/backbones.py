@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 SMOKE_BACKBONE = "dinov2_tiny_defective"
-SMOKE_FALLBACK = "dinov2_tiny_swiglu_random"
 REPAIRED_SUFFIX = "_sinder"
 
 
@@ -97,6 +96,25 @@ def parse_backbone_spec(text: str) -> BackboneSpec:
                         remedy_params=params)  # fmt: skip
 
 
+def given_models(models) -> tuple[dict[BackboneSpec, object], list[str]]:
+    """Specs for modules passed by label (``run_suite(models=...)``), and why any of them cannot be benchmarked."""
+    from sinder.backbone import missing_members
+
+    specs, problems = {}, []
+    for label, module in models.items():
+        if not re.fullmatch(r"[A-Za-z0-9._+-]+", str(label)):
+            problems.append(f"model label {label!r}: use letters, digits, '.', '_', '+' or '-'")
+            continue
+        missing = missing_members(module)
+        if missing:
+            problems.append(f"model {label!r} ({type(module).__name__}): lacks {', '.join(missing)} of "
+                            "sinder.backbone.Backbone")  # fmt: skip
+            continue
+        name = str(module.name)
+        specs[BackboneSpec(text=f"{label}=<{type(module).__name__} {name}>", name=name, weights=None, label=label)] = module
+    return specs, problems
+
+
 def backbone_problem(spec: BackboneSpec) -> str | None:
     """Why ``spec`` cannot be loaded (a missing weights file, an unknown name), without building the model."""
     if spec.remedy:
@@ -110,6 +128,7 @@ def backbone_problem(spec: BackboneSpec) -> str | None:
         return backbone_problem(spec.base)
     from sinder import weights as W
     from sinder.checkpoint_formats import checkpoint_problem, is_checkpoint_path
+    from sinder.constructed import SYNTHETIC_BACKBONES
 
     named_checkpoint = spec.name not in W.PRESETS and is_checkpoint_path(spec.name)
     if spec.weights is not None:
@@ -129,8 +148,7 @@ def backbone_problem(spec: BackboneSpec) -> str | None:
             except (OSError, ValueError) as err:
                 problem = str(err)
         return f"backbone {spec.text!r}: {problem}" if problem else None
-    W.list_backbones()  # also imports the modules that register constructed backbones
-    if spec.name in W.SYNTHETIC_BACKBONES:
+    if spec.name in SYNTHETIC_BACKBONES:
         return None
     try:
         W.architecture_config(spec.name)
@@ -160,56 +178,31 @@ def load(spec: BackboneSpec, device="cpu"):
     return model
 
 
-def smoke_specs(log: Callable[[str], None] = print) -> list[BackboneSpec]:
-    """The smoke profile's default backbone: the defective tiny model (or, without it, a random tiny one)."""
-    from sinder import weights as W
-
-    W.list_backbones()  # also imports the modules that register constructed backbones
-    if SMOKE_BACKBONE in W.SYNTHETIC_BACKBONES:
-        return [parse_backbone_spec(SMOKE_BACKBONE)]
-    log(f"note: {SMOKE_BACKBONE} is not in this checkout (sinder.defective_model); smoke runs on {SMOKE_FALLBACK}")
-    return [parse_backbone_spec(SMOKE_FALLBACK)]
+def smoke_specs() -> list[BackboneSpec]:
+    """The smoke profile's default backbone: the defective tiny model."""
+    return [parse_backbone_spec(SMOKE_BACKBONE)]
 
 
-def _repair_function():
-    """``sinder.repair``'s quick repair for smoke runs, if this checkout has one (else None)."""
-    try:
-        import sinder.repair as repair
-    except ModuleNotFoundError as err:
-        if err.name in ("sinder.repair", "sinder"):
-            return None
-        raise
-    for name in ("repair_for_smoke", "smoke_repair"):
-        if callable(getattr(repair, name, None)):
-            return getattr(repair, name)
-    return None
-
-
-def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None] = print) -> BackboneSpec | None:
+def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None] = print) -> BackboneSpec:
     """A spec for the repaired twin of ``spec``, its weights written once into ``cache_dir/backbones``.
 
     The repair is cached by the base weights' sha256 so a resumed run needs no repair to know the twin's sha.
-    Returns None (with a note) when ``sinder.repair`` offers no smoke repair in this checkout.
     """
     import json
     from dataclasses import asdict
 
     from benchmarks.remedies.base import REPAIR_SECONDS_KEY
+    from sinder.repair_smoke import repair_for_smoke
     from sinder.weights import save_state_dict
 
-    repair = _repair_function()
-    if repair is None:
-        log("note: sinder.repair.repair_for_smoke is not in this checkout: the repaired twin is skipped")
-        return None
     base = load(spec)
     # Keyed by the base's content hash only: the label is a display name.
     path = Path(cache_dir) / "backbones" / f"{Path(spec.name).stem}{REPAIRED_SUFFIX}-{base.weights_sha256[:16]}.safetensors"
     if not path.is_file():
         log(f"repairing {spec.label} for the smoke run (cached at {path})")
         start = time.perf_counter()
-        repaired = repair(copy.deepcopy(base))
+        model = repair_for_smoke(copy.deepcopy(base))
         seconds = time.perf_counter() - start
-        model = repaired[0] if isinstance(repaired, tuple) else repaired
         path.parent.mkdir(parents=True, exist_ok=True)
         # The metadata a repaired checkpoint carries: its role (a SINDER repair of this base) is read from it.
         metadata = {"base_sha256": base.weights_sha256, "sinder_config": json.dumps(_smoke_repair_config(asdict)),
@@ -222,12 +215,9 @@ def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None
 
 
 def _smoke_repair_config(asdict) -> dict:
-    try:
-        from sinder.repair import SMOKE_CONFIG, RepairConfig
+    from sinder.repair_config import SMOKE_CONFIG, RepairConfig
 
-        return asdict(RepairConfig(**SMOKE_CONFIG))
-    except (ImportError, TypeError):
-        return {"profile": "smoke"}
+    return asdict(RepairConfig(**SMOKE_CONFIG))
 
 
 # The remedies the smoke profile builds of its base besides the repaired twin (suite key ``smoke_remedies``).

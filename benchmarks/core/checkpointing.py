@@ -163,6 +163,17 @@ class TrainingCheckpoint:
         self._last = time.monotonic()
         return state
 
+    def resume(self, key: str, module: torch.nn.Module, optimizer, scheduler) -> dict[str, Any] | None:
+        """Restore ``module`` (saved under ``key``), the optimizer, the scheduler and this rank's RNG from the
+        state saved for this module's :func:`module_signature`; returns it (for the loop counters), or None."""
+        state = self.load(module_signature(module))
+        if state is not None:
+            module.load_state_dict(state[key])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            restore_rank_rng(state["rng"])
+        return state
+
     def due(self, done: int, total: int) -> bool:
         """Whether to save after ``done`` of ``total`` iterations (the same answer on every rank)."""
         if self.path is None:

@@ -82,7 +82,7 @@ def _backbone_specs(backbones: Sequence[str] | None, profile: str, cache_dir: Pa
     if profile != "smoke":
         raise LaunchError("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
     # The smoke defaults, resolved here once (the twin's repair too) so every job gets explicit specs.
-    specs = B.smoke_specs(say)
+    specs = B.smoke_specs()
     twin = B.repaired_twin(specs[0], cache_dir, say)
     return specs + ([twin] if twin is not None else [])
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,20 +94,30 @@ _IMPORT_ERRORS: dict[str, str] = {}
 _discovered = False
 
 
-def register_task(obj=None, *, name: str | None = None):
-    """Class or instance decorator adding a task to the registry (a class is instantiated without arguments)."""
+def registrar(registry: Callable[[], dict[str, Any]], kind: str):
+    """A class-or-instance decorator adding to ``registry()`` (looked up at each call) under the object's
+    ``name`` (a class is instantiated without arguments); one name for two classes is an error. Tasks and
+    remedies register with it."""
 
-    def add(target):
-        task = target() if isinstance(target, type) else target
-        key = name or task.name
-        if not key:
-            raise ValueError(f"task {target!r} has no name: set the class attribute `name`")
-        if key in _TASKS and type(_TASKS[key]) is not type(task):
-            raise ValueError(f"task name {key!r} registered twice ({type(_TASKS[key]).__name__}, {type(task).__name__})")
-        _TASKS[key] = task
-        return target
+    def register(obj=None, *, name: str | None = None):
+        def add(target):
+            item = target() if isinstance(target, type) else target
+            table = registry()
+            key = name or item.name
+            if not key:
+                raise ValueError(f"{kind} {target!r} has no name: set the class attribute `name`")
+            if key in table and type(table[key]) is not type(item):
+                raise ValueError(f"{kind} name {key!r} registered twice ({type(table[key]).__name__}, "
+                                 f"{type(item).__name__})")  # fmt: skip
+            table[key] = item
+            return target
 
-    return add(obj) if obj is not None else add
+        return add(obj) if obj is not None else add
+
+    return register
+
+
+register_task = registrar(lambda: _TASKS, "task")
 
 
 def _import_task_module(module: str) -> None:

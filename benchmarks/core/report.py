@@ -379,8 +379,15 @@ def plot_effects(table: dict, effects, path: str | Path) -> Path:
     title = f"Table {table['table']}: effect of each remedy over its base"
     if (effects["protocol"] == "smoke").any():
         title += "\n(smoke: tiny constructed model, synthetic data)"
+    return _save_bars(fig, ax, title, path, legend_columns=2, legend_y=-0.35)
+
+
+def _save_bars(fig, ax, title: str, path: str | Path, legend_columns: int, legend_y: float) -> Path:
+    """Title, legend under the axes, and the PNG written atomically; closes the figure."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
+    ax.legend(fontsize=7, ncol=legend_columns, loc="upper center", bbox_to_anchor=(0.5, legend_y), frameon=False)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:

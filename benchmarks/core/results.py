@@ -48,7 +48,7 @@ REQUIRED = {
 }
 # Distributions whose versions change numbers; the optional ones are recorded as null when absent.
 TRACKED_PACKAGES = (
-    "sinder-bench", "torch", "numpy", "pillow", "safetensors", "faiss-cpu", "faiss-gpu", "scikit-learn", "scipy",
+    "sinder-bench", "torch", "numpy", "pillow", "safetensors", "scikit-learn", "scipy",
     "mmsegmentation", "mmengine", "mmcv", "mmcv-lite", "pydensecrf2",
 )
 

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,11 +293,15 @@ def run_suite(
     log: Callable[[str], None] | None = None,
     head_weights: str | Path | None = None,
     cfg_options: dict[str, Any] | None = None,
+    models: Mapping[str, torch.nn.Module] | None = None,
 ) -> RunSummary:
     """Run ``suite`` on ``backbones`` (specs; smoke default: the defective tiny model and its repaired twin).
 
     ``cfg_options`` (``--cfg-options``): ``{"<task>.<key>": value}`` set over the task's profile; an unknown
-    task or key is a preflight error."""
+    task or key is a preflight error. ``models``: backbones already built, by label: any module with the
+    members of ``sinder.backbone.Backbone`` (not necessarily our ViT), benchmarked after the specs' and
+    recorded under their label.
+    """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     say = log or (lambda msg: print(msg, flush=True) if D.is_main() else None)
@@ -329,12 +333,16 @@ def run_suite(
                 specs.append(B.parse_backbone_spec(text))
             except ValueError as err:
                 problems.append(str(err))
-    elif profile == "smoke":
-        specs = B.smoke_specs(say)
+    elif profile == "smoke" and not models:
+        specs = B.smoke_specs()
     else:
         specs = []
-        problems.append("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
+        if not models:
+            problems.append("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
     problems += [p for p in (B.backbone_problem(s) for s in specs) if p]
+    given, model_problems = B.given_models(models or {})
+    problems += model_problems
+    specs += list(given)
     problems += [p for p in (_writable_problem(Path(out).expanduser(), "output folder (--out)"),
                              _writable_problem(cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
     overrides, option_problems = _task_overrides(cfg_options or {}, tasks, unavailable, suite)
@@ -354,14 +362,12 @@ def run_suite(
     if problems:
         _preflight_failed(suite, profile, problems)
     with scratch_dir(cache / "tmp", f"{run_id}-r{D.rank()}"):  # temp files of this run; a killed run's are removed
-        if profile == "smoke" and not backbones and specs:
+        if profile == "smoke" and not backbones and not models and specs:
             twin = B.repaired_twin(specs[0], cache, say) if D.is_main() else None
             D.barrier()
             twin = D.broadcast_object(twin)
-            if twin is not None:
+            if twin is not None:  # a test may leave it out
                 specs.append(twin)
-            else:
-                summary.notes.append("repaired twin skipped: sinder.repair.repair_for_smoke not in this checkout")
             remedies = list(suite_obj.meta.get("smoke_remedies") or [])  # clamp, ttr: see benchmarks.remedies
             extra = B.smoke_remedies(specs[0], remedies, cache, seed, say) if D.is_main() and remedies else []
             D.barrier()
@@ -385,7 +391,7 @@ def run_suite(
             model = None
             for task in spec_tasks:
                 if model is None:
-                    model = B.load(spec, device=device_t)
+                    model = given[spec].to(device_t).eval() if spec in given else B.load(spec, device=device_t)
                 job.run_task(task, model, spec, resume)
             del model
             if device_t.type == "cuda":

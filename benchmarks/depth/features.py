@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmarks.segmentation.padding import center_pad
+from benchmarks.core.padding import center_pad
 
 # DINOv2's Linear 4 / DPT blocks for its released depths (ViT-g 40, L 24, S/B 12 blocks).
 OFFICIAL_BLOCKS = {40: [9, 19, 29, 39], 24: [4, 11, 17, 23], 12: [2, 5, 8, 11]}

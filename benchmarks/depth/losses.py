@@ -45,19 +45,7 @@ def gradient_loss_reference(pred: Tensor, target: Tensor, max_depth: float | Non
     so none). A scale without a valid pixel is skipped (the reference divides 0 by 0 there)."""
     if pred.dim() != 4:
         raise ValueError(f"the reference gradient loss takes (B, 1, H, W) tensors, got shape {tuple(pred.shape)}")
-    total = pred.new_zeros(())
-    for stride in (1, 2, 4, 6):
-        p, t = pred[::stride, ::stride], target[::stride, ::stride]
-        mask = valid_mask(t, max_depth)
-        count = mask.sum()
-        if count == 0:
-            continue
-        maskf = mask.to(p.dtype)
-        d = (torch.log(p + eps) - torch.log(t + eps)) * maskf
-        across_images = (d[:-2] - d[2:]).abs() * maskf[:-2] * maskf[2:]
-        across_channels = (d[:, :-2] - d[:, 2:]).abs() * maskf[:, :-2] * maskf[:, 2:]
-        total = total + (across_images.sum() + across_channels.sum()) / count
-    return total
+    return _gradient_matching(pred, target, max_depth, eps, (1, 2, 4, 6), axes=(0, 1))  # images, channels
 
 
 def gradient_loss(pred: Tensor, target: Tensor, max_depth: float | None = 10.0, strides=(1, 2, 4, 6),
@@ -72,16 +60,26 @@ def gradient_loss(pred: Tensor, target: Tensor, max_depth: float | None = 10.0, 
     """
     if pred.dim() == 4:
         pred, target = pred[:, 0], target[:, 0]
+    return _gradient_matching(pred, target, max_depth, eps, strides, axes=(1, 2))  # vertical, horizontal
+
+
+def _gradient_matching(pred: Tensor, target: Tensor, max_depth: float | None, eps: float, strides,
+                       axes: tuple[int, int]) -> Tensor:  # fmt: skip
+    """Sum over strides of ``sum |d[i] - d[i+2]|`` along each of ``axes`` over the valid count, where the two
+    axes are also the ones subsampled by the stride and ``d`` is the masked log-depth error."""
     total = pred.new_zeros(())
     for stride in strides:
-        p, t = pred[:, ::stride, ::stride], target[:, ::stride, ::stride]
+        every = tuple(slice(None, None, stride) if a in axes else slice(None) for a in range(max(axes) + 1))
+        p, t = pred[every], target[every]
         mask = valid_mask(t, max_depth)
         count = mask.sum()
         if count == 0:
             continue
         maskf = mask.to(p.dtype)
         d = (torch.log(p + eps) - torch.log(t + eps)) * maskf
-        vertical = (d[:, :-2, :] - d[:, 2:, :]).abs() * maskf[:, :-2, :] * maskf[:, 2:, :]
-        horizontal = (d[:, :, :-2] - d[:, :, 2:]).abs() * maskf[:, :, :-2] * maskf[:, :, 2:]
-        total = total + (vertical.sum() + horizontal.sum()) / count
+        terms = []
+        for axis in axes:
+            lo, hi = (slice(None),) * axis + (slice(None, -2),), (slice(None),) * axis + (slice(2, None),)
+            terms.append(((d[lo] - d[hi]).abs() * maskf[lo] * maskf[hi]).sum())
+        total = total + (terms[0] + terms[1]) / count
     return total

@@ -23,14 +23,13 @@ from benchmarks.core.checkpointing import (
     TrainingCheckpoint,
     gathered_rng_state,
     module_signature,
-    restore_rank_rng,
 )
+from benchmarks.core.padding import center_pad
 from benchmarks.depth.features import backbone_features, head_blocks
 from benchmarks.depth.heads import build_head
 from benchmarks.depth.losses import GRADIENT_LOSSES, gradient_loss, gradient_loss_reference, sig_loss
 from benchmarks.depth.metrics import MetricAverager, image_metrics
 from benchmarks.depth.transforms import COLOUR_AUGS, AugmentedNYU, TestNYU, TrainTransform
-from benchmarks.segmentation.padding import center_pad
 
 
 @dataclass
@@ -179,13 +178,9 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.iterations))
     start, skipped = 0, 0
     signature = module_signature(head)
-    state = checkpoint.load(signature) if checkpoint is not None else None
+    state = checkpoint.resume("head", head, optimizer, scheduler) if checkpoint is not None else None
     if state is not None:
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start, skipped = int(state["step"]), int(state["skipped"])
-        restore_rank_rng(state["rng"])
     generator = torch.Generator().manual_seed(seed * 1000 + D.rank())  # each rank draws its own batches
     dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop, colour_aug=cfg.colour_aug))
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)

@@ -11,7 +11,7 @@ Measures, each in its own try-block (an OOM in one still writes the others):
   reason when the name is not in the table). Goal (issue 16): >= 60% of peak.
 * ``repair``: SINDER repair iterations/s at 518 px, lambda 10, on random ViT-g weights, with the real
   ``sinder.svd.parametrize_singular_values`` (timed: the SVD set-up; also timed: the singular defect directions,
-  ``sinder.linearize.singular_defect_directions`` with 100k samples), ``sinder.repair.SinderStep`` (defect
+  ``sinder.linearize.singular_defect_directions`` with 100k samples), ``sinder.repair_step.SinderStep`` (defect
   detection on every block) and SGD as ``RepairRun`` sets it up. Random weights have no defects, so the loss
   layer is pinned to the last block (the worst case: the most blocks run before the loss). Peak memory.
   Goal (issue 16): 30,000 iterations within an hour, i.e. <= 120 ms an iteration.
@@ -212,7 +212,8 @@ def measure_extraction(sizes: Sizes, device: torch.device, resolution: int, batc
 
 def _pinned_step(model: nn.Module, window: int):
     """The real ``SinderStep`` (detection runs on every block) with the loss layer pinned to the last block."""
-    from sinder.repair import RepairConfig, SinderStep
+    from sinder.repair_config import RepairConfig
+    from sinder.repair_step import SinderStep
 
     nu = F.normalize(torch.randn(model.embed_dim, generator=torch.Generator().manual_seed(0)), dim=0)
     nu = nu.to(next(model.parameters()).device)
@@ -239,7 +240,7 @@ def _time_directions(model: nn.Module, n_samples: int, device: torch.device) -> 
 
 
 def measure_repair(sizes: Sizes, device: torch.device) -> dict:
-    from sinder.repair import RepairConfig
+    from sinder.repair_config import RepairConfig
     from sinder.svd import parametrize_singular_values
     from sinder.vit import build_vit
 

@@ -1,4 +1,4 @@
-"""KNN and feature-extraction speed: ours (chunked torch, faiss) against a naive full-matrix KNN and the
+"""KNN and feature-extraction speed: ours (chunked torch) against a naive full-matrix KNN and the
 reference algorithm (DINOv2's: one-hot (n, k, C) product, then a sum per k), on the same features in one run.
 
     python -m benchmarks.perf.knn_perf [--train 50000 --test 2000 --dim 384 --classes 1000] [--out results/perf]
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.classification.knn import faiss_available, knn_classify
+from benchmarks.classification.knn import knn_classify
 from sinder.atomic import atomic_write_text
 
 
@@ -66,8 +66,6 @@ def knn_timings(n_train, n_test, dim, classes, ks=(10, 20, 100, 200), T=0.07, re
         "reference_algorithm": lambda: reference_knn(train, train_labels, test, ks, T, classes),
         "naive_full_matrix": lambda: naive_knn(train, train_labels, test, ks, T, classes),
     }
-    if faiss_available():
-        impls["ours_faiss"] = lambda: knn_classify(train, train_labels, test, ks, T, classes, backend="faiss")
     times, outputs = {}, {}
     for name, fn in impls.items():
         times[name], outputs[name] = _time(fn, repeats)
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "knn",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "faiss": faiss_available(),
+                    "torch": torch.__version__,
                     "load_average_1min": os.getloadavg()[0]},  # shared machines: read timings with the load  # fmt: skip
         "knn": knn_timings(args.train, args.test, args.dim, args.classes, repeats=args.repeats),
         "feature_extraction": extraction_throughput(

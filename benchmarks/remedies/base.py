@@ -21,6 +21,8 @@ import json
 import pkgutil
 from typing import Any
 
+from benchmarks.core.registry import registrar
+
 _REMEDIES: dict[str, Remedy] = {}
 _NOT_REMEDY_MODULES = {"base", "task", "census"}
 _discovered = False
@@ -47,20 +49,7 @@ class Remedy:
         raise NotImplementedError
 
 
-def register_remedy(obj=None, *, name: str | None = None):
-    """Class or instance decorator adding a remedy to the registry."""
-
-    def add(target):
-        remedy = target() if isinstance(target, type) else target
-        key = name or remedy.name
-        if not key:
-            raise ValueError(f"remedy {target!r} has no name: set the class attribute `name`")
-        if key in _REMEDIES and type(_REMEDIES[key]) is not type(remedy):
-            raise ValueError(f"remedy name {key!r} registered twice")
-        _REMEDIES[key] = remedy
-        return target
-
-    return add(obj) if obj is not None else add
+register_remedy = registrar(lambda: _REMEDIES, "remedy")
 
 
 def discover() -> None:

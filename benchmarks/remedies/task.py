@@ -5,15 +5,13 @@ the model's ``get_intermediate_layers`` so an inference-time remedy is active), 
 (``sinder.defects.high_norm_mask``, independent of any direction) and of Eq. 5 defects along the block's
 singular defect direction of the model's own weights (``sinder.defects.find_defects``). The metrics are means
 per image; the remedy's cost (extra inference tokens, seconds to make it from its base) rides along so the
-remedies table can show it. Kept small on purpose: a per-image census module may replace the counting loop.
+remedies table can show it. The counting is ``sinder.census``'s.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
-
-import torch
 
 from benchmarks.core.registry import Metric, Task, register_task
 
@@ -36,7 +34,9 @@ class DefectCensus(Task):
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         from benchmarks.data import open_dataset
+        from sinder.census import census
         from sinder.images import resize_center_crop, to_normalized_tensor
+        from sinder.linearize import singular_defect_directions
 
         cfg = ctx.config
         dataset = open_dataset("imagenet", ctx.dataset_root("imagenet"), cfg["split"])
@@ -45,7 +45,13 @@ class DefectCensus(Task):
         images = [to_normalized_tensor(resize_center_crop(dataset[i][0].convert("RGB"), cfg["resolution"]))
                   for i in indices]  # fmt: skip
         cache = ctx.feature_cache.parent / "directions" if ctx.feature_cache else None
-        per_block = census(backbone, images, cfg, device=ctx.device, directions_cache=cache)
+        directions = singular_defect_directions(backbone, n_samples=cfg["n_samples"], seed=0, cache_dir=cache)
+        counts = census(backbone, range(len(images)), images.__getitem__, directions, mu=cfg["eq5_mu"],
+                        exclude_border=cfg["exclude_border"], high_norm_z=cfg["mu"], min_ratio=cfg["min_ratio"],
+                        batch_size=cfg["batch_size"])  # fmt: skip
+        n = max(1, len(images))  # means per image
+        per_block = {"high_norm": [c / n for c in counts["high_norm_tokens_per_layer"]],
+                     "defects": [c / n for c in counts["eq5_defects_per_layer"]]}  # fmt: skip
         cost = dict(getattr(backbone, "remedy_cost", None) or {"setup_s": 0.0, "extra_tokens": 0})
         metrics = {
             "high_norm_last": per_block["high_norm"][-1],
@@ -61,24 +67,3 @@ class DefectCensus(Task):
             del metrics["setup_s"]  # not known (a register release's pretraining, a file without its time)
         return {"metrics": metrics, "hparams": {"n_images": len(images)}, "details": {"cost": cost}}
 
-
-@torch.no_grad()
-def census(model, images: list[torch.Tensor], cfg: dict[str, Any], device="cpu", directions_cache=None) -> dict:
-    """Mean per image, per block (ascending): ``high_norm`` tokens and Eq. 5 ``defects``."""
-    from sinder.defects import find_defects, high_norm_mask, patch_token_grids
-    from sinder.linearize import singular_defect_directions
-
-    depth = len(model.blocks)
-    directions = singular_defect_directions(model, n_samples=cfg["n_samples"], seed=0, cache_dir=directions_cache)
-    high = torch.zeros(depth, dtype=torch.float64)
-    defects = torch.zeros(depth, dtype=torch.float64)
-    for start in range(0, len(images), cfg["batch_size"]):
-        batch = torch.stack(images[start : start + cfg["batch_size"]]).to(device)
-        grids = patch_token_grids(model, batch)
-        for block, grid in enumerate(grids):
-            nu = directions[block].to(grid.device)
-            for tokens in grid.float():
-                high[block] += int(high_norm_mask(tokens, cfg["mu"], cfg["min_ratio"]).sum())
-                defects[block] += int(find_defects(tokens, nu, cfg["eq5_mu"], cfg["exclude_border"]).sum())
-    n = max(1, len(images))
-    return {"high_norm": (high / n).tolist(), "defects": (defects / n).tolist()}

@@ -19,8 +19,8 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import nn
 
+from benchmarks.core.padding import center_pad
 from benchmarks.segmentation.feature_cache import CropFeatureCache
-from benchmarks.segmentation.padding import center_pad
 
 
 def last_blocks(n_blocks: int, n: int) -> list[int]:

@@ -49,7 +49,7 @@ def loss_variant(backbone, role: dict | None = None) -> str:
     role = role or getattr(backbone, "weights_role", None) or {}
     if role.get("kind") == "repair" and role.get("remedy") == "sinder":
         return "sinder"
-    if int(getattr(backbone, "num_register_tokens", 0) or 0) > 0:
+    if backbone.num_register_tokens > 0:
         return "register"
     return "dinov2"
 

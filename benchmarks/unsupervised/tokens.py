@@ -105,7 +105,7 @@ def compute_tokens(model, images: torch.Tensor, amp_dtype=None) -> torch.Tensor:
 
 
 def patch_tokens_shape(model, resolution: int) -> tuple[int, int, int]:
-    patch = int(getattr(model, "patch_size", 14))
+    patch = int(model.patch_size)
     if resolution % patch:
         raise ValueError(
             f"resolution {resolution} is not a multiple of the backbone's patch size {patch}: "

@@ -1,0 +1,35 @@
+"""Backbones whose weights are constructed, not downloaded (tests and smoke runs): the one registry of them.
+
+Each name maps to a function returning (architecture config, state dict). ``sinder.weights`` loads them by
+name; the modules that build them (``sinder.vit``, ``sinder.defective_model``) know nothing of the loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from . import defective_model
+from .vit import build_vit
+
+Builder = Callable[[], tuple[dict[str, Any], dict[str, Tensor]]]
+
+
+def _random_tiny(arch: str) -> Builder:
+    def build():
+        model = build_vit(arch, seed=0)
+        return dict(model.config), model.state_dict()
+
+    return build
+
+
+def _defective_tiny():
+    return dict(defective_model.CONFIG), defective_model.defective_tiny_state_dict(0)
+
+
+SYNTHETIC_BACKBONES: dict[str, Builder] = {
+    **{f"{arch}_random": _random_tiny(arch) for arch in ("dinov2_tiny", "dinov2_tiny_swiglu", "dinov2_tiny_reg")},
+    defective_model.PRESET_NAME: _defective_tiny,
+}

@@ -1,0 +1,27 @@
+"""A short SINDER repair on synthetic photographs, for the smoke suite."""
+
+from __future__ import annotations
+
+import tempfile
+
+from torch import nn
+
+from .atomic import temp_prefix
+from .repair import RepairRun
+from .repair_config import SMOKE_CONFIG, RepairConfig
+
+
+def repair_for_smoke(model: nn.Module, config: RepairConfig | None = None, seed: int = 0) -> nn.Module:
+    """A short SINDER repair on synthetic photographs, for the smoke suite; returns the repaired model."""
+    from .images import resize_center_crop, to_normalized_tensor
+    from .synthetic_images import synthetic_photos
+
+    config = config or RepairConfig(**SMOKE_CONFIG)
+    photos = synthetic_photos(config.num_images, size=config.resolution + 16, seed=seed)
+    tensors = [to_normalized_tensor(resize_center_crop(p, config.resolution)) for p in photos]
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("sinder-smoke-repair")) as work_dir:
+        run = RepairRun(model, list(range(len(tensors))), config, work_dir, load=tensors.__getitem__,
+                        device=next(model.parameters()).device, progress=False)
+        result = run.run()
+    model.load_state_dict(result.state_dict)
+    return model
