@@ -116,7 +116,9 @@ def test_report_says_where_it_wrote_the_tables(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     out = tmp_path / "tables"
     assert main(["report", "--runs", str(tmp_path / "runs"), "--tables", "3,5", "--out", str(out), "--no-plots"]) == 0
-    assert f"tables written: {out}/table{{3,5}}.md" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"tables written: {out}/table{{3,5}}.md" in err
+    assert "remedies table written" not in err  # no remedy records, no remedies table
     assert sorted(p.name for p in out.iterdir()) == ["table3.md", "table5.md"]
 
 

@@ -139,7 +139,7 @@ def test_the_identity_records_the_remedy_and_its_parameters(neurons_file, loaded
     assert _identity(from_file) == _identity(models[1])
 
 
-def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_the_base(tmp_path, monkeypatch):
+def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_the_base(tmp_path, monkeypatch, capsys):
     from benchmarks.core.report import build_report
     from benchmarks.core.runner import run_suite
 
@@ -187,5 +187,9 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     assert cells[1] == "ttr" and cells[3] == f"{high:.4g} ({high - base_high:+.3g})"
     assert cells[-2] == "1"  # one extra inference token
     assert (tmp_path / "report" / "remedies.png").stat().st_size > 0
+    from benchmarks.cli import main
+
+    assert main(["report", "--runs", str(out), "--tables", "3", "--out", str(tmp_path / "cli"), "--no-plots"]) == 0
+    assert f"remedies table written: {tmp_path / 'cli' / 'remedies'}.md" in capsys.readouterr().err
     assert f"{BASE}+ttr - {BASE}" in text  # Table 3's effects view gains the remedy
     assert f"| (no paper row: ttr) | ours: {BASE}+ttr (n=1) | smoke |" in text  # and a row of its own

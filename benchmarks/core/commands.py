@@ -143,6 +143,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"error: --runs {missing[0]}: no such folder of run records; `sinder-bench run` writes them "
               "(default results/runs)", file=sys.stderr)  # fmt: skip
         return 2
+    started = time.time()
     try:
         text = build_report(
             args.runs, fmt=args.format, tables=args.tables, out_dir=Path(args.out) if args.out else None,
@@ -158,6 +159,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         kinds = suffix if args.no_plots else f"{{{suffix},png}}"
         which = f"table{numbers[0]}" if len(numbers) == 1 else f"table{{{','.join(map(str, numbers))}}}"
         print(f"\ntables written: {Path(args.out) / which}.{kinds}", file=sys.stderr)
+        remedies = Path(args.out) / f"remedies.{suffix}"
+        if remedies.is_file() and remedies.stat().st_mtime >= started - 1:  # written now: the runs hold remedies
+            print(f"remedies table written: {Path(args.out) / 'remedies'}.{kinds}", file=sys.stderr)
     return 0
 
 
