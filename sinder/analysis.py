@@ -46,6 +46,13 @@ def _checkpoint_label(model, default: str) -> str:
     return getattr(model, "name", None) or default
 
 
+def backbone_label(model, default: str = "backbone") -> str:
+    """What a figure title calls the analysed model: its name, and its weights file when that says more."""
+    name = getattr(model, "name", None) or default
+    weights = _checkpoint_label(model, name)
+    return name if weights == name else f"{name} ({weights})"
+
+
 def _state_dict(model_or_state) -> dict:
     return dict(model_or_state) if isinstance(model_or_state, Mapping) else model_or_state.state_dict()
 
@@ -180,6 +187,7 @@ def _write_figures(out, model, image_paths, dirs, rand, layers, accs, first_maps
 
     depth = len(layers)
     indices = list(range(depth))
+    who = backbone_label(model)  # every figure names the backbone it shows: figures get copied out of their folder
 
     def empirical(kind):  # angle of each layer's empirical defect direction to a direction; NaN: no defects
         values = [a["random_angle_to_empirical"] if kind == "random" else a["angle_to_empirical"][kind]
@@ -189,30 +197,33 @@ def _write_figures(out, model, image_paths, dirs, rand, layers, accs, first_maps
     nu_angles = {k: [acute_angles_to(first_maps[i], dirs.directions[k][i]) for i in indices] for k in KINDS}
     figures = {
         "pca_norm": plot_pca_and_norms(first_maps[-1], out / "pca_norm_last_layer.png", image=first_image,
-                                       title=f"{image_paths[0].name}, layer {depth - 1}"),
+                                       title=f"{who}: {image_paths[0].name}, layer {depth - 1}"),
         "angles": plot_direction_angles(indices, {k: empirical(k) for k in KINDS}, nu_angles,
-                                        out / "angles_vs_layer.png"),
+                                        out / "angles_vs_layer.png",
+                                        title=f"{who}: angle to the singular defect direction ({image_paths[0].name})"),
         # Figure 8 under nu_i's panel (Figure 2d) on the same image: only nu_i singles out the defect tokens.
         "angles_random_direction": plot_direction_angles(
             indices, {"cumulative": empirical("cumulative"), "random": empirical("random")},
             {"cumulative": nu_angles["cumulative"], "random": [acute_angles_to(first_maps[i], rand) for i in indices]},
             out / "angles_random_direction.png",
+            title=f"{who}: singular defect direction vs a random direction ({image_paths[0].name})",
         ),
     }
     last = accs[-1]
     norm_groups = {"defective": torch.cat(last.defect_norms), "normal": torch.cat(last.normal_norms)}
     if any(v.numel() for v in norm_groups.values()):
         figures["norm_violins"] = plot_norm_violins(norm_groups, out / "norms_last_layer.png",
-                                                    title=f"layer {depth - 1} token norms")
+                                                    title=f"{who}: layer {depth - 1} token norms")
     figures["norm_violins_per_layer"] = plot_norm_violins_per_layer(
         indices, [torch.cat(a.defect_norms) for a in accs], [torch.cat(a.normal_norms) for a in accs],
         out / "norms_per_layer.png",
-        title=f"token norms per layer over {len(image_paths)} images (defective: high-norm tokens)",
+        title=f"{who}: token norms per layer over {len(image_paths)} images (defective: high-norm tokens)",
     )
     if mask_rows:
         figures["defect_masks"] = plot_defect_masks(
             mask_inputs, mask_rows, mask_layers, out / "defect_masks.png",
             image_names=[p.name for p in image_paths[: len(mask_rows)]],
+            title=f"{who}: Eq. 5 defect masks",
         )
     if differences is not None:
         figures["singular_value_differences"] = plot_singular_value_differences(
@@ -223,12 +234,32 @@ def _write_figures(out, model, image_paths, dirs, rand, layers, accs, first_maps
     return {name: str(path) for name, path in figures.items()}
 
 
+# What each column of ``format_table`` holds (printed under it: the table is read away from this code).
+TABLE_COLUMNS = (
+    ("layer", "block index (0 = first)"),
+    ("eq5/img", "Eq. 5 defects per image: tokens whose logit along nu (the singular defect direction) exceeds"
+                " the map's mean + mu std, border excluded"),
+    ("hn def", "high-norm patch tokens over all images (robust z-score > 4 and >= 3x the median norm)"),
+    ("norm def", "mean norm of the high-norm tokens"),
+    ("norm normal", "mean norm of the other patch tokens"),
+    ("ang defects", "mean pairwise angle (deg) among one image's high-norm tokens, averaged over images"),
+    ("ang all", "mean pairwise angle (deg) among all of one image's patch tokens, averaged over images"),
+    ("ang images", "mean pairwise angle (deg) between the images' mean high-norm tokens"),
+    ("G vs emp", "angle (deg) of the cumulative singular defect direction nu (G) to the empirical defect direction"),
+    ("E vs emp", "angle (deg) of the block's own direction (E) to the empirical defect direction"),
+    ("def-nu", "mean acute angle (deg) of the high-norm tokens to nu"),
+    ("def-rand", "mean acute angle (deg) of the high-norm tokens to a random unit direction"),
+)
+
+
 def format_table(record: dict) -> str:
+    """The per-layer table of ``analyze``'s record, a legend of its columns under it ('-': undefined, no defects)."""
+
     def f(x, fmt="{:.1f}"):
         return "-" if x is None else fmt.format(x)
 
-    head = ("layer", "eq5/img", "hn def", "norm def", "norm normal", "ang defects", "ang all", "ang images",
-            "G vs emp", "E vs emp", "def-nu", "def-rand")
+    head = tuple(name for name, _ in TABLE_COLUMNS)
+    title = f"{record.get('backbone') or 'backbone'}: {record['settings']['n_images']} images"
     rows = [head]
     for layer in record["layers"]:
         hn = layer["high_norm"]
@@ -240,4 +271,7 @@ def format_table(record: dict) -> str:
             f(layer["token_angles"]["nu"]["defective"]), f(layer["token_angles"]["random"]["defective"]),
         ))
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows)
+    table = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
+    key_width = max(len(name) for name in head)
+    legend = [f"  {name.ljust(key_width)}  {meaning}" for name, meaning in TABLE_COLUMNS]
+    return "\n".join([title, *table, "columns ('-': undefined, e.g. no high-norm tokens in that layer):", *legend])

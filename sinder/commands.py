@@ -115,7 +115,6 @@ def _run_analyze(args: argparse.Namespace) -> int:
                      not args.flag_border, args.resolution, args.cache_dir, compare=compare, sv_top=args.sv_top,
                      mask_images=args.mask_images, mask_layers=args.mask_layers, progress=args.progress)
     print(format_table(record))
-    print("def-nu / def-rand: mean angle of the high-norm tokens to nu_i / to a random direction")
     print(f"{record['clear_images']}/{len(images)} images clear (every layer < max(sigma, 1) = {max(args.sigma, 1)} Eq. 5 defects)")
     print(f"wrote {args.out / 'analysis.json'} and {len(record['figures'])} figures")
     return 0

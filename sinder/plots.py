@@ -33,10 +33,13 @@ DEFECTIVE_COLOR, NORMAL_COLOR = "tab:red", "tab:blue"
 
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
+    """Write ``fig`` as PNG atomically, its title also in the file's Title field (readable without the pixels)."""
     path = Path(path)
     FigureCanvasAgg(fig)
+    titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    title = fig.get_suptitle() or (titled[0] if len(titled) == 1 else "")
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png", metadata={"Title": title} if title else None)
     return path
 
 
@@ -137,6 +140,7 @@ def plot_direction_angles(
     path: str | Path,
     figsize: tuple[float, float] | None = None,
     dpi: int = 100,
+    title: str | None = None,
 ) -> Path:
     """Figure 2 (and 8): per kind of direction, the angle to the empirical defect direction per layer (line) and
     the angles to all patch tokens of one image (violins, with every token as a dot so that the few defect tokens
@@ -166,6 +170,8 @@ def plot_direction_angles(
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
     axes[-1].set_xlabel("layer")
     _layer_ticks(axes[-1], layers)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi)
 
 
@@ -302,6 +308,7 @@ def plot_defect_masks(
     image_names: Sequence[str] | None = None,
     cell: float = 2.0,
     dpi: int = 100,
+    title: str | None = None,
 ) -> Path:
     """Figure 6: one row per image, the image and then its Eq. 5 defect mask of each of ``layers`` over it
     (defects in red). ``masks[r][c]`` is the H x W boolean mask of ``images[r]`` in ``layers[c]``; the figure
@@ -332,4 +339,6 @@ def plot_defect_masks(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi)

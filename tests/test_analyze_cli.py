@@ -186,3 +186,26 @@ def test_token_angle_accumulator_and_mask_layers():
     assert not torch.equal(random_unit_direction(16, 5), random_unit_direction(16, 6))
     assert default_mask_layers(40) == [9, 19, 29, 39] and default_mask_layers(8) == [1, 3, 5, 7]
     assert default_mask_layers(2) == [0, 1]
+
+
+def test_every_figure_names_the_backbone_and_the_table_explains_its_columns(run):
+    from sinder.analysis import TABLE_COLUMNS
+
+    for key, (name, _) in EXPECTED_PNGS.items():
+        with Image.open(run["out"] / name) as img:
+            title = img.text.get("Title", "")
+        if key == "singular_value_differences":  # names both checkpoints instead
+            assert "clamped.safetensors" in title and "dinov2_tiny_defective" in title, title
+        else:
+            assert title.startswith("dinov2_tiny_defective"), (name, title)
+    lines = run["stdout"].splitlines()
+    header = next(i for i, line in enumerate(lines) if "eq5/img" in line and "layer" in line)
+    assert lines[header - 1].startswith("dinov2_tiny_defective: 2 images")
+    columns = lines[header].split()
+    keys = [name for name, _ in TABLE_COLUMNS]
+    assert " ".join(columns) == " ".join(keys)  # the header is exactly the legend's keys, in order
+    start = next(i for i, line in enumerate(lines) if line.startswith("columns ("))
+    legend = lines[start + 1 : start + 1 + len(keys)]
+    width = max(len(k) for k in keys)
+    assert [line[2 : 2 + width].strip() for line in legend] == keys
+    assert all(len(line[2 + width :].strip()) > 10 for line in legend)  # each key has a meaning
