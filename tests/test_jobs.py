@@ -81,10 +81,6 @@ def test_two_jobs_write_the_records_of_one(cache, tmp_path, capsys):
         ("dinov2_tiny_random", "imagenet_knn"), ("dinov2_tiny_random", "imagenet_linear"),
         ("dinov2_tiny_defective", "imagenet_knn"), ("dinov2_tiny_defective", "imagenet_linear"),
     ]  # fmt: skip
-    # Resume in workers: every pair is recorded, nothing runs again.
-    assert main(["run", "--suite", "table3", "--profile", "smoke", *BACKBONES, "--out", str(tmp_path / "two"),
-                 "--cache-dir", str(cache), "--no-progress", "--jobs", "2", "--resume"]) == 0  # fmt: skip
-    assert "4 already recorded" in capsys.readouterr().out
 
 
 def test_a_failing_or_dying_task_fails_alone(cache, tmp_path, monkeypatch, capsys):
@@ -150,11 +146,18 @@ def test_jobs_auto_and_the_value_the_cli_passes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("benchmarks.core.runner.run_suite", fake_run_suite)
     monkeypatch.setattr(workers, "available_cores", lambda: 2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv(workers.JOBS_ENV)  # conftest keeps the other tests' runs in their own process
     base = ["run", "--suite", "table3", "--out", str(tmp_path / "runs"), "--backbone", "dinov2_tiny_random"]
     assert main([*base, "--profile", "smoke"]) == 0
     assert main([*base, "--profile", "paper"]) == 0
     assert main([*base, "--profile", "smoke", "--jobs", "1"]) == 0
-    assert seen == [("smoke", 2), ("paper", 1), ("smoke", 1)]
+    monkeypatch.setenv(workers.JOBS_ENV, "3")
+    assert main([*base, "--profile", "paper"]) == 0  # the variable stands for the flag
+    assert main([*base, "--profile", "paper", "--jobs", "auto"]) == 0  # and the flag beats it
+    assert seen == [("smoke", 2), ("paper", 1), ("smoke", 1), ("paper", 3), ("paper", 1)]
+    monkeypatch.setenv(workers.JOBS_ENV, "many")
+    assert main([*base, "--profile", "smoke"]) == 2
+    assert "error: $SINDER_BENCH_JOBS 'many': give a number of processes >= 1, or auto" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--jobs", "none"])
     assert exit_info.value.code == 2 and "--jobs 'none': give a number of processes >= 1" in capsys.readouterr().err

@@ -44,10 +44,10 @@ def register(subparsers) -> None:
         "up to 20x on a busy machine; torch's own default for paper)",
     )  # fmt: skip
     run.add_argument(
-        "--jobs", type=_jobs_arg, default="auto", metavar="N|auto",
+        "--jobs", type=_jobs_arg, default=None, metavar="N|auto",
         help="run up to N (backbone, task) pairs at once, in N worker processes of --threads threads each, the "
-        "longest first (default auto: min(2, cores // threads) for profile smoke, 1 for paper, whose large models "
-        "must not train two at once on one GPU; 1 under torchrun, which refuses N > 1)",
+        "longest first (default: $SINDER_BENCH_JOBS, else auto: min(2, cores // threads) for profile smoke, 1 for "
+        "paper, whose large models must not train two at once on one GPU; 1 under torchrun, which refuses N > 1)",
     )  # fmt: skip
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
@@ -112,7 +112,7 @@ def _jobs_arg(text: str):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import PreflightError, format_summary, run_suite
-    from .workers import distributed_refusal, resolve_jobs, under_torchrun
+    from .workers import distributed_refusal, requested_jobs, resolve_jobs, under_torchrun
 
     started = time.monotonic()
     threads = args.threads if args.threads is not None else (1 if args.profile == "smoke" else None)
@@ -123,7 +123,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(threads)
-    jobs = resolve_jobs(args.jobs, args.profile, threads)
+    try:
+        jobs = resolve_jobs(requested_jobs(args.jobs), args.profile, threads)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if jobs > 1 and under_torchrun():
         print(f"error: {distributed_refusal(jobs)}", file=sys.stderr)
         return 2

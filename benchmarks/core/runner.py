@@ -3,7 +3,9 @@
 Order of work: resolve the suite (tasks not registered in this checkout are "not available"), check every
 input up front (datasets under the data root, every weights file opened against its architecture, output and
 cache folders writable) and stop with ONE message listing all problems, then for each backbone load it once and
-run each task, writing its record as soon as it finishes, so a crash loses at most the task in flight.
+run each task, writing its record as soon as it finishes, so a crash loses at most the task in flight. With
+``jobs > 1`` the pairs run that many at once in worker processes instead (``workers.py``), after the same
+preparation (datasets, the smoke twin and remedies) in this process.
 
 Each (backbone, task) is looked up by its run identity (``identity.py``): ``resume`` skips identities already
 recorded (a changed seed, config or task version is new work; the same weights under another label reuse the
@@ -302,7 +304,8 @@ def run_suite(
     task or key is a preflight error. ``models``: backbones already built, by label: any module with the
     members of ``sinder.backbone.Backbone`` (not necessarily our ViT), benchmarked after the specs' and
     recorded under their label. ``jobs``: run up to this many (backbone, task) pairs at once, in worker
-    processes (``benchmarks/core/workers.py``); 1 runs them one after the other in this process.
+    processes (``benchmarks/core/workers.py``); 1 runs them one after the other in this process. The workers
+    are spawned: a script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")

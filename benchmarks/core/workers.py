@@ -28,6 +28,7 @@ from typing import Any
 from . import backbones as B
 
 AUTO = "auto"
+JOBS_ENV = "SINDER_BENCH_JOBS"  # the default of --jobs (the tests set 1: they patch tasks in their own process)
 MAX_AUTO_JOBS = 2  # the smoke suite's tiny models: more processes than this mostly add import time and memory
 POLL_S = 1.0  # how often the parent looks for a dead worker while it waits
 
@@ -60,7 +61,7 @@ def distributed_refusal(jobs: int) -> str:
             "where every rank works on the same task; run the pairs one at a time: --jobs 1")  # fmt: skip
 
 
-def parse_jobs(text: str) -> int | str:
+def parse_jobs(text: str, what: str = "--jobs") -> int | str:
     """``--jobs`` value: ``auto`` or a whole number >= 1 (argparse type; ValueError names the fix)."""
     if str(text).strip().lower() == AUTO:
         return AUTO
@@ -69,8 +70,15 @@ def parse_jobs(text: str) -> int | str:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"--jobs {text!r}: give a number of processes >= 1, or auto")
+        raise ValueError(f"{what} {text!r}: give a number of processes >= 1, or auto")
     return value
+
+
+def requested_jobs(flag: int | str | None) -> int | str:
+    """The ``--jobs`` flag when given, else ``$SINDER_BENCH_JOBS``, else auto."""
+    if flag is not None:
+        return flag
+    return parse_jobs(os.environ.get(JOBS_ENV) or AUTO, what=f"${JOBS_ENV}")
 
 
 def resolve_jobs(jobs: int | str, profile: str, threads: int | None, cores: int | None = None) -> int:
