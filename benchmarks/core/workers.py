@@ -130,7 +130,8 @@ def run_in_workers(job, plan, resume: bool, jobs: int, expected: dict[str, float
     todo = deque(order_pairs(pairs, expected, job.profile))
     settings = {f.name: getattr(job, f.name) for f in fields(job)
                 if f.name not in ("store", "summary", "say", "tracker", "on_outcome")}  # fmt: skip
-    settings.update(progress=False, out=str(job.store.root), threads=torch.get_num_threads())
+    settings.update(progress=False, out=str(job.store.root), threads=torch.get_num_threads(),
+                    start_method=mp.get_start_method())  # fmt: skip
     context = mp.get_context("spawn")
     results = context.Queue()
     slots: list[_Slot] = []
@@ -174,7 +175,7 @@ def run_in_workers(job, plan, resume: bool, jobs: int, expected: dict[str, float
             feed(slot)
     except KeyboardInterrupt:
         left = [p for p in [s.busy for s in slots] + list(todo) if p]
-        job.say(f"interrupted: {len(left)} pair(s) did not finish (no record written for them): "
+        job.say(f"interrupted: {len(left)} pair(s) did not finish (records are written whole or not at all): "
                 + ", ".join(f"[{spec.label}] {task.name}" for _, spec, task in sorted(left, key=lambda p: p[0])))
         raise
     finally:
@@ -247,6 +248,9 @@ def worker_main(settings: dict, number: int, inbox, results) -> None:
     from .claims import scratch_dir
 
     torch.set_num_threads(settings["threads"])
+    # A spawned process defaults to spawning: give its DataLoader workers (and mmengine, which would force
+    # fork with a warning) the start method this run's own process has, as with --jobs 1.
+    mp.set_start_method(settings["start_method"], force=True)
     parent = mp.parent_process()
     loaded: list = [None, None]  # the last (spec, model): the next pair of the same backbone reuses it
     with scratch_dir(settings["cache"] / "tmp", f"{settings['run_id']}-w{number}"):  # this worker's temp files
@@ -272,7 +276,7 @@ def run_pair(settings: dict, item: dict, loaded: list) -> dict:
     spec: B.BackboneSpec = item["spec"]
     name = item["task"]
     summary = RunSummary(run_id=settings["run_id"], suite=settings["suite"], profile=settings["profile"])
-    kwargs = {k: v for k, v in settings.items() if k not in ("out", "threads")}
+    kwargs = {k: v for k, v in settings.items() if k not in ("out", "threads", "start_method")}
     job = _Job(**kwargs, store=ResultStore(settings["out"]), summary=summary, say=lines.append,
                tracker=None, on_outcome=outcome.append)  # fmt: skip
     start = time.perf_counter()
@@ -280,6 +284,10 @@ def run_pair(settings: dict, item: dict, loaded: list) -> dict:
         task = pickle.loads(item["payload"])  # imports the task's own module only, not every task's
         if loaded[0] != spec:
             loaded[:] = [None, None]  # free the previous backbone before loading the next
+            if settings["device"].type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
             loaded[:] = [spec, B.load(spec, device=settings["device"])]
         job.run_task(task, loaded[1], spec, item["resume"])
     except Exception as err:  # the backbone did not load (or the runner itself failed): this pair fails, not the run
