@@ -18,6 +18,7 @@ import os
 import pickle
 import queue
 import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -252,18 +253,23 @@ def worker_main(settings: dict, number: int, inbox, results) -> None:
     # fork with a warning) the start method this run's own process has, as with --jobs 1.
     mp.set_start_method(settings["start_method"], force=True)
     parent = mp.parent_process()
+    threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
     loaded: list = [None, None]  # the last (spec, model): the next pair of the same backbone reuses it
     with scratch_dir(settings["cache"] / "tmp", f"{settings['run_id']}-w{number}"):  # this worker's temp files
         while True:
-            try:
-                item = inbox.get(timeout=5.0)
-            except queue.Empty:
-                if parent is not None and not parent.is_alive():
-                    return
-                continue
+            item = inbox.get()
             if item is None:
                 return
             results.put((number, run_pair(settings, item, loaded)))
+
+
+def _end_with(parent) -> None:
+    """End this worker, mid-task too, once the parent is gone (killed): its records are whole or absent, its
+    claims die with it, and its temp files are removed by the next run."""
+    while parent is not None:
+        if not parent.is_alive():
+            os._exit(1)
+        time.sleep(1.0)
 
 
 def run_pair(settings: dict, item: dict, loaded: list) -> dict:
