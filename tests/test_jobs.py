@@ -50,9 +50,9 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("jobs-cache")
 
 
-def _run(out, cache, jobs, suite="table3", backbones=BACKBONES):
+def _run(out, cache, jobs, suite="table3", backbones=BACKBONES, *extra):
     return main(["run", "--suite", suite, "--profile", "smoke", *backbones, "--out", str(out),
-                 "--cache-dir", str(cache), "--no-progress", "--jobs", str(jobs)])  # fmt: skip
+                 "--cache-dir", str(cache), "--no-progress", "--jobs", str(jobs), *extra])  # fmt: skip
 
 
 def _by_pair(out):
@@ -60,13 +60,15 @@ def _by_pair(out):
 
 
 def test_two_jobs_write_the_records_of_one(cache, tmp_path, capsys):
-    assert _run(tmp_path / "one", cache, 1) == 0
+    short = ["--cfg-options", "imagenet_linear.iterations=8"]  # a shorter probe; the workers get it too
+    assert _run(tmp_path / "one", cache, 1, "table3", BACKBONES, *short) == 0
     shutil.rmtree(cache / "work", ignore_errors=True)  # the second run trains from scratch, not from checkpoints
     capsys.readouterr()
-    assert _run(tmp_path / "two", cache, 2) == 0
+    assert _run(tmp_path / "two", cache, 2, "table3", BACKBONES, *short) == 0
     printed = capsys.readouterr().out
     one, two = _by_pair(tmp_path / "one"), _by_pair(tmp_path / "two")
     assert sorted(one) == sorted(two) and len(two) == 4
+    assert all(r["config"]["iterations"] == 8 for (_, task), r in two.items() if task == "imagenet_linear")
     for pair, record in one.items():
         for key in ("metrics", "identity", "config", "hparams", "metric_directions", "backbone"):
             assert two[pair][key] == record[key], (pair, key)
