@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ def parity_path(name: str) -> Path:
 # The tests use tiny matrices: one intra-op thread is as fast on an idle machine and far faster on a loaded one
 # (CI shares 2 cores with the processes that distributed tests spawn).
 torch.set_num_threads(1)
+# `run` pairs in this process (not `--jobs auto` worker processes): tests patch tasks here and count their calls.
+os.environ["SINDER_BENCH_JOBS"] = "1"
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,12 @@ def register(subparsers) -> None:
         help="torch intra-op threads (default: 1 for profile smoke, whose tiny models run slower on more threads, "
         "up to 20x on a busy machine; torch's own default for paper)",
     )  # fmt: skip
+    run.add_argument(
+        "--jobs", type=_jobs_arg, default=None, metavar="N|auto",
+        help="run up to N (backbone, task) pairs at once, in N worker processes of --threads threads each, the "
+        "longest first (default: $SINDER_BENCH_JOBS, else auto: min(2, cores // threads) for profile smoke, 1 for "
+        "paper, whose large models must not train two at once on one GPU; 1 under torchrun, which refuses N > 1)",
+    )  # fmt: skip
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
         "--head-weights", default=None, metavar="DIR",
@@ -95,8 +101,18 @@ def register(subparsers) -> None:
     compare.set_defaults(func=_cmd_compare)
 
 
+def _jobs_arg(text: str):
+    from .workers import parse_jobs
+
+    try:
+        return parse_jobs(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import PreflightError, format_summary, run_suite
+    from .workers import distributed_refusal, requested_jobs, resolve_jobs, under_torchrun
 
     started = time.monotonic()
     threads = args.threads if args.threads is not None else (1 if args.profile == "smoke" else None)
@@ -107,6 +123,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(threads)
+    try:
+        jobs = resolve_jobs(requested_jobs(args.jobs), args.profile, threads)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if jobs > 1 and under_torchrun():
+        print(f"error: {distributed_refusal(jobs)}", file=sys.stderr)
+        return 2
     workers = args.num_workers
     if workers is None:  # decoding ImageNet JPEGs in the main process would starve the GPU
         workers = 0 if args.profile == "smoke" else min(8, os.cpu_count() or 1)
@@ -115,7 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args.suite, args.backbone, profile=args.profile, data_root=args.data_root, out=args.out,
             cache_dir=args.cache_dir, resume=args.resume, device=args.device, seed=args.seed,
             num_workers=workers, progress=not args.no_progress, head_weights=args.head_weights,
-            cfg_options=args.cfg_options,
+            cfg_options=args.cfg_options, jobs=jobs,
         )  # fmt: skip
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)

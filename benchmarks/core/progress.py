@@ -1,7 +1,8 @@
 """What a suite run tells its user: task k of N, time elapsed, an estimate of the time left, short result lines.
 
 The estimate sums, over the tasks still to run, the wall time each took in earlier records of the same profile
-in the output folder (their median), and for a task never recorded the mean of the tasks finished in this run.
+in the output folder (their median), and for a task never recorded the mean of the tasks finished in this run;
+with ``parallel`` pairs running at once (``run --jobs``), that sum is shared among them.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ class SuiteProgress:
     """Counts the (backbone, task) pairs of one run and formats the ``[k/N ...]`` prefix of its lines."""
 
     def __init__(self, tasks: list[str], expected: Mapping[str, float] | None = None,
-                 clock: Callable[[], float] = time.monotonic):  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, parallel: int = 1):  # fmt: skip
         self.pending = list(tasks)  # task names still to run, in order (one entry per backbone)
         self.total = len(tasks)
         self.expected = dict(expected or {})
         self.clock = clock
         self.start = clock()
         self.finished: list[float] = []
+        self.parallel = max(1, int(parallel))
 
     @property
     def index(self) -> int:
@@ -57,19 +59,21 @@ class SuiteProgress:
     def remaining_estimate(self) -> float | None:
         """Seconds the pending tasks should take, or None before anything is known."""
         mean = statistics.fmean(self.finished) if self.finished else None
-        total = 0.0
+        guesses = []
         for task in self.pending:
             guess = self.expected.get(task, mean)
             if guess is None:
                 return None
-            total += guess
-        return total
+            guesses.append(guess)
+        # Shared among the workers, but never less than the longest pending task.
+        return max(sum(guesses) / self.parallel, max(guesses, default=0.0))
 
-    def prefix(self) -> str:
+    def prefix(self, index: int | None = None) -> str:
+        """``[k/N | elapsed, about T left]``; k is the task now running, or ``index`` (e.g. the pairs finished)."""
         elapsed = format_duration(self.clock() - self.start)
         left = self.remaining_estimate()
         estimate = f", about {format_duration(left)} left" if left is not None else ""
-        return f"[{self.index}/{self.total} | {elapsed} elapsed{estimate}]"
+        return f"[{self.index if index is None else index}/{self.total} | {elapsed} elapsed{estimate}]"
 
     def done(self, task: str, seconds: float | None) -> None:
         """Mark the first pending ``task`` finished (``seconds`` None: skipped, not counted in the mean)."""

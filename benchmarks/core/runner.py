@@ -3,7 +3,9 @@
 Order of work: resolve the suite (tasks not registered in this checkout are "not available"), check every
 input up front (datasets under the data root, every weights file opened against its architecture, output and
 cache folders writable) and stop with ONE message listing all problems, then for each backbone load it once and
-run each task, writing its record as soon as it finishes, so a crash loses at most the task in flight.
+run each task, writing its record as soon as it finishes, so a crash loses at most the task in flight. With
+``jobs > 1`` the pairs run that many at once in worker processes instead (``workers.py``), after the same
+preparation (datasets, the smoke twin and remedies) in this process.
 
 Each (backbone, task) is looked up by its run identity (``identity.py``): ``resume`` skips identities already
 recorded (a changed seed, config or task version is new work; the same weights under another label reuse the
@@ -294,19 +296,30 @@ def run_suite(
     head_weights: str | Path | None = None,
     cfg_options: dict[str, Any] | None = None,
     models: Mapping[str, torch.nn.Module] | None = None,
+    jobs: int = 1,
 ) -> RunSummary:
     """Run ``suite`` on ``backbones`` (specs; smoke default: the defective tiny model and its repaired twin).
 
     ``cfg_options`` (``--cfg-options``): ``{"<task>.<key>": value}`` set over the task's profile; an unknown
     task or key is a preflight error. ``models``: backbones already built, by label: any module with the
     members of ``sinder.backbone.Backbone`` (not necessarily our ViT), benchmarked after the specs' and
-    recorded under their label.
+    recorded under their label. ``jobs``: run up to this many (backbone, task) pairs at once, in worker
+    processes (``benchmarks/core/workers.py``); 1 runs them one after the other in this process. The workers
+    are spawned: a script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: give 1 or more")
+    if jobs > 1 and models:
+        raise ValueError("run_suite(models=...) runs the given modules in this process: use jobs=1")
     say = log or (lambda msg: print(msg, flush=True) if D.is_main() else None)
     device_t = torch.device(default_device(device))
     D.init_from_env(device_t)
+    if jobs > 1 and D.is_distributed():
+        from .workers import distributed_refusal
+
+        raise ValueError(distributed_refusal(jobs))
     if device_t.type == "cuda" and D.is_distributed():
         device_t = torch.device("cuda", torch.cuda.current_device())
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -384,9 +397,15 @@ def run_suite(
             expected = expected_durations(store.records(), profile)
         except ValueError:  # an unreadable earlier record: no estimate from the records, the run still goes on
             expected = {}
-        tracker = SuiteProgress([t.name for _, ts in plan for t in ts], expected)
+        pairs = sum(len(ts) for _, ts in plan)
+        tracker = SuiteProgress([t.name for _, ts in plan for t in ts], expected, parallel=min(jobs, pairs) or 1)
         job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, store,
                    summary, say, head_dir, tracker, started=utc_now(), overrides=overrides)  # fmt: skip
+        if jobs > 1 and pairs > 1:
+            from .workers import run_in_workers
+
+            run_in_workers(job, plan, resume, jobs, expected)
+            plan = []
         for spec, spec_tasks in plan:
             model = None
             for task in spec_tasks:
@@ -440,6 +459,9 @@ class _Job:
 
     started: str = ""  # records of this folder created since then come from concurrent runs
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # --cfg-options by task
+    # In a worker process (jobs > 1): takes the line saying how a pair ended, which the parent prints with its
+    # [k/N ...] prefix; no "starting" line (workers run at once: one line per finished pair stays readable).
+    on_outcome: Callable[[str], None] | None = None
 
     def _prefix(self) -> str:
         return self.tracker.prefix() + " " if self.tracker else ""
@@ -447,6 +469,13 @@ class _Job:
     def _done(self, task: Task, seconds: float | None) -> None:
         if self.tracker:
             self.tracker.done(task.name, seconds)
+
+    def _outcome(self, text: str, lead: str) -> None:
+        """Say how a pair ended (after ``lead``, a prefix or an indent), or hand it to the parent process."""
+        if self.on_outcome is not None:
+            self.on_outcome(text)
+        else:
+            self.say(lead + text)
 
     def run_task(self, task: Task, model, spec: B.BackboneSpec, resume: bool) -> None:
         sha = model.weights_sha256
@@ -462,7 +491,7 @@ class _Job:
             why_not = D.broadcast_object(why_not)
             if why_not:
                 self.summary.skipped.append({**entry, "why": why_not})
-                self.say(f"{self._prefix()}{spec.label} {task.name}: {why_not}, skipped")
+                self._outcome(f"{spec.label} {task.name}: {why_not}, skipped", self._prefix())
                 self._done(task, None)
                 return
             self._run(task, model, spec, config, identity, role, entry)
@@ -510,7 +539,8 @@ class _Job:
             run_key=identity.key,
             head_weights=self.head_weights, backbone_name=spec.name,
         )  # fmt: skip
-        self.say(f"{self._prefix()}{spec.label} {task.name} ...")
+        if self.on_outcome is None:
+            self.say(f"{self._prefix()}{spec.label} {task.name} ...")
         torch.manual_seed(self.seed)
         start = time.perf_counter()
         used = {_split_dataset(e)[0] for e in task.datasets_needed(self.profile)}
@@ -533,7 +563,7 @@ class _Job:
                 )  # fmt: skip
                 self.store.write(record)
                 line = headline(metrics, [m.name for m in task.metrics] + sorted(metrics))
-                self.say(f"    {spec.label} {task.name}: {line or 'done'} ({format_duration(wall)})")
+                self._outcome(f"{spec.label} {task.name}: {line or 'done'} ({format_duration(wall)})", "    ")
         except Exception as err:  # one broken task must not stop the suite; KeyboardInterrupt still does
             error = f"{type(err).__name__}: {err}"
             self.summary.failed.append({**entry, "error": error})
@@ -545,6 +575,8 @@ class _Job:
                     self.say(f"{spec.label} {task.name}: failure recorded -> {self.store.write(failure)}")
                 except Exception as write_err:
                     self.say(f"{spec.label} {task.name}: could not record the failure either ({write_err})")
+            if self.on_outcome is not None:
+                self.on_outcome(f"{spec.label} {task.name}: FAILED ({error})")
             self._done(task, time.perf_counter() - start)
             D.barrier()
             return
