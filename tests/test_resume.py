@@ -80,6 +80,9 @@ def test_linear_probe_resumes_to_the_uninterrupted_heads(tmp_path, monkeypatch):
     assert (saved["step"], saved["epoch"], saved["offset"]) == (6, 1, 1)
     resumed = run(tmp_path / "killed")
     assert resumed["heads"] == reference["heads"] and resumed["metrics"] == reference["metrics"]
+    assert resumed["hparams"] == reference["hparams"] and reference["hparams"]["epochs_seen"] == 3  # 11 of 5/epoch
+    again = run(tmp_path / "once")  # from the final checkpoint (mid-epoch): nothing to train, the same record
+    assert again["hparams"] == reference["hparams"] and again["heads"] == reference["heads"]
     final = [torch.load(tmp_path / d / "linear_probe.pt", weights_only=True) for d in ("once", "killed")]
     assert final[0]["step"] == final[1]["step"] == 11
     assert_same_state(final[0]["heads"], final[1]["heads"])

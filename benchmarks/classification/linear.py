@@ -255,8 +255,11 @@ def train_linear_probe(
                 }, signature)  # fmt: skip
             if step >= iterations:
                 break
-        epoch, offset = epoch + 1, 0
+        else:
+            epoch, offset = epoch + 1, 0
     bar.close()
+    # Epochs trained on, a partly trained last one included; also right when resuming from the final checkpoint.
+    epochs_seen = epoch + (1 if offset else 0)
 
     results = evaluate_heads(
         backbone, heads, val_dataset, batch_size=eval_batch_size or batch_size, device=device,
@@ -272,6 +275,6 @@ def train_linear_probe(
         "batch_per_rank": batch_size,
         "world_size": D.world_size(),
         "iterations": iterations,
-        "epochs_seen": epoch,
+        "epochs_seen": epochs_seen,
     }
     return {"metrics": {"top1": best["top1"], "top5": best["top5"]}, "hparams": hparams, "heads": results}
