@@ -9,10 +9,12 @@ additions (gradient all-reduce, metric sums).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
-from torchrun_suite import one_and_two_processes
+import torch
+from ddp_helpers import one_and_two_processes, torchrun
 
 # Shrunk for the test (same code paths as the smoke profile): 12 iterations; 5 test images (uneven shards).
 DEPTH_OPTIONS = {"iterations": 12, "warmup": 3, "eval_images": 5}
@@ -75,3 +77,71 @@ def test_segmentation_two_processes_record_the_metrics_of_one(tmp_path, task):
         value, other = value.double(), head_two["state_dict"][key].double()
         assert (value - other).abs().max() <= 1e-4 * value.abs().max(), key
     assert len(head_one["meta"]["rng"]) == 1 and len(head_two["meta"]["rng"]) == 2  # every rank's generators
+
+
+BN_WORKER = textwrap.dedent(
+    """
+    import sys
+
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from benchmarks.core import distributed as D
+    from benchmarks.segmentation.sync_bn import CollectiveSyncBatchNorm
+
+    sys.path.insert(0, sys.argv[2])
+    from test_dense_ddp import bn_case
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    x, weight = bn_case()
+    start, stop = D.shard_range(len(x))
+    bn = CollectiveSyncBatchNorm(3, momentum=0.3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    local = x[start:stop].clone().requires_grad_(True)
+    out = bn(local)
+    (out * weight[start:stop]).sum().backward()  # the sum over ranks is the one-process loss
+    grads = torch.cat([bn.weight.grad, bn.bias.grad])
+    D.all_reduce_sum(grads)
+    result = {"out": D.all_gather_cat(out.detach()), "x_grad": D.all_gather_cat(local.grad), "grads": grads,
+              "running": torch.cat([bn.running_mean, bn.running_var])}
+    if D.rank() == 0:
+        save_file(result, sys.argv[1])
+    dist.destroy_process_group()
+    """
+)
+
+
+def bn_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of 5 (uneven shards) whose channels have other means and scales, and a loss weight per output."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 4, 4, generator=gen) * torch.tensor([1.0, 3.0, 0.2]).view(1, 3, 1, 1) + 2.0
+    return x, torch.randn(5, 3, 4, 4, generator=gen)
+
+
+def test_collective_sync_bn_on_two_ranks_is_batchnorm_on_the_whole_batch(tmp_path):
+    """The CPU SyncBN of the segmentation head: forward, running statistics and gradients (parameters and input,
+    through the shared statistics) of 2 ranks holding 3 + 2 images are nn.BatchNorm2d's on all 5."""
+    pytest.importorskip("mmengine", reason="segmentation stack not installed")
+    from safetensors.torch import load_file
+
+    script = tmp_path / "worker.py"
+    script.write_text(BN_WORKER)
+    torchrun(str(script), str(tmp_path / "bn.safetensors"), str(Path(__file__).parent), timeout=120)
+    two = load_file(str(tmp_path / "bn.safetensors"))
+
+    x, weight = bn_case()
+    x.requires_grad_(True)
+    bn = torch.nn.BatchNorm2d(3, momentum=0.3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    out = bn(x)
+    (out * weight).sum().backward()
+    torch.testing.assert_close(two["out"], out.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(two["x_grad"], x.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(two["grads"], torch.cat([bn.weight.grad, bn.bias.grad]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(two["running"], torch.cat([bn.running_mean, bn.running_var]), rtol=1e-5, atol=1e-6)

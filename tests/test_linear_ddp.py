@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from torchrun_suite import one_and_two_processes
+from ddp_helpers import one_and_two_processes
 
 
 def test_two_processes_record_the_metrics_of_one(tmp_path):
