@@ -145,3 +145,25 @@ def test_collective_sync_bn_on_two_ranks_is_batchnorm_on_the_whole_batch(tmp_pat
     torch.testing.assert_close(two["x_grad"], x.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(two["grads"], torch.cat([bn.weight.grad, bn.bias.grad]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(two["running"], torch.cat([bn.running_mean, bn.running_var]), rtol=1e-5, atol=1e-6)
+
+
+def test_depth_ranks_slice_the_batches_of_one_process():
+    """The 2 ranks' batches of each step, in rank order, are the one process's batch (indices and augmentation
+    seeds), from any start step; the steps differ from one another."""
+    from itertools import islice
+
+    from benchmarks.depth.train import GlobalBatches
+
+    one = list(islice(GlobalBatches(50, 4, seed=7, start=3, rank=0, world=1), 5))
+    ranks = [list(islice(GlobalBatches(50, 4, seed=7, start=3, rank=r, world=2), 5)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*ranks)] == one and all(len(batch) == 2 for batch in ranks[0])
+    assert list(islice(GlobalBatches(50, 4, seed=7, start=0, world=1, rank=0), 5))[3:] == one[:2]
+    assert len({tuple(batch) for batch in one}) == 5
+
+
+def test_depth_batch_that_does_not_split_into_loss_groups_is_refused():
+    from benchmarks.depth.train import DepthConfig, train_head
+
+    cfg = DepthConfig(head="linear1", iterations=1, warmup=0, batch_size=3, loss_group=2)
+    with pytest.raises(ValueError, match=r"batch \(3 = batch_size 3 / 1 ranks\) must be a multiple of loss_group=2"):
+        train_head(torch.nn.Identity(), [], cfg, device=torch.device("cpu"))
