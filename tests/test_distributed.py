@@ -1,11 +1,10 @@
 """Two CPU processes under torchrun (gloo) give the same features, KNN scores and linear probe as one."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import torch
+from ddp_helpers import torchrun
 
 from benchmarks.core.distributed import shard_range
 
@@ -111,13 +110,7 @@ def test_two_gloo_processes_match_one(tmp_path):
 
     script = tmp_path / "worker.py"
     script.write_text(SCRIPT)
-    # This checkout's code, not an installed copy: the worker script's folder is not the repository root.
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(tmp_path), os.path.dirname(__file__)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(str(script), str(tmp_path), os.path.dirname(__file__), timeout=240)
     dist_out = load_file(str(tmp_path / "dist.safetensors"))
 
     dataset, train, train_labels, test = case_data()

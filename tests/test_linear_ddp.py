@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-from benchmarks.core.results import load_records
-from benchmarks.core.runner import run_suite
-
-REPO = Path(__file__).resolve().parents[1]
+from ddp_helpers import one_and_two_processes
 
 
 def test_two_processes_record_the_metrics_of_one(tmp_path):
-    cache = tmp_path / "cache"
-    args = ["--suite", "imagenet_linear", "--profile", "smoke", "--backbone", "dinov2_tiny_defective",
-            "--device", "cpu", "--cache-dir", str(cache), "--no-progress"]  # fmt: skip
-    single = run_suite("imagenet_linear", ["dinov2_tiny_defective"], profile="smoke", out=tmp_path / "one",
-                       cache_dir=cache, device="cpu", progress=False)  # fmt: skip
-    assert not single.failed
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "benchmarks.cli", "run", *args, "--out", str(tmp_path / "two")]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (one,), (two,) = load_records(tmp_path / "one"), load_records(tmp_path / "two")
-    assert one["device"]["world_size"] == 1 and two["device"]["world_size"] == 2
+    one, two = one_and_two_processes(tmp_path, "imagenet_linear")
+    one, two = one["imagenet_linear"], two["imagenet_linear"]
     assert two["metrics"] == pytest.approx(one["metrics"], abs=1e-6)
     # every one of the heads, not only the best
     heads_one, heads_two = one["details"]["heads"], two["details"]["heads"]

@@ -64,7 +64,7 @@ def test_smoke_linear_records_its_feature_cache(run, task, dataset):
     n_train = len(loader(run["records"][task]["datasets"][dataset], "train"))
     stats = hparams["feature_cache_stats"]
     assert stats["entries"] == n_train
-    assert stats["hits"] + stats["misses"] == hparams["iterations"] * hparams["batch_size_per_rank"]
+    assert stats["hits"] + stats["misses"] == hparams["iterations"] * hparams["batch_per_rank"]
     assert stats["entries"] <= stats["misses"] < stats["hits"]
 
 

@@ -18,6 +18,7 @@ from benchmarks.depth.metrics import LOWER_IS_BETTER, METRICS
 class _DepthTask(Task):
     table = "table5"
     head = ""
+    optional_keys = ("eval_images",)  # --cfg-options TASK.eval_images=N: the first N test images only
     # Every metric is declared (the record's direction of each comes from here), RMSE first: Table 5's number.
     metrics = tuple(
         Metric(name, name not in LOWER_IS_BETTER, "averaged over test images")
@@ -65,7 +66,11 @@ class _DepthTask(Task):
         hparams = {
             "blocks": head_blocks(cfg.head, len(backbone.blocks)),
             "head_parameters": sum(p.numel() for p in head.parameters()),
-            "batch_size_per_rank": cfg.batch_size // ctx.world_size,
+            # as the linear probe records them: the protocol's (global) batch and lr, and their split
+            "global_batch": cfg.batch_size,
+            "batch_per_rank": cfg.batch_size // ctx.world_size,
+            "world_size": ctx.world_size,
+            "lr": cfg.lr,
             "skipped_steps": int(getattr(head, "skipped_steps", 0)),
             "dead_readout_at_init": bool(getattr(head, "dead_at_init", False)),
             "test_images": n_images,

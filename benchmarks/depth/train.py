@@ -2,20 +2,24 @@
 
 One loop for every head: features of the selected blocks (inference mode) -> head -> depth at feature
 resolution -> bilinear to the crop -> SigLoss + gradient loss -> AdamW with warmup + cosine, gradients
-clipped. Under torchrun each rank draws its own batches (global batch split across ranks), the head is
-wrapped in DDP, and the test images are sharded with their metric sums all-reduced.
+clipped. Under torchrun each rank trains on its slice of every global batch (:class:`GlobalBatches`: the
+same images and augmentation draws whatever the number of ranks), the head is wrapped in DDP, and the test
+images are sharded with their metric sums all-reduced. The loss is the mean of per-group losses over groups of
+``loss_group`` images (DINOv2's 2 images per GPU), so one process and N processes compute the same gradient.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, RandomSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from benchmarks.core import distributed as D
 from benchmarks.core.checkpointing import (
@@ -38,6 +42,9 @@ class DepthConfig:
     iterations: int = 38400
     warmup: int = 12800
     batch_size: int = 16  # global
+    # Images per loss evaluation: DINOv2 trains on 8 GPUs x 2 images and computes SigLoss and the gradient loss
+    # per GPU (DDP averages the gradients), so the loss is the mean over groups of this many images.
+    loss_group: int = 2
     lr: float = 1e-4
     weight_decay: float = 0.01
     grad_clip: float = 35.0
@@ -112,6 +119,42 @@ def depth_loss(pred: Tensor, target: Tensor, cfg: DepthConfig, step: int) -> Ten
     return cfg.sig_weight * sig + cfg.grad_weight * grad(pred, target, cfg.max_depth)
 
 
+def grouped_depth_loss(pred: Tensor, target: Tensor, cfg: DepthConfig, step: int) -> Tensor:
+    """The mean of :func:`depth_loss` over consecutive groups of ``cfg.loss_group`` images: the loss a GPU of
+    the reference computes on its images, averaged over GPUs as DDP averages their gradients."""
+    groups = [depth_loss(p, t, cfg, step) for p, t in zip(pred.split(cfg.loss_group), target.split(cfg.loss_group))]
+    return torch.stack(groups).mean()
+
+
+class GlobalBatches(Sampler):
+    """This rank's slice of every global batch from step ``start`` on, as lists of (dataset index, seed).
+
+    Step s's global batch is drawn by a generator seeded with (seed, s): ``global_batch`` indices uniformly with
+    replacement and one augmentation seed per image; rank r takes the r-th contiguous slice. Any number of ranks
+    (and of loader workers) then trains on the same images with the same augmentation draws, and a resumed run
+    starts at its step without replaying the draws before it."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, start: int = 0, rank: int | None = None,
+                 world: int | None = None):  # fmt: skip
+        self.n, self.global_batch, self.seed, self.start = int(n), int(global_batch), int(seed), int(start)
+        world = D.world_size() if world is None else int(world)
+        rank = D.rank() if rank is None else int(rank)
+        per_rank = D.per_rank_batch(self.global_batch, world)
+        self.lo, self.hi = rank * per_rank, (rank + 1) * per_rank
+
+    def draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The whole global batch of ``step``: (indices, augmentation seeds)."""
+        rng = np.random.default_rng([self.seed, step])
+        return rng.integers(0, self.n, self.global_batch), rng.integers(0, 2**63 - 1, self.global_batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start
+        while True:
+            indices, seeds = self.draw(step)
+            yield [(int(i), int(s)) for i, s in zip(indices[self.lo : self.hi], seeds[self.lo : self.hi])]
+            step += 1
+
+
 def predict(backbone: nn.Module, head: nn.Module, images: Tensor, blocks: list[int], resize: str = "reference",
             amp_dtype: torch.dtype | None = None) -> Tensor:  # fmt: skip
     """(B, 1, H, W) depth for (B, 3, H, W) normalized images (center-padded to the patch size for the backbone).
@@ -129,34 +172,13 @@ def predict(backbone: nn.Module, head: nn.Module, images: Tensor, blocks: list[i
     return depth[..., top : padded.shape[-2] - bottom, left : padded.shape[-1] - right]
 
 
-def _all_finite(loss: Tensor) -> bool:
-    flag = torch.isfinite(loss.detach()).float().reshape(1)
+def _on_every_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (the same answer everywhere)."""
+    value = torch.tensor([float(flag)])
     if D.is_distributed():
-        flag = flag.to(D.collective_device())
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item() > 0)
-
-
-def _infinite(loader: DataLoader):
-    while True:
-        yield from loader
-
-
-class _SkipFirst(Sampler):
-    """``sampler`` without its first ``n`` indices, drawn and dropped: the draws that follow are the ones an
-    uninterrupted run makes (the position of a resumed run in its data stream)."""
-
-    def __init__(self, sampler: Sampler, n: int):
-        self.sampler, self.n = sampler, int(n)
-
-    def __iter__(self):
-        indices = iter(self.sampler)
-        for _ in range(self.n):
-            next(indices)
-        yield from indices
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.n
+        value = value.to(D.collective_device())
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item() > 0)
 
 
 def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torch.device, seed: int = 0,
@@ -164,10 +186,14 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
                amp_dtype: torch.dtype | None = None) -> nn.Module:  # fmt: skip
     """Train a fresh head of ``cfg.head`` on ``train_set`` (a ``NYUDepthV2`` split); returns it (eval mode).
 
-    With ``checkpoint``, training resumes from its saved state (head, optimizer, schedule, data position, RNG)
-    and saves at its interval; the resumed head equals the uninterrupted one (exactly with ``num_workers=0``;
-    with workers the batches are the same but the workers' augmentation draws differ after the resume)."""
+    With ``checkpoint``, training resumes from its saved state (head, optimizer, schedule, step) and saves at
+    its interval; the resumed head equals the uninterrupted one (the data stream is a function of the step:
+    :class:`GlobalBatches`)."""
     per_rank = D.per_rank_batch(cfg.batch_size)
+    if cfg.loss_group < 1 or per_rank % cfg.loss_group:
+        raise ValueError(f"depth: each rank's batch ({per_rank} = batch_size {cfg.batch_size} / {D.world_size()} "
+                         f"ranks) must be a multiple of loss_group={cfg.loss_group}: change batch_size, the "
+                         "number of ranks or loss_group (--cfg-options TASK.loss_group=N)")  # fmt: skip
     blocks = head_blocks(cfg.head, len(backbone.blocks))
     torch.manual_seed(seed)
     head = make_head(cfg, int(backbone.embed_dim)).to(device)
@@ -181,26 +207,24 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     state = checkpoint.resume("head", head, optimizer, scheduler) if checkpoint is not None else None
     if state is not None:
         start, skipped = int(state["step"]), int(state["skipped"])
-    generator = torch.Generator().manual_seed(seed * 1000 + D.rank())  # each rank draws its own batches
     dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop, colour_aug=cfg.colour_aug))
-    sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)
-    loader = DataLoader(dataset, batch_size=per_rank, num_workers=num_workers, generator=generator,
-                        sampler=_SkipFirst(sampler, start * per_rank), drop_last=True)  # fmt: skip
-    batches = _infinite(loader)
+    loader = DataLoader(dataset, batch_sampler=GlobalBatches(len(dataset), cfg.batch_size, seed, start),
+                        num_workers=num_workers)  # fmt: skip
+    batches = iter(loader)
     head.train()
     for step in range(start, cfg.iterations):
         images, depth = next(batches)
         images, depth = images.to(device, non_blocking=True), depth.to(device, non_blocking=True)
         pred = model(backbone_features(backbone, images, blocks, amp_dtype))
-        if step == 0 and cfg.head == "dpt" and bool((pred.detach() <= cfg.min_depth).all()):
+        if step == 0 and cfg.head == "dpt" and _on_every_rank(bool((pred.detach() <= cfg.min_depth).all())):
             head.dead_at_init = True
             if log is not None:
                 log("depth dpt: the readout relu(x) + min_depth is 0 + min_depth everywhere at initialization, so no "
                     "gradient flows; rerun with another seed or head_init: positive_readout")  # fmt: skip
         pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
-        loss = depth_loss(pred, depth, cfg, step)
+        loss = grouped_depth_loss(pred, depth, cfg, step)
         optimizer.zero_grad(set_to_none=True)
-        if not _all_finite(loss):
+        if not _on_every_rank(bool(torch.isfinite(loss.detach()))):
             skipped += 1  # a NaN batch must not poison the head; all ranks skip together (DDP needs it)
         else:
             loss.backward()

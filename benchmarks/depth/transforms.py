@@ -112,8 +112,8 @@ class TrainTransform:
 
 
 class AugmentedNYU(torch.utils.data.Dataset):
-    """A ``NYUDepthV2`` split with :class:`TrainTransform`; each draw takes its randomness from torch's RNG
-    (seeded per worker by the DataLoader), so a seeded run is reproducible."""
+    """A ``NYUDepthV2`` split with :class:`TrainTransform`, indexed by ``(index, seed)``: the seed, drawn by the
+    sampler with the index, fixes the augmentation, so a draw is the same in any process or loader worker."""
 
     def __init__(self, dataset, transform: TrainTransform):
         self.dataset, self.transform = dataset, transform
@@ -121,9 +121,9 @@ class AugmentedNYU(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-        return self.transform(self.dataset[index], rng)
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, seed = item
+        return self.transform(self.dataset[index], np.random.default_rng(seed))
 
 
 class TestNYU(torch.utils.data.Dataset):

@@ -1,8 +1,8 @@
 """Load a Table 4 config (``configs/*.py``, mmengine format) and resolve it for one run.
 
 The config files hold the paper's protocol. :func:`resolve_config` fills in what depends on the run: the
-dataset folder, the backbone's width, BN or SyncBN, the per-rank batch, workers, the work dir and the seed;
-and for short schedules (the smoke profile) the iteration count, warmup and a smaller resolution, rescaling
+dataset folder, the backbone's width, BN or SyncBN (on CPUs an all-reduce BN: sync_bn.py), the per-rank batch,
+workers, the work dir and the seed; and for short schedules (the smoke profile) the iteration count, warmup and a smaller resolution, rescaling
 every resolution-bearing field of the pipelines (resize scales, crop, slide window and stride) by one factor;
 and, with ``feature_cache``, an un-augmented training pipeline whose crops' backbone maps are cached.
 """
@@ -173,7 +173,10 @@ def resolve_config(
     n_maps = len(head.in_index)
     head.in_channels = [embed_dim] * n_maps
     head.channels = embed_dim * n_maps
-    head.norm_cfg = dict(type="SyncBN" if sync_bn else "BN", requires_grad=True)
+    # torch's SyncBN runs on GPUs only; on CPUs (gloo) the all-reduce BN of sync_bn.py keeps the global batch's
+    # statistics, so N processes train the head one process trains.
+    norm = ("SyncBN" if device_type == "cuda" else "CollectiveSyncBN") if sync_bn else "BN"
+    head.norm_cfg = dict(type=norm, requires_grad=True)
 
     batch = int(overrides.get("batch_size", cfg.train_dataloader.batch_size))
     from benchmarks.core.distributed import per_rank_batch
@@ -190,6 +193,12 @@ def resolve_config(
     cfg.work_dir = str(work_dir)
     cfg.randomness = dict(seed=seed)
     cfg.launcher = "pytorch" if world_size > 1 else "none"
+    if world_size > 1:
+        # The ranks' evaluation results are gathered by a collective ("gpu" in mmengine's words; gloo on a CPU),
+        # not through a temp folder that mmengine's "cpu" mode creates in the current directory (.dist_test/).
+        for name in ("val_evaluator", "test_evaluator"):
+            cfg[name] = copy.deepcopy(cfg[name])  # may be one object
+            cfg[name].collect_device = "gpu"
     if world_size > 1 and device_type != "cuda":
         # mmengine passes device_ids=[LOCAL_RANK] to DDP by default, which torch rejects for CPU modules.
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)

@@ -19,24 +19,49 @@ from pathlib import Path
 
 import torch
 from mmengine.dataset import InfiniteSampler
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS, LOOPS
 from mmengine.runner.loops import IterBasedTrainLoop, _InfiniteDataloaderIterator
 
+from benchmarks.core import distributed as D
 from benchmarks.core.checkpointing import gathered_rng_state, restore_rank_rng
 
 
 @HOOKS.register_module()
 class RNGStateHook(Hook):
-    """Keeps every rank's generator states in each checkpoint (``meta.rng``) and hands them to the loop."""
+    """Keeps every rank's generator states in each checkpoint (``meta.rng``) and hands them to the loop.
 
-    priority = "VERY_LOW"
+    mmengine saves checkpoints on rank 0 only, where a collective would wait for the other ranks forever: the
+    states are gathered (on every rank) at the end of each iteration whose CheckpointHook saves, before that
+    hook runs (this hook's priority is higher), and rank 0 puts them into the checkpoint."""
+
+    priority = "LOW"  # before CheckpointHook (VERY_LOW) in after_train_iter
+
+    def __init__(self):
+        self._gathered = None
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if D.world_size() > 1 and any(_saves_after(hook, runner) for hook in runner.hooks):
+            self._gathered = gathered_rng_state()
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint.setdefault("meta", {})["rng"] = gathered_rng_state()
+        rng = gathered_rng_state() if D.world_size() == 1 else self._gathered
+        if rng is None:
+            raise RuntimeError("RNGStateHook: a checkpoint is saved outside the iterations CheckpointHook saves at")
+        checkpoint.setdefault("meta", {})["rng"] = rng
+        self._gathered = None
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         runner.train_loop.resumed_rng = checkpoint.get("meta", {}).get("rng")
+
+
+def _saves_after(hook, runner) -> bool:
+    """Whether ``hook`` is a CheckpointHook that saves after this training iteration (its own test, mmengine
+    0.10.7's CheckpointHook.after_train_iter)."""
+    if not isinstance(hook, CheckpointHook) or hook.by_epoch:
+        return False
+    return bool(hook.every_n_train_iters(runner, hook.interval, hook.save_begin)
+                or (hook.save_last and hook.is_last_train_iter(runner)))  # fmt: skip
 
 
 @LOOPS.register_module()

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.core import distributed as D
 from benchmarks.core.checkpointing import task_work_dir
 from benchmarks.core.registry import Metric, Task, register_task
 from benchmarks.segmentation.config import OVERRIDE_KEYS
@@ -92,7 +93,7 @@ class _SegTask(Task):
         cfg = resolve_config(
             load_config(self.dataset, self.setting), data_root=data_root, embed_dim=int(backbone.embed_dim),
             work_dir=base_dir, world_size=ctx.world_size,
-            sync_bn=ctx.world_size > 1 and ctx.device.type == "cuda", device_type=ctx.device.type, num_workers=ctx.num_workers, seed=ctx.seed,
+            sync_bn=ctx.world_size > 1, device_type=ctx.device.type, num_workers=ctx.num_workers, seed=ctx.seed,
             overrides=overrides,
         )  # fmt: skip
         # Checkpoints of a different resolved config must never be resumed: key the folder by it (all but the
@@ -115,13 +116,13 @@ class _SegTask(Task):
         metrics = dict(tta if tta is not None else single)
         if tta is not None:
             metrics.update({f"{key}_single_scale": value for key, value in single.items()})
-        return {"metrics": metrics, "hparams": self._hparams(cfg, result)}
+        return {"metrics": metrics, "hparams": self._hparams(cfg, result, ctx.world_size)}
 
     def released_head_file(self, arch: str) -> str:
         """DINOv2's official file name, e.g. dinov2_vitg14_ade20k_linear_head.pth (multiscale: ``ms``)."""
         return f"{arch}_{self.dataset}_{'linear' if self.setting == 'linear' else 'ms'}_head.pth"
 
-    def _hparams(self, cfg, result) -> dict[str, Any]:
+    def _hparams(self, cfg, result, world_size: int) -> dict[str, Any]:
         head = cfg.model.decode_head
         hparams = {
             "crop": list(cfg.model.data_preprocessor.size),
@@ -129,7 +130,10 @@ class _SegTask(Task):
             "slide_stride": list(cfg.model.test_cfg.stride),
             "iterations": int(cfg.train_cfg.max_iters),
             "warmup": int(cfg.param_scheduler[0].end) if len(cfg.param_scheduler) > 1 else 0,
-            "batch_size_per_rank": int(cfg.train_dataloader.batch_size),
+            # as the linear probe records them: the protocol's (global) batch and lr (not scaled), and their split
+            "global_batch": int(cfg.train_dataloader.batch_size) * world_size,
+            "batch_per_rank": int(cfg.train_dataloader.batch_size),
+            "world_size": world_size,
             "lr": float(cfg.optim_wrapper.optimizer.lr),
             "weight_decay": float(cfg.optim_wrapper.optimizer.weight_decay),
             "in_index": list(head.in_index),
@@ -163,6 +167,8 @@ def feature_cache_record(cfg, segmentor) -> dict[str, Any]:
         "crop, keyed by the sha256 of the preprocessed crop; computed on first use, reused every later "
         "iteration; evaluation runs the backbone"
     )
+    if D.world_size() > 1:
+        record["feature_cache"] += f"; each of the {D.world_size()} ranks caches the crops it draws (stats: rank 0's)"
     cache = backbone.feature_cache  # None when training resumed at its last iteration: nothing was looked up
     record["feature_cache_stats"] = (cache.stats if cache is not None else CacheStats()).as_dict()
     return record
