@@ -34,14 +34,18 @@ def steps_per_epoch(n_items: int, global_batch: int) -> int:
     return max(1, n_items // global_batch)
 
 
-def global_batch(n_items: int, batch: int, step: int, seed: int) -> torch.Tensor:
-    """Item indices of the global batch of ``step`` (epochs of seeded permutations, partial batches dropped)."""
-    per_epoch = steps_per_epoch(n_items, batch)
+def global_batch(n_items: int, batch: int, step: int, seed: int, epoch_items: int | None = None) -> torch.Tensor:
+    """Item indices of the global batch of ``step`` (epochs of seeded permutations, partial batches dropped).
+
+    ``epoch_items``: an epoch visits only that many items (the first of its permutation: a random share of the
+    set, as one process of a DistributedSampler sees); default all."""
+    epoch_items = n_items if epoch_items is None else max(1, min(int(epoch_items), n_items))
+    per_epoch = steps_per_epoch(epoch_items, batch)
     epoch, offset = divmod(step, per_epoch)
     generator = torch.Generator().manual_seed(_mix(seed, "epoch", epoch))
     perm = torch.randperm(n_items, generator=generator)
-    if n_items < batch:
-        return perm
+    if epoch_items < batch:
+        return perm[:epoch_items]
     return perm[offset * batch : (offset + 1) * batch]
 
 
