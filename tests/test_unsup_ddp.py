@@ -5,13 +5,17 @@ random number of a step for the whole global batch (dropout masks, sampled point
 positions, the concept bank's keep draw) and keep the rank's rows, gather what a loss compares across the batch
 (STEGO's negatives and its batch-wide feature mean, CAUSE's contrastive keys and its concept bank) and weight each
 rank's loss so that DDP's gradient average is the gradient of the one-process loss. What remains is float
-summation order (per-rank partial sums, the gradient all-reduce): measured on this CPU, every metric and loss
-of the record is identical to the printed digits; the tolerances leave room for a pixel or two of the 12
-validation images to flip elsewhere.
+summation order (per-rank partial sums, the gradient all-reduce): the recorded training losses agree to ~1e-5
+(the strong check: a per-rank bank, per-rank negatives or per-rank dropout masks move them by 1e-2 and the metrics
+by points). That drift can flip a few of the ~150k evaluation pixels after training, so metrics are compared
+to 0.1 point, and CAUSE's mAP (the mean precision of the matched clusters, where a cluster of a few pixels swings
+its class's precision by tens of points) to 3 points. Measured: STEGO identical to the printed digits; CAUSE
+mIoU/Acc within 0.03, mAP within 0.8.
 
-Both smoke profiles train with ``ddp: single`` semantics (CAUSE: ``ddp: single``), i.e. the global batch is the
-profile's batch whatever the number of ranks. CAUSE's ``ddp: reference`` only changes which global batch and lr
-the profile asks for (x ``ddp_processes``); the arithmetic tested here is the same.
+The global batch is the profile's whatever the number of ranks. CAUSE runs in its paper mode ``ddp: reference``
+(the model the official multi-process scripts save: their processes never average gradients, so it is rank 0's
+model, at lr x ``ddp_processes`` on a 1/``ddp_processes`` share of the set per epoch; see ``task._cause_ddp``),
+here as if the official run had 2 processes: 2 ranks of this run train that one model as 1 process does.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import pytest
 from unsup_ddp_helpers import one_and_two_processes
 
 BACKBONE = "dinov2_tiny_random"
-# metrics are percentages over a dozen 112 px images: a pixel or two may flip under float reordering
-METRIC_TOL = 0.02
+METRIC_TOL = 0.1  # percentage points (see the module doc)
+MAP_TOL = 3.0
 LOSS_REL = 1e-4
 
 
@@ -55,19 +59,23 @@ def test_stego_two_processes_record_the_metrics_of_one(tmp_path):
 
 def test_cause_two_processes_record_the_metrics_of_one(tmp_path):
     task = "cause_cityscapes"
-    options = {f"{task}.stage1.epochs": 2, f"{task}.stage2.epochs": 2, f"{task}.stage3.epochs": 3,
-               f"{task}.stage3.lr_step_epochs": 2}  # fmt: skip
+    # the paper's mode (ddp: reference, here as 2 official processes): lr x 2, each epoch a random half of the set
+    options = {f"{task}.ddp": "reference", f"{task}.ddp_processes": 2, f"{task}.stage1.epochs": 2,
+               f"{task}.stage2.epochs": 3, f"{task}.stage3.epochs": 4, f"{task}.stage3.lr_step_epochs": 2}  # fmt: skip
     one, two = one_and_two_processes(tmp_path, task, BACKBONE, options)
     assert one["device"]["world_size"] == 1 and two["device"]["world_size"] == 2
-    assert two["metrics"] == pytest.approx(one["metrics"], abs=METRIC_TOL)
+    for name, value in one["metrics"].items():
+        assert two["metrics"][name] == pytest.approx(value, abs=MAP_TOL if "map" in name else METRIC_TOL), name
     for stage in ("stage1_modularity", "stage2_contrastive", "stage2_linear", "stage3_linear", "stage3_modularity"):
         _same_losses(one, two, stage)
     assert one["metrics"]["crf_miou"] != one["metrics"]["miou"]  # the CRF ran on both sides
     for stage in ("stage1", "stage2", "stage3"):
         assert two["hparams"][f"{stage}_global_batch"] == one["hparams"][f"{stage}_global_batch"] == 8
-        assert two["hparams"][f"{stage}_lr"] == one["hparams"][f"{stage}_lr"] == 1e-3
+        assert two["hparams"][f"{stage}_lr"] == one["hparams"][f"{stage}_lr"] == 2e-3
         assert (one["hparams"][f"{stage}_batch_per_rank"], two["hparams"][f"{stage}_batch_per_rank"]) == (8, 4)
     assert (one["hparams"]["world_size"], two["hparams"]["world_size"]) == (1, 2)
+    assert one["hparams"]["ddp"] == two["hparams"]["ddp"] == "reference"
+    assert not [d for d in two["deviations"] if "ddp" in d] and two["deviations"] == one["deviations"]
 
 
 # ------------------------------------------------------------------ the pieces, in one process (no torchrun)
