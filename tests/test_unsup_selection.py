@@ -30,8 +30,8 @@ def test_cause_paper_profile_is_the_official_rank_zero_model():
     small = 64
     first = torch.cat([L.global_batch(small, 4, s, 0, small // 4) for s in range(4)])
     assert len(first) == len(set(first.tolist())) == 16
-    assert torch.equal(first, torch.cat([L.global_batch(small, 4, s, 0, 16) for s in range(4)]))
-    assert not torch.equal(first, torch.cat([L.global_batch(small, 4, s, 0, 16) for s in range(4, 8)]))
+    second = torch.cat([L.global_batch(small, 4, s, 0, small // 4) for s in range(4, 8)])  # 4 steps an epoch
+    assert len(set(second.tolist())) == 16 and set(second.tolist()) != set(first.tolist())
     assert cause_deviations(cfg, world_size=4) == cause_deviations(cfg, world_size=1) == []
     raw = resolve_config("cause", "voc2012", "smoke")  # smoke reads its numbers as one process
     assert raw["ddp"] == "single" and raw["stage1"]["batch_size"] == 8 and raw["stage1"]["lr"] == pytest.approx(1e-3)
