@@ -190,9 +190,9 @@ def global_mean(x: torch.Tensor) -> torch.Tensor:
     """The mean of ``x`` over all ranks' elements (no gradient: for constants such as a batch-wide centring)."""
     if not D.is_distributed() or D.world_size() == 1:
         return x.mean()
-    sums = torch.stack([x.detach().sum().double(), torch.tensor(float(x.numel()), dtype=torch.float64)])
-    sums = D.all_reduce_sum(sums.cpu())
-    return (sums[0] / sums[1]).to(x.dtype).to(x.device)
+    sums = torch.stack([x.detach().sum().double(), x.new_tensor(float(x.numel()), dtype=torch.float64)])
+    sums = D.all_reduce_sum(sums)
+    return (sums[0] / sums[1]).to(x.dtype)
 
 
 def averaged_stats(sums: dict[str, float], steps: int, prefix: str) -> dict[str, float]:
