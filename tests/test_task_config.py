@@ -65,10 +65,11 @@ def test_overrides_set_nested_keys_and_refuse_unknown_keys_and_kinds():
 
 
 def test_task_overrides_reach_the_config_and_its_hash():
-    # CAUSE's stage values are made global after the override: the override is of the profile's number
+    # CAUSE's stage lrs are scaled after the override: the override is of the profile's number
     task = get_task("cause_voc")
-    base, changed = task.config("paper"), task.config("paper", {"stage1.batch_size": 32})
-    assert changed["stage1"]["batch_size_per_process"] == 32 and changed["stage1"]["batch_size"] == 32 * 4
+    base, changed = task.config("paper"), task.config("paper", {"stage1.batch_size": 32, "stage1.lr": 2e-3})
+    assert changed["stage1"]["batch_size_per_process"] == changed["stage1"]["batch_size"] == 32
+    assert changed["stage1"]["lr_per_process"] == 2e-3 and changed["stage1"]["lr"] == 2e-3 * 4
     assert base["stage1"]["batch_size_per_process"] == 16
     assert config_sha256(changed) != config_sha256(base)
     with pytest.raises(ValueError, match="task cause_voc: no config key 'stage9'"):

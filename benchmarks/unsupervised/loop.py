@@ -5,6 +5,11 @@
   randomness (``step_seed``) depend only on (seed, step), so a resumed run continues exactly where it stopped.
 - Data parallel: every rank starts from the same parameters (``broadcast_parameters``) and gradients are averaged
   across ranks (``average_gradients``) before each optimizer step: DDP's arithmetic, without its module wrapper.
+- Same numbers as one process: a step's random numbers are drawn for the whole global batch from a generator
+  that depends on (seed, stage, step) only, and each rank keeps its rows (``StepNoise``); what a loss compares
+  across the batch is gathered (``gather_batch``, whose backward sums the other ranks' gradients back), and a
+  mean whose count differs between ranks is weighted by the global count (``share_of_mean``). Each rank's loss
+  is then ``W x`` its share of the one-process loss, so the average of the ranks' gradients is its gradient.
 - ``Checkpoint``: one file per training stage in the task's work dir (the shared
   :class:`benchmarks.core.checkpointing.TrainingCheckpoint`: atomic, rank 0 writes, tagged with a fingerprint of
   the configuration so a changed config starts fresh instead of resuming a different run).
@@ -29,14 +34,18 @@ def steps_per_epoch(n_items: int, global_batch: int) -> int:
     return max(1, n_items // global_batch)
 
 
-def global_batch(n_items: int, batch: int, step: int, seed: int) -> torch.Tensor:
-    """Item indices of the global batch of ``step`` (epochs of seeded permutations, partial batches dropped)."""
-    per_epoch = steps_per_epoch(n_items, batch)
+def global_batch(n_items: int, batch: int, step: int, seed: int, epoch_items: int | None = None) -> torch.Tensor:
+    """Item indices of the global batch of ``step`` (epochs of seeded permutations, partial batches dropped).
+
+    ``epoch_items``: an epoch visits only that many items (the first of its permutation: a random share of the
+    set, as one process of a DistributedSampler sees); default all."""
+    epoch_items = n_items if epoch_items is None else max(1, min(int(epoch_items), n_items))
+    per_epoch = steps_per_epoch(epoch_items, batch)
     epoch, offset = divmod(step, per_epoch)
     generator = torch.Generator().manual_seed(_mix(seed, "epoch", epoch))
     perm = torch.randperm(n_items, generator=generator)
-    if n_items < batch:
-        return perm
+    if epoch_items < batch:
+        return perm[:epoch_items]
     return perm[offset * batch : (offset + 1) * batch]
 
 
@@ -51,8 +60,147 @@ def _mix(*parts) -> int:
 
 
 def step_seed(seed: int, stage: str, step: int) -> int:
-    """Seed of a step's own randomness (dropout, sampled points, negatives) on this rank."""
+    """Seed of the torch RNG of a step on this rank (a guard: the training draws through :class:`StepNoise`)."""
     return _mix(seed, stage, step, D.rank())
+
+
+def batch_seed(seed: int, stage: str, step: int) -> int:
+    """Seed of a step's randomness drawn for its whole global batch: the same on every rank."""
+    return _mix(seed, stage, step, "global")
+
+
+def share_positions(n_global: int) -> torch.Tensor:
+    """Positions in a global batch of ``n_global`` items of this rank's share (:func:`local_share`)."""
+    return torch.arange(n_global)[D.rank() :: D.world_size()]
+
+
+class StepNoise:
+    """The random numbers of one training step, drawn for the whole global batch of ``n_global`` items and cut to
+    this rank's rows, so W ranks train on exactly the numbers one process draws.
+
+    Every rank makes the same calls with the same global shapes, so the generator stays in step on all ranks.
+    """
+
+    def __init__(self, seed: int, stage: str, step: int, n_global: int, device):
+        self.device = torch.device(device)
+        self.n_global = int(n_global)
+        self.generator = torch.Generator(device=self.device).manual_seed(batch_seed(seed, stage, step))
+        self.rows = slice(D.rank(), None, D.world_size())
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) numbers for this rank's items: (local batch, *shape)."""
+        full = torch.rand((self.n_global, *shape), generator=self.generator, device=self.device)
+        return full[self.rows]
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        full = torch.randint(high, (self.n_global, *shape), generator=self.generator, device=self.device)
+        return full[self.rows]
+
+    def randperm(self, n: int | None = None) -> torch.Tensor:
+        """A permutation of ``n`` (default: the global batch's positions), the same on every rank."""
+        return torch.randperm(self.n_global if n is None else n, generator=self.generator, device=self.device)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's term of the mean of ``x`` over the global batch (first dimension: this rank's items,
+        each with as many values): W x the rank's sum / the global count, so the ranks' terms average to the
+        one-process mean, even when the shares differ in size."""
+        local = x.shape[0]
+        if local == 0:
+            return x.sum() * 0.0
+        per_item = x.numel() // local
+        return x.sum() * (D.world_size() / (self.n_global * per_item))
+
+    def dropout(self, x: torch.Tensor, p: float, channels: bool = False) -> torch.Tensor:
+        """Inverted dropout of ``x`` (first dimension: this rank's items); ``channels``: whole channels of a
+        B x C x ... map (Dropout2d)."""
+        if p <= 0:
+            return x
+        shape = x.shape[1:2] + (1,) * (x.dim() - 2) if channels else x.shape[1:]
+        keep = self.rand(*shape) >= p
+        return x * keep.to(x.dtype) / (1 - p)
+
+
+class BatchDropout(torch.nn.Dropout):
+    """``nn.Dropout`` whose masks come from ``self.noise`` (a :class:`StepNoise`, set by :func:`noise_of`) while
+    one is set, from the torch RNG otherwise. No state: a state dict is the same as with ``nn.Dropout``."""
+
+    noise: StepNoise | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.noise is not None:
+            return self.noise.dropout(x, self.p)
+        return super().forward(x)
+
+
+class noise_of:
+    """``with noise_of(module, noise):`` every :class:`BatchDropout` in ``module`` draws from ``noise``."""
+
+    def __init__(self, module: torch.nn.Module, noise: StepNoise | None):
+        self.drops = [m for m in module.modules() if isinstance(m, BatchDropout)]
+        self.noise = noise
+
+    def __enter__(self):
+        for m in self.drops:
+            m.noise = self.noise
+        return self.noise
+
+    def __exit__(self, *exc):
+        for m in self.drops:
+            m.noise = None
+
+
+class _GatherBatch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, n_global: int) -> torch.Tensor:
+        world = D.world_size()
+        gathered = D.all_gather_cat(x.detach().contiguous())  # rank 0's rows, then rank 1's, ...
+        order = torch.cat([torch.arange(r, n_global, world) for r in range(world)]).to(x.device)
+        out = torch.empty_like(gathered)
+        out[order] = gathered
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # every rank's loss may read this rank's rows: their gradients are summed here
+        grad = D.all_reduce_sum(grad.contiguous().clone())
+        return grad[D.rank() :: D.world_size()], None
+
+
+def gather_batch(x: torch.Tensor, n_global: int) -> torch.Tensor:
+    """The global batch (in its order) of the per-rank shares ``x``; gradients flow back to each rank's rows,
+    summed over the ranks whose losses used them. ``x`` itself in a single process."""
+    if not D.is_distributed() or D.world_size() == 1:
+        return x
+    return _GatherBatch.apply(x, int(n_global))
+
+
+def share_of_mean(total: torch.Tensor, count) -> torch.Tensor:
+    """This rank's term of a mean over the global batch: ``total`` (the rank's sum) x W / the global count.
+
+    The ranks' terms average to the one-process mean whatever each rank's count (labelled pixels, positive
+    pairs), so averaged gradients are the one-process gradient. ``total`` x 0 when nothing is counted."""
+    count = torch.as_tensor(count, dtype=torch.float64).reshape(1).clone()
+    all_count = float(D.all_reduce_sum(count).item())
+    if all_count == 0:
+        return total * 0.0
+    return total * (D.world_size() / all_count)
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over all ranks' elements (no gradient: for constants such as a batch-wide centring)."""
+    if not D.is_distributed() or D.world_size() == 1:
+        return x.mean()
+    sums = torch.stack([x.detach().sum().double(), x.new_tensor(float(x.numel()), dtype=torch.float64)])
+    sums = D.all_reduce_sum(sums)
+    return (sums[0] / sums[1]).to(x.dtype)
+
+
+def averaged_stats(sums: dict[str, float], steps: int, prefix: str) -> dict[str, float]:
+    """Per-step means of the summed loss values, averaged over ranks (each rank's value is W x its share)."""
+    if not sums:
+        return {}
+    values = D.all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64)) / D.world_size()
+    return {f"{prefix}{k}": float(v) / max(1, steps) for k, v in zip(sums, values.tolist())}
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:

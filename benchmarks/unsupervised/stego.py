@@ -42,10 +42,18 @@ class StegoHead(nn.Module):
         self.linear = nn.Conv2d(dim, code_dim, 1)
         self.nonlinear = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.ReLU(), nn.Conv2d(dim, code_dim, 1))
 
-    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features as the loss sees them, code); every use of the features draws its own dropout mask."""
-        code = self.linear(self.dropout(feats)) + self.nonlinear(self.dropout(feats))
-        return self.dropout(feats), code
+    def forward(self, feats: torch.Tensor, noise: L.StepNoise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features as the loss sees them, code); every use of the features draws its own dropout mask (from
+        ``noise`` when training with one, so that any number of ranks draws the masks of one process)."""
+        if self.training and noise is not None:
+            p = self.dropout.p
+
+            def drop(x):
+                return noise.dropout(x, p, channels=True)
+        else:
+            drop = self.dropout
+        code = self.linear(drop(feats)) + self.nonlinear(drop(feats))
+        return drop(feats), code
 
 
 class ClusterProbe(nn.Module):
@@ -58,9 +66,10 @@ class ClusterProbe(nn.Module):
     def similarities(self, code: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bchw,nc->bnhw", F.normalize(code, dim=1), F.normalize(self.centroids, dim=1))
 
-    def loss(self, code: torch.Tensor) -> torch.Tensor:
-        """Minus the mean cosine of each code vector to its nearest centroid (hard assignment)."""
-        return -self.similarities(code).max(dim=1).values.mean()
+    def loss(self, code: torch.Tensor, mean=torch.mean) -> torch.Tensor:
+        """Minus the mean cosine of each code vector to its nearest centroid (hard assignment); ``mean``: over
+        the batch (``StepNoise.mean`` under data parallel)."""
+        return -mean(self.similarities(code).max(dim=1).values)
 
     def log_probs(self, code: torch.Tensor, alpha: float) -> torch.Tensor:
         return F.log_softmax(self.similarities(code) * alpha, dim=1)
@@ -89,48 +98,64 @@ def pair_loss(f1, f2, c1, c2, shift: float, pointwise: bool = True, zero_clamp: 
     """Elementwise ``-clamp(S) * (F - shift)`` and S for one pair of (sampled) feature and code maps."""
     with torch.no_grad():
         fd = _correlation(f1, f2)
-        if pointwise:
-            global_mean = fd.mean()
+        if pointwise:  # the batch-wide means are over the global batch (all ranks)
+            global_mean = L.global_mean(fd)
             fd = fd - fd.mean(dim=(3, 4), keepdim=True)
-            fd = fd - fd.mean() + global_mean
+            fd = fd - L.global_mean(fd) + global_mean
     cd = _correlation(c1, c2)
     low = 0.0 if zero_clamp else -9999.0
     clamped = cd.clamp(low, 0.8) if stabilize else cd.clamp(min=low)
     return -clamped * (fd - shift), cd
 
 
-def derangement(n: int, device) -> torch.Tensor:
+def derangement(n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
     """A random permutation that moves every index when n > 1, for STEGO's negative pairs ("super_perm").
 
     STEGO bumps fixed points of a randperm by one, which can map two indices to the same one (not a
     permutation); a random cycle through all indices is a true derangement with the same purpose.
     """
-    order = torch.randperm(n, device=device)
+    order = torch.randperm(n, device=device, generator=generator)
     perm = torch.empty_like(order)
     perm[order] = order.roll(-1)
     return perm
 
 
-def correspondence_losses(feats, feats_pos, code, code_pos, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Mean pos_intra, pos_inter and neg_inter losses of a batch (STEGO's ContrastiveCorrelationLoss)."""
+def correspondence_losses(feats, feats_pos, code, code_pos, cfg: dict[str, Any],
+                          noise: L.StepNoise | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Mean pos_intra, pos_inter and neg_inter losses of a batch (STEGO's ContrastiveCorrelationLoss).
+
+    With ``noise`` (training) the batch is this rank's share of a global batch: the sampled points are drawn
+    for the global batch, negatives are other items of the global batch (gathered from all ranks, gradients
+    returned to their ranks) and the means are this rank's share of the global means (``StepNoise.mean``)."""
     batch = feats.shape[0]
     s = int(cfg["feature_samples"])
-    shape = (batch, s, s, 2)
-    coords1 = torch.rand(shape, device=feats.device) * 2 - 1
-    coords2 = torch.rand(shape, device=feats.device) * 2 - 1
+    if noise is not None:
+        coords1, coords2 = noise.rand(s, s, 2) * 2 - 1, noise.rand(s, s, 2) * 2 - 1
+        mean = noise.mean
+    else:
+        shape = (batch, s, s, 2)
+        coords1 = torch.rand(shape, device=feats.device) * 2 - 1
+        coords2 = torch.rand(shape, device=feats.device) * 2 - 1
+        mean = torch.mean
     opts = dict(pointwise=cfg["pointwise"], zero_clamp=cfg["zero_clamp"], stabilize=cfg["stabilize"])
     f, c = _sample(feats, coords1), _sample(code, coords1)
     f_pos, c_pos = _sample(feats_pos, coords2), _sample(code_pos, coords2)
     w = cfg["loss"]
     pos_intra, _ = pair_loss(f, f, c, c, w["pos_intra_shift"], **opts)
     pos_inter, _ = pair_loss(f, f_pos, c, c_pos, w["pos_inter_shift"], **opts)
+    n_global = noise.n_global if noise is not None else batch
+    feats_all = L.gather_batch(feats.detach(), n_global)
+    code_all = L.gather_batch(code, n_global)
     negatives = []
     for _ in range(int(cfg["neg_samples"])):
-        perm = derangement(batch, feats.device)
-        f_neg, c_neg = _sample(feats[perm], coords2), _sample(code[perm], coords2)
+        if noise is not None:
+            perm = derangement(n_global, noise.device, noise.generator)[noise.rows]
+        else:
+            perm = derangement(batch, feats.device)
+        f_neg, c_neg = _sample(feats_all[perm], coords2), _sample(code_all[perm], coords2)
         negatives.append(pair_loss(f, f_neg, c, c_neg, w["neg_inter_shift"], **opts)[0])
-    neg_inter = torch.cat(negatives, 0) if negatives else pos_intra.new_zeros(1)
-    return {"pos_intra": pos_intra.mean(), "pos_inter": pos_inter.mean(), "neg_inter": neg_inter.mean()}
+    neg_inter = mean(torch.stack(negatives, 1)) if negatives else pos_intra.new_zeros(())
+    return {"pos_intra": mean(pos_intra), "pos_inter": mean(pos_inter), "neg_inter": neg_inter}
 
 
 def linear_probe_loss(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -139,15 +164,16 @@ def linear_probe_loss(logits: torch.Tensor, labels: torch.Tensor, n_classes: int
     flat = logits.permute(0, 2, 3, 1).reshape(-1, n_classes)
     target = labels.reshape(-1)
     keep = (target >= 0) & (target < n_classes)
-    if not bool(keep.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(flat[keep], target[keep])
+    # a mean over the labelled pixels of the global batch (each rank's count differs): share_of_mean
+    total = F.cross_entropy(flat[keep], target[keep], reduction="sum") if bool(keep.any()) else logits.sum() * 0.0
+    return L.share_of_mean(total, int(keep.sum()))
 
 
 # ------------------------------------------------------------------------------------------- training
 def _positives(nns: torch.Tensor, indices: torch.Tensor, num_neighbors: int, seed: int, step: int):
-    """One KNN positive per item: neighbour 1..num_neighbors (0 is the item itself), drawn from (seed, step)."""
-    generator = torch.Generator().manual_seed(L.step_seed(seed, "stego-positive", step))
+    """One KNN positive per item of a global batch: neighbour 1..num_neighbors (0 is the item itself), drawn
+    from (seed, step) alone, so every rank draws the same."""
+    generator = torch.Generator().manual_seed(L.batch_seed(seed, "stego-positive", step))
     high = min(num_neighbors, nns.shape[1] - 1)
     if high < 1:
         return indices.clone()
@@ -234,9 +260,10 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
         return _select(model, best, stats, validating)
     keys = []
     for step in range(start, steps):
-        local = L.local_share(L.global_batch(len(source.view), batch, step, ctx.seed))
-        pos = _positives(nns, local, cfg["num_neighbors"], ctx.seed, step)
-        keys.append(list(zip(local.tolist(), pos.tolist())))
+        items = L.global_batch(len(source.view), batch, step, ctx.seed)
+        pos = _positives(nns, items, cfg["num_neighbors"], ctx.seed, step)
+        keys.append(list(zip(L.local_share(items).tolist(), L.local_share(pos).tolist())))
+    n_global = min(batch, len(source.view))
     stream = B.iterate(source.view, keys, load_images=not source.cached, num_workers=ctx.num_workers)
     weights = cfg["loss"]
     model.train()
@@ -244,17 +271,18 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
     sums = {k: 0.0 for k in ("loss", "pos_intra", "pos_inter", "neg_inter", "linear", "cluster")}
     for step, item in zip(range(start, steps), stream):
         torch.manual_seed(L.step_seed(ctx.seed, "stego", step))
+        noise = L.StepNoise(ctx.seed, "stego", step, n_global, device)
         feats = source.tokens_of(item["index"], item.get("image"))
         feats_pos = source.tokens_of(item["positive"], item.get("pos_image"))
         labels = item["label"].to(device) if "label" in item else source.labels_of(item["index"])
-        f, code = model.head(feats)
-        f_pos, code_pos = model.head(feats_pos)
-        corr = correspondence_losses(f, f_pos, code, code_pos, cfg)
+        f, code = model.head(feats, noise)
+        f_pos, code_pos = model.head(feats_pos, noise)
+        corr = correspondence_losses(f, f_pos, code, code_pos, cfg, noise)
         loss = (weights["pos_inter_weight"] * corr["pos_inter"] + weights["pos_intra_weight"] * corr["pos_intra"]
                 + weights["neg_inter_weight"] * corr["neg_inter"]) * cfg["correspondence_weight"]  # fmt: skip
         detached = code.detach()
         linear = linear_probe_loss(model.linear_probe(detached), labels, n_classes)
-        cluster = model.cluster_probe.loss(detached)
+        cluster = model.cluster_probe.loss(detached, noise.mean)
         total = loss + linear + cluster
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
@@ -270,7 +298,7 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
         if validating and (done % val_every == 0 or done == steps):
             best.offer(done, validate_cluster_miou(model, val, cfg, n_classes), model)
         if done % int(cfg["checkpoint_every"]) == 0 or done == steps:
-            stats = {f"train_{k}": v / max(1, done - start) for k, v in sums.items()}
+            stats = L.averaged_stats(sums, done - start, "train_")
             ckpt.save({"step": done, "model": model.state_dict(), "best": best.state(),
                        "optim": {k: o.state_dict() for k, o in optimizers.items()}, "stats": stats})  # fmt: skip
     bar.close()
@@ -372,6 +400,7 @@ def run_stego(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, 
         "token_source": source.mode, "token_cache_estimate_gb": round(source.estimated_gb, 3),
         "n_train_items": len(train_view), "n_val_items": len(val_view), "steps": int(cfg["steps"]),
         "global_batch": int(cfg["batch_size"]), "world_size": D.world_size(),
+        "batch_per_rank": D.per_rank_batch(int(cfg["batch_size"])), "lr": cfg["lr"], "probe_lr": cfg["probe_lr"],
         **{k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in stats.items()},
     }  # fmt: skip
     details = {name: scores for name, scores in results.items()}

@@ -21,8 +21,8 @@ TASK_NAMES = {("stego", "cityscapes"): "stego_cityscapes", ("stego", "potsdam"):
 
 
 def resolve_config(method: str, dataset_key: str, profile: str, overrides=None) -> dict[str, Any]:
-    """The task's profile (``profiles/<task>/<profile>.yaml``) with ``overrides``; CAUSE's batch sizes and lrs
-    made global (:func:`_cause_ddp`)."""
+    """The task's profile (``profiles/<task>/<profile>.yaml``) with ``overrides``; CAUSE's lrs as its official
+    scripts set them (:func:`_cause_ddp`)."""
     from benchmarks.core.task_config import load_task_config
 
     cfg = load_task_config(Path(__file__).parent, TASK_NAMES[method, dataset_key], profile, overrides)
@@ -30,17 +30,25 @@ def resolve_config(method: str, dataset_key: str, profile: str, overrides=None) 
 
 
 def _cause_ddp(cfg: dict[str, Any]) -> dict[str, Any]:
-    """CAUSE's stage batch sizes and lrs as global values: x ``ddp_processes`` under ``ddp: reference`` (the
-    official 4-process scripts), as written under ``single``. Keeps the per-process values beside them."""
+    """CAUSE's stage batch sizes and lrs as the model the official scripts save is trained (``ddp: reference``).
+
+    The official scripts spawn ``ddp_processes`` (4) processes with ``lr = 1e-3 x 4`` and a DistributedSampler,
+    wrap the modules in DistributedDataParallel and then train ``.module``: DDP's forward never runs, so the
+    gradients are never averaged (its construction only copied rank 0's initial weights). Each process trains
+    its own model, and rank 0 saves its model: batch ``batch_size`` (16), lr x 4, each epoch on a random
+    1/``ddp_processes`` of the set (its sampler share). So under ``reference`` the batch stays the profile's
+    (the model's batch, split over the ranks of this run), the lr is multiplied and an epoch is a
+    1/``ddp_processes`` share of the items (``cause._schedule``); ``single`` reads the numbers as one process
+    on the whole set. The per-process values are kept beside them."""
     mode = cfg.get("ddp", "single")
     if mode not in ("reference", "single"):
-        raise ValueError(f"cause config ddp={mode!r}: use reference (the official 4-process DDP) or single")
+        raise ValueError(f"cause config ddp={mode!r}: use reference (the official 4-process scripts) or single")
     n = int(cfg.get("ddp_processes", 1)) if mode == "reference" else 1
     cfg["ddp_processes"] = n
     for stage in ("stage1", "stage2", "stage3"):
         st = cfg[stage]
         st["batch_size_per_process"], st["lr_per_process"] = st["batch_size"], st["lr"]
-        st["batch_size"], st["lr"] = st["batch_size"] * n, st["lr"] * n
+        st["lr"] = st["lr"] * n
     return cfg
 
 
