@@ -36,8 +36,9 @@ def one_and_two_processes(tmp_path: Path, suite: str, cfg_options: dict[str, Any
     assert not single.failed, single.failed
     args = ["--suite", suite, "--profile", "smoke", "--backbone", backbone, "--device", "cpu",
             "--cache-dir", str(cache), "--no-progress", "--out", str(tmp_path / "two")]  # fmt: skip
-    if options:
-        args += ["--cfg-options", *(f"{key}={value}" for key, value in options.items())]
+    if options:  # booleans as YAML writes them
+        text = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
+        args += ["--cfg-options", *(f"{key}={value}" for key, value in text.items())]
     torchrun("-m", "benchmarks.cli", "run", *args, timeout=timeout)
     one, two = ({r["task"]: r for r in load_records(tmp_path / name)} for name in ("one", "two"))
     assert one.keys() == two.keys() and one, (one.keys(), two.keys())

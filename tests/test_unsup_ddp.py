@@ -21,7 +21,7 @@ here as if the official run had 2 processes: 2 ranks of this run train that one 
 from __future__ import annotations
 
 import pytest
-from unsup_ddp_helpers import one_and_two_processes
+from ddp_helpers import one_and_two_processes
 
 BACKBONE = "dinov2_tiny_random"
 METRIC_TOL = 0.1  # percentage points (see the module doc)
@@ -40,8 +40,8 @@ def test_stego_two_processes_record_the_metrics_of_one(tmp_path):
     task = "stego_cityscapes"
     options = {f"{task}.steps": 30, f"{task}.val_every": 10, f"{task}.checkpoint_every": 10,
                f"{task}.crf": False}  # the CRF runs (sharded) in the CAUSE test  # fmt: skip
-    one, two = one_and_two_processes(tmp_path, task, BACKBONE, options)
-    assert one["device"]["world_size"] == 1 and two["device"]["world_size"] == 2
+    ones, twos = one_and_two_processes(tmp_path, task, options, backbone=BACKBONE)  # world sizes checked there
+    one, two = ones[task], twos[task]
     assert two["metrics"] == pytest.approx(one["metrics"], abs=METRIC_TOL)
     _same_losses(one, two, "train_")
     # the best-checkpoint selection saw the same validation scores and picked the same step
@@ -62,8 +62,8 @@ def test_cause_two_processes_record_the_metrics_of_one(tmp_path):
     # the paper's mode (ddp: reference, here as 2 official processes): lr x 2, each epoch a random half of the set
     options = {f"{task}.ddp": "reference", f"{task}.ddp_processes": 2, f"{task}.stage1.epochs": 2,
                f"{task}.stage2.epochs": 3, f"{task}.stage3.epochs": 4, f"{task}.stage3.lr_step_epochs": 2}  # fmt: skip
-    one, two = one_and_two_processes(tmp_path, task, BACKBONE, options)
-    assert one["device"]["world_size"] == 1 and two["device"]["world_size"] == 2
+    ones, twos = one_and_two_processes(tmp_path, task, options, backbone=BACKBONE)  # world sizes checked there
+    one, two = ones[task], twos[task]
     for name, value in one["metrics"].items():
         assert two["metrics"][name] == pytest.approx(value, abs=MAP_TOL if "map" in name else METRIC_TOL), name
     for stage in ("stage1_modularity", "stage2_contrastive", "stage2_linear", "stage3_linear", "stage3_modularity"):

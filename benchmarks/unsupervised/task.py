@@ -82,6 +82,7 @@ class _UnsupervisedTask(Task):
 
 class _StegoTask(_UnsupervisedTask):
     method = "stego"
+    version = "2"  # 2: a step's randomness drawn for the global batch (same training on any number of ranks)
     table = "table1"
     metrics = (
         Metric("cluster_miou", True, "unsupervised cluster probe mIoU (%), Hungarian-matched, with CRF"),
@@ -128,6 +129,7 @@ class StegoPotsdam(_StegoTask):
 
 class _CauseTask(_UnsupervisedTask):
     method = "cause"
+    version = "2"  # 2: global-batch randomness; ddp: reference trains one official process's model (batch 16)
     table = "table2"
     metrics = (
         Metric("miou", True, "cluster mIoU (%) without CRF"),
