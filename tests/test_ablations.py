@@ -24,7 +24,8 @@ def test_smoke_rows_evaluate_with_the_shortened_segmentation_schedule(monkeypatc
     fakes = {"imagenet_knn": FakeEval("imagenet_knn", {}),
              "seg_ade20k_linear": FakeEval("seg_ade20k_linear", {"iterations": 100, "crop": 84})}  # fmt: skip
     monkeypatch.setattr(A, "get_task", lambda name: fakes[name])
-    monkeypatch.setattr(A._AblationTask, "_repair", lambda self, backbone, overrides, ctx, row: (backbone, _Config(), None))
+    monkeypatch.setattr(A._AblationTask, "_repair",
+                        lambda self, backbone, overrides, ctx, row, directions=None: (backbone, _Config(), None))
     monkeypatch.setattr("sinder.weights.state_dict_sha256", lambda state: "0" * 64)
     ablation = A.ThresholdAblation()
     assert ablation.first_backbone_only and not registry.Task.first_backbone_only
@@ -45,3 +46,30 @@ class _Config:
 
     def differences_from_official(self):
         return {}
+
+
+def test_rows_share_the_backbones_directions_and_repair_as_if_each_computed_them(monkeypatch):
+    import copy
+
+    import torch
+
+    from sinder import linearize
+    from sinder.defective_model import build_defective_tiny
+    from sinder.repair_smoke import repair_for_smoke
+
+    backbone, _ = build_defective_tiny()
+    calls = []
+    original = linearize.singular_defect_directions
+    monkeypatch.setattr(linearize, "singular_defect_directions", lambda *a, **k: calls.append(k) or original(*a, **k))
+    computed: dict = {}
+    row = A.ablation_config({"mu": 3.5}, "smoke", 8)
+    shared = A._shared_directions(backbone, row, torch.device("cpu"), computed)
+    assert A._shared_directions(backbone, A.ablation_config({"sigma": 5}, "smoke", 8), "cpu", computed) is shared
+    assert len(calls) == 1 and calls[0]["n_samples"] == row.n_samples and calls[0]["seed"] == row.direction_seed
+    # The same repair with the shared directions and with the ones RepairRun computes for the row's copy.
+    row = A.ablation_config({"mu": 3.5, "max_iters": 6, "num_images": 6}, "smoke", 8)
+    with_shared = repair_for_smoke(copy.deepcopy(backbone), config=row, directions=shared).state_dict()
+    own = repair_for_smoke(copy.deepcopy(backbone), config=row).state_dict()
+    assert len(calls) == 2  # the second repair computed its own
+    assert all(torch.equal(with_shared[k], own[k]) for k in own)
+    assert not all(torch.equal(with_shared[k], v) for k, v in backbone.state_dict().items())  # it did repair

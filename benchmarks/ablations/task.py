@@ -66,20 +66,21 @@ class _AblationTask(Task):
                 pass  # that evaluation is not in this checkout; run() notes it
         return list(dict.fromkeys(needed))
 
-    def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str):
+    def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str, directions: dict | None = None):
         from sinder.repair import RepairRun
         from sinder.repair_smoke import repair_for_smoke
 
         model = copy.deepcopy(backbone)
         config = ablation_config(overrides, ctx.profile, len(model.blocks))
+        nu = _shared_directions(backbone, config, ctx.device, {} if directions is None else directions)
         if ctx.profile == "smoke":
-            return repair_for_smoke(model, config=config, seed=ctx.seed), config, None
+            return repair_for_smoke(model, config=config, seed=ctx.seed, directions=nu), config, None
         from sinder.images import list_images, load_image, stride_subset
 
         images = stride_subset(list_images(ctx.dataset_root("imagenet") / "train"), config.num_images)
         load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
         work = ctx.work_dir / f"repair-{row}"
-        run = RepairRun(model, images, config, work, load, device=ctx.device, progress=ctx.progress)
+        run = RepairRun(model, images, config, work, load, directions=nu, device=ctx.device, progress=ctx.progress)
         result = run.run(resume=(work / "checkpoint.pt").is_file())
         model.load_state_dict(result.state_dict)
         return model, config, result.nonfinite_steps
@@ -90,9 +91,10 @@ class _AblationTask(Task):
         metrics: dict[str, float] = {}
         hparams: dict[str, Any] = {}
         missing = []
+        directions: dict = {}  # every row repairs the same backbone: its defect directions are computed once
         for row, overrides in ctx.config["settings"].items():
             ctx.log(f"{self.name}: repairing with {row} {overrides}")
-            repaired, config, nonfinite_steps = self._repair(backbone, overrides, ctx, row)
+            repaired, config, nonfinite_steps = self._repair(backbone, overrides, ctx, row, directions)
             hparams[row] = {**config.differences_from_official(), "on_nonfinite": config.on_nonfinite}
             if nonfinite_steps is not None:
                 hparams[row]["nonfinite_steps_skipped"] = nonfinite_steps
@@ -116,6 +118,18 @@ class _AblationTask(Task):
         if missing:
             out["details"] = {"evaluations_not_available": sorted(set(missing))}
         return out
+
+
+def _shared_directions(backbone, config, device, computed: dict):
+    """The un-repaired backbone's singular defect directions for ``config``'s sampling (n_samples, seed):
+    what RepairRun would compute for each row's copy of it, computed once per sampling in ``computed``."""
+    from sinder.linearize import singular_defect_directions
+
+    key = (config.n_samples, config.direction_seed)
+    if key not in computed:
+        computed[key] = singular_defect_directions(backbone, n_samples=config.n_samples, seed=config.direction_seed,
+                                                   device=device)  # fmt: skip
+    return computed[key]
 
 
 @register_task
