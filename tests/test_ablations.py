@@ -35,7 +35,7 @@ def test_smoke_rows_evaluate_with_the_shortened_segmentation_schedule(monkeypatc
     out = ablation.run(SimpleNamespace(state_dict=dict), ctx)
     seg = [overrides for name, overrides in seen if name == "seg_ade20k_linear"]
     assert len(seg) == len(ablation.settings) == 6  # Table 7's rows
-    assert all(o == {"iterations": 25, "warmup": 3, "crop": 84} for o in seg)  # the task's own crop kept
+    assert all(o == {"iterations": 12, "warmup": 2, "eval_images": 4, "crop": 84} for o in seg)  # the task's own crop kept
     assert out["metrics"]["mu_4/ade20k_miou"] == 3.0
     assert all(h["on_nonfinite"] == "skip" for h in out["hparams"].values())  # the policy is recorded per row
     assert ablation.config("paper")["evaluation_overrides"] == {}

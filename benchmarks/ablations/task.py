@@ -7,7 +7,8 @@ ImageNet KNN (``imagenet_knn``) and ADE20k linear segmentation (``seg_ade20k_lin
 
 Profile ``paper``: the official repair (30k ImageNet train images at 518 px) per row, the evaluations' paper
 protocols. Profile ``smoke``: the short smoke repair on synthetic photographs, with lambda scaled by the
-backbone's depth (the paper's 15/10/5 of 40 blocks), and the evaluations' smoke protocols.
+backbone's depth (the paper's 15/10/5 of 40 blocks), and the evaluations' smoke protocols, ADE20k's
+shortened further by the profile's ``evaluation_overrides`` (fewer iterations, the first val images only).
 """
 
 from __future__ import annotations
