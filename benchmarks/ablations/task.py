@@ -3,7 +3,8 @@
 Each row of a table is a RepairConfig override. The task repairs the backbone it is given once per row
 (resumable, in the task's work folder), then evaluates the repaired backbone with the tasks the paper uses:
 ImageNet KNN (``imagenet_knn``) and ADE20k linear segmentation (``seg_ade20k_linear``), recording
-``<row>/knn_top1``, ``<row>/knn_top5``, ``<row>/ade20k_miou`` and ``<row>/ade20k_aacc``.
+``<row>/knn_top1``, ``<row>/knn_top5``, ``<row>/ade20k_miou`` and ``<row>/ade20k_aacc``. A row whose repaired
+weights equal an earlier row's reports that row's evaluations (``details.same_weights_as``).
 
 Profile ``paper``: the official repair (30k ImageNet train images at 518 px) per row, the evaluations' paper
 protocols. Profile ``smoke``: the short smoke repair on synthetic photographs, with lambda scaled by the
@@ -93,6 +94,10 @@ class _AblationTask(Task):
         hparams: dict[str, Any] = {}
         missing = []
         directions: dict = {}  # every row repairs the same backbone: its defect directions are computed once
+        # A row whose repair ends at an earlier row's weights (e.g. a threshold that changes no step) gets that
+        # row's evaluations: same weights, config and seed. (weights sha256, evaluation) -> (row, result)
+        evaluated: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        same_weights: dict[str, str] = {}
         for row, overrides in ctx.config["settings"].items():
             ctx.log(f"{self.name}: repairing with {row} {overrides}")
             repaired, config, nonfinite_steps = self._repair(backbone, overrides, ctx, row, directions)
@@ -112,12 +117,21 @@ class _AblationTask(Task):
                     sub_config["overrides"] = {**(sub_config.get("overrides") or {}), **extra}
                 sub_ctx = dataclasses.replace(ctx, config=sub_config, weights_sha256=sha,
                                               work_dir=ctx.work_dir / f"{task_name}-{row}")
-                result = task.run(repaired, sub_ctx)
+                if (sha, task_name) in evaluated:
+                    same_weights[row], result = evaluated[(sha, task_name)]
+                else:
+                    result = task.run(repaired, sub_ctx)
+                    evaluated[(sha, task_name)] = (row, result)
                 for source, target in names.items():
                     metrics[f"{row}/{target}"] = float(result["metrics"][source])
         out: dict[str, Any] = {"metrics": metrics, "hparams": hparams}
+        details: dict[str, Any] = {}
         if missing:
-            out["details"] = {"evaluations_not_available": sorted(set(missing))}
+            details["evaluations_not_available"] = sorted(set(missing))
+        if same_weights:
+            details["same_weights_as"] = same_weights  # row -> the earlier row whose evaluations it reports
+        if details:
+            out["details"] = details
         return out
 
 
