@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from .atomic import temp_prefix
 from .repair import RepairRun
 from .repair_config import SMOKE_CONFIG, RepairConfig
 
 
-def repair_for_smoke(model: nn.Module, config: RepairConfig | None = None, seed: int = 0) -> nn.Module:
-    """A short SINDER repair on synthetic photographs, for the smoke suite; returns the repaired model."""
+def repair_for_smoke(model: nn.Module, config: RepairConfig | None = None, seed: int = 0,
+                     directions: Sequence[Tensor] | None = None) -> nn.Module:
+    """A short SINDER repair on synthetic photographs, for the smoke suite; returns the repaired model.
+
+    ``directions``: the model's singular defect directions when the caller has them (see RepairRun)."""
     from .images import resize_center_crop, to_normalized_tensor
     from .synthetic_images import synthetic_photos
 
@@ -21,7 +25,7 @@ def repair_for_smoke(model: nn.Module, config: RepairConfig | None = None, seed:
     tensors = [to_normalized_tensor(resize_center_crop(p, config.resolution)) for p in photos]
     with tempfile.TemporaryDirectory(prefix=temp_prefix("sinder-smoke-repair")) as work_dir:
         run = RepairRun(model, list(range(len(tensors))), config, work_dir, load=tensors.__getitem__,
-                        device=next(model.parameters()).device, progress=False)
+                        directions=directions, device=next(model.parameters()).device, progress=False)
         result = run.run()
     model.load_state_dict(result.state_dict)
     return model

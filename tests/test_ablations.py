@@ -24,8 +24,10 @@ def test_smoke_rows_evaluate_with_the_shortened_segmentation_schedule(monkeypatc
     fakes = {"imagenet_knn": FakeEval("imagenet_knn", {}),
              "seg_ade20k_linear": FakeEval("seg_ade20k_linear", {"iterations": 100, "crop": 84})}  # fmt: skip
     monkeypatch.setattr(A, "get_task", lambda name: fakes[name])
-    monkeypatch.setattr(A._AblationTask, "_repair", lambda self, backbone, overrides, ctx, row: (backbone, _Config(), None))
-    monkeypatch.setattr("sinder.weights.state_dict_sha256", lambda state: "0" * 64)
+    monkeypatch.setattr(A._AblationTask, "_repair",
+                        lambda self, backbone, overrides, ctx, row, directions=None: (backbone, _Config(), None))
+    shas = iter(f"{i:064d}" for i in range(100))  # every row's repair gives other weights
+    monkeypatch.setattr("sinder.weights.state_dict_sha256", lambda state: next(shas))
     ablation = A.ThresholdAblation()
     assert ablation.first_backbone_only and not registry.Task.first_backbone_only
     ctx = SimpleNamespace(profile="smoke", config=ablation.config("smoke"), log=lambda msg: None,
@@ -34,10 +36,41 @@ def test_smoke_rows_evaluate_with_the_shortened_segmentation_schedule(monkeypatc
     out = ablation.run(SimpleNamespace(state_dict=dict), ctx)
     seg = [overrides for name, overrides in seen if name == "seg_ade20k_linear"]
     assert len(seg) == len(ablation.settings) == 6  # Table 7's rows
-    assert all(o == {"iterations": 25, "warmup": 3, "crop": 84} for o in seg)  # the task's own crop kept
+    assert all(o == {"iterations": 12, "warmup": 2, "eval_images": 4, "crop": 84} for o in seg)  # the task's own crop kept
     assert out["metrics"]["mu_4/ade20k_miou"] == 3.0
     assert all(h["on_nonfinite"] == "skip" for h in out["hparams"].values())  # the policy is recorded per row
     assert ablation.config("paper")["evaluation_overrides"] == {}
+    assert "details" not in out
+
+
+def test_rows_with_an_earlier_rows_weights_report_its_evaluations(monkeypatch):
+    runs = []
+
+    class FakeEval:
+        def config(self, profile):
+            return {}
+
+        def run(self, model, ctx):
+            runs.append(ctx.work_dir.name)
+            return {"metrics": {"top1": len(runs), "top5": 0.0, "miou": 10.0 * len(runs), "aacc": 0.0}}
+
+    monkeypatch.setattr(A, "get_task", lambda name: FakeEval())
+    monkeypatch.setattr(A._AblationTask, "_repair",
+                        lambda self, backbone, overrides, ctx, row, directions=None: (backbone, _Config(), None))
+    # sigma_0 and sigma_5 end at the same weights, and so do mu_4 and mu_4.5
+    same = {"sigma_0": "a", "sigma_3": "b", "sigma_5": "a", "mu_3.5": "c", "mu_4": "d", "mu_4.5": "d"}
+    rows = iter(A.ThresholdAblation().settings)
+    monkeypatch.setattr("sinder.weights.state_dict_sha256", lambda state: same[next(rows)] * 64)
+    monkeypatch.setattr(A.dataclasses, "replace", lambda ctx, **kw: SimpleNamespace(**{**vars(ctx), **kw}))
+    ctx = SimpleNamespace(profile="smoke", config=A.ThresholdAblation().config("smoke"), log=lambda msg: None,
+                          work_dir=Path("/nonexistent"))  # fmt: skip
+    out = A.ThresholdAblation().run(SimpleNamespace(state_dict=dict), ctx)
+    assert runs == [f"{task}-{row}" for row in ("sigma_0", "sigma_3", "mu_3.5", "mu_4")
+                    for task in ("imagenet_knn", "seg_ade20k_linear")]  # fmt: skip
+    assert out["details"] == {"same_weights_as": {"sigma_5": "sigma_0", "mu_4.5": "mu_4"}}
+    m = out["metrics"]
+    assert m["sigma_5/knn_top1"] == m["sigma_0/knn_top1"] == 1 and m["sigma_5/ade20k_miou"] == m["sigma_0/ade20k_miou"] == 20
+    assert m["mu_4.5/knn_top1"] == m["mu_4/knn_top1"] == 7 and m["sigma_3/knn_top1"] == 3
 
 
 class _Config:
@@ -45,3 +78,30 @@ class _Config:
 
     def differences_from_official(self):
         return {}
+
+
+def test_rows_share_the_backbones_directions_and_repair_as_if_each_computed_them(monkeypatch):
+    import copy
+
+    import torch
+
+    from sinder import linearize
+    from sinder.defective_model import build_defective_tiny
+    from sinder.repair_smoke import repair_for_smoke
+
+    backbone, _ = build_defective_tiny()
+    calls = []
+    original = linearize.singular_defect_directions
+    monkeypatch.setattr(linearize, "singular_defect_directions", lambda *a, **k: calls.append(k) or original(*a, **k))
+    computed: dict = {}
+    row = A.ablation_config({"mu": 3.5}, "smoke", 8)
+    shared = A._shared_directions(backbone, row, torch.device("cpu"), computed)
+    assert A._shared_directions(backbone, A.ablation_config({"sigma": 5}, "smoke", 8), "cpu", computed) is shared
+    assert len(calls) == 1 and calls[0]["n_samples"] == row.n_samples and calls[0]["seed"] == row.direction_seed
+    # The same repair with the shared directions and with the ones RepairRun computes for the row's copy.
+    row = A.ablation_config({"mu": 3.5, "max_iters": 6, "num_images": 6}, "smoke", 8)
+    with_shared = repair_for_smoke(copy.deepcopy(backbone), config=row, directions=shared).state_dict()
+    own = repair_for_smoke(copy.deepcopy(backbone), config=row).state_dict()
+    assert len(calls) == 2  # the second repair computed its own
+    assert all(torch.equal(with_shared[k], own[k]) for k in own)
+    assert not all(torch.equal(with_shared[k], v) for k, v in backbone.state_dict().items())  # it did repair

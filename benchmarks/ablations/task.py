@@ -3,11 +3,13 @@
 Each row of a table is a RepairConfig override. The task repairs the backbone it is given once per row
 (resumable, in the task's work folder), then evaluates the repaired backbone with the tasks the paper uses:
 ImageNet KNN (``imagenet_knn``) and ADE20k linear segmentation (``seg_ade20k_linear``), recording
-``<row>/knn_top1``, ``<row>/knn_top5``, ``<row>/ade20k_miou`` and ``<row>/ade20k_aacc``.
+``<row>/knn_top1``, ``<row>/knn_top5``, ``<row>/ade20k_miou`` and ``<row>/ade20k_aacc``. A row whose repaired
+weights equal an earlier row's reports that row's evaluations (``details.same_weights_as``).
 
 Profile ``paper``: the official repair (30k ImageNet train images at 518 px) per row, the evaluations' paper
 protocols. Profile ``smoke``: the short smoke repair on synthetic photographs, with lambda scaled by the
-backbone's depth (the paper's 15/10/5 of 40 blocks), and the evaluations' smoke protocols.
+backbone's depth (the paper's 15/10/5 of 40 blocks), and the evaluations' smoke protocols, ADE20k's
+shortened further by the profile's ``evaluation_overrides`` (fewer iterations, the first val images only).
 """
 
 from __future__ import annotations
@@ -66,20 +68,21 @@ class _AblationTask(Task):
                 pass  # that evaluation is not in this checkout; run() notes it
         return list(dict.fromkeys(needed))
 
-    def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str):
+    def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str, directions: dict | None = None):
         from sinder.repair import RepairRun
         from sinder.repair_smoke import repair_for_smoke
 
         model = copy.deepcopy(backbone)
         config = ablation_config(overrides, ctx.profile, len(model.blocks))
+        nu = _shared_directions(backbone, config, ctx.device, {} if directions is None else directions)
         if ctx.profile == "smoke":
-            return repair_for_smoke(model, config=config, seed=ctx.seed), config, None
+            return repair_for_smoke(model, config=config, seed=ctx.seed, directions=nu), config, None
         from sinder.images import list_images, load_image, stride_subset
 
         images = stride_subset(list_images(ctx.dataset_root("imagenet") / "train"), config.num_images)
         load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
         work = ctx.work_dir / f"repair-{row}"
-        run = RepairRun(model, images, config, work, load, device=ctx.device, progress=ctx.progress)
+        run = RepairRun(model, images, config, work, load, directions=nu, device=ctx.device, progress=ctx.progress)
         result = run.run(resume=(work / "checkpoint.pt").is_file())
         model.load_state_dict(result.state_dict)
         return model, config, result.nonfinite_steps
@@ -90,9 +93,14 @@ class _AblationTask(Task):
         metrics: dict[str, float] = {}
         hparams: dict[str, Any] = {}
         missing = []
+        directions: dict = {}  # every row repairs the same backbone: its defect directions are computed once
+        # A row whose repair ends at an earlier row's weights (e.g. a threshold that changes no step) gets that
+        # row's evaluations: same weights, config and seed. (weights sha256, evaluation) -> (row, result)
+        evaluated: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        same_weights: dict[str, str] = {}
         for row, overrides in ctx.config["settings"].items():
             ctx.log(f"{self.name}: repairing with {row} {overrides}")
-            repaired, config, nonfinite_steps = self._repair(backbone, overrides, ctx, row)
+            repaired, config, nonfinite_steps = self._repair(backbone, overrides, ctx, row, directions)
             hparams[row] = {**config.differences_from_official(), "on_nonfinite": config.on_nonfinite}
             if nonfinite_steps is not None:
                 hparams[row]["nonfinite_steps_skipped"] = nonfinite_steps
@@ -109,13 +117,34 @@ class _AblationTask(Task):
                     sub_config["overrides"] = {**(sub_config.get("overrides") or {}), **extra}
                 sub_ctx = dataclasses.replace(ctx, config=sub_config, weights_sha256=sha,
                                               work_dir=ctx.work_dir / f"{task_name}-{row}")
-                result = task.run(repaired, sub_ctx)
+                if (sha, task_name) in evaluated:
+                    same_weights[row], result = evaluated[(sha, task_name)]
+                else:
+                    result = task.run(repaired, sub_ctx)
+                    evaluated[(sha, task_name)] = (row, result)
                 for source, target in names.items():
                     metrics[f"{row}/{target}"] = float(result["metrics"][source])
         out: dict[str, Any] = {"metrics": metrics, "hparams": hparams}
+        details: dict[str, Any] = {}
         if missing:
-            out["details"] = {"evaluations_not_available": sorted(set(missing))}
+            details["evaluations_not_available"] = sorted(set(missing))
+        if same_weights:
+            details["same_weights_as"] = same_weights  # row -> the earlier row whose evaluations it reports
+        if details:
+            out["details"] = details
         return out
+
+
+def _shared_directions(backbone, config, device, computed: dict):
+    """The un-repaired backbone's singular defect directions for ``config``'s sampling (n_samples, seed):
+    what RepairRun would compute for each row's copy of it, computed once per sampling in ``computed``."""
+    from sinder.linearize import singular_defect_directions
+
+    key = (config.n_samples, config.direction_seed)
+    if key not in computed:
+        computed[key] = singular_defect_directions(backbone, n_samples=config.n_samples, seed=config.direction_seed,
+                                                   device=device)  # fmt: skip
+    return computed[key]
 
 
 @register_task

@@ -2,8 +2,8 @@
 
 Profiles live in ``profiles/<task>/{paper,smoke}.yaml``. Profile ``paper`` runs the config files as they are
 (``configs/``: DINOv2's protocol). Profile ``smoke`` shrinks them for a CPU: a small crop (every resolution of the pipelines scaled by the same factor), 100
-iterations at batch 4 and a higher learning rate; multiscale keeps the five TTA ratios and flip but evaluates
-on the first 4 val images only. Smoke linear also trains on un-augmented crops (fixed resize and center crop,
+iterations (multiscale: 60) at batch 4 and a higher learning rate; multiscale keeps the five TTA ratios and
+flip but evaluates on the first 4 val images only. Smoke linear also trains on un-augmented crops (fixed resize and center crop,
 no flip or photometric distortion) whose frozen-backbone maps are computed once per image and reused every
 iteration; the record's ``feature_cache`` and ``train_augmentation`` say so. Everywhere else (paper profile,
 multiscale, every evaluation) the backbone runs on every crop.
