@@ -33,13 +33,13 @@ JOBS_ENV = "SINDER_BENCH_JOBS"  # the default of --jobs (the tests set 1: they p
 MAX_AUTO_JOBS = 2  # the smoke suite's tiny models: more processes than this mostly add import time and memory
 POLL_S = 1.0  # how often the parent looks for a dead worker while it waits
 
-# Smoke-profile seconds per task (results/perf/smoke_suite.json, one thread, mean of the two backbones): the order
-# of a run without earlier records of its own, so that the longest tasks start first. Only the order matters.
+# Smoke-profile seconds per task (results/perf/jobs1/smoke_suite.json: one job, one thread, mean of the two
+# backbones): the order of a run without earlier records of its own, longest first. Only the order matters.
 SMOKE_SECONDS = {
-    "ablation_thresholds": 72, "ablation_constraints": 50, "depth_nyu_dpt": 41, "stego_cityscapes": 26,
-    "depth_nyu_linear4": 27, "seg_ade20k_multiscale": 25, "stego_potsdam": 19, "seg_ade20k_linear": 16,
-    "depth_nyu_linear1": 13, "seg_voc_multiscale": 13, "cause_voc": 12, "cause_cityscapes": 6, "seg_voc_linear": 5,
-    "imagenet_linear": 1.1, "imagenet_knn": 0.4,
+    "stego_cityscapes": 17.0, "depth_nyu_linear4": 14.2, "ablation_thresholds": 13.2, "ablation_constraints": 12.7,
+    "seg_ade20k_multiscale": 12.4, "stego_potsdam": 10.4, "seg_ade20k_linear": 9.6, "depth_nyu_linear1": 9.3,
+    "cause_voc": 9.1, "depth_nyu_dpt": 9.1, "seg_voc_multiscale": 6.3, "cause_cityscapes": 4.8, "seg_voc_linear": 2.9,
+    "imagenet_linear": 1.5, "imagenet_knn": 0.1,
 }  # fmt: skip
 
 
