@@ -32,7 +32,9 @@ def test_cause_paper_profile_is_the_official_rank_zero_model():
     assert len(first) == len(set(first.tolist())) == 16
     second = torch.cat([L.global_batch(small, 4, s, 0, small // 4) for s in range(4, 8)])  # 4 steps an epoch
     assert len(set(second.tolist())) == 16 and set(second.tolist()) != set(first.tolist())
-    assert cause_deviations(cfg, world_size=4) == cause_deviations(cfg, world_size=1) == []
+    # the paper mode departs from the official scripts only by the dropped partial batch, on any number of ranks
+    partial = ["each epoch's last partial batch is dropped (official: trained on)"]
+    assert cause_deviations(cfg, world_size=4) == cause_deviations(cfg, world_size=1) == partial
     raw = resolve_config("cause", "voc2012", "smoke")  # smoke reads its numbers as one process
     assert raw["ddp"] == "single" and raw["stage1"]["batch_size"] == 8 and raw["stage1"]["lr"] == pytest.approx(1e-3)
     assert _schedule(100, raw["stage1"], raw)[1] == 100 // 8
@@ -41,7 +43,7 @@ def test_cause_paper_profile_is_the_official_rank_zero_model():
         single[stage]["batch_size"], single[stage]["lr"] = 16, 1e-3
     single = _cause_ddp({**single, "ddp": "single"})
     assert single["stage2"]["batch_size"] == 16 and single["stage2"]["lr"] == pytest.approx(1e-3)
-    assert cause_deviations(single, 1)[0].startswith("ddp=single")
+    assert cause_deviations(single, 1)[1].startswith("ddp=single")
     with pytest.raises(ValueError, match="ddp='eight'"):
         _cause_ddp({**cfg, "ddp": "eight"})
 
