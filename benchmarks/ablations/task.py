@@ -19,6 +19,7 @@ import dataclasses
 import functools
 from typing import Any
 
+from benchmarks.core import distributed as D
 from benchmarks.core.registry import Metric, Task, get_task, register_task
 
 # Each task's rows (RepairConfig overrides) are its profile's ``settings``: profiles/<task>/paper.yaml.
@@ -71,21 +72,38 @@ class _AblationTask(Task):
     def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str, directions: dict | None = None):
         from sinder.repair import RepairRun
         from sinder.repair_smoke import repair_for_smoke
+        from sinder.weights import read_state_dict, save_state_dict
 
         model = copy.deepcopy(backbone)
         config = ablation_config(overrides, ctx.profile, len(model.blocks))
-        nu = _shared_directions(backbone, config, ctx.device, {} if directions is None else directions)
-        if ctx.profile == "smoke":
-            return repair_for_smoke(model, config=config, seed=ctx.seed, directions=nu), config, None
-        from sinder.images import list_images, load_image, stride_subset
-
-        images = stride_subset(list_images(ctx.dataset_root("imagenet") / "train"), config.num_images)
-        load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
         work = ctx.work_dir / f"repair-{row}"
-        run = RepairRun(model, images, config, work, load, directions=nu, device=ctx.device, progress=ctx.progress)
-        result = run.run(resume=(work / "checkpoint.pt").is_file())
-        model.load_state_dict(result.state_dict)
-        return model, config, result.nonfinite_steps
+        repaired = work / "repaired.safetensors"  # under torchrun: how the other ranks get rank 0's repair
+
+        def repair() -> dict[str, Any]:
+            nu = _shared_directions(backbone, config, ctx.device, {} if directions is None else directions)
+            nonfinite_steps = None
+            if ctx.profile == "smoke":
+                repair_for_smoke(model, config=config, seed=ctx.seed, directions=nu)  # in place
+            else:
+                from sinder.images import list_images, load_image, stride_subset
+
+                images = stride_subset(list_images(ctx.dataset_root("imagenet") / "train"), config.num_images)
+                load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
+                run = RepairRun(model, images, config, work, load, directions=nu, device=ctx.device,
+                                progress=ctx.progress)  # fmt: skip
+                result = run.run(resume=(work / "checkpoint.pt").is_file())
+                model.load_state_dict(result.state_dict)
+                nonfinite_steps = result.nonfinite_steps
+            if D.is_distributed():
+                save_state_dict(model.state_dict(), repaired, force=True)
+            return {"nonfinite_steps": nonfinite_steps}
+
+        # Algorithm 1 is single-image SGD: rank 0 repairs, the other ranks wait for its weights (a ViT-g repair
+        # outlasts any collective's timeout, see made_by_main_rank), then every rank shards the evaluations.
+        made = D.made_by_main_rank(work, repair)
+        if not D.is_main():
+            model.load_state_dict(read_state_dict(repaired))
+        return model, config, made["nonfinite_steps"]
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         from sinder.weights import state_dict_sha256

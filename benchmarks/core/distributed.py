@@ -7,7 +7,13 @@ with :func:`init_from_env`).
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -118,3 +124,38 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def made_by_main_rank(folder: Path, make: Callable[[], Any], poll_s: float = 5.0) -> Any:
+    """``make()`` run by rank 0 only; its JSON-able result on every rank (a single process just calls it).
+
+    For work that must not be repeated by every rank and outlasts any collective's timeout (a ViT-g repair
+    takes hours): the ranks agree on a token, then the others poll ``folder`` for rank 0's marker of that token,
+    done (with the result) or failed (with the error, raised on every rank so that none waits forever). Whatever
+    else ``make`` produces (e.g. a weights file) is in ``folder`` before the done marker is written.
+    """
+    from sinder.atomic import atomic_write_text
+
+    if not is_distributed() or world_size() == 1:
+        return make()
+    token = broadcast_object(uuid.uuid4().hex)
+    folder = Path(folder)
+    done, failed = folder / f".done-{token}.json", folder / f".failed-{token}.txt"
+    if is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in [*folder.glob(".done-*.json"), *folder.glob(".failed-*.txt")]:
+            if token not in old.name:  # every rank is past the earlier tokens' markers: they wait on this one
+                old.unlink(missing_ok=True)
+        try:
+            result = make()
+        except BaseException as err:
+            atomic_write_text(failed, f"{type(err).__name__}: {err}")
+            raise
+        atomic_write_text(done, json.dumps(result))
+        return result
+    while True:
+        if done.is_file():
+            return json.loads(done.read_text())
+        if failed.is_file():
+            raise RuntimeError(f"rank 0 failed the work this rank waits for ({folder}): {failed.read_text()}")
+        time.sleep(poll_s)
