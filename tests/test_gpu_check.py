@@ -83,3 +83,23 @@ def test_tiny_check_writes_every_measurement(tmp_path):
     assert _finite_positive(jpeg["eval_images_per_s_per_worker"])
     needed = math.ceil(m["feature_extraction_224"]["images_per_s"] / jpeg["eval_images_per_s_per_worker"])
     assert jpeg["workers_needed_for_extraction_224"] == needed
+
+
+def test_a_check_cut_off_midway_keeps_what_it_measured(tmp_path, monkeypatch):
+    # a device session's time limit kills the run: each finished measurement is already on disk
+    torch.set_num_threads(1)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # not an Exception: it is not recorded as that measurement's error
+
+    monkeypatch.setattr(gpu_check, "measure_repair", killed)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--only", "feature_extraction_224",
+                        "--only", "repair"])  # fmt: skip
+    result = json.loads((tmp_path / "gpu_check_tiny.json").read_text())
+    assert result["complete"] is False and set(result["measurements"]) == {"feature_extraction_224"}
+    assert _finite_positive(result["measurements"]["feature_extraction_224"]["images_per_s"])
+    monkeypatch.undo()
+    assert gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--only", "repair"]) == 0
+    result = json.loads((tmp_path / "gpu_check_tiny.json").read_text())
+    assert result["complete"] is True and set(result["verdicts"]) == {"repair"}

@@ -426,8 +426,11 @@ def _device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def run_checks(sizes: Sizes, device: torch.device, only: list[str] | None = None) -> dict[str, Any]:
-    """Every measurement in its own try-block: a failure is recorded with its error and the rest still run."""
+def run_checks(sizes: Sizes, device: torch.device, only: list[str] | None = None,
+               on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every measurement in its own try-block: a failure is recorded with its error and the rest still run.
+    ``on_result(measurements so far)`` after each one (the driver writes them: a run cut off by a time limit
+    keeps what it measured)."""
     measurements: dict[str, Any] = {}
     checks: list[tuple[str, Callable[[], dict]]] = [
         (f"feature_extraction_{res}", lambda r=res, b=batch, n=n: measure_extraction(sizes, device, r, b, n))
@@ -454,6 +457,8 @@ def run_checks(sizes: Sizes, device: torch.device, only: list[str] | None = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
         print(f"gpu_check: {name}: {measurements[name]['verdict']} ({measurements[name]['wall_s']:.1f} s)", flush=True)
+        if on_result is not None:
+            on_result(measurements)
     return measurements
 
 
@@ -469,16 +474,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu (with --tiny)")
     sizes = TINY if args.tiny else FULL
     started = time.perf_counter()
-    measurements = run_checks(sizes, device, args.only)
-    verdicts = {name: m["verdict"] for name, m in measurements.items()}
-    result = {
+    path = Path(args.out) / ("gpu_check_tiny.json" if args.tiny else "gpu_check.json")
+    header = {
         "benchmark": "gpu_check", "scale": sizes.scale, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "note": "toy sizes: verdicts say nothing about the goals" if args.tiny else "sizes of issue 16",
-        "git_commit": git_commit(), "device": _device_info(device), "sizes": asdict(sizes), "verdicts": verdicts,
-        "measurements": measurements, "total_wall_s": time.perf_counter() - started,
+        "git_commit": git_commit(), "device": _device_info(device), "sizes": asdict(sizes),
     }  # fmt: skip
-    path = Path(args.out) / ("gpu_check_tiny.json" if args.tiny else "gpu_check.json")
-    atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")
+
+    def write(measurements: dict[str, Any], complete: bool) -> dict[str, str]:
+        verdicts = {name: m["verdict"] for name, m in measurements.items()}
+        result = {**header, "complete": complete, "verdicts": verdicts, "measurements": measurements,
+                  "total_wall_s": time.perf_counter() - started}  # fmt: skip
+        atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")
+        return verdicts
+
+    measurements = run_checks(sizes, device, args.only, on_result=lambda done: write(done, complete=False))
+    verdicts = write(measurements, complete=True)
     print(json.dumps(verdicts, indent=2))
     print(f"wrote {path}")
     return 0
