@@ -33,7 +33,7 @@ JOBS_ENV = "SINDER_BENCH_JOBS"  # the default of --jobs (the tests set 1: they p
 MAX_AUTO_JOBS = 2  # the smoke suite's tiny models: more processes than this mostly add import time and memory
 POLL_S = 1.0  # how often the parent looks for a dead worker while it waits
 
-# Smoke-profile seconds per task (results/perf/jobs1/smoke_suite.json: one job, one thread, mean of the two
+# Smoke-profile seconds per task (a --jobs 1 run of benchmarks/perf/smoke_suite.py, one thread, mean of the two
 # backbones): the order of a run without earlier records of its own, longest first. Only the order matters.
 SMOKE_SECONDS = {
     "stego_cityscapes": 17.0, "depth_nyu_linear4": 14.2, "ablation_thresholds": 13.2, "ablation_constraints": 12.7,

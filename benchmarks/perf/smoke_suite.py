@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the run (default 1, as the main job)")
     parser.add_argument("--jobs", default="auto", type=parse_jobs,
                         help="run --jobs: pairs at once in worker processes (default auto, as the main job)")
+    parser.add_argument("--baseline-jobs", default=None, type=parse_jobs,
+                        help="also time the suite with this --jobs in the same invocation (its own empty cache): "
+                             "the baseline the speed-up is measured against, e.g. 1")  # fmt: skip
     parser.add_argument("--out", default="results/perf", help="folder for smoke_suite.json")
     args = parser.parse_args(argv)
     jobs = resolve_jobs(args.jobs, "smoke", args.threads)  # what the child resolves `auto` to
@@ -77,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="smoke-suite-") as tmp:
         result = run_suite(args.suite, args.threads, Path(tmp), jobs)
+    baseline = None
+    if args.baseline_jobs is not None:
+        base_jobs = resolve_jobs(args.baseline_jobs, "smoke", args.threads)
+        with tempfile.TemporaryDirectory(prefix="smoke-suite-baseline-") as tmp:
+            base = run_suite(args.suite, args.threads, Path(tmp), base_jobs)
+        baseline = {"jobs": base_jobs, **base, "speedup": round(base["wall_s"] / result["wall_s"], 2)}
     alone = alone_range(result["cpu_s"], jobs, args.threads, cores)
     report = {
         "benchmark": "smoke_suite",
@@ -93,13 +102,18 @@ def main(argv: list[str] | None = None) -> int:
         # True / False when the whole range is within / beyond the target, None when it straddles it.
         "within_target_if_alone": True if alone[1] <= TARGET_S else (False if alone[0] > TARGET_S else None),
     }
+    if baseline is not None:  # speedup: the baseline's wall time / this run's, both measured just now
+        report["baseline"] = baseline
     out = Path(args.out) / ("smoke_suite.json" if args.suite == "all" else f"smoke_suite_{args.suite}.json")
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"{args.suite}: wall {result['wall_s']} s, CPU {result['cpu_s']} s with {jobs} job(s) of "
           f"{args.threads} thread(s) on {cores} cores (alone: about {report['wall_if_alone_s']} s; target "
           f"{TARGET_S:.0f} s), load {load_before:.1f} -> {os.getloadavg()[0]:.1f}; exit {result['exit_code']} "
           f"-> {out}")  # fmt: skip
-    return 0 if result["exit_code"] == 0 else 1
+    if baseline is not None:
+        print(f"baseline: wall {baseline['wall_s']} s, CPU {baseline['cpu_s']} s with {baseline['jobs']} job(s): "
+              f"{baseline['speedup']}x slower than this run")  # fmt: skip
+    return 0 if result["exit_code"] == 0 and (baseline is None or baseline["exit_code"] == 0) else 1
 
 
 if __name__ == "__main__":
