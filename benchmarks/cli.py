@@ -14,9 +14,9 @@ import sys
 VERB_MODULES = [
     "benchmarks.commands.ls",
     "benchmarks.data.commands",
-    "sinder.commands",
-    "sinder.repair_command",
-    "sinder.ttr_command",
+    "sinder.cli.analyze",
+    "sinder.cli.repair",
+    "sinder.cli.ttr",
     "benchmarks.core.commands",
     "benchmarks.core.launch",  # after commands: adds --launcher to its `run`, and `status`
 ]

@@ -39,7 +39,7 @@ def load_parity_model(name: str):
     """(architecture dict, state dict without the ``model.`` prefix, all tensors) of a DINOv2 parity fixture."""
     from safetensors.torch import load_file
 
-    from sinder.vit import ARCH_DEFAULTS
+    from sinder.models.vit import ARCH_DEFAULTS
 
     tensors = load_file(str(parity_path(f"{name}.safetensors")))
     arch = json.loads(parity_path(f"{name}.json").read_text())

@@ -1,7 +1,7 @@
 """An independent, deliberately plain re-statement of the DINOv2 forward pass, for tests.
 
 It works on a raw state dict with explicit softmax attention and hand-written LayerNorm, sharing no code
-with ``sinder.vit``; only the positional-embedding resampling uses ``F.interpolate``, called with the
+with ``sinder.models.vit``; only the positional-embedding resampling uses ``F.interpolate``, called with the
 arguments the reference passes (bicubic; scale factors with the offset, or a size when the offset is 0).
 """
 

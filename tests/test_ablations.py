@@ -27,7 +27,7 @@ def test_smoke_rows_evaluate_with_the_shortened_segmentation_schedule(monkeypatc
     monkeypatch.setattr(A._AblationTask, "_repair",
                         lambda self, backbone, overrides, ctx, row, directions=None: (backbone, _Config(), None))
     shas = iter(f"{i:064d}" for i in range(100))  # every row's repair gives other weights
-    monkeypatch.setattr("sinder.weights.state_dict_sha256", lambda state: next(shas))
+    monkeypatch.setattr("sinder.models.weights.state_dict_sha256", lambda state: next(shas))
     ablation = A.ThresholdAblation()
     assert ablation.first_backbone_only and not registry.Task.first_backbone_only
     ctx = SimpleNamespace(profile="smoke", config=ablation.config("smoke"), log=lambda msg: None,
@@ -60,7 +60,7 @@ def test_rows_with_an_earlier_rows_weights_report_its_evaluations(monkeypatch):
     # sigma_0 and sigma_5 end at the same weights, and so do mu_4 and mu_4.5
     same = {"sigma_0": "a", "sigma_3": "b", "sigma_5": "a", "mu_3.5": "c", "mu_4": "d", "mu_4.5": "d"}
     rows = iter(A.ThresholdAblation().settings)
-    monkeypatch.setattr("sinder.weights.state_dict_sha256", lambda state: same[next(rows)] * 64)
+    monkeypatch.setattr("sinder.models.weights.state_dict_sha256", lambda state: same[next(rows)] * 64)
     monkeypatch.setattr(A.dataclasses, "replace", lambda ctx, **kw: SimpleNamespace(**{**vars(ctx), **kw}))
     ctx = SimpleNamespace(profile="smoke", config=A.ThresholdAblation().config("smoke"), log=lambda msg: None,
                           work_dir=Path("/nonexistent"))  # fmt: skip
@@ -85,9 +85,9 @@ def test_rows_share_the_backbones_directions_and_repair_as_if_each_computed_them
 
     import torch
 
-    from sinder import linearize
-    from sinder.defective_model import build_defective_tiny
-    from sinder.repair_smoke import repair_for_smoke
+    from sinder.defects import linearize
+    from sinder.models.defective import build_defective_tiny
+    from sinder.repair.smoke import repair_for_smoke
 
     backbone, _ = build_defective_tiny()
     calls = []

@@ -23,8 +23,8 @@ SCRIPT = textwrap.dedent(
     from benchmarks.ablations.task import ThresholdAblation
     from benchmarks.core import distributed as D
     from benchmarks.core.runner import TaskContext
-    from sinder.defective_model import build_defective_tiny
-    from sinder.weights import content_sha256
+    from sinder.models.defective import build_defective_tiny
+    from sinder.models.weights import content_sha256
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -64,9 +64,9 @@ def test_rank_zero_repairs_and_every_rank_evaluates_its_weights(tmp_path):
     import copy
 
     from benchmarks.ablations.task import ThresholdAblation, ablation_config
-    from sinder.defective_model import build_defective_tiny
-    from sinder.repair_smoke import repair_for_smoke
-    from sinder.weights import content_sha256
+    from sinder.models.defective import build_defective_tiny
+    from sinder.models.weights import content_sha256
+    from sinder.repair.smoke import repair_for_smoke
 
     script = tmp_path / "worker.py"
     script.write_text(SCRIPT)
@@ -91,7 +91,7 @@ def test_rank_zero_repairs_and_every_rank_evaluates_its_weights(tmp_path):
 def test_one_process_repairs_in_memory_without_markers(tmp_path):
     from benchmarks.ablations.task import ThresholdAblation
     from benchmarks.core.runner import TaskContext
-    from sinder.defective_model import build_defective_tiny
+    from sinder.models.defective import build_defective_tiny
 
     backbone, _ = build_defective_tiny()
     task = ThresholdAblation()

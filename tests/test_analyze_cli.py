@@ -12,13 +12,18 @@ import torch
 from PIL import Image
 
 from benchmarks.cli import main
-from sinder.analysis import default_mask_layers, directions_with_progress
-from sinder.clamp import clamp_singular_values
-from sinder.defective_model import defective_tiny_state_dict, sample_images
-from sinder.defects import TokenAngleAccumulator, high_norm_mask, patch_token_grids, random_unit_direction
-from sinder.images import IMAGENET_MEAN, IMAGENET_STD, list_images, load_image
-from sinder.linearize import linearized_directions
-from sinder.weights import load_backbone, save_state_dict
+from sinder.defects.detect import (
+    TokenAngleAccumulator,
+    high_norm_mask,
+    patch_token_grids,
+    random_unit_direction,
+)
+from sinder.defects.linearize import linearized_directions
+from sinder.models.defective import defective_tiny_state_dict, sample_images
+from sinder.models.weights import load_backbone, save_state_dict
+from sinder.plots.analysis import default_mask_layers, directions_with_progress
+from sinder.remedies.clamp import clamp_singular_values
+from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD, list_images, load_image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_SAMPLES = "1500"
@@ -189,7 +194,7 @@ def test_token_angle_accumulator_and_mask_layers():
 
 
 def test_every_figure_names_the_backbone_and_the_table_explains_its_columns(run):
-    from sinder.analysis import TABLE_COLUMNS
+    from sinder.plots.analysis import TABLE_COLUMNS
 
     for key, (name, _) in EXPECTED_PNGS.items():
         with Image.open(run["out"] / name) as img:

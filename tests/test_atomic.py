@@ -1,11 +1,11 @@
-"""sinder.atomic: the one atomic write (fsync before the rename; an exclusive variant that never replaces)."""
+"""sinder.utils.atomic: the one atomic write (fsync before the rename; an exclusive variant that never replaces)."""
 
 import os
 
 import pytest
 
-from sinder import atomic
-from sinder.atomic import atomic_path, atomic_write_text
+from sinder.utils import atomic
+from sinder.utils.atomic import atomic_path, atomic_write_text
 
 
 def test_the_temp_file_reaches_the_disk_before_it_replaces_the_target(tmp_path, monkeypatch):

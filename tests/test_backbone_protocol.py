@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sinder.backbone import PRETRAINED, Backbone, RepairableBackbone
-from sinder.vit import PRESETS, build_vit
-from sinder.weights import load_backbone, official_filename, official_url, state_dict_sha256
+from sinder.models.backbone import PRETRAINED, Backbone, RepairableBackbone
+from sinder.models.vit import PRESETS, build_vit
+from sinder.models.weights import load_backbone, official_filename, official_url, state_dict_sha256
 
 
 class ForeignViT(nn.Module):

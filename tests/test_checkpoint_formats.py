@@ -1,6 +1,6 @@
 """Hugging Face and timm DINOv2 checkpoints load into our ViT with the source's outputs, and repairs write back.
 
-The key maps in this file are written independently of ``sinder.checkpoint_formats`` (from transformers'
+The key maps in this file are written independently of ``sinder.models.formats`` (from transformers'
 ``modeling_dinov2*.py`` and timm's ``_convert_dinov2``), so a mistake in the production map cannot cancel out.
 """
 
@@ -10,15 +10,15 @@ import pytest
 import torch
 from conftest import parity_path
 
-from sinder.checkpoint_formats import (
+from sinder.models.formats import (
     CheckpointError,
     CheckpointFormat,
     check_save_format,
     read_checkpoint,
     save_checkpoint,
 )
-from sinder.vit import ARCH_DEFAULTS, build_vit
-from sinder.weights import load_backbone, save_state_dict, state_dict_sha256
+from sinder.models.vit import ARCH_DEFAULTS, build_vit
+from sinder.models.weights import load_backbone, save_state_dict, state_dict_sha256
 
 TINY = {**ARCH_DEFAULTS, "embed_dim": 64, "depth": 2, "num_heads": 4, "img_size": 56}
 
@@ -225,9 +225,9 @@ def test_hf_repair_output_official_and_source_formats(tmp_path):
 
 
 def test_repair_command_writes_the_source_format(tmp_path):
-    from sinder.repair_config import RepairConfig
-    from sinder.repair_job import repair_checkpoint
-    from sinder.synthetic_images import write_synthetic_photos
+    from sinder.repair.config import RepairConfig
+    from sinder.repair.job import repair_checkpoint
+    from sinder.utils.synthetic_images import write_synthetic_photos
 
     folder = parity_path("hf_dinov2_tiny")
     images = write_synthetic_photos(tmp_path / "imgs", 6)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks.core import checkpointing as CK
-from sinder.atomic import remove_stale_temps, temp_prefix
+from sinder.utils.atomic import remove_stale_temps, temp_prefix
 
 
 def draws():
@@ -113,7 +113,7 @@ def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path):
 
 KILLED_WRITER = """
 import sys, time
-from sinder.atomic import atomic_path
+from sinder.utils.atomic import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     open(tmp, "w").write("partial")
     print(tmp, flush=True)

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from sinder.clamp import clamp_matrix, clamp_singular_values, is_block_linear
-from sinder.defective_model import build_defective_tiny, sample_images
-from sinder.defects import find_defects, patch_token_grids
-from sinder.linearize import singular_defect_directions
+from sinder.defects.detect import find_defects, patch_token_grids
+from sinder.defects.linearize import singular_defect_directions
+from sinder.models.defective import build_defective_tiny, sample_images
+from sinder.remedies.clamp import clamp_matrix, clamp_singular_values, is_block_linear
 
 
 def test_clamped_matrix_keeps_singular_vectors():
@@ -76,7 +76,7 @@ def test_bad_input_is_named():
 
 def test_clamp_command_writes_a_loadable_checkpoint(tmp_path, capsys):
     from benchmarks.cli import main
-    from sinder.weights import load_backbone
+    from sinder.models.weights import load_backbone
 
     out = tmp_path / "clamped.safetensors"
     args = ["clamp", "--backbone", "dinov2_tiny_defective", "--gamma", "1.5", "--out", str(out)]

@@ -139,7 +139,7 @@ def test_ls_describes_tasks_suites_and_whether_official_weights_are_present(tmp_
 
 
 def test_missing_official_weights_say_how_each_verb_takes_a_file(tmp_path, monkeypatch):
-    from sinder.weights import resolve_weights_path
+    from sinder.models.weights import resolve_weights_path
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError) as err:
@@ -170,10 +170,10 @@ def test_repair_progress_counts_clear_images_among_those_seen(tmp_path):
     """195 clear of 200 seen reads 195/200, not 20% of a 1000-image window still full of placeholders."""
     import torch
 
-    from sinder.repair import RepairRun
-    from sinder.repair_config import RepairConfig
-    from sinder.repair_step import StepResult
-    from sinder.vit import build_vit
+    from sinder.models.vit import build_vit
+    from sinder.repair.config import RepairConfig
+    from sinder.repair.run import RepairRun
+    from sinder.repair.step import StepResult
 
     script = [True, False, True, True]  # True = a clear image
 

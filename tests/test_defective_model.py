@@ -2,8 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sinder import defective_model as dm
-from sinder.defects import (
+from sinder.defects.detect import (
     acute_angle,
     find_defects,
     high_norm_mask,
@@ -11,8 +10,9 @@ from sinder.defects import (
     mean_pairwise_angle,
     patch_token_grids,
 )
-from sinder.linearize import singular_defect_directions
-from sinder.vit import DinoVisionTransformer, build_vit
+from sinder.defects.linearize import singular_defect_directions
+from sinder.models import defective as dm
+from sinder.models.vit import DinoVisionTransformer, build_vit
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_deterministic_preset_of_the_vit_class():
     assert state.keys() == again.keys() == build_vit(config).state_dict().keys()
     assert all(torch.equal(state[k], again[k]) for k in state)
     assert not torch.equal(state["blocks.3.mlp.w3.weight"], other["blocks.3.mlp.w3.weight"])
-    from sinder.weights import load_backbone
+    from sinder.models.weights import load_backbone
 
     loaded = load_backbone(dm.PRESET_NAME)
     assert all(torch.equal(loaded.state_dict()[k], state[k]) for k in state)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import load_parity_model
 
-from sinder import defects as d
-from sinder.vit import build_vit
+from sinder.defects import detect as d
+from sinder.models.vit import build_vit
 
 
 def test_mask_matches_the_official_code(sinder_parity):
@@ -142,7 +142,7 @@ def test_analyze_command_writes_statistics_and_figures(tmp_path, capsys):
     from PIL import Image
 
     from benchmarks.cli import main
-    from sinder.defective_model import sample_images
+    from sinder.models.defective import sample_images
 
     folder = tmp_path / "images"
     folder.mkdir()

@@ -10,7 +10,7 @@ from benchmarks.depth.features import backbone_features
 from benchmarks.depth.heads import DPTDepthHead, LinearDepthHead, build_head
 from benchmarks.depth.train import DepthConfig, make_head, predict
 from benchmarks.depth.transforms import MEAN, STD, TrainTransform, rotate, scaled_box
-from sinder.vit import build_vit
+from sinder.models.vit import build_vit
 
 
 def _features(n_layers, dim=16, h=4, w=6, batch=2, seed=0):

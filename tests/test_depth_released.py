@@ -17,7 +17,7 @@ from benchmarks.core import backbones as B
 from benchmarks.data.nyud import NYUDepthV2
 from benchmarks.depth.heads import build_head
 from benchmarks.depth.released import released_head_file
-from sinder.weights import file_sha256
+from sinder.models.weights import file_sha256
 
 ARCH = "dinov2_tiny_defective"
 DPT_DEPTH = 2.5

@@ -14,7 +14,7 @@ from benchmarks.depth.losses import gradient_loss, gradient_loss_reference
 from benchmarks.depth.metrics import image_metrics
 from benchmarks.depth.train import DepthConfig, depth_loss, predict
 from benchmarks.depth.transforms import TrainTransform, colour_augment
-from sinder.vit import build_vit
+from sinder.models.vit import build_vit
 
 
 def _batch(batch, seed=0, h=7, w=9):

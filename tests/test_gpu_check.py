@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.perf import gpu_check
-from sinder.vit import build_vit
+from sinder.models.vit import build_vit
 
 
 def _math_attention(q, k, v, *args, **kwargs):

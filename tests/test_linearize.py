@@ -3,8 +3,8 @@ import torch
 from conftest import load_parity_model, parity_path
 from safetensors.torch import load_file
 
-from sinder import linearize as lin
-from sinder.vit import build_vit
+from sinder.defects import linearize as lin
+from sinder.models.vit import build_vit
 
 
 def parity_model(name="dinov2_tiny_swiglu"):

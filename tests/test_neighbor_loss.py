@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sinder import neighbor_loss
-from sinder.loss import neighbor_targets
+from sinder.defects.loss import neighbor_targets
 
 
 def test_official_neighbor_loss_parity(sinder_parity):

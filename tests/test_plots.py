@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 from sklearn.decomposition import PCA
 
-from sinder import plots
-from sinder.clamp import clamp_singular_values
-from sinder.defective_model import defective_tiny_state_dict
+from sinder.models.defective import defective_tiny_state_dict
+from sinder.plots import figures as plots
+from sinder.remedies.clamp import clamp_singular_values
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,10 +11,10 @@ from benchmarks.core import backbones as B
 from benchmarks.core import registry
 from benchmarks.core.identity import RunIdentity
 from benchmarks.remedies.base import get_remedy, list_remedies
-from sinder.clamp import clamp_singular_values
-from sinder.defective_model import sample_images
-from sinder.ttr import apply_neuron_file, fit_register_neurons, save_neurons
-from sinder.weights import load_backbone, role_key, save_state_dict
+from sinder.models.defective import sample_images
+from sinder.models.weights import load_backbone, role_key, save_state_dict
+from sinder.remedies.clamp import clamp_singular_values
+from sinder.remedies.ttr import apply_neuron_file, fit_register_neurons, save_neurons
 
 BASE = "dinov2_tiny_defective"
 

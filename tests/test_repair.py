@@ -5,16 +5,16 @@ import pytest
 import torch
 from simulated_kill import killed_at
 
-from sinder.defects import find_defects
-from sinder.images import load_image
-from sinder.repair import RepairRun
-from sinder.repair_config import RepairConfig
-from sinder.repair_job import repair_checkpoint
-from sinder.repair_step import NonFiniteLossError, SinderStep
-from sinder.svd import parametrize_singular_values
-from sinder.synthetic_images import write_synthetic_photos
-from sinder.vit import build_vit
-from sinder.weights import load_backbone, read_state_dict
+from sinder.defects.detect import find_defects
+from sinder.models.vit import build_vit
+from sinder.models.weights import load_backbone, read_state_dict
+from sinder.repair.config import RepairConfig
+from sinder.repair.job import repair_checkpoint
+from sinder.repair.run import RepairRun
+from sinder.repair.step import NonFiniteLossError, SinderStep
+from sinder.repair.svd import parametrize_singular_values
+from sinder.utils.images import load_image
+from sinder.utils.synthetic_images import write_synthetic_photos
 
 BACKBONE = "dinov2_tiny_defective"
 RES = 112  # 8 x 8 token grid
@@ -80,7 +80,7 @@ def test_existing_output_is_never_overwritten(images, tmp_path):
 
 @functools.cache
 def _directions():
-    from sinder.linearize import singular_defect_directions
+    from sinder.defects.linearize import singular_defect_directions
 
     return singular_defect_directions(load_backbone(BACKBONE), n_samples=20_000)
 
@@ -114,7 +114,7 @@ def test_resume_after_kill_gives_the_same_result(images, tmp_path):
 
 
 def test_nonfinite_loss_stops_with_last_good_state(images, tmp_path, monkeypatch):
-    import sinder.repair_step as repair_module
+    import sinder.repair.step as repair_module
 
     real = repair_module.neighbor_loss
     calls = {"n": 0}
@@ -158,8 +158,8 @@ def test_gradient_window_equals_full_graph_gradients(images):
     assert windowed and all(start <= int(n.split(".")[1]) <= result.layer for n in windowed)
     model.zero_grad(set_to_none=True)
     # The official way: every block with gradients from the start, then drop the early blocks' gradients.
-    from sinder.loss import neighbor_loss
-    from sinder.repair_step import patch_grid
+    from sinder.defects.loss import neighbor_loss
+    from sinder.repair.step import patch_grid
 
     tokens = model.prepare_tokens_with_masks(image)
     for block in model.blocks[: result.layer + 1]:
@@ -203,10 +203,10 @@ def test_detection_used_by_the_loop_is_eq5(images):
 
 
 def test_smoke_repair_clears_the_defective_model():
-    from sinder.census import census as defect_census
-    from sinder.images import resize_center_crop, to_normalized_tensor
-    from sinder.repair_smoke import repair_for_smoke
-    from sinder.synthetic_images import synthetic_photos
+    from sinder.defects.census import census as defect_census
+    from sinder.repair.smoke import repair_for_smoke
+    from sinder.utils.images import resize_center_crop, to_normalized_tensor
+    from sinder.utils.synthetic_images import synthetic_photos
 
     model = load_backbone(BACKBONE)
     held_out = [to_normalized_tensor(resize_center_crop(p, RES)) for p in synthetic_photos(8, 128, seed=99)]
@@ -225,7 +225,7 @@ def test_smoke_repair_clears_the_defective_model():
 
 def test_termination_rule_on_a_scripted_sequence(tmp_path):
     """Stop before an iteration when >= stop_fraction of the last `window` images were clear."""
-    from sinder.repair_step import StepResult
+    from sinder.repair.step import StepResult
 
     script = [True, True, False, True, False, True, True, True, True, False, True]  # True = clear image
     window, fraction = 4, 0.75
@@ -271,7 +271,7 @@ def test_repair_keeps_class_token_quality_and_frozen_parts_exact(tmp_path):
     from benchmarks.classification.knn import evaluate_knn
     from benchmarks.data import open_dataset
     from benchmarks.data.synth import write_synthetic
-    from sinder.repair_smoke import repair_for_smoke
+    from sinder.repair.smoke import repair_for_smoke
 
     root = write_synthetic("imagenet", tmp_path / "imagenet", seed=3, n_train=20, n_val=20).root
 

@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from benchmarks.cli import main
-from sinder.repair_command import build_config, register
+from sinder.cli.repair import build_config, register
 
 BACKBONE = "dinov2_tiny_defective"
 

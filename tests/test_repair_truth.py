@@ -12,16 +12,16 @@ import pytest
 import torch
 from simulated_kill import killed_at
 
-import sinder.repair_job as repair_job
+import sinder.repair.job as repair_job
 from benchmarks.cli import main
-from sinder.census import census, compare, compare_checkpoints
-from sinder.defects import find_defects, high_norm_mask, patch_token_grids
-from sinder.images import load_image
-from sinder.linearize import singular_defect_directions
-from sinder.repair import RepairResult, RepairRun
-from sinder.repair_config import RepairConfig, preset_defaults
-from sinder.synthetic_images import write_synthetic_photos
-from sinder.weights import load_backbone, save_state_dict
+from sinder.defects.census import census, compare, compare_checkpoints
+from sinder.defects.detect import find_defects, high_norm_mask, patch_token_grids
+from sinder.defects.linearize import singular_defect_directions
+from sinder.models.weights import load_backbone, save_state_dict
+from sinder.repair.config import RepairConfig, preset_defaults
+from sinder.repair.run import RepairResult, RepairRun
+from sinder.utils.images import load_image
+from sinder.utils.synthetic_images import write_synthetic_photos
 
 BACKBONE = "dinov2_tiny_defective"
 RES = 112
@@ -92,7 +92,7 @@ def test_an_image_made_worse_is_reported_warned_and_fails_ci(photos, damaged_fil
 def test_census_counts_eq5_along_the_measured_models_own_directions(photos, tmp_path):
     """The second checkpoint (the constructed model of seed 1: another defect direction) is measured along its
     own directions, not the first's."""
-    from sinder.defective_model import defective_tiny_state_dict
+    from sinder.models.defective import defective_tiny_state_dict
 
     clamped_file = tmp_path / "seed1.safetensors"
     save_state_dict(defective_tiny_state_dict(1), clamped_file)
@@ -143,9 +143,9 @@ def test_compare_flags_more_tokens_and_whole_image_jumps():
 def test_constructed_model_never_fires_on_a_whole_image():
     """The trigger compares a token's z^2 with its image's mean z^2 carried in f: f must be >= 0, else whole
     images fire (8 of the 120 ImageNet-twin images did before blocks 0-1 stopped writing into u, e, f)."""
-    from sinder.defective_model import Circuit, _construct, sample_images
-    from sinder.images import resize_center_crop, to_normalized_tensor
-    from sinder.synthetic_images import synthetic_photos
+    from sinder.models.defective import Circuit, _construct, sample_images
+    from sinder.utils.images import resize_center_crop, to_normalized_tensor
+    from sinder.utils.synthetic_images import synthetic_photos
 
     model, dirs = _construct(0, Circuit())
     photos = torch.stack([to_normalized_tensor(resize_center_crop(p, RES)) for p in synthetic_photos(16, 128, 3)])
@@ -166,7 +166,7 @@ def test_documented_tiny_repair_halves_defects_and_leaves_no_unseen_image_worse(
     from benchmarks.data.synth import write_synthetic
 
     train = write_synthetic("imagenet", tmp_path / "imagenet", seed=0, n_train=6, n_val=1).root / "train"
-    from sinder.images import list_images
+    from sinder.utils.images import list_images
 
     unseen = []
     for name, images in (("ade20k", "ADEChallengeData2016/images"), ("cityscapes", "leftImg8bit")):
@@ -188,7 +188,7 @@ def test_documented_tiny_repair_halves_defects_and_leaves_no_unseen_image_worse(
 
 # -------------------------------------------------------------------------------------------- 3. preset scale
 def test_presets_carry_their_own_scale(tmp_path):
-    from sinder.repair_command import build_config
+    from sinder.cli.repair import build_config
 
     def args(backbone, **kw):
         base = dict(backbone=backbone, config=None, paper=False, max_iters=None, num_images=None, resolution=None)
@@ -251,7 +251,7 @@ def test_resume_sums_wall_time_and_may_lower_the_learning_rate(photos, tmp_path)
 
 
 def test_nonfinite_stop_then_resume_equals_a_run_without_it(photos, tmp_path, monkeypatch):
-    import sinder.repair_step as repair_module
+    import sinder.repair.step as repair_module
 
     files = sorted(photos.glob("*.png"))
     straight = _run(files, tmp_path / "s", small())
@@ -354,7 +354,7 @@ def test_analyze_on_empty_or_corrupt_folder_is_one_line_exit_2(tmp_path):
 
 # -------------------------------------------------------------------------------------------- 7. one definition
 def test_kernel_reaches_the_loss_mask_and_the_census(tmp_path):
-    from sinder.loss import neighbor_loss
+    from sinder.defects.loss import neighbor_loss
 
     gen = torch.Generator().manual_seed(0)
     grid = torch.randn(10, 10, 64, generator=gen)
@@ -375,7 +375,7 @@ def test_kernel_reaches_the_loss_mask_and_the_census(tmp_path):
 
 
 def test_one_clear_rule():
-    from sinder.defects import enough_defects, first_defective, is_clear
+    from sinder.defects.detect import enough_defects, first_defective, is_clear
 
     assert first_defective([0, 2, 5], sigma=3) == 2 and first_defective([0, 2, 5], sigma=6) is None
     assert first_defective([0, 1], sigma=0) == 1  # sigma = 0 behaves as 1, as in the official code
@@ -388,7 +388,7 @@ def test_one_clear_rule():
 
 
 def test_one_definition_of_a_block_linear():
-    from sinder.svd import is_block_linear, parametrize_singular_values, svd_layers
+    from sinder.repair.svd import is_block_linear, parametrize_singular_values, svd_layers
 
     for backbone in (BACKBONE, "dinov2_tiny_random"):
         model = load_backbone(backbone)
@@ -400,19 +400,19 @@ def test_one_definition_of_a_block_linear():
 def test_mu_has_one_default():
     import inspect
 
-    import sinder.analysis
-    import sinder.census
-    import sinder.defects
-    import sinder.loss
-    from sinder.defects import DEFAULT_MU
+    import sinder.defects.census
+    import sinder.defects.detect
+    import sinder.defects.loss
+    import sinder.plots.analysis
+    from sinder.defects.detect import DEFAULT_MU
 
     defaults = [RepairConfig().mu]
-    for fn in (sinder.defects.find_defects, sinder.defects.count_defects, sinder.defects.is_clear,
-               sinder.loss.neighbor_loss, sinder.census.census, sinder.census.compare_checkpoints,
-               sinder.analysis.analyze):
+    for fn in (sinder.defects.detect.find_defects, sinder.defects.detect.count_defects, sinder.defects.detect.is_clear,
+               sinder.defects.loss.neighbor_loss, sinder.defects.census.census, sinder.defects.census.compare_checkpoints,
+               sinder.plots.analysis.analyze):
         defaults.append(inspect.signature(fn).parameters["mu"].default)
     assert defaults == [DEFAULT_MU] * len(defaults)
-    source = "".join(Path(m.__file__).read_text() for m in (sinder.census, sinder.analysis, sinder.loss))
+    source = "".join(Path(m.__file__).read_text() for m in (sinder.defects.census, sinder.plots.analysis, sinder.defects.loss))
     assert "mu: float = 4.0" not in source and "mu=4.0" not in source
 
 

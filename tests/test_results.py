@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.core import results as R
 from benchmarks.core.identity import RunIdentity
-from sinder.atomic import _umask
+from sinder.utils.atomic import _umask
 
 
 def _record(task="imagenet_knn", sha="ab" * 32, profile="smoke", label="tiny", **metrics):

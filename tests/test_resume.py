@@ -102,7 +102,7 @@ def nyud(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from sinder.weights import load_backbone
+    from sinder.models.weights import load_backbone
 
     return load_backbone("dinov2_tiny_random")
 

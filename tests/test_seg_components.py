@@ -15,7 +15,7 @@ from benchmarks.segmentation.backbone import FrozenViTBackbone  # noqa: E402
 from benchmarks.segmentation.config import load_config, resolve_config  # noqa: E402
 from benchmarks.segmentation.head import BNLinearHead  # noqa: E402
 from benchmarks.segmentation.train import build_segmentor  # noqa: E402
-from sinder.vit import build_vit  # noqa: E402
+from sinder.models.vit import build_vit  # noqa: E402
 
 
 @pytest.fixture(scope="module")

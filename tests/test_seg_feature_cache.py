@@ -23,7 +23,7 @@ from benchmarks.segmentation.task import (  # noqa: E402
     feature_cache_record,
 )
 from benchmarks.segmentation.train import build_segmentor  # noqa: E402
-from sinder.vit import build_vit  # noqa: E402
+from sinder.models.vit import build_vit  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from benchmarks.cli import main  # noqa: E402
 from benchmarks.core import backbones as B  # noqa: E402
 from benchmarks.core.registry import get_task  # noqa: E402
 from benchmarks.data.ade20k import ADE20k  # noqa: E402
-from sinder.weights import file_sha256  # noqa: E402
+from sinder.models.weights import file_sha256  # noqa: E402
 
 ARCH = "dinov2_tiny_defective"
 # One task keeps the test short: the multiscale one covers loading, single-scale and TTA evaluation (its smoke

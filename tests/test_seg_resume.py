@@ -12,7 +12,7 @@ from benchmarks.segmentation.config import load_config, resolve_config  # noqa: 
 from benchmarks.segmentation.mmseg_env import ensure_mmseg  # noqa: E402
 from benchmarks.segmentation.resume import resume_point  # noqa: E402
 from benchmarks.segmentation.task import dataset_base  # noqa: E402
-from sinder.weights import load_backbone  # noqa: E402
+from sinder.models.weights import load_backbone  # noqa: E402
 
 # Full augmentation (random resize, crop, flip, photometric distortion: numpy and python RNG draws in the
 # pipeline), so an exact resume needs the data position and the generators.

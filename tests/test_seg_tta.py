@@ -13,7 +13,7 @@ from benchmarks.segmentation.config import load_config, resolve_config  # noqa: 
 from benchmarks.segmentation.mmseg_env import ensure_mmseg  # noqa: E402
 from benchmarks.segmentation.task import dataset_base  # noqa: E402
 from benchmarks.segmentation.train import train_and_evaluate  # noqa: E402
-from sinder.weights import load_backbone  # noqa: E402
+from sinder.models.weights import load_backbone  # noqa: E402
 
 SMOKE = {"crop": 70, "warmup": 2, "batch_size": 2, "lr": 3e-3, "log_level": "ERROR", "eval_images": 2}
 

@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from benchmarks.core.distributed import per_rank_batch
-from sinder import images
-from sinder.device import default_device
+from sinder.utils import images
+from sinder.utils.device import default_device
 
 
 def test_every_normalization_uses_sinder_images_mean_and_std():
     from benchmarks.classification import transforms as cls_t
     from benchmarks.depth import transforms as depth_t
     from benchmarks.unsupervised import data as unsup_d
-    from sinder.backbone import PretrainedConfig
+    from sinder.models.backbone import PretrainedConfig
 
     for mean, std in ((cls_t.IMAGENET_MEAN, cls_t.IMAGENET_STD), (depth_t.MEAN, depth_t.STD),
                       (unsup_d.IMAGENET_MEAN, unsup_d.IMAGENET_STD)):
@@ -38,8 +38,10 @@ def test_a_global_batch_must_split_evenly_across_ranks():
 
 
 def test_mu_defaults_come_from_sinder_defects():
-    from sinder import census, defects, loss, repair, ttr
-
+    from sinder.defects import census, loss
+    from sinder.defects import detect as defects
+    from sinder.remedies import ttr
+    from sinder.repair import run as repair
     assert repair.RepairConfig().mu == defects.DEFAULT_MU
     for fn in (defects.find_defects, loss.neighbor_loss, census.census):
         params = inspect.signature(fn).parameters

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from sinder.svd import SVDLinear, fold_back, parametrize_singular_values, singular_value_changes
-from sinder.vit import build_vit
+from sinder.models.vit import build_vit
+from sinder.repair.svd import SVDLinear, fold_back, parametrize_singular_values, singular_value_changes
 
 
 def test_svd_linear_reproduces_weight_and_output():

@@ -15,8 +15,8 @@ from benchmarks.cli import main
 from benchmarks.core import claims, results
 from benchmarks.core.backbones import parse_backbone_spec
 from benchmarks.core.results import load_records
-from sinder.atomic import remove_stale_temps, temp_prefix
-from sinder.weights import load_backbone, save_state_dict
+from sinder.models.weights import load_backbone, save_state_dict
+from sinder.utils.atomic import remove_stale_temps, temp_prefix
 
 BACKBONE = "dinov2_tiny_random"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -145,13 +145,13 @@ def test_readme_dataset_table_matches_the_loaders_layouts():
 def test_the_smoke_twin_is_a_sinder_repair_by_its_metadata(tmp_path, monkeypatch):
     from benchmarks.core import backbones as B
     from benchmarks.core.report import paper_role
-    from sinder.weights import role_key
+    from sinder.models.weights import role_key
 
     def halve_the_norm(model):
         model.norm.weight.data.mul_(0.5)
         return model
 
-    monkeypatch.setattr("sinder.repair_smoke.repair_for_smoke", halve_the_norm)
+    monkeypatch.setattr("sinder.repair.smoke.repair_for_smoke", halve_the_norm)
     spec = B.parse_backbone_spec(f"plain={BACKBONE}")
     twin = B.repaired_twin(spec, tmp_path, log=lambda msg: None)
     base, repaired = B.load(spec), B.load(twin)

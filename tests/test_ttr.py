@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.cli import main as cli_main
-from sinder import defective_model as dm
-from sinder.defects import high_norm_mask, patch_token_grids
-from sinder.synthetic_images import write_synthetic_photos
-from sinder.ttr import (
+from sinder.defects.detect import high_norm_mask, patch_token_grids
+from sinder.models import defective as dm
+from sinder.models.vit import build_vit
+from sinder.models.weights import load_backbone
+from sinder.remedies.ttr import (
     RegisterNeuron,
     apply_neuron_file,
     apply_test_time_registers,
@@ -16,8 +17,7 @@ from sinder.ttr import (
     load_neurons,
     save_neurons,
 )
-from sinder.vit import build_vit
-from sinder.weights import load_backbone
+from sinder.utils.synthetic_images import write_synthetic_photos
 
 
 # --------------------------------------------------------------------------------------------- the mechanism

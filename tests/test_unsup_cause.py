@@ -150,7 +150,7 @@ def test_stage3_trains_the_teacher_only_when_asked(teacher_trainable, tmp_path):
 
 @pytest.fixture(scope="module")
 def backbone():
-    from sinder.weights import load_backbone
+    from sinder.models.weights import load_backbone
 
     return load_backbone("dinov2_tiny_random")
 

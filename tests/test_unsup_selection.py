@@ -63,7 +63,7 @@ def test_best_checkpoint_keeps_the_first_maximum():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from benchmarks.data.synth import write_synthetic
-    from sinder.weights import load_backbone
+    from sinder.models.weights import load_backbone
 
     root = tmp_path_factory.mktemp("synth") / "cityscapes"
     write_synthetic("cityscapes", root, seed=0)

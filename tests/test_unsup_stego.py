@@ -22,7 +22,7 @@ def cityscapes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backbone():
-    from sinder.weights import load_backbone
+    from sinder.models.weights import load_backbone
 
     return load_backbone("dinov2_tiny_random")
 

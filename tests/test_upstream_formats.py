@@ -8,8 +8,8 @@ back in their format loads into them. ``test_checkpoint_formats.py`` covers the 
 import pytest
 import torch
 
-from sinder.checkpoint_formats import official_to_timm, save_checkpoint
-from sinder.weights import load_backbone
+from sinder.models.formats import official_to_timm, save_checkpoint
+from sinder.models.weights import load_backbone
 
 SHAPES = [(2, 3, 56, 56), (1, 3, 42, 70)]
 

@@ -3,8 +3,8 @@ import torch
 from conftest import load_parity_model
 from naive_dinov2 import forward_all_blocks, layer_norm
 
-from sinder.vit import PRESETS, build_vit, resolve_config
-from sinder.weights import load_state_dict_strict
+from sinder.models.vit import PRESETS, build_vit, resolve_config
+from sinder.models.weights import load_state_dict_strict
 
 TOL = 1e-5
 

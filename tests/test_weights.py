@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import load_parity_model
 
-from sinder.vit import build_vit
-from sinder.weights import (
+from sinder.models.vit import build_vit
+from sinder.models.weights import (
     WeightsError,
     check_weights_file,
     content_sha256,
@@ -106,8 +106,7 @@ def test_hub_cache_is_found(tmp_path, monkeypatch):
     """An official name resolves to $TORCH_HOME/hub/checkpoints/<official file>."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     # A small stand-in with the ViT-S release's architecture would take 22M params; patch the preset's size.
-    from sinder import vit
-
+    from sinder.models import vit
     small = {**vit.PRESETS["dinov2_vits14"], "embed_dim": 24, "depth": 1, "num_heads": 2, "img_size": 28}
     monkeypatch.setitem(vit.PRESETS, "dinov2_vits14", small)
     model = build_vit("dinov2_vits14", seed=0)
@@ -133,9 +132,8 @@ def test_save_is_atomic_and_never_overwrites(tmp_path, monkeypatch):
             handle.write(b"partial")
         raise OSError("disk full")
 
-    from sinder import weights as W
-
-    monkeypatch.setattr(W, "write_safetensors", dies_half_way)
+    from sinder.models import state_io
+    monkeypatch.setattr(state_io, "write_safetensors", dies_half_way)
     with pytest.raises(OSError, match="disk full"):
         save_state_dict({"a": torch.zeros(4)}, path, force=True)
     monkeypatch.undo()
@@ -200,7 +198,7 @@ def test_constructed_name_with_weights_needs_no_prior_import(tmp_path, monkeypat
     path = tmp_path / "d.safetensors"
     save_state_dict(model.state_dict(), path)
     # As in a fresh process: the module that builds the constructed architecture was never imported.
-    monkeypatch.delitem(sys.modules, "sinder.defective_model")
+    monkeypatch.delitem(sys.modules, "sinder.models.defective")
     loaded = load_backbone("dinov2_tiny_defective", weights=path)
     assert loaded.weights_sha256 == model.weights_sha256
 

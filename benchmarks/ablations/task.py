@@ -34,7 +34,7 @@ ABLATION_POLICY: dict[str, Any] = {"on_nonfinite": "skip"}
 def ablation_config(overrides: dict[str, Any], profile: str, depth: int):
     """The RepairConfig of one ablation row: the official (paper profile) or smoke settings, the row's
     overrides, and the official non-finite policy."""
-    from sinder.repair_config import SMOKE_CONFIG, RepairConfig
+    from sinder.repair.config import SMOKE_CONFIG, RepairConfig
 
     if profile == "smoke":
         return RepairConfig(**{**SMOKE_CONFIG, **scaled_overrides(overrides, depth), **ABLATION_POLICY})
@@ -70,9 +70,9 @@ class _AblationTask(Task):
         return list(dict.fromkeys(needed))
 
     def _repair(self, backbone, overrides: dict[str, Any], ctx, row: str, directions: dict | None = None):
-        from sinder.repair import RepairRun
-        from sinder.repair_smoke import repair_for_smoke
-        from sinder.weights import read_state_dict, save_state_dict
+        from sinder.models.weights import read_state_dict, save_state_dict
+        from sinder.repair.run import RepairRun
+        from sinder.repair.smoke import repair_for_smoke
 
         model = copy.deepcopy(backbone)
         config = ablation_config(overrides, ctx.profile, len(model.blocks))
@@ -85,7 +85,7 @@ class _AblationTask(Task):
             if ctx.profile == "smoke":
                 repair_for_smoke(model, config=config, seed=ctx.seed, directions=nu)  # in place
             else:
-                from sinder.images import list_images, load_image, stride_subset
+                from sinder.utils.images import list_images, load_image, stride_subset
 
                 images = stride_subset(list_images(ctx.dataset_root("imagenet") / "train"), config.num_images)
                 load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
@@ -106,7 +106,7 @@ class _AblationTask(Task):
         return model, config, made["nonfinite_steps"]
 
     def run(self, backbone, ctx) -> dict[str, Any]:
-        from sinder.weights import state_dict_sha256
+        from sinder.models.weights import state_dict_sha256
 
         metrics: dict[str, float] = {}
         hparams: dict[str, Any] = {}
@@ -156,7 +156,7 @@ class _AblationTask(Task):
 def _shared_directions(backbone, config, device, computed: dict):
     """The un-repaired backbone's singular defect directions for ``config``'s sampling (n_samples, seed):
     what RepairRun would compute for each row's copy of it, computed once per sampling in ``computed``."""
-    from sinder.linearize import singular_defect_directions
+    from sinder.defects.linearize import singular_defect_directions
 
     key = (config.n_samples, config.direction_seed)
     if key not in computed:

@@ -6,11 +6,12 @@ applies the probe's image transform and gives the dataset a fingerprint for feat
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 from torch.utils.data import Dataset
+
+from sinder.utils.hashing import new_digest
 
 
 class TransformedImages(Dataset):
@@ -38,7 +39,7 @@ class TransformedImages(Dataset):
         split = getattr(self.base, "split", "")
         if samples is None:
             return f"{type(self.base).__name__}:{split}:{len(self.base)}"
-        digest = hashlib.sha256()
+        digest = new_digest()
         for path, label in samples:
             digest.update(f"{str(path).removeprefix(root)}|{label}\n".encode())
         return f"{type(self.base).__name__}:{split}:{len(samples)}:{digest.hexdigest()[:16]}"

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from sinder.images import IMAGENET_MEAN, IMAGENET_STD
+from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
 BICUBIC = Image.Resampling.BICUBIC
 

@@ -7,7 +7,7 @@ def collect() -> dict[str, dict[str, str]]:
     """Each section's names with their one-line titles."""
     from benchmarks.core.registry import get_suite, get_task, list_suites, list_tasks
     from benchmarks.data import DATASETS
-    from sinder.weights import list_backbones
+    from sinder.models.weights import list_backbones
 
     return {
         "backbones": list_backbones(),

@@ -98,7 +98,7 @@ def parse_backbone_spec(text: str) -> BackboneSpec:
 
 def given_models(models) -> tuple[dict[BackboneSpec, object], list[str]]:
     """Specs for modules passed by label (``run_suite(models=...)``), and why any of them cannot be benchmarked."""
-    from sinder.backbone import missing_members
+    from sinder.models.backbone import missing_members
 
     specs, problems = {}, []
     for label, module in models.items():
@@ -108,7 +108,7 @@ def given_models(models) -> tuple[dict[BackboneSpec, object], list[str]]:
         missing = missing_members(module)
         if missing:
             problems.append(f"model {label!r} ({type(module).__name__}): lacks {', '.join(missing)} of "
-                            "sinder.backbone.Backbone")  # fmt: skip
+                            "sinder.models.backbone.Backbone")  # fmt: skip
             continue
         name = str(module.name)
         specs[BackboneSpec(text=f"{label}=<{type(module).__name__} {name}>", name=name, weights=None, label=label)] = module
@@ -126,9 +126,9 @@ def backbone_problem(spec: BackboneSpec) -> str | None:
         if spec.remedy in ("sinder", "registers"):  # these load other weights instead of the base's
             return None
         return backbone_problem(spec.base)
-    from sinder import weights as W
-    from sinder.checkpoint_formats import checkpoint_problem, is_checkpoint_path
-    from sinder.constructed import SYNTHETIC_BACKBONES
+    from sinder.models import weights as W
+    from sinder.models.constructed import SYNTHETIC_BACKBONES
+    from sinder.models.formats import checkpoint_problem, is_checkpoint_path
 
     named_checkpoint = spec.name not in W.PRESETS and is_checkpoint_path(spec.name)
     if spec.weights is not None:
@@ -164,8 +164,8 @@ def backbone_problem(spec: BackboneSpec) -> str | None:
 
 def load(spec: BackboneSpec, device="cpu"):
     """The model (eval mode) with ``weights_sha256``, ``weights_role`` and ``remedy_cost``; see
-    ``sinder.weights.load_backbone`` and ``benchmarks.remedies``."""
-    from sinder.weights import load_backbone
+    ``sinder.models.weights.load_backbone`` and ``benchmarks.remedies``."""
+    from sinder.models.weights import load_backbone
 
     if spec.remedy:
         from benchmarks.remedies.base import get_remedy
@@ -192,8 +192,8 @@ def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None
     from dataclasses import asdict
 
     from benchmarks.remedies.base import REPAIR_SECONDS_KEY
-    from sinder.repair_smoke import repair_for_smoke
-    from sinder.weights import save_state_dict
+    from sinder.models.weights import save_state_dict
+    from sinder.repair.smoke import repair_for_smoke
 
     base = load(spec)
     # Keyed by the base's content hash only: the label is a display name.
@@ -215,7 +215,7 @@ def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None
 
 
 def _smoke_repair_config(asdict) -> dict:
-    from sinder.repair_config import SMOKE_CONFIG, RepairConfig
+    from sinder.repair.config import SMOKE_CONFIG, RepairConfig
 
     return asdict(RepairConfig(**SMOKE_CONFIG))
 
@@ -244,8 +244,8 @@ def smoke_remedies(spec: BackboneSpec, names, cache_dir: Path, seed: int = 0,
 
 def smoke_ttr_neurons(spec: BackboneSpec, cache_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> Path:
     """The register neurons of ``spec`` fitted on the synthetic ImageNet twin's train images (cached)."""
-    from sinder.images import list_images, load_image, stride_subset
-    from sinder.ttr import fit_register_neurons, save_neurons
+    from sinder.remedies.ttr import fit_register_neurons, save_neurons
+    from sinder.utils.images import list_images, load_image, stride_subset
 
     base = load(spec)
     path = Path(cache_dir) / "backbones" / f"{Path(spec.name).stem}_ttr-{base.weights_sha256[:16]}.json"

@@ -15,7 +15,6 @@ so a task that dies after training (in evaluation) does not train again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -27,7 +26,8 @@ import numpy as np
 import torch
 
 from benchmarks.core import distributed as D
-from sinder.atomic import atomic_path, remove_stale_temps
+from sinder.utils.atomic import atomic_path, remove_stale_temps
+from sinder.utils.hashing import text_sha256
 
 FORMAT = 1  # bump when the layout of saved states changes: older files are then ignored, not misread
 INTERVAL_KEYS = ("checkpoint_every", "checkpoint_every_s")
@@ -52,14 +52,14 @@ def without_intervals(value: Any) -> Any:
 def fingerprint(*parts: Any) -> str:
     """A short hash of ``parts`` (configs, seed, world size, ...), blind to the checkpoint interval keys."""
     text = json.dumps([FORMAT, without_intervals(list(parts))], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return text_sha256(text)[:16]
 
 
 def module_signature(*modules: torch.nn.Module) -> str:
     """A short hash of the names, shapes and dtypes of ``modules``' state: a checkpoint of a model built
     differently (code changed under the same config) is refused instead of failing in ``load_state_dict``."""
     entries = [[name, list(t.shape), str(t.dtype)] for m in modules for name, t in m.state_dict().items()]
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+    return text_sha256(json.dumps(entries))[:16]
 
 
 # ---------------------------------------------------------------------------------------------- RNG state

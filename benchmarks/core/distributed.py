@@ -134,7 +134,7 @@ def made_by_main_rank(folder: Path, make: Callable[[], Any], poll_s: float = 5.0
     done (with the result) or failed (with the error, raised on every rank so that none waits forever). Whatever
     else ``make`` produces (e.g. a weights file) is in ``folder`` before the done marker is written.
     """
-    from sinder.atomic import atomic_write_text
+    from sinder.utils.atomic import atomic_write_text
 
     if not is_distributed() or world_size() == 1:
         return make()

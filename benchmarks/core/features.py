@@ -7,7 +7,6 @@ each rank extracts a contiguous slice of the dataset and the slices are gathered
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -18,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sinder.atomic import atomic_path
+from sinder.utils.atomic import atomic_path
+from sinder.utils.hashing import text_sha256
 
 from . import distributed as D
 
@@ -38,7 +38,7 @@ class FeatureSpec:
 
     def key(self) -> str:
         canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return text_sha256(canonical)
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:

@@ -8,41 +8,27 @@ under another label are the same work, and two checkpoints under one label are n
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from sinder.weights import role_key
+from sinder.models.weights import role_key
+from sinder.utils.hashing import canonical_sha256, json_default
 
 from .checkpointing import without_intervals
-
-
-def canonical_sha256(value: Any) -> str:
-    """sha256 of ``value`` as canonical JSON (sorted keys, no spaces; tuples as lists, paths as text)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_default)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _default(obj):
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    return str(obj)
 
 
 def config_sha256(config: Mapping[str, Any]) -> str:
     """The hash of a resolved task config, as a record stores it (JSON round trip first, so a record's
     ``config`` hashes to the same value as the config it was made from). The checkpoint interval is left
     out: how often a training saves does not change its result."""
-    return canonical_sha256(without_intervals(json.loads(json.dumps(dict(config), default=_default))))
+    return canonical_sha256(without_intervals(json.loads(json.dumps(dict(config), default=json_default))))
 
 
 @dataclass(frozen=True)
 class BackboneIdentity:
-    """A backbone by what it is: tensors and role. ``role`` is the text form of ``sinder.weights.role_key``."""
+    """A backbone by what it is: tensors and role. ``role`` is the text form of ``sinder.models.weights.role_key``."""
 
     sha256: str
     role: str = "other"

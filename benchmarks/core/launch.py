@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sinder.atomic import atomic_write_text
+from sinder.utils.atomic import atomic_write_text
 
 from . import backbones as B
 from .registry import get_suite, get_task, list_tasks

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sinder.atomic import atomic_path
+from sinder.utils.atomic import atomic_path
 
 from .identity import BackboneIdentity
 

@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sinder.atomic import atomic_path, atomic_write_text
+from sinder.utils.atomic import atomic_path, atomic_write_text
 
 from . import remedies_report as R
 from .identity import BackboneIdentity, RunIdentity
@@ -85,7 +85,7 @@ def load_paper_tables(paper_dir: str | Path | None = None) -> dict[int, dict[str
 def paper_role(role: str) -> str | None:
     """The paper row a backbone role stands for: ``dinov2``, ``register``, ``sinder`` or None.
 
-    ``role`` is the text form of a role (``sinder.weights.role_key``): an official release is DINOv2, an
+    ``role`` is the text form of a role (``sinder.models.weights.role_key``): an official release is DINOv2, an
     official register release is DINOv2-Register, any SINDER repair is DINOv2-SINDER.
     """
     kind, _, rest = role.partition(":")

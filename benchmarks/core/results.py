@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sinder.atomic import atomic_path, remove_stale_temps
+from sinder.utils.atomic import atomic_path, remove_stale_temps
 
 from .identity import RunIdentity
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from sinder.atomic import atomic_write_text, remove_stale_temps, temp_prefix
-from sinder.device import default_device
+from sinder.utils.atomic import atomic_write_text, remove_stale_temps, temp_prefix
+from sinder.utils.device import default_device
 
 from . import backbones as B
 from . import distributed as D
@@ -72,7 +72,7 @@ class TaskContext:
     weights_sha256: str = ""
     backbone_label: str = ""  # for display only
     work_dir: Path | None = None  # scratch space of this task (checkpoints of long trainings)
-    backbone_role: dict[str, Any] = field(default_factory=dict)  # sinder.weights.weights_role of the backbone
+    backbone_role: dict[str, Any] = field(default_factory=dict)  # sinder.models.weights.weights_role of the backbone
     run_key: str = ""  # RunIdentity.key of this (backbone, task) run
     log: Callable[[str], None] = print
     head_weights: Path | None = None  # folder of released heads to evaluate instead of training (--head-weights)
@@ -302,7 +302,7 @@ def run_suite(
 
     ``cfg_options`` (``--cfg-options``): ``{"<task>.<key>": value}`` set over the task's profile; an unknown
     task or key is a preflight error. ``models``: backbones already built, by label: any module with the
-    members of ``sinder.backbone.Backbone`` (not necessarily our ViT), benchmarked after the specs' and
+    members of ``sinder.models.backbone.Backbone`` (not necessarily our ViT), benchmarked after the specs' and
     recorded under their label. ``jobs``: run up to this many (backbone, task) pairs at once, in worker
     processes (``benchmarks/core/workers.py``); 1 runs them one after the other in this process. The workers
     are spawned: a script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
@@ -323,7 +323,7 @@ def run_suite(
     if device_t.type == "cuda" and D.is_distributed():
         device_t = torch.device("cuda", torch.cuda.current_device())
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    if D.is_main():  # temp files and folders of killed runs (ours are named by host and pid: see sinder.atomic)
+    if D.is_main():  # temp files and folders of killed runs (ours are named by host and pid: see sinder.utils.atomic)
         for folder, recursive in ((cache, True), (Path(tempfile.gettempdir()), False)):
             remove_stale_temps(folder, recursive=recursive)
     if data_root is None and os.environ.get(DATA_ENV):
@@ -503,7 +503,7 @@ class _Job:
         than the trained head, so its file's hash joins the task config."""
         if self.head_weights is None:
             return config
-        from sinder.weights import file_sha256
+        from sinder.models.weights import file_sha256
 
         head = self.head_weights / task.released_head_file(spec.name)
         return {**config, "released_head_sha256": file_sha256(head)}

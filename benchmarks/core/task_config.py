@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sinder.cfg_options import CfgOptionsAction, parse_cfg_options, parse_value
+from sinder.cli.cfg_options import CfgOptionsAction, parse_cfg_options, parse_value
 
 __all__ = ["CfgOptionsAction", "apply_overrides", "load_task_config", "parse_cfg_options", "parse_value",
            "split_by_task"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sinder.weights import file_sha256
+from sinder.models.weights import file_sha256
 
 RELEASED_NAMES = {"linear1": "linear", "linear4": "linear4", "dpt": "dpt"}
 PREFIX = "decode_head."

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sinder.images import IMAGENET_MEAN as MEAN
-from sinder.images import IMAGENET_STD as STD
+from sinder.utils.images import IMAGENET_MEAN as MEAN
+from sinder.utils.images import IMAGENET_STD as STD
 
 NYU_CROP_480x640 = (45, 472, 43, 608)  # rows [45, 472), cols [43, 608): the toolbox's NYUCrop
 

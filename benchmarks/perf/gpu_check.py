@@ -10,8 +10,8 @@ Measures, each in its own try-block (an OOM in one still writes the others):
   count (:func:`vit_forward_flops`; the peak from :data:`BF16_PEAK_TFLOPS` by device name, ``null`` with the
   reason when the name is not in the table). Goal (issue 16): >= 60% of peak.
 * ``repair``: SINDER repair iterations/s at 518 px, lambda 10, on random ViT-g weights, with the real
-  ``sinder.svd.parametrize_singular_values`` (timed: the SVD set-up; also timed: the singular defect directions,
-  ``sinder.linearize.singular_defect_directions`` with 100k samples), ``sinder.repair_step.SinderStep`` (defect
+  ``sinder.repair.svd.parametrize_singular_values`` (timed: the SVD set-up; also timed: the singular defect directions,
+  ``sinder.defects.linearize.singular_defect_directions`` with 100k samples), ``sinder.repair.step.SinderStep`` (defect
   detection on every block) and SGD as ``RepairRun`` sets it up. Random weights have no defects, so the loss
   layer is pinned to the last block (the worst case: the most blocks run before the loss). Peak memory.
   Goal (issue 16): 30,000 iterations within an hour, i.e. <= 120 ms an iteration.
@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.core.results import git_commit
-from sinder.atomic import atomic_write_text
-from sinder.device import default_device
+from sinder.utils.atomic import atomic_write_text
+from sinder.utils.device import default_device
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by a substring of torch.cuda.get_device_name(), first
 # match wins (so the NVL/PCIe variants come before the bare name). NVIDIA's datasheets quote "with sparsity";
@@ -111,7 +111,7 @@ TINY = Sizes(
 
 # ------------------------------------------------------------------------------------------------ helpers
 def vit_forward_flops(model: nn.Module, resolution: int, batch: int = 1) -> dict[str, int]:
-    """Multiply-add FLOPs (2 per MAC) of one forward of a ``sinder.vit`` ViT through all blocks, by parts.
+    """Multiply-add FLOPs (2 per MAC) of one forward of a ``sinder.models.vit`` ViT through all blocks, by parts.
 
     Counted: the patch-embedding convolution, every ``nn.Linear`` of every block (qkv, proj, the MLP or SwiGLU
     linears) on all tokens, and attention's two matmuls (QK^T and AV: 2 N^2 D each). Not counted: norms,
@@ -178,7 +178,7 @@ def _autocast(device: torch.device):
 
 # ------------------------------------------------------------------------------------------- measurements
 def measure_extraction(sizes: Sizes, device: torch.device, resolution: int, batch: int, batches: int) -> dict:
-    from sinder.vit import build_vit
+    from sinder.models.vit import build_vit
 
     model = build_vit(sizes.preset, seed=0).to(device).eval()
     images = torch.randn(batch, 3, resolution, resolution, device=device)
@@ -212,8 +212,8 @@ def measure_extraction(sizes: Sizes, device: torch.device, resolution: int, batc
 
 def _pinned_step(model: nn.Module, window: int):
     """The real ``SinderStep`` (detection runs on every block) with the loss layer pinned to the last block."""
-    from sinder.repair_config import RepairConfig
-    from sinder.repair_step import SinderStep
+    from sinder.repair.config import RepairConfig
+    from sinder.repair.step import SinderStep
 
     nu = F.normalize(torch.randn(model.embed_dim, generator=torch.Generator().manual_seed(0)), dim=0)
     nu = nu.to(next(model.parameters()).device)
@@ -227,7 +227,7 @@ def _pinned_step(model: nn.Module, window: int):
 def _time_directions(model: nn.Module, n_samples: int, device: torch.device) -> tuple[float | None, str | None]:
     """Seconds of the singular defect directions' set-up (Section 3, the official least squares) on the device;
     (None, error) when it fails, so the repair timing still runs."""
-    from sinder.linearize import singular_defect_directions
+    from sinder.defects.linearize import singular_defect_directions
 
     try:
         _sync(device)
@@ -240,9 +240,9 @@ def _time_directions(model: nn.Module, n_samples: int, device: torch.device) -> 
 
 
 def measure_repair(sizes: Sizes, device: torch.device) -> dict:
-    from sinder.repair_config import RepairConfig
-    from sinder.svd import parametrize_singular_values
-    from sinder.vit import build_vit
+    from sinder.models.vit import build_vit
+    from sinder.repair.config import RepairConfig
+    from sinder.repair.svd import parametrize_singular_values
 
     cfg = RepairConfig()
     _reset_peak(device)
@@ -329,7 +329,7 @@ def measure_segmentation(sizes: Sizes, device: torch.device) -> dict:
     from benchmarks.segmentation.mmseg_env import ensure_mmseg
     from benchmarks.segmentation.task import dataset_base
     from benchmarks.segmentation.train import _quiet, build_runner, build_segmentor
-    from sinder.vit import build_vit
+    from sinder.models.vit import build_vit
 
     ensure_mmseg()
     backbone = build_vit(sizes.preset, seed=0).to(device).eval()

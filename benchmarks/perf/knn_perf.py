@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.classification.knn import knn_classify
-from sinder.atomic import atomic_write_text
+from sinder.utils.atomic import atomic_write_text
 
 
 def naive_knn(train, train_labels, test, ks, T, num_classes):
@@ -85,7 +85,7 @@ def extraction_throughput(batch: int = 32, batches: int = 4, resolution: int = 2
     from torch.utils.data import TensorDataset
 
     from benchmarks.core.features import extract_features
-    from sinder.vit import build_vit
+    from sinder.models.vit import build_vit
 
     model = build_vit(preset, seed=0)
     images = torch.randn(batch * batches, 3, resolution, resolution)

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.perf.repair_step import pinned_step
-from sinder.atomic import atomic_write_text
-from sinder.device import default_device
-from sinder.svd import parametrize_singular_values
-from sinder.vit import build_vit
+from sinder.models.vit import build_vit
+from sinder.repair.svd import parametrize_singular_values
+from sinder.utils.atomic import atomic_write_text
+from sinder.utils.device import default_device
 
 GIB = 1024**3
 

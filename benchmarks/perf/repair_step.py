@@ -5,7 +5,7 @@ they differ in how:
 - ``official``: every block runs with gradients and with its weight recomposed as U diag(S + eps) V^T on each
   forward; gradients of the early blocks are dropped after backward (the released code).
 - ``full_graph_factored``: our factored SVD forward (x V^T, scale, U) but every block still under autograd.
-- ``windowed`` (ours, ``sinder.repair_step.SinderStep``): one forward pass that keeps the autograd graph of only the
+- ``windowed`` (ours, ``sinder.repair.step.SinderStep``): one forward pass that keeps the autograd graph of only the
   last lambda blocks, and a backward chained through them.
 The loss layer is pinned to the last block (the worst case for the official step). Timings are medians over
 repeats, reported as ratios to ``official`` measured in the same run.
@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sinder.device import default_device
-from sinder.loss import neighbor_loss
-from sinder.repair_config import RepairConfig
-from sinder.repair_step import SinderStep, patch_grid
-from sinder.svd import SVDLinear, parametrize_singular_values
-from sinder.vit import build_vit
+from sinder.defects.loss import neighbor_loss
+from sinder.models.vit import build_vit
+from sinder.repair.config import RepairConfig
+from sinder.repair.step import SinderStep, patch_grid
+from sinder.repair.svd import SVDLinear, parametrize_singular_values
+from sinder.utils.device import default_device
 
 
 class RecomposedSVDLinear(nn.Module):
@@ -68,7 +68,7 @@ def full_graph_step(model, image, nu, rows, cols):
 
 
 def windowed_step(step: SinderStep, image):
-    """Our step (sinder.repair_step.SinderStep): one pass, graph segments of the last lambda blocks."""
+    """Our step (sinder.repair.step.SinderStep): one pass, graph segments of the last lambda blocks."""
     result, loss = step(image)
     step.backward(loss)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from sinder.atomic import atomic_write_text
+from sinder.utils.atomic import atomic_write_text
 
 BACKBONE = "dinov2_tiny_defective"
 VARIANTS = {
@@ -131,7 +131,7 @@ def measure(iterations: int = 100, crop: int = 84, batch: int = 4, repeats: int 
     from benchmarks.data.synth import write_synthetic
     from benchmarks.segmentation.mmseg_env import ensure_mmseg
     from benchmarks.segmentation.task import dataset_base
-    from sinder.weights import load_backbone
+    from sinder.models.weights import load_backbone
 
     ensure_mmseg()
     backbone = load_backbone(BACKBONE)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.core.workers import available_cores, parse_jobs, resolve_jobs
-from sinder.atomic import atomic_write_text
+from sinder.utils.atomic import atomic_write_text
 
 TARGET_S = 180.0
 

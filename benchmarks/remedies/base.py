@@ -15,13 +15,12 @@ and loads the evaluated model. The loaded model carries, like any backbone:
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import pkgutil
 from typing import Any
 
 from benchmarks.core.registry import registrar
+from sinder.utils.hashing import canonical_sha256
 
 _REMEDIES: dict[str, Remedy] = {}
 _NOT_REMEDY_MODULES = {"base", "task", "census"}
@@ -76,12 +75,10 @@ def get_remedy(name: str) -> Remedy:
     return _REMEDIES[name]
 
 
-def canonical_sha256(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def remedy_role(kind: str, remedy: str, config: dict[str, Any], base_sha256: str) -> dict[str, Any]:
-    """The role of a remedied backbone (the form ``sinder.weights.weights_role`` gives a repaired file)."""
+    """The role of a remedied backbone (the form ``sinder.models.weights.weights_role`` gives a repaired file)."""
     return {"kind": kind, "remedy": remedy, "base_sha256": base_sha256, "config": dict(config),
             "config_sha256": canonical_sha256(config)}  # fmt: skip
 
@@ -116,7 +113,7 @@ def default_cost(model) -> dict[str, Any]:
     if role.get("kind") == "repair":
         from pathlib import Path
 
-        from sinder.weights import file_metadata
+        from sinder.models.weights import file_metadata
 
         source = Path(str(getattr(model, "weights_source", "")))
         meta = file_metadata(source) if source.is_file() else {}

@@ -24,8 +24,8 @@ class Clamp(Remedy):
 
     def load(self, base, params: dict[str, Any], device="cpu"):
         from benchmarks.core.backbones import load
-        from sinder.clamp import clamp_singular_values
-        from sinder.weights import content_sha256
+        from sinder.models.weights import content_sha256
+        from sinder.remedies.clamp import clamp_singular_values
 
         model = load(base, device="cpu")
         base_sha = model.weights_sha256

@@ -28,7 +28,7 @@ class Registers(Remedy):
 
     def problem(self, base, params: dict[str, Any]) -> str | None:
         from benchmarks.core.backbones import backbone_problem
-        from sinder.vit import PRESETS
+        from sinder.models.vit import PRESETS
 
         preset = register_preset(base.name)
         if preset not in PRESETS:

@@ -22,7 +22,7 @@ class SinderRepair(Remedy):
         from pathlib import Path
 
         from benchmarks.core.backbones import backbone_problem
-        from sinder.weights import WeightsError, weights_role
+        from sinder.models.weights import WeightsError, weights_role
 
         path = params["weights"]
         if not Path(path).is_file():
@@ -37,7 +37,7 @@ class SinderRepair(Remedy):
         return backbone_problem(type(base)(text=base.text, name=base.name, weights=path, label=base.label))
 
     def load(self, base, params: dict[str, Any], device="cpu"):
-        from sinder.weights import load_backbone
+        from sinder.models.weights import load_backbone
 
         model = load_backbone(base.name, weights=params["weights"], device=device)
         role = model.weights_role

@@ -1,11 +1,11 @@
 """The defect census task: high-norm tokens and Eq. 5 singular defects per block on held-out images.
 
-Per image and block: the patch tokens before the final norm (``sinder.defects.patch_token_grids``, which runs
+Per image and block: the patch tokens before the final norm (``sinder.defects.detect.patch_token_grids``, which runs
 the model's ``get_intermediate_layers`` so an inference-time remedy is active), the number of high-norm tokens
-(``sinder.defects.high_norm_mask``, independent of any direction) and of Eq. 5 defects along the block's
-singular defect direction of the model's own weights (``sinder.defects.find_defects``). The metrics are means
+(``sinder.defects.detect.high_norm_mask``, independent of any direction) and of Eq. 5 defects along the block's
+singular defect direction of the model's own weights (``sinder.defects.detect.find_defects``). The metrics are means
 per image; the remedy's cost (extra inference tokens, seconds to make it from its base) rides along so the
-remedies table can show it. The counting is ``sinder.census``'s.
+remedies table can show it. The counting is ``sinder.defects.census``'s.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class DefectCensus(Task):
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         from benchmarks.data import open_dataset
-        from sinder.census import census
-        from sinder.images import resize_center_crop, to_normalized_tensor
-        from sinder.linearize import singular_defect_directions
+        from sinder.defects.census import census
+        from sinder.defects.linearize import singular_defect_directions
+        from sinder.utils.images import resize_center_crop, to_normalized_tensor
 
         cfg = ctx.config
         dataset = open_dataset("imagenet", ctx.dataset_root("imagenet"), cfg["split"])

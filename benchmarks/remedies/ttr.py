@@ -1,11 +1,13 @@
-"""``+ttr:NEURONS.json``: test-time registers (``sinder.ttr``) driven by a neuron file fitted on the base."""
+"""``+ttr:NEURONS.json``: test-time registers (``sinder.remedies.ttr``) driven by a neuron file fitted on the base."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .base import Remedy, canonical_sha256, register_remedy, remedy_role
+from sinder.utils.hashing import canonical_sha256
+
+from .base import Remedy, register_remedy, remedy_role
 
 
 @register_remedy
@@ -22,8 +24,8 @@ class TestTimeRegisterRemedy(Remedy):
         return {"neurons": path}
 
     def problem(self, base, params: dict[str, Any]) -> str | None:
-        from sinder import weights as W
-        from sinder.ttr import load_neurons
+        from sinder.models import weights as W
+        from sinder.remedies.ttr import load_neurons
 
         try:
             neurons = load_neurons(params["neurons"])  # format and content; the weights hash is checked on loading
@@ -42,8 +44,8 @@ class TestTimeRegisterRemedy(Remedy):
 
     def load(self, base, params: dict[str, Any], device="cpu"):
         from benchmarks.core.backbones import load
-        from sinder.ttr import apply_test_time_registers, load_neurons
-        from sinder.weights import file_sha256
+        from sinder.models.weights import file_sha256
+        from sinder.remedies.ttr import apply_test_time_registers, load_neurons
 
         model = load(base, device=device)
         neurons = load_neurons(params["neurons"], model)  # refuses a file fitted on other weights

@@ -35,7 +35,7 @@ class FrozenViTBackbone(BaseModule):
     """Multi-level feature maps ``(B, D, H/14, W/14)`` of a frozen DINOv2-style ViT.
 
     Args:
-        spec: ``NAME[:WEIGHTS]`` to load with ``sinder.weights.load_backbone`` (config-file use), or None when
+        spec: ``NAME[:WEIGHTS]`` to load with ``sinder.models.weights.load_backbone`` (config-file use), or None when
             the caller attaches a live model with :meth:`attach` (what the benchmark tasks do).
         layers: the number of last blocks (int) or explicit block indices; maps come out in block order.
         norm: apply the final LayerNorm to each selected block's tokens (the segmentation protocol does).

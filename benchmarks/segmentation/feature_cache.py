@@ -10,11 +10,12 @@ augmentation on every lookup misses and the cache only grows, which is why the c
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from sinder.utils.hashing import new_digest
 
 
 @dataclass
@@ -39,7 +40,7 @@ class CropFeatureCache:
         self.stats = CacheStats()
 
     def key(self, sample: Tensor) -> str:
-        digest = hashlib.sha256(f"{self.context}|{tuple(sample.shape)}|{sample.dtype}|".encode())
+        digest = new_digest(f"{self.context}|{tuple(sample.shape)}|{sample.dtype}|".encode())
         # A uint8 view hashes the exact bytes for any dtype (numpy has no bfloat16).
         digest.update(sample.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
         return digest.hexdigest()

@@ -12,7 +12,6 @@ multiscale, every evaluation) the backbone runs on every crop.
 from __future__ import annotations
 
 import copy
-import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +22,8 @@ from benchmarks.core.checkpointing import task_work_dir
 from benchmarks.core.registry import Metric, Task, register_task
 from benchmarks.segmentation.config import OVERRIDE_KEYS
 from benchmarks.segmentation.feature_cache import CacheStats
-from sinder.atomic import temp_prefix
+from sinder.utils.atomic import temp_prefix
+from sinder.utils.hashing import short, text_sha256
 
 LOADERS = {"ade20k": ("benchmarks.data.ade20k", "ADE20k"), "voc2012": ("benchmarks.data.voc2012", "VOC2012")}
 
@@ -100,7 +100,7 @@ class _SegTask(Task):
         # checkpoint interval, which does not change what is computed).
         keyed = copy.deepcopy(cfg)
         keyed.default_hooks.checkpoint.interval = 0
-        digest = hashlib.sha256(keyed.pretty_text.replace(str(base_dir), "").encode()).hexdigest()[:12]
+        digest = short(text_sha256(keyed.pretty_text.replace(str(base_dir), "")))
         cfg.work_dir = str(base_dir / f"mmseg-{digest}")
         if ctx.head_weights is not None:  # DINOv2's released head, inference only
             from benchmarks.segmentation.train import evaluate_released

@@ -115,7 +115,7 @@ def evaluate_released(cfg, backbone: nn.Module, head_file: str | Path, *, tta: b
     plus ``head``: ``{source: "released head", file, sha256}``."""
     import torch
 
-    from sinder.weights import file_sha256
+    from sinder.models.weights import file_sha256
 
     ensure_mmseg()
     head_file = Path(head_file)

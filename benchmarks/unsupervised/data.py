@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from sinder.images import IMAGENET_MEAN, IMAGENET_STD
+from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
 RESIZE_MODES = ("short_center", "square")
 CROP_KINDS = ("five", "ten")

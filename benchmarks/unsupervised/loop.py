@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch.distributed as dist
 
 from benchmarks.core import distributed as D
 from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
+from sinder.utils.hashing import new_digest
 
 
 def steps_per_epoch(n_items: int, global_batch: int) -> int:
@@ -55,7 +55,7 @@ def local_share(indices: torch.Tensor) -> torch.Tensor:
 
 
 def _mix(*parts) -> int:
-    digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
+    digest = new_digest(json.dumps([str(p) for p in parts]).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

@@ -53,7 +53,7 @@ def _cause_ddp(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def loss_variant(backbone, role: dict | None = None) -> str:
-    """Which backbone row of appendix Table 7 applies: sinder, register or dinov2 (by role, see sinder.weights)."""
+    """Which backbone row of appendix Table 7 applies: sinder, register or dinov2 (by role, see sinder.models.weights)."""
     role = role or getattr(backbone, "weights_role", None) or {}
     if role.get("kind") == "repair" and role.get("remedy") == "sinder":
         return "sinder"

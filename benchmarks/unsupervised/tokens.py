@@ -13,7 +13,6 @@ stored beside the feature cache.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 
 from benchmarks.core import distributed as D
 from benchmarks.core.features import FeatureSpec, compute_dtype_name, describe, extract_features
-from sinder.atomic import atomic_path
+from sinder.utils.atomic import atomic_path
+from sinder.utils.hashing import text_sha256
 
 from .data import ImageOnly, SegmentationView, label_stack
 
@@ -135,7 +135,7 @@ def knn_indices(model, view: SegmentationView, ctx, k: int = 30, batch_size: int
     k = min(k, len(pooled))
     path = None
     if ctx.feature_cache is not None:
-        key = hashlib.sha256(f"{spec.key()}:top{k}".encode()).hexdigest()
+        key = text_sha256(f"{spec.key()}:top{k}")
         path = Path(ctx.feature_cache) / "knn" / f"{key}.safetensors"
         if D.broadcast_object(path.is_file()):
             from safetensors.torch import load_file

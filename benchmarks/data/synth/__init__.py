@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks.data.specs import get_spec
 from benchmarks.data.synth.common import SampleTruth
 from benchmarks.data.synth.files import TreeWriter
-from sinder.atomic import temp_prefix
+from sinder.utils.atomic import temp_prefix
 
 WRITERS = {
     name: f"benchmarks.data.synth.{name}"

@@ -1,4 +1,4 @@
-"""`sinder-bench ttr fit`: find the register neurons of a backbone for test-time registers (``sinder.ttr``)."""
+"""`sinder-bench ttr fit`: find the register neurons of a backbone for test-time registers (``sinder.remedies.ttr``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .defects import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
+from sinder.defects.detect import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
 
 
 def register(subparsers) -> None:
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 def _batches(paths, resolution: int, patch_size: int, batch_size: int, device):
     import torch
 
-    from .images import load_image
+    from sinder.utils.images import load_image
 
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
@@ -56,10 +56,10 @@ def _batches(paths, resolution: int, patch_size: int, batch_size: int, device):
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from .device import default_device
-    from .images import list_images, stride_subset
-    from .ttr import describe, fit_register_neurons, save_neurons
-    from .weights import load_backbone
+    from sinder.models.weights import load_backbone
+    from sinder.remedies.ttr import describe, fit_register_neurons, save_neurons
+    from sinder.utils.device import default_device
+    from sinder.utils.images import list_images, stride_subset
 
     def fail(message: str) -> int:
         print(f"error: {message}", file=sys.stderr)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write_text
-from .defects import DEFAULT_MU
+from sinder.defects.detect import DEFAULT_MU
+from sinder.utils.atomic import atomic_write_text
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -27,7 +27,7 @@ def _bar(iterable=None, progress: bool | None = None, **kwargs):
 
 def directions_with_progress(model, n_samples=100_000, seed=0, method="sampled", cache_dir=None, progress=None):
     """``linearize.linearized_directions(model, ...)`` for every kind, with a progress bar over the blocks."""
-    from .linearize import KINDS, linearized_directions
+    from sinder.defects.linearize import KINDS, linearized_directions
 
     return linearized_directions(model, n_samples, seed, KINDS, method, cache_dir, progress=progress)
 
@@ -66,7 +66,7 @@ def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sa
     ``sv_top`` leading singular values minus ``model``'s per block linear layer. ``mask_images`` first images
     get Figure 6, their Eq. 5 masks in ``mask_layers`` (default: 4 evenly spaced layers).
     """
-    from .defects import (
+    from sinder.defects.detect import (
         LayerAccumulator,
         TokenAngleAccumulator,
         acute_angle,
@@ -77,8 +77,8 @@ def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sa
         patch_token_grids,
         random_unit_direction,
     )
-    from .images import load_image
-    from .linearize import KINDS
+    from sinder.defects.linearize import KINDS
+    from sinder.utils.images import load_image
 
     if not image_paths:
         raise ValueError("no images to analyze")
@@ -91,7 +91,7 @@ def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sa
         raise ValueError(f"--mask-images {mask_images} must be >= 0")
     differences = None
     if compare is not None:  # before the long image loop: a mismatched checkpoint fails fast
-        from .plots import singular_value_differences
+        from sinder.plots.figures import singular_value_differences
 
         differences = singular_value_differences(_state_dict(model), _state_dict(compare), top=sv_top,
                                                  progress=progress)
@@ -174,9 +174,9 @@ def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sa
 
 def _write_figures(out, model, image_paths, dirs, rand, layers, accs, first_maps, first_image, mask_inputs,
                    mask_rows, mask_layers, differences, compare) -> dict[str, str]:
-    from .defects import acute_angles_to
-    from .linearize import KINDS
-    from .plots import (
+    from sinder.defects.detect import acute_angles_to
+    from sinder.defects.linearize import KINDS
+    from sinder.plots.figures import (
         plot_defect_masks,
         plot_direction_angles,
         plot_norm_violins,

@@ -1,5 +1,5 @@
 """The `sinder-bench analyze` (Sections 2-3 on a folder of images) and `sinder-bench clamp` (Appendix B) verbs;
-the analysis itself is in ``sinder.analysis``."""
+the analysis itself is in ``sinder.plots.analysis``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from .analysis import analyze, format_table
-from .atomic import atomic_write_text
-from .defects import DEFAULT_MU
+from sinder.defects.detect import DEFAULT_MU
+from sinder.plots.analysis import analyze, format_table
+from sinder.utils.atomic import atomic_write_text
 
 
 def register(subparsers) -> None:
@@ -99,8 +99,8 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from .images import list_images
-    from .weights import load_backbone
+    from sinder.models.weights import load_backbone
+    from sinder.utils.images import list_images
 
     if args.sv_top < 1:
         raise ValueError(f"--sv-top {args.sv_top} must be >= 1")
@@ -121,7 +121,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace, images) -> int:
-    from .census import compare_checkpoints, format_comparison, worse_warning
+    from sinder.defects.census import compare_checkpoints, format_comparison, worse_warning
 
     first, second = (None if w == "own" else w for w in args.compare)
     record = compare_checkpoints(args.backbone, first, second, images, args.resolution, mu=args.mu,
@@ -141,8 +141,8 @@ def _run_compare(args: argparse.Namespace, images) -> int:
 
 # --------------------------------------------------------------------------------------------- clamp
 def run_clamp(args: argparse.Namespace) -> int:
-    from .clamp import clamp_singular_values
-    from .weights import load_backbone, save_state_dict
+    from sinder.models.weights import load_backbone, save_state_dict
+    from sinder.remedies.clamp import clamp_singular_values
 
     if args.out.exists() and not args.force:
         print(f"error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .vit import ARCH_DEFAULTS, build_vit
+from sinder.models.vit import ARCH_DEFAULTS, build_vit
 
 PRESET_NAME = "dinov2_tiny_defective"
 

@@ -11,7 +11,7 @@ def build_config(args):
     """(config, which defaults applied): the backbone's preset defaults (official ones for the real presets),
     then the --config file, then --paper and the command-line flags, then --cfg-options (any RepairConfig field,
     typed and checked by RepairConfig.from_mapping like the file's)."""
-    from .repair_config import RepairConfig, preset_defaults
+    from sinder.repair.config import RepairConfig, preset_defaults
 
     base, defaults = preset_defaults(args.backbone)
     data = RepairConfig.read_file(args.config) if args.config else {}
@@ -33,8 +33,8 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from .repair_job import repair_checkpoint
-    from .repair_step import NonFiniteLossError
+    from sinder.repair.job import repair_checkpoint
+    from sinder.repair.step import NonFiniteLossError
 
     try:
         config, defaults = build_config(args)
@@ -61,7 +61,7 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    from .cfg_options import CfgOptionsAction
+    from sinder.cli.cfg_options import CfgOptionsAction
 
     parser = subparsers.add_parser(
         "repair", help="repair singular defects (SINDER, Algorithm 1)",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .svd import is_block_linear  # the one definition of a block linear layer
+from sinder.repair.svd import is_block_linear  # the one definition of a block linear layer
 
 
 @dataclass

@@ -20,7 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 from torch import Tensor
 
-from .atomic import atomic_path
+from sinder.utils.atomic import atomic_path
 
 KIND_TITLES = {
     "attention": "I + A (attention)",
@@ -206,8 +206,8 @@ def singular_value_differences(
     """
     from tqdm import tqdm
 
-    from .clamp import is_block_linear
-    from .weights import normalize_keys
+    from sinder.models.weights import normalize_keys
+    from sinder.remedies.clamp import is_block_linear
 
     old, new = normalize_keys(old_state), normalize_keys(new_state)
     per_name: dict[str, dict[int, np.ndarray]] = {}

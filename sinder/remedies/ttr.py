@@ -7,7 +7,7 @@ zero, so the outlier forms on the extra token instead of on an image patch. The 
 registers are left as they are.
 
 - ``fit_register_neurons``: outlier tokens are the patch tokens whose norm at a detection block is extreme (by
-  default the same robust rule as the high-norm census, ``sinder.defects.high_norm_mask``; or a fixed norm
+  default the same robust rule as the high-norm census, ``sinder.defects.detect.high_norm_mask``; or a fixed norm
   threshold as in the reference code); each MLP hidden unit of blocks ``0..highest_block`` is scored by its mean
   absolute activation at the outlier positions, averaged over the images that have outliers; the top-k units
   are the register neurons.
@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_write_text
-from .defects import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
+from sinder.defects.detect import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
+from sinder.utils.atomic import atomic_write_text
 
 FORMAT = "sinder-bench test-time register neurons"
 VERSION = 1
@@ -131,7 +131,7 @@ def _hooks(modules_and_hooks: Iterable[tuple[nn.Module, str, Any]]) -> Iterator[
 def outlier_mask(grid: Tensor, threshold: float | None = None, mu: float = HIGH_NORM_Z,
                  min_ratio: float = HIGH_NORM_MIN_RATIO) -> Tensor:
     """H x W mask of one image's outlier tokens: norm above ``threshold``, or the census rule without one."""
-    from .defects import high_norm_mask
+    from sinder.defects.detect import high_norm_mask
 
     if threshold is None:
         return high_norm_mask(grid, mu, min_ratio)
@@ -155,7 +155,7 @@ def fit_register_neurons(
     ``detection_block`` (negative: from the end), the second reads the hidden activations of blocks
     ``0..highest_block`` (default ``default_highest_block``) only at those positions.
     """
-    from .defects import patch_token_grids
+    from sinder.defects.detect import patch_token_grids
 
     depth = len(model.blocks)
     detect = _resolve_block(detection_block, depth, "detection block")

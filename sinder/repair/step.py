@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .defects import enough_defects, find_defects
-from .loss import neighbor_loss
-from .repair_config import RepairConfig
+from sinder.defects.detect import enough_defects, find_defects
+from sinder.defects.loss import neighbor_loss
+from sinder.repair.config import RepairConfig
 
 
 class NonFiniteLossError(RuntimeError):

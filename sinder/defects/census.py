@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .defects import DEFAULT_MU, HIGH_NORM_Z, find_defects, high_norm_mask, patch_token_grids
+from sinder.defects.detect import DEFAULT_MU, HIGH_NORM_Z, find_defects, high_norm_mask, patch_token_grids
 
 MEDIAN_JUMP = 2.0
 
@@ -145,9 +145,9 @@ def compare_checkpoints(
     directions, and their comparison (``second`` measured against ``first``)."""
     import functools
 
-    from .images import load_image
-    from .linearize import singular_defect_directions
-    from .weights import load_backbone
+    from sinder.defects.linearize import singular_defect_directions
+    from sinder.models.weights import load_backbone
+    from sinder.utils.images import load_image
 
     if not images:
         raise ValueError("no images to take a census of")

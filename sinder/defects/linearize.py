@@ -29,7 +29,6 @@ used, the estimator, ``n_samples`` and ``seed``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .atomic import atomic_path
+from sinder.utils.atomic import atomic_path
+from sinder.utils.hashing import new_digest, text_sha256
 
 KINDS = ("attention", "mlp", "block", "cumulative")  # leading left singular vectors of I+A, I+C, E, G
 METHODS = ("sampled", "expectation")
@@ -134,7 +134,7 @@ def block_weights(model) -> list[BlockWeights]:
 
 def state_dict_block_weights(state_dict: Mapping[str, Tensor]) -> list[BlockWeights]:
     """The same from a state dict (``blocks.<i>.`` keys; wrapper prefixes and chunked blocks are accepted)."""
-    from .weights import normalize_keys
+    from sinder.models.weights import normalize_keys
 
     state = normalize_keys(state_dict)
     indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
@@ -147,7 +147,7 @@ def state_dict_block_weights(state_dict: Mapping[str, Tensor]) -> list[BlockWeig
 
 def weights_fingerprint(blocks: Sequence[BlockWeights]) -> str:
     """sha256 over every tensor the linearization reads, in block order."""
-    digest = hashlib.sha256()
+    digest = new_digest()
     for i, bw in enumerate(blocks):
         digest.update(f"{i}|{bw.mlp_kind}|".encode())
         for name, t in bw.tensors().items():
@@ -371,7 +371,7 @@ def compute_directions(
 
 
 def _cache_path(cache_dir: Path, fingerprint: str, method: str, n_samples: int, seed: int) -> Path:
-    key = hashlib.sha256(f"v{CACHE_VERSION}|{fingerprint}|{method}|{n_samples}|{seed}".encode()).hexdigest()
+    key = text_sha256(f"v{CACHE_VERSION}|{fingerprint}|{method}|{n_samples}|{seed}")
     return cache_dir / f"directions-{key[:32]}.safetensors"
 
 

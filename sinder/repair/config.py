@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .defects import DEFAULT_MU
-from .loss import KERNELS
-from .svd import TRAINABLE_SETTINGS
+from sinder.defects.detect import DEFAULT_MU
+from sinder.defects.loss import KERNELS
+from sinder.repair.svd import TRAINABLE_SETTINGS
 
 
 def _check_type(key: str, value: Any, annotation: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .atomic import atomic_write_text
+from sinder.utils.atomic import atomic_write_text
 
 
 def write_report(path: Path, report: dict[str, Any]) -> Path:

@@ -1,7 +1,7 @@
 """The backbone interface in one place, and what each preset's release is (its pretrained config).
 
 :class:`Backbone` is what the benchmark tasks read off a model; :class:`RepairableBackbone` adds what the SINDER
-repair and the defect analysis need. ``sinder.weights.load_backbone`` returns a ``DinoVisionTransformer``, which
+repair and the defect analysis need. ``sinder.models.weights.load_backbone`` returns a ``DinoVisionTransformer``, which
 satisfies both; any other module with these members can be benchmarked.
 """
 
@@ -14,8 +14,8 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from .images import IMAGENET_MEAN, IMAGENET_STD
-from .vit import PRESETS
+from sinder.models.vit import PRESETS
+from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 @runtime_checkable

@@ -15,7 +15,6 @@ Engineering choices that do not change the result:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import resource
 import time
@@ -29,10 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_path, atomic_write_text
-from .repair_config import RepairConfig
-from .repair_step import NonFiniteLossError, SinderStep
-from .svd import fold_back, parametrize_singular_values, singular_value_changes
+from sinder.repair.config import RepairConfig
+from sinder.repair.step import NonFiniteLossError, SinderStep
+from sinder.repair.svd import fold_back, parametrize_singular_values, singular_value_changes
+from sinder.utils.atomic import atomic_path, atomic_write_text
+from sinder.utils.hashing import text_sha256
 
 
 # ------------------------------------------------------------------------------------------- state on disk
@@ -42,7 +42,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def _files_digest(files: Sequence[Path]) -> str:
-    return hashlib.sha256("\n".join(str(f) for f in files).encode()).hexdigest()
+    return text_sha256("\n".join(str(f) for f in files))
 
 
 def _peak_memory_bytes(device: torch.device) -> int:
@@ -96,7 +96,7 @@ class RepairRun:
         self.base_sha256 = getattr(model, "weights_sha256", None)
         self.model = model.to(self.device).eval()
         if directions is None:
-            from .linearize import singular_defect_directions
+            from sinder.defects.linearize import singular_defect_directions
 
             directions = singular_defect_directions(model, n_samples=config.n_samples, seed=config.direction_seed)
         self.directions = [d.to(self.device) for d in directions]

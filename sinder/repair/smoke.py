@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .atomic import temp_prefix
-from .repair import RepairRun
-from .repair_config import SMOKE_CONFIG, RepairConfig
+from sinder.repair.config import SMOKE_CONFIG, RepairConfig
+from sinder.repair.run import RepairRun
+from sinder.utils.atomic import temp_prefix
 
 
 def repair_for_smoke(model: nn.Module, config: RepairConfig | None = None, seed: int = 0,
@@ -17,8 +17,8 @@ def repair_for_smoke(model: nn.Module, config: RepairConfig | None = None, seed:
     """A short SINDER repair on synthetic photographs, for the smoke suite; returns the repaired model.
 
     ``directions``: the model's singular defect directions when the caller has them (see RepairRun)."""
-    from .images import resize_center_crop, to_normalized_tensor
-    from .synthetic_images import synthetic_photos
+    from sinder.utils.images import resize_center_crop, to_normalized_tensor
+    from sinder.utils.synthetic_images import synthetic_photos
 
     config = config or RepairConfig(**SMOKE_CONFIG)
     photos = synthetic_photos(config.num_images, size=config.resolution + 16, seed=seed)

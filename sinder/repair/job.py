@@ -10,15 +10,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .census import census, compare, worse_warning
-from .checkpoint_formats import CheckpointFormat, check_save_format, save_checkpoint
-from .device import default_device
-from .images import list_images, load_image, stride_subset
-from .plots import plot_singular_value_differences, singular_value_differences
-from .repair import RepairRun
-from .repair_config import RepairConfig
-from .repair_report import write_report
-from .weights import load_backbone
+from sinder.defects.census import census, compare, worse_warning
+from sinder.models.formats import CheckpointFormat, check_save_format, save_checkpoint
+from sinder.models.weights import load_backbone
+from sinder.plots.figures import plot_singular_value_differences, singular_value_differences
+from sinder.repair.config import RepairConfig
+from sinder.repair.report import write_report
+from sinder.repair.run import RepairRun
+from sinder.utils.device import default_device
+from sinder.utils.images import list_images, load_image, stride_subset
 
 
 def split_images(files: list[Path], num_train: int, num_holdout: int) -> tuple[list[Path], list[Path]]:
@@ -95,7 +95,7 @@ def repair_checkpoint(
     load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
     holdout, unreadable_holdout = readable(holdout, load)
 
-    from .linearize import singular_defect_directions
+    from sinder.defects.linearize import singular_defect_directions
 
     cache = directions_cache or work_dir / "directions"
     directions = singular_defect_directions(model, n_samples=config.n_samples, seed=config.direction_seed,

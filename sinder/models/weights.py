@@ -9,10 +9,7 @@ Y as the checkpoint's metadata says, a constructed test model, or any other chec
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .atomic import atomic_path
-from .backbone import pretrained_config
-from .checkpoint_formats import (
+from sinder.models.backbone import pretrained_config
+from sinder.models.constructed import SYNTHETIC_BACKBONES
+from sinder.models.formats import (
     checkpoint_architecture,
     config_from_hf,
     detect_format,
@@ -30,8 +27,20 @@ from .checkpoint_formats import (
     read_checkpoint,
     read_hf_folder_config,
 )
-from .constructed import SYNTHETIC_BACKBONES
-from .vit import PRESETS, DinoVisionTransformer, resolve_config
+from sinder.models.state_io import (  # noqa: F401  (re-exported: these lived here before the split)
+    WeightsError,
+    content_sha256,
+    file_metadata,
+    file_sha256,
+    normalize_keys,
+    read_state_dict,
+    save_state_dict,
+    state_dict_sha256,
+    tensor_shapes,
+    write_safetensors,
+)
+from sinder.models.vit import PRESETS, DinoVisionTransformer, resolve_config
+from sinder.utils.hashing import canonical_sha256
 
 
 def official_filename(preset: str) -> str | None:
@@ -48,85 +57,6 @@ def official_url(preset: str) -> str | None:
 def hub_checkpoint_dir() -> Path:
     """Where ``torch.hub`` stores downloaded checkpoints: ``$TORCH_HOME/hub/checkpoints``."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-# ------------------------------------------------------------------------------------------- fingerprints
-def file_sha256(path: str | Path, chunk_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def content_sha256(state_dict: Mapping[str, Tensor]) -> str:
-    """A content hash of a state dict: names (wrapper prefixes stripped), dtypes, shapes and values, by name.
-
-    Stable across files, formats (.pth, .safetensors) and key order, unlike a file's sha256.
-    """
-    digest = hashlib.sha256(b"sinder-tensors-v1\n")
-    state = normalize_keys(state_dict)
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{str(tensor.dtype).removeprefix('torch.')}|{tuple(tensor.shape)}\n".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-state_dict_sha256 = content_sha256  # the older name
-
-
-# ------------------------------------------------------------------------------------------- reading
-class WeightsError(ValueError):
-    """A weights file that does not fit the requested architecture, or cannot be read."""
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a state dict from ``.safetensors`` or (safely) from a ``.pth``/``.pt`` pickle."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        elif suffix in {".pth", ".pt", ".bin", ".ckpt"}:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise WeightsError(f"{path}: unknown weights format {suffix!r}; use .safetensors or .pth")
-    except WeightsError:
-        raise
-    except Exception as err:  # corrupt or truncated file, or a pickle that is not plain tensors
-        raise WeightsError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from err
-    # Training checkpoints wrap the weights; official releases are a flat dict.
-    for wrapper in ("model", "state_dict", "teacher"):
-        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: expected a mapping of parameter names to tensors")
-    return state
-
-
-_PREFIXES = ("module.", "model.", "backbone.", "teacher.backbone.", "encoder.")
-
-
-def normalize_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Strip wrapper prefixes and flatten chunked blocks (``blocks.<chunk>.<i>.``) to ``blocks.<i>.``."""
-    state = dict(state_dict)
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
-    chunked = re.compile(r"^blocks\.\d+\.(\d+)\.(.*)$")
-    if any(chunked.match(k) for k in state):
-        state = {(f"blocks.{m.group(1)}.{m.group(2)}" if (m := chunked.match(k)) else k): v for k, v in state.items()}
-    return state
 
 
 def _format_keys(keys: list[str], limit: int = 20) -> str:
@@ -263,24 +193,6 @@ def _finish(model, source: str, name: str, role: dict[str, Any], device) -> Dino
 
 
 # ------------------------------------------------------------------------------------------- roles
-def file_metadata(path: str | Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file (``{}`` for other formats); WeightsError when unreadable."""
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except Exception as err:
-        raise WeightsError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from err
-
-
-def _canonical_sha256(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def weights_role(path: str | Path, name: str | None) -> dict[str, Any]:
     """What a weights file is, from its metadata and provenance, never from a label.
 
@@ -297,11 +209,11 @@ def weights_role(path: str | Path, name: str | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             config = meta["sinder_config"]
         return {"kind": "repair", "remedy": "sinder", "base_sha256": meta.get("base_sha256", ""),
-                "config": config, "config_sha256": _canonical_sha256(config)}  # fmt: skip
+                "config": config, "config_sha256": canonical_sha256(config)}  # fmt: skip
     if "clamp_gamma" in meta:
         config = {"gamma": float(meta["clamp_gamma"])}
         return {"kind": "repair", "remedy": "clamp", "base_sha256": meta.get("source_sha256", ""),
-                "config": config, "config_sha256": _canonical_sha256(config)}  # fmt: skip
+                "config": config, "config_sha256": canonical_sha256(config)}  # fmt: skip
     if name is not None and official_filename(name) == Path(path).name:
         return {"kind": "register" if name.endswith("_reg") else "official", "name": name}
     return {"kind": "other"}
@@ -320,33 +232,6 @@ def role_key(role: Mapping[str, Any] | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------- preflight
-def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape in a weights file, without reading the values where the format allows it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-        except Exception as err:
-            raise WeightsError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from err
-    if path.suffix.lower() in {".pth", ".pt", ".bin", ".ckpt"}:
-        try:  # a zip checkpoint memory-maps: shapes without reading a billion parameters
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
-            state = None
-        if state is not None:
-            for wrapper in ("model", "state_dict", "teacher"):
-                if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
-                    state = state[wrapper]
-            if isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values()):
-                return {k: tuple(v.shape) for k, v in state.items()}
-    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
-
-
 def _official_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """Shapes under official keys: an official file is read lazily, other formats are converted on reading."""
     path = Path(path)
@@ -369,62 +254,6 @@ def check_weights_file(name_or_config: str | Path | Mapping[str, Any], path: str
     if not mismatches:
         return None
     return f"weights {path} do not fit {name_or_config}: " + "; ".join(mismatches)
-
-
-# ------------------------------------------------------------------------------------------- writing
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
-    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-}  # fmt: skip
-
-
-def write_safetensors(tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, str] | None = None):
-    """Write the safetensors format deterministically: metadata and tensors in sorted order, so the same
-    tensors and metadata always give the same bytes (the library's writer orders metadata at random)."""
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(metadata[k]) for k in sorted(metadata)}
-    offset, order = 0, sorted(tensors)
-    for key in order:
-        tensor = tensors[key]
-        if tensor.dtype not in _SAFETENSORS_DTYPES:
-            raise WeightsError(f"tensor {key}: dtype {tensor.dtype} cannot be written as safetensors")
-        size = tensor.numel() * tensor.element_size()
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                       "data_offsets": [offset, offset + size]}  # fmt: skip
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(text)))
-        handle.write(text)
-        for key in order:
-            tensor = tensors[key].detach().cpu().contiguous()
-            if tensor.numel():
-                handle.write(tensor.reshape(-1).view(torch.uint8).numpy().data)  # no copy of a large tensor
-
-
-def save_state_dict(
-    state_dict: Mapping[str, Tensor],
-    path: str | Path,
-    force: bool = False,
-    metadata: Mapping[str, str] | None = None,
-) -> str:
-    """Write a state dict atomically as safetensors (or .pth); returns the sha256 of the written file.
-
-    An existing file is kept unless ``force``; a crash mid-write leaves the old file untouched. Safetensors
-    files are byte-for-byte deterministic (sorted metadata and tensors).
-    """
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".safetensors":
-            write_safetensors(tensors, tmp, metadata)
-        else:
-            torch.save(tensors, tmp)
-    return file_sha256(path)
 
 
 def list_backbones() -> dict[str, str]:

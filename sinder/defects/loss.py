@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .defects import DEFAULT_MU, find_defects
+from sinder.defects.detect import DEFAULT_MU, find_defects
 
 # Discrete Gaussian windows of the official code (3x3 binomial; the usual 5x5 /273 kernel).
 _GAUSSIAN = {

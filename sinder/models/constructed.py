@@ -1,7 +1,7 @@
 """Backbones whose weights are constructed, not downloaded (tests and smoke runs): the one registry of them.
 
-Each name maps to a function returning (architecture config, state dict). ``sinder.weights`` loads them by
-name; the modules that build them (``sinder.vit``, ``sinder.defective_model``) know nothing of the loader.
+Each name maps to a function returning (architecture config, state dict). ``sinder.models.weights`` loads them by
+name; the modules that build them (``sinder.models.vit``, ``sinder.models.defective``) know nothing of the loader.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import Tensor
 
-from . import defective_model
-from .vit import build_vit
+from sinder.models import defective as defective_model
+from sinder.models.vit import build_vit
 
 Builder = Callable[[], tuple[dict[str, Any], dict[str, Tensor]]]
 

@@ -1,0 +1,1 @@
+"""Helpers every layer uses: atomic writes, devices, image files, synthetic images."""
