@@ -1,3 +1,4 @@
+
 """Tables 6-7 under torchrun: rank 0 repairs each row, the other ranks wait for its weights without a
 collective (a ViT-g repair outlasts any collective's timeout) and then evaluate the same repaired model; a
 failure on rank 0 reaches every rank instead of leaving them waiting."""
@@ -8,6 +9,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from ddp_helpers import torchrun
 
@@ -60,6 +62,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_rank_zero_repairs_and_every_rank_evaluates_its_weights(tmp_path):
     import copy
 

@@ -30,6 +30,7 @@ def assert_same_split(one: dict, two: dict, global_batch: int) -> None:
     assert (two["hparams"]["world_size"], two["hparams"]["batch_per_rank"]) == (2, global_batch // 2)
 
 
+@pytest.mark.slow
 def test_depth_two_processes_record_the_metrics_of_one(tmp_path):
     task = "depth_nyu_linear4"
     options = {f"{task}.{key}": value for key, value in DEPTH_OPTIONS.items()}
@@ -53,6 +54,7 @@ def trained_head(record: dict) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["seg_ade20k_linear"])
 def test_segmentation_two_processes_record_the_metrics_of_one(tmp_path, task):
     """mmseg's InfiniteSampler hands rank r the items r, r + 2, ... of one shuffled stream, so the 2 ranks' batches

@@ -15,6 +15,9 @@ from conftest import run_smoke_suite
 
 from benchmarks.data.nyud import NYUDepthV2
 
+# The whole module shares one smoke suite run (about 20 s of setup).
+pytestmark = pytest.mark.slow
+
 TASKS = ("depth_nyu_linear1", "depth_nyu_linear4", "depth_nyu_dpt")
 MARGIN = 0.75
 

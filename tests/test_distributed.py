@@ -1,8 +1,10 @@
+
 """Two CPU processes under torchrun (gloo) give the same features, KNN scores and linear probe as one."""
 
 import os
 import textwrap
 
+import pytest
 import torch
 from ddp_helpers import torchrun
 
@@ -102,6 +104,7 @@ def test_shard_range_covers_in_order():
             assert all(b - a <= -(-n // world) for a, b in parts)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one(tmp_path):
     from safetensors.torch import load_file
 

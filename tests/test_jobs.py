@@ -59,6 +59,7 @@ def _by_pair(out):
     return {(r["backbone"]["label"], r["task"]): r for r in load_records(out)}
 
 
+@pytest.mark.slow
 def test_two_jobs_write_the_records_of_one(cache, tmp_path, capsys):
     short = ["--cfg-options", "imagenet_linear.iterations=8"]  # a shorter probe; the workers get it too
     assert _run(tmp_path / "one", cache, 1, "table3", BACKBONES, *short) == 0
@@ -85,6 +86,7 @@ def test_two_jobs_write_the_records_of_one(cache, tmp_path, capsys):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_failing_or_dying_task_fails_alone(cache, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))
     for cls in (_Boom, _Dies, _Fine):

@@ -37,6 +37,7 @@ def _by_label(folder):
     return {r["backbone"]["label"]: r for r in load_records(folder)}
 
 
+@pytest.mark.slow
 def test_local_jobs_write_the_records_of_an_in_process_run(fanned):
     root, _, failed = fanned
     assert failed == 1  # the job whose weights file is missing
@@ -53,6 +54,7 @@ def test_local_jobs_write_the_records_of_an_in_process_run(fanned):
     assert not list((root / "fan" / "launch").rglob("*.json"))  # the records folder stays readable as records
 
 
+@pytest.mark.slow
 def test_status_reports_done_and_the_failure_with_its_error(fanned, capsys):
     root, _, _ = fanned
     rows = {r["backbone"]: r for r in L.status_rows(root / "fan")}
@@ -67,6 +69,7 @@ def test_status_reports_done_and_the_failure_with_its_error(fanned, capsys):
         "bad": "failed", "dinov2_tiny_defective": "done", "rand": "done"}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_requeued_job_resumes_instead_of_rerunning(fanned):
     root, cache, _ = fanned
     job = L.JobSpec(BACKBONES[0], "dinov2_tiny_defective", "imagenet_knn", "smoke", 0, 5)

@@ -6,6 +6,7 @@ import pytest
 from ddp_helpers import one_and_two_processes
 
 
+@pytest.mark.slow
 def test_two_processes_record_the_metrics_of_one(tmp_path):
     one, two = one_and_two_processes(tmp_path, "imagenet_linear")
     one, two = one["imagenet_linear"], two["imagenet_linear"]

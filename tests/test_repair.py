@@ -266,6 +266,7 @@ def test_termination_rule_on_a_scripted_sequence(tmp_path):
     assert result.iterations_with_loss == script[:expected].count(False)
 
 
+@pytest.mark.slow
 def test_repair_keeps_class_token_quality_and_frozen_parts_exact(tmp_path):
     """Smoke repair: held-out defects gone, KNN on the ImageNet twin within 2 points, q/k/biases bit-identical."""
     from benchmarks.classification.knn import evaluate_knn

@@ -160,6 +160,7 @@ def test_constructed_model_never_fires_on_a_whole_image():
         assert float(median.max()) < 3 * float(median.min())  # no image's tokens all blown up
 
 
+@pytest.mark.slow
 def test_documented_tiny_repair_halves_defects_and_leaves_no_unseen_image_worse(tmp_path):
     """The tiny preset's defaults (no flags) trained on the synthetic ImageNet twin, measured on images of two
     other synthetic datasets it has never seen."""

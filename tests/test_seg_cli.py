@@ -20,6 +20,9 @@ from conftest import run_smoke_suite  # noqa: E402
 from benchmarks.data.ade20k import ADE20k  # noqa: E402
 from benchmarks.data.voc2012 import VOC2012  # noqa: E402
 
+# The whole module shares one smoke suite run (about 20 s of setup).
+pytestmark = pytest.mark.slow
+
 TASKS = ("seg_ade20k_linear", "seg_ade20k_multiscale", "seg_voc_linear", "seg_voc_multiscale")
 LOADERS = {"ade20k": (ADE20k, 150), "voc2012": (VOC2012, 21)}
 

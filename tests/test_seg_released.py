@@ -32,6 +32,7 @@ def shares(loader, root, n_classes, first_n):
     return np.bincount(labels, minlength=n_classes) / labels.size
 
 
+@pytest.mark.slow
 def test_released_segmentation_heads_are_evaluated_and_recorded(tmp_path):
     from benchmarks.data.synth import write_synthetic
 

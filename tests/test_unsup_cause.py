@@ -155,6 +155,7 @@ def backbone():
     return load_backbone("dinov2_tiny_random")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_name,dataset", [("cause_cityscapes", "cityscapes"), ("cause_voc", "voc2012")])
 def test_cause_clusters_the_synthetic_twins_well_above_chance(task_name, dataset, backbone, tmp_path):
     from benchmarks.core.registry import get_task

@@ -36,6 +36,7 @@ def _same_losses(one: dict, two: dict, prefix: str) -> None:
         assert two["hparams"][key] == pytest.approx(one["hparams"][key], rel=LOSS_REL, abs=1e-4), key
 
 
+@pytest.mark.slow
 def test_stego_two_processes_record_the_metrics_of_one(tmp_path):
     task = "stego_cityscapes"
     options = {f"{task}.steps": 30, f"{task}.val_every": 10, f"{task}.checkpoint_every": 10,
@@ -57,6 +58,7 @@ def test_stego_two_processes_record_the_metrics_of_one(tmp_path):
     assert (two["hparams"]["world_size"], two["hparams"]["batch_per_rank"]) == (2, 4)
 
 
+@pytest.mark.slow
 def test_cause_two_processes_record_the_metrics_of_one(tmp_path):
     task = "cause_cityscapes"
     # the paper's mode (ddp: reference, here as 2 official processes): lr x 2, each epoch a random half of the set

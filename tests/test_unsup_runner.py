@@ -76,6 +76,7 @@ def test_loss_variant_follows_the_backbone():
     assert loss_variant(SimpleNamespace(num_register_tokens=0), clamped) == "dinov2"
 
 
+@pytest.mark.slow
 def test_table1_smoke_run_writes_records(tmp_path):
     assert run_cli("table1", tmp_path) == 0
     for task in ("stego_cityscapes", "stego_potsdam"):
@@ -93,6 +94,7 @@ def test_table1_smoke_run_writes_records(tmp_path):
     assert len(records(tmp_path, "stego_cityscapes")) == 1
 
 
+@pytest.mark.slow
 def test_table2_smoke_run_writes_records(tmp_path):
     assert run_cli("table2", tmp_path) == 0
     for task in ("cause_cityscapes", "cause_voc"):

@@ -68,6 +68,7 @@ def test_positives_are_among_the_first_neighbours():
     assert torch.equal(picks, S._positives(nns, torch.tensor([0, 1, 2, 3, 3]), 7, seed=0, step=5))
 
 
+@pytest.mark.slow
 def test_stego_clusters_the_synthetic_cityscapes_well_above_chance(cityscapes, backbone, tmp_path):
     from benchmarks.core.registry import get_task
 
