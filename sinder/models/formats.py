@@ -23,6 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sinder.models.state_io import normalize_keys, read_state_dict, save_state_dict
+from sinder.models.vit import ARCH_DEFAULTS, PRESETS
+from sinder.utils.atomic import atomic_write_text
+
 FORMATS = ("official", "hf", "timm")
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -244,7 +248,6 @@ def read_hf_folder_config(folder: str | Path) -> dict[str, Any]:
 
 def read_hf_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config.json, raw state dict) of a ``save_pretrained`` folder, single file or sharded."""
-    from sinder.models.weights import read_state_dict
 
     folder = Path(folder)
     hf_config = read_hf_folder_config(folder)
@@ -307,7 +310,6 @@ def _swiglu_hidden(dim: int, mlp_ratio: float = 4.0) -> int:
 
 def infer_official_config(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
     """The architecture of an official-key state dict, read off its shapes (heads from the width)."""
-    from sinder.models.vit import ARCH_DEFAULTS, PRESETS
 
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
         if key not in state:
@@ -387,7 +389,6 @@ def _safetensors_config(path: Path) -> dict[str, Any] | None:
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a weights file or a Hugging Face folder and convert it to official keys."""
-    from sinder.models.weights import normalize_keys, read_state_dict
 
     path = Path(path)
     if path.is_dir():
@@ -457,8 +458,6 @@ def save_checkpoint(
     ``config`` (our architecture) goes into the safetensors metadata so the file loads alone; an ``hf`` output
     is a folder with the source's ``config.json`` and ``model.safetensors``.
     """
-    from sinder.models.weights import save_state_dict
-    from sinder.utils.atomic import atomic_write_text
 
     metadata = {**(metadata or {}), CONFIG_METADATA: json.dumps(dict(config), sort_keys=True)}
     out = Path(out)
