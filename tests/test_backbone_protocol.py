@@ -6,7 +6,7 @@ from torch import nn
 
 from sinder.models.backbone import PRETRAINED, Backbone, RepairableBackbone
 from sinder.models.vit import PRESETS, build_vit
-from sinder.models.weights import load_backbone, official_filename, official_url, state_dict_sha256
+from sinder.models.weights import load_backbone, official_filename, state_dict_sha256
 
 
 class ForeignViT(nn.Module):
@@ -60,16 +60,39 @@ def test_protocols_name_what_tasks_and_repair_read():
     assert not isinstance(build_vit("dinov2_tiny"), Backbone)  # built, not loaded: no weights identity
 
 
-def test_presets_carry_their_pretrained_config():
+def test_presets_pretrained_config_drives_where_weights_are_found_and_what_they_are(tmp_path, monkeypatch):
+    # The file name is what the resolver looks for in torch.hub's folder and what makes a file a release.
+    from sinder.models.weights import resolve_weights_path, weights_role
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cfg = PRETRAINED["dinov2_vitg14_reg"]
-    assert cfg.file == official_filename("dinov2_vitg14_reg") == "dinov2_vitg14_reg4_pretrain.pth"
-    assert cfg.url == official_url("dinov2_vitg14_reg")
-    assert cfg.url.endswith("/dinov2_vitg14/dinov2_vitg14_reg4_pretrain.pth")
-    assert (cfg.hf_hub_id, cfg.timm_name) == ("facebook/dinov2-with-registers-giant", "vit_giant_patch14_reg4_dinov2.lvd142m")
-    assert cfg.input_size == (3, 518, 518) and cfg.patch_size == 14
-    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)
+    hub = tmp_path / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / cfg.file).write_bytes(b"")
+    assert resolve_weights_path("dinov2_vitg14_reg") == hub / cfg.file
+    assert weights_role(hub / cfg.file, "dinov2_vitg14_reg") == {"kind": "register", "name": "dinov2_vitg14_reg"}
+    assert weights_role(hub / cfg.file, "dinov2_vitg14")["kind"] == "other"  # another preset's file
+    assert cfg.url.endswith(f"/dinov2_vitg14/{cfg.file}")  # the hub's folder per architecture
     assert set(PRETRAINED) == set(PRESETS)
     assert PRETRAINED["dinov2_tiny"].file is None and official_filename("dinov2_tiny") is None
+
+
+def test_presets_normalise_images_with_their_pretrained_statistics():
+    # What the repair and the analysis feed the model: (pixel / 255 - mean) / std with the preset's statistics,
+    # which are ImageNet's published ones (Krizhevsky et al.; torchvision's docs) for DINOv2.
+    from PIL import Image as PILImage
+
+    from sinder.utils.images import to_normalized_tensor
+
+    cfg = PRETRAINED["dinov2_vitg14"]
+    assert cfg.input_size == (3, 518, 518) and cfg.patch_size == 14
+    rgb = (200, 100, 30)
+    tensor = to_normalized_tensor(PILImage.new("RGB", (4, 4), rgb))
+    published = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    for c in range(3):
+        expected = (rgb[c] / 255 - published[0][c]) / published[1][c]
+        assert abs(tensor[c].mean().item() - expected) < 1e-5
+        assert abs((rgb[c] / 255 - cfg.mean[c]) / cfg.std[c] - expected) < 1e-9
 
 
 def _independent_knn_top1(foreign, imagenet_root, config, metrics):

@@ -38,7 +38,23 @@ def test_pca_and_norm_figure(tmp_path):
     assert path == tmp_path / "sub" / "fig1.png"
     assert_png(path, 300, 100)
     assert [p.name for p in path.parent.iterdir()] == ["fig1.png"]  # written atomically, nothing left over
-    assert_png(plots.plot_pca_and_norms(tokens, tmp_path / "no_image.png", dpi=40), 360, 120)
+
+
+def test_pca_panel_shows_each_tokens_pca_colour(tmp_path):
+    # Two clusters of tokens: the PCA panel must show, as blocks of pixels, the colour that pca_rgb (checked
+    # against sklearn above) gives each cluster; a figure of other tokens or a blank panel fails.
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randn(6, 8, 12, generator=gen) * 0.01
+    tokens[:, :4] += torch.linspace(-3, 3, 12)  # left half one cluster, right half the other
+    tokens[:, 4:] -= torch.linspace(-3, 3, 12)
+    path = plots.plot_pca_and_norms(tokens, tmp_path / "pca.png", figsize=(8, 4), dpi=100)
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
+    expected = (plots.pca_rgb(tokens) * 255).round().astype(int)
+    for colour in (expected[0, 0], expected[0, 7]):
+        distance = np.abs(pixels - colour).max(axis=1)
+        assert (distance <= 2).sum() > 100, colour  # a block of pixels of that colour, not a stray one
+    assert np.abs(expected[0, 0] - expected[0, 7]).max() > 100  # the clusters look different
 
 
 def test_angle_figure(tmp_path):
