@@ -1,0 +1,97 @@
+"""One registry helper for everything found by name: tasks, remedies and datasets.
+
+A :class:`Registry` maps names to objects: ``register`` (a class-or-instance decorator; a class is
+instantiated without arguments) refuses one name for two different classes, ``get`` names the known entries
+when a name is unknown, and ``discover`` (given at construction) imports the modules that register, once,
+before the first look-up. ``import_module_quietly`` is the discovery step shared by tasks and remedies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+
+class Registry:
+    """Named objects of one ``kind``. ``table`` (looked up at each call, so a test can swap the dict) holds
+    them; ``discover`` imports the modules that register; an unknown name raises ``error`` listing ``plural``
+    (``sort``: alphabetically, else in registration order) and ``hint()`` after it."""
+
+    def __init__(self, kind: str, *, table: Callable[[], dict[str, Any]] | None = None,
+                 discover: Callable[[], None] | None = None, plural: str | None = None,
+                 error: type[Exception] = KeyError, sort: bool = True, hint: Callable[[], str] | None = None):  # fmt: skip
+        own: dict[str, Any] = {}
+        self.kind, self.plural, self.error, self.sort = kind, plural or f"{kind}s", error, sort
+        self._table = table or (lambda: own)
+        self._discover, self._hint = discover, hint
+        self._discovered = False
+
+    def discover(self, force: bool = False) -> None:
+        if self._discover is not None and (force or not self._discovered):
+            self._discovered = True  # before importing: a module that looks itself up must not recurse
+            self._discover()
+
+    def register(self, obj=None, *, name: str | None = None):
+        """Decorator (``@register`` or ``@register(name=...)``) or call; returns what it was given."""
+
+        def add(target):
+            item = target() if isinstance(target, type) else target
+            table = self._table()
+            key = name or getattr(item, "name", "")
+            if not key:
+                raise ValueError(f"{self.kind} {target!r} has no name: set the class attribute `name`")
+            if key in table and type(table[key]) is not type(item):
+                raise ValueError(f"{self.kind} name {key!r} registered twice ({type(table[key]).__name__}, "
+                                 f"{type(item).__name__})")  # fmt: skip
+            table[key] = item
+            return target
+
+        return add(obj) if obj is not None else add
+
+    def names(self) -> list[str]:
+        self.discover()
+        return sorted(self._table()) if self.sort else list(self._table())
+
+    def get(self, name: str):
+        self.discover()
+        table = self._table()
+        if name not in table:
+            hint = self._hint() if self._hint else ""
+            raise self.error(f"unknown {self.kind} {name!r}; {self.plural}: {', '.join(self.names()) or 'none'}{hint}")
+        return table[name]
+
+    def view(self) -> Mapping[str, Any]:
+        """A read-only mapping of the registry that discovers on first use (e.g. ``DATASETS``)."""
+        return _View(self)
+
+
+class _View(Mapping):
+    def __init__(self, registry: Registry):
+        self._registry = registry
+
+    def __getitem__(self, name: str):
+        self._registry.discover()
+        return self._registry._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._registry.names())
+
+    def __len__(self) -> int:
+        return len(self._registry.names())
+
+    def __repr__(self) -> str:
+        return f"<{self._registry.kind} registry: {', '.join(self._registry.names())}>"
+
+
+def import_module_quietly(module: str, errors: dict[str, str]) -> None:
+    """Import ``module``; a module that does not exist is skipped, one that fails (an optional dependency
+    missing) is remembered in ``errors`` with its error instead of taking the registry down."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            return  # no such module: the package simply has none
+        errors[module] = f"{type(err).__name__}: {err}"
+    except Exception as err:
+        errors[module] = f"{type(err).__name__}: {err}"
