@@ -42,7 +42,7 @@ class Task:
 
     ``run(backbone, ctx)`` evaluates a frozen backbone (a module with ``get_intermediate_layers``) and returns
     ``{"metrics": {name: float}, "hparams": {chosen hyper-parameters}}``; ``ctx`` is a
-    :class:`benchmarks.core.runner.TaskContext` (profile, dataset paths, cache, device, seed, resolved config).
+    :class:`benchmarks.core.job.TaskContext` (profile, dataset paths, cache, device, seed, resolved config).
     An optional ``"details"`` entry (JSON-able) is kept in the run record. A task whose smoke data is not a
     ``benchmarks.data.synth`` twin may define ``synthesize(name, out_dir, seed)``.
     """
