@@ -16,15 +16,19 @@ from typing import Any
 class Registry:
     """Named objects of one ``kind``. ``table`` (looked up at each call, so a test can swap the dict) holds
     them; ``discover`` imports the modules that register; an unknown name raises ``error`` listing ``plural``
-    (``sort``: alphabetically, else in registration order) and ``hint()`` after it."""
+    and ``hint()`` after it. Names list alphabetically (``sort=True``), in registration order (False), or by
+    ``sort(item)`` (a key function). Registering a name again is an error unless ``same(old, new)``: by default
+    both are of one class (registering a class twice is no error)."""
 
     def __init__(self, kind: str, *, table: Callable[[], dict[str, Any]] | None = None,
                  discover: Callable[[], None] | None = None, plural: str | None = None,
-                 error: type[Exception] = KeyError, sort: bool = True, hint: Callable[[], str] | None = None):  # fmt: skip
+                 error: type[Exception] = KeyError, sort: bool | Callable[[Any], Any] = True,
+                 hint: Callable[[], str] | None = None, same: Callable[[Any, Any], bool] | None = None):  # fmt: skip
         own: dict[str, Any] = {}
         self.kind, self.plural, self.error, self.sort = kind, plural or f"{kind}s", error, sort
         self._table = table or (lambda: own)
         self._discover, self._hint = discover, hint
+        self._same = same or (lambda old, new: type(old) is type(new))
         self._discovered = False
 
     def discover(self, force: bool = False) -> None:
@@ -41,7 +45,7 @@ class Registry:
             key = name or getattr(item, "name", "")
             if not key:
                 raise ValueError(f"{self.kind} {target!r} has no name: set the class attribute `name`")
-            if key in table and type(table[key]) is not type(item):
+            if key in table and not self._same(table[key], item):
                 raise ValueError(f"{self.kind} name {key!r} registered twice ({type(table[key]).__name__}, "
                                  f"{type(item).__name__})")  # fmt: skip
             table[key] = item
@@ -51,7 +55,10 @@ class Registry:
 
     def names(self) -> list[str]:
         self.discover()
-        return sorted(self._table()) if self.sort else list(self._table())
+        table = self._table()
+        if callable(self.sort):
+            return sorted(table, key=lambda name: (self.sort(table[name]), name))
+        return sorted(table) if self.sort else list(table)
 
     def get(self, name: str):
         self.discover()
@@ -61,18 +68,19 @@ class Registry:
             raise self.error(f"unknown {self.kind} {name!r}; {self.plural}: {', '.join(self.names()) or 'none'}{hint}")
         return table[name]
 
-    def view(self) -> Mapping[str, Any]:
-        """A read-only mapping of the registry that discovers on first use (e.g. ``DATASETS``)."""
-        return _View(self)
+    def view(self, value: Callable[[Any], Any] | None = None) -> Mapping[str, Any]:
+        """A read-only mapping name -> ``value(item)`` (the item itself by default), in ``names()`` order,
+        that discovers on first use (e.g. ``benchmarks.data.DATASETS``, name -> spec)."""
+        return _View(self, value or (lambda item: item))
 
 
 class _View(Mapping):
-    def __init__(self, registry: Registry):
-        self._registry = registry
+    def __init__(self, registry: Registry, value: Callable[[Any], Any]):
+        self._registry, self._value = registry, value
 
     def __getitem__(self, name: str):
         self._registry.discover()
-        return self._registry._table()[name]
+        return self._value(self._registry._table()[name])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._registry.names())
