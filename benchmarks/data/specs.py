@@ -65,8 +65,17 @@ def _discover_datasets() -> None:
             importlib.import_module(f"{package.__name__}.{info.name}")
 
 
-REGISTRY = Registry("dataset", discover=_discover_datasets, plural="known datasets", error=UnknownDatasetError,
-                    sort=lambda entry: entry.order, same=lambda old, new: old == new)  # fmt: skip
+_ENTRIES: dict[str, DatasetEntry] = {}
+# Looked up through a lambda: a test may swap ``_ENTRIES`` for a copy and register a dataset into that.
+REGISTRY = Registry(
+    "dataset",
+    table=lambda: _ENTRIES,
+    discover=_discover_datasets,
+    plural="known datasets",
+    error=UnknownDatasetError,
+    sort=lambda entry: entry.order,
+    same=lambda old, new: old == new,  # registering the same entry again is no error
+)
 register_dataset = REGISTRY.register
 DATASETS = REGISTRY.view(lambda entry: entry.spec)  # name -> DatasetSpec
 
