@@ -305,7 +305,7 @@ def run_suite(
             twin = D.broadcast_object(twin)
             if twin is not None:  # a test may leave it out
                 specs.append(twin)
-            remedies = list(suite_obj.meta.get("smoke_remedies") or [])  # clamp, ttr: see benchmarks.remedies
+            remedies = list(suite_obj.meta.get("smoke_remedies") or [])  # each remedy makes its own (Remedy.smoke_args)
             extra = B.smoke_remedies(specs[0], remedies, cache, seed, say) if D.is_main() and remedies else []
             D.barrier()
             specs += D.broadcast_object(extra)
