@@ -97,8 +97,8 @@ def test_a_head_that_does_not_fit_is_a_clear_error(tmp_path):
 
 def test_a_released_head_run_is_other_work_than_a_trained_one(tmp_path):
     """The released head's file hash joins the run identity: --resume never takes one for the other."""
+    from benchmarks.core.job import Job as _Job
     from benchmarks.core.registry import get_task
-    from benchmarks.core.runner import _Job
 
     heads = tmp_path / "heads"
     write_heads(heads, kinds=("linear4",))

@@ -10,7 +10,8 @@ import torch
 from benchmarks.core import backbones as B
 from benchmarks.core import registry
 from benchmarks.core.identity import RunIdentity
-from benchmarks.remedies.base import get_remedy, list_remedies
+from benchmarks.core.remedy import get_remedy, list_remedies
+from benchmarks.remedies import ttr as ttr_remedy
 from sinder.models.defective import sample_images
 from sinder.models.weights import load_backbone, role_key, save_state_dict
 from sinder.remedies.clamp import clamp_singular_values
@@ -152,8 +153,8 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     (suites / "cheap.yaml").write_text("smoke_remedies: [clamp, ttr]\ntasks: [defect_census, imagenet_knn]\n")
     monkeypatch.setattr(registry, "SUITES_DIR", suites)
     monkeypatch.setattr(B, "repaired_twin", lambda *args, **kwargs: None)
-    monkeypatch.setattr(B, "SMOKE_TTR_IMAGES", 40)
-    from benchmarks.remedies.task import DefectCensus
+    monkeypatch.setattr(ttr_remedy, "SMOKE_IMAGES", 40)
+    from benchmarks.census.task import DefectCensus
 
     smoke = DefectCensus().config("smoke", {"n_images": 16})
     monkeypatch.setattr(DefectCensus, "config", lambda self, profile, overrides=None: smoke)

@@ -3,10 +3,10 @@
 A spec is ``[LABEL=]NAME[:WEIGHTS][+REMEDY[:ARGS]]``: NAME is a preset, a constructed (tiny) backbone, a config file or a
 checkpoint that carries its architecture (a Hugging Face DINOv2 folder, an official or timm weights file);
 WEIGHTS an optional weights file (any of those formats); LABEL the name shown in records and tables (default:
-the weights file's stem, else NAME; with a remedy, ``BASE+REMEDY``); REMEDY a remedy of ``benchmarks.remedies``
-applied to the base (``sinder``, ``clamp``, ``ttr``, ``registers``) with its arguments. Examples: ``dinov2_vitg14``,
-``sinder=dinov2_vitg14:ckpt/sinder_vitg14.safetensors``, ``ttr=dinov2_vitg14+ttr:neurons.json``,
-``clamp=dinov2_vitg14+clamp:gamma=5``.
+the weights file's stem, else NAME; with a remedy, ``BASE+REMEDY``); REMEDY the name of a remedy registered in
+``benchmarks.core.remedy`` (one module each in ``benchmarks/remedies/``), applied to the base with its ARGS.
+Examples: ``dinov2_vitg14``, ``repaired=dinov2_vitg14:ckpt/repaired_vitg14.safetensors``,
+``LABEL=dinov2_vitg14+REMEDY:ARGS`` (README.md lists the remedies with an example each).
 The label only displays: runs are identified by the weights' content hash and role (``identity.py``).
 """
 
@@ -51,7 +51,7 @@ _REMEDY_PART = re.compile(r"\+([A-Za-z][A-Za-z0-9_-]*)(?=:|$)")
 
 def _split_remedy(text: str, raw: str) -> tuple[str, str | None, str | None]:
     """``NAME[:WEIGHTS]+REMEDY[:ARGS]`` -> (base part, remedy, args); a '+' inside a path is not a remedy."""
-    from benchmarks.remedies.base import list_remedies
+    from .remedy import list_remedies
 
     known = list_remedies()
     for match in _REMEDY_PART.finditer(raw):
@@ -61,7 +61,7 @@ def _split_remedy(text: str, raw: str) -> tuple[str, str | None, str | None]:
             return before, match.group(1), (args or None)
         if "/" not in before and "\\" not in before:
             raise ValueError(f"--backbone {text!r}: unknown remedy {match.group(1)!r}; remedies: {', '.join(known)} "
-                             "(e.g. dinov2_vitg14+clamp:gamma=5)")  # fmt: skip
+                             "(e.g. dinov2_vitg14+REMEDY:ARGS)")  # fmt: skip
     return raw, None, None
 
 
@@ -77,7 +77,7 @@ def parse_backbone_spec(text: str) -> BackboneSpec:
     raw, remedy, remedy_args = _split_remedy(text, raw)
     params: dict = {}
     if remedy is not None:
-        from benchmarks.remedies.base import get_remedy
+        from .remedy import get_remedy
 
         try:
             params = get_remedy(remedy).parse_args(remedy_args)
@@ -118,12 +118,12 @@ def given_models(models) -> tuple[dict[BackboneSpec, object], list[str]]:
 def backbone_problem(spec: BackboneSpec) -> str | None:
     """Why ``spec`` cannot be loaded (a missing weights file, an unknown name), without building the model."""
     if spec.remedy:
-        from benchmarks.remedies.base import get_remedy
+        from .remedy import get_remedy
 
         problem = get_remedy(spec.remedy).problem(spec.base, spec.remedy_params)
         if problem:
             return f"backbone {spec.text!r}: {problem}"
-        if spec.remedy in ("sinder", "registers"):  # these load other weights instead of the base's
+        if get_remedy(spec.remedy).replaces_weights:  # other weights than the base's: `problem` checked them
             return None
         return backbone_problem(spec.base)
     from sinder.models import weights as W
@@ -164,15 +164,15 @@ def backbone_problem(spec: BackboneSpec) -> str | None:
 
 def load(spec: BackboneSpec, device="cpu"):
     """The model (eval mode) with ``weights_sha256``, ``weights_role`` and ``remedy_cost``; see
-    ``sinder.models.weights.load_backbone`` and ``benchmarks.remedies``."""
+    ``sinder.models.weights.load_backbone`` and ``benchmarks.core.remedy``."""
     from sinder.models.weights import load_backbone
 
     if spec.remedy:
-        from benchmarks.remedies.base import get_remedy
+        from .remedy import get_remedy
 
         return get_remedy(spec.remedy).load(spec.base, spec.remedy_params, device=device)
     model = load_backbone(spec.name, weights=spec.weights, device=device)
-    from benchmarks.remedies.base import default_cost
+    from .remedy import default_cost
 
     model.remedy_cost = default_cost(model)
     return model
@@ -191,9 +191,10 @@ def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None
     import json
     from dataclasses import asdict
 
-    from benchmarks.remedies.base import REPAIR_SECONDS_KEY
     from sinder.models.weights import save_state_dict
     from sinder.repair.smoke import repair_for_smoke
+
+    from .remedy import REPAIR_SECONDS_KEY
 
     base = load(spec)
     # Keyed by the base's content hash only: the label is a display name.
@@ -220,50 +221,14 @@ def _smoke_repair_config(asdict) -> dict:
     return asdict(RepairConfig(**SMOKE_CONFIG))
 
 
-# The remedies the smoke profile builds of its base besides the repaired twin (suite key ``smoke_remedies``).
-SMOKE_CLAMP_GAMMA = 5.0  # the tiny defective model's circuit layers reach ~5.7: 5 cuts its high-norm tokens by 2/3
-SMOKE_TTR_IMAGES = 80  # train images of the synthetic ImageNet twin the register neurons are fitted on
-SMOKE_TTR_RESOLUTION = 112
-
-
 def smoke_remedies(spec: BackboneSpec, names, cache_dir: Path, seed: int = 0,
                    log: Callable[[str], None] = print) -> list[BackboneSpec]:  # fmt: skip
-    """Specs of ``spec`` with each remedy in ``names`` (``clamp``, ``ttr``), what they need made once and cached
-    by the base's content hash (the test-time register neurons, fitted on the synthetic ImageNet twin)."""
+    """Specs of ``spec`` with each remedy in ``names`` (suite key ``smoke_remedies``), each remedy's smoke
+    arguments made once and cached by the base's content hash (:meth:`Remedy.smoke_args`)."""
+    from .remedy import get_remedy
+
     out = []
     for name in names:
-        if name == "clamp":
-            text = f"{spec.label}+clamp={spec.name}+clamp:gamma={SMOKE_CLAMP_GAMMA:g}"
-        elif name == "ttr":
-            text = f"{spec.label}+ttr={spec.name}+ttr:{smoke_ttr_neurons(spec, cache_dir, seed, log)}"
-        else:
-            raise ValueError(f"smoke_remedies: the smoke profile builds clamp and ttr, not {name!r}")
-        out.append(parse_backbone_spec(text))
+        args = get_remedy(name).smoke_args(spec, cache_dir, seed, log)
+        out.append(parse_backbone_spec(f"{spec.label}+{name}={spec.name}+{name}:{args}"))
     return out
-
-
-def smoke_ttr_neurons(spec: BackboneSpec, cache_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> Path:
-    """The register neurons of ``spec`` fitted on the synthetic ImageNet twin's train images (cached)."""
-    from sinder.remedies.ttr import fit_register_neurons, save_neurons
-    from sinder.utils.images import list_images, load_image, stride_subset
-
-    base = load(spec)
-    path = Path(cache_dir) / "backbones" / f"{Path(spec.name).stem}_ttr-{base.weights_sha256[:16]}.json"
-    if path.is_file():
-        return path
-    images_dir = Path(cache_dir) / "synth" / f"imagenet-seed{seed}"
-    if not images_dir.is_dir():
-        from benchmarks.data.synth import write_synthetic
-
-        write_synthetic("imagenet", images_dir, seed=seed)  # built beside and renamed into place
-    files = stride_subset(list_images(images_dir / "train"), SMOKE_TTR_IMAGES)
-    log(f"fitting test-time register neurons of {spec.label} on {len(files)} synthetic images (cached at {path})")
-    import torch
-
-    images = torch.stack([load_image(f, SMOKE_TTR_RESOLUTION, base.patch_size) for f in files])
-    start = time.perf_counter()
-    neurons = fit_register_neurons(base, images.split(16))
-    neurons.fit["seconds"] = round(time.perf_counter() - start, 3)
-    neurons.fit["images"] = f"synthetic ImageNet twin (seed {seed}), {len(files)} train images at {SMOKE_TTR_RESOLUTION} px"
-    save_neurons(neurons, path)
-    return path

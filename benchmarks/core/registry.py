@@ -12,7 +12,6 @@ Suites are YAML files in ``benchmarks/suites/``: ``tasks:`` (an ordered list of 
 
 from __future__ import annotations
 
-import importlib
 import pkgutil
 import sys
 from collections.abc import Callable, Mapping
@@ -20,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .registry_helper import Registry, import_module_quietly
+
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 PROFILES = ("paper", "smoke")
 ENTRY_POINT_GROUP = "sinder_bench.tasks"
-# Packages under benchmarks/ that hold shared machinery, not tasks.
-_NOT_TASK_PACKAGES = {"core", "data", "suites", "perf", "commands"}
+# Packages under benchmarks/ that hold shared machinery, not tasks (remedies register into core.remedy).
+_NOT_TASK_PACKAGES = {"core", "data", "perf", "commands", "remedies"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Task:
 
     ``run(backbone, ctx)`` evaluates a frozen backbone (a module with ``get_intermediate_layers``) and returns
     ``{"metrics": {name: float}, "hparams": {chosen hyper-parameters}}``; ``ctx`` is a
-    :class:`benchmarks.core.runner.TaskContext` (profile, dataset paths, cache, device, seed, resolved config).
+    :class:`benchmarks.core.job.TaskContext` (profile, dataset paths, cache, device, seed, resolved config).
     An optional ``"details"`` entry (JSON-able) is kept in the run record. A task whose smoke data is not a
     ``benchmarks.data.synth`` twin may define ``synthesize(name, out_dir, seed)``.
     """
@@ -91,78 +92,51 @@ class Task:
 
 _TASKS: dict[str, Task] = {}
 _IMPORT_ERRORS: dict[str, str] = {}
-_discovered = False
 
 
-def registrar(registry: Callable[[], dict[str, Any]], kind: str):
-    """A class-or-instance decorator adding to ``registry()`` (looked up at each call) under the object's
-    ``name`` (a class is instantiated without arguments); one name for two classes is an error. Tasks and
-    remedies register with it."""
-
-    def register(obj=None, *, name: str | None = None):
-        def add(target):
-            item = target() if isinstance(target, type) else target
-            table = registry()
-            key = name or item.name
-            if not key:
-                raise ValueError(f"{kind} {target!r} has no name: set the class attribute `name`")
-            if key in table and type(table[key]) is not type(item):
-                raise ValueError(f"{kind} name {key!r} registered twice ({type(table[key]).__name__}, "
-                                 f"{type(item).__name__})")  # fmt: skip
-            table[key] = item
-            return target
-
-        return add(obj) if obj is not None else add
-
-    return register
-
-
-register_task = registrar(lambda: _TASKS, "task")
-
-
-def _import_task_module(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            return  # no such module: the package simply has no tasks
-        _IMPORT_ERRORS[module] = f"{type(err).__name__}: {err}"
-    except Exception as err:  # a broken optional integration must not take the registry down
-        _IMPORT_ERRORS[module] = f"{type(err).__name__}: {err}"
-
-
-def discover(force: bool = False) -> None:
-    """Import every task module once (``benchmarks/<pkg>/task.py``, ``tasks.py``, and entry points)."""
-    global _discovered
-    if _discovered and not force:
-        return
-    _discovered = True
+def _discover_tasks() -> None:
     import benchmarks
 
     for info in pkgutil.iter_modules(benchmarks.__path__):
         if info.ispkg and info.name not in _NOT_TASK_PACKAGES:
             for leaf in ("task", "tasks"):
-                _import_task_module(f"benchmarks.{info.name}.{leaf}")
+                import_module_quietly(f"benchmarks.{info.name}.{leaf}", _IMPORT_ERRORS)
     try:
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            _import_task_module(ep.module)
+            import_module_quietly(ep.module, _IMPORT_ERRORS)
     except Exception as err:  # broken metadata of an unrelated package
         _IMPORT_ERRORS[ENTRY_POINT_GROUP] = f"{type(err).__name__}: {err}"
 
 
+def _failed_modules_hint() -> str:
+    return f" (task modules that failed to import: {dict(_IMPORT_ERRORS)})" if _IMPORT_ERRORS else ""
+
+
+# Looked up through a lambda: a test may swap ``_TASKS`` for a copy and register into that.
+TASKS = Registry("task", table=lambda: _TASKS, discover=_discover_tasks, plural="registered tasks",
+                 hint=_failed_modules_hint)  # fmt: skip
+register_task = TASKS.register
+
+
+def registrar(registry: Callable[[], dict[str, Any]], kind: str):
+    """A class-or-instance decorator adding to ``registry()`` under the object's ``name`` (see
+    :class:`benchmarks.core.registry_helper.Registry`, which tasks, remedies and datasets use)."""
+    return Registry(kind, table=registry).register
+
+
+def discover(force: bool = False) -> None:
+    """Import every task module once (``benchmarks/<pkg>/task.py``, ``tasks.py``, and entry points)."""
+    TASKS.discover(force)
+
+
 def list_tasks() -> list[str]:
-    discover()
-    return sorted(_TASKS)
+    return TASKS.names()
 
 
 def get_task(name: str) -> Task:
-    discover()
-    if name not in _TASKS:
-        hint = f" (task modules that failed to import: {import_errors()})" if _IMPORT_ERRORS else ""
-        raise KeyError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_TASKS)) or 'none'}{hint}")
-    return _TASKS[name]
+    return TASKS.get(name)
 
 
 def import_errors() -> dict[str, str]:

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +33,15 @@ from sinder.utils.device import default_device
 from . import backbones as B
 from . import distributed as D
 from .claims import Claim, scratch_dir
-from .identity import RunIdentity
-from .progress import SuiteProgress, expected_durations, format_duration, headline
+from .job import AUTOCAST, Job, RunSummary, TaskContext, autocast_dtype, run_deviations, split_dataset
+from .progress import SuiteProgress, expected_durations
 from .registry import PROFILES, Task, get_suite, get_task, import_errors, list_tasks
-from .results import ResultStore, device_info, make_record, utc_now
+from .results import ResultStore, utc_now
+
+_Job = Job  # moved to job.py (the runner and the workers both import it); importable from here as before
+__all__ = ["AUTOCAST", "CACHE_ENV", "DATA_ENV", "Job", "PreflightError", "RunSummary", "TaskContext",
+           "autocast_dtype", "default_cache_dir", "format_summary", "prepare_datasets", "released_head_problems",
+           "run_deviations", "run_suite"]  # fmt: skip
 
 DATA_ENV = "SINDER_BENCH_DATA"
 CACHE_ENV = "SINDER_BENCH_CACHE"
@@ -54,70 +56,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "sinder-bench"
-
-
-@dataclass
-class TaskContext:
-    """What a task's ``run`` gets besides the backbone."""
-
-    profile: str
-    config: dict[str, Any]
-    datasets: dict[str, Path]
-    device: torch.device
-    feature_cache: Path | None = None
-    seed: int = 0
-    num_workers: int = 0
-    progress: bool = True
-    amp_dtype: torch.dtype | None = torch.bfloat16
-    weights_sha256: str = ""
-    backbone_label: str = ""  # for display only
-    work_dir: Path | None = None  # scratch space of this task (checkpoints of long trainings)
-    backbone_role: dict[str, Any] = field(default_factory=dict)  # sinder.models.weights.weights_role of the backbone
-    run_key: str = ""  # RunIdentity.key of this (backbone, task) run
-    log: Callable[[str], None] = print
-    head_weights: Path | None = None  # folder of released heads to evaluate instead of training (--head-weights)
-    backbone_name: str = ""  # the architecture name of the backbone spec (e.g. dinov2_vitg14)
-
-    @property
-    def world_size(self) -> int:
-        return D.world_size()
-
-    @property
-    def rank(self) -> int:
-        return D.rank()
-
-    def dataset_root(self, name: str) -> Path:
-        if name not in self.datasets:
-            raise KeyError(f"dataset {name!r} was not prepared for this task: list it in datasets_needed()")
-        return self.datasets[name]
-
-
-@dataclass
-class RunSummary:
-    run_id: str
-    suite: str
-    profile: str
-    ran: list[dict] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)  # finished in an earlier run (--resume)
-    failed: list[dict] = field(default_factory=list)
-    not_available: dict[str, str] = field(default_factory=dict)  # task -> why
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        """1 when a requested task failed or was not available (a gate must not pass on a missing table)."""
-        return 1 if self.failed or self.not_available else 0
-
-    def to_json(self) -> dict:
-        return {
-            "run_id": self.run_id, "suite": self.suite, "profile": self.profile, "ran": self.ran,
-            "skipped": self.skipped, "failed": self.failed, "not_available": self.not_available, "notes": self.notes,
-        }  # fmt: skip
-
-
-def _split_dataset(entry: str) -> tuple[str, str | None]:
-    name, _, split = entry.partition(":")
-    return name, (split or None)
 
 
 def _dataset_dirname(name: str) -> str:
@@ -194,7 +132,7 @@ def prepare_datasets(
     needed: list[tuple[Task, str, str | None]] = []
     for task in tasks:
         for entry in task.datasets_needed(profile):
-            needed.append((task, *_split_dataset(entry)))
+            needed.append((task, *split_dataset(entry)))
     if profile == "smoke":
         for task, name, _ in needed:
             if name in roots:
@@ -238,20 +176,6 @@ def _resolve_tasks(names: Sequence[str]) -> tuple[list[Task], dict[str, str]]:
                 why += " (task modules that failed to import: " + "; ".join(f"{m}: {e}" for m, e in errors.items()) + ")"
             missing[name] = why
     return available, missing
-
-
-def _metric_directions(task: Task, metrics: dict[str, float]) -> dict[str, str]:
-    out = {}
-    for key in metrics:
-        spec = task.metric(key)
-        out[key] = "higher" if spec is None or spec.higher_is_better else "lower"
-    lower = {m.name for m in task.metrics if not m.higher_is_better}
-    # Per-setting metrics (e.g. "k10_top1" or "sigma3/knn_top1") follow their base metric's direction.
-    for key in out:
-        base = key.rsplit("/", 1)[-1].rsplit("_", 1)[-1]
-        if base in lower or key.rsplit("/", 1)[-1] in lower:
-            out[key] = "lower"
-    return out
 
 
 def _writable_problem(folder: Path, what: str) -> str | None:
@@ -381,7 +305,7 @@ def run_suite(
             twin = D.broadcast_object(twin)
             if twin is not None:  # a test may leave it out
                 specs.append(twin)
-            remedies = list(suite_obj.meta.get("smoke_remedies") or [])  # clamp, ttr: see benchmarks.remedies
+            remedies = list(suite_obj.meta.get("smoke_remedies") or [])  # each remedy makes its own (Remedy.smoke_args)
             extra = B.smoke_remedies(specs[0], remedies, cache, seed, say) if D.is_main() and remedies else []
             D.barrier()
             specs += D.broadcast_object(extra)
@@ -399,8 +323,8 @@ def run_suite(
             expected = {}
         pairs = sum(len(ts) for _, ts in plan)
         tracker = SuiteProgress([t.name for _, ts in plan for t in ts], expected, parallel=min(jobs, pairs) or 1)
-        job = _Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, store,
-                   summary, say, head_dir, tracker, started=utc_now(), overrides=overrides)  # fmt: skip
+        job = Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, store,
+                  summary, say, head_dir, tracker, started=utc_now(), overrides=overrides)  # fmt: skip
         if jobs > 1 and pairs > 1:
             from .workers import run_in_workers
 
@@ -438,153 +362,6 @@ def _task_overrides(options: dict[str, Any], tasks: Sequence[Task], unavailable:
     return by_task, problems
 
 
-@dataclass
-class _Job:
-    """The state one suite run shares across its (backbone, task) pairs."""
-
-    profile: str
-    suite: str
-    run_id: str
-    roots: dict[str, Path]
-    cache: Path
-    device: torch.device
-    seed: int
-    num_workers: int
-    progress: bool
-    store: ResultStore
-    summary: RunSummary
-    say: Callable[[str], None]
-    head_weights: Path | None = None
-    tracker: SuiteProgress | None = None
-
-    started: str = ""  # records of this folder created since then come from concurrent runs
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # --cfg-options by task
-    # In a worker process (jobs > 1): takes the line saying how a pair ended, which the parent prints with its
-    # [k/N ...] prefix; no "starting" line (workers run at once: one line per finished pair stays readable).
-    on_outcome: Callable[[str], None] | None = None
-
-    def _prefix(self) -> str:
-        return self.tracker.prefix() + " " if self.tracker else ""
-
-    def _done(self, task: Task, seconds: float | None) -> None:
-        if self.tracker:
-            self.tracker.done(task.name, seconds)
-
-    def _outcome(self, text: str, lead: str) -> None:
-        """Say how a pair ended (after ``lead``, a prefix or an indent), or hand it to the parent process."""
-        if self.on_outcome is not None:
-            self.on_outcome(text)
-        else:
-            self.say(lead + text)
-
-    def run_task(self, task: Task, model, spec: B.BackboneSpec, resume: bool) -> None:
-        sha = model.weights_sha256
-        role = dict(getattr(model, "weights_role", None) or {"kind": "other"})
-        config = task.config(self.profile, self.overrides.get(task.name))  # recorded, and in the identity
-        identity = RunIdentity.of(backbone_sha256=sha, role=role, task=task.name, task_version=task.version,
-                                  config=self._identity_config(task, spec, config), seed=self.seed,
-                                  profile=self.profile)  # fmt: skip
-        entry = {"backbone": spec.label, "task": task.name, "weights_sha256": sha, "identity": identity.key}
-        claim = Claim(self.store.root / ".claims" / f"{identity.key}.lock")
-        try:
-            why_not = self._claim(claim, identity, spec, resume) if D.is_main() else None
-            why_not = D.broadcast_object(why_not)
-            if why_not:
-                self.summary.skipped.append({**entry, "why": why_not})
-                self._outcome(f"{spec.label} {task.name}: {why_not}, skipped", self._prefix())
-                self._done(task, None)
-                return
-            self._run(task, model, spec, config, identity, role, entry)
-        finally:
-            claim.release()
-
-    def _identity_config(self, task: Task, spec: B.BackboneSpec, config: dict[str, Any]) -> dict[str, Any]:
-        """The config that identifies the run: a released head evaluated instead of training is other work
-        than the trained head, so its file's hash joins the task config."""
-        if self.head_weights is None:
-            return config
-        from sinder.models.weights import file_sha256
-
-        head = self.head_weights / task.released_head_file(spec.name)
-        return {**config, "released_head_sha256": file_sha256(head)}
-
-    def _claim(self, claim: Claim, identity: RunIdentity, spec: B.BackboneSpec, resume: bool) -> str | None:
-        """None when this process should run ``identity`` (and now holds its claim), else why not."""
-        if not claim.acquire():
-            return f"being run by {claim.holder()} into the same folder"
-        # Without --resume only records that concurrent runs wrote since this run began count as done.
-        done = self.store.find(identity, since=None if resume else self.started)
-        if not done:
-            return None
-        if any(r["backbone"]["label"] == spec.label for r in done):
-            return "already recorded" + (" (--resume)" if resume else " by a concurrent run")
-        latest = max(done, key=lambda r: r["created"])
-        copy = {k: v for k, v in latest.items() if k != "_path"}
-        copy.update(record_id=secrets.token_hex(8), created=utc_now(), run_id=self.run_id, reused_from=latest["record_id"],
-                    backbone={**latest["backbone"], "label": spec.label, "spec": spec.text, "weights": spec.weights})  # fmt: skip
-        try:
-            path = self.store.write(copy)
-        except OSError as err:  # run it instead: that ends in a failure record if the disk is the problem
-            self.say(f"{spec.label} {identity.task}: could not reuse the record of {latest['backbone']['label']!r} ({err})")
-            return None
-        return f"same weights recorded as {latest['backbone']['label']!r}; record reused under this label -> {path}"
-
-    def _run(self, task, model, spec, config, identity: RunIdentity, role: dict, entry: dict) -> None:
-        amp_dtype = autocast_dtype(config)
-        ctx = TaskContext(
-            profile=self.profile, config=config, datasets=self.roots, device=self.device, amp_dtype=amp_dtype,
-            feature_cache=self.cache / "features", seed=self.seed, num_workers=self.num_workers,
-            progress=self.progress, weights_sha256=identity.backbone_sha256, backbone_label=spec.label,
-            work_dir=self.cache / "work" / f"{task.name}-{identity.key}", log=self.say, backbone_role=role,
-            run_key=identity.key,
-            head_weights=self.head_weights, backbone_name=spec.name,
-        )  # fmt: skip
-        if self.on_outcome is None:
-            self.say(f"{self._prefix()}{spec.label} {task.name} ...")
-        torch.manual_seed(self.seed)
-        start = time.perf_counter()
-        used = {_split_dataset(e)[0] for e in task.datasets_needed(self.profile)}
-        common = dict(
-            task=task.name, table=task.table, suite=self.suite, profile=self.profile, run_id=self.run_id,
-            backbone=spec.as_record(identity.backbone_sha256, getattr(model, "weights_source", ""), role),
-            config=config, seed=self.seed, device=device_info(self.device, D.world_size()), identity=identity,
-        )  # fmt: skip
-        try:
-            result = task.run(model, ctx)
-            metrics = dict(result["metrics"])
-            wall = time.perf_counter() - start
-            if D.is_main():  # inside the error handling: a full or read-only disk fails this task, not the suite
-                record = make_record(
-                    **common, metrics=metrics, metric_directions=_metric_directions(task, metrics),
-                    hparams=result.get("hparams", {}), wall_time_s=wall,
-                    extra={"datasets": {k: str(v) for k, v in self.roots.items() if k in used},
-                           **({"details": result["details"]} if result.get("details") else {}),
-                           **run_deviations(config, result, self.device, amp_dtype)},
-                )  # fmt: skip
-                self.store.write(record)
-                line = headline(metrics, [m.name for m in task.metrics] + sorted(metrics))
-                self._outcome(f"{spec.label} {task.name}: {line or 'done'} ({format_duration(wall)})", "    ")
-        except Exception as err:  # one broken task must not stop the suite; KeyboardInterrupt still does
-            error = f"{type(err).__name__}: {err}"
-            self.summary.failed.append({**entry, "error": error})
-            self.say(f"{spec.label} {task.name}: FAILED\n{traceback.format_exc()}")
-            if D.is_main():
-                try:
-                    failure = make_record(**common, metrics={}, metric_directions={}, hparams={},
-                                          wall_time_s=time.perf_counter() - start, error=error)  # fmt: skip
-                    self.say(f"{spec.label} {task.name}: failure recorded -> {self.store.write(failure)}")
-                except Exception as write_err:
-                    self.say(f"{spec.label} {task.name}: could not record the failure either ({write_err})")
-            if self.on_outcome is not None:
-                self.on_outcome(f"{spec.label} {task.name}: FAILED ({error})")
-            self._done(task, time.perf_counter() - start)
-            D.barrier()
-            return
-        self._done(task, wall)
-        D.barrier()
-        self.summary.ran.append(entry)
-
-
 def released_head_problems(tasks: Sequence[Task], specs, head_dir: Path) -> list[str]:
     """What is missing to evaluate released heads from ``head_dir``: the folder, a task without released heads,
     or a head file (named with where the release lives)."""
@@ -602,31 +379,6 @@ def released_head_problems(tasks: Sequence[Task], specs, head_dir: Path) -> list
                 problems.append(f"released head {path} is missing: DINOv2 publishes it as "
                                 f"https://dl.fbaipublicfiles.com/dinov2/{spec.name}/{path.name}")  # fmt: skip
     return problems
-
-
-AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}
-
-
-def autocast_dtype(config: dict[str, Any]) -> torch.dtype | None:
-    """The CUDA autocast dtype a task's config asks for (``autocast``: float16, bfloat16 or float32 = none);
-    bfloat16 when it does not say."""
-    name = config.get("autocast", "bfloat16")
-    if name not in AUTOCAST:
-        raise ValueError(f"config autocast={name!r}: use one of {', '.join(AUTOCAST)}")
-    return AUTOCAST[name]
-
-
-def run_deviations(config: dict[str, Any], result: dict[str, Any], device: torch.device, amp_dtype) -> dict:
-    """The record's ``autocast`` (the dtype the backbone actually ran in) and ``deviations``: every switch and
-    deliberate departure from the reference code the task reports, plus autocast when it differs."""
-    from .features import compute_dtype_name
-
-    ran = compute_dtype_name(device, amp_dtype)
-    deviations = list(result.get("deviations", []))
-    wanted = config.get("autocast")
-    if wanted is not None and ran != wanted:
-        deviations.append(f"autocast: the reference uses {wanted}, this run computed in {ran} ({device.type})")
-    return {"autocast": ran, "deviations": deviations}
 
 
 def _write_summary(out: Path, summary: RunSummary) -> Path:

@@ -2,7 +2,7 @@
 
 The workers are started once ('spawn': forking a process whose torch already runs threads can deadlock), each
 imports torch once and sets the parent's number of intra-op threads, then takes pairs from the parent one at a
-time, longest expected first, and runs each with the in-process runner (``runner._Job.run_task``): the same
+time, longest expected first, and runs each as the in-process runner does (``job.Job.run_task``): the same
 claims, resume logic and records as ``--jobs 1``. A worker keeps the last backbone it loaded for the next pair
 of the same backbone. Workers run without progress bars and hand their lines back; the parent prints one line
 per finished pair with the ``[k/N ...]`` prefix. A task that raises gets its failure record as in-process; a
@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from . import backbones as B
+from .job import Job, RunSummary
 
 AUTO = "auto"
 JOBS_ENV = "SINDER_BENCH_JOBS"  # the default of --jobs (the tests set 1: they patch tasks in their own process)
@@ -275,7 +276,6 @@ def _end_with(parent) -> None:
 def run_pair(settings: dict, item: dict, loaded: list) -> dict:
     """Run one (backbone, task) with the in-process runner; what the parent merges and prints."""
     from .results import ResultStore
-    from .runner import RunSummary, _Job
 
     lines: list[str] = []
     outcome: list[str] = []
@@ -283,8 +283,8 @@ def run_pair(settings: dict, item: dict, loaded: list) -> dict:
     name = item["task"]
     summary = RunSummary(run_id=settings["run_id"], suite=settings["suite"], profile=settings["profile"])
     kwargs = {k: v for k, v in settings.items() if k not in ("out", "threads", "start_method")}
-    job = _Job(**kwargs, store=ResultStore(settings["out"]), summary=summary, say=lines.append,
-               tracker=None, on_outcome=outcome.append)  # fmt: skip
+    job = Job(**kwargs, store=ResultStore(settings["out"]), summary=summary, say=lines.append,
+              tracker=None, on_outcome=outcome.append)  # fmt: skip
     start = time.perf_counter()
     try:
         task = pickle.loads(item["payload"])  # imports the task's own module only, not every task's

@@ -1,7 +1,8 @@
 """Dataset layouts of the paper's benchmarks (loaders that validate them) and their synthetic twins.
 
-``DATASETS`` lists what is known about each dataset; ``open_dataset`` reads one from disk;
-``benchmarks.data.synth.write_synthetic`` writes a small synthetic dataset in the same layout.
+One registry entry per dataset (``DatasetEntry``: spec, loader, twin; see ``specs.py``). ``DATASETS`` maps each
+name to what is known about it; ``open_dataset`` reads one from disk; ``benchmarks.data.synth.write_synthetic``
+writes a small synthetic dataset in the same layout.
 """
 
 from benchmarks.data.errors import (
@@ -13,7 +14,7 @@ from benchmarks.data.errors import (
     UnknownDatasetError,
     UnknownSplitError,
 )
-from benchmarks.data.specs import DATASETS, DatasetSpec, get_spec
+from benchmarks.data.specs import DATASETS, DatasetEntry, DatasetSpec, get_entry, get_spec, register_dataset
 
 
 def open_dataset(name, root, split="train", transform=None, **options):
@@ -26,6 +27,7 @@ def open_dataset(name, root, split="train", transform=None, **options):
 __all__ = [
     "DATASETS",
     "CorruptFileError",
+    "DatasetEntry",
     "DatasetLayoutError",
     "DatasetSpec",
     "EmptySplitError",
@@ -33,6 +35,8 @@ __all__ = [
     "MissingPathError",
     "UnknownDatasetError",
     "UnknownSplitError",
+    "get_entry",
     "get_spec",
     "open_dataset",
+    "register_dataset",
 ]

@@ -9,9 +9,20 @@ from __future__ import annotations
 from benchmarks.data.errors import EmptySplitError
 from benchmarks.data.layout import check_split, list_files, raise_missing, require_dir, resolve_root
 from benchmarks.data.segmentation import SegmentationPairs, label_table
-from benchmarks.data.specs import DATASETS
+from benchmarks.data.specs import DatasetEntry, DatasetSpec, register_dataset
 
-SPEC = DATASETS["ade20k"]
+SPEC = DatasetSpec(
+    name="ade20k",
+    description="ADE20k SceneParsing (ADEChallengeData2016), 150 classes, label 0 = other (reduce_zero_label)",
+    task="segmentation",
+    n_classes=150,
+    ignore_index=255,
+    splits=("train", "val"),
+    root_name="ade20k",
+    inner="ADEChallengeData2016",
+    layout="ADEChallengeData2016/{images,annotations}/{training,validation}/ADE_*.{jpg,png}",
+    url="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
+)
 SPLIT_DIRS = {"train": "training", "val": "validation"}
 
 
@@ -50,3 +61,6 @@ class ADE20k(SegmentationPairs):
             table = label_table({v: v for v in range(151)})
         self.reduce_zero_label = reduce_zero_label
         super().__init__(base, split, pairs, table, transform)
+
+
+register_dataset(DatasetEntry(SPEC, loader=ADE20k, twin="benchmarks.data.synth.ade20k", order=1))

@@ -13,9 +13,52 @@ import os
 from benchmarks.data.errors import EmptySplitError
 from benchmarks.data.layout import check_split, list_files, raise_missing, require_dir, resolve_root
 from benchmarks.data.segmentation import SegmentationPairs, label_table
-from benchmarks.data.specs import DATASETS
+from benchmarks.data.specs import DatasetEntry, DatasetSpec, register_dataset
 
-SPEC = DATASETS["cityscapes"]
+CITYSCAPES_27 = (
+    "road",
+    "sidewalk",
+    "parking",
+    "rail track",
+    "building",
+    "wall",
+    "fence",
+    "guard rail",
+    "bridge",
+    "tunnel",
+    "pole",
+    "polegroup",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "caravan",
+    "trailer",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+
+SPEC = DatasetSpec(
+    name="cityscapes",
+    description="Cityscapes fine annotations; Cityscapes-27 for STEGO/CAUSE (label ids shifted by 7)",
+    task="segmentation",
+    n_classes=27,
+    ignore_index=255,
+    splits=("train", "val"),
+    root_name="cityscapes",
+    inner="",
+    layout="leftImg8bit/<split>/<city>/*_leftImg8bit.png and gtFine/<split>/<city>/*_gtFine_labelIds.png",
+    url="https://www.cityscapes-dataset.com/downloads/",
+    archives=("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip", "free registration"),
+    class_names=CITYSCAPES_27,
+)
 FIRST_NON_VOID = 7
 N_LABEL_IDS = 34  # ids 0..33 occur in labelIds PNGs (the -1 "license plate" id never does)
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -60,3 +103,6 @@ class Cityscapes(SegmentationPairs):
             table = label_table({i: i for i in range(N_LABEL_IDS)})
         self.labels = labels
         super().__init__(base, split, pairs, table, transform)
+
+
+register_dataset(DatasetEntry(SPEC, loader=Cityscapes, twin="benchmarks.data.synth.cityscapes", order=4))

@@ -13,9 +13,21 @@ from benchmarks.data.base import LayoutDataset
 from benchmarks.data.errors import EmptySplitError, MalformedFileError
 from benchmarks.data.layout import check_split, list_files, raise_missing, require_dir, resolve_root
 from benchmarks.data.readers import read_rgb
-from benchmarks.data.specs import DATASETS
+from benchmarks.data.specs import DatasetEntry, DatasetSpec, register_dataset
 
-SPEC = DATASETS["imagenet"]
+SPEC = DatasetSpec(
+    name="imagenet",
+    description="ImageNet-1k (ILSVRC2012) classification, class folders named by WordNet id",
+    task="classification",
+    n_classes=1000,
+    ignore_index=None,
+    splits=("train", "val"),
+    root_name="imagenet",
+    inner="",
+    layout="train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (val sorted into class folders by valprep.sh)",
+    url="https://image-net.org/challenges/LSVRC/2012/2012-downloads.php",
+    archives=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+)
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # ImageNet ships .JPEG; case differs between mirrors
 
 
@@ -86,3 +98,6 @@ class ImageNetFolder(LayoutDataset):
     def load(self, index: int):
         path, target = self.samples[index]
         return read_rgb(SPEC, Path(path)), target
+
+
+register_dataset(DatasetEntry(SPEC, loader=ImageNetFolder, twin="benchmarks.data.synth.imagenet", order=0))

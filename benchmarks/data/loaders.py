@@ -1,27 +1,18 @@
-"""``open_dataset(name, root, split)``: the loader of each registered dataset, imported on first use."""
+"""``open_dataset(name, root, split)``: the loader of each registered dataset (its ``DatasetEntry``)."""
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from benchmarks.data.base import LayoutDataset
-from benchmarks.data.specs import get_spec
+from benchmarks.data.specs import REGISTRY, get_entry
 
-LOADERS = {
-    "imagenet": "benchmarks.data.imagenet:ImageNetFolder",
-    "ade20k": "benchmarks.data.ade20k:ADE20k",
-    "voc2012": "benchmarks.data.voc2012:VOC2012",
-    "nyud": "benchmarks.data.nyud:NYUDepthV2",
-    "cityscapes": "benchmarks.data.cityscapes:Cityscapes",
-    "potsdam": "benchmarks.data.potsdam:Potsdam",
-}
+# name -> "module:Class" of each loader, read from the registry (the entries hold the classes).
+LOADERS = REGISTRY.view(lambda entry: f"{entry.loader.__module__}:{entry.loader.__qualname__}")
 
 
 def loader_class(name: str) -> type[LayoutDataset]:
-    get_spec(name)  # a clear error for an unknown name
-    module, cls = LOADERS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return get_entry(name).loader  # UnknownDatasetError naming the known datasets
 
 
 def open_dataset(

@@ -20,9 +20,25 @@ from benchmarks.data.base import LayoutDataset
 from benchmarks.data.errors import EmptySplitError, MalformedFileError
 from benchmarks.data.layout import check_split, raise_missing, read_split_lines, resolve_root
 from benchmarks.data.readers import read_depth_png, read_rgb
-from benchmarks.data.specs import DATASETS
+from benchmarks.data.specs import DatasetEntry, DatasetSpec, register_dataset
 
-SPEC = DATASETS["nyud"]
+SPEC = DatasetSpec(
+    name="nyud",
+    description="NYU Depth v2 (BTS / Monocular-Depth-Estimation-Toolbox layout), depth in mm, valid (1e-3, 10] m",
+    task="depth",
+    n_classes=None,
+    ignore_index=0,
+    splits=("train", "test"),
+    root_name="nyud",
+    inner="",
+    layout="nyu_train.txt, nyu_test.txt (lines 'rgb_path depth_path focal') and <scene>/{rgb,sync_depth}_*",
+    url="https://github.com/zhyever/Monocular-Depth-Estimation-Toolbox/blob/main/docs/dataset_prepare.md",
+    archives=(
+        "BTS sync.zip (train)",
+        "the official labelled test set",
+        "splits/nyu_train.txt, splits/nyu_test.txt",
+    ),
+)
 SPLIT_FILES = {"train": "nyu_train.txt", "test": "nyu_test.txt"}
 DEPTH_SCALE = 1000.0  # PNG value per metre
 MIN_DEPTH, MAX_DEPTH = 1e-3, 10.0  # the evaluation's valid range (metres)
@@ -97,3 +113,6 @@ class NYUDepthV2(LayoutDataset):
             "image_path": str(image_path),
             "depth_path": str(depth_path),
         }
+
+
+register_dataset(DatasetEntry(SPEC, loader=NYUDepthV2, twin="benchmarks.data.synth.nyud", order=3))

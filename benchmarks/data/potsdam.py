@@ -20,9 +20,24 @@ from benchmarks.data.errors import MalformedFileError
 from benchmarks.data.layout import check_split, raise_missing, read_split_file, resolve_root
 from benchmarks.data.readers import check_label_values, read_mat
 from benchmarks.data.segmentation import label_table
-from benchmarks.data.specs import DATASETS
+from benchmarks.data.specs import DatasetEntry, DatasetSpec, register_dataset
 
-SPEC = DATASETS["potsdam"]
+POTSDAM_3 = ("roads and cars", "buildings and clutter", "vegetation and trees")
+
+SPEC = DatasetSpec(
+    name="potsdam",
+    description="ISPRS Potsdam-3 in STEGO's layout (6 classes merged into 3)",
+    task="segmentation",
+    n_classes=3,
+    ignore_index=255,
+    splits=("train", "unlabelled_train", "val", "train+val"),
+    root_name="potsdam",
+    inner="potsdam",
+    layout="potsdam/{imgs/<id>.mat, gt/<id>.mat, labelled_train.txt, unlabelled_train.txt, labelled_test.txt}",
+    url="https://marhamilresearch4.blob.core.windows.net/stego-public/pytorch_data/potsdam.zip",
+    archives=("as STEGO's download_datasets.py fetches it",),
+    class_names=POTSDAM_3,
+)
 SPLIT_FILES = {
     "train": ("labelled_train.txt",),
     "unlabelled_train": ("unlabelled_train.txt",),
@@ -102,3 +117,6 @@ class Potsdam(LayoutDataset):
                 label=np.full(img.shape[:2], SPEC.ignore_index, np.int64), has_label=False, label_path=""
             )
         return sample
+
+
+register_dataset(DatasetEntry(SPEC, loader=Potsdam, twin="benchmarks.data.synth.potsdam", order=5))

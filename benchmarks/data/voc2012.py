@@ -7,9 +7,45 @@ from __future__ import annotations
 
 from benchmarks.data.layout import check_split, raise_missing, read_split_file, resolve_root
 from benchmarks.data.segmentation import SegmentationPairs, label_table
-from benchmarks.data.specs import DATASETS
+from benchmarks.data.specs import DatasetEntry, DatasetSpec, register_dataset
 
-SPEC = DATASETS["voc2012"]
+VOC_21 = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+SPEC = DatasetSpec(
+    name="voc2012",
+    description="PASCAL VOC 2012 segmentation, 21 classes, 255 = object boundary (ignored)",
+    task="segmentation",
+    n_classes=21,
+    ignore_index=255,
+    splits=("train", "val", "trainval"),
+    root_name="voc2012",
+    inner="VOCdevkit/VOC2012",
+    layout="VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png, ImageSets/Segmentation/*.txt}",
+    url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    class_names=VOC_21,
+)
 
 
 def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
@@ -44,3 +80,6 @@ class VOC2012(SegmentationPairs):
             f"for an image listed in {split}.txt",
         )
         super().__init__(base, split, pairs, label_table({**{v: v for v in range(21)}, 255: 255}), transform)
+
+
+register_dataset(DatasetEntry(SPEC, loader=VOC2012, twin="benchmarks.data.synth.voc2012", order=2))

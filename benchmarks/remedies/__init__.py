@@ -1,2 +1,3 @@
 """Artifact remedies (SINDER, singular-value clamping, test-time registers, register releases) as part of a
-backbone spec, and the defect census task that compares them; see ``base.py``."""
+backbone spec, one module per remedy registered into ``benchmarks.core.remedy``; the defect census task that
+compares them is ``benchmarks.census``."""

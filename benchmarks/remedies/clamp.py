@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .base import Remedy, key_value_args, register_remedy, remedy_role
+from benchmarks.core.remedy import Remedy, key_value_args, register_remedy, remedy_role
+
+SMOKE_GAMMA = 5.0  # the tiny defective model's circuit layers reach ~5.7: 5 cuts its high-norm tokens by 2/3
 
 
 @register_remedy
@@ -21,6 +23,9 @@ class Clamp(Remedy):
         if not params["gamma"] > 0:
             raise ValueError(f"remedy clamp: gamma={params['gamma']} must be positive")
         return params
+
+    def smoke_args(self, base, cache_dir, seed=0, log=print) -> str:
+        return f"gamma={SMOKE_GAMMA:g}"
 
     def load(self, base, params: dict[str, Any], device="cpu"):
         from benchmarks.core.backbones import load

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Remedy, default_cost, register_remedy
+from benchmarks.core.remedy import Remedy, default_cost, register_remedy
 
 
 def register_preset(name: str) -> str:
@@ -16,6 +16,7 @@ class Registers(Remedy):
     name = "registers"
     title = "retraining with registers (the official _reg releases)"
     args_help = "[WEIGHTS of the register release; default: the torch hub cache]"
+    replaces_weights = True  # the register release, not the base's weights
 
     def parse_args(self, text: str | None) -> dict[str, Any]:
         return {"weights": text.strip()} if (text or "").strip() else {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Remedy, default_cost, register_remedy
+from benchmarks.core.remedy import Remedy, default_cost, register_remedy
 
 
 @register_remedy
@@ -12,6 +12,7 @@ class SinderRepair(Remedy):
     name = "sinder"
     title = "SINDER repair (a repaired checkpoint)"
     args_help = "REPAIRED.safetensors (from `sinder repair`)"
+    replaces_weights = True  # the repaired file, not the base's weights
 
     def parse_args(self, text: str | None) -> dict[str, Any]:
         if not (text or "").strip():

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.core.remedy import Remedy, register_remedy, remedy_role
 from sinder.utils.hashing import canonical_sha256
 
-from .base import Remedy, register_remedy, remedy_role
+SMOKE_IMAGES = 80  # train images of the synthetic ImageNet twin the register neurons are fitted on
+SMOKE_RESOLUTION = 112
 
 
 @register_remedy
@@ -60,3 +64,35 @@ class TestTimeRegisterRemedy(Remedy):
         wrapped.weights_source = f"{model.weights_source} + test-time registers {Path(params['neurons']).name}"
         wrapped.remedy_cost = {"setup_s": neurons.fit.get("seconds"), "extra_tokens": wrapped.num_extra_tokens}
         return wrapped.eval()
+
+    def smoke_args(self, base, cache_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> str:
+        return str(smoke_neurons(base, cache_dir, seed, log))
+
+
+def smoke_neurons(spec, cache_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> Path:
+    """The register neurons of ``spec`` fitted on the synthetic ImageNet twin's train images (cached by the
+    base's content hash)."""
+    from benchmarks.core.backbones import load
+    from sinder.remedies.ttr import fit_register_neurons, save_neurons
+    from sinder.utils.images import list_images, load_image, stride_subset
+
+    base = load(spec)
+    path = Path(cache_dir) / "backbones" / f"{Path(spec.name).stem}_ttr-{base.weights_sha256[:16]}.json"
+    if path.is_file():
+        return path
+    images_dir = Path(cache_dir) / "synth" / f"imagenet-seed{seed}"
+    if not images_dir.is_dir():
+        from benchmarks.data.synth import write_synthetic
+
+        write_synthetic("imagenet", images_dir, seed=seed)  # built beside and renamed into place
+    files = stride_subset(list_images(images_dir / "train"), SMOKE_IMAGES)
+    log(f"fitting test-time register neurons of {spec.label} on {len(files)} synthetic images (cached at {path})")
+    import torch
+
+    images = torch.stack([load_image(f, SMOKE_RESOLUTION, base.patch_size) for f in files])
+    start = time.perf_counter()
+    neurons = fit_register_neurons(base, images.split(16))
+    neurons.fit["seconds"] = round(time.perf_counter() - start, 3)
+    neurons.fit["images"] = f"synthetic ImageNet twin (seed {seed}), {len(files)} train images at {SMOKE_RESOLUTION} px"
+    save_neurons(neurons, path)
+    return path

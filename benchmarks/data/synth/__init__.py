@@ -7,22 +7,19 @@ reads it back.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.data.specs import get_spec
+from benchmarks.data.specs import REGISTRY, get_entry
 from benchmarks.data.synth.common import SampleTruth
 from benchmarks.data.synth.files import TreeWriter
 from sinder.utils.atomic import temp_prefix
 
-WRITERS = {
-    name: f"benchmarks.data.synth.{name}"
-    for name in ("imagenet", "ade20k", "voc2012", "nyud", "cityscapes", "potsdam")
-}
+# name -> module of each twin writer, read from the registry (each dataset's entry names its twin).
+WRITERS = REGISTRY.view(lambda entry: entry.twin)
 
 
 @dataclass
@@ -34,8 +31,7 @@ class SynthResult:
 
 
 def defaults(name: str) -> dict:
-    get_spec(name)
-    return dict(importlib.import_module(WRITERS[name]).DEFAULTS)
+    return dict(get_entry(name).twin_module().DEFAULTS)
 
 
 def write_synthetic(
@@ -56,8 +52,7 @@ def write_synthetic(
     and renamed into place, so ``out_dir`` never holds a half-written dataset. An existing non-empty
     ``out_dir`` is an error unless ``overwrite`` (then it is deleted first).
     """
-    get_spec(name)
-    module = importlib.import_module(WRITERS[name])
+    module = get_entry(name).twin_module()
     conf = dict(module.DEFAULTS)
     default_train, default_val, base_size = conf.pop("n_train"), conf.pop("n_val"), conf.pop("size")
     n_train = default_train if n_train is None else n_train

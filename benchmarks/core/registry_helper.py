@@ -1,0 +1,105 @@
+"""One registry helper for everything found by name: tasks, remedies and datasets.
+
+A :class:`Registry` maps names to objects: ``register`` (a class-or-instance decorator; a class is
+instantiated without arguments) refuses one name for two different classes, ``get`` names the known entries
+when a name is unknown, and ``discover`` (given at construction) imports the modules that register, once,
+before the first look-up. ``import_module_quietly`` is the discovery step shared by tasks and remedies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+
+class Registry:
+    """Named objects of one ``kind``. ``table`` (looked up at each call, so a test can swap the dict) holds
+    them; ``discover`` imports the modules that register; an unknown name raises ``error`` listing ``plural``
+    and ``hint()`` after it. Names list alphabetically (``sort=True``), in registration order (False), or by
+    ``sort(item)`` (a key function). Registering a name again is an error unless ``same(old, new)``: by default
+    both are of one class (registering a class twice is no error)."""
+
+    def __init__(self, kind: str, *, table: Callable[[], dict[str, Any]] | None = None,
+                 discover: Callable[[], None] | None = None, plural: str | None = None,
+                 error: type[Exception] = KeyError, sort: bool | Callable[[Any], Any] = True,
+                 hint: Callable[[], str] | None = None, same: Callable[[Any, Any], bool] | None = None):  # fmt: skip
+        own: dict[str, Any] = {}
+        self.kind, self.plural, self.error, self.sort = kind, plural or f"{kind}s", error, sort
+        self._table = table or (lambda: own)
+        self._discover, self._hint = discover, hint
+        self._same = same or (lambda old, new: type(old) is type(new))
+        self._discovered = False
+
+    def discover(self, force: bool = False) -> None:
+        if self._discover is not None and (force or not self._discovered):
+            self._discovered = True  # before importing: a module that looks itself up must not recurse
+            self._discover()
+
+    def register(self, obj=None, *, name: str | None = None):
+        """Decorator (``@register`` or ``@register(name=...)``) or call; returns what it was given."""
+
+        def add(target):
+            item = target() if isinstance(target, type) else target
+            table = self._table()
+            key = name or getattr(item, "name", "")
+            if not key:
+                raise ValueError(f"{self.kind} {target!r} has no name: set the class attribute `name`")
+            if key in table and not self._same(table[key], item):
+                raise ValueError(f"{self.kind} name {key!r} registered twice ({type(table[key]).__name__}, "
+                                 f"{type(item).__name__})")  # fmt: skip
+            table[key] = item
+            return target
+
+        return add(obj) if obj is not None else add
+
+    def names(self) -> list[str]:
+        self.discover()
+        table = self._table()
+        if callable(self.sort):
+            return sorted(table, key=lambda name: (self.sort(table[name]), name))
+        return sorted(table) if self.sort else list(table)
+
+    def get(self, name: str):
+        self.discover()
+        table = self._table()
+        if name not in table:
+            hint = self._hint() if self._hint else ""
+            raise self.error(f"unknown {self.kind} {name!r}; {self.plural}: {', '.join(self.names()) or 'none'}{hint}")
+        return table[name]
+
+    def view(self, value: Callable[[Any], Any] | None = None) -> Mapping[str, Any]:
+        """A read-only mapping name -> ``value(item)`` (the item itself by default), in ``names()`` order,
+        that discovers on first use (e.g. ``benchmarks.data.DATASETS``, name -> spec)."""
+        return _View(self, value or (lambda item: item))
+
+
+class _View(Mapping):
+    def __init__(self, registry: Registry, value: Callable[[Any], Any]):
+        self._registry, self._value = registry, value
+
+    def __getitem__(self, name: str):
+        self._registry.discover()
+        return self._value(self._registry._table()[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._registry.names())
+
+    def __len__(self) -> int:
+        return len(self._registry.names())
+
+    def __repr__(self) -> str:
+        return f"<{self._registry.kind} registry: {', '.join(self._registry.names())}>"
+
+
+def import_module_quietly(module: str, errors: dict[str, str]) -> None:
+    """Import ``module``; a module that does not exist is skipped, one that fails (an optional dependency
+    missing) is remembered in ``errors`` with its error instead of taking the registry down."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            return  # no such module: the package simply has none
+        errors[module] = f"{type(err).__name__}: {err}"
+    except Exception as err:
+        errors[module] = f"{type(err).__name__}: {err}"
