@@ -4,6 +4,7 @@ import io
 import pytest
 
 from benchmarks.core import results as R
+from benchmarks.core.identity import Role
 from benchmarks.core.report import (
     SMOKE_NOTE,
     ReportError,
@@ -125,12 +126,17 @@ def test_table_selection_and_matching(paper):
     with pytest.raises(ReportError, match="--tables"):
         parse_tables("x")
     rows = paper[3]["rows"]
-    assert row_for_role("official:dinov2_vitg14", rows)["name"] == "DINOv2"
-    assert row_for_role("register:dinov2_vitg14_reg", rows)["name"] == "DINOv2-Register"
-    assert row_for_role("repair:sinder:abc:def", rows)["name"] == "DINOv2-SINDER"
-    assert row_for_role("constructed:dinov2_tiny_defective", rows)["name"] == "DINOv2"
-    assert row_for_role("repair:clamp:abc:def", rows) is None
-    assert row_for_role("other", rows) is None
+    assert row_for_role(OFFICIAL, rows)["name"] == "DINOv2"
+    assert row_for_role(Role.release("dinov2_vitg14"), rows)["name"] == "DINOv2"
+    assert row_for_role(REGISTER, rows)["name"] == "DINOv2-Register"
+    assert row_for_role(Role.release("dinov2_vitg14_reg"), rows)["name"] == "DINOv2-Register"
+    assert row_for_role(_repair("x"), rows)["name"] == "DINOv2-SINDER"
+    assert row_for_role(Role.constructed("dinov2_tiny_defective"), rows)["name"] == "DINOv2"
+    assert row_for_role(Role.remedied("repair", "clamp", {"gamma": 2.0}, "ab" * 32), rows) is None
+    assert row_for_role(Role.remedied("remedy", "sinder", {}, "ab" * 32), rows) is None  # not a repaired file
+    assert row_for_role({"kind": "other"}, rows) is None and row_for_role(None, rows) is None
+    with pytest.raises(TypeError, match="never parsed"):  # a role key is a name, not something to read back
+        row_for_role("official:dinov2_vitg14", rows)
     with pytest.raises(ReportError, match="no paper table"):
         build_report("nowhere", tables="9")
 

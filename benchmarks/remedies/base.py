@@ -20,7 +20,7 @@ import pkgutil
 from typing import Any
 
 from benchmarks.core.registry import registrar
-from sinder.utils.hashing import canonical_sha256
+from sinder.models.roles import Role
 
 _REMEDIES: dict[str, Remedy] = {}
 _NOT_REMEDY_MODULES = {"base", "task", "census"}
@@ -79,8 +79,7 @@ def get_remedy(name: str) -> Remedy:
 
 def remedy_role(kind: str, remedy: str, config: dict[str, Any], base_sha256: str) -> dict[str, Any]:
     """The role of a remedied backbone (the form ``sinder.models.weights.weights_role`` gives a repaired file)."""
-    return {"kind": kind, "remedy": remedy, "base_sha256": base_sha256, "config": dict(config),
-            "config_sha256": canonical_sha256(config)}  # fmt: skip
+    return Role.remedied(kind, remedy, config, base_sha256).as_dict()
 
 
 def key_value_args(remedy: str, text: str | None, allowed: dict[str, type], positional: str | None = None):
