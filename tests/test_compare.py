@@ -54,8 +54,9 @@ def test_the_direction_is_the_tasks_not_the_records(tmp_path):
     base, new, lied = tmp_path / "b", tmp_path / "n", tmp_path / "lied"
     _write(base, "m", {"top1": 80.0}, directions={"top1": "higher"})
     _write(new, "m", {"top1": 70.0}, directions={"top1": "lower"})  # edited: a drop would read as an improvement
-    rows, _ = compare(R.load_records(new), R.load_records(base))
+    rows, notes = compare(R.load_records(new), R.load_records(base))
     assert (rows[0].direction, rows[0].status) == ("higher", "REGRESSION")
+    assert any("records state top1 as lower is better; compared as higher (the task's)" in n for n in notes)
     # Both sides edited: still the task's word (depth RMSE: lower is better), so a rise of RMSE regresses.
     _write(base, "m", {"rmse": 0.300}, task="depth_nyu_linear1", directions={"rmse": "higher"})
     _write(lied, "m", {"rmse": 0.400}, task="depth_nyu_linear1", directions={"rmse": "higher"})

@@ -264,6 +264,10 @@ def gate(new_records: list[dict], baseline_records: list[dict], tolerances: dict
             if direction is None:  # a task this checkout lacks: the baseline's word, never the new record's
                 direction = base_recs[0]["metric_directions"].get(metric) or "higher"
                 undeclared.add(task)
+            stated = {r["metric_directions"].get(metric) for r in new_recs + base_recs} - {None, direction}
+            if stated:  # an edited or outdated record: say so, and go by the task
+                result.notes.append(f"{new_label} / {task}: records state {metric} as {'/'.join(sorted(stated))} "
+                                    f"is better; compared as {direction} (the task's)")  # fmt: skip
             tol, source = _tolerance(tolerances, task, metric, baseline, b_vals)
             result.rows.append(Comparison(
                 backbone=new_label if new_key == base_key else f"{new_label} vs {base_label}",
