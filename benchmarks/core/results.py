@@ -25,7 +25,7 @@ from typing import Any
 from sinder.utils.atomic import atomic_path, remove_stale_temps
 
 from .identity import RunIdentity
-from .registry import Task
+from .registry import Task, get_task
 
 SCHEMA = "sinder-bench/run-record"
 SCHEMA_VERSION = 1
@@ -172,8 +172,6 @@ def declared_direction(task: Task, metric: str) -> str:
 def task_direction(task: str, metric: str) -> str | None:
     """The direction the registered task ``task`` declares for ``metric``; None when no such task is registered
     (its module is not in this checkout or failed to import): only then may a reader fall back to a record's."""
-    from .registry import get_task
-
     try:
         return declared_direction(get_task(task), metric)
     except KeyError:
