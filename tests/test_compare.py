@@ -50,6 +50,29 @@ def test_lower_is_better_metric(tmp_path):
     assert rows[0].status == "REGRESSION"
 
 
+def test_the_direction_is_the_tasks_not_the_records(tmp_path):
+    base, new, lied = tmp_path / "b", tmp_path / "n", tmp_path / "lied"
+    _write(base, "m", {"top1": 80.0}, directions={"top1": "higher"})
+    _write(new, "m", {"top1": 70.0}, directions={"top1": "lower"})  # edited: a drop would read as an improvement
+    rows, notes = compare(R.load_records(new), R.load_records(base))
+    assert (rows[0].direction, rows[0].status) == ("higher", "REGRESSION")
+    assert any("records state top1 as lower is better; compared as higher (the task's)" in n for n in notes)
+    # Both sides edited: still the task's word (depth RMSE: lower is better), so a rise of RMSE regresses.
+    _write(base, "m", {"rmse": 0.300}, task="depth_nyu_linear1", directions={"rmse": "higher"})
+    _write(lied, "m", {"rmse": 0.400}, task="depth_nyu_linear1", directions={"rmse": "higher"})
+    rows, _ = compare(R.load_records(lied), R.load_records(base / "depth_nyu_linear1"))
+    assert (rows[0].direction, rows[0].status) == ("lower", "REGRESSION")
+
+
+def test_a_task_not_registered_here_takes_the_baselines_direction(tmp_path):
+    base, new = tmp_path / "b", tmp_path / "n"
+    _write(base, "m", {"err": 0.30}, task="plugin_task", directions={"err": "lower"})
+    _write(new, "m", {"err": 0.40}, task="plugin_task", directions={"err": "higher"})  # the new side's word is not taken
+    rows, notes = compare(R.load_records(new), R.load_records(base))
+    assert (rows[0].direction, rows[0].status) == ("lower", "REGRESSION")
+    assert "task plugin_task is not registered here: its metric directions come from the baseline records" in notes
+
+
 def test_tolerance_from_repeated_runs_and_from_file(tmp_path, capsys):
     base, new = tmp_path / "b", tmp_path / "n"
     for seed, value in enumerate((80.0, 81.0, 79.0)):  # sample sd 1.0 over three seeds -> tolerance 3.0

@@ -4,6 +4,7 @@ import io
 import pytest
 
 from benchmarks.core import results as R
+from benchmarks.core.identity import Role
 from benchmarks.core.report import (
     SMOKE_NOTE,
     ReportError,
@@ -125,12 +126,17 @@ def test_table_selection_and_matching(paper):
     with pytest.raises(ReportError, match="--tables"):
         parse_tables("x")
     rows = paper[3]["rows"]
-    assert row_for_role("official:dinov2_vitg14", rows)["name"] == "DINOv2"
-    assert row_for_role("register:dinov2_vitg14_reg", rows)["name"] == "DINOv2-Register"
-    assert row_for_role("repair:sinder:abc:def", rows)["name"] == "DINOv2-SINDER"
-    assert row_for_role("constructed:dinov2_tiny_defective", rows)["name"] == "DINOv2"
-    assert row_for_role("repair:clamp:abc:def", rows) is None
-    assert row_for_role("other", rows) is None
+    assert row_for_role(OFFICIAL, rows)["name"] == "DINOv2"
+    assert row_for_role(Role.release("dinov2_vitg14"), rows)["name"] == "DINOv2"
+    assert row_for_role(REGISTER, rows)["name"] == "DINOv2-Register"
+    assert row_for_role(Role.release("dinov2_vitg14_reg"), rows)["name"] == "DINOv2-Register"
+    assert row_for_role(_repair("x"), rows)["name"] == "DINOv2-SINDER"
+    assert row_for_role(Role.constructed("dinov2_tiny_defective"), rows)["name"] == "DINOv2"
+    assert row_for_role(Role.remedied("repair", "clamp", {"gamma": 2.0}, "ab" * 32), rows) is None
+    assert row_for_role(Role.remedied("remedy", "sinder", {}, "ab" * 32), rows) is None  # not a repaired file
+    assert row_for_role({"kind": "other"}, rows) is None and row_for_role(None, rows) is None
+    with pytest.raises(TypeError, match="never parsed"):  # a role key is a name, not something to read back
+        row_for_role("official:dinov2_vitg14", rows)
     with pytest.raises(ReportError, match="no paper table"):
         build_report("nowhere", tables="9")
 
@@ -170,6 +176,74 @@ def test_rows_follow_the_role_not_the_label(tmp_path):
     assert (tmp_path / "t" / "table3_effects.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_rows_come_from_the_typed_role_not_the_label_or_the_key_text(tmp_path):
+    from benchmarks.core.identity import RunIdentity
+
+    store = R.ResultStore(tmp_path / "runs")
+    repaired = _repair("dinov2_vitg14")
+    rec = R.make_record(
+        task="imagenet_knn", profile="paper", metrics={"top1": 83.0, "top5": 94.0},
+        backbone={"label": "dinov2_vitg14_reg", "weights_sha256": _sha("s"), "role": repaired},
+        metric_directions={}, hparams={}, config={}, seed=0, wall_time_s=1.0, device={"type": "cpu"},
+        identity=RunIdentity.of(backbone_sha256=_sha("s"), role=repaired, task="imagenet_knn", task_version="1",
+                                config={}, seed=0, profile="paper"),
+    )  # fmt: skip
+    rec["identity"]["role"] = "register:dinov2_vitg14_reg"  # the key text is a name: the row reads the role's fields
+    store.write(rec)
+    _write(store, "imagenet_knn", "DINOv2-SINDER", {"top1": 1.0, "top5": 2.0}, role=OFFICIAL)  # label != role
+    _write(store, "imagenet_knn", "ttr_of_g", {"top1": 3.0, "top5": 4.0},
+           role={**repaired, "kind": "remedy", "remedy": "ttr"})  # fmt: skip
+    text = build_report(tmp_path / "runs", tables="3", plots=False)
+    row_of = {line.split(" | ")[1].split(" (n=")[0]: line.split(" | ")[0] for line in text.splitlines()
+              if "| ours: " in line}  # fmt: skip
+    assert row_of == {"ours: dinov2_vitg14_reg": "| DINOv2-SINDER", "ours: DINOv2-SINDER": "| DINOv2",
+                      "ours: ttr_of_g": "| (no paper row: ttr)"}  # fmt: skip
+
+
+def test_column_directions_are_the_tasks(tmp_path, paper):
+    from benchmarks.core.registry import get_task
+
+    for number, table in paper.items():
+        for col in table["columns"]:
+            task = get_task(col["task"])
+            assert task.table == f"table{number}"  # each column's task fills this table
+            metric = task.metric(col["metric"].replace("{row}", table["rows"][0]["key"]))
+            assert col["higher_is_better"] is metric.higher_is_better, (number, col["key"])
+    assert [c["higher_is_better"] for c in paper[5]["columns"]] == [False, False, False]  # RMSE
+    text = build_report(tmp_path / "none", tables="5", plots=False)
+    assert "| Linear 1 RMSE (down) | Linear 4 RMSE (down) | DPT RMSE (down) |" in text
+
+    def table_file(columns):
+        folder = tmp_path / f"paper{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "table3.yaml").write_text(
+            "table: 3\ntitle: t\nsource: s\ncolumns:\n" + "".join(f"  - {c}\n" for c in columns)
+            + "rows:\n  - {name: DINOv2, role: dinov2, values: {a: 1.0}}\n")  # fmt: skip
+        return folder
+
+    stated = table_file(["{key: a, task: imagenet_knn, metric: top1, higher_is_better: false}"])
+    with pytest.raises(ReportError, match="declared once, on task imagenet_knn"):
+        load_paper_tables(stated)
+    other_table = table_file(["{key: a, task: depth_nyu_dpt, metric: rmse}"])
+    with pytest.raises(ReportError, match="depth_nyu_dpt, which fills table5, not table3"):
+        load_paper_tables(other_table)
+    unknown = table_file(["{key: a, label: A, task: no_such_task, metric: x}"])
+    assert load_paper_tables(unknown)[3]["columns"][0]["higher_is_better"] is None  # not registered: no direction
+    assert "| Backbone | Source | Protocol | A |" in build_report(tmp_path / "none", tables="3", plots=False,
+                                                                 paper_dir=unknown)  # fmt: skip
+
+
+def test_remedies_table_directions_are_the_tasks():
+    from benchmarks.core import remedies_report as RR
+    from benchmarks.core.registry import get_task
+
+    assert all("higher_is_better" not in c for c in RR.COLUMNS + RR.COSTS)
+    for col in RR.COLUMNS:
+        assert RR.higher_is_better(col) is get_task(col["task"]).metric(col["metric"]).higher_is_better
+    assert [RR.higher_is_better(c) for c in RR.COLUMNS] == [False, False, True, True, False]
+    assert [RR.higher_is_better(c) for c in RR.COSTS] == [None, None]  # costs: no arrow
+
+
 def test_paper_numbers_ship_inside_the_package():
     from pathlib import Path
 
@@ -200,3 +274,12 @@ def test_charts_are_screen_sized_with_one_legend_entry_per_role(tmp_path, paper)
     rows, series, roles = chart_series(table_frame(paper[6], aggregate(records)))
     assert roles == ["paper", "ours (smoke protocol)"]  # not one entry per setting
     assert len(rows) == 5 and all(len(bars) == 2 for bars in series.values())
+
+
+def test_the_table_suites_hold_the_tasks_that_fill_each_table():
+    # A task says which table it fills (Task.table); each tableN suite lists exactly those tasks (in run order).
+    from benchmarks.core.registry import get_suite, get_task, list_tasks
+
+    for number in range(1, 8):
+        fills = {name for name in list_tasks() if get_task(name).table == f"table{number}"}
+        assert set(get_suite(f"table{number}").tasks) == fills, number

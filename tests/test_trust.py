@@ -145,7 +145,6 @@ def test_readme_dataset_table_matches_the_loaders_layouts():
 def test_the_smoke_twin_is_a_sinder_repair_by_its_metadata(tmp_path, monkeypatch):
     from benchmarks.core import backbones as B
     from benchmarks.core.report import paper_role
-    from sinder.models.weights import role_key
 
     def halve_the_norm(model):
         model.norm.weight.data.mul_(0.5)
@@ -158,4 +157,4 @@ def test_the_smoke_twin_is_a_sinder_repair_by_its_metadata(tmp_path, monkeypatch
     assert twin.label == "plain_sinder" and repaired.weights_sha256 != base.weights_sha256
     role = repaired.weights_role
     assert (role["kind"], role["remedy"], role["base_sha256"]) == ("repair", "sinder", base.weights_sha256)
-    assert paper_role(role_key(role)) == "sinder" and paper_role(role_key(base.weights_role)) is None
+    assert paper_role(role) == "sinder" and paper_role(base.weights_role) is None

@@ -9,7 +9,9 @@ the same seed (duplicates, relabelled copies) count once.
 Tolerance of a metric, first found of: the tolerance file's ``task/metric`` entry, its ``metric`` entry, else the
 larger of ``SPREAD_K`` x the standard deviation over the baseline's seeds and the file's ``default`` (or the
 built-in 1% of the baseline value), so repeats can widen a tolerance but never tighten it. A metric regresses
-when it is worse than the baseline by more than its tolerance, in its own direction.
+when it is worse than the baseline by more than its tolerance, in its own direction: the one its task declares
+(``Metric.higher_is_better``), never the direction a record carries (a record edited from "higher" to "lower"
+cannot turn a drop into an improvement); only for a task not registered here is the baseline records' used.
 
 Exit codes of :func:`compare_main`: 0 no regression; 1 a regression, a baseline (backbone, task) or metric
 missing from the new records, or a new record of a failed task; 2 unusable input (no records, a malformed
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .identity import BackboneIdentity, RunIdentity
-from .results import RecordError, is_failure, load_records
+from .results import RecordError, is_failure, load_records, task_direction
 
 SPREAD_K = 3.0
 DEFAULT_TOLERANCE = {"rel": 0.01}
@@ -241,6 +243,7 @@ def gate(new_records: list[dict], baseline_records: list[dict], tolerances: dict
     paired_new = {n for n, _ in pairs}
     result.notes += [f"no baseline for {_label(new[k], k[0])} / {k[1]} ({k[2]})" for k in sorted(new, key=str)
                      if k not in paired_new]  # fmt: skip
+    undeclared: set[str] = set()
     for new_key, base_key in pairs:
         new_recs, base_recs = new[new_key], base[base_key]
         new_label, base_label = _label(new_recs, new_key[0]), _label(base_recs, base_key[0])
@@ -257,8 +260,14 @@ def gate(new_records: list[dict], baseline_records: list[dict], tolerances: dict
         for metric in sorted(new_metrics & base_metrics):
             b_vals, n_vals = _seed_values(base_recs, metric), _seed_values(new_recs, metric)
             baseline, value = statistics.fmean(b_vals), statistics.fmean(n_vals)
-            direction = (new_recs[0]["metric_directions"].get(metric)
-                         or base_recs[0]["metric_directions"].get(metric) or "higher")  # fmt: skip
+            direction = task_direction(task, metric)
+            if direction is None:  # a task this checkout lacks: the baseline's word, never the new record's
+                direction = base_recs[0]["metric_directions"].get(metric) or "higher"
+                undeclared.add(task)
+            stated = {r["metric_directions"].get(metric) for r in new_recs + base_recs} - {None, direction}
+            if stated:  # an edited or outdated record: say so, and go by the task
+                result.notes.append(f"{new_label} / {task}: records state {metric} as {'/'.join(sorted(stated))} "
+                                    f"is better; compared as {direction} (the task's)")  # fmt: skip
             tol, source = _tolerance(tolerances, task, metric, baseline, b_vals)
             result.rows.append(Comparison(
                 backbone=new_label if new_key == base_key else f"{new_label} vs {base_label}",
@@ -266,6 +275,8 @@ def gate(new_records: list[dict], baseline_records: list[dict], tolerances: dict
                 tolerance=max(tol, MIN_TOLERANCE), tolerance_source=source, n_baseline=len(b_vals),
                 n_new=len(n_vals),
             ))  # fmt: skip
+    result.notes += [f"task {task} is not registered here: its metric directions come from the baseline records"
+                     for task in sorted(undeclared)]  # fmt: skip
     return result
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from sinder.models.weights import role_key
+from sinder.models.roles import Role
 from sinder.utils.hashing import canonical_sha256, json_default
 
 from .checkpointing import without_intervals
+
+__all__ = ["BackboneIdentity", "Role", "RunIdentity", "config_sha256"]
 
 
 def config_sha256(config: Mapping[str, Any]) -> str:
@@ -28,20 +30,27 @@ def config_sha256(config: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class BackboneIdentity:
-    """A backbone by what it is: tensors and role. ``role`` is the text form of ``sinder.models.weights.role_key``."""
+    """A backbone by what it is: tensors and role (a typed :class:`Role`; its key is only for display)."""
 
     sha256: str
-    role: str = "other"
+    role: Role = Role()
 
     @property
     def short(self) -> str:
-        return f"{self.role}@{self.sha256[:12]}"
+        return f"{self.role.key}@{self.sha256[:12]}"
+
+    def __repr__(self) -> str:  # the role by its key: reports and the gate sort backbones by this text
+        return f"BackboneIdentity(sha256={self.sha256!r}, role={self.role.key!r})"
 
 
 @dataclass(frozen=True)
 class RunIdentity:
+    """One run's identity. ``role`` is typed; :meth:`as_dict` is its one serialisation (the role by its key), which
+    ``key`` hashes and records store under ``identity``. A record is read back through its ``backbone.role``
+    dict (:meth:`from_record`), never by parsing the key."""
+
     backbone_sha256: str
-    role: str
+    role: Role
     task: str
     task_version: str
     config_sha256: str
@@ -49,21 +58,24 @@ class RunIdentity:
     profile: str
 
     @classmethod
-    def of(cls, *, backbone_sha256: str, role: Mapping[str, Any] | str | None, task: str, task_version: str,
+    def of(cls, *, backbone_sha256: str, role: Role | Mapping[str, Any] | None, task: str, task_version: str,
            config: Mapping[str, Any], seed: int, profile: str) -> RunIdentity:  # fmt: skip
-        role_text = role if isinstance(role, str) else role_key(role)
-        return cls(backbone_sha256, role_text, task, str(task_version), config_sha256(config), int(seed), profile)
+        return cls(backbone_sha256, Role.from_dict(role), task, str(task_version), config_sha256(config), int(seed),
+                   profile)  # fmt: skip
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> RunIdentity:
-        """The identity a record was written under; derived from its fields for records that predate it."""
+        """The identity a record was written under; derived from its fields for records that predate it. The
+        role comes from the record's ``backbone.role`` dict (the identity's ``role`` text is its key, written
+        from that same dict, and is not read back)."""
+        backbone = record["backbone"]
+        role = Role.from_dict(backbone.get("role"))
         stored = record.get("identity")
         if isinstance(stored, Mapping):
-            fields = {k: stored[k] for k in cls.__dataclass_fields__ if k in stored}
-            if len(fields) == len(cls.__dataclass_fields__):
-                return cls(**fields)
-        backbone = record["backbone"]
-        return cls.of(backbone_sha256=backbone["weights_sha256"], role=backbone.get("role"), task=record["task"],
+            written = {k: stored[k] for k in cls.__dataclass_fields__ if k in stored}
+            if len(written) == len(cls.__dataclass_fields__):
+                return cls(**{**written, "role": role})
+        return cls.of(backbone_sha256=backbone["weights_sha256"], role=role, task=record["task"],
                       task_version=str(record.get("task_version", "1")), config=record.get("config", {}),
                       seed=record.get("seed", 0), profile=record["profile"])  # fmt: skip
 
@@ -71,14 +83,18 @@ class RunIdentity:
     def backbone(self) -> BackboneIdentity:
         return BackboneIdentity(self.backbone_sha256, self.role)
 
+    def _fields(self) -> dict[str, Any]:
+        """The serialised fields (the role by its key): what ``key`` hashes, byte for byte as ever."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"role": self.role.key}
+
     @property
     def key(self) -> str:
         """A short stable name of this identity, for file and folder names and lock files."""
-        return canonical_sha256(asdict(self))[:20]
+        return canonical_sha256(self._fields())[:20]
 
     def without_seed(self) -> RunIdentity:
         """The identity shared by repeats of one measurement (runs that differ only in the seed)."""
         return replace(self, seed=-1)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "key": self.key}
+        return {**self._fields(), "key": self.key}

@@ -14,19 +14,18 @@ from typing import Any
 
 from sinder.utils.atomic import atomic_path
 
-from .identity import BackboneIdentity
+from .identity import BackboneIdentity, Role
+from .results import task_direction
 
+# Each metric's direction is its task's (``Metric.higher_is_better``): see :func:`higher_is_better`.
 COLUMNS = (
     {"key": "high_norm_last", "label": "High-norm tokens, last block", "task": "defect_census",
-     "metric": "high_norm_last", "higher_is_better": False},
+     "metric": "high_norm_last"},
     {"key": "defects_total", "label": "Eq. 5 defects, all blocks", "task": "defect_census",
-     "metric": "defects_total", "higher_is_better": False},
-    {"key": "knn_top1", "label": "ImageNet KNN Top1", "task": "imagenet_knn", "metric": "top1",
-     "higher_is_better": True},
-    {"key": "ade_lin_miou", "label": "ADE20k Linear mIoU", "task": "seg_ade20k_linear", "metric": "miou",
-     "higher_is_better": True},
-    {"key": "nyu_lin4_rmse", "label": "NYUd Linear 4 RMSE", "task": "depth_nyu_linear4", "metric": "rmse",
-     "higher_is_better": False},
+     "metric": "defects_total"},
+    {"key": "knn_top1", "label": "ImageNet KNN Top1", "task": "imagenet_knn", "metric": "top1"},
+    {"key": "ade_lin_miou", "label": "ADE20k Linear mIoU", "task": "seg_ade20k_linear", "metric": "miou"},
+    {"key": "nyu_lin4_rmse", "label": "NYUd Linear 4 RMSE", "task": "depth_nyu_linear4", "metric": "rmse"},
 )  # fmt: skip
 COSTS = (
     {"key": "extra_tokens", "label": "Extra inference tokens", "task": "defect_census", "metric": "extra_tokens"},
@@ -34,22 +33,29 @@ COSTS = (
 )
 
 
-def remedy_of(role: dict[str, Any]) -> str:
-    kind = role.get("kind", "other")
-    if kind in ("repair", "remedy"):
-        return str(role.get("remedy") or kind)
-    return "registers" if kind == "register" else "base"
+def higher_is_better(col: dict[str, Any]) -> bool | None:
+    """A column's direction as its task declares it; None for a cost column or a task not registered here."""
+    if col in COSTS:
+        return None
+    direction = task_direction(col["task"], col["metric"])
+    return None if direction is None else direction == "higher"
 
 
-def _base_of(backbone: BackboneIdentity, role: dict, candidates: list[BackboneIdentity]) -> BackboneIdentity | None:
-    kind = role.get("kind")
-    if kind in ("repair", "remedy"):
-        wanted = role.get("base_sha256")
-        return next((b for b in candidates if b.sha256 == wanted and b != backbone
-                     and not b.role.startswith(("repair:", "remedy:"))), None)  # fmt: skip
-    if kind == "register":
-        official = f"official:{str(role.get('name', '')).removesuffix('_reg')}"
-        return next((b for b in candidates if b.role == official), None)
+def remedy_of(role: Role | dict[str, Any] | None) -> str:
+    role = Role.from_dict(role)
+    if role.is_remedied:
+        return role.remedy or role.kind
+    return "registers" if role.kind == "register" else "base"
+
+
+def _base_of(backbone: BackboneIdentity, candidates: list[BackboneIdentity]) -> BackboneIdentity | None:
+    """The base a backbone's role names: a remedy's by content hash, a register release's official release."""
+    role = backbone.role
+    if role.is_remedied:
+        return next((b for b in candidates if b.sha256 == role.base_sha256 and b != backbone
+                     and not b.role.is_remedied), None)  # fmt: skip
+    if role.official_release is not None:
+        return next((b for b in candidates if b.role == role.official_release), None)
     return None
 
 
@@ -58,16 +64,17 @@ def remedies_frame(agg: dict):
     import pandas as pd
 
     tasks = {c["task"] for c in COLUMNS + COSTS}
+    directions = {c["key"]: higher_is_better(c) for c in COLUMNS + COSTS}
     lines = []
     for profile in sorted({p for (_, t, p) in agg if t in tasks}):
         backbones = sorted({b for (b, t, p) in agg if p == profile and t in tasks}, key=str)
         info = {b: next(v for (bb, t, p), v in agg.items() if bb == b and p == profile) for b in backbones}
-        base = {b: _base_of(b, info[b]["role"], backbones) for b in backbones}
+        base = {b: _base_of(b, backbones) for b in backbones}
         roots = [b for b in backbones if base[b] is None]
         order = []
         for root in sorted(roots, key=lambda b: info[b]["label"]):
             order.append(root)
-            order += sorted((b for b in backbones if base[b] == root), key=lambda b: (remedy_of(info[b]["role"]),
+            order += sorted((b for b in backbones if base[b] == root), key=lambda b: (remedy_of(b.role),
                                                                                       info[b]["label"]))  # fmt: skip
 
         def value(b, col, profile=profile):
@@ -80,11 +87,11 @@ def remedies_frame(agg: dict):
                 v = value(b, col)
                 ref = value(parent, col) if parent is not None else math.nan
                 lines.append({
-                    "protocol": profile, "backbone": info[b]["label"], "remedy": remedy_of(info[b]["role"]),
+                    "protocol": profile, "backbone": info[b]["label"], "remedy": remedy_of(b.role),
                     "base": info[parent]["label"] if parent is not None else info[b]["label"],
                     "has_base": parent is not None, "column": col["label"], "column_key": col["key"],
                     "task": col["task"], "metric": col["metric"], "cost": col in COSTS,
-                    "higher_is_better": col.get("higher_is_better"), "value": v,
+                    "higher_is_better": directions[col["key"]], "value": v,
                     "base_value": ref, "delta": v - ref,
                 })  # fmt: skip
     return pd.DataFrame(lines)
@@ -92,6 +99,10 @@ def remedies_frame(agg: dict):
 
 def has_remedies(frame) -> bool:
     return bool(len(frame)) and bool(frame["has_base"].any() or (frame["task"] == "defect_census").any())
+
+
+def _arrow(col: dict[str, Any]) -> str:
+    return {True: " (up)", False: " (down)"}.get(higher_is_better(col), "")
 
 
 def _fmt(value: float, delta: float | None = None) -> str:
@@ -104,8 +115,7 @@ def _fmt(value: float, delta: float | None = None) -> str:
 
 
 def rows(frame) -> tuple[list[str], list[list[str]]]:
-    arrows = {True: " (up)", False: " (down)"}
-    header = ["Backbone", "Remedy", "Protocol"] + [c["label"] + arrows[c["higher_is_better"]] for c in COLUMNS]
+    header = ["Backbone", "Remedy", "Protocol"] + [c["label"] + _arrow(c) for c in COLUMNS]
     header += [c["label"] for c in COSTS]
     body = []
     for key in dict.fromkeys(zip(frame["protocol"], frame["backbone"])):
@@ -165,8 +175,7 @@ def plot_remedies(frame, path: str | Path) -> Path:
         ax.bar(range(len(series)), heights, color=colours, edgecolor="black")
         if all(math.isnan(h) for h in heights):
             ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-        arrow = {True: " (up)", False: " (down)", None: ""}[col.get("higher_is_better")]
-        ax.set_title(col["label"] + arrow, fontsize=9)
+        ax.set_title(col["label"] + _arrow(col), fontsize=9)
         ax.set_xticks(range(len(series)))
         ax.set_xticklabels([b for _, b in series], rotation=35, ha="right", fontsize=7)
     for ax in list(axes.flat)[len(columns):]:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sinder.utils.hashing import canonical_sha256
+from sinder.models.roles import Role
 
 from .registry_helper import Registry, import_module_quietly
 
@@ -107,8 +107,7 @@ def smoke_remedy_names() -> list[str]:
 
 def remedy_role(kind: str, remedy: str, config: dict[str, Any], base_sha256: str) -> dict[str, Any]:
     """The role of a remedied backbone (the form ``sinder.models.weights.weights_role`` gives a repaired file)."""
-    return {"kind": kind, "remedy": remedy, "base_sha256": base_sha256, "config": dict(config),
-            "config_sha256": canonical_sha256(config)}  # fmt: skip
+    return Role.remedied(kind, remedy, config, base_sha256).as_dict()
 
 
 def key_value_args(remedy: str, text: str | None, allowed: dict[str, type], positional: str | None = None):

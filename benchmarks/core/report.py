@@ -17,14 +17,15 @@ import math
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sinder.utils.atomic import atomic_path, atomic_write_text
 
 from . import remedies_report as R
-from .identity import BackboneIdentity, RunIdentity
-from .results import RecordError, is_failure, load_records
+from .identity import BackboneIdentity, Role, RunIdentity
+from .results import RecordError, declared_direction, is_failure, load_records
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "paper"  # inside the package: works from any install
 DELTA = "delta (ours - paper)"
@@ -68,7 +69,7 @@ def load_paper_tables(paper_dir: str | Path | None = None) -> dict[int, dict[str
             for col in data["columns"]:
                 col["key"], col["task"], col["metric"] = str(col["key"]), str(col["task"]), str(col["metric"])
                 col.setdefault("label", col["key"])
-                col.setdefault("higher_is_better", True)
+                col["higher_is_better"] = _column_direction(path, number, col)
             for row in data["rows"]:
                 row.setdefault("key", row["name"])
                 row.setdefault("role", None)
@@ -82,31 +83,53 @@ def load_paper_tables(paper_dir: str | Path | None = None) -> dict[int, dict[str
     return tables
 
 
-def paper_role(role: str) -> str | None:
+def _column_direction(path: Path, number: int, col: dict) -> bool | None:
+    """A column's direction, from its task's declaration (``Metric.higher_is_better``), the only one: a paper
+    table that states it again is malformed, and so is a column of a task that fills another table (the task's
+    ``table``). None when the task is not registered here (its direction is then not shown)."""
+    from .registry import get_task
+
+    if "higher_is_better" in col:
+        raise ReportError(f"{path}: column {col['key']!r} states higher_is_better: the direction is declared "
+                          f"once, on task {col['task']}'s metrics; remove it")  # fmt: skip
+    try:
+        task = get_task(col["task"])
+    except KeyError:
+        return None
+    if task.table and task.table != f"table{number}":
+        raise ReportError(f"{path}: column {col['key']!r} names task {task.name}, which fills {task.table}, "
+                          f"not table{number}")  # fmt: skip
+    return declared_direction(task, col["metric"]) == "higher"
+
+
+def _arrow(col: dict) -> str:
+    return {True: " (up)", False: " (down)"}.get(col["higher_is_better"], "")
+
+
+def paper_role(role: Role | Mapping[str, Any] | None) -> str | None:
     """The paper row a backbone role stands for: ``dinov2``, ``register``, ``sinder`` or None.
 
-    ``role`` is the text form of a role (``sinder.models.weights.role_key``): an official release is DINOv2, an
-    official register release is DINOv2-Register, any SINDER repair is DINOv2-SINDER.
+    ``role`` is a :class:`Role` (or its dict form, a record's ``backbone.role``): an official release is DINOv2,
+    an official register release is DINOv2-Register, any SINDER repair is DINOv2-SINDER, whatever its label.
     """
-    kind, _, rest = role.partition(":")
-    if kind == "official":
+    role = Role.from_dict(role)
+    if role.kind == "official":
         return "dinov2"
-    if kind == "register":
+    if role.kind == "register":
         return "register"
-    if kind == "repair" and rest.split(":", 1)[0] == "sinder":
+    if role.is_sinder_repair:
         return "sinder"
-    if kind == "constructed":
-        return STAND_INS.get(rest)
+    if role.kind == "constructed":
+        return STAND_INS.get(role.name)
     return None
 
 
-def _unmatched_row(role: str) -> str:
+def _unmatched_row(role: Role) -> str:
     """The row name of a backbone no paper row stands for; a remedy the paper did not evaluate says which."""
-    kind, _, rest = role.partition(":")
-    return f"(no paper row: {rest.split(':', 1)[0]})" if kind in ("repair", "remedy") else "(no paper row)"
+    return f"(no paper row: {role.remedy})" if role.is_remedied else "(no paper row)"
 
 
-def row_for_role(role: str, rows: list[dict]) -> dict | None:
+def row_for_role(role: Role | Mapping[str, Any] | None, rows: list[dict]) -> dict | None:
     wanted = paper_role(role)
     return next((row for row in rows if wanted is not None and row.get("role") == wanted), None)
 
@@ -116,7 +139,8 @@ Key = tuple[BackboneIdentity, str, str]  # (backbone, task, profile)
 
 def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
     """Per (backbone identity, task, profile): the mean of each metric over distinct seeds (records of one seed,
-    such as a record reused under a new label, count once), the seed count, a display label and the role."""
+    such as a record reused under a new label, count once), the seed count and a display label (the role is
+    the key's: ``backbone.role``)."""
     groups: dict[Key, list[dict]] = defaultdict(list)
     for rec in records:
         if is_failure(rec):
@@ -138,8 +162,7 @@ def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
         names = {m for seed in by_seed.values() for m in seed}
         metrics = {m: statistics.fmean([statistics.fmean(s[m]) for s in by_seed.values() if m in s]) for m in names}
         label = latest[key[0]]
-        newest = max(recs, key=lambda r: r["created"])
-        out[key] = {"metrics": metrics, "n": len(by_seed), "role": dict(newest["backbone"].get("role") or {}),
+        out[key] = {"metrics": metrics, "n": len(by_seed),
                     "label": f"{label} [{key[0].short}]" if label in clashes else label}  # fmt: skip
     return out
 
@@ -191,7 +214,7 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
                 "table": table["table"], "row": row["name"] if row else other,
                 "row_key": row["key"] if row else "", "source": source, "backbone": label, "protocol": profile,
                 "n_runs": n_runs, "column": col["label"], "column_key": col["key"], "task": col["task"],
-                "metric": col["metric"], "higher_is_better": bool(col["higher_is_better"]), "paper": paper,
+                "metric": col["metric"], "higher_is_better": col["higher_is_better"], "paper": paper,
                 "value": value, "delta": value - paper if source == "ours" else math.nan,
             })  # fmt: skip
 
@@ -231,7 +254,7 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
         for col in table["columns"]:
             lines.append({"table": table["table"], "effect": name, "source": source, "protocol": profile,
                           "column": col["label"], "column_key": col["key"], "task": col["task"],
-                          "metric": col["metric"], "higher_is_better": bool(col["higher_is_better"]),
+                          "metric": col["metric"], "higher_is_better": col["higher_is_better"],
                           "value": value_of(col)})  # fmt: skip
 
     if _templated(table):
@@ -241,15 +264,16 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
         add(f"{sinder['name']} - {dinov2['name']}", "paper", "paper",
             lambda col: sinder["values"].get(col["key"], math.nan) - dinov2["values"].get(col["key"], math.nan))
     for backbone, profile in _ours(table, agg):
-        role = next(v["role"] for (b, _, p), v in agg.items() if b == backbone and p == profile)
-        base_sha = role.get("base_sha256") if role.get("kind") in ("repair", "remedy") else None
-        bases = [b for b, p in _ours(table, agg) if p == profile and b.sha256 == base_sha
-                 and not b.role.startswith(("repair:", "remedy:"))]  # fmt: skip
+        role = backbone.role
+        if not role.is_remedied:
+            continue
+        bases = [b for b, p in _ours(table, agg) if p == profile and b.sha256 == role.base_sha256
+                 and not b.role.is_remedied]  # fmt: skip
         if not bases:
             continue
         base = bases[0]
         name = f"{_label_of(agg, backbone, profile)} - {_label_of(agg, base, profile)}"
-        add(name, f"ours ({role.get('remedy', 'remedy')})", profile,
+        add(name, f"ours ({role.remedy or 'remedy'})", profile,
             lambda col, b=backbone, a=base, p=profile: _value(agg, b, p, col) - _value(agg, a, p, col))
     return pd.DataFrame(lines)
 
@@ -262,9 +286,8 @@ def _decimals(table: dict, key: str) -> int:
 
 def wide_rows(table: dict, frame) -> tuple[list[str], list[list[str]]]:
     """Header and string rows laid out as the paper: backbones down, metric columns across."""
-    arrows = {True: " (up)", False: " (down)"}
     header = [table.get("row_header", "Backbone"), "Source", "Protocol"] + [
-        col["label"] + arrows[bool(col["higher_is_better"])] for col in table["columns"]
+        col["label"] + _arrow(col) for col in table["columns"]
     ]
     body = []
     if frame.empty:
@@ -299,7 +322,7 @@ def _fmt(value: float, decimals: int, sign: bool = False) -> str:
 def effect_rows(table: dict, effects) -> tuple[list[str], list[list[str]]]:
     """Header and string rows of the remedy-over-base view (signed numbers)."""
     header = ["Effect (remedy - its base)", "Source", "Protocol"] + [
-        col["label"] + (" (up)" if col["higher_is_better"] else " (down)") for col in table["columns"]
+        col["label"] + _arrow(col) for col in table["columns"]
     ]
     body = []
     if effects.empty:
@@ -374,7 +397,7 @@ def plot_effects(table: dict, effects, path: str | Path) -> Path:
                edgecolor="black")  # fmt: skip
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(columns))])
-    ax.set_xticklabels([c["label"] + (" (up)" if c["higher_is_better"] else " (down)") for c in columns],
+    ax.set_xticklabels([c["label"] + _arrow(c) for c in columns],
                        rotation=30, ha="right", fontsize=8)  # fmt: skip
     title = f"Table {table['table']}: effect of each remedy over its base"
     if (effects["protocol"] == "smoke").any():
@@ -442,8 +465,8 @@ def plot_table(table: dict, frame, path: str | Path) -> Path:
                 ax.bar(i + (j - (len(series[name]) - 1) / 2) * width, value, width, color=colour[role],
                        hatch=None if source == "paper" else "//", edgecolor="black", linewidth=0.4)  # fmt: skip
         ax.set_title(col["label"], fontsize=8)
-        ax.set_ylabel(f"{_axis_unit(col)} ({'higher' if col['higher_is_better'] else 'lower'} is better)",
-                      fontsize=7)  # fmt: skip
+        better = {True: " (higher is better)", False: " (lower is better)"}.get(col["higher_is_better"], "")
+        ax.set_ylabel(f"{_axis_unit(col)}{better}", fontsize=7)
         ax.set_xticks(range(len(rows)))
         last_row = index + ncols >= len(columns)
         ax.set_xticklabels(tick_labels if last_row else [""] * len(rows), rotation=35, ha="right", fontsize=6)

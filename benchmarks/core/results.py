@@ -25,6 +25,7 @@ from typing import Any
 from sinder.utils.atomic import atomic_path, remove_stale_temps
 
 from .identity import RunIdentity
+from .registry import Task, get_task
 
 SCHEMA = "sinder-bench/run-record"
 SCHEMA_VERSION = 1
@@ -156,6 +157,25 @@ def make_record(
         record.update(_jsonable(dict(extra)))
     validate_record(record)
     return record
+
+
+def declared_direction(task: Task, metric: str) -> str:
+    """``"higher"`` or ``"lower"``: the direction ``task`` declares for ``metric`` (its ``Metric.higher_is_better``,
+    the one declaration). A per-setting metric (``k10_top1``, ``sigma_3/knn_top1``) follows its base metric."""
+    spec = task.metric(metric)
+    direction = "higher" if spec is None or spec.higher_is_better else "lower"
+    lower = {m.name for m in task.metrics if not m.higher_is_better}
+    last = metric.rsplit("/", 1)[-1]
+    return "lower" if last.rsplit("_", 1)[-1] in lower or last in lower else direction
+
+
+def task_direction(task: str, metric: str) -> str | None:
+    """The direction the registered task ``task`` declares for ``metric``; None when no such task is registered
+    (its module is not in this checkout or failed to import): only then may a reader fall back to a record's."""
+    try:
+        return declared_direction(get_task(task), metric)
+    except KeyError:
+        return None
 
 
 def is_failure(record: Mapping[str, Any]) -> bool:

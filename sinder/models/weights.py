@@ -27,6 +27,7 @@ from sinder.models.formats import (
     read_checkpoint,
     read_hf_folder_config,
 )
+from sinder.models.roles import Role
 from sinder.models.state_io import (  # noqa: F401  (re-exported: these lived here before the split)
     WeightsError,
     content_sha256,
@@ -40,7 +41,6 @@ from sinder.models.state_io import (  # noqa: F401  (re-exported: these lived he
     write_safetensors,
 )
 from sinder.models.vit import PRESETS, DinoVisionTransformer, resolve_config
-from sinder.utils.hashing import canonical_sha256
 
 
 def official_filename(preset: str) -> str | None:
@@ -144,7 +144,7 @@ def load_backbone(
         config, state = SYNTHETIC_BACKBONES[name]()
         model = DinoVisionTransformer(config)
         load_state_dict_strict(model, state, source=f"constructed {name}")
-        return _finish(model, f"constructed:{name}", name, {"kind": "constructed", "name": name}, device)
+        return _finish(model, f"constructed:{name}", name, Role.constructed(name).as_dict(), device)
     named_checkpoint = name is not None and name not in PRESETS and is_checkpoint_path(name)
     # Find and read the file before building: a missing file should fail fast, even for ViT-g.
     if named_checkpoint and weights is None:
@@ -194,7 +194,8 @@ def _finish(model, source: str, name: str, role: dict[str, Any], device) -> Dino
 
 # ------------------------------------------------------------------------------------------- roles
 def weights_role(path: str | Path, name: str | None) -> dict[str, Any]:
-    """What a weights file is, from its metadata and provenance, never from a label.
+    """What a weights file is, from its metadata and provenance, never from a label (the dict form of a
+    :class:`sinder.models.roles.Role`).
 
     - ``repair``: written by a remedy; ``sinder repair`` stores ``sinder_config`` and ``base_sha256``,
       ``sinder clamp`` stores ``clamp_gamma`` and ``source_sha256``.
@@ -208,27 +209,19 @@ def weights_role(path: str | Path, name: str | None) -> dict[str, Any]:
             config = json.loads(meta["sinder_config"])
         except json.JSONDecodeError:
             config = meta["sinder_config"]
-        return {"kind": "repair", "remedy": "sinder", "base_sha256": meta.get("base_sha256", ""),
-                "config": config, "config_sha256": canonical_sha256(config)}  # fmt: skip
+        return Role.remedied("repair", "sinder", config, meta.get("base_sha256", "")).as_dict()
     if "clamp_gamma" in meta:
         config = {"gamma": float(meta["clamp_gamma"])}
-        return {"kind": "repair", "remedy": "clamp", "base_sha256": meta.get("source_sha256", ""),
-                "config": config, "config_sha256": canonical_sha256(config)}  # fmt: skip
+        return Role.remedied("repair", "clamp", config, meta.get("source_sha256", "")).as_dict()
     if name is not None and official_filename(name) == Path(path).name:
-        return {"kind": "register" if name.endswith("_reg") else "official", "name": name}
-    return {"kind": "other"}
+        return Role.release(name).as_dict()
+    return Role().as_dict()
 
 
-def role_key(role: Mapping[str, Any] | None) -> str:
+def role_key(role: Role | Mapping[str, Any] | None) -> str:
     """A short, stable text form of a role: ``official:dinov2_vitg14``, ``repair:sinder:<config>:<base>``,
-    ``remedy:ttr:<config>:<base>``."""
-    role = role or {"kind": "other"}
-    kind = role.get("kind", "other")
-    if kind in ("official", "register", "constructed"):
-        return f"{kind}:{role.get('name', '')}"
-    if kind in ("repair", "remedy"):  # remedy: an inference-time change of base's weights (test-time registers)
-        return f"{kind}:{role.get('remedy', '')}:{str(role.get('config_sha256', ''))[:12]}:{str(role.get('base_sha256', ''))[:12]}"
-    return str(kind)
+    ``remedy:ttr:<config>:<base>`` (:attr:`sinder.models.roles.Role.key`)."""
+    return Role.from_dict(role).key
 
 
 # ------------------------------------------------------------------------------------------- preflight
