@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from sinder.models.roles import Role
+
 from . import backbones as B
 from . import distributed as D
 from .claims import Claim
@@ -91,17 +93,11 @@ def split_dataset(entry: str) -> tuple[str, str | None]:
 
 
 def _metric_directions(task: Task, metrics: dict[str, float]) -> dict[str, str]:
-    out = {}
-    for key in metrics:
-        spec = task.metric(key)
-        out[key] = "higher" if spec is None or spec.higher_is_better else "lower"
-    lower = {m.name for m in task.metrics if not m.higher_is_better}
-    # Per-setting metrics (e.g. "k10_top1" or "sigma3/knn_top1") follow their base metric's direction.
-    for key in out:
-        base = key.rsplit("/", 1)[-1].rsplit("_", 1)[-1]
-        if base in lower or key.rsplit("/", 1)[-1] in lower:
-            out[key] = "lower"
-    return out
+    """Each metric's direction as the task declares it (written into the record for readers; never read back
+    by the gate, which asks the task)."""
+    from .results import declared_direction
+
+    return {key: declared_direction(task, key) for key in metrics}
 
 
 @dataclass
@@ -145,7 +141,7 @@ class Job:
 
     def run_task(self, task: Task, model, spec: B.BackboneSpec, resume: bool) -> None:
         sha = model.weights_sha256
-        role = dict(getattr(model, "weights_role", None) or {"kind": "other"})
+        role = dict(getattr(model, "weights_role", None) or Role().as_dict())
         config = task.config(self.profile, self.overrides.get(task.name))  # recorded, and in the identity
         identity = RunIdentity.of(backbone_sha256=sha, role=role, task=task.name, task_version=task.version,
                                   config=self._identity_config(task, spec, config), seed=self.seed,

@@ -95,9 +95,8 @@ _IMPORT_ERRORS: dict[str, str] = {}
 
 
 def _discover_tasks() -> None:
-    import benchmarks
-
-    for info in pkgutil.iter_modules(benchmarks.__path__):
+    # the task packages are found on disk: core never imports a task package except through discovery
+    for info in pkgutil.iter_modules([str(Path(__file__).resolve().parents[1])]):
         if info.ispkg and info.name not in _NOT_TASK_PACKAGES:
             for leaf in ("task", "tasks"):
                 import_module_quietly(f"benchmarks.{info.name}.{leaf}", _IMPORT_ERRORS)

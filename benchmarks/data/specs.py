@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
 from benchmarks.core.registry_helper import Registry
@@ -57,12 +58,12 @@ class DatasetEntry:
 
 
 def _discover_datasets() -> None:
-    import benchmarks.data as package
-
-    # Every module: one without a dataset registers nothing; a broken loader is an error, not hidden.
-    for info in pkgutil.iter_modules(package.__path__):
+    # Every module of this folder (read from the file system: importing the package here would be a circle):
+    # one without a dataset registers nothing; a broken loader is an error, not hidden.
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not info.ispkg and info.name != "commands":
-            importlib.import_module(f"{package.__name__}.{info.name}")
+            importlib.import_module(f"{package}.{info.name}")
 
 
 _ENTRIES: dict[str, DatasetEntry] = {}

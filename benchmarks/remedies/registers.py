@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.core.remedy import Remedy, default_cost, register_remedy
+from sinder.models.roles import REGISTER_SUFFIX, Role, is_register_release
 
 
 def register_preset(name: str) -> str:
-    return name if name.endswith("_reg") else f"{name}_reg"
+    return name if is_register_release(name) else f"{name}{REGISTER_SUFFIX}"
 
 
 @register_remedy
@@ -33,7 +34,7 @@ class Registers(Remedy):
 
         preset = register_preset(base.name)
         if preset not in PRESETS:
-            registers = sorted(p for p in PRESETS if p.endswith("_reg"))
+            registers = sorted(p for p in PRESETS if is_register_release(p))
             return f"{base.name} has no register release ({preset} is not a preset; those with one: {', '.join(registers)})"
         return backbone_problem(self._spec(base, params))
 
@@ -42,6 +43,6 @@ class Registers(Remedy):
 
         model = load(self._spec(base, params), device=device)
         # Named by the spec as the register release, whatever the file is called.
-        model.weights_role = {"kind": "register", "name": register_preset(base.name)}
+        model.weights_role = Role.release(register_preset(base.name)).as_dict()
         model.remedy_cost = default_cost(model)
         return model
