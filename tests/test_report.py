@@ -276,10 +276,21 @@ def test_charts_are_screen_sized_with_one_legend_entry_per_role(tmp_path, paper)
     assert len(rows) == 5 and all(len(bars) == 2 for bars in series.values())
 
 
-def test_the_table_suites_hold_the_tasks_that_fill_each_table():
-    # A task says which table it fills (Task.table); each tableN suite lists exactly those tasks (in run order).
-    from benchmarks.core.registry import get_suite, get_task, list_tasks
+def test_a_task_joins_its_tables_suite_by_declaring_the_table(monkeypatch):
+    # Task.table is the one declaration: a new task that fills Table 4 is in the table4 suite (and so in `all`)
+    # without any suite file naming it, after the tasks the paper's columns order.
+    from benchmarks.core import registry
 
-    for number in range(1, 8):
-        fills = {name for name in list_tasks() if get_task(name).table == f"table{number}"}
-        assert set(get_suite(f"table{number}").tasks) == fills, number
+    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))
+    before = registry.get_suite("table4").tasks
+    assert before == ("seg_ade20k_linear", "seg_ade20k_multiscale", "seg_voc_linear", "seg_voc_multiscale")
+
+    @registry.register_task
+    class Extra(registry.Task):
+        name = "aa_extra_segmentation"  # sorts first by name: the paper's column order must still win
+        table = "table4"
+
+    assert registry.get_suite("table4").tasks == (*before, "aa_extra_segmentation")
+    assert "aa_extra_segmentation" in registry.get_suite("all").tasks
+    # the paper's column order, not the alphabet: Table 5 lists the linear heads before DPT
+    assert registry.get_suite("table5").tasks == ("depth_nyu_linear1", "depth_nyu_linear4", "depth_nyu_dpt")

@@ -6,13 +6,16 @@ use, and installed packages may add modules through the ``sinder_bench.tasks`` e
 module that fails to import (an optional dependency missing) is remembered with its error, so a suite naming
 its tasks reports them as "not available" instead of crashing.
 
-Suites are YAML files in ``benchmarks/suites/``: ``tasks:`` (an ordered list of task names) and/or
-``include:`` (other suites, whose tasks come first, in order, without duplicates).
+Suite ``tableN`` is every task that declares ``table = "tableN"`` (ordered by the paper table's columns): a
+task is put in its table once, on the task. Other suites are YAML files in ``benchmarks/suites/`` (``all``,
+``remedies``): ``tasks:`` (an ordered list of task names) and/or ``include:`` (other suites, whose tasks come
+first, in order, without duplicates).
 """
 
 from __future__ import annotations
 
 import pkgutil
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +25,8 @@ from typing import Any
 from .registry_helper import Registry, import_module_quietly
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+PAPER_DIR = Path(__file__).resolve().parents[1] / "paper"  # the paper's numbers; columns order the table suites
+_TABLE_NAME = re.compile(r"table\d+")
 PROFILES = ("paper", "smoke")
 ENTRY_POINT_GROUP = "sinder_bench.tasks"
 # Packages under benchmarks/ that hold shared machinery, not tasks (remedies register into core.remedy).
@@ -158,9 +163,26 @@ def _suite_file(name: str, suites_dir: Path) -> Path:
     return suites_dir / f"{name}.yaml"
 
 
+def _table_suite(name: str) -> Suite | None:
+    """Suite ``tableN``: the tasks that declare ``table = "tableN"`` (the one declaration of task to table), in
+    the order of that paper table's columns (``benchmarks/paper/tableN.yaml``); None when no task declares it."""
+    import yaml
+
+    tasks = [t for t in list_tasks() if get_task(t).table == name]
+    if not tasks or not _TABLE_NAME.fullmatch(name):
+        return None
+    paper = PAPER_DIR / f"{name}.yaml"
+    data = (yaml.safe_load(paper.read_text()) or {}) if paper.is_file() else {}
+    order = [str(c.get("task")) for c in data.get("columns") or [] if isinstance(c, dict)]
+    ranked = sorted(tasks, key=lambda t: (order.index(t) if t in order else len(order), t))
+    title = f"Table {name.removeprefix('table')}: {data.get('title', '')}".rstrip(": ")
+    return Suite(name=name, title=title, tasks=tuple(ranked), source=f"tasks declaring table {name!r}")
+
+
 def list_suites(suites_dir: str | Path | None = None) -> list[str]:
     folder = Path(suites_dir) if suites_dir else SUITES_DIR
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    tables = {get_task(t).table for t in list_tasks()}
+    return sorted({p.stem for p in folder.glob("*.yaml")} | {t for t in tables if _TABLE_NAME.fullmatch(t)})
 
 
 def get_suite(name: str, suites_dir: str | Path | None = None, _seen: tuple[str, ...] = ()) -> Suite:
@@ -170,6 +192,8 @@ def get_suite(name: str, suites_dir: str | Path | None = None, _seen: tuple[str,
     folder = Path(suites_dir) if suites_dir else SUITES_DIR
     path = _suite_file(name, folder)
     if not path.is_file():
+        if (table := _table_suite(name)) is not None:
+            return table
         if name in list_tasks():
             return Suite(name=name, title=f"single task {name}", tasks=(name,), source="task")
         raise KeyError(
