@@ -185,3 +185,33 @@ def test_one_rule_decides_whether_a_bar_shows(monkeypatch, enabled, tty, rank, s
     assert bar.disable is (not shown)  # before the loop: a finished bar reads disabled
     assert list(bar) == [0, 1, 2]
     assert ("things:" in stream.getvalue()) is shown
+
+
+def test_analyze_compare_backbone_takes_the_same_grammar(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from sinder.models.defective import defective_tiny_state_dict
+    from sinder.models.weights import load_backbone, save_state_dict
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "images" / "a.png")
+    weights = tmp_path / "other.safetensors"
+    save_state_dict(defective_tiny_state_dict(5), weights)
+    seen = []
+
+    def fake_analyze(model, images, *args, compare=None, **kwargs):
+        seen.append(compare.weights_sha256)
+        raise UsageError("stop after the setup")
+
+    monkeypatch.setattr(sinder.cli.analyze, "analyze", fake_analyze)
+    base = ["analyze", "--backbone", "dinov2_tiny_defective", "--images", str(tmp_path / "images"),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main([*base, "--compare-backbone", f"dinov2_tiny_defective:{weights}"]) == 2
+    assert main([*base, "--compare-weights", str(weights)]) == 2
+    assert main([*base, "--compare-backbone", "dinov2_tiny_defective"]) == 2  # the preset's own weights
+    expected = load_backbone("dinov2_tiny_defective", weights).weights_sha256
+    assert seen[:2] == [expected, expected] and seen[2] != expected
+    assert capsys.readouterr().err.count("error: stop after the setup\n") == 3
+    assert main([*base, "--compare-backbone", f"dinov2_tiny_defective:{weights}", "--compare-weights",
+                 str(weights)]) == 2  # fmt: skip
+    assert "already names a weights file; drop --compare-weights" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from sinder.cli.common import (
     out_parent,
     resolve_backbone,
     seed_parent,
+    split_backbone,
 )
 from sinder.defects.detect import DEFAULT_MU
 from sinder.plots.analysis import analyze, format_table
@@ -56,8 +57,9 @@ def register(subparsers) -> None:
     p.add_argument("--compare-weights", type=Path, default=None,
                    help="a second checkpoint: plot its leading singular values minus the backbone's per block "
                    "linear layer (paper Fig. 7), e.g. a repaired checkpoint against the original")
-    p.add_argument("--compare-backbone", default=None,
-                   help="architecture of --compare-weights (default: --backbone); alone, compares with that "
+    p.add_argument("--compare-backbone", default=None, metavar="SPEC",
+                   help="the second model as --backbone takes it (NAME, NAME:WEIGHTS or PATH), or the "
+                   "architecture of --compare-weights (default: --backbone); alone, compares with that "
                    "backbone's own weights")
     p.add_argument("--sv-top", type=int, default=3, help="leading singular values in the comparison (default 3)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
@@ -107,6 +109,20 @@ def _setup(args: argparse.Namespace, images: bool = True):
     return load_backbone(name, weights), paths
 
 
+def _compare_spec(args: argparse.Namespace) -> tuple[str, str | Path | None]:
+    """(name, weights) of the model to compare with: --compare-backbone in the --backbone grammar, whose
+    weights may also come from --compare-weights (not both)."""
+    if args.compare_backbone is None:
+        return args.backbone, args.compare_weights
+    name, weights = split_backbone(args.compare_backbone)
+    if not name:
+        raise UsageError(f"--compare-backbone {args.compare_backbone!r}: expected NAME, NAME:WEIGHTS or PATH")
+    if weights is not None and args.compare_weights is not None:
+        raise UsageError(f"--compare-backbone {args.compare_backbone} already names a weights file; drop "
+                         f"--compare-weights {args.compare_weights}")  # fmt: skip
+    return name, weights if weights is not None else args.compare_weights
+
+
 def run_analyze(args: argparse.Namespace) -> int:
     """The analyze verb; bad input (empty or unreadable folder, corrupt image, mismatched checkpoint) is a usage
     error: one line on stderr and exit 2 (``sinder.cli.common.run_verb``)."""
@@ -119,7 +135,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         return _run_compare(args, images)
     compare = None
     if args.compare_weights is not None or args.compare_backbone is not None:
-        compare = load_backbone(args.compare_backbone or args.backbone, args.compare_weights)
+        compare = load_backbone(*_compare_spec(args))
     record = analyze(model, images, args.out, args.n_samples, args.seed, args.method, args.mu, args.sigma,
                      not args.flag_border, args.resolution, args.cache_dir, compare=compare, sv_top=args.sv_top,
                      mask_images=args.mask_images, mask_layers=args.mask_layers, progress=args.progress)
