@@ -193,7 +193,7 @@ def train_linear_probe(
     Returns ``{"metrics": {"top1", "top5"}, "hparams": best head's config + scaled lr,
     "heads": {name: {"top1", "top5"}}}``.
     """
-    from tqdm import tqdm
+    from sinder.utils.progress import progress as progress_bar
 
     device = torch.device(device)
     configs = list(configs) if configs is not None else head_configs()
@@ -221,8 +221,7 @@ def train_linear_probe(
     state = checkpoint.resume("heads", heads, optimizer, scheduler) if checkpoint is not None else None
     if state is not None:
         step, epoch, offset = int(state["step"]), int(state["epoch"]), int(state["offset"])
-    bar = tqdm(total=iterations, initial=step, desc="linear probe", disable=not (progress and D.is_main()),
-               leave=False)  # fmt: skip
+    bar = progress_bar(total=iterations, initial=step, desc="linear probe", enabled=bool(progress))
     while step < iterations:
         local = _epoch_indices(len(train_dataset), epoch, seed)
         drop_last = len(local) >= batch_size

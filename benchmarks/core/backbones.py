@@ -84,8 +84,9 @@ def parse_backbone_spec(text: str) -> BackboneSpec:
         except ValueError as err:
             usage = get_remedy(remedy).args_help
             raise ValueError(f"--backbone {text!r}: {err}" + (f" (usage: +{remedy}:{usage})" if usage else "")) from None
-    name, _, weights = raw.partition(":")
-    name, weights = name.strip(), (weights.strip() or None)
+    from sinder.cli.common import split_backbone  # NAME[:WEIGHTS] or PATH: the grammar of every verb
+
+    name, weights = split_backbone(raw)
     if not name:
         raise ValueError(f"--backbone {text!r}: expected [LABEL=]NAME[:WEIGHTS], e.g. dinov2_vitg14 or "
                          "sinder=dinov2_vitg14:sinder.safetensors")  # fmt: skip

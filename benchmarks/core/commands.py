@@ -1,4 +1,4 @@
-"""The ``run``, ``report`` and ``compare`` verbs of ``sinder-bench`` (parse, call the library, print)."""
+"""The ``ls``, ``run``, ``report`` and ``compare`` verbs of ``sinder-bench`` (parse, call the library, print)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+from sinder.cli.common import UsageError, backbone_parent, device_parent, out_parent, seed_parent
+
 
 def register(subparsers) -> None:
+    ls = subparsers.add_parser("ls", help="list backbones, datasets, tasks and suites")
+    ls.add_argument("what", nargs="?", choices=["backbones", "datasets", "tasks", "suites"])
+    ls.set_defaults(func=_cmd_ls)
+
     run = subparsers.add_parser(
         "run",
         help="run a benchmark suite on backbones and write one record per (backbone, task)",
@@ -18,23 +24,18 @@ def register(subparsers) -> None:
         "defaults to the defective tiny backbone and its repaired twin. Exit 0 when every requested task ran or was "
         "already recorded; 1 when a task failed or was not available (after running the rest; the summary lists "
         "them); 2 when inputs are missing or invalid (one message lists every problem, before any work).",
-    )
-    run.add_argument("--suite", required=True, help="suite name (see `sinder-bench ls`) or a single task name")
-    run.add_argument(
-        "--backbone", action="append", default=None, metavar="SPEC",
-        help="[LABEL=]NAME[:WEIGHTS], repeatable; e.g. dinov2_vitg14 or sinder=dinov2_vitg14:sinder.safetensors",
+        parents=[backbone_parent(repeatable=True), out_parent(RUNS_HELP, default="results/runs"), device_parent(),
+                 seed_parent()],
     )  # fmt: skip
+    run.add_argument("--suite", required=True, help="suite name (see `sinder-bench ls`) or a single task name")
     run.add_argument("--profile", choices=("paper", "smoke"), default="paper")
     run.add_argument("--data-root", default=None, help="folder holding the datasets (default: $SINDER_BENCH_DATA)")
-    run.add_argument("--out", default="results/runs", help="run record folder (default: results/runs)")
     run.add_argument("--cache-dir", default=None, help="features, synthetic data (default: ~/.cache/sinder-bench)")
     run.add_argument(
         "--resume", action="store_true",
         help="skip runs already recorded in --out: same weights (content hash), task version, config, seed and "
         "profile; a record of the same weights under another label is reused under this one",
     )  # fmt: skip
-    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    run.add_argument("--seed", type=int, default=0)
     run.add_argument(
         "--num-workers", type=int, default=None, help="DataLoader workers (default: 0 for smoke, up to 8 for paper)"
     )
@@ -72,13 +73,12 @@ def register(subparsers) -> None:
         "release DINOv2-Register, a SINDER repair (as its checkpoint metadata says) DINOv2-SINDER. Each table "
         "also shows the effect of each remedy over its own base, with tableN_effects.png; with records of "
         "remedies (suite remedies), remedies.{md,png} set each remedy beside its base with its cost.",
-    )
+        parents=[out_parent("where tableN.{md,tex,csv} and tableN.png go (default results/tables)",
+                            default="results/tables")],
+    )  # fmt: skip
     report.add_argument("--runs", default="results/runs", help="folder of run records")
     report.add_argument("--format", choices=("md", "latex", "csv"), default="md")
     report.add_argument("--tables", default="1-7", help="e.g. 3, 1-5, 1,3,5 (default 1-7)")
-    report.add_argument(
-        "--out", default="results/tables", help="where tableN.{md,tex,csv} and tableN.png go (default results/tables)"
-    )
     report.add_argument("--no-plots", action="store_true", help="skip the PNG bar charts")
     report.set_defaults(func=_cmd_report)
 
@@ -101,6 +101,52 @@ def register(subparsers) -> None:
     compare.set_defaults(func=_cmd_compare)
 
 
+RUNS_HELP = "run record folder (default: results/runs)"
+
+
+# -------------------------------------------------------------------------------------------------- ls
+def ls_sections() -> dict[str, dict[str, str]]:
+    """What this installation knows, for ``sinder-bench ls``: each section's names with their one-line titles."""
+    from benchmarks.core.registry import get_suite, get_task, list_suites, list_tasks
+    from benchmarks.data import DATASETS
+    from sinder.models.weights import list_backbones
+
+    return {
+        "backbones": list_backbones(),
+        "datasets": {name: spec.description for name, spec in DATASETS.items()},
+        "tasks": {name: _task_line(get_task(name)) for name in list_tasks()},
+        "suites": {name: _suite_line(get_suite(name)) for name in list_suites()},
+    }
+
+
+def _task_line(task) -> str:
+    """``Table 3: ...`` title, and the paper table it fills when the title does not say it."""
+    title = getattr(task, "title", "") or ""
+    table = getattr(task, "table", "") or ""
+    if table and table.replace("table", "Table ") not in title:
+        title = f"{title} ({table})" if title else table
+    return title
+
+
+def _suite_line(suite) -> str:
+    """The suite's title and how many tasks it runs."""
+    count = f"{len(suite.tasks)} task{'s' if len(suite.tasks) != 1 else ''}"
+    return f"{suite.title} ({count})" if suite.title else count
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    sections = ls_sections()
+    wanted = [args.what] if args.what else list(sections)
+    for title in wanted:
+        print(f"{title}:")
+        entries = sections[title]
+        width = max((len(k) for k in entries), default=0)
+        for key, text in entries.items():
+            print(f"  {key:<{width}}  {text}".rstrip())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- run
 def _jobs_arg(text: str):
     from .workers import parse_jobs
 
@@ -118,19 +164,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else (1 if args.profile == "smoke" else None)
     if threads is not None:
         if threads < 1:
-            print(f"error: --threads {threads}: give 1 or more", file=sys.stderr)
-            return 2
+            raise UsageError(f"--threads {threads}: give 1 or more")
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        jobs = resolve_jobs(requested_jobs(args.jobs), args.profile, threads)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    jobs = resolve_jobs(requested_jobs(args.jobs), args.profile, threads)  # a ValueError: exit 2
     if jobs > 1 and under_torchrun():
-        print(f"error: {distributed_refusal(jobs)}", file=sys.stderr)
-        return 2
+        raise UsageError(distributed_refusal(jobs))
     workers = args.num_workers
     if workers is None:  # decoding ImageNet JPEGs in the main process would starve the GPU
         workers = 0 if args.profile == "smoke" else min(8, os.cpu_count() or 1)
@@ -141,12 +181,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             num_workers=workers, progress=not args.no_progress, head_weights=args.head_weights,
             cfg_options=args.cfg_options, jobs=jobs,
         )  # fmt: skip
-    except PreflightError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (KeyError, ValueError) as err:
-        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
+    except PreflightError as err:  # a RuntimeError: the inputs are checked before any work
+        raise UsageError(str(err)) from err
     from . import distributed as D
 
     if D.is_main():
@@ -160,22 +196,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import ReportError, build_report, parse_tables
+    from .report import build_report, parse_tables
 
-    missing = [path for path in [args.runs] if not Path(path).exists()]
-    if missing:
-        print(f"error: --runs {missing[0]}: no such folder of run records; `sinder-bench run` writes them "
-              "(default results/runs)", file=sys.stderr)  # fmt: skip
-        return 2
+    if not Path(args.runs).exists():
+        raise UsageError(f"--runs {args.runs}: no such folder of run records; `sinder-bench run` writes them "
+                         "(default results/runs)")  # fmt: skip
     started = time.time()
-    try:
-        text = build_report(
-            args.runs, fmt=args.format, tables=args.tables, out_dir=Path(args.out) if args.out else None,
-            plots=not args.no_plots,
-        )  # fmt: skip
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # A ReportError (a ValueError) reaches the CLI's main: exit 2.
+    text = build_report(
+        args.runs, fmt=args.format, tables=args.tables, out_dir=Path(args.out) if args.out else None,
+        plots=not args.no_plots,
+    )  # fmt: skip
     print(text)
     if args.out:
         numbers = parse_tables(args.tables)

@@ -106,13 +106,13 @@ def _extract_local(
     progress: bool,
     desc: str,
 ) -> dict[str, Tensor]:
-    from tqdm import tqdm
+    from sinder.utils.progress import progress as progress_bar
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     n = len(dataset)
     # Preallocated outputs: stacking a list of chunks would double the peak memory (7.9 GB for ImageNet x ViT-g).
     result: dict[str, Tensor] = {"labels": torch.empty(n, dtype=torch.long)}
-    bar = tqdm(loader, desc=desc, disable=not (progress and D.is_main()), leave=False)
+    bar = progress_bar(loader, desc=desc, enabled=bool(progress))
     row = 0
     with torch.inference_mode(), _autocast(device, amp_dtype):
         for images, labels in bar:

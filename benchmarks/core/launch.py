@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -342,6 +341,10 @@ def _parse_slurm_params(items: Sequence[str] | None) -> dict[str, str]:
 
 def register(subparsers) -> None:
     """Adds the launcher flags to ``run`` (registered before, by benchmarks.core.commands) and the ``status`` verb."""
+    from sinder.cli.common import out_parent
+
+    from .commands import RUNS_HELP
+
     run = subparsers.choices.get("run")
     if run is not None:
         group = run.add_argument_group("cluster launch (one submitit job per (backbone, task))")
@@ -363,8 +366,8 @@ def register(subparsers) -> None:
         "status", help="done / running / failed / pending for each (backbone, task) of a records folder",
         description="Read the run records in --out and the launcher's job files (<out>/launch/) and show each "
         "(backbone, task): done, running, failed (with its error) or pending.",
+        parents=[out_parent(RUNS_HELP, default="results/runs")],
     )  # fmt: skip
-    status.add_argument("--out", default="results/runs", help="run record folder (default: results/runs)")
     status.add_argument("--json", action="store_true", help="print the rows as JSON")
     status.set_defaults(func=_cmd_status)
 
@@ -377,14 +380,11 @@ def _cmd_run(args: argparse.Namespace, in_process: Callable[[argparse.Namespace]
         workers = 0 if args.profile == "smoke" else 8
     run_kwargs = {"data_root": args.data_root, "resume": args.resume, "device": args.device, "seed": args.seed,
                   "num_workers": workers, "progress": False, "cfg_options": args.cfg_options}  # fmt: skip
-    try:
-        jobs = launch(args.suite, args.backbone, launcher=args.launcher, profile=args.profile, out=args.out,
-                      cache_dir=args.cache_dir, gpus=args.gpus, timeout_min=args.timeout_min,
-                      partition=args.partition, slurm_params=_parse_slurm_params(args.slurm_param),
-                      cpus_per_task=args.cpus_per_task, run_kwargs=run_kwargs)  # fmt: skip
-    except LaunchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # A LaunchError (a ValueError: bad flag, unknown suite) reaches the CLI's main: exit 2.
+    jobs = launch(args.suite, args.backbone, launcher=args.launcher, profile=args.profile, out=args.out,
+                  cache_dir=args.cache_dir, gpus=args.gpus, timeout_min=args.timeout_min,
+                  partition=args.partition, slurm_params=_parse_slurm_params(args.slurm_param),
+                  cpus_per_task=args.cpus_per_task, run_kwargs=run_kwargs)  # fmt: skip
     if args.launcher == "slurm" and not args.wait:
         print(f"{len(jobs)} job(s) submitted; follow them with: sinder-bench status --out {args.out}")
         return 0

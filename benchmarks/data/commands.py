@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from benchmarks.data.errors import DatasetLayoutError
 from benchmarks.data.specs import DATASETS
+from sinder.cli.common import UsageError, out_parent, seed_parent
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("data", help="dataset layouts: write synthetic twins, check real folders")
     verbs = parser.add_subparsers(dest="data_verb", metavar="SUBVERB", required=True)
 
-    synth = verbs.add_parser("synth", help="write a small synthetic dataset in the real dataset's layout")
+    synth = verbs.add_parser(
+        "synth", help="write a small synthetic dataset in the real dataset's layout",
+        parents=[out_parent("output folder (with all: one subfolder per dataset)", required=True, type=Path),
+                 seed_parent()],
+    )  # fmt: skip
     synth.add_argument("--dataset", required=True, choices=[*DATASETS, "all"], help="dataset name, or all")
-    synth.add_argument(
-        "--out", required=True, type=Path, help="output folder (with all: one subfolder per dataset)"
-    )
-    synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--n-train", type=int, default=None, help="train samples (per class for imagenet)")
     synth.add_argument("--n-val", type=int, default=None, help="val/test samples (per class for imagenet)")
     synth.add_argument(
@@ -51,13 +51,8 @@ def run_synth(args: argparse.Namespace) -> int:
                 name, out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, size=args.size,
                 overwrite=args.overwrite,
             )  # fmt: skip
-        except FileExistsError:
-            print(f"error: {out} is not empty; choose an empty folder or pass --overwrite to replace it",
-                  file=sys.stderr)  # fmt: skip
-            return 2
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        except FileExistsError:  # the library's message names its keyword; the user needs the flag
+            raise UsageError(f"{out} is not empty; choose an empty folder or pass --overwrite to replace it") from None
         counts = ", ".join(f"{split} {len(samples)}" for split, samples in result.truths.items())
         seconds = time.perf_counter() - start
         print(f"{name}: {len(result.files)} files ({counts}) in {result.root} [{seconds:.2f} s]")
@@ -72,9 +67,8 @@ def run_check(args: argparse.Namespace) -> int:
         try:
             dataset = open_dataset(args.dataset, args.root, split)
             count = dataset.verify() if args.deep else len(dataset)
-        except DatasetLayoutError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        except DatasetLayoutError as err:  # the check ran and failed: exit 1, as a failed check
+            raise UsageError(str(err), exit_code=1) from err
         print(
             f"{args.dataset} {split}: {count} samples ok{' (all decoded)' if args.deep else ''} in {dataset.root}"
         )

@@ -17,12 +17,9 @@ class ProgressBarHook(Hook):
         self.bar = None
 
     def _open(self, total: int, initial: int, what: str) -> None:
-        from tqdm import tqdm
+        from sinder.utils.progress import progress
 
-        from benchmarks.core import distributed as D
-
-        self.bar = tqdm(total=total, initial=initial, desc=f"{self.desc} {what}", leave=False,
-                        disable=not (self.enabled and D.is_main()))  # fmt: skip
+        self.bar = progress(total=total, initial=initial, desc=f"{self.desc} {what}", enabled=bool(self.enabled))
 
     def _close(self) -> None:
         if self.bar is not None:

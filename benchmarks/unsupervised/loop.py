@@ -252,9 +252,9 @@ class Checkpoint(TrainingCheckpoint):
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    from sinder.utils.progress import progress
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not (enabled and D.is_main()), leave=False)
+    return progress(total=total, initial=initial, desc=desc, enabled=bool(enabled))
 
 
 def eval_shard(n_items: int) -> range:

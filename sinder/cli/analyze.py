@@ -8,6 +8,15 @@ import json
 import sys
 from pathlib import Path
 
+from sinder.cli.common import (
+    UsageError,
+    backbone_parent,
+    force_parent,
+    out_parent,
+    resolve_backbone,
+    seed_parent,
+    split_backbone,
+)
 from sinder.defects.detect import DEFAULT_MU
 from sinder.plots.analysis import analyze, format_table
 from sinder.utils.atomic import atomic_write_text
@@ -19,13 +28,12 @@ def register(subparsers) -> None:
         help="singular defect statistics and figures of a backbone on a folder of images (paper Sections 2-3)",
         description="Compute the singular defect directions of a backbone, run it on a folder of images and write "
         "the Section 2 statistics per layer (JSON) and the figures into --out.",
-    )
-    p.add_argument("--backbone", required=True, help="preset name, constructed backbone or JSON/YAML config")
-    p.add_argument("--weights", help="weights file (.safetensors or .pth); default: the preset's own")
+        parents=[backbone_parent(), out_parent("output folder (default %(default)s)", default=Path("results/analyze"),
+                                               type=Path), seed_parent()],
+    )  # fmt: skip
     p.add_argument("--images", required=True, type=Path, help="folder of images (.jpg, .png, ...; searched recursively)")
-    p.add_argument("--out", type=Path, default=Path("results/analyze"), help="output folder (default %(default)s)")
-    p.add_argument("--n-samples", type=int, default=100_000, help="least-squares samples per MLP (official: 100000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the least-squares samples")
+    p.add_argument("--n-samples", type=int, default=100_000,
+                   help="least-squares samples per MLP (official: 100000), drawn with --seed")
     p.add_argument(
         "--method", choices=("sampled", "expectation"), default="sampled",
         help="MLP linearization: sampled least squares (official) or its exact Gaussian expectation (fast)",
@@ -49,8 +57,9 @@ def register(subparsers) -> None:
     p.add_argument("--compare-weights", type=Path, default=None,
                    help="a second checkpoint: plot its leading singular values minus the backbone's per block "
                    "linear layer (paper Fig. 7), e.g. a repaired checkpoint against the original")
-    p.add_argument("--compare-backbone", default=None,
-                   help="architecture of --compare-weights (default: --backbone); alone, compares with that "
+    p.add_argument("--compare-backbone", default=None, metavar="SPEC",
+                   help="the second model as --backbone takes it (NAME, NAME:WEIGHTS or PATH), or the "
+                   "architecture of --compare-weights (default: --backbone); alone, compares with that "
                    "backbone's own weights")
     p.add_argument("--sv-top", type=int, default=3, help="leading singular values in the comparison (default 3)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
@@ -68,12 +77,9 @@ def register(subparsers) -> None:
         help="clamp the singular values of every block linear layer to gamma (paper Appendix B)",
         description="Write a copy of the backbone's weights with every block linear layer's singular values "
         "clamped to at most --gamma (singular vectors kept).",
+        parents=[backbone_parent(), out_parent("output .safetensors file", required=True, type=Path), force_parent()],
     )
-    c.add_argument("--backbone", required=True, help="preset name, constructed backbone or JSON/YAML config")
-    c.add_argument("--weights", help="weights file (.safetensors or .pth); default: the preset's own")
     c.add_argument("--gamma", type=float, required=True, help="upper bound of the singular values")
-    c.add_argument("--out", type=Path, required=True, help="output .safetensors file")
-    c.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     c.set_defaults(func=run_clamp)
 
 
@@ -87,30 +93,49 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
-def run_analyze(args: argparse.Namespace) -> int:
-    """The analyze verb; bad input (empty or unreadable folder, corrupt image, mismatched checkpoint) is one
-    line on stderr and exit 2."""
-    try:
-        return _run_analyze(args)
-    except (ValueError, FileNotFoundError, KeyError, PermissionError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-
-
-def _run_analyze(args: argparse.Namespace) -> int:
+def _setup(args: argparse.Namespace, images: bool = True):
+    """What analyze and clamp both start from: the --backbone spec resolved, the model built (on the CPU, where
+    the analysis runs) and, for analyze, the image list (--max-images of it, sorted by name)."""
     from sinder.models.weights import load_backbone
     from sinder.utils.images import list_images
 
+    name, weights = resolve_backbone(args)
+    paths = None
+    if images:  # listed first: an empty or missing folder fails before a large model is built
+        paths = list_images(args.images)
+        paths = paths[: args.max_images] if args.max_images else paths
+    if images and args.compare:  # the census loads its two checkpoints itself
+        return None, paths
+    return load_backbone(name, weights), paths
+
+
+def _compare_spec(args: argparse.Namespace) -> tuple[str, str | Path | None]:
+    """(name, weights) of the model to compare with: --compare-backbone in the --backbone grammar, whose
+    weights may also come from --compare-weights (not both)."""
+    if args.compare_backbone is None:
+        return args.backbone, args.compare_weights
+    name, weights = split_backbone(args.compare_backbone)
+    if not name:
+        raise UsageError(f"--compare-backbone {args.compare_backbone!r}: expected NAME, NAME:WEIGHTS or PATH")
+    if weights is not None and args.compare_weights is not None:
+        raise UsageError(f"--compare-backbone {args.compare_backbone} already names a weights file; drop "
+                         f"--compare-weights {args.compare_weights}")  # fmt: skip
+    return name, weights if weights is not None else args.compare_weights
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """The analyze verb; bad input (empty or unreadable folder, corrupt image, mismatched checkpoint) is a usage
+    error: one line on stderr and exit 2 (``sinder.cli.common.run_verb``)."""
+    from sinder.models.weights import load_backbone
+
     if args.sv_top < 1:
-        raise ValueError(f"--sv-top {args.sv_top} must be >= 1")
-    images = list_images(args.images)[: args.max_images] if args.max_images else list_images(args.images)
+        raise UsageError(f"--sv-top {args.sv_top} must be >= 1")
+    model, images = _setup(args)
     if args.compare:
         return _run_compare(args, images)
-    model = load_backbone(args.backbone, args.weights)
     compare = None
     if args.compare_weights is not None or args.compare_backbone is not None:
-        compare = load_backbone(args.compare_backbone or args.backbone, args.compare_weights)
+        compare = load_backbone(*_compare_spec(args))
     record = analyze(model, images, args.out, args.n_samples, args.seed, args.method, args.mu, args.sigma,
                      not args.flag_border, args.resolution, args.cache_dir, compare=compare, sv_top=args.sv_top,
                      mask_images=args.mask_images, mask_layers=args.mask_layers, progress=args.progress)
@@ -141,16 +166,14 @@ def _run_compare(args: argparse.Namespace, images) -> int:
 
 # --------------------------------------------------------------------------------------------- clamp
 def run_clamp(args: argparse.Namespace) -> int:
-    from sinder.models.weights import load_backbone, save_state_dict
+    from sinder.models.weights import save_state_dict
     from sinder.remedies.clamp import clamp_singular_values
 
     if args.out.exists() and not args.force:
-        print(f"error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
     if args.out.suffix.lower() != ".safetensors":
-        print(f"error: --out {args.out} must end in .safetensors", file=sys.stderr)
-        return 2
-    model = load_backbone(args.backbone, args.weights)
+        raise UsageError(f"--out {args.out} must end in .safetensors")
+    model, _ = _setup(args, images=False)
     state, report = clamp_singular_values(model, args.gamma)
     meta = {"clamp_gamma": str(args.gamma), "source_sha256": str(getattr(model, "weights_sha256", ""))}
     sha = save_state_dict(state, args.out, force=args.force, metadata=meta)

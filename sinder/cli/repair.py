@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from sinder.cli.common import backbone_parent, device_parent, force_parent, out_parent, resolve_backbone
+
 
 def build_config(args):
     """(config, which defaults applied): the backbone's preset defaults (official ones for the real presets),
@@ -36,18 +38,17 @@ def run(args) -> int:
     from sinder.repair.job import repair_checkpoint
     from sinder.repair.step import NonFiniteLossError
 
+    # Bad input (a missing folder, an existing --out, a bad config value) raises through to the CLI: exit 2.
+    name, weights = resolve_backbone(args)
+    config, defaults = build_config(args)
     try:
-        config, defaults = build_config(args)
-        report = repair_checkpoint(args.backbone, args.images, args.out, config=config, weights=args.weights,
+        report = repair_checkpoint(name, args.images, args.out, config=config, weights=weights,
                                    work_dir=args.work_dir, resume=args.resume, force=args.force,
                                    device=args.device, progress=not args.no_progress,
                                    save_format=args.save_format, defaults=defaults)
     except NonFiniteLossError as err:
         print(f"repair stopped: {err}")
         return 3
-    except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     summary = {k: report[k] for k in ("output", "iterations", "iterations_with_loss", "stop_reason",
                                       "high_norm_last_block", "high_norm_removed_fraction_last_block",
                                       "eq5_defects_removed_fraction", "images_made_worse", "wall_time_s")}
@@ -67,13 +68,10 @@ def register(subparsers) -> None:
         "repair", help="repair singular defects (SINDER, Algorithm 1)",
         description="Fine-tune the singular values of a DINOv2-style backbone with SINDER's smoothness loss "
         "(Algorithm 1; the official code's defaults) and write the repaired checkpoint, a report and Figure 7.",
+        parents=[backbone_parent(), out_parent("repaired checkpoint (.safetensors or .pth)", required=True),
+                 force_parent(), device_parent()],
     )  # fmt: skip
-    parser.add_argument("--backbone", required=True,
-                        help="preset, constructed backbone, config file, or a checkpoint (Hugging Face folder, "
-                             "official or timm weights file)")
-    parser.add_argument("--weights", help="weights file (default: the official file in the torch hub cache)")
     parser.add_argument("--images", required=True, help="folder of training images (e.g. ImageNet train)")
-    parser.add_argument("--out", required=True, help="repaired checkpoint (.safetensors or .pth)")
     parser.add_argument("--save-format", choices=("official", "source"), default="official",
                         help="keys of --out: official DINOv2 (default) or the format the backbone came in "
                              "(a Hugging Face folder, timm keys)")
@@ -87,8 +85,6 @@ def register(subparsers) -> None:
                              "(values typed as YAML; applied last; an unknown field or a bad value exits 2)")
     parser.add_argument("--work-dir", help="checkpoints and JSONL log (default: <out>.work)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="exit 4 when any held-out image has more high-norm tokens after the repair than before")

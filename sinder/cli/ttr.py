@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from sinder.cli.common import (
+    UsageError,
+    backbone_parent,
+    device_parent,
+    force_parent,
+    out_parent,
+    resolve_backbone,
+)
 from sinder.defects.detect import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
 
 
@@ -18,11 +25,10 @@ def register(subparsers) -> None:
         description="Outlier tokens are the patch tokens whose norm at the detection block is extreme; every MLP "
         "hidden unit of blocks 0..--highest-block is scored by its mean absolute activation there, averaged over "
         "images; the --top-k units are written to --out (JSON, with the backbone's weights hash and every setting).",
+        parents=[backbone_parent(), out_parent("neuron file to write (.json)", required=True, type=Path),
+                 force_parent(), device_parent()],
     )
-    fit.add_argument("--backbone", required=True, help="preset name, constructed backbone or JSON/YAML config")
-    fit.add_argument("--weights", help="weights file (.safetensors or .pth); default: the preset's own")
     fit.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
-    fit.add_argument("--out", required=True, type=Path, help="neuron file to write (.json)")
     fit.add_argument("--max-images", type=int, default=300,
                      help="use about this many images, spread over the folder (default %(default)s)")
     fit.add_argument("--resolution", type=int, default=518,
@@ -40,8 +46,6 @@ def register(subparsers) -> None:
     fit.add_argument("--min-ratio", type=float, default=HIGH_NORM_MIN_RATIO,
                      help="robust rule: minimum norm / median (default %(default)s)")
     fit.add_argument("--batch-size", type=int, default=8)
-    fit.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    fit.add_argument("--force", action="store_true", help="overwrite an existing --out")
     fit.set_defaults(func=run_fit)
 
 
@@ -61,30 +65,25 @@ def run_fit(args: argparse.Namespace) -> int:
     from sinder.utils.device import default_device
     from sinder.utils.images import list_images, stride_subset
 
-    def fail(message: str) -> int:
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-
     if args.out.exists() and not args.force:
-        return fail(f"{args.out} exists; pass --force to overwrite it")
+        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
     if args.out.suffix.lower() != ".json":
-        return fail(f"--out {args.out} must end in .json")
+        raise UsageError(f"--out {args.out} must end in .json")
     for name in ("max_images", "batch_size", "top_k"):
         if getattr(args, name) < 1:
-            return fail(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+    backbone, weights = resolve_backbone(args)
     device = default_device(args.device)
-    try:
-        paths = stride_subset(list_images(args.images), args.max_images)
-        model = load_backbone(args.backbone, args.weights, device=device)
-        if args.resolution % model.patch_size:
-            return fail(f"--resolution {args.resolution} is not a multiple of the patch size {model.patch_size}")
-        neurons = fit_register_neurons(
-            model, _batches(paths, args.resolution, model.patch_size, args.batch_size, device),
-            detection_block=args.detection_block, highest_block=args.highest_block, top_k=args.top_k,
-            threshold=args.threshold, mu=args.mu, min_ratio=args.min_ratio,
-        )
-    except (FileNotFoundError, ValueError) as err:
-        return fail(str(err))
+    # A missing folder or a bad value (FileNotFoundError, ValueError) raises through to the CLI: exit 2.
+    paths = stride_subset(list_images(args.images), args.max_images)
+    model = load_backbone(backbone, weights, device=device)
+    if args.resolution % model.patch_size:
+        raise UsageError(f"--resolution {args.resolution} is not a multiple of the patch size {model.patch_size}")
+    neurons = fit_register_neurons(
+        model, _batches(paths, args.resolution, model.patch_size, args.batch_size, device),
+        detection_block=args.detection_block, highest_block=args.highest_block, top_k=args.top_k,
+        threshold=args.threshold, mu=args.mu, min_ratio=args.min_ratio,
+    )
     neurons.settings.update({"resolution": args.resolution, "images": str(args.images),
                              "max_images": args.max_images})
     save_neurons(neurons, args.out)

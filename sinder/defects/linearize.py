@@ -340,10 +340,9 @@ def compute_directions(
     vecs = {k: [] for k in kinds}
     sig = {k: [] for k in kinds}
     g, log_scale = eye.clone(), 0.0
-    from tqdm import tqdm
+    from sinder.utils.progress import progress as progress_bar
 
-    bar = tqdm(blocks, disable=None if progress is None else not progress, leave=False,
-               desc="defect directions", unit="block")
+    bar = progress_bar(blocks, enabled=progress, desc="defect directions", unit="block")
     for i, bw in enumerate(bar):
         bw = bw.to(device)
         a = attention_linear(bw)

@@ -19,10 +19,10 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def _bar(iterable=None, progress: bool | None = None, **kwargs):
-    """A tqdm bar on stderr; ``progress=None`` shows it only on a terminal (no bar noise in logs)."""
-    from tqdm import tqdm
+    """A tqdm bar on stderr; ``progress=None`` shows it only on a terminal (``sinder.utils.progress``)."""
+    from sinder.utils.progress import progress as bar
 
-    return tqdm(iterable, disable=None if progress is None else not progress, leave=False, **kwargs)
+    return bar(iterable, enabled=progress, **kwargs)
 
 
 def directions_with_progress(model, n_samples=100_000, seed=0, method="sampled", cache_dir=None, progress=None):

@@ -204,16 +204,14 @@ def singular_value_differences(
 
     ``progress``: a tqdm bar over the layers (None: only on a terminal); ViT-g has 160 SVDs to do.
     """
-    from tqdm import tqdm
-
     from sinder.models.weights import normalize_keys
     from sinder.remedies.clamp import is_block_linear
+    from sinder.utils.progress import progress as bar
 
     old, new = normalize_keys(old_state), normalize_keys(new_state)
     per_name: dict[str, dict[int, np.ndarray]] = {}
     keys = [key for key, tensor in old.items() if is_block_linear(key, tensor)]
-    disable = None if progress is None else not progress
-    for key in tqdm(keys, desc="singular values", unit="layer", disable=disable, leave=False):
+    for key in bar(keys, enabled=progress, desc="singular values", unit="layer"):
         tensor = old[key]
         if key not in new:
             raise KeyError(f"{key} is in the old state dict but not in the new one")

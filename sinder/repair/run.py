@@ -226,7 +226,7 @@ class RepairRun:
             return None
 
     def run(self, resume: bool = False) -> RepairResult:
-        from tqdm import tqdm
+        from sinder.utils.progress import progress
 
         cfg = self.config
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -246,8 +246,8 @@ class RepairRun:
         started = self._segment_started = time.time()
         self.segments.append({"start_iteration": self.iteration, "lr": cfg.lr})
         stop_reason = "max_iters"
-        bar = tqdm(total=cfg.max_iters, initial=self.iteration, disable=not self.progress, desc="sinder repair",
-                   unit="img", dynamic_ncols=True)
+        bar = progress(total=cfg.max_iters, initial=self.iteration, enabled=bool(self.progress), leave=True,
+                       desc="sinder repair", unit="img", dynamic_ncols=True)
         with open(self.log_path, "a") as log:
             while self.iteration < cfg.max_iters:
                 if self.clear_fraction() >= cfg.stop_fraction:
