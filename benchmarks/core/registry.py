@@ -30,7 +30,7 @@ _TABLE_NAME = re.compile(r"table\d+")
 PROFILES = ("paper", "smoke")
 ENTRY_POINT_GROUP = "sinder_bench.tasks"
 # Packages under benchmarks/ that hold shared machinery, not tasks (remedies register into core.remedy).
-_NOT_TASK_PACKAGES = {"core", "data", "perf", "commands", "remedies"}
+_NOT_TASK_PACKAGES = {"core", "data", "perf", "remedies"}
 
 
 @dataclass(frozen=True)
