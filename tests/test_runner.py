@@ -65,6 +65,18 @@ def test_smoke_table3_end_to_end(baseline):
     assert len(summary["ran"]) == 2 and not summary["failed"]
 
 
+def test_the_run_log_file_holds_every_line_the_console_showed(tmp_path, cache, capsys):
+    # logging, not print: the console lines and the run's own log file (<out>/logs/<run id>.log) are one stream
+    out = tmp_path / "runs"
+    assert _run(out, cache) == 0
+    console = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    logs = list((out / "logs").glob("*.log"))
+    assert len(logs) == 1 and logs[0].stem == json.loads(next((out / "summaries").glob("*.json")).read_text())["run_id"]
+    logged = [line.split(": ", 1)[1] for line in logs[0].read_text().splitlines() if ": " in line]
+    shown = [line for line in console if any(task in line for task in ("imagenet_knn", "imagenet_linear"))]
+    assert shown and all(line in logged for line in shown), (shown, logged)
+
+
 def test_resume_does_no_work(baseline, cache, monkeypatch):
     before = sorted(p.name for p in baseline.rglob("*.json"))
     counter = _Counter(monkeypatch)

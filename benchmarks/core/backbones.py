@@ -13,6 +13,7 @@ The label only displays: runs are identified by the weights' content hash and ro
 from __future__ import annotations
 
 import copy
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 
 SMOKE_BACKBONE = "dinov2_tiny_defective"
 REPAIRED_SUFFIX = "_sinder"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def smoke_specs() -> list[BackboneSpec]:
     return [parse_backbone_spec(SMOKE_BACKBONE)]
 
 
-def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None] = print) -> BackboneSpec:
+def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None] | None = None) -> BackboneSpec:
     """A spec for the repaired twin of ``spec``, its weights written once into ``cache_dir/backbones``.
 
     The repair is cached by the base weights' sha256 so a resumed run needs no repair to know the twin's sha.
@@ -196,6 +198,8 @@ def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None
     from sinder.repair.smoke import repair_for_smoke
 
     from .remedy import REPAIR_SECONDS_KEY
+
+    log = log or logger.info
 
     base = load(spec)
     # Keyed by the base's content hash only: the label is a display name.
@@ -223,9 +227,10 @@ def _smoke_repair_config(asdict) -> dict:
 
 
 def smoke_remedies(spec: BackboneSpec, names, cache_dir: Path, seed: int = 0,
-                   log: Callable[[str], None] = print) -> list[BackboneSpec]:  # fmt: skip
+                   log: Callable[[str], None] | None = None) -> list[BackboneSpec]:  # fmt: skip
     """Specs of ``spec`` with each remedy in ``names`` (suite key ``smoke_remedies``), each remedy's smoke
     arguments made once and cached by the base's content hash (:meth:`Remedy.smoke_args`)."""
+    log = log or logger.info
     from .remedy import get_remedy
 
     out = []

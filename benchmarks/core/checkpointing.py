@@ -16,6 +16,7 @@ so a task that dies after training (in evaluation) does not train again.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ FORMAT = 1  # bump when the layout of saved states changes: older files are then
 INTERVAL_KEYS = ("checkpoint_every", "checkpoint_every_s")
 DEFAULT_EVERY_S = 300.0
 
+
+logger = logging.getLogger(__name__)
+  # the default line printer (`say`/`log`): the CLI shows INFO on stdout
 
 def task_work_dir(ctx) -> Path | None:
     """The folder a task keeps its training state in (None: no checkpoints). The one place that says where."""
@@ -123,7 +127,7 @@ class TrainingCheckpoint:
     is None). Rank 0 writes; every rank reads (the folder must be shared, as the cache is)."""
 
     def __init__(self, folder: str | Path | None, name: str, fingerprint: str, *, every: int | None = None,
-                 every_s: float | None = None, log: Callable[[str], None] = print):  # fmt: skip
+                 every_s: float | None = None, log: Callable[[str], None] = logger.info):  # fmt: skip
         self.path = Path(folder) / f"{name}.pt" if folder is not None else None
         self.fingerprint = fingerprint
         if every is not None and int(every) < 1:

@@ -7,6 +7,7 @@ imports neither of them (they import it), so the two never import each other.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 import traceback
@@ -27,6 +28,8 @@ from .progress import SuiteProgress, format_duration, headline
 from .registry import Task
 from .results import ResultStore, device_info, make_record, utc_now
 
+logger = logging.getLogger(__name__)
+  # the default line printer (`say`/`log`): the CLI shows INFO on stdout
 
 @dataclass
 class TaskContext:
@@ -46,7 +49,7 @@ class TaskContext:
     work_dir: Path | None = None  # scratch space of this task (checkpoints of long trainings)
     backbone_role: dict[str, Any] = field(default_factory=dict)  # sinder.models.weights.weights_role of the backbone
     run_key: str = ""  # RunIdentity.key of this (backbone, task) run
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = logger.info
     head_weights: Path | None = None  # folder of released heads to evaluate instead of training (--head-weights)
     backbone_name: str = ""  # the architecture name of the backbone spec (e.g. dinov2_vitg14)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 import zlib
@@ -41,6 +42,9 @@ MANIFEST = "jobs.jsonl"
 # Time limit of a job when neither --timeout-min nor the task's config (``launch: {timeout_min: ...}``) sets one.
 DEFAULT_TIMEOUT_MIN = {"smoke": 30, "paper": 24 * 60}
 
+
+logger = logging.getLogger(__name__)
+  # the default line printer (`say`/`log`): the CLI shows INFO on stdout
 
 class LaunchError(ValueError):
     """A launch cannot start (bad flag, unknown suite); the message names the input and the fix."""
@@ -88,7 +92,7 @@ def _backbone_specs(backbones: Sequence[str] | None, profile: str, cache_dir: Pa
 
 def plan_jobs(suite: str, backbones: Sequence[str] | None, *, profile: str, cache_dir: Path,
               gpus: int | None = None, timeout_min: int | None = None,
-              say: Callable[[str], None] = print) -> tuple[list[JobSpec], dict[str, str]]:  # fmt: skip
+              say: Callable[[str], None] = logger.info) -> tuple[list[JobSpec], dict[str, str]]:  # fmt: skip
     """The jobs of a launch and the tasks left out (name -> why). GPUs and time limit: the flag when given,
     else the task config's ``launch`` entry, else 1 GPU and :data:`DEFAULT_TIMEOUT_MIN`."""
     registered = set(list_tasks())
@@ -219,7 +223,7 @@ def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profil
            out: str | Path = "results/runs", cache_dir: str | Path | None = None, gpus: int | None = None,
            timeout_min: int | None = None, partition: str | None = None,
            slurm_params: dict[str, str] | None = None, cpus_per_task: int | None = None,
-           run_kwargs: dict[str, Any] | None = None, say: Callable[[str], None] = print) -> list:  # fmt: skip
+           run_kwargs: dict[str, Any] | None = None, say: Callable[[str], None] = logger.info) -> list:  # fmt: skip
     """Submit one job per (backbone, task) of ``suite``; returns the submitit jobs (in plan order).
 
     ``run_kwargs`` go to ``run_suite`` in every job (data_root, resume, device, seed, num_workers, progress).

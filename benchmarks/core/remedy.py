@@ -17,6 +17,7 @@ the preflight), and loads the evaluated model; core code asks it what else it ne
 
 from __future__ import annotations
 
+import logging
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,9 @@ _NOT_REMEDY_MODULES = {"base"}  # the re-export of this interface
 _REMEDIES: dict[str, Remedy] = {}
 _IMPORT_ERRORS: dict[str, str] = {}
 
+
+logger = logging.getLogger(__name__)
+  # the default line printer (`say`/`log`): the CLI shows INFO on stdout
 
 class Remedy:
     """Base class: set ``name``, ``title``, ``args_help``; implement ``parse_args``, ``problem`` and ``load``."""
@@ -56,7 +60,7 @@ class Remedy:
     def load(self, base, params: dict[str, Any], device="cpu"):
         raise NotImplementedError
 
-    def smoke_args(self, base, cache_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> str:
+    def smoke_args(self, base, cache_dir: Path, seed: int = 0, log: Callable[[str], None] = logger.info) -> str:
         """The ARGS of this remedy's variant of ``base`` in the smoke profile (suite key ``smoke_remedies``),
         making what they need once, cached under ``cache_dir`` by the base's content hash."""
         raise ValueError(f"remedy {self.name} has no smoke variant; remedies with one: "

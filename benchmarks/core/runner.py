@@ -16,7 +16,9 @@ the run goes on; the exit code says that something failed or was not available.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +31,7 @@ import torch
 
 from sinder.utils.atomic import atomic_write_text, remove_stale_temps, temp_prefix
 from sinder.utils.device import default_device
+from sinder.utils.log import ensure_console, log_to_file
 
 from . import backbones as B
 from . import distributed as D
@@ -37,6 +40,8 @@ from .job import AUTOCAST, Job, RunSummary, TaskContext, autocast_dtype, run_dev
 from .progress import SuiteProgress, expected_durations
 from .registry import PROFILES, Task, get_suite, get_task, import_errors, list_tasks
 from .results import ResultStore, utc_now
+
+logger = logging.getLogger(__name__)
 
 _Job = Job  # moved to job.py (the runner and the workers both import it); importable from here as before
 __all__ = ["AUTOCAST", "CACHE_ENV", "DATA_ENV", "Job", "PreflightError", "RunSummary", "TaskContext",
@@ -237,7 +242,9 @@ def run_suite(
         raise ValueError(f"jobs={jobs}: give 1 or more")
     if jobs > 1 and models:
         raise ValueError("run_suite(models=...) runs the given modules in this process: use jobs=1")
-    say = log or (lambda msg: print(msg, flush=True) if D.is_main() else None)
+    if log is None:
+        ensure_console()  # a script that set up no logging still sees the run's lines, as the CLI does
+    say = log or (lambda msg: logger.info(msg) if D.is_main() else None)
     device_t = torch.device(default_device(device))
     D.init_from_env(device_t)
     if jobs > 1 and D.is_distributed():
@@ -298,7 +305,9 @@ def run_suite(
     problems += data_problems
     if problems:
         _preflight_failed(suite, profile, problems)
-    with scratch_dir(cache / "tmp", f"{run_id}-r{D.rank()}"):  # temp files of this run; a killed run's are removed
+    # every line of the run (workers' included: they come back through ``say``) also goes to <out>/logs/<run>.log
+    run_log = log_to_file(Path(out).expanduser() / "logs" / f"{run_id}.log") if D.is_main() else contextlib.nullcontext()
+    with run_log, scratch_dir(cache / "tmp", f"{run_id}-r{D.rank()}"):  # temp files of this run; a killed run's are removed
         if profile == "smoke" and not backbones and not models and specs:
             twin = B.repaired_twin(specs[0], cache, say) if D.is_main() else None
             D.barrier()

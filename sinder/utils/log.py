@@ -61,6 +61,17 @@ def configure(level: int = logging.INFO) -> None:
         logger.setLevel(level)
 
 
+def ensure_console(level: int = logging.INFO) -> None:
+    """:func:`configure` unless logging is already set up (handlers on our loggers or on the root logger): library
+    calls such as ``run_suite`` print their lines by default and leave a caller's own logging alone."""
+    if logging.getLogger().handlers or any(
+        getattr(h, "_sinder_console", False) or not isinstance(h, logging.FileHandler)
+        for name in PACKAGES for h in logging.getLogger(name).handlers
+    ):
+        return
+    configure(level)
+
+
 @contextlib.contextmanager
 def log_to_file(path: str | Path, level: int = logging.DEBUG) -> Iterator[logging.Handler]:
     """Also write every ``sinder``/``benchmarks`` record to ``path`` (appended, time-stamped) inside the block."""
