@@ -14,7 +14,6 @@ first, in order, without duplicates).
 
 from __future__ import annotations
 
-import pkgutil
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .registry_helper import Registry, import_module_quietly
+from .registry_helper import Registry, import_discovered, modules_in
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 PAPER_DIR = Path(__file__).resolve().parents[1] / "paper"  # the paper's numbers; columns order the table suites
@@ -101,17 +100,9 @@ _IMPORT_ERRORS: dict[str, str] = {}
 
 def _discover_tasks() -> None:
     # the task packages are found on disk: core never imports a task package except through discovery
-    for info in pkgutil.iter_modules([str(Path(__file__).resolve().parents[1])]):
-        if info.ispkg and info.name not in _NOT_TASK_PACKAGES:
-            for leaf in ("task", "tasks"):
-                import_module_quietly(f"benchmarks.{info.name}.{leaf}", _IMPORT_ERRORS)
-    try:
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            import_module_quietly(ep.module, _IMPORT_ERRORS)
-    except Exception as err:  # broken metadata of an unrelated package
-        _IMPORT_ERRORS[ENTRY_POINT_GROUP] = f"{type(err).__name__}: {err}"
+    folder = Path(__file__).resolve().parents[1]
+    tasks = modules_in(folder, "benchmarks", packages=True, skip=_NOT_TASK_PACKAGES, leaves=("task", "tasks"))
+    import_discovered(tasks, ENTRY_POINT_GROUP, _IMPORT_ERRORS)
 
 
 def _failed_modules_hint() -> str:

@@ -9,7 +9,9 @@ before the first look-up. ``import_module_quietly`` is the discovery step shared
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -103,3 +105,28 @@ def import_module_quietly(module: str, errors: dict[str, str]) -> None:
         errors[module] = f"{type(err).__name__}: {err}"
     except Exception as err:
         errors[module] = f"{type(err).__name__}: {err}"
+
+
+def modules_in(folder: str | Path, package: str, *, packages: bool, skip: Iterable[str] = (),
+               leaves: Iterable[str] = ()) -> list[str]:  # fmt: skip
+    """Dotted names of the modules (``packages=False``) or of ``package.<sub>.<leaf>`` for each sub-package
+    (``packages=True``) in ``folder``, read from the file system (no import of the package itself)."""
+    skip, leaves = set(skip), tuple(leaves)
+    found = [info for info in pkgutil.iter_modules([str(folder)]) if info.ispkg == packages and info.name not in skip]
+    if packages:
+        return [f"{package}.{info.name}.{leaf}" for info in found for leaf in leaves]
+    return [f"{package}.{info.name}" for info in found]
+
+
+def import_discovered(modules: Iterable[str], entry_point_group: str, errors: dict[str, str]) -> None:
+    """Discovery shared by every registry: import each of ``modules`` quietly, then the modules that installed
+    packages declare in the entry-point group ``entry_point_group``."""
+    for module in modules:
+        import_module_quietly(module, errors)
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=entry_point_group):
+            import_module_quietly(ep.module, errors)
+    except Exception as err:  # broken metadata of an unrelated package
+        errors[entry_point_group] = f"{type(err).__name__}: {err}"

@@ -18,14 +18,13 @@ the preflight), and loads the evaluated model; core code asks it what else it ne
 from __future__ import annotations
 
 import logging
-import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sinder.models.roles import Role
 
-from .registry_helper import Registry, import_module_quietly
+from .registry_helper import Registry, import_discovered, modules_in
 
 REMEDY_PACKAGE = "benchmarks.remedies"  # one module per remedy
 ENTRY_POINT_GROUP = "sinder_bench.remedies"
@@ -68,19 +67,9 @@ class Remedy:
 
 
 def _discover_remedies() -> None:
-    import importlib
-
-    package = importlib.import_module(REMEDY_PACKAGE)
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.ispkg and info.name not in _NOT_REMEDY_MODULES:
-            import_module_quietly(f"{REMEDY_PACKAGE}.{info.name}", _IMPORT_ERRORS)
-    try:
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            import_module_quietly(ep.module, _IMPORT_ERRORS)
-    except Exception as err:  # broken metadata of an unrelated package
-        _IMPORT_ERRORS[ENTRY_POINT_GROUP] = f"{type(err).__name__}: {err}"
+    folder = Path(__file__).resolve().parents[1] / REMEDY_PACKAGE.rpartition(".")[2]
+    remedies = modules_in(folder, REMEDY_PACKAGE, packages=False, skip=_NOT_REMEDY_MODULES)
+    import_discovered(remedies, ENTRY_POINT_GROUP, _IMPORT_ERRORS)
 
 
 def _failed_modules_hint() -> str:
