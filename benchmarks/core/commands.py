@@ -112,6 +112,7 @@ def _jobs_arg(text: str):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import PreflightError, format_summary, run_suite
+    from .task_config import default_loader_workers
     from .workers import distributed_refusal, requested_jobs, resolve_jobs, under_torchrun
 
     started = time.monotonic()
@@ -132,8 +133,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {distributed_refusal(jobs)}", file=sys.stderr)
         return 2
     workers = args.num_workers
-    if workers is None:  # decoding ImageNet JPEGs in the main process would starve the GPU
-        workers = 0 if args.profile == "smoke" else min(8, os.cpu_count() or 1)
+    if workers is None:
+        workers = default_loader_workers(args.profile, os.cpu_count())
     try:
         summary = run_suite(
             args.suite, args.backbone, profile=args.profile, data_root=args.data_root, out=args.out,

@@ -25,6 +25,17 @@ __all__ = ["CfgOptionsAction", "apply_overrides", "load_task_config", "parse_cfg
 PROFILE_DIR = "profiles"
 # Keys any task may add: read by benchmarks.core.checkpointing for every task that checkpoints.
 OPTIONAL_KEYS = ("checkpoint_every", "checkpoint_every_s")
+# DataLoader workers under the paper profile: decoding ImageNet JPEGs in the main process would starve the GPU
+MAX_LOADER_WORKERS = 8
+
+
+def default_loader_workers(profile: str, cpus: int | None) -> int:
+    """The DataLoader workers of a run without ``--num-workers``: none under ``smoke`` (tiny synthetic images,
+    where starting workers costs more than it saves), else ``MAX_LOADER_WORKERS`` capped at ``cpus``, the CPUs of
+    the machine the loaders run on (None where the launcher cannot know them, e.g. a cluster job's)."""
+    if profile == "smoke":
+        return 0
+    return MAX_LOADER_WORKERS if cpus is None else max(1, min(MAX_LOADER_WORKERS, cpus))
 
 
 def profile_file(task_dir: str | Path, name: str, profile: str) -> Path:

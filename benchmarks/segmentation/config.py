@@ -39,9 +39,19 @@ def load_config(dataset: str, setting: str):
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(config_path(dataset, setting)))
+    data = cfg.to_dict()
+    data["model"]["data_preprocessor"].update(pixel_mean_std())
     # fromfile drops format_python_code=False for a plain (non-lazy) config file in mmengine 0.10: rebuild.
-    return Config(cfg.to_dict(), cfg_text=cfg.text, filename=cfg.filename, env_variables=cfg.env_variables,
+    return Config(data, cfg_text=cfg.text, filename=cfg.filename, env_variables=cfg.env_variables,
                   format_python_code=False)  # fmt: skip
+
+
+def pixel_mean_std() -> dict[str, list[float]]:
+    """mmseg's ``SegDataPreProcessor`` mean/std: sinder.utils.images' on 0-255 pixels (rounded to the 3 decimals
+    of mmseg's own configs, 123.675 rather than 0.485 * 255 = 123.67499...)."""
+    from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
+
+    return {"mean": [round(255 * m, 3) for m in IMAGENET_MEAN], "std": [round(255 * s, 3) for s in IMAGENET_STD]}
 
 
 def _scaled(value: Sequence[int], factor: float) -> tuple[int, ...]:
