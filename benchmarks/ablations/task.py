@@ -186,8 +186,10 @@ class _AblationTask(Task):
                 extra = (ctx.config.get("evaluation_overrides") or {}).get(task_name)
                 if extra:
                     sub_config["overrides"] = {**(sub_config.get("overrides") or {}), **extra}
+                # the row in the label: each row's training gets its own --tensorboard folder
                 sub_ctx = dataclasses.replace(ctx, config=sub_config, weights_sha256=sha,
-                                              work_dir=ctx.work_dir / f"{task_name}-{row}")
+                                              work_dir=ctx.work_dir / f"{task_name}-{row}",
+                                              backbone_label=f"{getattr(ctx, 'backbone_label', '')}-{row}")
                 if (sha, task_name) in evaluated:
                     same_weights[row], result = evaluated[(sha, task_name)]
                 else:

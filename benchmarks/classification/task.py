@@ -24,6 +24,7 @@ from benchmarks.core.features import (
     extract_features,
 )
 from benchmarks.core.registry import Metric, Task, register_task
+from benchmarks.core.scalars import scalar_writer
 
 _TOP = (
     Metric("top1", True, "top-1 accuracy (%) of the best setting"),
@@ -101,12 +102,13 @@ class ImageNetLinear(_ImageNetTask):
         batch = per_rank_batch(cfg["batch_size"], ctx.world_size)  # the protocol's batch is global
         checkpoint = TrainingCheckpoint.for_task(ctx, "linear_probe", fingerprint(
             cfg, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train), len(train.classes)))  # fmt: skip
-        result = train_linear_probe(
-            backbone, train, val, num_classes=len(train.classes), iterations=cfg["iterations"], batch_size=batch,
-            configs=head_configs(cfg["n_last_blocks"], cfg["avgpool"], cfg["lrs"]), device=ctx.device,
-            seed=ctx.seed, num_workers=ctx.num_workers, eval_batch_size=cfg["eval_batch_size"],
-            amp_dtype=ctx.amp_dtype, progress=ctx.progress, checkpoint=checkpoint,
-        )  # fmt: skip
+        with scalar_writer(ctx, self.name) as scalars:
+            result = train_linear_probe(
+                backbone, train, val, num_classes=len(train.classes), iterations=cfg["iterations"],
+                batch_size=batch, configs=head_configs(cfg["n_last_blocks"], cfg["avgpool"], cfg["lrs"]),
+                device=ctx.device, seed=ctx.seed, num_workers=ctx.num_workers, eval_batch_size=cfg["eval_batch_size"],
+                amp_dtype=ctx.amp_dtype, progress=ctx.progress, checkpoint=checkpoint, scalars=scalars,
+            )  # fmt: skip
         heads = result.pop("heads")
         result["hparams"]["n_heads"] = len(heads)
         result["details"] = {"heads": heads}  # every head's accuracy, kept in the run record

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .scalars import TensorboardAction
+
 
 def register(subparsers) -> None:
     run = subparsers.add_parser(
@@ -38,6 +40,9 @@ def register(subparsers) -> None:
     run.add_argument(
         "--num-workers", type=int, default=None, help="DataLoader workers (default: 0 for smoke, up to 8 for paper)"
     )
+    run.add_argument("--tensorboard", metavar="DIR", action=TensorboardAction, default=None,
+                     help="write the loss and lr of the linear probe, depth and mmseg trainings as TensorBoard "
+                     "scalars under DIR/<task>/<backbone>-<run key> (default: off)")  # fmt: skip
     run.add_argument(
         "--threads", type=int, default=None,
         help="torch intra-op threads (default: 1 for profile smoke, whose tiny models run slower on more threads, "

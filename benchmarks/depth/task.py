@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.registry import Metric, Task, register_task
+from benchmarks.core.scalars import scalar_writer
 from benchmarks.depth.metrics import LOWER_IS_BETTER, METRICS
 
 
@@ -53,9 +54,10 @@ class _DepthTask(Task):
         else:
             checkpoint = TrainingCheckpoint.for_task(ctx, "depth_head", fingerprint(
                 ctx.config, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train_set)))  # fmt: skip
-            head = train_head(backbone, train_set, cfg, device=ctx.device, seed=ctx.seed, num_workers=ctx.num_workers,
-                              log=ctx.log if ctx.progress else None, checkpoint=checkpoint,
-                              amp_dtype=ctx.amp_dtype)  # fmt: skip
+            with scalar_writer(ctx, self.name) as scalars:
+                head = train_head(backbone, train_set, cfg, device=ctx.device, seed=ctx.seed,
+                                  num_workers=ctx.num_workers, log=ctx.log if ctx.progress else None,
+                                  checkpoint=checkpoint, amp_dtype=ctx.amp_dtype, scalars=scalars)  # fmt: skip
         metrics = evaluate(backbone, head, test_set, cfg, device=ctx.device, num_workers=ctx.num_workers,
                            amp_dtype=ctx.amp_dtype)  # fmt: skip
         n_images = int(metrics.pop("n_images"))

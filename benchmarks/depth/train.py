@@ -29,6 +29,7 @@ from benchmarks.core.checkpointing import (
     module_signature,
 )
 from benchmarks.core.padding import center_pad
+from benchmarks.core.scalars import ScalarWriter
 from benchmarks.depth.features import backbone_features, head_blocks
 from benchmarks.depth.heads import build_head
 from benchmarks.depth.losses import GRADIENT_LOSSES, gradient_loss, gradient_loss_reference, sig_loss
@@ -183,12 +184,13 @@ def _on_every_rank(flag: bool) -> bool:
 
 def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torch.device, seed: int = 0,
                num_workers: int = 0, log=None, checkpoint: TrainingCheckpoint | None = None,
-               amp_dtype: torch.dtype | None = None) -> nn.Module:  # fmt: skip
+               amp_dtype: torch.dtype | None = None, scalars: ScalarWriter | None = None) -> nn.Module:  # fmt: skip
     """Train a fresh head of ``cfg.head`` on ``train_set`` (a ``NYUDepthV2`` split); returns it (eval mode).
 
     With ``checkpoint``, training resumes from its saved state (head, optimizer, schedule, step) and saves at
     its interval; the resumed head equals the uninterrupted one (the data stream is a function of the step:
-    :class:`GlobalBatches`)."""
+    :class:`GlobalBatches`). ``scalars`` (a TensorBoard SummaryWriter, see benchmarks.core.scalars) gets
+    ``train/loss`` (this rank's; a non-finite step's is logged too, and skipped) and ``train/lr`` at each step."""
     per_rank = D.per_rank_batch(cfg.batch_size)
     if cfg.loss_group < 1 or per_rank % cfg.loss_group:
         raise ValueError(f"depth: each rank's batch ({per_rank} = batch_size {cfg.batch_size} / {D.world_size()} "
@@ -223,6 +225,9 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
                     "gradient flows; rerun with another seed or head_init: positive_readout")  # fmt: skip
         pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
         loss = grouped_depth_loss(pred, depth, cfg, step)
+        if scalars is not None:
+            scalars.add_scalar("train/loss", loss.item(), step)
+            scalars.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
         optimizer.zero_grad(set_to_none=True)
         if not _on_every_rank(bool(torch.isfinite(loss.detach()))):
             skipped += 1  # a NaN batch must not poison the head; all ranks skip together (DDP needs it)

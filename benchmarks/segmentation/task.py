@@ -87,6 +87,7 @@ class _SegTask(Task):
                 shutil.rmtree(base_dir, ignore_errors=True)
 
     def _run(self, backbone, ctx, data_root, overrides, base_dir: Path) -> dict[str, Any]:
+        from benchmarks.core.scalars import run_log_dir
         from benchmarks.segmentation.config import load_config, resolve_config
         from benchmarks.segmentation.train import train_and_evaluate
 
@@ -108,7 +109,8 @@ class _SegTask(Task):
             head_file = Path(ctx.head_weights) / self.released_head_file(ctx.backbone_name)
             result = evaluate_released(cfg, backbone, head_file, tta=self.setting == "multiscale")
         else:
-            result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale", progress=ctx.progress)
+            result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale", progress=ctx.progress,
+                                        tensorboard=run_log_dir(ctx, self.name))  # fmt: skip
 
         # Record names are lower case like every other task's (mmseg's mIoU -> miou, aAcc -> aacc).
         single = {key.lower(): value for key, value in result["single_scale"].items()}
