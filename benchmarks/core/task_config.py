@@ -102,6 +102,61 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def check_schema(schema: type, values: Mapping[str, Any], where: str,
+                 ranges: Mapping[str, tuple[float | None, float | None]] | None = None) -> None:
+    """A one-line ValueError naming ``where`` and the key unless every value of ``values`` that is a field of
+    the dataclass ``schema`` has the field's type (``int``: an integer; ``float``: a number; ``bool``; ``str``;
+    ``tuple[int, ...]`` / ``list[...]``: a list of such items; ``X | None``: also null) and lies in
+    ``ranges[key]`` = (lowest, highest), either end None for none, inclusive."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    names = {f.name for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        if key not in names:
+            continue
+        problem = _type_problem(value, hints[key])
+        if problem:
+            raise ValueError(f"{where}: {key}={value!r}: expected {problem}")
+        low, high = (ranges or {}).get(key, (None, None))
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item is not None and ((low is not None and item < low) or (high is not None and item > high)):
+                bounds = " and ".join(b for b in (f">= {low}" if low is not None else "",
+                                                  f"<= {high}" if high is not None else "") if b)  # fmt: skip
+                raise ValueError(f"{where}: {key}={value!r}: expected {bounds}")
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What ``value`` should have been for the type ``hint`` (in words), or None when it fits."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        problem = _type_problem(value, inner[0]) if len(inner) == 1 else None
+        return f"{problem} or null" if problem else None
+    if origin in (tuple, list):
+        item = args[0] if args else Any
+        if not isinstance(value, list | tuple) or (origin is tuple and args and args[-1] is not Ellipsis
+                                                   and len(value) != len(args)):  # fmt: skip
+            size = f" of {len(args)}" if origin is tuple and args and args[-1] is not Ellipsis else ""
+            return f"a list{size}"
+        problems = [p for p in (_type_problem(v, item) for v in value) if p]
+        return f"a list of {problems[0].removeprefix('an ').removeprefix('a ')}s" if problems else None
+    checks = {int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+              float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+              bool: (lambda v: isinstance(v, bool), "true or false"),
+              str: (lambda v: isinstance(v, str), "text")}  # fmt: skip
+    if hint in checks:
+        ok, words = checks[hint]
+        return None if ok(value) else words
+    return None  # Any, dict, ...: not checked here
+
+
 def split_by_task(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{"imagenet_linear.iterations": 100}`` -> ``{"imagenet_linear": {"iterations": 100}}``."""
     out: dict[str, dict[str, Any]] = {}

@@ -30,6 +30,20 @@ class _DepthTask(Task):
     def datasets_needed(self, profile: str) -> list[str]:
         return ["nyud:train", "nyud:test"]
 
+    def config(self, profile: str, overrides=None) -> dict[str, Any]:
+        """DepthConfig's protocol values under the profile's, then ``overrides``; checked by DepthConfig.from_dict
+        (so a bad value stops the run at preflight)."""
+        from benchmarks.core.task_config import apply_overrides
+        from benchmarks.depth.train import DepthConfig
+
+        config = {**DepthConfig.protocol(), **super().config(profile)}
+        config = apply_overrides(config, overrides or {}, where=f"task {self.name}", optional=self.optional_keys)
+        try:
+            DepthConfig.from_dict(config)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"task {self.name} (profile {profile}): {err}") from None
+        return config
+
     def released_head_file(self, arch: str) -> str:
         from benchmarks.depth.released import released_head_file
 
