@@ -89,3 +89,37 @@ def test_a_bad_depth_value_stops_the_run_before_any_work(tmp_path, capsys, optio
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "cache" / "synth").exists()
+
+
+@pytest.mark.parametrize(("task", "overrides", "message"), [
+    ("imagenet_knn", {"T": 0.0}, "task imagenet_knn (profile smoke): T=0.0: expected a positive number"),
+    ("imagenet_knn", {"backend": "faiss"}, "backend='faiss': expected one of auto, torch"),
+    ("imagenet_knn", {"ks": [10, 0]}, "ks=[10, 0]: expected >= 1"),
+    ("imagenet_linear", {"lrs": [0.1, -1]}, "lrs=[0.1, -1]: expected a positive number"),
+    ("imagenet_linear", {"avgpool": [1]}, "avgpool=[1]: expected a list of true/false values"),
+    ("imagenet_linear", {"iterations": 2.5}, "iterations=2.5: expected an integer"),
+    ("seg_ade20k_linear", {"overrides.lr": -1.0}, "(profile smoke): overrides: lr=-1.0: expected a positive number"),
+    ("seg_ade20k_linear", {"overrides.log_level": "LOUD"}, "log_level='LOUD': expected one of DEBUG, INFO, WARNING"),
+    ("seg_voc_multiscale", {"overrides.feature_cache": 1}, "overrides: feature_cache=1: expected true or false"),
+    ("seg_voc_linear", {"overrides.iterations": 0}, "overrides: iterations=0: expected >= 1"),
+    ("seg_voc_linear", {"setting": "dpt"}, "setting='dpt': expected one of linear, multiscale"),
+])  # fmt: skip
+def test_each_task_checks_its_profile_against_its_schema(task, overrides, message):
+    if task.startswith("seg_"):
+        pytest.importorskip("mmseg")
+    with pytest.raises(ValueError) as err:
+        get_task(task).config("smoke", overrides)
+    assert message in str(err.value)
+
+
+def test_every_profile_fits_its_schema():
+    from benchmarks.classification.task import KnnProfile, LinearProfile
+    from benchmarks.segmentation.config import OVERRIDE_KEYS, SegOverrides
+
+    for name in ("imagenet_knn", "imagenet_linear"):
+        for profile in ("paper", "smoke"):
+            get_task(name).config(profile)  # raises on a misfit
+    # each schema names exactly the keys its task's profile holds
+    assert sorted(KnnProfile.__dataclass_fields__) == sorted(get_task("imagenet_knn").config("paper"))
+    assert sorted(LinearProfile.__dataclass_fields__) == sorted(get_task("imagenet_linear").config("paper"))
+    assert OVERRIDE_KEYS == tuple(SegOverrides.__dataclass_fields__)

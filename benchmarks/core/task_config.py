@@ -103,11 +103,12 @@ def _kind(value: Any) -> str:
 
 
 def check_schema(schema: type, values: Mapping[str, Any], where: str,
-                 ranges: Mapping[str, tuple[float | None, float | None]] | None = None) -> None:
+                 ranges: Mapping[str, tuple[float | None, float | None] | str] | None = None) -> None:
     """A one-line ValueError naming ``where`` and the key unless every value of ``values`` that is a field of
     the dataclass ``schema`` has the field's type (``int``: an integer; ``float``: a number; ``bool``; ``str``;
     ``tuple[int, ...]`` / ``list[...]``: a list of such items; ``X | None``: also null) and lies in
-    ``ranges[key]`` = (lowest, highest), either end None for none, inclusive."""
+    ``ranges[key]``: (lowest, highest), either end None for none, inclusive; or ``"positive"`` (> 0), or a
+    tuple of the allowed texts."""
     import dataclasses
     import typing
 
@@ -119,12 +120,25 @@ def check_schema(schema: type, values: Mapping[str, Any], where: str,
         problem = _type_problem(value, hints[key])
         if problem:
             raise ValueError(f"{where}: {key}={value!r}: expected {problem}")
-        low, high = (ranges or {}).get(key, (None, None))
-        for item in value if isinstance(value, list | tuple) else [value]:
+        bounds = (ranges or {}).get(key, (None, None))
+        items = value if isinstance(value, list | tuple) else [value]
+        if bounds == "positive":
+            if any(item is not None and not item > 0 for item in items):
+                raise ValueError(f"{where}: {key}={value!r}: expected a positive number")
+            continue
+        if all(isinstance(b, str) for b in bounds):
+            if any(item not in bounds for item in items):
+                raise ValueError(f"{where}: {key}={value!r}: expected one of {', '.join(bounds)}")
+            continue
+        low, high = bounds
+        for item in items:
             if item is not None and ((low is not None and item < low) or (high is not None and item > high)):
                 bounds = " and ".join(b for b in (f">= {low}" if low is not None else "",
                                                   f"<= {high}" if high is not None else "") if b)  # fmt: skip
                 raise ValueError(f"{where}: {key}={value!r}: expected {bounds}")
+
+
+_PLURALS = {"an integer": "integers", "a number": "numbers", "true or false": "true/false values", "text": "texts"}
 
 
 def _type_problem(value: Any, hint: Any) -> str | None:
@@ -146,7 +160,7 @@ def _type_problem(value: Any, hint: Any) -> str | None:
             size = f" of {len(args)}" if origin is tuple and args and args[-1] is not Ellipsis else ""
             return f"a list{size}"
         problems = [p for p in (_type_problem(v, item) for v in value) if p]
-        return f"a list of {problems[0].removeprefix('an ').removeprefix('a ')}s" if problems else None
+        return f"a list of {_PLURALS.get(problems[0], problems[0])}" if problems else None
     checks = {int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
               float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
               bool: (lambda v: isinstance(v, bool), "true or false"),

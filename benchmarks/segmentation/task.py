@@ -54,13 +54,23 @@ class _SegTask(Task):
         return [f"{self.dataset}:train", f"{self.dataset}:val"]
 
     def config(self, profile: str, overrides=None) -> dict[str, Any]:
-        from benchmarks.segmentation.config import config_path
+        from benchmarks.core.task_config import check_schema
+        from benchmarks.segmentation.config import (
+            OVERRIDE_RANGES,
+            PROFILE_RANGES,
+            SegOverrides,
+            SegProfile,
+            config_path,
+        )
         from benchmarks.segmentation.mmseg_env import INSTALL_HINT, missing_packages
 
         missing = missing_packages()
         if missing:
             raise ValueError(f"task {self.name} needs {', '.join(missing)} (not installed): {INSTALL_HINT}")
         config = super().config(profile, overrides)
+        where = f"task {self.name} (profile {profile})"
+        check_schema(SegProfile, config, where, PROFILE_RANGES)
+        check_schema(SegOverrides, config["overrides"], f"{where}: overrides", OVERRIDE_RANGES)
         path = config_path(config["dataset"], config["setting"])  # recorded: the protocol file that ran
         return {"config_file": str(path.relative_to(path.parents[3])), **config}
 
