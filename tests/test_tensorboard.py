@@ -134,3 +134,24 @@ def test_run_tensorboard_sets_the_folder_for_the_tasks(tmp_path, monkeypatch, ca
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(["--tensorboard", "x"])
     assert exit_.value.code == 2 and "--tensorboard needs the tensorboard package" in capsys.readouterr().err
+
+
+@needs_tensorboard
+def test_run_tensorboard_writes_one_folder_per_task_and_backbone(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks.cli import main
+
+    monkeypatch.setenv(S.TENSORBOARD_ENV, "")  # the flag sets it: undone after the test
+    monkeypatch.delenv(S.TENSORBOARD_ENV)
+    code = main(["run", "--suite", "depth_nyu_linear1", "--profile", "smoke", "--backbone", "dinov2_tiny_random",
+                 "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+                 "--tensorboard", str(tmp_path / "tb"), "--cfg-options", "depth_nyu_linear1.iterations=12",
+                 "depth_nyu_linear1.warmup=2"])  # fmt: skip
+    assert code == 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "depth_nyu_linear1").glob("*.json")]
+    (folder,) = (tmp_path / "tb" / "depth_nyu_linear1").iterdir()
+    assert folder.name.startswith("dinov2_tiny_random-")
+    logged = read_scalars(folder)
+    assert [s for s, _ in logged["train/loss"]] == list(range(12)) and len(logged["train/lr"]) == 12
+    assert "tensorboard" not in json.dumps(record["config"])  # a side channel: not in the config or identity
