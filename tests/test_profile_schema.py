@@ -20,6 +20,7 @@ class _Schema:
     crop: tuple[int, int] = (2, 3)
     sizes: list[int] = field(default_factory=list)
     limit: int | None = None
+    extra: dict = field(default_factory=dict)
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -31,6 +32,7 @@ class _Schema:
     ({"crop": [1, 2, 3]}, "crop=[1, 2, 3]: expected a list of 2"),
     ({"crop": [1, "a"]}, "crop=[1, 'a']: expected a list of integers"),
     ({"sizes": 4}, "sizes=4: expected a list"),
+    ({"extra": [1]}, "extra=[1]: expected a mapping"),
     ({"limit": 2.5}, "limit=2.5: expected an integer or null"),
     ({"n": 0}, "n=0: expected >= 1"),
     ({"lr": 2.0}, "lr=2.0: expected >= 0 and <= 1"),

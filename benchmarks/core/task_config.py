@@ -106,7 +106,7 @@ def check_schema(schema: type, values: Mapping[str, Any], where: str,
                  ranges: Mapping[str, tuple[float | None, float | None] | str] | None = None) -> None:
     """A one-line ValueError naming ``where`` and the key unless every value of ``values`` that is a field of
     the dataclass ``schema`` has the field's type (``int``: an integer; ``float``: a number; ``bool``; ``str``;
-    ``tuple[int, ...]`` / ``list[...]``: a list of such items; ``X | None``: also null) and lies in
+    ``dict``: a mapping; ``tuple[int, ...]`` / ``list[...]``: a list of such items; ``X | None``: also null) and lies in
     ``ranges[key]``: (lowest, highest), either end None for none, inclusive; or ``"positive"`` (> 0), or a
     tuple of the allowed texts."""
     import dataclasses
@@ -133,9 +133,9 @@ def check_schema(schema: type, values: Mapping[str, Any], where: str,
         low, high = bounds
         for item in items:
             if item is not None and ((low is not None and item < low) or (high is not None and item > high)):
-                bounds = " and ".join(b for b in (f">= {low}" if low is not None else "",
-                                                  f"<= {high}" if high is not None else "") if b)  # fmt: skip
-                raise ValueError(f"{where}: {key}={value!r}: expected {bounds}")
+                words = " and ".join(b for b in (f">= {low}" if low is not None else "",
+                                                 f"<= {high}" if high is not None else "") if b)  # fmt: skip
+                raise ValueError(f"{where}: {key}={value!r}: expected {words}")
 
 
 _PLURALS = {"an integer": "integers", "a number": "numbers", "true or false": "true/false values", "text": "texts"}
@@ -164,11 +164,13 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     checks = {int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
               float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
               bool: (lambda v: isinstance(v, bool), "true or false"),
-              str: (lambda v: isinstance(v, str), "text")}  # fmt: skip
+              str: (lambda v: isinstance(v, str), "text"),
+              dict: (lambda v: isinstance(v, dict), "a mapping")}  # fmt: skip
+    hint = origin if origin is dict else hint
     if hint in checks:
         ok, words = checks[hint]
         return None if ok(value) else words
-    return None  # Any, dict, ...: not checked here
+    return None  # Any, ...: not checked here
 
 
 def split_by_task(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
