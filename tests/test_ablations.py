@@ -105,3 +105,92 @@ def test_rows_share_the_backbones_directions_and_repair_as_if_each_computed_them
     assert len(calls) == 2  # the second repair computed its own
     assert all(torch.equal(with_shared[k], own[k]) for k in own)
     assert not all(torch.equal(with_shared[k], v) for k, v in backbone.state_dict().items())  # it did repair
+
+
+# ------------------------------------------------------------------------------ the profile keys, checked
+def test_rows_are_checked_as_repair_config_files_are(tmp_path):
+    import pytest
+
+    from sinder.repair.config import RepairConfig
+
+    task = A.ThresholdAblation()
+    with pytest.raises(ValueError) as by_file:
+        (tmp_path / "bad.yaml").write_text("sigma: -1\n")
+        RepairConfig.from_file(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError) as by_row:
+        task.config("smoke", {"settings.sigma_3.sigma": -1})
+    assert "config field 'sigma': -1; expected >= 0" in str(by_file.value)
+    assert str(by_row.value) == ("task ablation_thresholds (profile smoke): settings.sigma_3: config field 'sigma': "
+                                 "-1; expected >= 0")  # fmt: skip
+    with pytest.raises(ValueError, match=r"settings.sv_except_qk: config field 'trainable': 'everything'; expected one of"):
+        A.ConstraintAblation().config("paper", {"settings.sv_except_qk.trainable": "everything"})
+    with pytest.raises(ValueError, match=r"settings.sv_except_qk_5: unknown repair config key\(s\) lamda"):
+        A.check_profile({**task.config("paper"), "settings": {"sv_except_qk_5": {"lamda": 5}}}, "p")
+    with pytest.raises(ValueError, match=r"settings.mu_4: config field 'mu': 'high' \(str\); expected a number"):
+        A.check_profile({**task.config("paper"), "settings": {"mu_4": {"mu": "high"}}}, "p")
+
+
+def test_the_repair_key_chooses_what_each_row_starts_from():
+    import pytest
+
+    from sinder.repair.config import SMOKE_CONFIG, RepairConfig
+
+    task = A.ThresholdAblation()
+    assert task.config("paper")["repair"] == "official" and task.config("smoke")["repair"] == "smoke"
+    official = A.ablation_config({"mu": 3.5}, "official", 12)
+    assert official == RepairConfig(mu=3.5, on_nonfinite="skip")
+    smoke = A.ablation_config({"mu": 3.5, "limit_layers": 20}, "smoke", 8)  # lambda 20 of 40 -> 4 of 8
+    assert smoke == RepairConfig(**{**SMOKE_CONFIG, "mu": 3.5, "limit_layers": 4, "on_nonfinite": "skip"})
+    with pytest.raises(ValueError, match=r"task ablation_thresholds \(profile smoke\): repair: 'fast'; expected one "
+                                         r"of official, smoke"):  # fmt: skip
+        task.config("smoke", {"repair": "fast"})
+
+
+def test_the_evaluations_key_chooses_the_evaluations(monkeypatch):
+    import pytest
+
+    evaluated = []
+
+    class FakeEval:
+        def __init__(self, name):
+            self.name = name
+
+        def config(self, profile):
+            return {}
+
+        def run(self, model, ctx):
+            evaluated.append(self.name)
+            return {"metrics": {"top1": 1.0, "top5": 2.0, "miou": 3.0, "aacc": 4.0}}
+
+    monkeypatch.setattr(A, "get_task", FakeEval)
+    monkeypatch.setattr(A._AblationTask, "_repair",
+                        lambda self, backbone, overrides, ctx, row, directions=None: (backbone, _Config(), None))
+    shas = iter(f"{i:064d}" for i in range(100))
+    monkeypatch.setattr("sinder.models.weights.state_dict_sha256", lambda state: next(shas))
+    monkeypatch.setattr(A.dataclasses, "replace", lambda ctx, **kw: SimpleNamespace(**{**vars(ctx), **kw}))
+    task = A.ThresholdAblation()
+    config = task.config("smoke", {"evaluations": ["imagenet_knn"], "evaluation_overrides": {}})
+    ctx = SimpleNamespace(profile="smoke", config=config, log=lambda msg: None, work_dir=Path("/nonexistent"))
+    out = task.run(SimpleNamespace(state_dict=dict), ctx)
+    assert evaluated == ["imagenet_knn"] * 6
+    assert sorted(out["metrics"]) == sorted(f"{row}/knn_{k}" for row in task.settings for k in ("top1", "top5"))
+    assert [m.name for m in task.metrics][:4] == ["sigma_0/knn_top1", "sigma_0/knn_top5", "sigma_0/ade20k_miou",
+                                                  "sigma_0/ade20k_aacc"]  # the paper profile's evaluations
+    with pytest.raises(ValueError, match=r"evaluations: \['imagenet_knn', 'knn'\]; expected a list of distinct names "
+                                         r"among imagenet_knn, seg_ade20k_linear"):  # fmt: skip
+        task.config("paper", {"evaluations": ["imagenet_knn", "knn"]})
+    # the smoke profile shortens ADE20k: dropping that evaluation without its overrides is refused
+    with pytest.raises(ValueError, match=r"evaluation_overrides: .*expected a mapping from evaluations in this "
+                                         r"profile \(imagenet_knn\)"):  # fmt: skip
+        task.config("smoke", {"evaluations": ["imagenet_knn"]})
+
+
+def test_a_bad_row_stops_the_run_before_any_work(tmp_path, capsys):
+    from benchmarks.cli import main
+
+    code = main(["run", "--suite", "ablation_thresholds", "--profile", "smoke", "--out", str(tmp_path / "runs"),
+                 "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+                 "--cfg-options", "ablation_thresholds.settings.mu_4.mu=-4"])  # fmt: skip
+    assert code == 2
+    assert "settings.mu_4: config field 'mu': -4.0; expected a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "synth").exists()  # before any synthetic data

@@ -424,7 +424,7 @@ def test_ablation_repairs_use_and_record_the_official_nonfinite_policy():
     settings = ConstraintAblation().settings
     for profile in ("smoke", "paper"):
         for overrides in settings.values():
-            config = ablation_config(overrides, profile, depth=8)
+            config = ablation_config(overrides, ConstraintAblation().config(profile)["repair"], depth=8)
             assert config.on_nonfinite == "skip"
             assert config.differences_from_official()["on_nonfinite"] == "skip"
-    assert ablation_config(settings["sv_bias"], "paper", 40).trainable == "singular_values_and_biases"
+    assert ablation_config(settings["sv_bias"], "official", 40).trainable == "singular_values_and_biases"

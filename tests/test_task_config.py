@@ -129,3 +129,55 @@ def test_a_task_may_declare_keys_its_profiles_need_not_hold():
         task.config("paper", {"overrides.itrations": 1000})
     with pytest.raises(ValueError, match="no config key 'iterations'"):  # only under overrides
         task.config("paper", {"iterations": 1000})
+
+
+# Values as mmengine's DictAction (its public argparse action) reads them, where our parser must agree.
+DICT_ACTION_CASES = ["1,2,3", "[a, b, c]", "(1, 2)", "[(1, 2, 3), [a, b], c]", "a,", "[]", "null", "None", "1e-4",
+                     "010", "auto", "true", "False", "0.5", "[1,[2,3]]", "[x]", "-3", "1_000", "~", "inf", "[null, 2e3]"]
+
+
+def _yaml_typed(item):
+    # what parse_value did on top of DictAction before: each remaining text item typed by YAML
+    import yaml
+
+    if isinstance(item, list | tuple):
+        return [_yaml_typed(x) for x in item]
+    if not isinstance(item, str):
+        return item
+    loaded = yaml.safe_load(item)
+    if isinstance(loaded, str):
+        try:
+            return float(loaded)
+        except ValueError:
+            return loaded
+    return loaded
+
+
+@pytest.mark.parametrize("text", DICT_ACTION_CASES)
+def test_cfg_options_lists_agree_with_mmengines_dict_action(text):
+    import argparse
+
+    from mmengine.config import DictAction
+
+    from benchmarks.core.task_config import parse_value
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--o", nargs="+", action=DictAction)
+    theirs = _yaml_typed(parser.parse_args(["--o", f"k={text}"]).o["k"])
+    assert _canonical(parse_value(text)) == _canonical(theirs)
+
+
+def test_cfg_options_values_without_mmengine():
+    from benchmarks.core.task_config import parse_value
+
+    assert parse_value("[(1, 2, 3), [a, b], c]") == [[1, 2, 3], ["a", "b"], "c"]
+    assert parse_value("010") == 10 and parse_value("1e-4") == 1e-4 and parse_value("None") is None
+    assert parse_value("'a,b'") == "a,b"  # quoted whole: text
+    for bad in ("[a", "a]", "[a)", "(1,[2)]"):
+        with pytest.raises(ValueError, match="unbalanced brackets"):
+            parse_value(bad)
+    with pytest.raises(ValueError, match=r"unbalanced brackets in '\[1,2'"):
+        parse_cfg_options(["crop=[1,2"])
+    import sinder.cli.cfg_options as module
+
+    assert "_parse_iterable" not in Path(module.__file__).read_text()

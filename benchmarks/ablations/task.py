@@ -6,6 +6,12 @@ ImageNet KNN (``imagenet_knn``) and ADE20k linear segmentation (``seg_ade20k_lin
 ``<row>/knn_top1``, ``<row>/knn_top5``, ``<row>/ade20k_miou`` and ``<row>/ade20k_aacc``. A row whose repaired
 weights equal an earlier row's reports that row's evaluations (``details.same_weights_as``).
 
+A profile holds ``settings`` (row -> RepairConfig overrides), ``repair`` (the settings each row starts from:
+``official``, RepairConfig's defaults, or ``smoke``, sinder.repair.config.SMOKE_CONFIG), ``evaluations`` (the
+tasks that evaluate each repaired backbone) and ``evaluation_overrides`` (evaluation -> changes to that task's
+``overrides``). Every row is checked as ``sinder repair --config`` checks a file (RepairConfig.from_mapping)
+when the config is read, so a bad row stops the run at preflight, before any repair.
+
 Profile ``paper``: the official repair (30k ImageNet train images at 518 px) per row, the evaluations' paper
 protocols. Profile ``smoke``: the short smoke repair on synthetic photographs, with lambda scaled by the
 backbone's depth (the paper's 15/10/5 of 40 blocks), and the evaluations' smoke protocols, ADE20k's
@@ -23,22 +29,59 @@ from benchmarks.core import distributed as D
 from benchmarks.core.registry import Metric, Task, get_task, register_task
 
 # Each task's rows (RepairConfig overrides) are its profile's ``settings``: profiles/<task>/paper.yaml.
-EVALUATIONS = (("imagenet_knn", {"top1": "knn_top1", "top5": "knn_top5"}),
-               ("seg_ade20k_linear", {"miou": "ade20k_miou", "aacc": "ade20k_aacc"}))
+# The evaluations a profile may name (its ``evaluations``), each with its metrics as the ablation records them.
+EVALUATIONS: dict[str, dict[str, str]] = {
+    "imagenet_knn": {"top1": "knn_top1", "top5": "knn_top5"},
+    "seg_ade20k_linear": {"miou": "ade20k_miou", "aacc": "ade20k_aacc"},
+}
+# A profile's ``repair``: the RepairConfig values each row starts from, and whether lambda is scaled from the
+# paper's 40 blocks to the backbone's depth (the smoke repair runs on tiny backbones).
+REPAIR_BASES = ("official", "smoke")
 PAPER_DEPTH = 40  # ViT-g/14, the backbone of every ablation in the paper
 # Table 6's first rows damage the model (KNN 6.6% in the paper) and meet non-finite steps: every ablation
 # repair skips them as the official code does (our default for a single repair is to stop), and records it.
 ABLATION_POLICY: dict[str, Any] = {"on_nonfinite": "skip"}
 
 
-def ablation_config(overrides: dict[str, Any], profile: str, depth: int):
-    """The RepairConfig of one ablation row: the official (paper profile) or smoke settings, the row's
-    overrides, and the official non-finite policy."""
+def ablation_config(overrides: dict[str, Any], repair: str, depth: int):
+    """The RepairConfig of one ablation row: the ``repair`` base (a profile's ``repair``: ``official`` or
+    ``smoke``), the row's overrides, and the official non-finite policy; checked as ``sinder repair --config``
+    checks a file (a ValueError names the field)."""
     from sinder.repair.config import SMOKE_CONFIG, RepairConfig
 
-    if profile == "smoke":
-        return RepairConfig(**{**SMOKE_CONFIG, **scaled_overrides(overrides, depth), **ABLATION_POLICY})
-    return RepairConfig(**{**overrides, **ABLATION_POLICY})
+    if repair not in REPAIR_BASES:
+        raise ValueError(f"repair: {repair!r}; expected one of {', '.join(REPAIR_BASES)}")
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{overrides!r} is not a mapping of RepairConfig fields")
+    if repair == "smoke":
+        return RepairConfig.from_mapping({**scaled_overrides(overrides, depth), **ABLATION_POLICY}, base=SMOKE_CONFIG)
+    return RepairConfig.from_mapping({**overrides, **ABLATION_POLICY})
+
+
+def check_profile(config: dict[str, Any], where: str) -> None:
+    """A ValueError (naming ``where`` and the key) unless ``config`` is a valid ablation profile: its
+    ``repair`` a known base, its ``evaluations`` known and distinct, its ``evaluation_overrides`` for those
+    evaluations only, and every row of ``settings`` a valid repair config over that base."""
+    repair = config.get("repair")
+    if repair not in REPAIR_BASES:
+        raise ValueError(f"{where}: repair: {repair!r}; expected one of {', '.join(REPAIR_BASES)}")
+    evaluations = config.get("evaluations")
+    if (not isinstance(evaluations, list) or not evaluations or len(set(evaluations)) != len(evaluations)
+            or not set(evaluations) <= set(EVALUATIONS)):
+        raise ValueError(f"{where}: evaluations: {evaluations!r}; expected a list of distinct names among "
+                         f"{', '.join(EVALUATIONS)}")  # fmt: skip
+    extra = config.get("evaluation_overrides") or {}
+    if not isinstance(extra, dict) or not set(extra) <= set(evaluations):
+        raise ValueError(f"{where}: evaluation_overrides: {extra!r}; expected a mapping from evaluations in "
+                         f"this profile ({', '.join(evaluations)}) to their overrides")  # fmt: skip
+    settings = config.get("settings")
+    if not isinstance(settings, dict) or not settings:
+        raise ValueError(f"{where}: settings: expected a mapping of rows to RepairConfig overrides")
+    for row, overrides in settings.items():
+        try:
+            ablation_config(overrides, repair, PAPER_DEPTH)
+        except ValueError as err:
+            raise ValueError(f"{where}: settings.{row}: {err}") from None
 
 
 def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -50,19 +93,28 @@ def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
 
 
 class _AblationTask(Task):
+    first_backbone_only = True  # each row repairs DINOv2 itself; a repaired twin would be repaired twice
+
+    def config(self, profile: str, overrides=None) -> dict[str, Any]:
+        """The profile, checked (check_profile) after ``overrides``: the runner's preflight reads it."""
+        config = super().config(profile, overrides)
+        check_profile(config, f"task {self.name} (profile {profile})")
+        return config
+
     @property
     def settings(self) -> dict[str, dict[str, Any]]:
         return self.config("paper")["settings"]
-    first_backbone_only = True  # each row repairs DINOv2 itself; a repaired twin would be repaired twice
 
     @property
     def metrics(self):
         return tuple(Metric(f"{row}/{metric}", True) for row in self.settings
-                     for _, names in EVALUATIONS for metric in names.values())
+                     for task_name in self.config("paper")["evaluations"]
+                     for metric in EVALUATIONS[task_name].values())  # fmt: skip
 
     def datasets_needed(self, profile: str) -> list[str]:
-        needed = ["imagenet:train"] if profile == "paper" else []  # the repair's images
-        for task_name, _ in EVALUATIONS:
+        config = self.config(profile)
+        needed = ["imagenet:train"] if config["repair"] == "official" else []  # the repair's images
+        for task_name in config["evaluations"]:
             try:
                 needed += get_task(task_name).datasets_needed(profile)
             except KeyError:
@@ -75,14 +127,14 @@ class _AblationTask(Task):
         from sinder.repair.smoke import repair_for_smoke
 
         model = copy.deepcopy(backbone)
-        config = ablation_config(overrides, ctx.profile, len(model.blocks))
+        config = ablation_config(overrides, ctx.config["repair"], len(model.blocks))
         work = ctx.work_dir / f"repair-{row}"
         repaired = work / "repaired.safetensors"  # under torchrun: how the other ranks get rank 0's repair
 
         def repair() -> dict[str, Any]:
             nu = _shared_directions(backbone, config, ctx.device, {} if directions is None else directions)
             nonfinite_steps = None
-            if ctx.profile == "smoke":
+            if ctx.config["repair"] == "smoke":
                 repair_for_smoke(model, config=config, seed=ctx.seed, directions=nu)  # in place
             else:
                 from sinder.utils.images import list_images, load_image, stride_subset
@@ -123,7 +175,8 @@ class _AblationTask(Task):
             if nonfinite_steps is not None:
                 hparams[row]["nonfinite_steps_skipped"] = nonfinite_steps
             sha = state_dict_sha256(repaired.state_dict())
-            for task_name, names in EVALUATIONS:
+            for task_name in ctx.config["evaluations"]:
+                names = EVALUATIONS[task_name]
                 try:
                     task = get_task(task_name)
                 except KeyError:
@@ -133,8 +186,10 @@ class _AblationTask(Task):
                 extra = (ctx.config.get("evaluation_overrides") or {}).get(task_name)
                 if extra:
                     sub_config["overrides"] = {**(sub_config.get("overrides") or {}), **extra}
+                # the row in the label: each row's training gets its own --tensorboard folder
                 sub_ctx = dataclasses.replace(ctx, config=sub_config, weights_sha256=sha,
-                                              work_dir=ctx.work_dir / f"{task_name}-{row}")
+                                              work_dir=ctx.work_dir / f"{task_name}-{row}",
+                                              backbone_label=f"{getattr(ctx, 'backbone_label', '')}-{row}")
                 if (sha, task_name) in evaluated:
                     same_weights[row], result = evaluated[(sha, task_name)]
                 else:

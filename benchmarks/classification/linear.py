@@ -23,6 +23,7 @@ from benchmarks.core.checkpointing import (
     gathered_rng_state,
     module_signature,
 )
+from benchmarks.core.scalars import ScalarWriter
 
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 N_LAST_BLOCKS = (1, 4)
@@ -180,6 +181,7 @@ def train_linear_probe(
     weight_decay: float = 0.0,
     progress: bool = False,
     checkpoint: TrainingCheckpoint | None = None,
+    scalars: ScalarWriter | None = None,
 ) -> dict:
     """Train every head for ``iterations`` steps of ``batch_size`` images per rank, then evaluate them all.
 
@@ -189,6 +191,10 @@ def train_linear_probe(
 
     Under torchrun each rank trains on its interleaved share of every global batch (``batch_size`` per rank) with
     the heads wrapped in DistributedDataParallel: the same heads as one process with ``batch_size x ranks``.
+
+    ``scalars`` (a TensorBoard SummaryWriter, see benchmarks.core.scalars) gets ``train/loss`` (the summed
+    loss of the step, this rank's) and ``train/lr`` (the largest head's learning rate; every head follows the
+    same cosine) at each step.
 
     Returns ``{"metrics": {"top1", "top5"}, "hparams": best head's config + scaled lr,
     "heads": {name: {"top1", "top5"}}}``.
@@ -241,6 +247,9 @@ def train_linear_probe(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP: gradients averaged over ranks, as one process on the global batch
             optimizer.step()
+            if scalars is not None:
+                scalars.add_scalar("train/loss", loss.item(), step)
+                scalars.add_scalar("train/lr", max(group["lr"] for group in optimizer.param_groups), step)
             scheduler.step()
             step += 1
             offset += 1

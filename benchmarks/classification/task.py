@@ -6,12 +6,13 @@ shrinks resolution and schedule so the whole table runs in seconds on a CPU with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch.nn.functional as F
 
 from benchmarks.classification.datasets import open_imagenet
-from benchmarks.classification.knn import evaluate_knn
+from benchmarks.classification.knn import BACKENDS, evaluate_knn
 from benchmarks.classification.linear import head_configs, train_linear_probe
 from benchmarks.classification.transforms import eval_transform, train_transform
 from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
@@ -24,6 +25,8 @@ from benchmarks.core.features import (
     extract_features,
 )
 from benchmarks.core.registry import Metric, Task, register_task
+from benchmarks.core.scalars import scalar_writer
+from benchmarks.core.task_config import check_schema
 
 _TOP = (
     Metric("top1", True, "top-1 accuracy (%) of the best setting"),
@@ -31,12 +34,49 @@ _TOP = (
 )
 
 
+@dataclass
+class KnnProfile:
+    """What ``imagenet_knn`` reads from its profile: the types and ranges check_schema holds it to."""
+
+    resize: int
+    crop: int
+    ks: list[int]
+    T: float
+    batch_size: int
+    backend: str
+    chunk_size: int
+    autocast: str
+
+
+@dataclass
+class LinearProfile:
+    """What ``imagenet_linear`` reads from its profile."""
+
+    resize: int
+    crop: int
+    iterations: int
+    batch_size: int  # global
+    eval_batch_size: int
+    lrs: list[float]
+    n_last_blocks: list[int]
+    avgpool: list[bool]
+    autocast: str
+
+
 class _ImageNetTask(Task):
     table = "table3"
     metrics = _TOP
+    schema: type = object
+    ranges: dict[str, Any] = {}
 
     def datasets_needed(self, profile: str) -> list[str]:
         return ["imagenet:train", "imagenet:val"]
+
+    def config(self, profile: str, overrides=None) -> dict[str, Any]:
+        """The profile, each key checked against the task's schema (types and ranges) at preflight."""
+        config = super().config(profile, overrides)
+        check_schema(self.schema, config, f"task {self.name} (profile {profile})", self.ranges)
+        return config
 
 
 def _cls_normalized(model, images):
@@ -49,6 +89,9 @@ def _cls_normalized(model, images):
 class ImageNetKNN(_ImageNetTask):
     name = "imagenet_knn"
     title = "ImageNet-1K weighted KNN (cosine, T=0.07, k in 10/20/100/200)"
+    schema = KnnProfile
+    ranges = {"resize": (1, None), "crop": (1, None), "ks": (1, None), "T": "positive", "batch_size": (1, None),
+              "backend": BACKENDS, "chunk_size": (1, None)}  # fmt: skip
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         cfg = ctx.config
@@ -92,6 +135,9 @@ class ImageNetKNN(_ImageNetTask):
 class ImageNetLinear(_ImageNetTask):
     name = "imagenet_linear"
     title = "ImageNet-1K linear probe (52 heads: last 1/4 class tokens x avgpool x 13 lrs)"
+    schema = LinearProfile
+    ranges = {"resize": (1, None), "crop": (1, None), "iterations": (1, None), "batch_size": (1, None),
+              "eval_batch_size": (1, None), "lrs": "positive", "n_last_blocks": (1, None)}  # fmt: skip
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         cfg = ctx.config
@@ -101,12 +147,13 @@ class ImageNetLinear(_ImageNetTask):
         batch = per_rank_batch(cfg["batch_size"], ctx.world_size)  # the protocol's batch is global
         checkpoint = TrainingCheckpoint.for_task(ctx, "linear_probe", fingerprint(
             cfg, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train), len(train.classes)))  # fmt: skip
-        result = train_linear_probe(
-            backbone, train, val, num_classes=len(train.classes), iterations=cfg["iterations"], batch_size=batch,
-            configs=head_configs(cfg["n_last_blocks"], cfg["avgpool"], cfg["lrs"]), device=ctx.device,
-            seed=ctx.seed, num_workers=ctx.num_workers, eval_batch_size=cfg["eval_batch_size"],
-            amp_dtype=ctx.amp_dtype, progress=ctx.progress, checkpoint=checkpoint,
-        )  # fmt: skip
+        with scalar_writer(ctx, self.name) as scalars:
+            result = train_linear_probe(
+                backbone, train, val, num_classes=len(train.classes), iterations=cfg["iterations"],
+                batch_size=batch, configs=head_configs(cfg["n_last_blocks"], cfg["avgpool"], cfg["lrs"]),
+                device=ctx.device, seed=ctx.seed, num_workers=ctx.num_workers, eval_batch_size=cfg["eval_batch_size"],
+                amp_dtype=ctx.amp_dtype, progress=ctx.progress, checkpoint=checkpoint, scalars=scalars,
+            )  # fmt: skip
         heads = result.pop("heads")
         result["hparams"]["n_heads"] = len(heads)
         result["details"] = {"heads": heads}  # every head's accuracy, kept in the run record

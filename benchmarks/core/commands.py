@@ -10,6 +10,8 @@ from pathlib import Path
 
 from sinder.cli.common import UsageError, backbone_parent, device_parent, out_parent, seed_parent
 
+from .scalars import TensorboardAction
+
 
 def register(subparsers) -> None:
     ls = subparsers.add_parser("ls", help="list backbones, datasets, tasks and suites")
@@ -39,6 +41,9 @@ def register(subparsers) -> None:
     run.add_argument(
         "--num-workers", type=int, default=None, help="DataLoader workers (default: 0 for smoke, up to 8 for paper)"
     )
+    run.add_argument("--tensorboard", metavar="DIR", action=TensorboardAction, default=None,
+                     help="write the loss and lr of the linear probe, depth and mmseg trainings as TensorBoard "
+                     "scalars under DIR/<task>/<backbone>-<run key> (default: off)")  # fmt: skip
     run.add_argument(
         "--threads", type=int, default=None,
         help="torch intra-op threads (default: 1 for profile smoke, whose tiny models run slower on more threads, "
@@ -158,6 +163,7 @@ def _jobs_arg(text: str):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import PreflightError, format_summary, run_suite
+    from .task_config import default_loader_workers
     from .workers import distributed_refusal, requested_jobs, resolve_jobs, under_torchrun
 
     started = time.monotonic()
@@ -172,8 +178,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if jobs > 1 and under_torchrun():
         raise UsageError(distributed_refusal(jobs))
     workers = args.num_workers
-    if workers is None:  # decoding ImageNet JPEGs in the main process would starve the GPU
-        workers = 0 if args.profile == "smoke" else min(8, os.cpu_count() or 1)
+    if workers is None:
+        workers = default_loader_workers(args.profile, os.cpu_count())
     try:
         summary = run_suite(
             args.suite, args.backbone, profile=args.profile, data_root=args.data_root, out=args.out,

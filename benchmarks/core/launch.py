@@ -35,6 +35,7 @@ from sinder.utils.atomic import atomic_write_text
 from . import backbones as B
 from .registry import get_suite, get_task, list_tasks
 from .results import load_records, utc_now
+from .task_config import default_loader_workers
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 LAUNCH_DIR = "launch"
@@ -380,8 +381,8 @@ def _cmd_run(args: argparse.Namespace, in_process: Callable[[argparse.Namespace]
     if args.launcher == "inprocess":
         return in_process(args)
     workers = args.num_workers
-    if workers is None:
-        workers = 0 if args.profile == "smoke" else 8
+    if workers is None:  # the jobs' machines: their CPUs are known only as --cpus-per-task
+        workers = default_loader_workers(args.profile, args.cpus_per_task)
     run_kwargs = {"data_root": args.data_root, "resume": args.resume, "device": args.device, "seed": args.seed,
                   "num_workers": workers, "progress": False, "cfg_options": args.cfg_options}  # fmt: skip
     # A LaunchError (a ValueError: bad flag, unknown suite) reaches the CLI's main: exit 2.

@@ -25,6 +25,17 @@ __all__ = ["CfgOptionsAction", "apply_overrides", "load_task_config", "parse_cfg
 PROFILE_DIR = "profiles"
 # Keys any task may add: read by benchmarks.core.checkpointing for every task that checkpoints.
 OPTIONAL_KEYS = ("checkpoint_every", "checkpoint_every_s")
+# DataLoader workers under the paper profile: decoding ImageNet JPEGs in the main process would starve the GPU
+MAX_LOADER_WORKERS = 8
+
+
+def default_loader_workers(profile: str, cpus: int | None) -> int:
+    """The DataLoader workers of a run without ``--num-workers``: none under ``smoke`` (tiny synthetic images,
+    where starting workers costs more than it saves), else ``MAX_LOADER_WORKERS`` capped at ``cpus``, the CPUs of
+    the machine the loaders run on (None where the launcher cannot know them, e.g. a cluster job's)."""
+    if profile == "smoke":
+        return 0
+    return MAX_LOADER_WORKERS if cpus is None else max(1, min(MAX_LOADER_WORKERS, cpus))
 
 
 def profile_file(task_dir: str | Path, name: str, profile: str) -> Path:
@@ -89,6 +100,77 @@ def _kind(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
+
+
+def check_schema(schema: type, values: Mapping[str, Any], where: str,
+                 ranges: Mapping[str, tuple[float | None, float | None] | str] | None = None) -> None:
+    """A one-line ValueError naming ``where`` and the key unless every value of ``values`` that is a field of
+    the dataclass ``schema`` has the field's type (``int``: an integer; ``float``: a number; ``bool``; ``str``;
+    ``dict``: a mapping; ``tuple[int, ...]`` / ``list[...]``: a list of such items; ``X | None``: also null) and lies in
+    ``ranges[key]``: (lowest, highest), either end None for none, inclusive; or ``"positive"`` (> 0), or a
+    tuple of the allowed texts."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    names = {f.name for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        if key not in names:
+            continue
+        problem = _type_problem(value, hints[key])
+        if problem:
+            raise ValueError(f"{where}: {key}={value!r}: expected {problem}")
+        bounds = (ranges or {}).get(key, (None, None))
+        items = value if isinstance(value, list | tuple) else [value]
+        if bounds == "positive":
+            if any(item is not None and not item > 0 for item in items):
+                raise ValueError(f"{where}: {key}={value!r}: expected a positive number")
+            continue
+        if all(isinstance(b, str) for b in bounds):
+            if any(item not in bounds for item in items):
+                raise ValueError(f"{where}: {key}={value!r}: expected one of {', '.join(bounds)}")
+            continue
+        low, high = bounds
+        for item in items:
+            if item is not None and ((low is not None and item < low) or (high is not None and item > high)):
+                words = " and ".join(b for b in (f">= {low}" if low is not None else "",
+                                                 f"<= {high}" if high is not None else "") if b)  # fmt: skip
+                raise ValueError(f"{where}: {key}={value!r}: expected {words}")
+
+
+_PLURALS = {"an integer": "integers", "a number": "numbers", "true or false": "true/false values", "text": "texts"}
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What ``value`` should have been for the type ``hint`` (in words), or None when it fits."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        problem = _type_problem(value, inner[0]) if len(inner) == 1 else None
+        return f"{problem} or null" if problem else None
+    if origin in (tuple, list):
+        item = args[0] if args else Any
+        if not isinstance(value, list | tuple) or (origin is tuple and args and args[-1] is not Ellipsis
+                                                   and len(value) != len(args)):  # fmt: skip
+            size = f" of {len(args)}" if origin is tuple and args and args[-1] is not Ellipsis else ""
+            return f"a list{size}"
+        problems = [p for p in (_type_problem(v, item) for v in value) if p]
+        return f"a list of {_PLURALS.get(problems[0], problems[0])}" if problems else None
+    checks = {int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+              float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+              bool: (lambda v: isinstance(v, bool), "true or false"),
+              str: (lambda v: isinstance(v, str), "text"),
+              dict: (lambda v: isinstance(v, dict), "a mapping")}  # fmt: skip
+    hint = origin if origin is dict else hint
+    if hint in checks:
+        ok, words = checks[hint]
+        return None if ok(value) else words
+    return None  # Any, ...: not checked here
 
 
 def split_by_task(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.registry import Metric, Task, register_task
+from benchmarks.core.scalars import scalar_writer
 from benchmarks.depth.metrics import LOWER_IS_BETTER, METRICS
 
 
@@ -28,6 +29,20 @@ class _DepthTask(Task):
 
     def datasets_needed(self, profile: str) -> list[str]:
         return ["nyud:train", "nyud:test"]
+
+    def config(self, profile: str, overrides=None) -> dict[str, Any]:
+        """DepthConfig's protocol values under the profile's, then ``overrides``; checked by DepthConfig.from_dict
+        (so a bad value stops the run at preflight)."""
+        from benchmarks.core.task_config import apply_overrides
+        from benchmarks.depth.train import DepthConfig
+
+        config = {**DepthConfig.protocol(), **super().config(profile)}
+        config = apply_overrides(config, overrides or {}, where=f"task {self.name}", optional=self.optional_keys)
+        try:
+            DepthConfig.from_dict(config)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"task {self.name} (profile {profile}): {err}") from None
+        return config
 
     def released_head_file(self, arch: str) -> str:
         from benchmarks.depth.released import released_head_file
@@ -53,9 +68,10 @@ class _DepthTask(Task):
         else:
             checkpoint = TrainingCheckpoint.for_task(ctx, "depth_head", fingerprint(
                 ctx.config, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train_set)))  # fmt: skip
-            head = train_head(backbone, train_set, cfg, device=ctx.device, seed=ctx.seed, num_workers=ctx.num_workers,
-                              log=ctx.log if ctx.progress else None, checkpoint=checkpoint,
-                              amp_dtype=ctx.amp_dtype)  # fmt: skip
+            with scalar_writer(ctx, self.name) as scalars:
+                head = train_head(backbone, train_set, cfg, device=ctx.device, seed=ctx.seed,
+                                  num_workers=ctx.num_workers, log=ctx.log if ctx.progress else None,
+                                  checkpoint=checkpoint, amp_dtype=ctx.amp_dtype, scalars=scalars)  # fmt: skip
         metrics = evaluate(backbone, head, test_set, cfg, device=ctx.device, num_workers=ctx.num_workers,
                            amp_dtype=ctx.amp_dtype)  # fmt: skip
         n_images = int(metrics.pop("n_images"))

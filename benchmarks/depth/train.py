@@ -10,6 +10,7 @@ images are sharded with their metric sums all-reduced. The loss is the mean of p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from benchmarks.core.checkpointing import (
     module_signature,
 )
 from benchmarks.core.padding import center_pad
+from benchmarks.core.scalars import ScalarWriter
+from benchmarks.core.task_config import check_schema
 from benchmarks.depth.features import backbone_features, head_blocks
 from benchmarks.depth.heads import build_head
 from benchmarks.depth.losses import GRADIENT_LOSSES, gradient_loss, gradient_loss_reference, sig_loss
@@ -38,6 +41,9 @@ from benchmarks.depth.transforms import COLOUR_AUGS, AugmentedNYU, TestNYU, Trai
 
 @dataclass
 class DepthConfig:
+    """DINOv2's NYU Depth v2 protocol (protocols.md; max_depth 10 m, not the hub heads' 80): these defaults are
+    the ``paper`` profile's values, which the profiles YAML do not repeat (DepthConfig.protocol)."""
+
     head: str = "linear4"  # linear1 | linear4 | dpt
     iterations: int = 38400
     warmup: int = 12800
@@ -73,16 +79,27 @@ class DepthConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
+    def protocol(cls) -> dict[str, Any]:
+        """The values every depth profile starts from, as a resolved profile holds them (lists for tuples):
+        every field but the head (each task's), ``extra`` and PROFILE_OPTIONAL."""
+        skip = {"head", "extra", *PROFILE_OPTIONAL}
+        return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                for f in dataclasses.fields(cls) if f.name not in skip}  # fmt: skip
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DepthConfig:
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         values = {k: v for k, v in values.items() if k not in INTERVAL_KEYS}  # the checkpoint's, not the loop's
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown depth config keys {unknown}; known: {sorted(known)}")
+        check_schema(cls, values, "depth config", RANGES)
         values = dict(values)
         if "crop" in values:
             values["crop"] = tuple(int(v) for v in values["crop"])
         cfg = cls(**values)
+        if not cfg.max_depth > cfg.min_depth:
+            raise ValueError(f"depth config: max_depth={cfg.max_depth} must exceed min_depth={cfg.min_depth}")
         for key, allowed in SWITCHES.items():
             if getattr(cfg, key) not in allowed:
                 raise ValueError(f"depth config {key}={getattr(cfg, key)!r}: use one of {', '.join(allowed)}")
@@ -93,6 +110,14 @@ class DepthConfig:
         return [f"{key}={getattr(self, key)}" for key in SWITCHES if getattr(self, key) != "reference"]
 
 
+# The range of each number a profile may set (inclusive; None: no bound); types come from DepthConfig's fields.
+RANGES = {"iterations": (1, None), "warmup": (0, None), "batch_size": (1, None), "loss_group": (1, None),
+          "lr": (0, None), "weight_decay": (0, None), "grad_clip": (0, None), "crop": (1, None),
+          "min_depth": (0, None), "max_depth": (0, None), "n_bins": (1, None), "upsample": (1, None),
+          "dpt_channels": (1, None), "sig_weight": (0, None), "grad_weight": (0, None), "sig_warmup_iters": (0, None),
+          "eval_images": (0, None)}  # fmt: skip
+# Fields a profile holds only when it sets them (an override may add eval_images: the depth tasks' optional_keys).
+PROFILE_OPTIONAL = ("sig_warmup_iters", "eval_images")
 SWITCHES = {"gradient_loss": GRADIENT_LOSSES, "colour_aug": tuple(COLOUR_AUGS), "eval_resize": ("reference", "unpad"),
             "eval_valid_gt": ("reference", "inclusive"), "head_init": ("reference", "positive_readout")}
 
@@ -183,12 +208,13 @@ def _on_every_rank(flag: bool) -> bool:
 
 def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torch.device, seed: int = 0,
                num_workers: int = 0, log=None, checkpoint: TrainingCheckpoint | None = None,
-               amp_dtype: torch.dtype | None = None) -> nn.Module:  # fmt: skip
+               amp_dtype: torch.dtype | None = None, scalars: ScalarWriter | None = None) -> nn.Module:  # fmt: skip
     """Train a fresh head of ``cfg.head`` on ``train_set`` (a ``NYUDepthV2`` split); returns it (eval mode).
 
     With ``checkpoint``, training resumes from its saved state (head, optimizer, schedule, step) and saves at
     its interval; the resumed head equals the uninterrupted one (the data stream is a function of the step:
-    :class:`GlobalBatches`)."""
+    :class:`GlobalBatches`). ``scalars`` (a TensorBoard SummaryWriter, see benchmarks.core.scalars) gets
+    ``train/loss`` (this rank's; a non-finite step's is logged too, and skipped) and ``train/lr`` at each step."""
     per_rank = D.per_rank_batch(cfg.batch_size)
     if cfg.loss_group < 1 or per_rank % cfg.loss_group:
         raise ValueError(f"depth: each rank's batch ({per_rank} = batch_size {cfg.batch_size} / {D.world_size()} "
@@ -223,6 +249,9 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
                     "gradient flows; rerun with another seed or head_init: positive_readout")  # fmt: skip
         pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
         loss = grouped_depth_loss(pred, depth, cfg, step)
+        if scalars is not None:
+            scalars.add_scalar("train/loss", loss.item(), step)
+            scalars.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
         optimizer.zero_grad(set_to_none=True)
         if not _on_every_rank(bool(torch.isfinite(loss.detach()))):
             skipped += 1  # a NaN batch must not poison the head; all ranks skip together (DDP needs it)

@@ -50,8 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.core.results import git_commit
+from benchmarks.core.task_config import MAX_LOADER_WORKERS
+from sinder.defects.linearize import DEFAULT_N_SAMPLES
 from sinder.utils.atomic import atomic_write_text
 from sinder.utils.device import default_device
+from sinder.utils.images import DEFAULT_RESOLUTION
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by a substring of torch.cuda.get_device_name(), first
 # match wins (so the NVL/PCIe variants come before the bare name). NVIDIA's datasheets quote "with sparsity";
@@ -95,11 +98,11 @@ class Sizes:
 
 
 FULL = Sizes(
-    scale="full", preset="dinov2_vitg14", extraction=[(224, 64, 20), (518, 16, 10)], repair_resolution=518,
-    repair_window=10, repair_iterations=20, direction_samples=100_000,
+    scale="full", preset="dinov2_vitg14", extraction=[(224, 64, 20), (518, 16, 10)], repair_resolution=DEFAULT_RESOLUTION,
+    repair_window=10, repair_iterations=20, direction_samples=DEFAULT_N_SAMPLES,
     knn={"n_train": 1_281_167, "n_test": 50_000, "dim": 1536, "classes": 1000, "ks": [10, 20, 100, 200],
          "chunk_size": 1024},
-    seg_crop=None, seg_batch=None, seg_workers=8, seg_iterations=10, jpeg_images=512, jpeg_size=(500, 375), jpeg_workers=[1, 4],
+    seg_crop=None, seg_batch=None, seg_workers=MAX_LOADER_WORKERS, seg_iterations=10, jpeg_images=512, jpeg_size=(500, 375), jpeg_workers=[1, 4],
 )  # fmt: skip
 TINY = Sizes(
     scale="tiny", preset="dinov2_tiny_swiglu", extraction=[(224, 2, 2), (518, 1, 1)], repair_resolution=112,

@@ -26,6 +26,7 @@ from sinder.models.vit import build_vit
 from sinder.repair.svd import parametrize_singular_values
 from sinder.utils.atomic import atomic_write_text
 from sinder.utils.device import default_device
+from sinder.utils.images import DEFAULT_RESOLUTION
 
 GIB = 1024**3
 
@@ -47,7 +48,7 @@ def _tensor_bytes(model) -> float:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="dinov2_vitg14")
-    parser.add_argument("--resolution", type=int, default=518)
+    parser.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--out", default=None, help="default results/perf/repair_memory_<preset>_<resolution>.json")

@@ -11,15 +11,47 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SETTINGS = ("linear", "multiscale")
 DATASETS = {"ade20k": "ade20k", "voc2012": "voc2012"}
-# What a profile's ``overrides`` may set (read by resolve_config); the paper profile sets none of them.
-OVERRIDE_KEYS = ("crop", "iterations", "warmup", "batch_size", "lr", "feature_cache", "eval_images", "log_level",
-                 "checkpoint_every")  # fmt: skip
+
+
+@dataclass
+class SegOverrides:
+    """What a profile's ``overrides`` may set (read by resolve_config), typed; the paper profile sets none."""
+
+    crop: int
+    iterations: int
+    warmup: int
+    batch_size: int  # global
+    lr: float
+    feature_cache: bool
+    eval_images: int
+    log_level: str
+    checkpoint_every: int
+
+
+OVERRIDE_KEYS = tuple(f.name for f in fields(SegOverrides))
+OVERRIDE_RANGES = {"crop": (1, None), "iterations": (1, None), "warmup": (0, None), "batch_size": (1, None),
+                   "lr": "positive", "eval_images": (0, None), "checkpoint_every": (1, None),
+                   "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}  # fmt: skip
+
+
+@dataclass
+class SegProfile:
+    """A segmentation task's profile: which config file, the overrides of it, the backbone's autocast."""
+
+    dataset: str
+    setting: str
+    overrides: dict
+    autocast: str
+
+
+PROFILE_RANGES = {"dataset": tuple(DATASETS), "setting": SETTINGS}
 
 
 def config_path(dataset: str, setting: str) -> Path:
@@ -39,9 +71,19 @@ def load_config(dataset: str, setting: str):
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(config_path(dataset, setting)))
+    data = cfg.to_dict()
+    data["model"]["data_preprocessor"].update(pixel_mean_std())
     # fromfile drops format_python_code=False for a plain (non-lazy) config file in mmengine 0.10: rebuild.
-    return Config(cfg.to_dict(), cfg_text=cfg.text, filename=cfg.filename, env_variables=cfg.env_variables,
+    return Config(data, cfg_text=cfg.text, filename=cfg.filename, env_variables=cfg.env_variables,
                   format_python_code=False)  # fmt: skip
+
+
+def pixel_mean_std() -> dict[str, list[float]]:
+    """mmseg's ``SegDataPreProcessor`` mean/std: sinder.utils.images' on 0-255 pixels (rounded to the 3 decimals
+    of mmseg's own configs, 123.675 rather than 0.485 * 255 = 123.67499...)."""
+    from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
+
+    return {"mean": [round(255 * m, 3) for m in IMAGENET_MEAN], "std": [round(255 * s, 3) for s in IMAGENET_STD]}
 
 
 def _scaled(value: Sequence[int], factor: float) -> tuple[int, ...]:

@@ -54,13 +54,23 @@ class _SegTask(Task):
         return [f"{self.dataset}:train", f"{self.dataset}:val"]
 
     def config(self, profile: str, overrides=None) -> dict[str, Any]:
-        from benchmarks.segmentation.config import config_path
+        from benchmarks.core.task_config import check_schema
+        from benchmarks.segmentation.config import (
+            OVERRIDE_RANGES,
+            PROFILE_RANGES,
+            SegOverrides,
+            SegProfile,
+            config_path,
+        )
         from benchmarks.segmentation.mmseg_env import INSTALL_HINT, missing_packages
 
         missing = missing_packages()
         if missing:
             raise ValueError(f"task {self.name} needs {', '.join(missing)} (not installed): {INSTALL_HINT}")
         config = super().config(profile, overrides)
+        where = f"task {self.name} (profile {profile})"
+        check_schema(SegProfile, config, where, PROFILE_RANGES)
+        check_schema(SegOverrides, config["overrides"], f"{where}: overrides", OVERRIDE_RANGES)
         path = config_path(config["dataset"], config["setting"])  # recorded: the protocol file that ran
         return {"config_file": str(path.relative_to(path.parents[3])), **config}
 
@@ -87,6 +97,7 @@ class _SegTask(Task):
                 shutil.rmtree(base_dir, ignore_errors=True)
 
     def _run(self, backbone, ctx, data_root, overrides, base_dir: Path) -> dict[str, Any]:
+        from benchmarks.core.scalars import run_log_dir
         from benchmarks.segmentation.config import load_config, resolve_config
         from benchmarks.segmentation.train import train_and_evaluate
 
@@ -108,7 +119,8 @@ class _SegTask(Task):
             head_file = Path(ctx.head_weights) / self.released_head_file(ctx.backbone_name)
             result = evaluate_released(cfg, backbone, head_file, tta=self.setting == "multiscale")
         else:
-            result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale", progress=ctx.progress)
+            result = train_and_evaluate(cfg, backbone, tta=self.setting == "multiscale", progress=ctx.progress,
+                                        tensorboard=run_log_dir(ctx, self.name))  # fmt: skip
 
         # Record names are lower case like every other task's (mmseg's mIoU -> miou, aAcc -> aacc).
         single = {key.lower(): value for key, value in result["single_scale"].items()}

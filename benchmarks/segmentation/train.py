@@ -85,8 +85,18 @@ def _iou_metrics(raw: dict[str, float]) -> dict[str, float]:
     return {key: float(raw[key]) for key in ("mIoU", "aAcc", "mAcc") if key in raw}
 
 
-def train_and_evaluate(cfg, backbone: nn.Module, *, tta: bool = False, progress: bool = False) -> dict[str, Any]:
-    """Train the head of ``cfg`` on ``backbone`` and evaluate it on the val split.
+def tensorboard_visualizer(save_dir: str | Path) -> dict[str, Any]:
+    """mmengine's visualizer with its TensorBoard backend beside the default local one: the LoggerHook's
+    scalars (``loss``, ``lr``, ``decode.loss_ce``, ... as averaged over its window, at each logging interval)
+    go to ``save_dir`` as well as to ``vis_data/scalars.json``."""
+    return dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend"),
+                                                 dict(type="TensorboardVisBackend", save_dir=str(save_dir))])
+
+
+def train_and_evaluate(cfg, backbone: nn.Module, *, tta: bool = False, progress: bool = False,
+                       tensorboard: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train the head of ``cfg`` on ``backbone`` and evaluate it on the val split; ``tensorboard``: a folder
+    for the training's scalars (:func:`tensorboard_visualizer`), None for none.
 
     Returns ``{"single_scale": {mIoU, aAcc, mAcc}, "tta": {...} or None, "segmentor": module, "resumed":
     bool}``. Training resumes from the newest whole checkpoint in ``cfg.work_dir`` when there is one.
@@ -99,6 +109,8 @@ def train_and_evaluate(cfg, backbone: nn.Module, *, tta: bool = False, progress:
     cfg = copy.deepcopy(cfg)
     cfg.load_from = resume_point(cfg.work_dir)
     cfg.resume = cfg.load_from is not None
+    if tensorboard is not None:  # after the caller keyed the work folder by the config: scalars change nothing
+        cfg.visualizer = tensorboard_visualizer(tensorboard)
     with _quiet():
         runner = build_runner(cfg, segmentor, name="train", progress=progress)
         runner.train()

@@ -17,9 +17,11 @@ from sinder.cli.common import (
     seed_parent,
     split_backbone,
 )
-from sinder.defects.detect import DEFAULT_MU
+from sinder.defects.detect import DEFAULT_MU, DEFAULT_SIGMA
+from sinder.defects.linearize import DEFAULT_N_SAMPLES
 from sinder.plots.analysis import analyze, format_table
 from sinder.utils.atomic import atomic_write_text
+from sinder.utils.images import DEFAULT_RESOLUTION
 
 
 def register(subparsers) -> None:
@@ -32,21 +34,21 @@ def register(subparsers) -> None:
                                                type=Path), seed_parent()],
     )  # fmt: skip
     p.add_argument("--images", required=True, type=Path, help="folder of images (.jpg, .png, ...; searched recursively)")
-    p.add_argument("--n-samples", type=int, default=100_000,
+    p.add_argument("--n-samples", type=int, default=DEFAULT_N_SAMPLES,
                    help="least-squares samples per MLP (official: 100000), drawn with --seed")
     p.add_argument(
         "--method", choices=("sampled", "expectation"), default="sampled",
         help="MLP linearization: sampled least squares (official) or its exact Gaussian expectation (fast)",
     )
     p.add_argument("--mu", type=float, default=DEFAULT_MU, help="Eq. 5 mask threshold (default %(default)s)")
-    p.add_argument("--sigma", type=int, default=3, help="an image is clear if every layer has fewer defects")
+    p.add_argument("--sigma", type=int, default=DEFAULT_SIGMA, help="an image is clear if every layer has fewer defects")
     p.add_argument(
         "--flag-border", action="store_true",
         help="let Eq. 5 flag tokens on the grid border (the paper's text; the official code never does)",
     )
     p.add_argument("--max-images", type=int, default=None, help="use at most this many images (sorted by name)")
     p.add_argument(
-        "--resolution", type=int, default=518,
+        "--resolution", type=int, default=DEFAULT_RESOLUTION,
         help="short side resize and square centre crop, a multiple of the patch size (default 518)",
     )
     p.add_argument("--cache-dir", type=Path, default=None, help="cache the directions here")

@@ -1,8 +1,11 @@
 """``--cfg-options KEY=VALUE ...``: the override convention of mmseg and mmpretrain, for ``repair`` and ``run``.
 
-Keys are dotted paths; values follow mmengine's ``DictAction`` (``a,b``, ``[a,b]`` or ``(a,b)`` are lists) with
-each item typed as YAML types it. What a key may be, and its type, is checked by the config it lands in
+Keys are dotted paths. A value is a list when written as mmengine's ``DictAction`` writes one (``a,b``,
+``[a,b]`` or ``(a,b)``, nested brackets allowed, a trailing comma ignored), each item typed as YAML types it
+(``1e-4`` is a number, ``null`` and ``None`` are None, ``true`` is true, ``auto`` is text); a value quoted
+whole (``'a,b'``) is that text. What a key may be, and its type, is checked by the config it lands in
 (``RepairConfig.from_mapping`` for the repair, ``benchmarks.core.task_config`` for a task's profile).
+The list syntax is ours (mmengine keeps its parser private); tests/test_task_config.py pins it to DictAction's.
 """
 
 from __future__ import annotations
@@ -11,30 +14,69 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+_BRACKETS = {"[": "]", "(": ")"}
+
 
 def parse_value(text: str) -> Any:
-    """A ``--cfg-options`` value: mmengine DictAction's lists (``a,b``, ``[a,b]``, ``(a,b)``), each item typed
-    as YAML types it (``1e-4`` is a number, ``null`` is None, ``true`` is true/false)."""
+    """A ``--cfg-options`` value: a list for ``a,b``, ``[a,b]`` or ``(a,b)`` (items parsed alike, so brackets
+    nest), else one scalar typed as YAML types it. Unbalanced brackets are a ValueError."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]  # quoted whole: text, never split
+    if text[:1] in _BRACKETS and _closing(text, 0) == len(text) - 1:
+        return [parse_value(item) for item in _split(text[1:-1])]
+    items = _split(text)
+    if len(items) > 1 or text.rstrip().endswith(","):
+        return [parse_value(item) for item in items]
+    return _scalar(text)
+
+
+def _closing(text: str, start: int) -> int:
+    """The index of the bracket closing the one at ``start``."""
+    depth = []
+    for i in range(start, len(text)):
+        if text[i] in _BRACKETS:
+            depth.append(_BRACKETS[text[i]])
+        elif text[i] in _BRACKETS.values():
+            if not depth or depth.pop() != text[i]:
+                break
+            if not depth:
+                return i
+    raise ValueError(f"unbalanced brackets in {text!r}")
+
+
+def _split(text: str) -> list[str]:
+    """``text`` split at its top-level commas (not inside brackets); no empty last item."""
+    items, start, i = [], 0, 0
+    while i < len(text):
+        if text[i] in _BRACKETS:
+            i = _closing(text, i)
+        elif text[i] in _BRACKETS.values():
+            raise ValueError(f"unbalanced brackets in {text!r}")
+        elif text[i] == ",":
+            items.append(text[start:i])
+            start = i + 1
+        i += 1
+    if text[start:].strip():
+        items.append(text[start:])
+    return [item.strip() for item in items]
+
+
+def _scalar(text: str) -> Any:
     import yaml
-    from mmengine.config import DictAction
 
-    def typed(item):
-        if isinstance(item, list | tuple):
-            return [typed(x) for x in item]
-        if not isinstance(item, str):
-            return item
+    if text == "None":
+        return None  # Python's spelling, as DictAction reads it
+    for number in (int, float):  # before YAML: 1e-4 (YAML 1.1 text), 010 (YAML 1.1 octal) and 1_000 as Python
         try:
-            loaded = yaml.safe_load(item)
-        except yaml.YAMLError:
-            return item
-        if isinstance(loaded, str):
-            try:
-                return float(loaded)  # YAML 1.1 reads 1e-4 (no dot) as text
-            except ValueError:
-                return loaded
-        return loaded if not isinstance(loaded, dict) else item
-
-    return typed(DictAction._parse_iterable(text))
+            return number(text)
+        except ValueError:
+            pass
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(loaded, dict | list) else loaded
 
 
 def parse_cfg_options(items: Sequence[str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from sinder.cli.common import (
     resolve_backbone,
 )
 from sinder.defects.detect import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
+from sinder.utils.images import DEFAULT_RESOLUTION
 
 
 def register(subparsers) -> None:
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     fit.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
     fit.add_argument("--max-images", type=int, default=300,
                      help="use about this many images, spread over the folder (default %(default)s)")
-    fit.add_argument("--resolution", type=int, default=518,
+    fit.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION,
                      help="short side resize and square centre crop, a multiple of the patch size (default 518)")
     fit.add_argument("--detection-block", type=int, default=-2,
                      help="block whose output norms define the outliers; negative: from the end (default -2)")

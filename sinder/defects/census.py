@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sinder.defects.detect import DEFAULT_MU, HIGH_NORM_Z, find_defects, high_norm_mask, patch_token_grids
+from sinder.defects.linearize import DEFAULT_N_SAMPLES
 
 MEDIAN_JUMP = 2.0
 
@@ -135,7 +136,7 @@ def compare_checkpoints(
     mu: float = DEFAULT_MU,
     exclude_border: bool = True,
     kernel: int = 3,
-    n_samples: int = 100_000,
+    n_samples: int = DEFAULT_N_SAMPLES,
     seed: int = 0,
     cache_dir: str | Path | None = None,
     device: str = "cpu",

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_MU = 4.0  # Eq. 5's mask threshold (paper and official code); every default of mu refers to this
+DEFAULT_SIGMA = 3  # the clear-image test: an image is skipped once a layer shows sigma defects (official)
 HIGH_NORM_Z = 4.0  # robust z-score of the high-norm census (Section 2); a different quantity from mu
 HIGH_NORM_MIN_RATIO = 3.0  # and a high-norm token is at least this many times the median norm
 
@@ -97,7 +98,7 @@ def first_defective(counts: Iterable[int], sigma: int) -> int | None:
 def is_clear(
     layer_maps: Sequence[Tensor],
     directions: Sequence[Tensor],
-    sigma: int = 3,
+    sigma: int = DEFAULT_SIGMA,
     mu: float = DEFAULT_MU,
     exclude_border: bool = True,
     kernel: int = 3,

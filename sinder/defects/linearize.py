@@ -46,6 +46,7 @@ from sinder.utils.hashing import new_digest, text_sha256
 KINDS = ("attention", "mlp", "block", "cumulative")  # leading left singular vectors of I+A, I+C, E, G
 METHODS = ("sampled", "expectation")
 CACHE_VERSION = 1
+DEFAULT_N_SAMPLES = 100_000  # least-squares inputs per MLP (official); every n_samples default refers to this
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -314,7 +315,7 @@ class DefectDirections:
 
 def compute_directions(
     blocks: Sequence[BlockWeights],
-    n_samples: int = 100_000,
+    n_samples: int = DEFAULT_N_SAMPLES,
     seed: int = 0,
     kinds: Iterable[str] = KINDS,
     method: str = "sampled",
@@ -405,7 +406,7 @@ def _write_cache(path: Path, result: DefectDirections) -> None:
 
 def linearized_directions(
     model_or_state_dict,
-    n_samples: int = 100_000,
+    n_samples: int = DEFAULT_N_SAMPLES,
     seed: int = 0,
     kinds: Iterable[str] = KINDS,
     method: str = "sampled",
@@ -439,7 +440,7 @@ def linearized_directions(
 
 def singular_defect_directions(
     model_or_state_dict,
-    n_samples: int = 100_000,
+    n_samples: int = DEFAULT_N_SAMPLES,
     seed: int = 0,
     method: str = "sampled",
     cache_dir: str | Path | None = None,

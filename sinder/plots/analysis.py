@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sinder.defects.detect import DEFAULT_MU
+from sinder.defects.detect import DEFAULT_MU, DEFAULT_SIGMA
+from sinder.defects.linearize import DEFAULT_N_SAMPLES
 from sinder.utils.atomic import atomic_write_text
+from sinder.utils.images import DEFAULT_RESOLUTION
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -25,7 +27,7 @@ def _bar(iterable=None, progress: bool | None = None, **kwargs):
     return bar(iterable, enabled=progress, **kwargs)
 
 
-def directions_with_progress(model, n_samples=100_000, seed=0, method="sampled", cache_dir=None, progress=None):
+def directions_with_progress(model, n_samples=DEFAULT_N_SAMPLES, seed=0, method="sampled", cache_dir=None, progress=None):
     """``linearize.linearized_directions(model, ...)`` for every kind, with a progress bar over the blocks."""
     from sinder.defects.linearize import KINDS, linearized_directions
 
@@ -57,8 +59,8 @@ def _state_dict(model_or_state) -> dict:
     return dict(model_or_state) if isinstance(model_or_state, Mapping) else model_or_state.state_dict()
 
 
-def analyze(model, image_paths, out: Path, n_samples=100_000, seed=0, method="sampled", mu=DEFAULT_MU, sigma=3,
-            exclude_border=True, resolution=518, cache_dir=None, log=print, compare=None, sv_top=3,
+def analyze(model, image_paths, out: Path, n_samples=DEFAULT_N_SAMPLES, seed=0, method="sampled", mu=DEFAULT_MU, sigma=DEFAULT_SIGMA,
+            exclude_border=True, resolution=DEFAULT_RESOLUTION, cache_dir=None, log=print, compare=None, sv_top=3,
             mask_images=3, mask_layers=None, progress=None) -> dict:
     """Run the Section 2-3 analysis; returns (and writes to ``out/analysis.json``) the per-layer record.
 

@@ -8,9 +8,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sinder.defects.detect import DEFAULT_MU
+from sinder.defects.detect import DEFAULT_MU, DEFAULT_SIGMA
+from sinder.defects.linearize import DEFAULT_N_SAMPLES
 from sinder.defects.loss import KERNELS
 from sinder.repair.svd import TRAINABLE_SETTINGS
+from sinder.utils.images import DEFAULT_RESOLUTION
 
 
 def _check_type(key: str, value: Any, annotation: str) -> None:
@@ -36,7 +38,7 @@ class RepairConfig:
     """Every knob of Algorithm 1. Defaults: the official implementation (see docs/protocols.md)."""
 
     # data: official resize short side + centre crop at 518, the 30k-image budget cycled in order
-    resolution: int = 518
+    resolution: int = DEFAULT_RESOLUTION
     num_images: int = 30_000
     max_iters: int = 30_000
     # optimiser (Section 5, training setting)
@@ -45,7 +47,7 @@ class RepairConfig:
     weight_decay: float = 0.0
     # detection and loss (Eqs. 5-8, Table 7)
     mu: float = DEFAULT_MU
-    sigma: int = 3
+    sigma: int = DEFAULT_SIGMA
     tau: float = 0.1
     kernel: int = 3
     # what trains (Table 6): lambda = limit_layers blocks ending at the loss layer; None = every block
@@ -64,7 +66,7 @@ class RepairConfig:
     # an unreadable training image: skip it with a warning (counted in the report), or stop the run
     on_bad_image: str = "skip"
     # singular defect directions (Section 3)
-    n_samples: int = 100_000
+    n_samples: int = DEFAULT_N_SAMPLES
     direction_seed: int = 0
     # engineering
     checkpoint_every: int = 500

@@ -15,6 +15,8 @@ from torch import Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Short side and square crop of the repair and analysis input: DINOv2's 37 x 37 patch grid at patch 14 (official)
+DEFAULT_RESOLUTION = 518
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 

@@ -7,8 +7,10 @@ model = dict(
     type="EncoderDecoder",
     data_preprocessor=dict(
         type="SegDataPreProcessor",
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
+        # the ImageNet mean/std on 0-255 pixels: filled in by benchmarks.segmentation.config.load_config from
+        # sinder.utils.images (a config importing it would turn into an mmengine lazy-import config)
+        mean=None,
+        std=None,
         bgr_to_rgb=True,
         pad_val=0,
         seg_pad_val=255,
