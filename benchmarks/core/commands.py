@@ -185,7 +185,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args.suite, args.backbone, profile=args.profile, data_root=args.data_root, out=args.out,
             cache_dir=args.cache_dir, resume=args.resume, device=args.device, seed=args.seed,
             num_workers=workers, progress=not args.no_progress, head_weights=args.head_weights,
-            cfg_options=args.cfg_options, jobs=jobs,
+            cfg_options=args.cfg_options, jobs=jobs, tensorboard_dir=args.tensorboard,
         )  # fmt: skip
     except PreflightError as err:  # a RuntimeError: the inputs are checked before any work
         raise UsageError(str(err)) from err

@@ -52,6 +52,7 @@ class TaskContext:
     log: Callable[[str], None] = logger.info
     head_weights: Path | None = None  # folder of released heads to evaluate instead of training (--head-weights)
     backbone_name: str = ""  # the architecture name of the backbone spec (e.g. dinov2_vitg14)
+    tensorboard_dir: Path | None = None  # run --tensorboard: where the long trainings write their scalars
 
     @property
     def world_size(self) -> int:
@@ -124,6 +125,7 @@ class Job:
 
     started: str = ""  # records of this folder created since then come from concurrent runs
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # --cfg-options by task
+    tensorboard_dir: Path | None = None  # --tensorboard
     # In a worker process (jobs > 1): takes the line saying how a pair ended, which the parent prints with its
     # [k/N ...] prefix; no "starting" line (workers run at once: one line per finished pair stays readable).
     on_outcome: Callable[[str], None] | None = None
@@ -202,7 +204,7 @@ class Job:
             progress=self.progress, weights_sha256=identity.backbone_sha256, backbone_label=spec.label,
             work_dir=self.cache / "work" / f"{task.name}-{identity.key}", log=self.say, backbone_role=role,
             run_key=identity.key,
-            head_weights=self.head_weights, backbone_name=spec.name,
+            head_weights=self.head_weights, backbone_name=spec.name, tensorboard_dir=self.tensorboard_dir,
         )  # fmt: skip
         if self.on_outcome is None:
             self.say(f"{self._prefix()}{spec.label} {task.name} ...")

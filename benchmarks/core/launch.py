@@ -384,7 +384,8 @@ def _cmd_run(args: argparse.Namespace, in_process: Callable[[argparse.Namespace]
     if workers is None:  # the jobs' machines: their CPUs are known only as --cpus-per-task
         workers = default_loader_workers(args.profile, args.cpus_per_task)
     run_kwargs = {"data_root": args.data_root, "resume": args.resume, "device": args.device, "seed": args.seed,
-                  "num_workers": workers, "progress": False, "cfg_options": args.cfg_options}  # fmt: skip
+                  "num_workers": workers, "progress": False, "cfg_options": args.cfg_options,
+                  "tensorboard_dir": getattr(args, "tensorboard", None)}  # fmt: skip
     # A LaunchError (a ValueError: bad flag, unknown suite) reaches the CLI's main: exit 2.
     jobs = launch(args.suite, args.backbone, launcher=args.launcher, profile=args.profile, out=args.out,
                   cache_dir=args.cache_dir, gpus=args.gpus, timeout_min=args.timeout_min,

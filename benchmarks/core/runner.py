@@ -226,6 +226,7 @@ def run_suite(
     cfg_options: dict[str, Any] | None = None,
     models: Mapping[str, torch.nn.Module] | None = None,
     jobs: int = 1,
+    tensorboard_dir: str | Path | None = None,
 ) -> RunSummary:
     """Run ``suite`` on ``backbones`` (specs; smoke default: the defective tiny model and its repaired twin).
 
@@ -235,6 +236,7 @@ def run_suite(
     recorded under their label. ``jobs``: run up to this many (backbone, task) pairs at once, in worker
     processes (``benchmarks/core/workers.py``); 1 runs them one after the other in this process. The workers
     are spawned: a script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
+    ``tensorboard_dir``: the long trainings write their loss and lr scalars there (``benchmarks.core.scalars``).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
@@ -333,7 +335,8 @@ def run_suite(
         pairs = sum(len(ts) for _, ts in plan)
         tracker = SuiteProgress([t.name for _, ts in plan for t in ts], expected, parallel=min(jobs, pairs) or 1)
         job = Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, store,
-                  summary, say, head_dir, tracker, started=utc_now(), overrides=overrides)  # fmt: skip
+                  summary, say, head_dir, tracker, started=utc_now(), overrides=overrides,
+                  tensorboard_dir=Path(tensorboard_dir).expanduser() if tensorboard_dir else None)  # fmt: skip
         if jobs > 1 and pairs > 1:
             from .workers import run_in_workers
 

@@ -5,24 +5,20 @@ training of hours is watched rather than guessed: ``tensorboard --logdir DIR``. 
 gets its own folder, ``DIR/<task>/<backbone label>-<run key>``; only rank 0 writes under torchrun. The
 scalars are a side channel: they change neither the numbers nor the run identity.
 
-The folder reaches the tasks as ``ctx.tensorboard_dir`` where the run context has that field, else through
-the environment variable ``SINDER_BENCH_TENSORBOARD`` that ``run --tensorboard`` sets (so worker processes
-and launched jobs inherit it). Needs the ``tensorboard`` package (``pip install 'sinder-bench[tensorboard]'``).
+The folder reaches the tasks as ``ctx.tensorboard_dir`` (``run_suite(tensorboard_dir=...)``, which worker
+processes and launched jobs get with the rest of the run's settings). Needs the ``tensorboard`` package (``pip install 'sinder-bench[tensorboard]'``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from benchmarks.core import distributed as D
-
-TENSORBOARD_ENV = "SINDER_BENCH_TENSORBOARD"
 
 
 class ScalarWriter(Protocol):
@@ -43,7 +39,7 @@ def tensorboard_problem() -> str | None:
 
 def tensorboard_root(ctx=None) -> Path | None:
     """The ``--tensorboard`` folder of this run, or None when scalars are off."""
-    root = getattr(ctx, "tensorboard_dir", None) or os.environ.get(TENSORBOARD_ENV)
+    root = getattr(ctx, "tensorboard_dir", None)
     return Path(root).expanduser() if root else None
 
 
@@ -75,13 +71,11 @@ def scalar_writer(ctx, task: str) -> Iterator[ScalarWriter | None]:
 
 
 class TensorboardAction(argparse.Action):
-    """``run --tensorboard DIR``: checks that tensorboard imports (else a usage error, exit 2) and sets
-    ``SINDER_BENCH_TENSORBOARD`` for this process and the workers and jobs it starts."""
+    """``run --tensorboard DIR``: checks that tensorboard imports (else a usage error, exit 2)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         problem = tensorboard_problem()
         if problem:
             parser.error(problem)
         folder = Path(values).expanduser().resolve()
-        os.environ[TENSORBOARD_ENV] = str(folder)
         setattr(namespace, self.dest, folder)
