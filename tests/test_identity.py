@@ -98,7 +98,7 @@ def _code_outside_the_role_home():
 
 # Reading a role out of its key (the text form), or deciding from the `_reg` suffix, outside sinder/models/roles.py.
 PARSES_A_ROLE = re.compile(r"role\w*(\.\w+|\[[^]]*\])*\.(partition|rpartition|split|rsplit|startswith|endswith)\(")
-KEY_TEXT = re.compile(r"[\"'](official|register|repair|remedy):")
+KEY_TEXT = re.compile(r"[\"'](official|register|repair|remedy):(?!\s)")  # a key's text, not a message's "repair: ..."
 REG_SUFFIX = re.compile(r"(endswith|removesuffix)\(\s*[\"']_reg[\"']")
 # The register remedy still names its preset by the suffix; it moves with the remedy interface (another change).
 REG_SUFFIX_PENDING: set[str] = set()
