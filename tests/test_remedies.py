@@ -75,7 +75,7 @@ def test_preflight_rejects_a_bad_remedy_with_exit_2(tmp_path, capsys, neurons_fi
 def neurons_file(tmp_path_factory):
     base = load_backbone(BASE)
     path = tmp_path_factory.mktemp("ttr") / "neurons.json"
-    save_neurons(fit_register_neurons(base, sample_images(24, size=112, seed=1).split(12)), path)
+    save_neurons(fit_register_neurons(base, sample_images(24, size=112, seed=1).split(12), selection="robust_z"), path)
     return path
 
 
