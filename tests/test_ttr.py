@@ -193,20 +193,32 @@ def test_neuron_file_round_trip_and_checks(tmp_path, defective, fitted):
 
 
 def test_cli_fit_writes_the_neuron_file_and_keeps_an_existing_one(tmp_path, capsys, defective):
-    images = write_synthetic_photos(tmp_path / "images", 6, size=224, seed=0)
+    images = write_synthetic_photos(tmp_path / "images", 6, size=256, seed=0)
     out = tmp_path / "neurons.json"
-    args = ["ttr", "fit", "--backbone", dm.PRESET_NAME, "--images", str(images), "--out", str(out),
-            "--resolution", "224", "--top-k", "12", "--device", "cpu"]
+    base = ["ttr", "fit", "--backbone", dm.PRESET_NAME, "--images", str(images), "--out", str(out),
+            "--top-k", "12", "--device", "cpu"]
+    assert cli_main(base) == 2  # the reference selection has no threshold of its own
+    assert "--selection reference needs --threshold" in capsys.readouterr().err and not out.exists()
+    args = [*base, "--threshold", "20"]
     assert cli_main(args) == 0
     record = json.loads(out.read_text())
     assert record["weights_sha256"] == defective.weights_sha256 and record["backbone"] == dm.PRESET_NAME
-    assert record["settings"]["resolution"] == 224 and record["settings"]["top_k"] == 12
+    settings = record["settings"]
+    assert (settings["selection"], settings["resolution"], settings["resize"], settings["threshold"]) == (
+        "reference", 224, 256, 20.0)
+    assert settings["top_k"] == 12 and deviations(settings) == []
     assert record["fit"]["n_images"] == 6 and len(record["neurons"]) == 12
     written = out.read_text()
     assert cli_main(args) == 2
     assert "exists; pass --force" in capsys.readouterr().err and out.read_text() == written
-    assert cli_main([*args[:-4], "--resolution", "100", "--force"]) == 2
+    assert cli_main([*args, "--resolution", "100", "--force"]) == 2
     assert "not a multiple of the patch size 14" in capsys.readouterr().err and out.read_text() == written
+    robust = [*base[:-2], "--selection", "robust_z", "--max-images", "4", "--resolution", "112", "--force"]
+    assert cli_main(robust) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert (settings["selection"], settings["resize"]) == ("robust_z", 128)
+    assert [d.split(":")[0].split(" (")[0] for d in deviations(settings)] == [
+        "ttr selection=robust_z", "ttr fit max_images=4", "ttr fit resolution=112"]
 
 
 # --------------------------------------------------------------------------------------------- the official code
