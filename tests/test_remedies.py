@@ -169,6 +169,7 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     assert set(census) == {BASE, f"{BASE}+clamp", f"{BASE}+ttr"}
     assert census[f"{BASE}+ttr"]["backbone"]["role"]["kind"] == "remedy"
     assert census[f"{BASE}+ttr"]["metrics"]["extra_tokens"] == 1
+    assert census[f"{BASE}+ttr"]["deviations"][0].startswith("ttr selection=robust_z")  # the smoke fit's rule
     assert census[f"{BASE}+clamp"]["metrics"]["extra_tokens"] == 0
     base_high = census[BASE]["metrics"]["high_norm_last"]
     assert base_high > 0

@@ -353,3 +353,24 @@ def test_deviations_name_every_variant():
     assert [d.split(":")[0].split(" ")[1] for d in found[:3]] == ["init=patch_mean", "value=per_unit",
                                                                    "selection=robust_z"]
     assert found[3:] == ["ttr fit max_images=300 (reference: 100)", "ttr fit resolution=518 (reference: 224)"]
+
+
+def test_the_remedy_runs_the_reference_by_default_and_records_each_variant(tmp_path, defective, fitted):
+    from benchmarks.core import backbones as B
+    from benchmarks.core.job import run_deviations
+
+    path = tmp_path / "neurons.json"
+    save_neurons(fitted, path)  # fitted with selection robust_z
+    default = B.load(B.parse_backbone_spec(f"{dm.PRESET_NAME}+ttr:{path}"))
+    variant = B.load(B.parse_backbone_spec(f"{dm.PRESET_NAME}+ttr:neurons={path},init=patch_mean,value=per_unit"))
+    assert (default.init, default.value, variant.init, variant.value) == ("zeros", "layer_max", "patch_mean",
+                                                                         "per_unit")
+    assert default.remedy_deviations == deviations(fitted.settings)
+    assert [d.split(":")[0] for d in variant.remedy_deviations] == ["ttr init=patch_mean", "ttr value=per_unit",
+                                                                    "ttr selection=robust_z"]
+    assert default.weights_sha256 != variant.weights_sha256  # other work: a record is never reused across them
+    record = run_deviations({}, {"deviations": ["task switch"]}, torch.device("cpu"), None,
+                            variant.remedy_deviations)
+    assert record["deviations"] == [*variant.remedy_deviations, "task switch"]
+    with pytest.raises(ValueError, match="value 'max': use one of layer_max, per_unit"):
+        B.parse_backbone_spec(f"{dm.PRESET_NAME}+ttr:{path},value=max")

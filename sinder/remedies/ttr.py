@@ -171,7 +171,7 @@ def outlier_mask(grid: Tensor, threshold: float | None = None, mu: float = HIGH_
     return grid.float().norm(dim=-1) > threshold
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} {value!r}: use one of {', '.join(choices)} ({choices[0]} is the reference's)")
     return value
@@ -200,7 +200,7 @@ def fit_register_neurons(
     ``0..highest_block`` (default ``default_highest_block``). Per image as in the reference: a batch gives the
     same scores as its images one at a time.
     """
-    _check_choice("selection", selection, SELECTION_CHOICES)
+    check_choice("selection", selection, SELECTION_CHOICES)
     reference = selection == "reference"
     depth = len(model.blocks)
     detect = _resolve_block(detection_block, depth, "detection block")
@@ -375,8 +375,8 @@ class TestTimeRegisters(nn.Module):
     def __init__(self, model: nn.Module, neurons, init: str = "zeros", value: str = "layer_max"):
         super().__init__()
         self.model = model
-        self.init = _check_choice("init", init, INIT_CHOICES)
-        self.value = _check_choice("value", value, VALUE_CHOICES)
+        self.init = check_choice("init", init, INIT_CHOICES)
+        self.value = check_choice("value", value, VALUE_CHOICES)
         self.register_neurons = _as_neurons(neurons)
         _check_neurons(model, self.register_neurons)
         by_block: dict[int, tuple[list[int], list[int]]] = {}
@@ -493,7 +493,7 @@ def register_values(hidden: Tensor, signs: Tensor, value: str = "layer_max") -> 
     tie), for every unit. ``per_unit``: each unit's extreme over the tokens in the direction of its sign."""
     if value == "per_unit":
         return (hidden * signs).amax(dim=1) * signs
-    _check_choice("value", value, VALUE_CHOICES)
+    check_choice("value", value, VALUE_CHOICES)
     flat = hidden.flatten(1)
     high, low = flat.amax(dim=1), flat.amin(dim=1)
     extreme = torch.where(high.abs() > low.abs(), high, low)  # sign_max: pos if |pos| > |neg| else neg
