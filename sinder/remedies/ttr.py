@@ -531,8 +531,9 @@ def describe(neurons: RegisterNeurons) -> str:
     blocks = ", ".join(f"{b}: {c}" for b, c in sorted(per_block.items())) or "none"
     tokens = fit.get("outlier_tokens", 0) / max(fit.get("images_with_outliers", 0), 1)
     lines = [
-        f"{fit.get('images_with_outliers', 0)}/{fit.get('n_images', 0)} images have outlier tokens at block "
-        f"{settings.get('detection_block')} ({settings.get('outlier_rule')}), {tokens:.1f} per such image",
+        f"selection {settings.get('selection', 'robust_z')}: {fit.get('images_with_outliers', 0)}/"
+        f"{fit.get('n_images', 0)} images have outlier tokens at block {settings.get('detection_block')} "
+        f"({settings.get('outlier_rule')}), {tokens:.1f} per such image",
         f"{len(neurons.neurons)} register neurons in blocks 0..{settings.get('highest_block')} (block: count) "
         f"{blocks}",
     ]
