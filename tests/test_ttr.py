@@ -374,3 +374,25 @@ def test_the_remedy_runs_the_reference_by_default_and_records_each_variant(tmp_p
     assert record["deviations"] == [*variant.remedy_deviations, "task switch"]
     with pytest.raises(ValueError, match="value 'max': use one of layer_max, per_unit"):
         B.parse_backbone_spec(f"{dm.PRESET_NAME}+ttr:{path},value=max")
+
+
+def test_the_reference_images_are_dinov2s_eval_transform(tmp_path):
+    # make_classification_eval_transform (DINOv2, used by the official dinov2_state.preprocess): Resize(256) bicubic
+    # then CenterCrop(224). torchvision's rules (transforms.functional): the short side becomes 256 and the long one
+    # int(256 * long / short); the crop starts at int(round((size - 224) / 2.0)) on each axis.
+    import numpy as np
+    from PIL import Image
+
+    from sinder.utils.images import load_image, to_normalized_tensor
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "wide.png"
+    Image.fromarray(rng.integers(0, 255, (300, 437, 3), dtype=np.uint8)).save(path)  # H 300, W 437
+    width = int(256 * 437 / 300)  # 372
+    resized = Image.open(path).convert("RGB").resize((width, 256), Image.Resampling.BICUBIC)
+    left, top = int(round((width - 224) / 2.0)), int(round((256 - 224) / 2.0))
+    expected = to_normalized_tensor(resized.crop((left, top, left + 224, top + 224)))
+    torch.testing.assert_close(load_image(path, 224, 14, resize=256), expected, rtol=0, atol=0)
+    assert not torch.allclose(load_image(path, 224, 14), expected)  # resize 224 then crop: another image
+    with pytest.raises(ValueError, match="resize 200 is smaller than the crop 224"):
+        load_image(path, 224, 14, resize=200)
