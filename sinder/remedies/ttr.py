@@ -70,7 +70,6 @@ REFERENCE_VIT_L_THRESHOLD = 150.0
 SPARSITY_FRACTION = 0.5
 SPARSITY_ACTIVATION = 0.5
 
-PROTOCOL = "reference"
 INIT_CHOICES = ("zeros", "patch_mean")  # the first of each is the reference's
 VALUE_CHOICES = ("layer_max", "per_unit")
 SELECTION_CHOICES = ("reference", "robust_z")
