@@ -75,7 +75,7 @@ def test_preflight_rejects_a_bad_remedy_with_exit_2(tmp_path, capsys, neurons_fi
 def neurons_file(tmp_path_factory):
     base = load_backbone(BASE)
     path = tmp_path_factory.mktemp("ttr") / "neurons.json"
-    save_neurons(fit_register_neurons(base, sample_images(24, size=112, seed=1).split(12)), path)
+    save_neurons(fit_register_neurons(base, sample_images(24, size=112, seed=1).split(12), selection="robust_z"), path)
     return path
 
 
@@ -169,6 +169,7 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     assert set(census) == {BASE, f"{BASE}+clamp", f"{BASE}+ttr"}
     assert census[f"{BASE}+ttr"]["backbone"]["role"]["kind"] == "remedy"
     assert census[f"{BASE}+ttr"]["metrics"]["extra_tokens"] == 1
+    assert census[f"{BASE}+ttr"]["deviations"][0].startswith("ttr selection=robust_z")  # the smoke fit's rule
     assert census[f"{BASE}+clamp"]["metrics"]["extra_tokens"] == 0
     base_high = census[BASE]["metrics"]["high_norm_last"]
     assert base_high > 0

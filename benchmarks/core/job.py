@@ -226,7 +226,8 @@ class Job:
                     hparams=result.get("hparams", {}), wall_time_s=wall,
                     extra={"datasets": {k: str(v) for k, v in self.roots.items() if k in used},
                            **({"details": result["details"]} if result.get("details") else {}),
-                           **run_deviations(config, result, self.device, amp_dtype)},
+                           **run_deviations(config, result, self.device, amp_dtype,
+                                           getattr(model, "remedy_deviations", ()))},
                 )  # fmt: skip
                 self.store.write(record)
                 line = headline(metrics, [m.name for m in task.metrics] + sorted(metrics))
@@ -264,13 +265,15 @@ def autocast_dtype(config: dict[str, Any]) -> torch.dtype | None:
     return AUTOCAST[name]
 
 
-def run_deviations(config: dict[str, Any], result: dict[str, Any], device: torch.device, amp_dtype) -> dict:
+def run_deviations(config: dict[str, Any], result: dict[str, Any], device: torch.device, amp_dtype,
+                   remedy: list[str] | tuple[str, ...] = ()) -> dict:
     """The record's ``autocast`` (the dtype the backbone actually ran in) and ``deviations``: every switch and
-    deliberate departure from the reference code the task reports, plus autocast when it differs."""
+    deliberate departure from the reference code the backbone's remedy (``remedy_deviations``) and the task
+    report, plus autocast when it differs."""
     from .features import compute_dtype_name
 
     ran = compute_dtype_name(device, amp_dtype)
-    deviations = list(result.get("deviations", []))
+    deviations = [*remedy, *result.get("deviations", [])]
     wanted = config.get("autocast")
     if wanted is not None and ran != wanted:
         deviations.append(f"autocast: the reference uses {wanted}, this run computed in {ran} ({device.type})")

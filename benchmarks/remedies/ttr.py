@@ -1,4 +1,8 @@
-"""``+ttr:NEURONS.json``: test-time registers (``sinder.remedies.ttr``) driven by a neuron file fitted on the base."""
+"""``+ttr:NEURONS.json[,init=...,value=...]``: test-time registers (``sinder.remedies.ttr``) driven by a neuron file
+fitted on the base. By default the official computation (``init=zeros``, ``value=layer_max``); ``init=patch_mean``
+and ``value=per_unit`` are the earlier variants. Every departure from the reference, these and the neuron file's
+(``selection``, image count and size), is the loaded model's ``remedy_deviations``, which the run records carry
+in ``deviations``."""
 
 from __future__ import annotations
 
@@ -7,11 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core.remedy import Remedy, register_remedy, remedy_role
+from benchmarks.core.remedy import Remedy, key_value_args, register_remedy, remedy_role
 from sinder.utils.hashing import canonical_sha256
 
 SMOKE_IMAGES = 80  # train images of the synthetic ImageNet twin the register neurons are fitted on
 SMOKE_RESOLUTION = 112
+# The smoke fit flags outliers by the census rule: the reference's norm threshold is set by hand per model (150 for
+# ViT-L) and a tiny model has none; recorded as the deviation selection=robust_z.
+SMOKE_SELECTION = "robust_z"
 
 
 @register_remedy
@@ -19,13 +26,18 @@ class TestTimeRegisterRemedy(Remedy):
     __test__ = False
     name = "ttr"
     title = "test-time registers (Jiang et al. 2025)"
-    args_help = "NEURONS.json (from `sinder-bench ttr fit`)"
+    args_help = "NEURONS.json[,init=zeros|patch_mean][,value=layer_max|per_unit] (from `sinder-bench ttr fit`)"
 
     def parse_args(self, text: str | None) -> dict[str, Any]:
-        path = (text or "").removeprefix("neurons=").strip()
-        if not path:
+        from sinder.remedies.ttr import INIT_CHOICES, VALUE_CHOICES, check_choice
+
+        params = key_value_args(self.name, text, {"neurons": str, "init": str, "value": str}, positional="neurons")
+        if not params.get("neurons"):
             raise ValueError("remedy ttr needs a neuron file: +ttr:NEURONS.json (write one with `sinder-bench ttr fit`)")
-        return {"neurons": path}
+        for key, choices in (("init", INIT_CHOICES), ("value", VALUE_CHOICES)):
+            if key in params:
+                check_choice(f"remedy ttr: {key}", params[key], choices)
+        return params
 
     def problem(self, base, params: dict[str, Any]) -> str | None:
         from sinder.models import weights as W
@@ -49,13 +61,16 @@ class TestTimeRegisterRemedy(Remedy):
     def load(self, base, params: dict[str, Any], device="cpu"):
         from benchmarks.core.backbones import load
         from sinder.models.weights import file_sha256
-        from sinder.remedies.ttr import apply_test_time_registers, load_neurons
+        from sinder.remedies.ttr import apply_test_time_registers, deviations, load_neurons
 
         model = load(base, device=device)
         neurons = load_neurons(params["neurons"], model)  # refuses a file fitted on other weights
-        wrapped = apply_test_time_registers(model, neurons)
+        init, value = params.get("init", "zeros"), params.get("value", "layer_max")
+        wrapped = apply_test_time_registers(model, neurons, init=init, value=value)
         base_sha = model.weights_sha256
-        config = {"neurons_sha256": file_sha256(params["neurons"]), "n_neurons": len(neurons.neurons)}
+        # init and value are part of the work's identity: a record of one variant is never reused for another.
+        config = {"neurons_sha256": file_sha256(params["neurons"]), "n_neurons": len(neurons.neurons),
+                  "init": init, "value": value}
         role = remedy_role("remedy", "ttr", config, base_sha)
         # The tensors are the base's: the hash of the model that runs also names the neurons, so feature caches
         # keyed by it never hand the base's features to the remedy.
@@ -63,6 +78,7 @@ class TestTimeRegisterRemedy(Remedy):
         wrapped.weights_role = role
         wrapped.weights_source = f"{model.weights_source} + test-time registers {Path(params['neurons']).name}"
         wrapped.remedy_cost = {"setup_s": neurons.fit.get("seconds"), "extra_tokens": wrapped.num_extra_tokens}
+        wrapped.remedy_deviations = deviations(neurons.settings, init=init, value=value)
         return wrapped.eval()
 
     def smoke_args(self, base, cache_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> str:
@@ -77,7 +93,7 @@ def smoke_neurons(spec, cache_dir: Path, seed: int = 0, log: Callable[[str], Non
     from sinder.utils.images import list_images, load_image, stride_subset
 
     base = load(spec)
-    path = Path(cache_dir) / "backbones" / f"{Path(spec.name).stem}_ttr-{base.weights_sha256[:16]}.json"
+    path = Path(cache_dir) / "backbones" / f"{Path(spec.name).stem}_ttr-{SMOKE_SELECTION}-{base.weights_sha256[:16]}.json"
     if path.is_file():
         return path
     images_dir = Path(cache_dir) / "synth" / f"imagenet-seed{seed}"
@@ -91,8 +107,9 @@ def smoke_neurons(spec, cache_dir: Path, seed: int = 0, log: Callable[[str], Non
 
     images = torch.stack([load_image(f, SMOKE_RESOLUTION, base.patch_size) for f in files])
     start = time.perf_counter()
-    neurons = fit_register_neurons(base, images.split(16))
+    neurons = fit_register_neurons(base, images.split(16), selection=SMOKE_SELECTION)
     neurons.fit["seconds"] = round(time.perf_counter() - start, 3)
+    neurons.settings.update({"resolution": SMOKE_RESOLUTION, "max_images": SMOKE_IMAGES})
     neurons.fit["images"] = f"synthetic ImageNet twin (seed {seed}), {len(files)} train images at {SMOKE_RESOLUTION} px"
     save_neurons(neurons, path)
     return path

@@ -1,27 +1,46 @@
 """Test-time registers (Jiang, Dravid, Efros, Gandelsman 2025, "Vision Transformers Don't Need Trained Registers").
 
 A training-free remedy for high-norm outlier tokens. A few MLP hidden units ("register neurons") fire at the
-outlier positions and create them. At inference one extra token is appended after the patch tokens; in every
-register neuron the extra token gets the neuron's extreme activation over the tokens and the patch tokens get
-zero, so the outlier forms on the extra token instead of on an image patch. The class token and any trained
-registers are left as they are.
+outlier positions and create them. At inference one extra token is appended after the sequence; in the register
+neurons the extra token gets a large activation and the patch tokens get zero, so the outlier forms on the extra
+token instead of on an image patch. The class token and any trained registers are left as they are.
 
-- ``fit_register_neurons``: outlier tokens are the patch tokens whose norm at a detection block is extreme (by
-  default the same robust rule as the high-norm census, ``sinder.defects.detect.high_norm_mask``; or a fixed norm
-  threshold as in the reference code); each MLP hidden unit of blocks ``0..highest_block`` is scored by its mean
-  absolute activation at the outlier positions, averaged over the images that have outliers; the top-k units
-  are the register neurons.
-- ``apply_test_time_registers``: a wrapper around a ``DinoVisionTransformer`` whose ``forward``,
-  ``forward_features`` and ``get_intermediate_layers`` run with the extra token. The base model is not changed:
-  its hooks exist only while a wrapper call runs. Outputs keep their shapes: the extra token rides beside the
-  sequence from block to block and never reaches the final norm, a pooled feature or a dense output. Without
-  register neurons (a model without outliers) no token is added and the model runs unchanged: the extra token
-  alone, though initialised to the patch mean, shifts a random tiny ViT's patch outputs by about 1e-3 relative.
+``protocol: reference`` (the default) is the official repository's computation (github.com/nickjiang2378/
+test-time-registers); today's earlier variants stay one named option away and are recorded as deviations:
 
-The hidden unit is the input of the MLP's output layer: ``gelu(fc1(x))`` for the GELU MLP (ViT-S/B/L) and the
-gated product ``silu(x1) * x2`` (input of ``w3``) for SwiGLU (ViT-g). A SwiGLU unit can fire negatively at the
-outliers, so each neuron records the sign of its mean activation there and the extra token gets its extreme in
-that direction (the maximum for the usual positive unit, as in the reference).
+- ``init``: the extra token starts as zeros, appended after the position embeddings, without one (``zeros``,
+  official ``dinov2/models/vision_transformer.py`` ``prepare_tokens_with_masks``); ``patch_mean``: the mean of the
+  patch tokens.
+- ``value``: at each hooked block the official hook (``dinov2/hub/hook_fn.py`` ``activate_on_registers`` with
+  ``sign_max``) writes into the extra token, for every register neuron of that block, the same scalar: the value
+  of largest magnitude, with its sign, over all tokens and all register neurons of the block (``layer_max``);
+  ``per_unit``: each neuron's own extreme in the direction it fires at the outliers. Two units whose maxima are 8
+  and 3 get [8, 8] under ``layer_max`` and [8, 3] under ``per_unit``.
+- ``selection`` (``fit_register_neurons``): ``reference`` as the official ``shared/algorithms.py``
+  ``find_register_neurons`` with the notebook's call (``register_neurons.ipynb``: 100 images, 224 px,
+  ``apply_sparsity_filter=True``) and ``configs/dinov2_large.yaml`` (detection block -2, norm threshold 150,
+  highest layer 17, top-k 50): outlier tokens are the tokens, class token included, whose norm at the detection
+  block is above a fixed threshold; each hidden unit's mean |activation| at those tokens, set to zero unless the
+  unit is below 0.5 on at least half of the image's tokens (the sparsity filter), is averaged over the images
+  with outliers, and the top-k units of blocks ``0..highest_block`` are kept. ``robust_z``: outliers are the
+  patch tokens the high-norm census flags (``sinder.defects.detect.high_norm_mask``), no sparsity filter.
+
+Two things the official code does are kept out, and listed in docs/protocols.md: its hook edits only the first
+image of a batch (``output[0]``), ours every image, each with its own value; and its ``forward_features`` slices
+the patch tokens as ``[1 + num_register_tokens:]`` after setting ``num_register_tokens = 1``, which drops the
+first patch and includes the register; ours returns exactly the base model's patch tokens.
+
+- ``fit_register_neurons``: the register neurons of a model on image batches (see ``selection``).
+- ``apply_test_time_registers(model, neurons, init=..., value=...)``: a wrapper around a ``DinoVisionTransformer``
+  whose ``forward``, ``forward_features`` and ``get_intermediate_layers`` run with the extra token. The base model
+  is not changed: its hooks exist only while a wrapper call runs. Outputs keep their shapes: the extra token
+  rides beside the sequence from block to block and never reaches a pooled feature or a dense output. Without
+  register neurons no token is added and the model runs unchanged.
+
+The hidden unit is the input of the MLP's output layer: ``gelu(fc1(x))`` for the GELU MLP (ViT-S/B/L; the official
+hook's ``mlp.act`` output) and the gated product ``silu(x1) * x2`` (input of ``w3``) for SwiGLU (ViT-g, which the
+official hook does not cover). A SwiGLU unit can fire negatively at the outliers, so each neuron records the sign
+of its mean activation there; ``per_unit`` uses it, ``layer_max`` (signed by magnitude) does not need it.
 """
 
 from __future__ import annotations
@@ -41,7 +60,19 @@ from sinder.utils.atomic import atomic_write_text
 
 FORMAT = "sinder-bench test-time register neurons"
 VERSION = 1
-DEFAULT_TOP_K = 50  # the reference's setting for ViT-L (24 blocks x 4096 units)
+DEFAULT_TOP_K = 50  # the reference's setting for ViT-L (24 blocks x 4096 units), configs/dinov2_large.yaml
+# The official recipe (register_neurons.ipynb: find_register_neurons(processed_image_cnt=100, ...), IMAGE_SIZE 224;
+# configs/dinov2_large.yaml: register_norm_threshold 150 for ViT-L).
+REFERENCE_IMAGES = 100
+REFERENCE_RESOLUTION = 224
+REFERENCE_VIT_L_THRESHOLD = 150.0
+# shared/algorithms.py find_register_neurons: sparsity_frac_threshold=0.5, sparsity_activation_threshold=0.5.
+SPARSITY_FRACTION = 0.5
+SPARSITY_ACTIVATION = 0.5
+
+INIT_CHOICES = ("zeros", "patch_mean")  # the first of each is the reference's
+VALUE_CHOICES = ("layer_max", "per_unit")
+SELECTION_CHOICES = ("reference", "robust_z")
 
 
 @dataclass(frozen=True)
@@ -110,7 +141,8 @@ def _resolve_block(index: int, depth: int, what: str) -> int:
 
 
 def default_highest_block(depth: int) -> int:
-    """Three quarters of the depth: block 17 of ViT-L's 24, the reference's setting."""
+    """Three quarters of the depth: block 17 of ViT-L's 24, the reference's setting (configs/dinov2_large.yaml
+    highest_layer: 17; the reference sets no value for other depths)."""
     return max(0, round(0.75 * depth) - 1)
 
 
@@ -138,6 +170,12 @@ def outlier_mask(grid: Tensor, threshold: float | None = None, mu: float = HIGH_
     return grid.float().norm(dim=-1) > threshold
 
 
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} {value!r}: use one of {', '.join(choices)} ({choices[0]} is the reference's)")
+    return value
+
+
 @torch.no_grad()
 def fit_register_neurons(
     model,
@@ -148,15 +186,21 @@ def fit_register_neurons(
     threshold: float | None = None,
     mu: float = HIGH_NORM_Z,
     min_ratio: float = HIGH_NORM_MIN_RATIO,
+    selection: str = "reference",
 ) -> RegisterNeurons:
     """Find the register neurons of ``model`` on image batches (B x 3 x H x W, normalized).
 
-    Two passes per batch keep memory bounded for ViT-g: the first finds the outlier positions at
-    ``detection_block`` (negative: from the end), the second reads the hidden activations of blocks
-    ``0..highest_block`` (default ``default_highest_block``) only at those positions.
+    ``selection="reference"`` (the official ``find_register_neurons`` with ``apply_sparsity_filter=True``) needs
+    ``threshold``, the token norm above which a token (class token included) is an outlier at
+    ``detection_block``: the reference sets it by hand per model (150 for ViT-L). ``selection="robust_z"``
+    flags the patch tokens the high-norm census flags (``threshold`` None; with one, patch tokens above it) and
+    applies no sparsity filter. Two passes per batch keep memory bounded for ViT-g: the first finds the outlier
+    positions at ``detection_block`` (negative: from the end), the second reads the hidden activations of blocks
+    ``0..highest_block`` (default ``default_highest_block``). Per image as in the reference: a batch gives the
+    same scores as its images one at a time.
     """
-    from sinder.defects.detect import patch_token_grids
-
+    check_choice("selection", selection, SELECTION_CHOICES)
+    reference = selection == "reference"
     depth = len(model.blocks)
     detect = _resolve_block(detection_block, depth, "detection block")
     highest = default_highest_block(depth) if highest_block is None else _resolve_block(
@@ -165,30 +209,49 @@ def fit_register_neurons(
         raise ValueError(f"top_k {top_k} must be >= 1")
     if threshold is not None and not threshold > 0:
         raise ValueError(f"threshold {threshold} must be a positive token norm (or None for the robust rule)")
+    if reference and threshold is None:
+        raise ValueError("the reference selection needs a token norm threshold (the reference uses "
+                         f"{REFERENCE_VIT_L_THRESHOLD:g} for ViT-L); or use selection robust_z")
     width = hidden_width(model)
     first_patch = 1 + model.num_register_tokens
     abs_sum = torch.zeros(highest + 1, width, dtype=torch.float64)  # sum over images of per-image means
     signed_sum = torch.zeros_like(abs_sum)
     n_images = images_with_outliers = outlier_tokens = 0
-    masks: Tensor | None = None  # (B, N) patch positions of the current batch
-    captured: dict[int, Tensor] = {}
+    masks: Tensor | None = None  # (B, T) outlier positions of the current batch over the whole sequence
+    captured: dict[int, tuple[Tensor, Tensor]] = {}
 
     def capture(index):
         def hook(_module, args):
-            hidden = args[0][:, first_patch:].float()  # (B, N, width) patch tokens only
-            weights = masks.to(hidden)  # (B, N)
+            hidden = args[0].float()  # (B, T, width): every token
+            weights = masks.to(hidden)  # (B, T)
             counts = weights.sum(dim=1).clamp(min=1)[:, None]
-            captured[index] = (
-                torch.einsum("bn,bnh->bh", weights, hidden.abs()) / counts,
-                torch.einsum("bn,bnh->bh", weights, hidden) / counts,
-            )
+            abs_mean = torch.einsum("bt,bth->bh", weights, hidden.abs()) / counts
+            if reference:  # the sparsity filter: below 0.5 on at least half of the image's tokens
+                sparse = (hidden < SPARSITY_ACTIVATION).sum(dim=1) >= SPARSITY_FRACTION * hidden.shape[1]
+                abs_mean = abs_mean * sparse
+            captured[index] = (abs_mean, torch.einsum("bt,bth->bh", weights, hidden) / counts)
 
         return hook
 
+    detected: list[Tensor] = []
+
+    def keep_output(_module, _args, output):
+        detected.append(output)
+
     hooks = [(hidden_layer(model.blocks[i]), "pre", capture(i)) for i in range(highest + 1)]
     for images in batches:
-        grids = patch_token_grids(model, images, blocks=[detect])[0]  # (B, H, W, D)
-        masks = torch.stack([outlier_mask(g, threshold, mu, min_ratio).flatten() for g in grids])
+        detected.clear()
+        with _hooks([(model.blocks[detect], "post", keep_output)]):
+            model.get_intermediate_layers(images, n=[detect], norm=False)
+        tokens = detected[0]  # (B, T, D) before the final norm
+        if reference:  # every token, class token (and trained registers) included
+            masks = tokens.float().norm(dim=-1) > threshold
+        else:
+            rows, cols = images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size
+            grids = tokens[:, first_patch:].reshape(tokens.shape[0], rows, cols, -1)
+            masks = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            masks[:, first_patch:] = torch.stack(
+                [outlier_mask(g, threshold, mu, min_ratio).flatten() for g in grids])
         n_images += images.shape[0]
         has = masks.any(dim=1)
         if not has.any():
@@ -211,18 +274,26 @@ def fit_register_neurons(
         for value, flat in zip(top.values.tolist(), top.indices.tolist()):
             block, unit = divmod(flat, width)
             neurons.append(RegisterNeuron(block, unit, value, 1 if float(signed_sum[block, unit]) >= 0 else -1))
+    if reference:
+        rule = f"token norm > {threshold:g}, class token included (reference)"
+    elif threshold is not None:
+        rule = f"patch-token norm > {threshold:g}"
+    else:
+        rule = f"robust z-score of the patch-token norms > {mu} and >= {min_ratio} x median"
     return RegisterNeurons(
         neurons=neurons,
         backbone=getattr(model, "name", None),
         weights_sha256=getattr(model, "weights_sha256", None),
         architecture=architecture(model),
         settings={
+            "selection": selection,
             "detection_block": detect,
             "highest_block": highest,
             "top_k": top_k,
             "threshold": threshold,
-            "outlier_rule": (f"norm > {threshold}" if threshold is not None else
-                             f"robust z-score of the patch-token norms > {mu} and >= {min_ratio} x median"),
+            "outlier_rule": rule,
+            "sparsity_filter": (f"score 0 unless activation < {SPARSITY_ACTIVATION} on >= {SPARSITY_FRACTION:.0%} "
+                                "of the image's tokens") if reference else None,
             "mu": mu,
             "min_ratio": min_ratio,
             "hidden_unit": "input of the MLP output layer (GELU output; SwiGLU gated product)",
@@ -300,9 +371,11 @@ class TestTimeRegisters(nn.Module):
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, model: nn.Module, neurons):
+    def __init__(self, model: nn.Module, neurons, init: str = "zeros", value: str = "layer_max"):
         super().__init__()
         self.model = model
+        self.init = check_choice("init", init, INIT_CHOICES)
+        self.value = check_choice("value", value, VALUE_CHOICES)
         self.register_neurons = _as_neurons(neurons)
         _check_neurons(model, self.register_neurons)
         by_block: dict[int, tuple[list[int], list[int]]] = {}
@@ -326,8 +399,9 @@ class TestTimeRegisters(nn.Module):
 
         def hook(_module, args):
             (x, *rest) = args
-            if index == 0:
-                self._extra = x[:, first_patch:].mean(dim=1, keepdim=True)
+            if index == 0:  # the reference: zeros after the position embeddings (none of its own)
+                self._extra = (x[:, first_patch:].mean(dim=1, keepdim=True) if self.init == "patch_mean"
+                               else torch.zeros_like(x[:, :1]))
             return (torch.cat((x, self._extra.to(x.dtype)), dim=1), *rest)
 
         return hook
@@ -344,10 +418,9 @@ class TestTimeRegisters(nn.Module):
             units, signs = self._by_block[index]
             units, signs = units.to(hidden.device), signs.to(hidden)
             hidden = hidden.clone()
-            # The extreme over all tokens in the direction the neuron fires at the outliers.
-            extreme = (hidden[:, :, units] * signs).amax(dim=1) * signs  # (B, k)
+            extra = register_values(hidden[:, :, units], signs, self.value)
             hidden[:, first_patch:-1, units] = 0
-            hidden[:, -1, units] = extreme
+            hidden[:, -1, units] = extra
             return (hidden, *rest)
 
         return hook
@@ -395,15 +468,57 @@ class TestTimeRegisters(nn.Module):
             return self._extra[:, 0]
 
 
-def apply_test_time_registers(model: nn.Module, neurons) -> TestTimeRegisters:
-    """``model`` with one test-time register driven by ``neurons`` (a ``RegisterNeurons``, or ``RegisterNeuron``s
-    or ``(block, unit[, sign])`` tuples). The base model is not modified."""
-    return TestTimeRegisters(model, neurons)
+def apply_test_time_registers(model: nn.Module, neurons, init: str = "zeros",
+                              value: str = "layer_max") -> TestTimeRegisters:
+    """``model`` with one test-time register driven by ``neurons``: a ``RegisterNeurons`` (a fitted or loaded
+    neuron file), or a list of ``RegisterNeuron``s or ``(block, unit[, sign])`` tuples, blocks counted from 0.
+    ``init`` and ``value`` default to the official computation (see the module docstring); ``init="patch_mean"``
+    and ``value="per_unit"`` are the earlier variants. The base model is not modified."""
+    return TestTimeRegisters(model, neurons, init=init, value=value)
 
 
-def apply_neuron_file(model: nn.Module, path: str | Path) -> TestTimeRegisters:
+def apply_neuron_file(model: nn.Module, path: str | Path, init: str = "zeros",
+                      value: str = "layer_max") -> TestTimeRegisters:
     """``apply_test_time_registers`` with a neuron file, checked against the model's weights hash."""
-    return apply_test_time_registers(model, load_neurons(path, model))
+    return apply_test_time_registers(model, load_neurons(path, model), init=init, value=value)
+
+
+def register_values(hidden: Tensor, signs: Tensor, value: str = "layer_max") -> Tensor:
+    """What the extra token gets in one block's register neurons: ``hidden`` is B x T x k (every token, the
+    block's k register neurons), ``signs`` their k signs; B x k.
+
+    ``layer_max`` (the official ``sign_max`` over ``output[0, :, neuron_indices]``): per image one scalar, the
+    value of largest magnitude with its sign over all tokens and all k units (the minimum when the magnitudes
+    tie), for every unit. ``per_unit``: each unit's extreme over the tokens in the direction of its sign."""
+    if value == "per_unit":
+        return (hidden * signs).amax(dim=1) * signs
+    check_choice("value", value, VALUE_CHOICES)
+    flat = hidden.flatten(1)
+    high, low = flat.amax(dim=1), flat.amin(dim=1)
+    extreme = torch.where(high.abs() > low.abs(), high, low)  # sign_max: pos if |pos| > |neg| else neg
+    return extreme[:, None].expand(-1, hidden.shape[-1])
+
+
+def deviations(settings: dict[str, Any] | None = None, init: str = "zeros", value: str = "layer_max") -> list[str]:
+    """How a test-time-register model departs from the official computation (a record's ``deviations``):
+    the fit's ``settings`` (a neuron file's) and the ``init``/``value`` it runs with. The two fixes of the
+    official code's errors (every image of a batch edited, the patch slice) are not switches: docs/protocols.md."""
+    out = []
+    if init != "zeros":
+        out.append(f"ttr init={init}: the extra token starts as the patch mean (reference: zeros)")
+    if value != "layer_max":
+        out.append(f"ttr value={value}: each register neuron gets its own extreme (reference: one value per "
+                   "block, the signed largest magnitude over its neurons)")
+    if settings is not None:
+        selection = settings.get("selection", "robust_z")  # files written before the reference selection
+        if selection != "reference":
+            out.append(f"ttr selection={selection}: outliers by {settings.get('outlier_rule', 'the census rule')}, "
+                       "no sparsity filter (reference: token norm > threshold, class token included, sparsity filter)")
+        for key, want in (("max_images", REFERENCE_IMAGES), ("resolution", REFERENCE_RESOLUTION)):
+            got = settings.get(key)
+            if got is not None and got != want:
+                out.append(f"ttr fit {key}={got} (reference: {want})")
+    return out
 
 
 def describe(neurons: RegisterNeurons) -> str:
@@ -415,8 +530,9 @@ def describe(neurons: RegisterNeurons) -> str:
     blocks = ", ".join(f"{b}: {c}" for b, c in sorted(per_block.items())) or "none"
     tokens = fit.get("outlier_tokens", 0) / max(fit.get("images_with_outliers", 0), 1)
     lines = [
-        f"{fit.get('images_with_outliers', 0)}/{fit.get('n_images', 0)} images have outlier tokens at block "
-        f"{settings.get('detection_block')} ({settings.get('outlier_rule')}), {tokens:.1f} per such image",
+        f"selection {settings.get('selection', 'robust_z')}: {fit.get('images_with_outliers', 0)}/"
+        f"{fit.get('n_images', 0)} images have outlier tokens at block {settings.get('detection_block')} "
+        f"({settings.get('outlier_rule')}), {tokens:.1f} per such image",
         f"{len(neurons.neurons)} register neurons in blocks 0..{settings.get('highest_block')} (block: count) "
         f"{blocks}",
     ]

@@ -61,12 +61,23 @@ def to_normalized_tensor(img: Image.Image) -> Tensor:
     return (tensor - mean) / std
 
 
-def load_image(path: str | Path, resolution: int, patch_size: int = 14) -> Tensor:
-    """A 3 x R x R normalised tensor of one image file, R = ``resolution`` (a multiple of the patch size)."""
+def load_image(path: str | Path, resolution: int, patch_size: int = 14, resize: int | None = None) -> Tensor:
+    """A 3 x R x R normalised tensor of one image file, R = ``resolution`` (a multiple of the patch size); with
+    ``resize``, the short side goes to ``resize`` first and the centred R square is cut from it (no rescale)."""
     if resolution % patch_size:
         raise ValueError(f"resolution {resolution} is not a multiple of the patch size {patch_size}")
+    if resize is not None and resize < resolution:
+        raise ValueError(f"resize {resize} is smaller than the crop {resolution}")
     try:
         with Image.open(path) as img:
-            return to_normalized_tensor(resize_center_crop(img.convert("RGB"), resolution))
+            img = img.convert("RGB")
+            if resize is not None and resize != resolution:  # torchvision Resize(resize) + CenterCrop(resolution)
+                width, height = img.size
+                short = min(width, height)
+                new_w, new_h = int(resize * width / short), int(resize * height / short)
+                img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+                left, top = int(round((new_w - resolution) / 2.0)), int(round((new_h - resolution) / 2.0))
+                return to_normalized_tensor(img.crop((left, top, left + resolution, top + resolution)))
+            return to_normalized_tensor(resize_center_crop(img, resolution))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
