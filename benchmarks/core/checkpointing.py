@@ -28,10 +28,9 @@ import torch
 
 from benchmarks.core import distributed as D
 from sinder.utils.atomic import atomic_path, remove_stale_temps
-from sinder.utils.hashing import text_sha256
+from sinder.utils.hashing import INTERVAL_KEYS, text_sha256, without_intervals  # noqa: F401 (re-exported)
 
 FORMAT = 1  # bump when the layout of saved states changes: older files are then ignored, not misread
-INTERVAL_KEYS = ("checkpoint_every", "checkpoint_every_s")
 DEFAULT_EVERY_S = 300.0
 
 
@@ -42,15 +41,6 @@ def task_work_dir(ctx) -> Path | None:
     """The folder a task keeps its training state in (None: no checkpoints). The one place that says where."""
     work_dir = getattr(ctx, "work_dir", None)
     return Path(work_dir) if work_dir else None
-
-
-def without_intervals(value: Any) -> Any:
-    # How often a training saves does not change what it computes: a new interval resumes the old state.
-    if isinstance(value, dict):
-        return {k: without_intervals(v) for k, v in value.items() if k not in INTERVAL_KEYS}
-    if isinstance(value, (list, tuple)):
-        return [without_intervals(v) for v in value]
-    return value
 
 
 def fingerprint(*parts: Any) -> str:
