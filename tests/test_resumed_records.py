@@ -105,3 +105,57 @@ def test_the_repair_role_does_not_depend_on_the_checkpoint_interval(tmp_path):
     assert every_100 == every_500 and every_100.key == every_500.key  # one role: the same work
     assert other != every_100  # a parameter that changes the result still separates them
     assert every_100.config["checkpoint_every"] == 100  # the record keeps the full config
+
+
+def test_the_segment_clock_counts_killed_segments_up_to_their_last_checkpoint(tmp_path):
+    import os
+
+    from benchmarks.core.checkpointing import SegmentClock
+
+    work = tmp_path / "work"
+    assert SegmentClock(work).start(now=1000.0) == 0.0  # a first segment: nothing before it
+    (work / "state.pt").write_bytes(b"x")
+    os.utime(work / "state.pt", (1100.0, 1100.0))  # its last checkpoint, 100 s in; then killed at ~1150
+    assert SegmentClock(work).start(now=1200.0) == pytest.approx(100.0)  # the resume
+    (work / "logs.txt").write_bytes(b"x")  # not a checkpoint: no time
+    os.utime(work / "state.pt", (1260.0, 1260.0))
+    clock = SegmentClock(work)
+    assert clock.start(now=1300.0) == pytest.approx(100.0 + 60.0)
+    clock.finish()
+    assert not (work / "segments.json").exists()
+    assert SegmentClock(work).start(now=1400.0) == 0.0  # after a finished task a new count begins
+    assert SegmentClock(None).start() == 0.0
+
+
+def test_a_resumed_task_records_the_wall_time_of_every_segment(tmp_path, monkeypatch):
+    import os
+
+    from benchmarks.classification.task import ImageNetKNN, ImageNetLinear
+    from benchmarks.cli import main
+    from benchmarks.core.results import load_records
+
+    def fake(task, backbone, ctx):
+        return {"metrics": {"top1": 50.0, "top5": 90.0}}
+
+    def killed_after_a_checkpoint(task, backbone, ctx):
+        segments = ctx.work_dir / "segments.json"
+        started = json.loads(segments.read_text())[-1]["started"] - 100.0  # as if it began 100 s ago
+        segments.write_text(json.dumps([{"started": started, "ended": None}]))
+        (ctx.work_dir / "linear_probe.pt").write_bytes(b"x")
+        os.utime(ctx.work_dir / "linear_probe.pt", (started + 50.0, started + 50.0))  # 50 s of saved training
+        raise KeyboardInterrupt  # a kill, not an Exception: no failure record
+
+    def run(*extra):
+        return main(["run", "--suite", "table3", "--profile", "smoke", "--backbone", "dinov2_tiny_random", "--out",
+                     str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", *extra])  # fmt: skip
+
+    monkeypatch.setattr(ImageNetKNN, "run", fake)
+    monkeypatch.setattr(ImageNetLinear, "run", killed_after_a_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(ImageNetLinear, "run", fake)
+    assert run("--resume") == 0
+    records = {r["task"]: r for r in load_records(tmp_path / "runs")}
+    assert 50.0 <= records["imagenet_linear"]["wall_time_s"] < 50.0 + 60  # the killed segment's 50 s, plus this one
+    assert records["imagenet_knn"]["wall_time_s"] < 50.0
+    assert not list((tmp_path / "cache").rglob("segments.json"))  # finished tasks leave no segments behind
