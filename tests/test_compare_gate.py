@@ -101,6 +101,15 @@ def test_one_failed_baseline_task_leaves_the_new_task_failing_not_ungated(tmp_pa
     assert "note: 1 baseline record(s) of failed tasks ignored" in out.out
 
 
+def test_a_new_metric_without_baseline_is_said_to_be_ungated(tmp_path, capsys):
+    base, new = tmp_path / "base", tmp_path / "new"
+    _write(base, "m", {"top1": 80.0})
+    _write(new, "m", {"top1": 80.0, "top5": 1.0})
+    code, out = _gate(capsys, new, base)
+    assert code == 0 and "note: m [other@mmmmmmmmmmmm] / imagenet_knn: new metric(s) top5 have no baseline value: " \
+                         "not gated" in out.out  # fmt: skip
+
+
 def test_new_records_of_other_tasks_leave_the_baseline_missing(tmp_path, capsys):
     base, new = tmp_path / "base", tmp_path / "new"
     _write(base, "m", {"top1": 80.0})

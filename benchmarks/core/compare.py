@@ -447,6 +447,9 @@ def gate(new_records: list[dict], baseline_records: list[dict], tolerances: dict
         base_metrics = set().union(*(r["metrics"] for r in base_recs))
         for metric in sorted(base_metrics - new_metrics):
             result.missing.append(f"{new_label} / {task}: baseline metric {metric!r} is missing from the new records")
+        if new_metrics - base_metrics:
+            result.notes.append(f"{new_label} / {task}: new metric(s) {', '.join(sorted(new_metrics - base_metrics))} "
+                                "have no baseline value: not gated")  # fmt: skip
         runs = {(RunIdentity.from_record(r).task_version, RunIdentity.from_record(r).config_sha256)
                 for r in new_recs + base_recs}  # fmt: skip
         if len(runs) > 1:
