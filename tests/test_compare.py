@@ -100,7 +100,7 @@ def test_nan_and_unmatched(tmp_path, capsys):
     _write(base, "m", {"top1": 80.0})
     _write(new, "m", {"top1": float("nan")})
     rows, _ = compare(R.load_records(new), R.load_records(base))
-    assert rows[0].status == "REGRESSION"
+    assert rows[0].status == "NOT FINITE"
     other = tmp_path / "o"
     _write(other, "m", {"top1": 80.0}, task="imagenet_linear")
     _write(other, "n", {"top1": 80.0}, task="imagenet_linear")

@@ -28,10 +28,9 @@ import torch
 
 from benchmarks.core import distributed as D
 from sinder.utils.atomic import atomic_path, remove_stale_temps
-from sinder.utils.hashing import text_sha256
+from sinder.utils.hashing import INTERVAL_KEYS, text_sha256, without_intervals  # noqa: F401 (re-exported)
 
 FORMAT = 1  # bump when the layout of saved states changes: older files are then ignored, not misread
-INTERVAL_KEYS = ("checkpoint_every", "checkpoint_every_s")
 DEFAULT_EVERY_S = 300.0
 
 
@@ -42,15 +41,6 @@ def task_work_dir(ctx) -> Path | None:
     """The folder a task keeps its training state in (None: no checkpoints). The one place that says where."""
     work_dir = getattr(ctx, "work_dir", None)
     return Path(work_dir) if work_dir else None
-
-
-def without_intervals(value: Any) -> Any:
-    # How often a training saves does not change what it computes: a new interval resumes the old state.
-    if isinstance(value, dict):
-        return {k: without_intervals(v) for k, v in value.items() if k not in INTERVAL_KEYS}
-    if isinstance(value, (list, tuple)):
-        return [without_intervals(v) for v in value]
-    return value
 
 
 def fingerprint(*parts: Any) -> str:
@@ -196,3 +186,58 @@ class TrainingCheckpoint:
             save_state(self.path, {**state, "fingerprint": self.fingerprint, "signature": signature})
         D.barrier()
         self._last = time.monotonic()
+
+
+# ------------------------------------------------------------------------------------------- wall time
+SEGMENTS_FILE = "segments.json"
+CHECKPOINT_SUFFIXES = (".pt", ".pth")  # TrainingCheckpoint's files and mmengine's
+
+
+class SegmentClock:
+    """The wall time of one task over the segments of its work: a first run killed or failed, and the ``--resume``
+    retries that finish it, so its record states the time the whole result took (not its last segment's).
+
+    The segments live in the task's work dir (``segments.json``). A segment that ended without finishing is
+    counted up to the last checkpoint it wrote (what it did after that is done again by the next segment, which
+    counts it), or not at all when it wrote none. A finished task's file is removed: its record holds the total.
+    Rank 0 only; nothing is kept when the task has no work dir."""
+
+    def __init__(self, work_dir: str | Path | None):
+        self.folder = Path(work_dir) if work_dir else None
+        self.before = 0.0
+
+    @property
+    def path(self) -> Path | None:
+        return self.folder / SEGMENTS_FILE if self.folder is not None and D.is_main() else None
+
+    def _last_checkpoint(self) -> float | None:
+        times = [p.stat().st_mtime for p in self.folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()]
+        return max(times, default=None)
+
+    def start(self, now: float | None = None) -> float:
+        """Open this segment; the seconds of the earlier segments (also :attr:`before`). Never fails the task."""
+        now = time.time() if now is None else float(now)
+        if self.path is None:
+            return 0.0
+        try:
+            segments = json.loads(self.path.read_text()) if self.path.is_file() else []
+            segments = [s for s in segments if isinstance(s, dict) and isinstance(s.get("started"), (int, float))]
+            last = self._last_checkpoint()
+            for i, seg in enumerate(segments):
+                if not isinstance(seg.get("ended"), (int, float)):
+                    following = segments[i + 1]["started"] if i + 1 < len(segments) else now
+                    seg["ended"] = max(seg["started"], min(last if last is not None else seg["started"], following))
+            segments.append({"started": now, "ended": None})
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path) as tmp:
+                Path(tmp).write_text(json.dumps(segments))
+            self.before = sum(s["ended"] - s["started"] for s in segments[:-1])
+        except (OSError, ValueError, TypeError, KeyError) as err:  # the time is a record field, not the work
+            logger.warning("wall time of earlier segments not counted (%s: %s)", self.path, err)
+            self.before = 0.0
+        return self.before
+
+    def finish(self) -> None:
+        """The task is done (its record holds the total): forget the segments."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -93,9 +93,11 @@ def register(subparsers) -> None:
         "compare",
         help="regression gate: new run records against baseline records (exit 1 on regression)",
         description="Compare metrics of --new records with --baseline records, grouped by backbone (content hash "
-        "and role, not label), task and profile. Exit 0 when nothing regressed beyond tolerance; 1 on a "
-        "regression, when a baseline (backbone, task) or metric is missing from the new records, or when a new "
-        "record is of a failed task; 2 when the input is unusable (no records, a bad tolerance file).",
+        "and role, not label), task and profile. Exit 0 only when every baseline metric was compared and none "
+        "regressed; 1 on a regression or a non-finite value, when a baseline (backbone, task) or metric is missing "
+        "from the new records, when a new record is of a failed task or a new (backbone, task) has no baseline; 2 "
+        "when the input is unusable (no records, a bad tolerance file, shared or conflicting records, a config "
+        "change without --allow-config-change, a baseline that gates nothing). README: 'What the gate guarantees'.",
         epilog=TOLERANCE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -103,6 +105,9 @@ def register(subparsers) -> None:
     compare.add_argument("--baseline", required=True, nargs="+", help="run records to compare against")
     compare.add_argument("--tolerance", default=None, help="YAML/JSON file of tolerances per metric (format below)")
     compare.add_argument("--format", choices=("md", "csv"), default="md")
+    compare.add_argument("--allow-config-change", action="store_true",
+                         help="compare records whose resolved config or task version differ from the baseline's "
+                         "(listed as CONFIG CHANGE); without it they are an error (exit 2)")
     compare.set_defaults(func=_cmd_compare)
 
 
@@ -229,4 +234,5 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare_main
 
-    return compare_main(args.new, args.baseline, tolerance_file=args.tolerance, fmt=args.format)
+    return compare_main(args.new, args.baseline, tolerance_file=args.tolerance, fmt=args.format,
+                        allow_config_change=args.allow_config_change)

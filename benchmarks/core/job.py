@@ -22,6 +22,7 @@ from sinder.models.roles import Role
 
 from . import backbones as B
 from . import distributed as D
+from .checkpointing import SegmentClock
 from .claims import Claim
 from .identity import RunIdentity
 from .progress import SuiteProgress, format_duration, headline
@@ -209,7 +210,8 @@ class Job:
         if self.on_outcome is None:
             self.say(f"{self._prefix()}{spec.label} {task.name} ...")
         torch.manual_seed(self.seed)
-        start = time.perf_counter()
+        clock = SegmentClock(ctx.work_dir)  # a resumed task's wall time counts its earlier segments too
+        start = time.perf_counter() - clock.start()
         used = {split_dataset(e)[0] for e in task.datasets_needed(self.profile)}
         common = dict(
             task=task.name, table=task.table, suite=self.suite, profile=self.profile, run_id=self.run_id,
@@ -230,6 +232,7 @@ class Job:
                                            getattr(model, "remedy_deviations", ()))},
                 )  # fmt: skip
                 self.store.write(record)
+                clock.finish()
                 line = headline(metrics, [m.name for m in task.metrics] + sorted(metrics))
                 self._outcome(f"{spec.label} {task.name}: {line or 'done'} ({format_duration(wall)})", "    ")
         except Exception as err:  # one broken task must not stop the suite; KeyboardInterrupt still does

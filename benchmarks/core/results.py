@@ -304,8 +304,10 @@ def load_records(paths: str | Path | Iterable[str | Path], missing_ok: bool = Fa
             if path.parent.name == "summaries":
                 continue
             try:
-                data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
+                data = json.loads(path.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise RecordError(f"{path}: not a run record: not UTF-8 text ({err.reason} at byte {err.start})") from err
+            except (OSError, json.JSONDecodeError, RecursionError) as err:
                 raise RecordError(f"{path}: cannot read JSON ({err})") from err
             validate_record(data, source=str(path))
             data["_path"] = str(path)

@@ -288,18 +288,18 @@ def _resume(ckpt: L.Checkpoint, modules: dict[str, nn.Module], optims: dict[str,
     if state is None:
         for module in modules.values():
             L.broadcast_parameters(module)
-        return 0, {}
+        return 0, {}, L.LossSums()
     for name, module in modules.items():
         module.load_state_dict(state["modules"][name])
     for name, opt in optims.items():
         opt.load_state_dict(state["optims"][name])
     ctx.log(f"cause {stage}: resuming at step {state['step']} from {ckpt.path}")
-    return int(state["step"]), dict(state.get("stats", {}))
+    return int(state["step"]), dict(state.get("stats", {})), L.LossSums.restore(state, int(state["step"]))
 
 
-def _save(ckpt, step, modules, optims, stats):
+def _save(ckpt, step, modules, optims, stats, sums=None):
     ckpt.save({"step": step, "modules": {k: m.state_dict() for k, m in modules.items()},
-               "optims": {k: o.state_dict() for k, o in optims.items()}, "stats": stats})  # fmt: skip
+               "optims": {k: o.state_dict() for k, o in optims.items()}, "stats": stats, **(sums or {})})  # fmt: skip
 
 
 def _run_stage(name, source: TokenSource, cfg, stage_cfg, ctx, modules, optims, step_fn):
@@ -311,13 +311,13 @@ def _run_stage(name, source: TokenSource, cfg, stage_cfg, ctx, modules, optims, 
     D.per_rank_batch(batch, what=f"{name}.batch_size")  # the global batch splits evenly across ranks
     fingerprint = L.config_fingerprint({"cfg": cfg, "seed": ctx.seed, "world": ctx.world_size, "stage": name})
     ckpt = L.Checkpoint(ctx.work_dir, f"cause_{name}", fingerprint)
-    start, stats = _resume(ckpt, modules, optims, ctx, name)
+    start, stats, summed = _resume(ckpt, modules, optims, ctx, name)
     if start >= total:
         return stats
     keys = [L.local_share(L.global_batch(len(source.view), batch, s, ctx.seed, items)).tolist()
             for s in range(start, total)]  # fmt: skip
     stream = B.iterate(source.view, keys, load_images=not source.cached, num_workers=ctx.num_workers)
-    sums: dict[str, float] = {}
+    sums: dict[str, float] = dict(summed.sums)
     n_global = min(batch, items)
     bar = L.progress_bar(total, start, f"cause {name}", ctx.progress)
     for step, item in zip(range(start, total), stream):
@@ -331,8 +331,8 @@ def _run_stage(name, source: TokenSource, cfg, stage_cfg, ctx, modules, optims, 
         bar.update(1)
         done = step + 1
         if done % int(cfg["checkpoint_every"]) == 0 or done == total:
-            stats = L.averaged_stats(sums, done - start, f"{name}_")
-            _save(ckpt, done, modules, optims, stats)
+            stats = L.averaged_stats(sums, done - summed.since, f"{name}_")
+            _save(ckpt, done, modules, optims, stats, summed.state(sums))
     bar.close()
     return stats
 

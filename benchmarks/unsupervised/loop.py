@@ -195,6 +195,30 @@ def global_mean(x: torch.Tensor) -> torch.Tensor:
     return (sums[0] / sums[1]).to(x.dtype)
 
 
+class LossSums:
+    """The running loss sums of a training, kept in its checkpoint so that a resumed training reports the mean
+    over every step since step 0, as an uninterrupted one does (not over its last segment). ``since``: the step the
+    sums start at (0; a checkpoint written before the sums were kept gives its own step)."""
+
+    def __init__(self, sums: dict[str, float] | None = None, since: int = 0):
+        self.sums, self.since = dict(sums or {}), int(since)
+
+    @classmethod
+    def restore(cls, state: dict, step: int) -> LossSums:
+        if "loss_sums" not in state:
+            return cls(since=step)
+        return cls({str(k): float(v) for k, v in state["loss_sums"].items()}, int(state.get("loss_sums_since", 0)))
+
+    def state(self, sums: dict[str, float]) -> dict:
+        """What the checkpoint stores: the sums averaged over ranks (every rank calls this, as it calls
+        :func:`averaged_stats`; each rank resumes from the average, so the next average is still right), as
+        python floats, so in one process the sum continues bit for bit after a resume."""
+        if D.world_size() > 1 and sums:
+            values = D.all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64)) / D.world_size()
+            sums = dict(zip(sums, values.tolist(), strict=True))
+        return {"loss_sums": {k: float(v) for k, v in sums.items()}, "loss_sums_since": self.since}
+
+
 def averaged_stats(sums: dict[str, float], steps: int, prefix: str) -> dict[str, float]:
     """Per-step means of the summed loss values, averaged over ranks (each rank's value is W x its share)."""
     if not sums:

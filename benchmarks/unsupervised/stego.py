@@ -242,13 +242,13 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
     }
     ckpt = L.Checkpoint(ctx.work_dir, "stego", L.config_fingerprint({**cfg, "seed": ctx.seed,
                                                                       "world": ctx.world_size}))  # fmt: skip
-    start, stats = 0, {}
+    start, stats, summed = 0, {}, L.LossSums()
     state = ckpt.load(ctx.log)
     if state is not None:
         model.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optim"][name])
-        start, stats = int(state["step"]), dict(state.get("stats", {}))
+        start, stats, summed = int(state["step"]), dict(state.get("stats", {})), L.LossSums.restore(state, start)
         best = BestCheckpoint(state.get("best"))
         ctx.log(f"stego: resuming at step {start} from {ckpt.path}")
     else:
@@ -268,7 +268,7 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
     weights = cfg["loss"]
     model.train()
     bar = L.progress_bar(steps, start, "stego train", ctx.progress)
-    sums = {k: 0.0 for k in ("loss", "pos_intra", "pos_inter", "neg_inter", "linear", "cluster")}
+    sums = {**dict.fromkeys(("loss", "pos_intra", "pos_inter", "neg_inter", "linear", "cluster"), 0.0), **summed.sums}
     for step, item in zip(range(start, steps), stream):
         torch.manual_seed(L.step_seed(ctx.seed, "stego", step))
         noise = L.StepNoise(ctx.seed, "stego", step, n_global, device)
@@ -298,9 +298,10 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
         if validating and (done % val_every == 0 or done == steps):
             best.offer(done, validate_cluster_miou(model, val, cfg, n_classes), model)
         if done % int(cfg["checkpoint_every"]) == 0 or done == steps:
-            stats = L.averaged_stats(sums, done - start, "train_")
+            stats = L.averaged_stats(sums, done - summed.since, "train_")
             ckpt.save({"step": done, "model": model.state_dict(), "best": best.state(),
-                       "optim": {k: o.state_dict() for k, o in optimizers.items()}, "stats": stats})  # fmt: skip
+                       "optim": {k: o.state_dict() for k, o in optimizers.items()}, "stats": stats,
+                       **summed.state(sums)})  # fmt: skip
     bar.close()
     return _select(model, best, stats, validating)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sinder.utils.hashing import SHORT, canonical_sha256
+from sinder.utils.hashing import SHORT, canonical_sha256, without_intervals
 
 REGISTER_SUFFIX = "_reg"
 RELEASE_KINDS = ("official", "register", "constructed")  # roles named by a preset or constructed model
@@ -59,11 +59,12 @@ class Role:
     @classmethod
     def remedied(cls, kind: str, remedy: str, config: Any, base_sha256: str) -> Role:
         """A repair (``kind="repair"``: new weights in a file) or remedy (``"remedy"``: an inference-time change)
-        of the backbone whose tensors hash to ``base_sha256``, with ``config`` (hashed into ``config_sha256``)."""
+        of the backbone whose tensors hash to ``base_sha256``, with ``config`` (hashed into ``config_sha256``,
+        without the checkpoint interval: the same tensors from runs that saved at other intervals are one role)."""
         if kind not in REMEDIED_KINDS:
             raise ValueError(f"a remedied role has kind {' or '.join(REMEDIED_KINDS)}, got {kind!r}")
         config = dict(config) if isinstance(config, Mapping) else config
-        return cls(kind, remedy=str(remedy), config_sha256=canonical_sha256(config), base_sha256=str(base_sha256),
+        return cls(kind, remedy=str(remedy), config_sha256=canonical_sha256(without_intervals(config)), base_sha256=str(base_sha256),
                    config=config)  # fmt: skip
 
     @classmethod

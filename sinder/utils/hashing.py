@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 SHORT = 12  # characters of a short digest in names and role keys (48 bits: no collision among a user's runs)
+# Config keys that say how often a training saves its state: they never change what it computes, so no
+# fingerprint of a result (a run's config, a repair's role, a training checkpoint) includes them.
+INTERVAL_KEYS = ("checkpoint_every", "checkpoint_every_s")
 
 
 def new_digest(prefix: bytes = b""):
@@ -48,6 +51,16 @@ def canonical_json(value: Any) -> str:
 
 def canonical_sha256(value: Any) -> str:
     return text_sha256(canonical_json(value))
+
+
+def without_intervals(value: Any) -> Any:
+    """``value`` with the :data:`INTERVAL_KEYS` left out of every mapping in it (how often a training saves
+    does not change its result: a new interval resumes the old state and is the same work)."""
+    if isinstance(value, dict):
+        return {k: without_intervals(v) for k, v in value.items() if k not in INTERVAL_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [without_intervals(v) for v in value]
+    return value
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 22) -> str:
