@@ -30,7 +30,39 @@ def test_depth_linear1_two_processes_agree_at_the_shipped_smoke_length(tmp_path)
     finally:
         torch.set_num_threads(before)
     one, two = one[task], two[task]
-    assert one["hparams"]["iterations"] == two["hparams"]["iterations"] == 150
-    # Before (DDP, whole per-rank batches): 1.1e-3 relative (delta1), 3e-4 (rmse). Measured after: see the report.
+    # Before (DDP, whole per-rank batches): 1.1e-3 relative (delta1), 3e-4 (rmse). Measured after: 2.5e-16.
     rel = _relative(one["metrics"], two["metrics"])
     assert max(rel.values()) <= 1e-5, rel
+
+
+# CAUSE (benchmarks/unsupervised) splits each global batch into per-rank shares whose losses are weighted so that
+# the averaged gradient is the one-process gradient, but each rank's backward sums over its own rows (and over
+# gathered keys and a gathered concept bank) in float32: that order is not one process's, and no per-group
+# re-assembly as depth's can restore it without rewriting the training. So the bound that holds is stated:
+# measured at the shipped smoke length (stage epochs 4 / 3 / 6, dinov2_tiny_defective, 1 thread a process),
+# stages 1 and 2 record the same losses to the printed digits, stage 3's modularity 3.5e-3 relative, and the
+# metrics differ by at most 0.10 points (crf_acc; mIoU 0.015, CRF mIoU 0.08, mAP 0.09).
+CAUSE_METRIC_POINTS = 0.25  # every metric, in percentage points
+CAUSE_STAGE3_REL = 1e-2
+
+
+@pytest.mark.slow
+def test_cause_two_processes_stay_within_the_stated_bound_at_the_shipped_smoke_length(tmp_path):
+    from benchmarks.core.registry import get_task
+
+    task = "cause_cityscapes"
+    cfg = get_task(task).config("smoke")
+    assert [cfg[s]["epochs"] for s in ("stage1", "stage2", "stage3")] == [4, 3, 6]  # as shipped
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one, two = one_and_two_processes(tmp_path, task)
+    finally:
+        torch.set_num_threads(before)
+    one, two = one[task], two[task]
+    for name, value in one["metrics"].items():
+        assert abs(two["metrics"][name] - value) <= CAUSE_METRIC_POINTS, (name, value, two["metrics"][name])
+    for key in ("stage1_modularity", "stage2_contrastive", "stage2_linear"):
+        assert two["hparams"][key] == one["hparams"][key], key
+    for key in ("stage3_linear", "stage3_modularity"):
+        assert two["hparams"][key] == pytest.approx(one["hparams"][key], rel=CAUSE_STAGE3_REL), key
