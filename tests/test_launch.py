@@ -457,3 +457,18 @@ def test_dry_run_prints_the_sbatch_request_and_submits_nothing(tmp_path, capsys)
                  str(tmp_path / "out"), "--launcher", "slurm", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "0 GPU(s)" in out and "gpus" not in out.split("\n", 1)[1] and "--cpus-per-task=1" in out
+
+
+@pytest.mark.slow
+def test_a_job_of_two_tasks_that_both_succeed_is_done(tmp_path):
+    """A real submitit job of 2 tasks (2 'GPUs', gloo on the CPU): wait_all reads every task's result (results()),
+    so it is not counted as failed, and the record is the 2-rank run's."""
+    said = []
+    jobs = L.launch("imagenet_knn", ["x=dinov2_tiny_defective"], launcher="local", profile="smoke", out=tmp_path / "out",
+                    cache_dir=tmp_path / "cache", gpus=2, run_args=L.RunArgs(device="cpu", no_progress=True),
+                    say=lambda _: None)  # fmt: skip
+    assert L.wait_all(jobs, poll_s=0.2, say=said.append) == 0
+    assert said == [f"job {jobs[0].job_id}: done (2 task(s))"]
+    (record,) = load_records(tmp_path / "out")
+    assert record["device"]["world_size"] == 2
+    assert [r["state"] for r in L.status_rows(tmp_path / "out")] == ["done"]

@@ -349,13 +349,16 @@ def _check_run_args(run_args: RunArgs, jobs: list[JobSpec], profile: str) -> Non
     """What an in-process run refuses before any work, refused here before any submission (exit 2)."""
     from .runner import released_head_problems
 
+    from .workers import requested_jobs
+
     try:
-        threads, kwargs = run_args.resolve(profile)
+        run_args.resolve(profile)
+        asked = requested_jobs(run_args.jobs)  # auto is 1 inside a job of several tasks (it runs under torchrun)
     except ValueError as err:
         raise LaunchError(str(err)) from err
-    if kwargs["jobs"] > 1 and any(j.tasks > 1 for j in jobs):
-        raise LaunchError(f"--jobs {kwargs['jobs']}: a job of several GPUs is distributed, where every rank works "
-                          "on the same task; use --jobs 1")  # fmt: skip
+    if isinstance(asked, int) and asked > 1 and any(j.tasks > 1 for j in jobs):
+        raise LaunchError(f"--jobs {asked}: a job of several GPUs is distributed, where every rank works on the "
+                          "same task; use --jobs 1")  # fmt: skip
     if run_args.head_weights:
         tasks = list(dict.fromkeys(j.task for j in jobs))
         specs = list({j.backbone: B.parse_backbone_spec(j.backbone) for j in jobs}.values())
