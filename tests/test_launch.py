@@ -472,3 +472,18 @@ def test_a_job_of_two_tasks_that_both_succeed_is_done(tmp_path):
     (record,) = load_records(tmp_path / "out")
     assert record["device"]["world_size"] == 2
     assert [r["state"] for r in L.status_rows(tmp_path / "out")] == ["done"]
+
+
+@pytest.mark.parametrize("log, state", [
+    ("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-12-07T10:00:00 ***", "CANCELLED"),
+    ("slurmstepd: error: *** STEP 7.0 ON n1 CANCELLED AT 2026-12-07T10:00:00 DUE TO TIME LIMIT ***", "TIMEOUT"),
+    ("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-12-07T10:00:00 DUE TO PREEMPTION ***", "PREEMPTED"),
+    ("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-12-07T10:00:00 DUE TO NODE FAILURE ***", "NODE_FAIL"),
+    ("slurmstepd: error: Detected 1 oom-kill event(s) in StepId=7.0.", "OUT_OF_MEMORY"),
+    ("Traceback (most recent call last):\nRuntimeError: boom", None),
+])  # fmt: skip
+def test_a_dead_jobs_own_log_says_how_it_ended(tmp_path, log, state):
+    # slurmstepd's kill line (src/slurmd/slurmstepd/req.c, "*** %s ON %s CANCELLED AT %s%s ***") and the cgroup OOM line
+    paths = _slurm_entries(tmp_path, ["x"])["x"]
+    paths.stderr.write_text("started\n" + log + "\n")
+    assert L._stderr_verdict(paths) == state

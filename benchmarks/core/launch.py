@@ -11,10 +11,16 @@ Preemption and time limits: :class:`BenchJob` is a ``submitit.helpers.Checkpoint
 preemption submitit requeues it with resume on, and the rerun skips what is recorded and continues the long
 trainings from their mid-run checkpoints (benchmarks/core/checkpointing.py).
 
-Bookkeeping lives in ``<out>/launch/``: ``jobs.jsonl`` (one line per submitted job: backbone, task, profile,
-job id, submitit folder) and ``submitit/`` (submitit's pickles and logs). No ``.json`` file goes there, so the
-folder of run records stays readable by ``report`` and ``compare``. ``sinder-bench status --out DIR`` reads the
-records and these files: done / running / failed (with the error) / pending for each (backbone, task).
+The ``run`` flags travel to every job as one :class:`benchmarks.core.run_args.RunArgs`, resolved inside the job
+by the code an in-process run uses. Each job asks for its task's resources (:func:`task_resources`; the
+``--slurm-*`` flags override them, ``--slurm-param`` adds site specifics); ``--dry-run`` prints the requests.
+
+Bookkeeping lives in ``<out>/launch/``: ``jobs.jsonl`` (one line per submitted job, written as soon as it is
+submitted: backbone, task, profile, resources, job id, submitit folder) and ``submitit/`` (submitit's pickles
+and logs). No ``.json`` file goes there, so the folder of run records stays readable by ``report`` and
+``compare``. ``sinder-bench status --out DIR`` reads the records and these files: done / running / failed (with
+the error) / pending / cancelled / unknown for each (backbone, task); a SLURM job's state comes from sacct, else
+squeue, else its own log (:data:`SLURM_STATES`), never "running" without evidence.
 """
 
 from __future__ import annotations
@@ -348,7 +354,6 @@ def _check_cfg_options(options: dict[str, Any], suite: str, profile: str) -> Non
 def _check_run_args(run_args: RunArgs, jobs: list[JobSpec], profile: str) -> None:
     """What an in-process run refuses before any work, refused here before any submission (exit 2)."""
     from .runner import released_head_problems
-
     from .workers import requested_jobs
 
     try:
