@@ -60,8 +60,8 @@ def test_the_depth_head_logs_each_steps_loss_and_lr(tmp_path, monkeypatch):
 
     write_synthetic("nyud", tmp_path / "nyud", seed=0, n_train=4, n_val=1)
     losses = []
-    grouped = DT.grouped_depth_loss
-    monkeypatch.setattr(DT, "grouped_depth_loss", lambda *a: losses.append(grouped(*a).item()) or grouped(*a))
+    group_loss = DT.depth_loss  # batch 2 = one loss group a step: the group's loss is the step's
+    monkeypatch.setattr(DT, "depth_loss", lambda *a: losses.append(group_loss(*a).item()) or group_loss(*a))
     cfg = DT.DepthConfig(head="linear1", iterations=5, warmup=2, batch_size=2, lr=1e-2, crop=(42, 56))
     with S.scalar_writer(_ctx(tmp_path, label="a/b"), "depth_nyu_linear1") as writer:
         DT.train_head(load_backbone("dinov2_tiny_random"), NYUDepthV2(tmp_path / "nyud", "train"), cfg,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -167,31 +166,17 @@ def _jobs_arg(text: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .run_args import RunArgs, apply_threads
     from .runner import PreflightError, format_summary, run_suite
-    from .task_config import default_loader_workers
-    from .workers import distributed_refusal, requested_jobs, resolve_jobs, under_torchrun
+    from .workers import distributed_refusal, under_torchrun
 
     started = time.monotonic()
-    threads = args.threads if args.threads is not None else (1 if args.profile == "smoke" else None)
-    if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads {threads}: give 1 or more")
-        import torch
-
-        torch.set_num_threads(threads)
-    jobs = resolve_jobs(requested_jobs(args.jobs), args.profile, threads)  # a ValueError: exit 2
-    if jobs > 1 and under_torchrun():
-        raise UsageError(distributed_refusal(jobs))
-    workers = args.num_workers
-    if workers is None:
-        workers = default_loader_workers(args.profile, os.cpu_count())
+    threads, kwargs = RunArgs.from_namespace(args).resolve(args.profile)  # the same in a launched job
+    apply_threads(threads)
+    if kwargs["jobs"] > 1 and under_torchrun():
+        raise UsageError(distributed_refusal(kwargs["jobs"]))
     try:
-        summary = run_suite(
-            args.suite, args.backbone, profile=args.profile, data_root=args.data_root, out=args.out,
-            cache_dir=args.cache_dir, resume=args.resume, device=args.device, seed=args.seed,
-            num_workers=workers, progress=not args.no_progress, head_weights=args.head_weights,
-            cfg_options=args.cfg_options, jobs=jobs, tensorboard_dir=args.tensorboard,
-        )  # fmt: skip
+        summary = run_suite(args.suite, args.backbone, profile=args.profile, out=args.out, **kwargs)
     except PreflightError as err:  # a RuntimeError: the inputs are checked before any work
         raise UsageError(str(err)) from err
     from . import distributed as D

@@ -11,49 +11,86 @@ Preemption and time limits: :class:`BenchJob` is a ``submitit.helpers.Checkpoint
 preemption submitit requeues it with resume on, and the rerun skips what is recorded and continues the long
 trainings from their mid-run checkpoints (benchmarks/core/checkpointing.py).
 
-Bookkeeping lives in ``<out>/launch/``: ``jobs.jsonl`` (one line per submitted job: backbone, task, profile,
-job id, submitit folder) and ``submitit/`` (submitit's pickles and logs). No ``.json`` file goes there, so the
-folder of run records stays readable by ``report`` and ``compare``. ``sinder-bench status --out DIR`` reads the
-records and these files: done / running / failed (with the error) / pending for each (backbone, task).
+The ``run`` flags travel to every job as one :class:`benchmarks.core.run_args.RunArgs`, resolved inside the job
+by the code an in-process run uses. Each job asks for its task's resources (:func:`task_resources`; the
+``--slurm-*`` flags override them, ``--slurm-param`` adds site specifics); ``--dry-run`` prints the requests.
+
+Bookkeeping lives in ``<out>/launch/``: ``jobs.jsonl`` (one line per submitted job, written as soon as it is
+submitted: backbone, task, profile, resources, job id, submitit folder) and ``submitit/`` (submitit's pickles
+and logs). No ``.json`` file goes there, so the folder of run records stays readable by ``report`` and
+``compare``. ``sinder-bench status --out DIR`` reads the records and these files: done / running / failed (with
+the error) / pending / cancelled / unknown for each (backbone, task); a SLURM job's state comes from sacct, else
+squeue, else its own log (:data:`SLURM_STATES`), never "running" without evidence.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import math
 import os
+import re
+import shutil
+import subprocess
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sinder.utils.atomic import atomic_write_text
 
 from . import backbones as B
+from .progress import expected_durations
 from .registry import get_suite, get_task, list_tasks
 from .results import load_records, utc_now
+from .run_args import RunArgs, apply_threads
 from .task_config import default_loader_workers
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 LAUNCH_DIR = "launch"
 MANIFEST = "jobs.jsonl"
-# Time limit of a job when neither --timeout-min nor the task's config (``launch: {timeout_min: ...}``) sets one.
+# Time limit of a job when neither --timeout-min nor the task's config (``launch: {timeout_min: ...}``) sets one
+# and --out holds no record of the task to measure it from.
 DEFAULT_TIMEOUT_MIN = {"smoke": 30, "paper": 24 * 60}
+# A measured task time (median wall time of its records in --out) becomes a limit of MEASURED_MARGIN times it
+# plus MEASURED_EXTRA_MIN (start-up, loading the backbone, a slower node), never under MIN_TIMEOUT_MIN.
+MEASURED_MARGIN, MEASURED_EXTRA_MIN, MIN_TIMEOUT_MIN = 3.0, 10, 15
+# Memory per task (GB) when neither --mem-gb nor the task's config sets it: the smoke tasks' tiny models and
+# synthetic data; a paper job holds a ViT-g, its DataLoader workers' batches and the cached features of a split.
+DEFAULT_MEM_GB = {"smoke": 4, "paper": 64}
+# GPUs per job by default: the smoke profile runs on CPUs (a CPU partition has no GPU to grant), paper on one GPU.
+DEFAULT_GPUS = {"smoke": 0, "paper": 1}
+# The states of ``sinder-bench status`` (the last two only when some row has them).
+STATES = ("done", "running", "failed", "pending", "cancelled", "unknown")
 
 
 logger = logging.getLogger(__name__)
   # the default line printer (`say`/`log`): the CLI shows INFO on stdout
 
 class LaunchError(ValueError):
-    """A launch cannot start (bad flag, unknown suite); the message names the input and the fix."""
+    """A launch cannot start (bad flag, unknown suite, a refused submission); the message names the input and
+    the fix."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the --gpus / --cpus-per-task / --mem-gb / --timeout-min flags (alias --slurm-*) set for every job;
+    None: the task's own request (its config's ``launch`` entry, else the defaults above)."""
+
+    gpus: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    timeout_min: int | None = None
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One (backbone, task) job and the resources it asks for."""
+    """One (backbone, task) job and the resources it asks for (per task: one task per GPU, at least one)."""
 
     backbone: str  # the --backbone spec text the job passes to run_suite
     label: str
@@ -61,6 +98,12 @@ class JobSpec:
     profile: str
     gpus: int
     timeout_min: int
+    cpus_per_task: int = 1
+    mem_gb: float = DEFAULT_MEM_GB["smoke"]
+
+    @property
+    def tasks(self) -> int:
+        return max(1, self.gpus)  # one process per GPU, torchrun style
 
 
 def suite_tasks(suite: str) -> list[str]:
@@ -85,30 +128,72 @@ def _backbone_specs(backbones: Sequence[str] | None, profile: str, cache_dir: Pa
             raise LaunchError(str(err)) from err
     if profile != "smoke":
         raise LaunchError("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
-    # The smoke defaults, resolved here once (the twin's repair too) so every job gets explicit specs.
+    # The smoke defaults, resolved here once (the twin's repair too, with the run's threads) so every job gets
+    # explicit specs.
     specs = B.smoke_specs()
     twin = B.repaired_twin(specs[0], cache_dir, say)
     return specs + ([twin] if twin is not None else [])
 
 
+def measured_timeout_min(seconds: float) -> int:
+    """A job's time limit from a measured task time in seconds (see MEASURED_MARGIN)."""
+    return max(MIN_TIMEOUT_MIN, math.ceil(MEASURED_MARGIN * seconds / 60) + MEASURED_EXTRA_MIN)
+
+
+def task_resources(name: str, profile: str, run_args: RunArgs, resources: Resources,
+                   measured: dict[str, float]) -> tuple[int, int, float, int]:  # fmt: skip
+    """(gpus, cpus per task, memory per task in GB, time limit in min) of a job of task ``name``: each the flag
+    when given, else the task config's ``launch`` entry, else derived: CPUs = DataLoader workers + 1 (the main
+    process), time from the task's measured time (``measured``: task -> median seconds), else the defaults."""
+    try:
+        launch = dict(get_task(name).config(profile).get("launch") or {})
+    except ValueError as err:
+        raise LaunchError(str(err)) from err
+    gpus = resources.gpus if resources.gpus is not None else launch.get("gpus", DEFAULT_GPUS[profile])
+    workers = run_args.num_workers
+    if workers is None:  # what the job resolves on a node of CPUs enough (run_args.RunArgs.resolve)
+        workers = default_loader_workers(profile, None)
+    cpus = resources.cpus_per_task or launch.get("cpus_per_task") or workers + 1
+    mem = resources.mem_gb or launch.get("mem_gb") or DEFAULT_MEM_GB[profile]
+    if resources.timeout_min is not None:
+        limit = resources.timeout_min
+    elif launch.get("timeout_min") is not None:
+        limit = launch["timeout_min"]
+    elif name in measured:
+        limit = measured_timeout_min(measured[name])
+    else:
+        limit = DEFAULT_TIMEOUT_MIN[profile]
+    if int(gpus) < 0 or int(cpus) < 1 or float(mem) <= 0 or int(limit) < 1:
+        raise LaunchError(f"task {name}: resources gpus={gpus}, cpus_per_task={cpus}, mem_gb={mem}, "
+                          f"timeout_min={limit}: give gpus >= 0 and positive CPUs, memory and time")  # fmt: skip
+    return int(gpus), int(cpus), float(mem), int(limit)
+
+
 def plan_jobs(suite: str, backbones: Sequence[str] | None, *, profile: str, cache_dir: Path,
-              gpus: int | None = None, timeout_min: int | None = None,
+              gpus: int | None = None, timeout_min: int | None = None, resources: Resources | None = None,
+              run_args: RunArgs | None = None, out: str | Path | None = None,
               say: Callable[[str], None] = logger.info) -> tuple[list[JobSpec], dict[str, str]]:  # fmt: skip
-    """The jobs of a launch and the tasks left out (name -> why). GPUs and time limit: the flag when given,
-    else the task config's ``launch`` entry, else 1 GPU and :data:`DEFAULT_TIMEOUT_MIN`."""
+    """The jobs of a launch and the tasks left out (name -> why); resources per task (:func:`task_resources`).
+    ``gpus`` / ``timeout_min``: shorthands for those fields of ``resources``."""
+    resources = resources or Resources()
+    if gpus is not None or timeout_min is not None:
+        resources = replace(resources, **{k: v for k, v in (("gpus", gpus), ("timeout_min", timeout_min))
+                                          if v is not None})  # fmt: skip
+    run_args = run_args or RunArgs()
     registered = set(list_tasks())
     names = suite_tasks(suite)
     missing = {n: "not registered in this checkout" for n in names if n not in registered}
     specs = _backbone_specs(backbones, profile, cache_dir, say)
+    measured: dict[str, float] = {}
+    if out is not None:
+        try:
+            measured = expected_durations(load_records(out, missing_ok=True), profile)
+        except ValueError:  # an unreadable record: no measured times, the defaults stand
+            measured = {}
     jobs = []
     for name in (n for n in names if n in registered):
-        try:
-            launch = dict(get_task(name).config(profile).get("launch") or {})
-        except ValueError as err:
-            raise LaunchError(str(err)) from err
-        task_gpus = int(gpus if gpus is not None else launch.get("gpus", 1))
-        limit = int(timeout_min if timeout_min is not None else launch.get("timeout_min", DEFAULT_TIMEOUT_MIN[profile]))
-        jobs += [JobSpec(s.text, s.label, name, profile, task_gpus, limit) for s in specs]
+        task_gpus, cpus, mem, limit = task_resources(name, profile, run_args, resources, measured)
+        jobs += [JobSpec(s.text, s.label, name, profile, task_gpus, limit, cpus, mem) for s in specs]
     return jobs, missing
 
 
@@ -138,17 +223,20 @@ def _checkpointable_base():
 
 
 class BenchJob(_checkpointable_base()):
-    """Run one (backbone, task) with the in-process runner; raise with the task's error when it failed."""
+    """Run one (backbone, task) with the in-process runner; raise with the task's error when it failed.
 
-    def __call__(self, job: dict[str, Any], run_kwargs: dict[str, Any]) -> dict[str, Any]:
+    ``run_args``: the ``run`` flags (:class:`benchmarks.core.run_args.RunArgs` as JSON), resolved here, on the
+    job's node, by the same code as an in-process run; ``place``: out and cache_dir."""
+
+    def __call__(self, job: dict[str, Any], run_args: dict[str, Any], place: dict[str, str]) -> dict[str, Any]:
         from . import distributed as D
         from .runner import run_suite
 
         _distributed_env()
-        options = {k: v for k, v in (run_kwargs.get("cfg_options") or {}).items()  # this job's task only
-                   if k.partition(".")[0] == job["task"]}
-        summary = run_suite(job["task"], [job["backbone"]], profile=job["profile"],
-                            **{**run_kwargs, "cfg_options": options})
+        threads, kwargs = RunArgs(**run_args).for_task(job["task"]).resolve(job["profile"])
+        apply_threads(threads)
+        summary = run_suite(job["task"], [job["backbone"]], profile=job["profile"], out=place["out"],
+                            **{**kwargs, "cache_dir": place["cache_dir"]})  # fmt: skip
         if D.is_distributed():
             import torch.distributed as dist
 
@@ -159,11 +247,11 @@ class BenchJob(_checkpointable_base()):
             raise RuntimeError("; ".join(f"{t}: not available ({why})" for t, why in summary.not_available.items()))
         return summary.to_json()
 
-    def checkpoint(self, job: dict[str, Any], run_kwargs: dict[str, Any]):
+    def checkpoint(self, job: dict[str, Any], run_args: dict[str, Any], place: dict[str, str]):
         """Requeue on preemption or time-out with resume on: recorded pairs are skipped, trainings continue."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(self, job, {**run_kwargs, "resume": True})
+        return DelayedSubmission(self, job, {**run_args, "resume": True}, place)
 
 
 # --------------------------------------------------------------------------------------------- submitting
@@ -184,26 +272,69 @@ def _append_manifest(out: str | Path, entries: list[dict[str, Any]]) -> None:
     atomic_write_text(path, old + "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
 
 
-def make_executor(launcher: str, folder: Path, job: JobSpec, *, partition: str | None = None,
-                  slurm_params: dict[str, str] | None = None, cpus_per_task: int | None = None):  # fmt: skip
-    import submitit
-
+def executor_parameters(launcher: str, job: JobSpec, *, partition: str | None = None,
+                        slurm_params: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """submitit's ``update_parameters`` of ``job``: per task ``cpus_per_task``; ``mem_gb`` per node (the job's
+    tasks together); GPUs only when the job asks for some (a CPU partition refuses any GPU request);
+    ``slurm_params`` (``--slurm-param``) go to sbatch as submitit's ``additional_parameters`` (account, qos,
+    constraint, ...)."""
     if launcher not in ("local", "slurm"):
         raise LaunchError(f"--launcher {launcher!r}: use one of {', '.join(LAUNCHERS)}")
-    executor = submitit.AutoExecutor(folder=folder, cluster=launcher)
-    tasks = max(1, job.gpus)  # one process per GPU, torchrun style
-    params: dict[str, Any] = {"timeout_min": job.timeout_min, "gpus_per_node": job.gpus, "tasks_per_node": tasks,
-                              "nodes": 1, "name": f"sinder-{job.task}-{job.label}"}  # fmt: skip
+    params: dict[str, Any] = {"timeout_min": job.timeout_min, "tasks_per_node": job.tasks, "nodes": 1,
+                              "name": f"sinder-{job.task}-{job.label}"}  # fmt: skip
+    if job.gpus > 0:
+        params["gpus_per_node"] = job.gpus
     if launcher == "slurm":
-        params["slurm_signal_delay_s"] = 120  # time to write a checkpoint before the kill
+        params.update(slurm_signal_delay_s=120, cpus_per_task=job.cpus_per_task,  # 120 s: time to checkpoint
+                      mem_gb=job.mem_gb * job.tasks)  # fmt: skip
         if partition:
             params["slurm_partition"] = partition
         if slurm_params:
             params["slurm_additional_parameters"] = dict(slurm_params)
-        if cpus_per_task:
-            params["cpus_per_task"] = cpus_per_task
+    return params
+
+
+def make_executor(launcher: str, folder: Path, job: JobSpec, *, partition: str | None = None,
+                  slurm_params: dict[str, str] | None = None):  # fmt: skip
+    import submitit
+
+    params = executor_parameters(launcher, job, partition=partition, slurm_params=slurm_params)
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=launcher)
+    except RuntimeError as err:  # no srun here: not a SLURM login node
+        raise LaunchError(f"--launcher {launcher}: {err}; --dry-run shows the request without a cluster") from err
     executor.update_parameters(**params)
     return executor
+
+
+# submitit's generic parameter names -> sbatch's (submitit.slurm.SlurmExecutor._equivalence_dict).
+_SBATCH_NAMES = {"name": "job_name", "timeout_min": "time", "mem_gb": "mem", "nodes": "nodes",
+                 "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node",
+                 "tasks_per_node": "ntasks_per_node"}  # fmt: skip
+
+
+def request_text(launcher: str, folder: Path, job: JobSpec, *, partition: str | None = None,
+                 slurm_params: dict[str, str] | None = None) -> str:  # fmt: skip
+    """What ``--dry-run`` prints for ``job``: its resources and, for slurm, the ``#SBATCH`` lines submitit writes
+    (its own ``_make_sbatch_string``, so no cluster is needed to see them)."""
+    head = (f"[{job.label}] {job.task}: {job.gpus} GPU(s), {job.tasks} task(s) x {job.cpus_per_task} CPU(s), "
+            f"{job.mem_gb:g} GB per task, {job.timeout_min} min")  # fmt: skip
+    if launcher != "slurm":
+        return head
+    from submitit.slurm.slurm import _convert_mem, _make_sbatch_string
+
+    params = executor_parameters(launcher, job, partition=partition, slurm_params=slurm_params)
+    sbatch = {_SBATCH_NAMES.get(k, k.removeprefix("slurm_")): v for k, v in params.items()}
+    sbatch["mem"] = _convert_mem(sbatch["mem"])
+    text = _make_sbatch_string(command="<job>", folder=folder, **sbatch)
+    return head + "\n" + "\n".join("  " + line for line in text.splitlines() if line.startswith("#SBATCH"))
+
+
+def _submission_error(err: BaseException) -> str:
+    """The line of a refused submission that says why (sbatch's ``error:`` line), else its last line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if "error" in line.lower()]
+    return (said or lines or [type(err).__name__])[-1]
 
 
 def _check_cfg_options(options: dict[str, Any], suite: str, profile: str) -> None:
@@ -220,36 +351,81 @@ def _check_cfg_options(options: dict[str, Any], suite: str, profile: str) -> Non
         raise LaunchError(str(err)) from err
 
 
+def _check_run_args(run_args: RunArgs, jobs: list[JobSpec], profile: str) -> None:
+    """What an in-process run refuses before any work, refused here before any submission (exit 2)."""
+    from .runner import released_head_problems
+    from .workers import requested_jobs
+
+    try:
+        run_args.resolve(profile)
+        asked = requested_jobs(run_args.jobs)  # auto is 1 inside a job of several tasks (it runs under torchrun)
+    except ValueError as err:
+        raise LaunchError(str(err)) from err
+    if isinstance(asked, int) and asked > 1 and any(j.tasks > 1 for j in jobs):
+        raise LaunchError(f"--jobs {asked}: a job of several GPUs is distributed, where every rank works on the "
+                          "same task; use --jobs 1")  # fmt: skip
+    if run_args.head_weights:
+        tasks = list(dict.fromkeys(j.task for j in jobs))
+        specs = list({j.backbone: B.parse_backbone_spec(j.backbone) for j in jobs}.values())
+        problems = released_head_problems([get_task(t) for t in tasks], specs, Path(run_args.head_weights).expanduser())
+        if problems:
+            raise LaunchError(f"{len(problems)} missing or invalid input(s): " + "; ".join(problems))
+
+
 def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profile: str = "paper",
            out: str | Path = "results/runs", cache_dir: str | Path | None = None, gpus: int | None = None,
            timeout_min: int | None = None, partition: str | None = None,
-           slurm_params: dict[str, str] | None = None, cpus_per_task: int | None = None,
-           run_kwargs: dict[str, Any] | None = None, say: Callable[[str], None] = logger.info) -> list:  # fmt: skip
+           slurm_params: dict[str, str] | None = None, resources: Resources | None = None,
+           run_args: RunArgs | dict[str, Any] | None = None, dry_run: bool = False,
+           say: Callable[[str], None] = logger.info) -> list:  # fmt: skip
     """Submit one job per (backbone, task) of ``suite``; returns the submitit jobs (in plan order).
 
-    ``run_kwargs`` go to ``run_suite`` in every job (data_root, resume, device, seed, num_workers, progress).
+    ``run_args``: the ``run`` flags every job resolves as an in-process run would (RunArgs, or a dict of its
+    fields). Each job is recorded in ``<out>/launch/jobs.jsonl`` as soon as it is submitted; a refused submission
+    is a LaunchError naming the jobs submitted before it. ``dry_run``: print each job's request, submit nothing.
     """
     from .runner import default_cache_dir
 
+    if isinstance(run_args, dict):
+        run_args = RunArgs(**run_args)
+    run_args = run_args or RunArgs()
+    if launcher not in ("local", "slurm"):
+        raise LaunchError(f"--launcher {launcher!r}: use one of {', '.join(LAUNCHERS)}")
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    jobs, missing = plan_jobs(suite, backbones, profile=profile, cache_dir=cache, gpus=gpus,
-                              timeout_min=timeout_min, say=say)  # fmt: skip
+    _check_cfg_options(run_args.cfg_options or {}, suite, profile)
+    try:  # the smoke twin's repair (in plan_jobs) runs with the run's threads, as in-process
+        apply_threads(run_args.resolved_threads(profile))
+    except ValueError as err:
+        raise LaunchError(str(err)) from err
+    jobs, missing = plan_jobs(suite, backbones, profile=profile, cache_dir=cache, gpus=gpus, timeout_min=timeout_min,
+                              resources=resources, run_args=run_args, out=out, say=say)  # fmt: skip
     for name, why in missing.items():
         say(f"task {name}: not available ({why}); not submitted")
-    _check_cfg_options((run_kwargs or {}).get("cfg_options") or {}, suite, profile)
-    kwargs = {**(run_kwargs or {}), "out": str(out), "cache_dir": str(cache)}
+    _check_run_args(run_args, jobs, profile)
     folder = launch_dir(out) / "submitit"
-    submitted, entries = [], []
+    if dry_run:
+        for job in jobs:
+            say(request_text(launcher, folder, job, partition=partition, slurm_params=slurm_params))
+        say(f"dry run: {len(jobs)} job(s) not submitted")
+        return []
+    place = {"out": str(out), "cache_dir": str(cache)}
+    submitted: list = []
     for job in jobs:
-        executor = make_executor(launcher, folder, job, partition=partition, slurm_params=slurm_params,
-                                 cpus_per_task=cpus_per_task)  # fmt: skip
-        handle = executor.submit(BenchJob(), asdict(job), kwargs)
+        executor = make_executor(launcher, folder, job, partition=partition, slurm_params=slurm_params)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr: it is in the error
+                handle = executor.submit(BenchJob(), asdict(job), run_args.to_json(), place)
+        except Exception as err:
+            done = ", ".join(f"[{j.label}] {j.task} (job {h.job_id})" for j, h in zip(jobs, submitted))
+            raise LaunchError(
+                f"{launcher} refused job [{job.label}] {job.task}: {_submission_error(err)}; submitted before it: "
+                f"{len(submitted)} of {len(jobs)} job(s){' (' + done + ')' if done else ''}, recorded in "
+                f"{launch_dir(out) / MANIFEST} (sinder-bench status --out {out})") from err  # fmt: skip
         submitted.append(handle)
-        entries.append({**asdict(job), "job_id": str(handle.job_id), "launcher": launcher, "folder": str(folder),
-                        "submitted": utc_now()})  # fmt: skip
+        _append_manifest(out, [{**asdict(job), "job_id": str(handle.job_id), "launcher": launcher,
+                                "folder": str(folder), "submitted": utc_now()}])  # fmt: skip
         say(f"[{job.label}] {job.task}: submitted job {handle.job_id} ({launcher}, {job.gpus} GPU(s), "
-            f"{job.timeout_min} min)")  # fmt: skip
-    _append_manifest(out, entries)
+            f"{job.cpus_per_task} CPU(s) per task, {job.mem_gb:g} GB per task, {job.timeout_min} min)")  # fmt: skip
     return submitted
 
 
@@ -275,8 +451,105 @@ def _pid_alive(pid: str) -> bool:
     return True
 
 
+# SLURM job states (sacct / squeue long names, https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES and
+# https://slurm.schedmd.com/sacct.html#SECTION_JOB-STATE-CODES) -> (status state, what it means). sacct writes
+# "CANCELLED by <uid>" and truncates with a "+" ("CANCELLED+"); squeue -o %t writes the short codes.
+SLURM_STATES: dict[str, tuple[str, str]] = {
+    "PENDING": ("pending", "waiting for resources"), "CONFIGURING": ("pending", "nodes booting"),
+    "REQUEUED": ("pending", "requeued (preempted or timed out; it resumes from its checkpoint)"),
+    "REQUEUE_HOLD": ("pending", "requeued and held"), "REQUEUE_FED": ("pending", "requeued by the federation"),
+    "RESV_DEL_HOLD": ("pending", "held (its reservation was deleted)"),
+    "RUNNING": ("running", "running"), "COMPLETING": ("running", "finishing"),
+    "SIGNALING": ("running", "being signalled"), "STAGE_OUT": ("running", "staging out"),
+    "RESIZING": ("running", "resizing"), "SUSPENDED": ("running", "suspended (it holds its allocation)"),
+    "STOPPED": ("running", "stopped (SIGSTOP; it holds its allocation)"),
+    "COMPLETED": ("failed", "ended with exit 0 but wrote no result"),
+    "CANCELLED": ("cancelled", "cancelled (scancel or an administrator); rerun with --resume"),
+    "REVOKED": ("cancelled", "revoked by the federation"),
+    "FAILED": ("failed", "failed (non-zero exit)"),
+    "TIMEOUT": ("failed", "time limit reached; rerun with --resume and a longer --timeout-min"),
+    "DEADLINE": ("failed", "deadline reached"),
+    "OUT_OF_MEMORY": ("failed", "out of memory; rerun with --resume and a larger --mem-gb"),
+    "NODE_FAIL": ("failed", "its node failed; rerun with --resume"),
+    "BOOT_FAIL": ("failed", "its node failed to boot; rerun with --resume"),
+    "PREEMPTED": ("failed", "preempted and not requeued; rerun with --resume"),
+    "SPECIAL_EXIT": ("failed", "special exit (held by SLURM after a failure)"),
+}  # fmt: skip
+SQUEUE_CODES = {"PD": "PENDING", "CF": "CONFIGURING", "RQ": "REQUEUED", "RH": "REQUEUE_HOLD", "RF": "REQUEUE_FED",
+                "RD": "RESV_DEL_HOLD", "R": "RUNNING", "CG": "COMPLETING", "SI": "SIGNALING", "SO": "STAGE_OUT",
+                "RS": "RESIZING", "S": "SUSPENDED", "ST": "STOPPED", "CD": "COMPLETED", "CA": "CANCELLED",
+                "RV": "REVOKED", "F": "FAILED", "TO": "TIMEOUT", "DL": "DEADLINE", "OOM": "OUT_OF_MEMORY",
+                "NF": "NODE_FAIL", "BF": "BOOT_FAIL", "PR": "PREEMPTED", "SE": "SPECIAL_EXIT"}  # fmt: skip
+# What slurmstepd writes into a killed job's stderr ("*** JOB 12 ON node CANCELLED AT 2026-... DUE TO TIME LIMIT ***").
+_STEPD_KILL = re.compile(r"\*\*\* (?:JOB|STEP) [\d._]+ ON \S+ CANCELLED AT \S+(?: DUE TO ([A-Z ]+?))?(?: \*\*\*|$)")
+_STEPD_REASONS = {"TIME LIMIT": "TIMEOUT", "PREEMPTION": "PREEMPTED", "NODE FAILURE": "NODE_FAIL"}
+
+
+def slurm_state(text: str) -> tuple[str, str] | None:
+    """(status state, meaning) of a SLURM state as sacct or squeue prints it ("CANCELLED by 0", "CANCELLED+",
+    "OUT_OF_MEMORY", "PD"); None when empty. An unheard-of state is "unknown", never "running"."""
+    word = str(text).strip().split()[0].rstrip("+").upper() if str(text).strip() else ""
+    if not word:
+        return None
+    word = SQUEUE_CODES.get(word, word)
+    state, meaning = SLURM_STATES.get(word, ("unknown", "a state this version does not know"))
+    return state, f"{meaning} [{word}]" if word not in meaning else meaning
+
+
+def _slurm_query(command: list[str]) -> str | None:
+    """stdout of a SLURM client command; None when it is not installed or fails (slurmdbd down, unknown job)."""
+    if shutil.which(command[0]) is None:
+        return None
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode == 0:
+        return done.stdout
+    return "" if "invalid job id" in done.stderr.lower() else None  # squeue: the job left the queue
+
+
+def _stderr_verdict(paths) -> str | None:
+    """The SLURM state a dead job's own stderr says (slurmstepd's kill line, the OOM killer), else None."""
+    try:
+        text = paths.stderr.read_text(errors="replace")[-20000:]
+    except OSError:
+        return None
+    if "oom-kill" in text or "Out Of Memory" in text or "out-of-memory" in text:
+        return "OUT_OF_MEMORY"
+    found = _STEPD_KILL.findall(text)
+    if found:
+        return _STEPD_REASONS.get(found[-1].strip(), "CANCELLED")
+    return None
+
+
+def _slurm_job_state(entry: dict[str, Any], paths) -> tuple[str, str]:
+    """A SLURM job without a result file: sacct's state, else squeue's, else (the job left the queue) what its
+    stderr says, else failed; "unknown" when neither sacct nor squeue answers. Never "running" on no evidence."""
+    job_id = str(entry["job_id"])
+    where = f"job {job_id}: "
+    sacct = _slurm_query(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"])
+    lines = [line for line in (sacct or "").splitlines() if line.strip()]
+    if lines:  # the allocation's latest line (a requeued job has one per start with --duplicates only)
+        state, meaning = slurm_state(lines[-1]) or ("unknown", "")
+        return state, f"{where}{meaning} (sacct {lines[-1].strip()!r}), log {paths.stderr}"
+    squeue = _slurm_query(["squeue", "-h", "-j", job_id, "-o", "%T"])
+    if squeue is not None and squeue.strip():
+        state, meaning = slurm_state(squeue) or ("unknown", "")
+        return state, f"{where}{meaning} (squeue), log {paths.stderr}"
+    if squeue is None:
+        return "unknown", f"{where}neither sacct nor squeue answers here; see {paths.stderr}"
+    # Not in the queue any more (squeue printed nothing or refused the id) and no result file: it ended.
+    said = _stderr_verdict(paths)
+    if said:
+        state, meaning = slurm_state(said) or ("failed", "")
+        return state, f"{where}{meaning} (from its log {paths.stderr}; no sacct)"
+    return "failed", f"{where}left the queue without a result; see {paths.stderr}"
+
+
 def job_state(entry: dict[str, Any]) -> tuple[str, str]:
-    """(state, detail) of a submitted job from submitit's files: done, failed, running or pending."""
+    """(state, detail) of a submitted job: done or failed from its result file when there is one, else from
+    SLURM (:func:`_slurm_job_state`) or, for a local job, its process."""
     from submitit.core.utils import pickle_load
 
     paths = _job_paths(entry)
@@ -289,22 +562,13 @@ def job_state(entry: dict[str, Any]) -> tuple[str, str]:
             return "done", f"job {entry['job_id']}"
         return "failed", f"job {entry['job_id']}: {_last_line(value)}"
     if entry.get("launcher") == "slurm":
-        try:
-            import submitit
-
-            state = submitit.SlurmJob(entry["folder"], entry["job_id"]).state  # sacct; UNKNOWN without it
-        except Exception:
-            state = "UNKNOWN"
-        if state in ("PENDING", "REQUEUED", "CONFIGURING"):
-            return "pending", f"job {entry['job_id']} ({state})"
-        if state in ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL"):
-            return "failed", f"job {entry['job_id']}: slurm state {state}, see {paths.stderr}"
-        if state in ("RUNNING", "COMPLETING"):
-            return "running", f"job {entry['job_id']}"
+        return _slurm_job_state(entry, paths)
     if paths.stdout.exists() or paths.stderr.exists():
-        if entry.get("launcher") == "local" and not _pid_alive(entry["job_id"]):  # a local job id is its pid
+        if not _pid_alive(entry["job_id"]):  # a local job id is its pid
             return "failed", f"job {entry['job_id']}: process ended without a result (killed?), see {paths.stderr}"
         return "running", f"job {entry['job_id']}, log {paths.stdout}"
+    if not _pid_alive(entry["job_id"]):
+        return "failed", f"job {entry['job_id']}: process ended before it started (no log), see {paths.folder}"
     return "pending", f"job {entry['job_id']}"
 
 
@@ -325,7 +589,8 @@ def status_rows(out: str | Path) -> list[dict[str, str]]:
 def format_status(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "no records and no launched jobs"
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "running", "failed", "pending")}
+    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
+    counts = {s: n for s, n in counts.items() if n or s in STATES[:4]}
     width = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("backbone", "task", "profile", "state")}
     head = "  ".join(k.ljust(width[k]) for k in width) + "  detail"
     lines = [head] + ["  ".join(r[k].ljust(width[k]) for k in width) + "  " + r["detail"] for r in rows]
@@ -352,17 +617,29 @@ def register(subparsers) -> None:
 
     run = subparsers.choices.get("run")
     if run is not None:
-        group = run.add_argument_group("cluster launch (one submitit job per (backbone, task))")
+        group = run.add_argument_group(
+            "cluster launch (one submitit job per (backbone, task))",
+            "Each job asks for its task's resources: the flag when given, else the task config's launch entry, "
+            "else GPUs 0 for profile smoke (runs on a CPU partition) and 1 for paper, CPUs per task = DataLoader "
+            "workers + 1, memory 4 GB smoke / 64 GB paper per task, time from the task's recorded times in --out "
+            "(3x + 10 min), else 30 min smoke / 24 h paper. --dry-run prints the request.",
+        )  # fmt: skip
         group.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
                            help="inprocess (default): this process; local: submitit local jobs; slurm: Slurm jobs")
-        group.add_argument("--gpus", type=int, default=None,
-                           help="GPUs per job (default: the task config's launch.gpus, else 1); N > 1 runs N ranks")
-        group.add_argument("--timeout-min", type=int, default=None,
-                           help="time limit per job in minutes (default: the task config's, else 30 smoke / 1440)")
-        group.add_argument("--partition", default=None, help="Slurm partition")
-        group.add_argument("--cpus-per-task", type=int, default=None, help="Slurm CPUs per task")
+        group.add_argument("--gpus", "--slurm-gpus", dest="gpus", type=int, default=None,
+                           help="GPUs per job; N > 1 runs N ranks (default: 0 smoke, 1 paper)")
+        group.add_argument("--timeout-min", "--slurm-timeout-min", dest="timeout_min", type=int, default=None,
+                           help="time limit per job in minutes")
+        group.add_argument("--cpus-per-task", "--slurm-cpus-per-task", dest="cpus_per_task", type=int, default=None,
+                           help="CPUs per task (default: DataLoader workers + 1)")
+        group.add_argument("--mem-gb", "--slurm-mem-gb", dest="mem_gb", type=float, default=None,
+                           help="memory per task in GB (default: 4 smoke, 64 paper)")
+        group.add_argument("--partition", "--slurm-partition", dest="partition", default=None, help="Slurm partition")
         group.add_argument("--slurm-param", action="append", default=None, metavar="KEY=VALUE",
-                           help="extra sbatch parameter, repeatable (e.g. account=myproject, qos=high)")
+                           help="extra sbatch parameter (submitit's additional_parameters), repeatable: site "
+                           "specifics such as account=myproject, qos=high, constraint=a100")  # fmt: skip
+        group.add_argument("--dry-run", action="store_true",
+                           help="print each job's request (the #SBATCH lines for slurm) and submit nothing")
         group.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their states")
         in_process = run.get_default("func")
         run.set_defaults(func=lambda args: _cmd_run(args, in_process))  # fmt: skip
@@ -370,7 +647,8 @@ def register(subparsers) -> None:
     status = subparsers.add_parser(
         "status", help="done / running / failed / pending for each (backbone, task) of a records folder",
         description="Read the run records in --out and the launcher's job files (<out>/launch/) and show each "
-        "(backbone, task): done, running, failed (with its error) or pending.",
+        "(backbone, task): done, running, failed (with its error), pending, cancelled, or unknown (SLURM did not "
+        "answer). A SLURM job's state comes from sacct, else squeue, else its own result and log files.",
         parents=[out_parent(RUNS_HELP, default="results/runs")],
     )  # fmt: skip
     status.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -379,36 +657,40 @@ def register(subparsers) -> None:
 
 def _cmd_run(args: argparse.Namespace, in_process: Callable[[argparse.Namespace], int]) -> int:
     if args.launcher == "inprocess":
+        if args.dry_run:
+            raise LaunchError("--dry-run prints the jobs of --launcher local or slurm; add one of them")
         return in_process(args)
-    workers = args.num_workers
-    if workers is None:  # the jobs' machines: their CPUs are known only as --cpus-per-task
-        workers = default_loader_workers(args.profile, args.cpus_per_task)
-    run_kwargs = {"data_root": args.data_root, "resume": args.resume, "device": args.device, "seed": args.seed,
-                  "num_workers": workers, "progress": False, "cfg_options": args.cfg_options,
-                  "tensorboard_dir": getattr(args, "tensorboard", None)}  # fmt: skip
-    # A LaunchError (a ValueError: bad flag, unknown suite) reaches the CLI's main: exit 2.
+    resources = Resources(gpus=args.gpus, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+                          timeout_min=args.timeout_min)  # fmt: skip
+    # A LaunchError (a ValueError: bad flag, unknown suite, refused submission) reaches the CLI's main: exit 2.
     jobs = launch(args.suite, args.backbone, launcher=args.launcher, profile=args.profile, out=args.out,
-                  cache_dir=args.cache_dir, gpus=args.gpus, timeout_min=args.timeout_min,
-                  partition=args.partition, slurm_params=_parse_slurm_params(args.slurm_param),
-                  cpus_per_task=args.cpus_per_task, run_kwargs=run_kwargs)  # fmt: skip
+                  cache_dir=args.cache_dir, partition=args.partition,
+                  slurm_params=_parse_slurm_params(args.slurm_param), resources=resources,
+                  run_args=RunArgs.from_namespace(args), dry_run=args.dry_run, say=print)  # fmt: skip
+    if args.dry_run:
+        return 0
     if args.launcher == "slurm" and not args.wait:
         print(f"{len(jobs)} job(s) submitted; follow them with: sinder-bench status --out {args.out}")
         return 0
-    failed = wait_all(jobs)
+    failed = wait_all(jobs, say=print)
     print(format_status(status_rows(args.out)))
     return 1 if failed else 0
 
 
-def wait_all(jobs: list, poll_s: float = 1.0) -> int:
-    """Wait for every job; returns how many failed (their errors show in ``status``)."""
+def wait_all(jobs: list, poll_s: float = 1.0, say: Callable[[str], None] = logger.info) -> int:
+    """Wait for every job; returns how many failed, and says each one's outcome. A job of several tasks (one
+    per GPU) succeeded when every task did (submitit's ``results()``; ``result()`` refuses such jobs)."""
     while not all(job.done() for job in jobs):
         time.sleep(poll_s)
     failed = 0
     for job in jobs:
         try:
-            job.result()
-        except Exception:
+            outcomes = job.results()
+        except Exception as err:
             failed += 1
+            say(f"job {job.job_id}: failed: {_last_line(str(err))}")
+            continue
+        say(f"job {job.job_id}: done ({len(outcomes)} task(s))")
     return failed
 
 

@@ -223,9 +223,7 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     blocks = head_blocks(cfg.head, len(backbone.blocks))
     torch.manual_seed(seed)
     head = make_head(cfg, int(backbone.embed_dim)).to(device)
-    model: nn.Module = head
-    if D.is_distributed():
-        model = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.iterations))
     start, skipped = 0, 0
@@ -237,27 +235,48 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     loader = DataLoader(dataset, batch_sampler=GlobalBatches(len(dataset), cfg.batch_size, seed, start),
                         num_workers=num_workers)  # fmt: skip
     batches = iter(loader)
+    groups = cfg.batch_size // cfg.loss_group  # loss groups of the global batch
+    wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     head.train()
     for step in range(start, cfg.iterations):
         images, depth = next(batches)
         images, depth = images.to(device, non_blocking=True), depth.to(device, non_blocking=True)
-        pred = model(backbone_features(backbone, images, blocks, amp_dtype))
-        if step == 0 and cfg.head == "dpt" and _on_every_rank(bool((pred.detach() <= cfg.min_depth).all())):
+        # One group of loss_group images at a time (the same shapes whatever the number of ranks), each group's
+        # gradient added in float64 on its rank and the ranks' sums all-reduced in float64: the float32 gradient
+        # is then the same for 1 and N processes up to a rare rounding tie (DDP's float32 all-reduce adds in
+        # another order than one process, which 150 AdamW steps grew to 1e-3 relative; issue 24).
+        total = [torch.zeros(p.shape, dtype=wide, device=device) for p in params]
+        losses, dead = [], True
+        for image_g, depth_g in zip(images.split(cfg.loss_group), depth.split(cfg.loss_group)):
+            pred = head(backbone_features(backbone, image_g, blocks, amp_dtype))
+            dead = dead and bool((pred.detach() <= cfg.min_depth).all())
+            pred = F.interpolate(pred, size=depth_g.shape[-2:], mode="bilinear", align_corners=False)
+            loss_g = depth_loss(pred, depth_g, cfg, step)
+            for acc, grad in zip(total, torch.autograd.grad(loss_g, params, allow_unused=True)):
+                if grad is not None:
+                    acc += grad.to(wide)
+            losses.append(loss_g.detach().to(wide))
+        if step == 0 and cfg.head == "dpt" and _on_every_rank(dead):
             head.dead_at_init = True
             if log is not None:
                 log("depth dpt: the readout relu(x) + min_depth is 0 + min_depth everywhere at initialization, so no "
                     "gradient flows; rerun with another seed or head_init: positive_readout")  # fmt: skip
-        pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
-        loss = grouped_depth_loss(pred, depth, cfg, step)
+        flat = torch.cat([t.reshape(-1) for t in total] + [torch.stack(losses).sum().reshape(1)])
+        D.all_reduce_sum(flat)  # in place; identity in one process
+        flat /= groups  # the mean over the global batch's groups: DINOv2's per-GPU loss, gradients averaged
+        loss = flat[-1]  # the global batch's loss, the same on every rank
         if scalars is not None:
             scalars.add_scalar("train/loss", loss.item(), step)
             scalars.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
         optimizer.zero_grad(set_to_none=True)
-        if not _on_every_rank(bool(torch.isfinite(loss.detach()))):
-            skipped += 1  # a NaN batch must not poison the head; all ranks skip together (DDP needs it)
+        if not bool(torch.isfinite(flat).all()):
+            skipped += 1  # a NaN batch must not poison the head; every rank sees the same sums and skips with it
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            offset = 0
+            for p in params:
+                p.grad = flat[offset : offset + p.numel()].view(p.shape).to(p.dtype)
+                offset += p.numel()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
         scheduler.step()
         if checkpoint is not None and checkpoint.due(step + 1, cfg.iterations):

@@ -25,7 +25,8 @@ Measures, each in its own try-block (an OOM in one still writes the others):
 
 Every measurement carries ``goal`` (text, value, source), ``verdict`` ("pass", "miss", "unknown" when the goal
 cannot be computed, "error" with the error) and its numbers. ``--tiny`` runs the same code at toy sizes; its
-verdicts say nothing about the goals (``"scale": "tiny"`` in the JSON).
+verdicts are "not measured at scale" (``"scale": "tiny"`` in the JSON; what the goal would say at the toy sizes
+is in ``outcome_at_these_sizes``). ``git_commit``: $SINDER_BENCH_GIT_COMMIT where the copy has no ``.git``.
 """
 
 from __future__ import annotations
@@ -56,19 +57,37 @@ from sinder.utils.atomic import atomic_write_text
 from sinder.utils.device import default_device
 from sinder.utils.images import DEFAULT_RESOLUTION
 
-# Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by a substring of torch.cuda.get_device_name(), first
-# match wins (so the NVL/PCIe variants come before the bare name). NVIDIA's datasheets quote "with sparsity";
-# the dense peak is half of that.
-BF16_PEAK_TFLOPS: list[tuple[str, float, str]] = [
-    ("GH200", 989.5, "NVIDIA GH200 datasheet (nvidia.com/en-us/data-center/grace-hopper-superchip): 1,979 sparse"),
-    ("H200 NVL", 835.0, "NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): 1,671 TFLOPS bf16 sparse"),
-    ("H200", 989.5, "NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): 1,979 TFLOPS bf16 sparse, SXM"),
-    ("H100 NVL", 835.0, "NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): 1,671 TFLOPS bf16 sparse, NVL"),
-    ("H100 PCIe", 756.5, "NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): 1,513 TFLOPS bf16 sparse, PCIe"),
-    ("H100", 989.5, "NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): 1,979 TFLOPS bf16 sparse, SXM"),
-    ("A100", 312.0, "NVIDIA A100 datasheet (nvidia.com/en-us/data-center/a100): 312 TFLOPS bf16 dense"),
-    ("L40S", 362.05, "NVIDIA L40S datasheet (nvidia.com/en-us/data-center/l40s): 362.05 TFLOPS bf16 dense"),
-]
+# Dense (no sparsity) bf16 tensor-core peak in TFLOP/s per SKU: (regular expression on
+# torch.cuda.get_device_name(), SKU, streaming multiprocessors of that SKU, peak, source), first match wins.
+# NVIDIA's datasheets quote "with sparsity"; the dense peak is half of that. The SM count is what the device must
+# report (torch.cuda.get_device_properties().multi_processor_count) for the row to apply: it tells the SXM5 H100
+# (132 SMs) from the PCIe card (114) where a name alone could mislead; SM counts from the Hopper/Ampere/Ada
+# architecture whitepapers (H100: nvidia.com/en-us/data-center/h100, "NVIDIA H100 Tensor Core GPU Architecture";
+# A100: "NVIDIA A100 Tensor Core GPU Architecture"; L40S: "NVIDIA ADA GPU Architecture"). Dense bf16 =
+# SMs x 4096 FLOP/clock (Hopper; 2048 on Ampere) x the boost clock of the datasheet (H100 SXM5: 132 x 4096 x
+# 1.83 GHz = 989.4 TFLOP/s). A name that matches no row (an unlisted H100 SKU, "NVIDIA H100" alone) has no peak.
+BF16_PEAK_TFLOPS: list[tuple[str, str, int, float, str]] = [
+    (r"GH200", "GH200", 132, 989.5,
+     "NVIDIA GH200 datasheet (nvidia.com/en-us/data-center/grace-hopper-superchip): 1,979 TFLOPS bf16 sparse"),
+    (r"H200 NVL", "H200 NVL", 132, 835.0,
+     "NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): 1,671 TFLOPS bf16 sparse, H200 NVL"),
+    (r"H200$", "H200 SXM", 132, 989.5,
+     "NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): 1,979 TFLOPS bf16 sparse, H200 SXM"),
+    (r"H100 NVL", "H100 NVL", 132, 835.0,
+     "NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): 1,671 TFLOPS bf16 sparse, H100 NVL"),
+    (r"H100 PCIe", "H100 PCIe", 114, 756.5,
+     "NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): 1,513 TFLOPS bf16 sparse, H100 PCIe"),
+    (r"H100 (80GB HBM3|SXM)", "H100 SXM5", 132, 989.5,
+     "NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): 1,979 TFLOPS bf16 sparse, H100 SXM"),
+    (r"A100", "A100", 108, 312.0, "NVIDIA A100 datasheet (nvidia.com/en-us/data-center/a100): 312 TFLOPS bf16 dense"),
+    (r"L40S", "L40S", 142, 362.05,
+     "NVIDIA L40S datasheet (nvidia.com/en-us/data-center/l40s): 362.05 TFLOPS bf16 dense"),
+]  # fmt: skip
+# The commit of the checkout, where the device's copy has no .git: set by benchmarks/perf/gpu_check_device.sh
+# from the file its prepare step writes (.whl/GIT_COMMIT).
+GIT_COMMIT_ENV = "SINDER_BENCH_GIT_COMMIT"
+# The verdict of every measurement of a --tiny run: toy sizes say nothing about full-scale goals.
+TINY_VERDICT = "not measured at scale"
 
 REPAIR_GOAL_S = 3600 / 30_000  # a full ViT-g repair (30k iterations) within an hour on one H100
 EXTRACTION_GOAL_FRACTION = 0.60
@@ -134,17 +153,35 @@ def vit_forward_flops(model: nn.Module, resolution: int, batch: int = 1) -> dict
 
 
 def bf16_peak(device: torch.device) -> tuple[float | None, str]:
-    """(dense bf16 peak in TFLOP/s or None, where it comes from or why it is unknown)."""
+    """(dense bf16 peak in TFLOP/s or None, where it comes from or why it is unknown), by the device's name and
+    SM count."""
     if device.type != "cuda":
         return None, f"no bf16 tensor-core peak for device type {device.type!r} (the table covers NVIDIA GPUs)"
-    return peak_for_name(torch.cuda.get_device_name(device))
+    props = torch.cuda.get_device_properties(device)
+    return peak_for_name(props.name, props.multi_processor_count)
 
 
-def peak_for_name(name: str) -> tuple[float | None, str]:
-    for key, tflops, source in BF16_PEAK_TFLOPS:
-        if key in name:
-            return tflops, source
+def peak_for_name(name: str, sms: int | None = None) -> tuple[float | None, str]:
+    """The SKU's dense bf16 peak for a device ``name`` reporting ``sms`` SMs (None: not checked)."""
+    import re
+
+    for pattern, sku, sku_sms, tflops, source in BF16_PEAK_TFLOPS:
+        if re.search(pattern, name):
+            if sms is not None and sms != sku_sms:
+                return None, (f"device {name!r} reports {sms} SMs, the {sku} has {sku_sms}: another SKU than "
+                              "BF16_PEAK_TFLOPS (benchmarks/perf/gpu_check.py) assumes; add its row")  # fmt: skip
+            return tflops, f"{sku}: {source}"
     return None, f"device {name!r} is not in BF16_PEAK_TFLOPS (benchmarks/perf/gpu_check.py): add its datasheet peak"
+
+
+def source_commit() -> tuple[str, str]:
+    """(commit, where it comes from): $SINDER_BENCH_GIT_COMMIT when set (a copy without .git, e.g. the device's),
+    else git in this checkout ("unknown" without one)."""
+    given = os.environ.get(GIT_COMMIT_ENV, "").strip()
+    if given:
+        return given, f"${GIT_COMMIT_ENV}"
+    commit = git_commit()
+    return commit, "git" if commit != "unknown" else f"no .git here and no ${GIT_COMMIT_ENV}"
 
 
 def _sync(device: torch.device) -> None:
@@ -423,7 +460,8 @@ def _device_info(device: torch.device) -> dict[str, Any]:
                             "torch_threads": torch.get_num_threads()}  # fmt: skip
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(name=props.name, memory_gib=props.total_memory / 2**30, capability=f"{props.major}.{props.minor}")
+        info.update(name=props.name, memory_gib=props.total_memory / 2**30, capability=f"{props.major}.{props.minor}",
+                    multiprocessors=props.multi_processor_count)  # fmt: skip
     peak, source = bf16_peak(device)
     info.update(bf16_peak_tflops=peak, bf16_peak_source=source)
     return info
@@ -457,6 +495,10 @@ def run_checks(sizes: Sizes, device: torch.device, only: list[str] | None = None
             measurements[name] = {"verdict": "error", "error": f"{type(err).__name__}: {err}",
                                   "traceback": traceback.format_exc(limit=4)}  # fmt: skip
         measurements[name]["wall_s"] = time.perf_counter() - start
+        if sizes.scale != "full" and measurements[name]["verdict"] != "error":
+            # toy sizes against full-scale goals: what the goal would say here is kept apart, as no verdict
+            measurements[name]["outcome_at_these_sizes"] = measurements[name]["verdict"]
+            measurements[name]["verdict"] = TINY_VERDICT
         if device.type == "cuda":
             torch.cuda.empty_cache()
         print(f"gpu_check: {name}: {measurements[name]['verdict']} ({measurements[name]['wall_s']:.1f} s)", flush=True)
@@ -478,10 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = TINY if args.tiny else FULL
     started = time.perf_counter()
     path = Path(args.out) / ("gpu_check_tiny.json" if args.tiny else "gpu_check.json")
+    commit, commit_source = source_commit()
     header = {
         "benchmark": "gpu_check", "scale": sizes.scale, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "note": "toy sizes: verdicts say nothing about the goals" if args.tiny else "sizes of issue 16",
-        "git_commit": git_commit(), "device": _device_info(device), "sizes": asdict(sizes),
+        "note": f"toy sizes: every verdict is {TINY_VERDICT!r}" if args.tiny else "sizes of issue 16",
+        "git_commit": commit, "git_commit_source": commit_source, "device": _device_info(device),
+        "sizes": asdict(sizes),
     }  # fmt: skip
 
     def write(measurements: dict[str, Any], complete: bool) -> dict[str, str]:

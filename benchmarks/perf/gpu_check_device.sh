@@ -29,7 +29,11 @@ prepare)
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform any -d .whl "${WHEELS[@]}"
-    echo "prepared $(ls .whl | wc -l) wheels in .whl/ ($(du -sh .whl | cut -f1)); carry \".whl\" in the device run"
+    # the device's copy has no .git: the commit travels in .whl/ and becomes gpu_check.json's git_commit
+    commit=$(git rev-parse HEAD)
+    [ -z "$(git status --porcelain --untracked-files=no)" ] || commit="$commit+dirty"
+    echo "$commit" >.whl/GIT_COMMIT
+    echo "prepared $(ls .whl/*.whl | wc -l) wheels in .whl/ ($(du -sh .whl | cut -f1)); carry \".whl\" in the device run"
     ;;
 run)
     shift
@@ -41,6 +45,10 @@ run)
     fi
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    if [ -z "${SINDER_BENCH_GIT_COMMIT:-}" ] && [ -s .whl/GIT_COMMIT ]; then
+        SINDER_BENCH_GIT_COMMIT=$(cat .whl/GIT_COMMIT)
+        export SINDER_BENCH_GIT_COMMIT
+    fi
     nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi here" >"$out/nvidia-smi.txt"
     # 540 s: inside the device tool's 570 s, so the JSON written so far always comes back
     timeout 540 "$PYTHON" -m benchmarks.perf.gpu_check --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"

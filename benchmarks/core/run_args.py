@@ -1,0 +1,81 @@
+"""The ``run`` verb's flags as one object, resolved the same way in-process and inside a launched job.
+
+``sinder-bench run`` resolves its flags (threads, jobs, DataLoader workers, progress, ...) where the work runs:
+in this process for ``--launcher inprocess``, inside each submitit job for ``--launcher local|slurm``. Both call
+:meth:`RunArgs.resolve`, so a flag cannot reach one and miss the other (tests/test_launch.py compares them for
+every flag of ``run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# The ``run`` flags that decide what a run does (the launcher's own flags are in benchmarks/core/launch.py).
+# Every one reaches run_suite or the process settings through RunArgs.resolve.
+RUN_FLAGS = ("data_root", "cache_dir", "resume", "device", "seed", "num_workers", "tensorboard", "threads", "jobs",
+             "no_progress", "head_weights", "cfg_options")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """The flags of one ``run``, as parsed (None: not given, resolved where the run happens)."""
+
+    data_root: str | None = None
+    cache_dir: str | None = None
+    resume: bool = False
+    device: str | None = None
+    seed: int = 0
+    num_workers: int | None = None
+    tensorboard: str | None = None
+    threads: int | None = None
+    jobs: int | str | None = None
+    no_progress: bool = False
+    head_weights: str | None = None
+    cfg_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> RunArgs:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def for_task(self, task: str) -> RunArgs:
+        """These flags for a job that runs ``task`` only: its own ``--cfg-options``."""
+        options = {k: v for k, v in (self.cfg_options or {}).items() if k.partition(".")[0] == task}
+        return RunArgs(**{**asdict(self), "cfg_options": options})
+
+    def resolved_threads(self, profile: str) -> int | None:
+        """torch intra-op threads: the flag, else 1 for profile smoke (its tiny models), else torch's default."""
+        threads = self.threads if self.threads is not None else (1 if profile == "smoke" else None)
+        if threads is not None and threads < 1:
+            raise ValueError(f"--threads {threads}: give 1 or more")
+        return threads
+
+    def resolve(self, profile: str, cpus: int | None = None) -> tuple[int | None, dict[str, Any]]:
+        """(torch threads or None, run_suite's keyword arguments) on a machine with ``cpus`` CPUs (default: this
+        process's). A bad value is a ValueError (exit 2)."""
+        from .task_config import default_loader_workers
+        from .workers import available_cores, requested_jobs, resolve_jobs
+
+        threads = self.resolved_threads(profile)
+        jobs = resolve_jobs(requested_jobs(self.jobs), profile, threads)
+        workers = self.num_workers
+        if workers is None:
+            workers = default_loader_workers(profile, cpus if cpus is not None else available_cores())
+        kwargs = {"data_root": self.data_root, "cache_dir": self.cache_dir, "resume": self.resume,
+                  "device": self.device, "seed": self.seed, "num_workers": workers,
+                  "progress": not self.no_progress, "head_weights": self.head_weights,
+                  "cfg_options": dict(self.cfg_options or {}), "jobs": jobs,
+                  "tensorboard_dir": self.tensorboard}  # fmt: skip
+        return threads, kwargs
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads (None: leave torch's default)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
