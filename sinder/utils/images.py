@@ -39,13 +39,15 @@ def stride_subset(files: list[Path], count: int) -> list[Path]:
     return files[::step][:count]
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Short side to ``size`` (bicubic; PIL antialiases when shrinking), then the centred ``size`` square."""
+def resize_center_crop(img: Image.Image, size: int, round_long_side: bool = False) -> Image.Image:
+    """Short side to ``size`` (bicubic; PIL antialiases when shrinking), then the centred ``size`` square. The long
+    side is truncated (torchvision's Resize), or rounded with ``round_long_side`` (a second view of the census)."""
     width, height = img.size
+    whole = round if round_long_side else int
     if width <= height:
-        new_w, new_h = size, int(size * height / width)
+        new_w, new_h = size, whole(size * height / width)
     else:
-        new_w, new_h = int(size * width / height), size
+        new_w, new_h = whole(size * width / height), size
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     left = int(round((new_w - size) / 2.0))
@@ -61,12 +63,12 @@ def to_normalized_tensor(img: Image.Image) -> Tensor:
     return (tensor - mean) / std
 
 
-def load_image(path: str | Path, resolution: int, patch_size: int = 14) -> Tensor:
+def load_image(path: str | Path, resolution: int, patch_size: int = 14, round_long_side: bool = False) -> Tensor:
     """A 3 x R x R normalised tensor of one image file, R = ``resolution`` (a multiple of the patch size)."""
     if resolution % patch_size:
         raise ValueError(f"resolution {resolution} is not a multiple of the patch size {patch_size}")
     try:
         with Image.open(path) as img:
-            return to_normalized_tensor(resize_center_crop(img.convert("RGB"), resolution))
+            return to_normalized_tensor(resize_center_crop(img.convert("RGB"), resolution, round_long_side))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
