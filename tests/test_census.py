@@ -129,3 +129,31 @@ def test_a_census_without_near_counts_uses_the_plain_count():
     before = _record([_row("a", [0, 1])])  # a census.json written before the band and the views
     after = _record([_row("a", [0, 2])])
     assert compare(before, after)["images_made_worse"] == 1
+
+
+def test_analyze_compare_headline_states_the_rule_and_the_eq5_increases(tmp_path):
+    import contextlib
+    import io
+    import json
+
+    import torch
+
+    from benchmarks.cli import main
+    from sinder.models.weights import load_backbone, save_state_dict
+    from sinder.utils.synthetic_images import write_synthetic_photos
+
+    model = load_backbone("dinov2_tiny_defective")
+    with torch.no_grad():  # the damage of tests/test_repair_truth.py: whole images fire
+        model.blocks[0].mlp.w3.weight[:, :2] *= -1
+    save_state_dict(model.state_dict(), tmp_path / "damaged.safetensors")
+    photos = write_synthetic_photos(tmp_path / "photos", 4, size=128, seed=5)
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+        main(["analyze", "--backbone", "dinov2_tiny_defective", "--images", str(photos), "--resolution", "112",
+              "--method", "expectation", "--out", str(tmp_path / "cmp"), "--compare", "own",
+              str(tmp_path / "damaged.safetensors")])  # fmt: skip
+    record = json.loads((tmp_path / "cmp" / "census.json").read_text())["comparison"]
+    lines = out.getvalue().splitlines()
+    assert f"images made worse: {record['images_made_worse']} of 4 ({WORSE_RULE})" in lines
+    assert (f"images with more Eq. 5 defects in some block: {record['eq5_increased_images']} of 4 "
+            f"({EQ5_NOT_COUNTED})") in lines  # fmt: skip
+    assert record["images_made_worse"] >= 1 and record["made_worse_rule"] == WORSE_RULE
