@@ -157,3 +157,19 @@ def test_analyze_compare_headline_states_the_rule_and_the_eq5_increases(tmp_path
     assert (f"images with more Eq. 5 defects in some block: {record['eq5_increased_images']} of 4 "
             f"({EQ5_NOT_COUNTED})") in lines  # fmt: skip
     assert record["images_made_worse"] >= 1 and record["made_worse_rule"] == WORSE_RULE
+
+
+def test_the_repair_report_takes_both_views_and_states_the_rule(tmp_path):
+    from sinder.repair.config import RepairConfig
+    from sinder.repair.job import repair_checkpoint
+    from sinder.utils.synthetic_images import write_synthetic_photos
+
+    photos = write_synthetic_photos(tmp_path / "photos", 12, size=128, seed=5)
+    config = RepairConfig(resolution=112, num_images=4, max_iters=2, window=2, n_samples=4000, checkpoint_every=0,
+                          holdout_images=4, sigma=1, limit_layers=4)  # fmt: skip
+    report = repair_checkpoint("dinov2_tiny_defective", photos, tmp_path / "r.safetensors", config=config,
+                               device="cpu", progress=False)  # fmt: skip
+    assert report["made_worse_rule"] == WORSE_RULE
+    for census_record in (report["defects_before"], report["defects_after"]):
+        assert census_record["views"] == 2 and all(len(row["views"]) == 2 for row in census_record["per_image"])
+    assert isinstance(report["eq5_increases"], list) and isinstance(report["worse_in_some_views_only"], list)

@@ -160,8 +160,11 @@ def repair_checkpoint(
         "high_norm_last_block": comparison["high_norm_last_block"] if comparison else None,
         "high_norm_removed_fraction_last_block": (comparison["high_norm_removed_fraction_last_block"]
                                                   if comparison else None),
+        "made_worse_rule": comparison["made_worse_rule"] if comparison else None,
         "images_made_worse": comparison["images_made_worse"] if comparison else None,
         "worse_images": comparison["worse_images"] if comparison else None,
+        "worse_in_some_views_only": comparison["worse_in_some_views_only"] if comparison else None,
+        "eq5_increases": comparison["eq5_increases"] if comparison else None,  # shown, not counted (census.py)
         "warning": worse_warning(comparison) if comparison else None,
         "singular_value_changes": {k: {"min": float(v.min()), "max": float(v.max()), "mean_abs": float(v.abs().mean())}
                                    for k, v in result.sv_changes.items()},
