@@ -508,7 +508,8 @@ def plot_effects(table: dict, effects, path: str | Path) -> Path:
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(columns))])
     ax.set_xticklabels([c["label"] + _arrow(c) for c in columns],
                        rotation=30, ha="right", fontsize=8)  # fmt: skip
-    title = f"Table {table['table']}: effect of each remedy over its base"
+    title = f"Table {table['table']}: effect of each " + ("row over the unrepaired base" if _templated(table)
+                                                           else "remedy over its base")
     if (effects["protocol"] == "smoke").any():
         title += "\n(smoke: tiny constructed model, synthetic data)"
     return _save_bars(fig, ax, title, path, legend_columns=2, legend_y=-0.35)
