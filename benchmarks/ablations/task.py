@@ -35,6 +35,7 @@ from typing import Any
 
 from benchmarks.core import distributed as D
 from benchmarks.core.registry import Metric, Task, get_task, register_task
+from benchmarks.core.report import BASE_ROW  # the unrepaired backbone's row, evaluated first (not a setting)
 
 # Each task's rows (RepairConfig overrides) are its profile's ``settings``: profiles/<task>/paper.yaml.
 # The evaluations a profile may name (its ``evaluations``), each with its metrics as the ablation records them.
@@ -49,8 +50,6 @@ PAPER_DEPTH = 40  # ViT-g/14, the backbone of every ablation in the paper
 # Table 6's first rows damage the model (KNN 6.6% in the paper) and meet non-finite steps: every ablation
 # repair skips them as the official code does (our default for a single repair is to stop), and records it.
 ABLATION_POLICY: dict[str, Any] = {"on_nonfinite": "skip"}
-# The row of the unrepaired backbone, evaluated first (not a profile setting: check_profile rejects the name).
-BASE_ROW = "base"
 # The RepairConfig fields that tell the rows of Tables 6 and 7 apart, recorded resolved per row (``setting``).
 SETTING_FIELDS = ("trainable", "limit_layers", "sigma", "mu")
 

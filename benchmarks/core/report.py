@@ -175,7 +175,7 @@ def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------- Tables 6-7: what each row ran
-BASE_ROW = "base"  # the ablation tables' row of the unrepaired backbone (benchmarks.ablations: the same name)
+BASE_ROW = "base"  # the ablation tables' row of the unrepaired backbone (the key in table6/7.yaml, the tasks' row)
 TRAINABLE_LABELS = {"singular_values_and_biases": "Singular Value and Bias",
                     "singular_values_except_qk": "Singular Value except QK", "singular_values": "Singular Value"}
 
