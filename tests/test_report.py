@@ -99,9 +99,9 @@ def test_lower_is_better_table_and_templated_ablation_rows(tmp_path):
     _write(store, "ablation_thresholds", "dinov2_vitg14", {"sigma_3/knn_top1": 83.0, "mu_4.5/ade20k_miou": 50.0})
     text = build_report(tmp_path, tables="5,7", plots=False)
     assert "Linear 1 RMSE (down)" in text and "| 0.400 |" in text and "+0.030" in text
-    sigma3 = next(line for line in text.splitlines() if line.startswith("| Skip less than sigma = 3 | ours"))
+    sigma3 = next(line for line in text.splitlines() if line.startswith("| Skip less than sigma = 3 (setting not recorded) | ours"))
     assert "83.00" in sigma3
-    mu45 = next(line for line in text.splitlines() if line.startswith("| Mask threshold mu = 4.5 | ours"))
+    mu45 = next(line for line in text.splitlines() if line.startswith("| Mask threshold mu = 4.5 (setting not recorded) | ours"))
     assert "50.00" in mu45 and "83.00" not in mu45
 
 
@@ -273,7 +273,7 @@ def test_charts_are_screen_sized_with_one_legend_entry_per_role(tmp_path, paper)
     records = R.load_records(tmp_path / "runs")
     rows, series, roles = chart_series(table_frame(paper[6], aggregate(records)))
     assert roles == ["paper", "ours (smoke protocol)"]  # not one entry per setting
-    assert len(rows) == 5 and all(len(bars) == 2 for bars in series.values())
+    assert len(rows) == 6 and all(len(bars) == 2 for bars in series.values())  # the unrepaired base and 5 settings
 
 
 def test_a_task_joins_its_tables_suite_by_declaring_the_table(monkeypatch):

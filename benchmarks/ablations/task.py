@@ -4,7 +4,15 @@ Each row of a table is a RepairConfig override. The task repairs the backbone it
 (resumable, in the task's work folder), then evaluates the repaired backbone with the tasks the paper uses:
 ImageNet KNN (``imagenet_knn``) and ADE20k linear segmentation (``seg_ade20k_linear``), recording
 ``<row>/knn_top1``, ``<row>/knn_top5``, ``<row>/ade20k_miou`` and ``<row>/ade20k_aacc``. A row whose repaired
-weights equal an earlier row's reports that row's evaluations (``details.same_weights_as``).
+weights equal an earlier row's reports that row's evaluations (``details.same_weights_as``). The unrepaired
+backbone is evaluated first, as row ``base`` (``base/knn_top1``, ...), so each row's effect over it is measured
+in the same run and under the same evaluation protocol.
+
+What each row ran is recorded in ``hparams[row]["setting"]``, the knobs that name a row in the paper (trainable,
+lambda = limit_layers of ``blocks``, sigma, mu), resolved: after the smoke base and the scaling of lambda to the
+backbone's depth; ``hparams[row]["paper_setting"]`` is the same row of the paper profile resolved for ViT-g/14
+(40 blocks). The report labels every row from these (benchmarks.core.report.setting_label), never from the row
+key, and shows the paper's label beside ours where they differ.
 
 A profile holds ``settings`` (row -> RepairConfig overrides), ``repair`` (the settings each row starts from:
 ``official``, RepairConfig's defaults, or ``smoke``, sinder.repair.config.SMOKE_CONFIG), ``evaluations`` (the
@@ -27,6 +35,7 @@ from typing import Any
 
 from benchmarks.core import distributed as D
 from benchmarks.core.registry import Metric, Task, get_task, register_task
+from benchmarks.core.report import BASE_ROW  # the unrepaired backbone's row, evaluated first (not a setting)
 
 # Each task's rows (RepairConfig overrides) are its profile's ``settings``: profiles/<task>/paper.yaml.
 # The evaluations a profile may name (its ``evaluations``), each with its metrics as the ablation records them.
@@ -41,6 +50,14 @@ PAPER_DEPTH = 40  # ViT-g/14, the backbone of every ablation in the paper
 # Table 6's first rows damage the model (KNN 6.6% in the paper) and meet non-finite steps: every ablation
 # repair skips them as the official code does (our default for a single repair is to stop), and records it.
 ABLATION_POLICY: dict[str, Any] = {"on_nonfinite": "skip"}
+# The RepairConfig fields that tell the rows of Tables 6 and 7 apart, recorded resolved per row (``setting``).
+SETTING_FIELDS = ("trainable", "limit_layers", "sigma", "mu")
+
+
+def resolved_setting(config, depth: int) -> dict[str, Any]:
+    """The knobs that name a row of Tables 6-7, as ``config`` (a resolved RepairConfig) runs them on a backbone of
+    ``depth`` blocks: what the report labels the row with."""
+    return {**{name: getattr(config, name) for name in SETTING_FIELDS}, "blocks": int(depth)}
 
 
 def ablation_config(overrides: dict[str, Any], repair: str, depth: int):
@@ -77,6 +94,8 @@ def check_profile(config: dict[str, Any], where: str) -> None:
     settings = config.get("settings")
     if not isinstance(settings, dict) or not settings:
         raise ValueError(f"{where}: settings: expected a mapping of rows to RepairConfig overrides")
+    if BASE_ROW in settings:
+        raise ValueError(f"{where}: settings.{BASE_ROW}: the name of the unrepaired backbone's row; rename the row")
     for row, overrides in settings.items():
         try:
             ablation_config(overrides, repair, PAPER_DEPTH)
@@ -93,6 +112,7 @@ def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
 
 
 class _AblationTask(Task):
+    version = "2"  # 2: the unrepaired backbone's row (base) and each row's resolved setting in the record
     first_backbone_only = True  # each row repairs DINOv2 itself; a repaired twin would be repaired twice
 
     def config(self, profile: str, overrides=None) -> dict[str, Any]:
@@ -107,7 +127,7 @@ class _AblationTask(Task):
 
     @property
     def metrics(self):
-        return tuple(Metric(f"{row}/{metric}", True) for row in self.settings
+        return tuple(Metric(f"{row}/{metric}", True) for row in (BASE_ROW, *self.settings)
                      for task_name in self.config("paper")["evaluations"]
                      for metric in EVALUATIONS[task_name].values())  # fmt: skip
 
@@ -168,13 +188,10 @@ class _AblationTask(Task):
         # row's evaluations: same weights, config and seed. (weights sha256, evaluation) -> (row, result)
         evaluated: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         same_weights: dict[str, str] = {}
-        for row, overrides in ctx.config["settings"].items():
-            ctx.log(f"{self.name}: repairing with {row} {overrides}")
-            repaired, config, nonfinite_steps = self._repair(backbone, overrides, ctx, row, directions)
-            hparams[row] = {**config.differences_from_official(), "on_nonfinite": config.on_nonfinite}
-            if nonfinite_steps is not None:
-                hparams[row]["nonfinite_steps_skipped"] = nonfinite_steps
-            sha = state_dict_sha256(repaired.state_dict())
+        depth = len(backbone.blocks)
+        paper_settings = self.config("paper")["settings"]
+
+        def evaluate(row: str, model, sha: str) -> None:
             for task_name in ctx.config["evaluations"]:
                 names = EVALUATIONS[task_name]
                 try:
@@ -193,10 +210,27 @@ class _AblationTask(Task):
                 if (sha, task_name) in evaluated:
                     same_weights[row], result = evaluated[(sha, task_name)]
                 else:
-                    result = task.run(repaired, sub_ctx)
+                    result = task.run(model, sub_ctx)
                     evaluated[(sha, task_name)] = (row, result)
                 for source, target in names.items():
                     metrics[f"{row}/{target}"] = float(result["metrics"][source])
+
+        ctx.log(f"{self.name}: evaluating the unrepaired backbone ({BASE_ROW}, {depth} blocks)")
+        hparams[BASE_ROW] = {"setting": None, "blocks": depth}
+        evaluate(BASE_ROW, backbone, state_dict_sha256(backbone.state_dict()))
+        for row, overrides in ctx.config["settings"].items():
+            # the resolved setting (smoke base, lambda scaled to this depth), not the profile's overrides
+            setting = resolved_setting(ablation_config(overrides, ctx.config["repair"], depth), depth)
+            ctx.log(f"{self.name}: repairing with {row}: {setting}")
+            repaired, config, nonfinite_steps = self._repair(backbone, overrides, ctx, row, directions)
+            hparams[row] = {**config.differences_from_official(), "on_nonfinite": config.on_nonfinite,
+                            "setting": resolved_setting(config, depth)}  # fmt: skip
+            if row in paper_settings:
+                hparams[row]["paper_setting"] = resolved_setting(
+                    ablation_config(paper_settings[row], "official", PAPER_DEPTH), PAPER_DEPTH)
+            if nonfinite_steps is not None:
+                hparams[row]["nonfinite_steps_skipped"] = nonfinite_steps
+            evaluate(row, repaired, state_dict_sha256(repaired.state_dict()))
         out: dict[str, Any] = {"metrics": metrics, "hparams": hparams}
         details: dict[str, Any] = {}
         if missing:

@@ -9,6 +9,12 @@ profile, and smoke tables say that their absolute numbers come from a tiny const
 
 Beside each table, the view the paper argues with: the effect of each remedy over its own base, metric by
 metric (ours: a repaired checkpoint minus the base its metadata names; the paper's: SINDER minus DINOv2).
+
+Tables 6 and 7 (the ablations, whose rows are repair settings, ``{row}`` in their metrics) label each of our rows
+from what its record says ran (``hparams[row]["setting"]``: trainable, lambda of the backbone's blocks, sigma,
+mu; :func:`setting_label`), with the paper's label beside it where the two differ, and show the delta to the
+paper only where they agree. Their first row is the unrepaired base (ours: the row ``base`` of the same run),
+and their effects are each row minus that base.
 """
 
 from __future__ import annotations
@@ -162,9 +168,73 @@ def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
         names = {m for seed in by_seed.values() for m in seed}
         metrics = {m: statistics.fmean([statistics.fmean(s[m]) for s in by_seed.values() if m in s]) for m in names}
         label = latest[key[0]]
-        out[key] = {"metrics": metrics, "n": len(by_seed),
+        newest = max(recs, key=lambda r: r["created"])
+        out[key] = {"metrics": metrics, "n": len(by_seed), "hparams": newest.get("hparams") or {},
                     "label": f"{label} [{key[0].short}]" if label in clashes else label}  # fmt: skip
     return out
+
+
+# ------------------------------------------------------------------------------- Tables 6-7: what each row ran
+BASE_ROW = "base"  # the ablation tables' row of the unrepaired backbone (the key in table6/7.yaml, the tasks' row)
+TRAINABLE_LABELS = {"singular_values_and_biases": "Singular Value and Bias",
+                    "singular_values_except_qk": "Singular Value except QK", "singular_values": "Singular Value"}
+
+
+def setting_label(setting: Mapping[str, Any] | None, blocks: int | None = None) -> str:
+    """The label of an ablation row from its resolved setting (a record's ``hparams[row]["setting"]``), in the
+    paper's words: ``Singular Value except QK in 2 of 8 Layers; sigma = 1; mu = 4``; None: the unrepaired base."""
+    if setting is None:
+        return f"unrepaired backbone ({blocks} blocks)" if blocks else "unrepaired backbone"
+    what = TRAINABLE_LABELS.get(setting["trainable"], str(setting["trainable"]))
+    lam = setting["limit_layers"]
+    where = f"in all {setting['blocks']} Layers" if lam is None else f"in {lam} of {setting['blocks']} Layers"
+    return f"{what} {where}; sigma = {setting['sigma']}; mu = {float(setting['mu']):g}"
+
+
+def _row_run(entry: dict | None, row: dict) -> tuple[str, bool]:
+    """(the label of our row ``row`` of a templated table from its record, whether it ran the paper's setting).
+    A record without the row's setting (before task version 2) keeps the paper's name, marked as such."""
+    ran = ((entry or {}).get("hparams") or {}).get(row["key"])
+    if not isinstance(ran, Mapping) or "setting" not in ran:
+        return f"{row['name']} (setting not recorded)", True
+    if ran["setting"] is None:  # the base row
+        return f"{setting_label(None, ran.get('blocks'))} (paper: {row['name']})", False
+    ours = setting_label(ran["setting"])
+    paper = ran.get("paper_setting")
+    if paper is not None and setting_label(paper) == ours:
+        return row["name"], True
+    return f"{ours} (paper: {row['name']})", False
+
+
+def ran_notes(table: dict, agg: dict[Key, dict[str, Any]]) -> list[str]:
+    """For a templated table (Tables 6-7): one line per (backbone, profile) saying, from its record's resolved
+    settings, what every row held fixed and what the rows changed (the caption of what ran, not the paper's)."""
+    if not _templated(table):
+        return []
+    tasks = {col["task"] for col in table["columns"]}
+    lines = []
+    for (_, task, profile), entry in sorted(agg.items(), key=lambda kv: (kv[0][2], str(kv[0][0]))):
+        if task not in tasks:
+            continue
+        settings = [v["setting"] for k, v in entry.get("hparams", {}).items()
+                    if k != BASE_ROW and isinstance(v, Mapping) and v.get("setting")]  # fmt: skip
+        if not settings:
+            lines.append(f"- ours, {entry['label']} ({profile}): its record does not say what each row ran")
+            continue
+        parts = []
+        for field, name in (("trainable", "trained"), ("limit_layers", "lambda"), ("sigma", "sigma"), ("mu", "mu")):
+            values = [s[field] for s in settings]
+            show = (lambda v: TRAINABLE_LABELS.get(v, str(v))) if field == "trainable" else (
+                lambda v: "all" if v is None else f"{v:g}")
+            common = max(dict.fromkeys(values), key=values.count)
+            others = sorted(dict.fromkeys(v for v in values if v != common),
+                            key=lambda v: (v is not None, v if isinstance(v, int | float) else 0, str(v)))
+            text = f"{name} = {show(common)}" + (" blocks" if field == "limit_layers" else "")
+            if others:
+                text += " unless the row sets " + ", ".join(show(v) for v in others)
+            parts.append(text)
+        lines.append(f"- ours, {entry['label']} ({profile}, {settings[0]['blocks']} blocks): " + "; ".join(parts))
+    return lines
 
 
 def deviation_notes(table: dict, records: list[dict]) -> list[str]:
@@ -206,7 +276,9 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
     ours = _ours(table, agg)
     lines = []
 
-    def add(row, source, label, profile, n_runs, value_of, other="(no paper row)"):
+    def add(row, source, label, profile, n_runs, value_of, other="(no paper row)", ran=None):
+        name = row["name"] if row else other
+        ran_label, same = ran if ran is not None else (name, True)
         for col in table["columns"]:
             paper = row["values"].get(col["key"], math.nan) if row else math.nan
             value = value_of(col)
@@ -215,7 +287,8 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
                 "row_key": row["key"] if row else "", "source": source, "backbone": label, "protocol": profile,
                 "n_runs": n_runs, "column": col["label"], "column_key": col["key"], "task": col["task"],
                 "metric": col["metric"], "higher_is_better": col["higher_is_better"], "paper": paper,
-                "value": value, "delta": value - paper if source == "ours" else math.nan,
+                "value": value, "delta": value - paper if source == "ours" and same else math.nan,
+                "label": ran_label, "same_setting": same,
             })  # fmt: skip
 
     def n_runs(backbone, profile):
@@ -230,8 +303,12 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
             if not _templated(table) and assigned[(backbone, profile)] is not row:
                 continue
             row_key = row["key"] if _templated(table) else None
+            ran = None
+            if _templated(table):
+                entry = next((agg[(backbone, t, profile)] for t in sorted(tasks) if (backbone, t, profile) in agg), None)
+                ran = _row_run(entry, row)
             add(row, "ours", _label_of(agg, backbone, profile), profile, n_runs(backbone, profile),
-                lambda col, b=backbone, p=profile, k=row_key: _value(agg, b, p, col, k))  # fmt: skip
+                lambda col, b=backbone, p=profile, k=row_key: _value(agg, b, p, col, k), ran=ran)  # fmt: skip
     for (backbone, profile), row in assigned.items():
         if row is None:  # a backbone no paper row stands for: ours only, no delta
             add(None, "ours", _label_of(agg, backbone, profile), profile, n_runs(backbone, profile),
@@ -257,7 +334,24 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
                           "metric": col["metric"], "higher_is_better": col["higher_is_better"],
                           "value": value_of(col)})  # fmt: skip
 
-    if _templated(table):
+    if _templated(table):  # the ablations: each row minus the unrepaired base, the paper's and ours
+        base = next((r for r in table["rows"] if r["key"] == BASE_ROW), None)
+        if base is None:
+            return pd.DataFrame(lines)
+        for row in table["rows"]:
+            if row is base:
+                continue
+            add(f"{row['name']} - base", "paper", "paper",
+                lambda col, r=row: r["values"].get(col["key"], math.nan) - base["values"].get(col["key"], math.nan))
+        tasks = {col["task"] for col in table["columns"]}
+        for backbone, profile in _ours(table, agg):
+            entry = next((agg[(backbone, t, profile)] for t in sorted(tasks) if (backbone, t, profile) in agg), None)
+            for row in table["rows"]:
+                if row is base:
+                    continue
+                add(f"{_row_run(entry, row)[0]} - base", f"ours: {_label_of(agg, backbone, profile)}", profile,
+                    lambda col, b=backbone, p=profile, k=row["key"]: _value(agg, b, p, col, k)
+                    - _value(agg, b, p, col, BASE_ROW))  # fmt: skip
         return pd.DataFrame(lines)
     sinder, dinov2 = _paper_row(table, "sinder"), _paper_row(table, "dinov2")
     if sinder and dinov2:
@@ -306,8 +400,8 @@ def wide_rows(table: dict, frame) -> tuple[list[str], list[list[str]]]:
             continue
         n = int(part["n_runs"].max()) if len(part) else 0
         values = [_fmt(cells[c["key"]].value, _decimals(table, c["key"])) for c in table["columns"]]
-        body.append([row_name, f"ours: {label} (n={n})", protocol] + values)
-        if not row_name.startswith("(no paper row"):
+        body.append([part["label"].iloc[0], f"ours: {label} (n={n})", protocol] + values)
+        if not row_name.startswith("(no paper row") and bool(part["same_setting"].all()):
             deltas = [_fmt(cells[c["key"]].delta, _decimals(table, c["key"]), sign=True) for c in table["columns"]]
             body.append([row_name, DELTA, protocol] + deltas)
     return header, body
@@ -321,7 +415,7 @@ def _fmt(value: float, decimals: int, sign: bool = False) -> str:
 
 def effect_rows(table: dict, effects) -> tuple[list[str], list[list[str]]]:
     """Header and string rows of the remedy-over-base view (signed numbers)."""
-    header = ["Effect (remedy - its base)", "Source", "Protocol"] + [
+    header = ["Effect (row - base)" if _templated(table) else "Effect (remedy - its base)", "Source", "Protocol"] + [
         col["label"] + _arrow(col) for col in table["columns"]
     ]
     body = []
@@ -339,11 +433,25 @@ def _is_smoke(frame) -> bool:
     return bool(((frame["source"] == "ours") & (frame["protocol"] == "smoke")).any()) if len(frame) else False
 
 
-def render_markdown(table: dict, frame, effects=None) -> str:
+_RAN_HEADING = ("What our runs ran (from each record's resolved settings; a row's Setting is ours, with the paper's "
+                "label beside it where they differ, and a delta to the paper only where they agree):")
+
+
+def _effects_heading(table: dict) -> str:
+    if _templated(table):
+        return (f"Effect of each row over the unrepaired base (Table {table['table']}; ours: the base row of the same "
+                "run, evaluated under the same protocol):")
+    return (f"Effect of each remedy over its own base (Table {table['table']}; ours: a repaired checkpoint minus the "
+            "base its metadata names):")
+
+
+def render_markdown(table: dict, frame, effects=None, ran: list[str] | None = None) -> str:
     header, body = wide_rows(table, frame)
     lines = [f"### Table {table['table']}: {table['title']}", "", f"Paper source: {table['source'].rstrip('.')}."]
     if table.get("note"):
-        lines += ["", table["note"]]
+        lines += ["", ("Paper: " if _templated(table) else "") + table["note"]]
+    if ran:
+        lines += ["", _RAN_HEADING, "", *ran]
     if _is_smoke(frame):
         lines += ["", f"**{SMOKE_NOTE}**"]
     if not (frame["source"] == "ours").any():
@@ -352,18 +460,19 @@ def render_markdown(table: dict, frame, effects=None) -> str:
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     if effects is not None and not effects.empty:
         header, body = effect_rows(table, effects)
-        lines += ["", f"Effect of each remedy over its own base (Table {table['table']}; ours: a repaired checkpoint "
-                  "minus the base its metadata names):", ""]  # fmt: skip
+        lines += ["", _effects_heading(table), ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
-def render_latex(table: dict, frame, effects=None) -> str:
+def render_latex(table: dict, frame, effects=None, ran: list[str] | None = None) -> str:
     import pandas as pd
 
     header, body = wide_rows(table, frame)
     caption = f"{table['title']} Paper numbers: {table['source'].rstrip('.')}."
+    if ran:
+        caption += " Ours: " + " ".join(line.removeprefix("- ours, ") + "." for line in ran)
     if _is_smoke(frame):
         caption += " " + SMOKE_NOTE
     text = pd.DataFrame(body, columns=header).to_latex(
@@ -372,7 +481,7 @@ def render_latex(table: dict, frame, effects=None) -> str:
     if effects is not None and not effects.empty:
         header, body = effect_rows(table, effects)
         text += pd.DataFrame(body, columns=header).to_latex(
-            index=False, escape=True, caption=f"Table {table['table']}: effect of each remedy over its own base.",
+            index=False, escape=True, caption=_effects_heading(table).rstrip(":") + ".",
             label=f"tab:sinder-bench-{table['table']}-effects",
         )  # fmt: skip
     return text
@@ -399,7 +508,8 @@ def plot_effects(table: dict, effects, path: str | Path) -> Path:
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(columns))])
     ax.set_xticklabels([c["label"] + _arrow(c) for c in columns],
                        rotation=30, ha="right", fontsize=8)  # fmt: skip
-    title = f"Table {table['table']}: effect of each remedy over its base"
+    title = f"Table {table['table']}: effect of each " + ("row over the unrepaired base" if _templated(table)
+                                                           else "remedy over its base")
     if (effects["protocol"] == "smoke").any():
         title += "\n(smoke: tiny constructed model, synthetic data)"
     return _save_bars(fig, ax, title, path, legend_columns=2, legend_y=-0.35)
@@ -541,13 +651,14 @@ def build_report(
         frame = table_frame(table, agg)
         effects = effects_frame(table, agg)
         frames += [frame.assign(view="values"), effects.assign(view="effects")]
+        ran = ran_notes(table, agg)
         if fmt == "md":
-            text = render_markdown(table, frame, effects)
+            text = render_markdown(table, frame, effects, ran)
             notes = deviation_notes(table, records)
             if notes:
                 text += "\nDeviations from the reference code in the runs shown:\n\n" + "\n".join(notes) + "\n"
         elif fmt == "latex":
-            text = render_latex(table, frame, effects)
+            text = render_latex(table, frame, effects, ran)
         else:
             text = pd.concat([frame.assign(view="values"), effects.assign(view="effects")]).to_csv(index=False)
         parts.append(text)

@@ -67,7 +67,8 @@ def register(subparsers) -> None:
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                    help="instead of the analysis: the per-image defect census of two checkpoints of --backbone "
                    "(weights files; 'own' for the backbone's own weights), each measured with its own directions; "
-                   "lists the images B has made worse than A and writes census.json into --out")
+                   "lists the images B has made worse than A (the rule is printed with the count) and writes "
+                   "census.json into --out")
     p.add_argument("--fail-on-regression", action="store_true",
                    help="with --compare: exit 4 when B made any image worse than A")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

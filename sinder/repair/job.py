@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sinder.defects.census import census, compare, worse_warning
+from sinder.defects.census import census, compare, resize_views, worse_warning
 from sinder.models.formats import CheckpointFormat, check_save_format, save_checkpoint
 from sinder.models.weights import load_backbone
 from sinder.plots.figures import plot_singular_value_differences, singular_value_differences
@@ -101,8 +101,8 @@ def repair_checkpoint(
     directions = singular_defect_directions(model, n_samples=config.n_samples, seed=config.direction_seed,
                                             cache_dir=cache)
     model.to(device)
-    measure = functools.partial(census, images=holdout, load=load, mu=config.mu,
-                                exclude_border=config.exclude_border, kernel=config.kernel)
+    measure = functools.partial(census, images=holdout, load=resize_views(config.resolution, model.patch_size),
+                                mu=config.mu, exclude_border=config.exclude_border, kernel=config.kernel)
     before = measure(model, directions=directions) if holdout else None
 
     run = RepairRun(model, train, config, work_dir, load, directions=directions, device=device,
@@ -160,8 +160,11 @@ def repair_checkpoint(
         "high_norm_last_block": comparison["high_norm_last_block"] if comparison else None,
         "high_norm_removed_fraction_last_block": (comparison["high_norm_removed_fraction_last_block"]
                                                   if comparison else None),
+        "made_worse_rule": comparison["made_worse_rule"] if comparison else None,
         "images_made_worse": comparison["images_made_worse"] if comparison else None,
         "worse_images": comparison["worse_images"] if comparison else None,
+        "worse_in_some_views_only": comparison["worse_in_some_views_only"] if comparison else None,
+        "eq5_increases": comparison["eq5_increases"] if comparison else None,  # shown, not counted (census.py)
         "warning": worse_warning(comparison) if comparison else None,
         "singular_value_changes": {k: {"min": float(v.min()), "max": float(v.max()), "mean_abs": float(v.abs().mean())}
                                    for k, v in result.sv_changes.items()},

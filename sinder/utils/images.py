@@ -39,13 +39,15 @@ def stride_subset(files: list[Path], count: int) -> list[Path]:
     return files[::step][:count]
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Short side to ``size`` (bicubic; PIL antialiases when shrinking), then the centred ``size`` square."""
+def resize_center_crop(img: Image.Image, size: int, round_long_side: bool = False) -> Image.Image:
+    """Short side to ``size`` (bicubic; PIL antialiases when shrinking), then the centred ``size`` square. The long
+    side is truncated (torchvision's Resize), or rounded with ``round_long_side`` (a second view of the census)."""
     width, height = img.size
+    whole = round if round_long_side else int
     if width <= height:
-        new_w, new_h = size, int(size * height / width)
+        new_w, new_h = size, whole(size * height / width)
     else:
-        new_w, new_h = int(size * width / height), size
+        new_w, new_h = whole(size * width / height), size
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     left = int(round((new_w - size) / 2.0))
@@ -61,9 +63,11 @@ def to_normalized_tensor(img: Image.Image) -> Tensor:
     return (tensor - mean) / std
 
 
-def load_image(path: str | Path, resolution: int, patch_size: int = 14, resize: int | None = None) -> Tensor:
+def load_image(path: str | Path, resolution: int, patch_size: int = 14, resize: int | None = None,
+               round_long_side: bool = False) -> Tensor:  # fmt: skip
     """A 3 x R x R normalised tensor of one image file, R = ``resolution`` (a multiple of the patch size); with
-    ``resize``, the short side goes to ``resize`` first and the centred R square is cut from it (no rescale)."""
+    ``resize``, the short side goes to ``resize`` first and the centred R square is cut from it (no rescale).
+    ``round_long_side``: round, not truncate, the resized long side (the census looks at both)."""
     if resolution % patch_size:
         raise ValueError(f"resolution {resolution} is not a multiple of the patch size {patch_size}")
     if resize is not None and resize < resolution:
@@ -78,6 +82,6 @@ def load_image(path: str | Path, resolution: int, patch_size: int = 14, resize: 
                 img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
                 left, top = int(round((new_w - resolution) / 2.0)), int(round((new_h - resolution) / 2.0))
                 return to_normalized_tensor(img.crop((left, top, left + resolution, top + resolution)))
-            return to_normalized_tensor(resize_center_crop(img, resolution))
+            return to_normalized_tensor(resize_center_crop(img, resolution, round_long_side))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
