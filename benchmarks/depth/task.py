@@ -17,7 +17,9 @@ from benchmarks.depth.metrics import LOWER_IS_BETTER, METRICS
 
 
 class _DepthTask(Task):
-    version = "2"  # 2: one global batch stream whatever the world size, loss over DINOv2's per-GPU groups of 2
+    # 2: one global batch stream whatever the world size, loss over DINOv2's per-GPU groups of 2
+    # 3: batches from epochs of the reference's DistributedSampler (no longer drawn with replacement)
+    version = "3"
     table = "table5"
     head = ""
     optional_keys = ("eval_images",)  # --cfg-options TASK.eval_images=N: the first N test images only
