@@ -481,7 +481,7 @@ def selection_resolution(cfg: dict[str, Any], patch_size: int) -> int:
 def stego_deviations(cfg: dict[str, Any], selection: dict[str, Any], select_resolution: int | None) -> list[str]:
     """How this run departs from STEGO's train_segmentation.py (the record's ``deviations``)."""
     mode = selection.get("mode")
-    out = []
+    out = ["negative pairs drawn by a true derangement (STEGO's super_perm can map two items to one)"]
     if mode == "last":
         out.append("selection=last: the last step is evaluated (STEGO: the best of its top-2 checkpoints by "
                    "lagged validation cluster mIoU)")  # fmt: skip
