@@ -224,3 +224,46 @@ def test_stego_paper_profile_precision_and_selection_resolution():
     assert S.stego_deviations(cfg, {"mode": "last"}, None)[1].startswith("selection=last")
     short = S.stego_deviations({**cfg, "steps": 300}, {"mode": "reference", "evaluated": "last"}, 320)
     assert short[1] == "selection=reference saved no checkpoint in 300 steps (every 400): the last step is evaluated"
+
+
+def test_stego_reference_selection_survives_a_resume(setup, tmp_path, monkeypatch):
+    """The kept checkpoints, the candidates and the last logged score are part of the resumable state."""
+    from benchmarks.unsupervised.tokens import TokenSource, knn_indices
+
+    root, backbone = setup
+    task = get_task("stego_cityscapes")
+    # a score that depends on the model only, so the resumed run's validations score as the uninterrupted one's
+    monkeypatch.setattr(S, "validate_cluster_miou",
+                        lambda model, val, cfg, n: round(float(model.head.linear.bias.detach().sum()) * 100, 3) % 7)
+    cfg = {**task.config("smoke"), "train_resolution": 56, "knn_resolution": 56, "steps": 20, "val_every": 2,
+           "save_every": 5, "checkpoint_every": 4}  # fmt: skip
+    cfg["loss"] = cfg["loss_weights"]["dinov2"]
+    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs")
+
+    def train(work_dir, die_at_step=None):
+        ctx = TaskContext(profile="smoke", config=cfg, datasets={"cityscapes": root}, device=torch.device("cpu"),
+                          feature_cache=tmp_path / "features", work_dir=work_dir, progress=False,
+                          weights_sha256=backbone.weights_sha256, backbone_label="tiny", log=lambda m: None)  # fmt: skip
+        source = TokenSource(backbone, view, ctx)
+        if die_at_step is not None:
+            calls, real = [0], source.tokens_of
+
+            def flaky(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] == 2 * die_at_step + 1:
+                    raise RuntimeError("killed")
+                return real(*args, **kwargs)
+
+            source.tokens_of = flaky
+        torch.manual_seed(0)
+        model = S.StegoModel(source.channels, 27)
+        stats = S.train_stego(model, source, knn_indices(backbone, view, ctx, k=8), cfg, ctx, 27, val=source)
+        return model, stats["selection"]
+
+    model, selection = train(tmp_path / "once")
+    assert len(selection["candidates"]) >= 3 and len(selection["kept"]) == 2
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tmp_path / "killed", die_at_step=14)  # after the checkpoint of step 12 (candidates at 5 and 10)
+    resumed, resumed_selection = train(tmp_path / "killed")
+    assert resumed_selection == selection
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in model.state_dict().items())
