@@ -267,3 +267,22 @@ def test_stego_reference_selection_survives_a_resume(setup, tmp_path, monkeypatc
     resumed, resumed_selection = train(tmp_path / "killed")
     assert resumed_selection == selection
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_a_last_batch_smaller_than_the_ranks_is_dropped_and_recorded(monkeypatch):
+    from benchmarks.core import distributed as D
+
+    assert L.partial_batch_dropped(9, 8) is None and L.steps_per_epoch(9, 8, keep_partial=True) == 2
+    monkeypatch.setattr(D, "world_size", lambda: 2)
+    note = L.partial_batch_dropped(9, 8)  # 1 item for 2 ranks: one rank would have none
+    assert note == "each epoch's last batch (1 of 9 items) is dropped: fewer items than the 2 ranks (the " \
+                   "reference trains on it)"
+    assert L.steps_per_epoch(9, 8, keep_partial=True) == 1 and L.partial_batch_dropped(10, 8) is None
+    assert [len(L.global_batch(9, 8, s, 0, keep_partial=True)) for s in range(2)] == [8, 8]
+    cfg = resolve_config("cause", "cityscapes", "paper")
+    cfg = {**cfg, "ddp_processes": 14, "n_train_items": 120}  # rank 0's share: 9 items in batches of 16
+    assert cause_deviations(cfg, 2) == []  # 9 < 16: one batch of all 9, nothing dropped
+    cfg["stage2"] = {**cfg["stage2"], "batch_size": 8}
+    assert cause_deviations(cfg, 2) == [f"stage2: {note}"]
+    stego = {**resolve_config("stego", "cityscapes", "paper"), "batch_size": 8}
+    assert S.stego_deviations(stego, {"mode": "reference"}, None, 9)[1] == note

@@ -520,7 +520,7 @@ def run_cause(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, 
         **{k: round(v, 5) for k, v in stats.items() if isinstance(v, float) and math.isfinite(v)},
     }  # fmt: skip
     return {"metrics": cause_metrics(results), "hparams": hparams, "details": results,
-            "deviations": cause_deviations(cfg, D.world_size())}  # fmt: skip
+            "deviations": cause_deviations({**cfg, "n_train_items": len(train_view)}, D.world_size())}  # fmt: skip
 
 
 def cause_deviations(cfg: dict[str, Any], world_size: int) -> list[str]:
@@ -528,6 +528,12 @@ def cause_deviations(cfg: dict[str, Any], world_size: int) -> list[str]:
     not matter: any number of ranks trains the one-process model (``tests/test_unsup_ddp.py``)."""
     del world_size
     out = []
+    n_items = cfg.get("n_train_items")
+    if n_items is not None:  # set by run_cause: the partial batch is kept unless it has fewer items than ranks
+        for stage in ("stage1", "stage2", "stage3"):
+            note = L.partial_batch_dropped(epoch_items(int(n_items), cfg), int(cfg[stage]["batch_size"]))
+            if note is not None:
+                out.append(f"{stage}: {note}")
     if cfg.get("ddp", "single") == "single":
         out.append("ddp=single: batch, lr and epochs read as one process on the whole set (official: rank 0 of 4 "
                    "unsynchronised processes, lr x4, a quarter of the set per epoch)")  # fmt: skip

@@ -31,10 +31,22 @@ from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
 from sinder.utils.hashing import new_digest
 
 
+def partial_batch_dropped(n_items: int, global_batch: int) -> str | None:
+    """Why an epoch's last, smaller batch cannot be trained on by this run (None when it can): a share of it for
+    every rank needs as many items as ranks (a rank without items would leave the others waiting in the
+    collectives), so a remainder smaller than the number of ranks is dropped."""
+    remainder, world = n_items % global_batch, D.world_size()
+    if n_items < global_batch or remainder == 0 or remainder >= world:
+        return None
+    return (f"each epoch's last batch ({remainder} of {n_items} items) is dropped: fewer items than the {world} "
+            "ranks (the reference trains on it)")
+
+
 def steps_per_epoch(n_items: int, global_batch: int, keep_partial: bool = False) -> int:
     """Batches per epoch: full batches only (the last partial batch dropped) or, with ``keep_partial`` (a
-    DataLoader without drop_last), ceil(n / batch); one batch when the set is smaller."""
-    if keep_partial:
+    DataLoader without drop_last), ceil(n / batch) unless that batch has fewer items than ranks
+    (:func:`partial_batch_dropped`); one batch when the set is smaller."""
+    if keep_partial and partial_batch_dropped(n_items, global_batch) is None:
         return max(1, math.ceil(n_items / global_batch))
     return max(1, n_items // global_batch)
 

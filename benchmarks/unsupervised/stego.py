@@ -478,10 +478,14 @@ def selection_resolution(cfg: dict[str, Any], patch_size: int) -> int:
     return math.ceil(res / patch_size) * patch_size
 
 
-def stego_deviations(cfg: dict[str, Any], selection: dict[str, Any], select_resolution: int | None) -> list[str]:
+def stego_deviations(cfg: dict[str, Any], selection: dict[str, Any], select_resolution: int | None,
+                     n_train_items: int | None = None) -> list[str]:  # fmt: skip
     """How this run departs from STEGO's train_segmentation.py (the record's ``deviations``)."""
     mode = selection.get("mode")
     out = ["negative pairs drawn by a true derangement (STEGO's super_perm can map two items to one)"]
+    note = None if n_train_items is None else L.partial_batch_dropped(n_train_items, int(cfg["batch_size"]))
+    if note is not None:
+        out.append(note)
     if mode == "last":
         out.append("selection=last: the last step is evaluated (STEGO: the best of its top-2 checkpoints by "
                    "lagged validation cluster mIoU)")  # fmt: skip
@@ -535,5 +539,5 @@ def run_stego(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, 
         **{k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in stats.items()},
     }  # fmt: skip
     details = {name: scores for name, scores in results.items()}
-    deviations = stego_deviations(cfg, hparams["selection"], hparams["selection_resolution"])
+    deviations = stego_deviations(cfg, hparams["selection"], hparams["selection_resolution"], len(train_view))
     return {"metrics": metrics, "hparams": hparams, "details": details, "deviations": deviations}
