@@ -219,7 +219,8 @@ def test_stego_paper_profile_precision_and_selection_resolution():
     assert save_steps == list(range(400, 5000, 400)) + [] and len(save_steps) == 12
     always = ["negative pairs drawn by a true derangement (STEGO's super_perm can map two items to one)"]
     devs = S.stego_deviations(cfg, {"mode": "reference"}, 322)
-    assert devs == always + ["selection validates at 322 (STEGO: 320 centre crop, not a multiple of the patch size)"]
+    assert devs == always + ["selection validates at 322: val_resolution 320 is not a multiple of the patch size "
+                             "(STEGO validates at a 320 centre crop)"]
     assert S.stego_deviations(cfg, {"mode": "reference"}, 320) == always
     assert S.stego_deviations(cfg, {"mode": "last"}, None)[1].startswith("selection=last")
     short = S.stego_deviations({**cfg, "steps": 300}, {"mode": "reference", "evaluated": "last"}, 320)

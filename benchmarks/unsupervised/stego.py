@@ -497,8 +497,8 @@ def stego_deviations(cfg: dict[str, Any], selection: dict[str, Any], select_reso
                    f"{cfg.get('save_every', 400)}): the last step is evaluated")  # fmt: skip
     wanted = int(cfg.get("val_resolution", cfg["eval_resolution"]))
     if mode in ("reference", "best") and select_resolution is not None and select_resolution != wanted:
-        out.append(f"selection validates at {select_resolution} (STEGO: {wanted} centre crop, not a multiple of "
-                   "the patch size)")  # fmt: skip
+        out.append(f"selection validates at {select_resolution}: val_resolution {wanted} is not a multiple of the "
+                   "patch size (STEGO validates at a 320 centre crop)")  # fmt: skip
     return out
 
 
