@@ -131,7 +131,7 @@ def test_depth_head_resumes_to_the_uninterrupted_head(nyud, tiny, tmp_path, monk
     with pytest.raises(Killed):
         run(tmp_path / "restarted", die_at=6)
     batches = DT.GlobalBatches
-    monkeypatch.setattr(DT, "GlobalBatches", lambda n, batch, seed, start: batches(n, batch, seed, 0))
+    monkeypatch.setattr(DT, "GlobalBatches", lambda n, batch, seed, start, **kw: batches(n, batch, seed, 0, **kw))
     restarted = run(tmp_path / "restarted")
     ref = reference.state_dict()
     assert any(not torch.equal(v, ref[k]) for k, v in restarted.state_dict().items())

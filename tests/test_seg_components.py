@@ -114,15 +114,16 @@ def test_resolve_config_scales_every_resolution_for_smoke():
     assert cfg.train_dataloader.batch_size == 2  # global 4 over 2 ranks
     assert cfg.launcher == "pytorch"
     assert cfg.model.decode_head.in_channels == [96] * 4 and cfg.model.decode_head.channels == 384
-    assert cfg.param_scheduler[0].end == 5 and cfg.param_scheduler[1].end == 50 and cfg.train_cfg.max_iters == 50
+    assert cfg.param_scheduler[0].warmup_iters == 5 and cfg.param_scheduler[0].max_iters == 50
+    assert cfg.train_cfg.max_iters == 50
 
 
 def test_paper_configs_hold_the_protocol():
     linear = load_config("ade20k", "linear")
     assert linear.model.decode_head.in_index == [3] and linear.model.test_cfg.stride == (341, 341)
     assert linear.optim_wrapper.optimizer.lr == 1e-3 and linear.optim_wrapper.optimizer.weight_decay == 1e-4
-    assert linear.train_cfg.max_iters == 40000 and linear.param_scheduler[0].end == 1500
-    assert linear.param_scheduler[1].power == 1.0 and linear.train_dataloader.batch_size == 16
+    assert linear.train_cfg.max_iters == 40000 and linear.param_scheduler[0].warmup_iters == 1500
+    assert linear.param_scheduler[0].power == 1.0 and linear.train_dataloader.batch_size == 16
     assert linear.train_dataloader.dataset.reduce_zero_label is True
     multi = load_config("voc2012", "multiscale")
     assert multi.model.decode_head.in_index == [0, 1, 2, 3] and multi.tta_ratios == [1.0, 1.32, 1.73, 2.28, 3.0]

@@ -39,7 +39,7 @@ def _same_losses(one: dict, two: dict, prefix: str) -> None:
 @pytest.mark.slow
 def test_stego_two_processes_record_the_metrics_of_one(tmp_path):
     task = "stego_cityscapes"
-    options = {f"{task}.steps": 30, f"{task}.val_every": 10, f"{task}.checkpoint_every": 10,
+    options = {f"{task}.steps": 30, f"{task}.val_every": 10, f"{task}.checkpoint_every": 10, f"{task}.selection": "best",
                f"{task}.crf": False}  # the CRF runs (sharded) in the CAUSE test  # fmt: skip
     ones, twos = one_and_two_processes(tmp_path, task, options, backbone=BACKBONE)  # world sizes checked there
     one, two = ones[task], twos[task]

@@ -18,7 +18,8 @@ from benchmarks.depth.metrics import LOWER_IS_BETTER, METRICS
 
 class _DepthTask(Task):
     # 2: one global batch stream whatever the world size, loss over DINOv2's per-GPU groups of 2;
-    # 3: each group's gradient added in float64 (benchmarks/depth/train.py): N processes train what 1 does
+    # 3: batches from epochs of the reference's DistributedSampler (no longer drawn with replacement), and each
+    #    group's gradient added in float64 (benchmarks/depth/train.py): N processes train what 1 does
     version = "3"
     table = "table5"
     head = ""

@@ -144,39 +144,76 @@ def depth_loss(pred: Tensor, target: Tensor, cfg: DepthConfig, step: int) -> Ten
     return cfg.sig_weight * sig + cfg.grad_weight * grad(pred, target, cfg.max_depth)
 
 
-def grouped_depth_loss(pred: Tensor, target: Tensor, cfg: DepthConfig, step: int) -> Tensor:
-    """The mean of :func:`depth_loss` over consecutive groups of ``cfg.loss_group`` images: the loss a GPU of
-    the reference computes on its images, averaged over GPUs as DDP averages their gradients."""
-    groups = [depth_loss(p, t, cfg, step) for p, t in zip(pred.split(cfg.loss_group), target.split(cfg.loss_group))]
+def grouped_depth_loss(pred: Tensor, target: Tensor, cfg: DepthConfig, step: int, group: int | None = None) -> Tensor:
+    """The mean of :func:`depth_loss` over consecutive groups of ``group`` images (default ``cfg.loss_group``):
+    the loss a GPU of the reference computes on its images, averaged over GPUs as DDP averages their gradients
+    (an epoch's last batch holds fewer images per GPU: :meth:`GlobalBatches.group_of`)."""
+    group = cfg.loss_group if group is None else int(group)
+    groups = [depth_loss(p, t, cfg, step) for p, t in zip(pred.split(group), target.split(group))]
     return torch.stack(groups).mean()
 
 
 class GlobalBatches(Sampler):
     """This rank's slice of every global batch from step ``start`` on, as lists of (dataset index, seed).
 
-    Step s's global batch is drawn by a generator seeded with (seed, s): ``global_batch`` indices uniformly with
-    replacement and one augmentation seed per image; rank r takes the r-th contiguous slice. Any number of ranks
-    (and of loader workers) then trains on the same images with the same augmentation draws, and a resumed run
-    starts at its step without replaying the draws before it."""
+    The reference (the depth toolbox's mmcv 1.x IterBasedRunner, ``samples_per_gpu`` = ``group`` images on each
+    of ``global_batch / group`` GPUs) iterates epochs of torch's DistributedSampler (shuffle, drop_last False): an
+    epoch's seeded permutation of the n items, padded with its own first items to a multiple of the GPUs, GPU r
+    taking positions r, r + R, r + 2R, ... (R GPUs); each GPU's DataLoader (no drop_last) cuts its
+    ceil(n / R) items into batches of ``group``, the last one smaller. Step s's global batch is the s-th batch of
+    every GPU, GPU by GPU (so consecutive ``group_of(s)`` images are one GPU's); the permutation is seeded by
+    (seed, epoch) and each image's augmentation seed by (seed, s). Rank r of this run takes the r-th contiguous
+    slice (whole GPU groups: R is a multiple of the ranks). Any number of ranks (and of loader workers) then
+    trains on the same images with the same augmentation draws, and a resumed run starts at its step without
+    replaying the draws before it."""
 
     def __init__(self, n: int, global_batch: int, seed: int, start: int = 0, rank: int | None = None,
-                 world: int | None = None):  # fmt: skip
+                 world: int | None = None, group: int = 1):  # fmt: skip
         self.n, self.global_batch, self.seed, self.start = int(n), int(global_batch), int(seed), int(start)
-        world = D.world_size() if world is None else int(world)
-        rank = D.rank() if rank is None else int(rank)
-        per_rank = D.per_rank_batch(self.global_batch, world)
-        self.lo, self.hi = rank * per_rank, (rank + 1) * per_rank
+        self.group = int(group)
+        if self.group < 1 or self.global_batch % self.group:
+            raise ValueError(f"global batch {global_batch} is not a multiple of the per-GPU group {group}")
+        self.replicas = self.global_batch // self.group
+        self.world = D.world_size() if world is None else int(world)
+        self.rank = D.rank() if rank is None else int(rank)
+        D.per_rank_batch(self.global_batch, self.world)
+        if self.replicas % self.world:
+            raise ValueError(f"the {self.replicas} reference GPUs (batch {global_batch} / {group}) do not split over "
+                             f"{self.world} ranks")  # fmt: skip
+        self.per_gpu = math.ceil(self.n / self.replicas)  # DistributedSampler.num_samples
+        self.steps_per_epoch = math.ceil(self.per_gpu / self.group)
+        self._epoch: tuple[int, np.ndarray] | None = None
+
+    def padded_permutation(self, epoch: int) -> np.ndarray:
+        """The epoch's shuffled indices padded to R x ceil(n / R) with their own first ones."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            perm = np.random.default_rng([self.seed, epoch, 0xE90C]).permutation(self.n)
+            pad = self.replicas * self.per_gpu - self.n
+            perm = np.concatenate([perm, np.resize(perm, pad)]) if pad else perm
+            self._epoch = (epoch, perm)
+        return self._epoch[1]
+
+    def group_of(self, step: int) -> int:
+        """Images per GPU in ``step``'s batch: ``group``, fewer in an epoch's last batch."""
+        offset = step % self.steps_per_epoch
+        return min(self.group, self.per_gpu - offset * self.group)
 
     def draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """The whole global batch of ``step``: (indices, augmentation seeds)."""
+        """The whole global batch of ``step``: (indices, augmentation seeds), GPU by GPU."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        perm = self.padded_permutation(epoch)
+        per_gpu = np.arange(offset * self.group, offset * self.group + self.group_of(step))
+        positions = (np.arange(self.replicas)[:, None] + self.replicas * per_gpu[None, :]).reshape(-1)
         rng = np.random.default_rng([self.seed, step])
-        return rng.integers(0, self.n, self.global_batch), rng.integers(0, 2**63 - 1, self.global_batch)
+        return perm[positions], rng.integers(0, 2**63 - 1, len(positions))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.start
         while True:
             indices, seeds = self.draw(step)
-            yield [(int(i), int(s)) for i, s in zip(indices[self.lo : self.hi], seeds[self.lo : self.hi])]
+            per_rank = len(indices) // self.world
+            lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
+            yield [(int(i), int(s)) for i, s in zip(indices[lo:hi], seeds[lo:hi])]
             step += 1
 
 
@@ -232,10 +269,10 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     if state is not None:
         start, skipped = int(state["step"]), int(state["skipped"])
     dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop, colour_aug=cfg.colour_aug))
-    loader = DataLoader(dataset, batch_sampler=GlobalBatches(len(dataset), cfg.batch_size, seed, start),
-                        num_workers=num_workers)  # fmt: skip
+    sampler = GlobalBatches(len(dataset), cfg.batch_size, seed, start, group=cfg.loss_group)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
     batches = iter(loader)
-    groups = cfg.batch_size // cfg.loss_group  # loss groups of the global batch
+    groups = cfg.batch_size // cfg.loss_group  # loss groups of the global batch: the reference's GPUs
     wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     head.train()
     for step in range(start, cfg.iterations):
@@ -247,7 +284,8 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
         # another order than one process, which 150 AdamW steps grew to 1e-3 relative; issue 24).
         total = [torch.zeros(p.shape, dtype=wide, device=device) for p in params]
         losses, dead = [], True
-        for image_g, depth_g in zip(images.split(cfg.loss_group), depth.split(cfg.loss_group)):
+        group = sampler.group_of(step)  # an epoch's last batch holds fewer images per reference GPU
+        for image_g, depth_g in zip(images.split(group), depth.split(group)):
             pred = head(backbone_features(backbone, image_g, blocks, amp_dtype))
             dead = dead and bool((pred.detach() <= cfg.min_depth).all())
             pred = F.interpolate(pred, size=depth_g.shape[-2:], mode="bilinear", align_corners=False)

@@ -162,14 +162,12 @@ def unaugmented_train_pipeline(cfg) -> str:
 
 
 def set_schedule(cfg, iterations: int, warmup: int) -> None:
-    """Linear warmup for ``warmup`` iterations then poly to 0 at ``iterations`` (the protocol's shape)."""
+    """Poly to 0 at ``iterations`` from iteration 0, the first ``warmup`` scaled by the linear warm-up (mmcv 1.x's
+    PolyLrUpdaterHook, the protocol's shape: schedule.py)."""
     if not 0 <= warmup < iterations:
         raise ValueError(f"warmup ({warmup}) must be in [0, iterations={iterations})")
-    warm, poly = cfg.param_scheduler
-    warm.end = warmup
-    poly.begin, poly.end = warmup, iterations
-    if warmup == 0:
-        cfg.param_scheduler = [poly]
+    (poly,) = cfg.param_scheduler
+    poly.max_iters, poly.warmup_iters, poly.end = iterations, warmup, iterations + 1
     cfg.train_cfg.max_iters = iterations
     cfg.train_cfg.val_interval = iterations
     hooks = cfg.default_hooks
@@ -201,7 +199,7 @@ def resolve_config(
         rescale_resolution(cfg, int(overrides["crop"]))
     if "iterations" in overrides or "warmup" in overrides:
         set_schedule(cfg, int(overrides.get("iterations", cfg.train_cfg.max_iters)),
-                     int(overrides.get("warmup", cfg.param_scheduler[0].end)))  # fmt: skip
+                     int(overrides.get("warmup", cfg.param_scheduler[0].warmup_iters)))  # fmt: skip
     cfg.train_augmentation = "full: the config's training pipeline"
     if overrides.get("feature_cache"):
         # After the rescale: the center crop takes the (possibly smaller) crop size.

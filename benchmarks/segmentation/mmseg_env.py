@@ -85,6 +85,7 @@ def ensure_mmseg() -> None:
     import benchmarks.segmentation.backbone  # noqa: F401  (registers FrozenViTBackbone)
     import benchmarks.segmentation.head  # noqa: F401  (registers BNLinearHead)
     import benchmarks.segmentation.resume  # noqa: F401  (registers ResumableIterBasedTrainLoop, RNGStateHook)
+    import benchmarks.segmentation.schedule  # noqa: F401  (registers MMCVPolyLR)
     import benchmarks.segmentation.sync_bn  # noqa: F401  (registers CollectiveSyncBN)
 
     allow_mmengine_checkpoints()

@@ -40,6 +40,7 @@ def dataset_base(name: str, root: Path) -> Path:
 
 
 class _SegTask(Task):
+    version = "2"  # 2: the lr schedule as mmcv 1.x's PolyLrUpdaterHook (poly from iteration 0, warm-up over it)
     table = "table4"
     metrics = (
         Metric("miou", True, "mean IoU (%) on the val split (mmseg IoUMetric)"),
@@ -141,7 +142,8 @@ class _SegTask(Task):
             "slide_crop": list(cfg.model.test_cfg.crop_size),
             "slide_stride": list(cfg.model.test_cfg.stride),
             "iterations": int(cfg.train_cfg.max_iters),
-            "warmup": int(cfg.param_scheduler[0].end) if len(cfg.param_scheduler) > 1 else 0,
+            "warmup": int(cfg.param_scheduler[0].warmup_iters),
+            "lr_schedule": "mmcv 1.x PolyLrUpdaterHook: poly from iteration 0, linear warm-up over it",
             # as the linear probe records them: the protocol's (global) batch and lr (not scaled), and their split
             "global_batch": int(cfg.train_dataloader.batch_size) * world_size,
             "batch_per_rank": int(cfg.train_dataloader.batch_size),

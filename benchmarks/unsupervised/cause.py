@@ -271,14 +271,16 @@ def concept_contrastive_loss(tokens, proj, proj_ema, codebook, bank: ConceptBank
 
 # ------------------------------------------------------------------------------------------- training
 def epoch_items(n_items: int, cfg: dict[str, Any]) -> int:
-    """Items an epoch visits: under ``ddp: reference`` the 1/``ddp_processes`` share that the official rank 0
-    trains on (see ``task._cause_ddp``), else all."""
-    return max(1, n_items // int(cfg.get("ddp_processes", 1)))
+    """Items an epoch visits: under ``ddp: reference`` the share that the official rank 0 trains on (see
+    ``task._cause_ddp``): torch's DistributedSampler (drop_last False) pads the shuffled indices to a multiple of
+    the processes and gives each ceil(n / processes), rank 0's all distinct items; else all."""
+    return max(1, math.ceil(n_items / int(cfg.get("ddp_processes", 1))))
 
 
 def _schedule(n_items: int, cfg_stage: dict[str, Any], cfg: dict[str, Any] | None = None):
     batch = int(cfg_stage["batch_size"])
-    per_epoch = L.steps_per_epoch(epoch_items(n_items, cfg or {}), batch)
+    # the official DataLoader has no drop_last: an epoch's last, smaller batch is trained on
+    per_epoch = L.steps_per_epoch(epoch_items(n_items, cfg or {}), batch, keep_partial=True)
     total = per_epoch * int(cfg_stage["epochs"])
     return batch, per_epoch, total
 
@@ -314,13 +316,14 @@ def _run_stage(name, source: TokenSource, cfg, stage_cfg, ctx, modules, optims, 
     start, stats, summed = _resume(ckpt, modules, optims, ctx, name)
     if start >= total:
         return stats
-    keys = [L.local_share(L.global_batch(len(source.view), batch, s, ctx.seed, items)).tolist()
-            for s in range(start, total)]  # fmt: skip
+    batches = [L.global_batch(len(source.view), batch, s, ctx.seed, items, keep_partial=True)
+               for s in range(start, total)]  # fmt: skip
+    keys = [L.local_share(b).tolist() for b in batches]
     stream = B.iterate(source.view, keys, load_images=not source.cached, num_workers=ctx.num_workers)
     sums: dict[str, float] = dict(summed.sums)
-    n_global = min(batch, items)
     bar = L.progress_bar(total, start, f"cause {name}", ctx.progress)
-    for step, item in zip(range(start, total), stream):
+    for step, item, global_items in zip(range(start, total), stream, batches):
+        n_global = len(global_items)  # the epoch's last batch may be smaller
         torch.manual_seed(L.step_seed(ctx.seed, f"cause-{name}", step))
         maps = source.tokens_of(item["index"], item.get("image"))
         labels = item["label"].to(maps.device) if "label" in item else source.labels_of(item["index"])
@@ -517,16 +520,20 @@ def run_cause(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, 
         **{k: round(v, 5) for k, v in stats.items() if isinstance(v, float) and math.isfinite(v)},
     }  # fmt: skip
     return {"metrics": cause_metrics(results), "hparams": hparams, "details": results,
-            "deviations": cause_deviations(cfg, D.world_size())}  # fmt: skip
+            "deviations": cause_deviations({**cfg, "n_train_items": len(train_view)}, D.world_size())}  # fmt: skip
 
 
 def cause_deviations(cfg: dict[str, Any], world_size: int) -> list[str]:
     """How this run departs from the official CAUSE scripts (the record's ``deviations``). ``world_size`` does
     not matter: any number of ranks trains the one-process model (``tests/test_unsup_ddp.py``)."""
     del world_size
-    # loop.global_batch keeps whole batches only; the official DataLoader (no drop_last) also trains on the
-    # epoch's last, smaller batch (Cityscapes five-crop: 7 of rank 0's 3,719 items an epoch)
-    out = ["each epoch's last partial batch is dropped (official: trained on)"]
+    out = []
+    n_items = cfg.get("n_train_items")
+    if n_items is not None:  # set by run_cause: the partial batch is kept unless it has fewer items than ranks
+        for stage in ("stage1", "stage2", "stage3"):
+            note = L.partial_batch_dropped(epoch_items(int(n_items), cfg), int(cfg[stage]["batch_size"]))
+            if note is not None:
+                out.append(f"{stage}: {note}")
     if cfg.get("ddp", "single") == "single":
         out.append("ddp=single: batch, lr and epochs read as one process on the whole set (official: rank 0 of 4 "
                    "unsynchronised processes, lr x4, a quarter of the set per epoch)")  # fmt: skip

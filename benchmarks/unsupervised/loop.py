@@ -1,7 +1,8 @@
 """What the STEGO and CAUSE training loops share: deterministic batches, gradient averaging, resumable state.
 
 - Batches: each epoch is a permutation of the items seeded by (seed, epoch); step ``s`` of an epoch takes the
-  global batch ``perm[s*B:(s+1)*B]`` and rank r trains on its ``[r::world]`` share. Batches and all per-step
+  global batch ``perm[s*B:(s+1)*B]`` (with ``keep_partial``, as a DataLoader without drop_last, the epoch's last
+  batch holds the remaining items) and rank r trains on its ``[r::world]`` share. Batches and all per-step
   randomness (``step_seed``) depend only on (seed, step), so a resumed run continues exactly where it stopped.
 - Data parallel: every rank starts from the same parameters (``broadcast_parameters``) and gradients are averaged
   across ranks (``average_gradients``) before each optimizer step: DDP's arithmetic, without its module wrapper.
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +31,41 @@ from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
 from sinder.utils.hashing import new_digest
 
 
-def steps_per_epoch(n_items: int, global_batch: int) -> int:
-    """Full batches per epoch (the last partial batch is dropped); one batch when the set is smaller."""
+def partial_batch_dropped(n_items: int, global_batch: int) -> str | None:
+    """Why an epoch's last, smaller batch cannot be trained on by this run (None when it can): a share of it for
+    every rank needs as many items as ranks (a rank without items would leave the others waiting in the
+    collectives), so a remainder smaller than the number of ranks is dropped."""
+    remainder, world = n_items % global_batch, D.world_size()
+    if n_items < global_batch or remainder == 0 or remainder >= world:
+        return None
+    return (f"each epoch's last batch ({remainder} of {n_items} items) is dropped: fewer items than the {world} "
+            "ranks (the reference trains on it)")
+
+
+def steps_per_epoch(n_items: int, global_batch: int, keep_partial: bool = False) -> int:
+    """Batches per epoch: full batches only (the last partial batch dropped) or, with ``keep_partial`` (a
+    DataLoader without drop_last), ceil(n / batch) unless that batch has fewer items than ranks
+    (:func:`partial_batch_dropped`); one batch when the set is smaller."""
+    if keep_partial and partial_batch_dropped(n_items, global_batch) is None:
+        return max(1, math.ceil(n_items / global_batch))
     return max(1, n_items // global_batch)
 
 
-def global_batch(n_items: int, batch: int, step: int, seed: int, epoch_items: int | None = None) -> torch.Tensor:
-    """Item indices of the global batch of ``step`` (epochs of seeded permutations, partial batches dropped).
+def global_batch(n_items: int, batch: int, step: int, seed: int, epoch_items: int | None = None,
+                 keep_partial: bool = False) -> torch.Tensor:  # fmt: skip
+    """Item indices of the global batch of ``step`` (epochs of seeded permutations).
 
     ``epoch_items``: an epoch visits only that many items (the first of its permutation: a random share of the
-    set, as one process of a DistributedSampler sees); default all."""
+    set, as one process of a DistributedSampler sees); default all. ``keep_partial``: the epoch's last batch
+    holds its remaining items (fewer than ``batch``); otherwise they are dropped."""
     epoch_items = n_items if epoch_items is None else max(1, min(int(epoch_items), n_items))
-    per_epoch = steps_per_epoch(epoch_items, batch)
+    per_epoch = steps_per_epoch(epoch_items, batch, keep_partial)
     epoch, offset = divmod(step, per_epoch)
     generator = torch.Generator().manual_seed(_mix(seed, "epoch", epoch))
     perm = torch.randperm(n_items, generator=generator)
     if epoch_items < batch:
         return perm[:epoch_items]
-    return perm[offset * batch : (offset + 1) * batch]
+    return perm[offset * batch : min((offset + 1) * batch, epoch_items)]
 
 
 def local_share(indices: torch.Tensor) -> torch.Tensor:

@@ -181,7 +181,81 @@ def _positives(nns: torch.Tensor, indices: torch.Tensor, num_neighbors: int, see
     return nns[indices, picks]
 
 
-SELECTIONS = ("best", "last")
+SELECTIONS = ("reference", "best", "last")
+
+
+def reference_schedule(n_items: int, batch: int, steps: int, val_every: int = 100, save_every: int = 400):
+    """(validation steps, checkpoint steps) of STEGO's ``train_segmentation.py`` run by PyTorch Lightning 1.5, as
+    counts of finished training steps.
+
+    - Its train DataLoader keeps the last partial batch: an epoch is ceil(n / batch) batches.
+    - ``Trainer(val_check_interval=cfg.val_freq)`` (100), removed when it exceeds ``len(train_loader) // 4``
+      (then Lightning validates once an epoch, after its last batch); Lightning 1.5 validates after a batch whose
+      index *within the epoch* + 1 is a multiple of the interval (``_should_check_val_fx``), so the phase restarts
+      every epoch. Training stops at ``max_steps`` without a final validation.
+    - ``ModelCheckpoint(every_n_train_steps=400, save_top_k=2, monitor="test/cluster/mIoU", mode="max")`` saves
+      in ``on_train_batch_end`` when ``(global_step + 1) % 400 == 0``, i.e. after every 400th step.
+    """
+    per_epoch = max(1, math.ceil(n_items / batch))
+    interval = val_every if val_every <= per_epoch // 4 else per_epoch
+    val_steps = [d for d in range(1, steps + 1) if ((d - 1) % per_epoch + 1) % interval == 0]
+    save_steps = [d for d in range(save_every, steps + 1, save_every)]
+    return val_steps, save_steps
+
+
+class ReferenceSelection:
+    """STEGO's checkpoint selection (``train_segmentation.py`` under Lightning 1.5), step by step.
+
+    Lightning 1.5 calls the checkpoint callback's ``on_train_batch_end`` before the validation of the same
+    step (``TrainingEpochLoop.on_advance_end``), so a checkpoint saved after step s carries the monitored score of
+    the last validation *before* s (none yet: no checkpoint). STEGO logs its validation metrics only when
+    ``global_step > 2`` (the step count - 1 during that validation). The top ``save_top_k`` by that lagged score
+    are kept (a newcomer must beat the worst kept strictly; the worst kept, the first saved on ties, goes), and
+    the evaluated checkpoint is the best kept one (Lightning's ``best_model_path``: the first saved on ties)."""
+
+    def __init__(self, top_k: int = 2, state: dict[str, Any] | None = None):
+        state = state or {}
+        self.top_k = int(top_k)
+        self.last_score: list | None = state.get("last_score")  # [validation step, score]
+        self.validations: list[list[float]] = [list(v) for v in state.get("validations", [])]
+        self.candidates: list[dict[str, Any]] = [dict(c) for c in state.get("candidates", [])]
+        self.kept: list[dict[str, Any]] = [dict(k) for k in state.get("kept", [])]  # with "model", save order
+
+    def validated(self, step: int, score: float) -> None:
+        self.validations.append([int(step), float(score)])
+        if step - 1 > 2:  # ``if self.global_step > 2: self.log_dict(tb_metrics)``
+            self.last_score = [int(step), float(score)]
+
+    def saved(self, step: int, model: nn.Module) -> None:
+        if self.last_score is None:  # the monitor is not among the logged metrics yet: nothing saved
+            return
+        score = self.last_score[1]
+        if math.isnan(score):  # Lightning stores a NaN monitor as -inf (mode max)
+            score = float("-inf")
+        entry = {"step": int(step), "score": float(score), "score_of_step": int(self.last_score[0])}
+        self.candidates.append(dict(entry))
+        if len(self.kept) >= self.top_k:
+            worst = min(self.kept, key=lambda k: k["score"])  # the first of the minima
+            if not score > worst["score"]:
+                return
+            self.kept.remove(worst)
+        entry["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self.kept.append(entry)
+
+    def best(self) -> dict[str, Any] | None:
+        return max(self.kept, key=lambda k: k["score"]) if self.kept else None  # the first of the maxima
+
+    def state(self) -> dict[str, Any]:
+        return {"last_score": self.last_score, "validations": self.validations, "candidates": self.candidates,
+                "kept": self.kept}  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        best = self.best()
+        out = {"mode": "reference", "validations": self.validations, "candidates": self.candidates,
+               "kept": [{k: v for k, v in e.items() if k != "model"} for e in self.kept]}  # fmt: skip
+        if best is not None:
+            out.update(step=best["step"], val_cluster_miou=round(best["score"], 4), score_of_step=best["score_of_step"])
+        return out
 
 
 class BestCheckpoint:
@@ -227,13 +301,21 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
                 n_classes: int, val: TokenSource | None = None) -> dict[str, Any]:  # fmt: skip
     """Train head and probes for ``cfg['steps']`` steps (resuming from the checkpoint); returns train stats.
 
-    With ``cfg['selection'] == 'best'`` and a ``val`` source, the model is scored on it every ``val_every`` steps
-    and at the end, and ends up holding the best-scoring state (``stats['selection']`` says which)."""
+    With a ``val`` source, ``cfg['selection']`` picks the state evaluated (``stats['selection']`` says which):
+    ``reference`` (STEGO's: :class:`ReferenceSelection` on :func:`reference_schedule`'s steps), ``best`` (the
+    best of a validation every ``val_every`` steps and at the end); ``last`` (or no ``val``) the last step."""
     selection = cfg.get("selection", "last")
     if selection not in SELECTIONS:
-        raise ValueError(f"stego config selection={selection!r}: use best (STEGO's) or last")
-    validating = selection == "best" and val is not None
+        raise ValueError(f"stego config selection={selection!r}: use reference (STEGO's), best or last")
+    validating = selection in ("best", "reference") and val is not None
     val_every = int(cfg.get("val_every", 100))
+    steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
+    if selection == "reference":
+        val_steps, save_steps = reference_schedule(len(source.view), batch, steps, val_every,
+                                                   int(cfg.get("save_every", 400)))  # fmt: skip
+    else:
+        val_steps, save_steps = [d for d in range(1, steps + 1) if d % val_every == 0 or d == steps], []
+    val_steps, save_steps = set(val_steps), set(save_steps)
     device = torch.device(ctx.device)
     optimizers = {
         "head": torch.optim.Adam(model.head.parameters(), lr=cfg["lr"]),
@@ -248,28 +330,29 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
         model.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optim"][name])
-        start, stats, summed = int(state["step"]), dict(state.get("stats", {})), L.LossSums.restore(state, start)
-        best = BestCheckpoint(state.get("best"))
+        start, stats = int(state["step"]), dict(state.get("stats", {}))
+        summed = L.LossSums.restore(state, start)  # an older checkpoint's sums start at its own step
+        best = _selector(selection, cfg, state.get("best"))
         ctx.log(f"stego: resuming at step {start} from {ckpt.path}")
     else:
-        best = BestCheckpoint()
+        best = _selector(selection, cfg)
         L.broadcast_parameters(model)
-    steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
     D.per_rank_batch(batch)  # the global batch splits evenly across ranks (benchmarks.core.distributed)
     if start >= steps:
         return _select(model, best, stats, validating)
-    keys = []
+    keys, sizes = [], []
     for step in range(start, steps):
-        items = L.global_batch(len(source.view), batch, step, ctx.seed)
+        # STEGO's DataLoader keeps each epoch's last, smaller batch
+        items = L.global_batch(len(source.view), batch, step, ctx.seed, keep_partial=True)
         pos = _positives(nns, items, cfg["num_neighbors"], ctx.seed, step)
         keys.append(list(zip(L.local_share(items).tolist(), L.local_share(pos).tolist())))
-    n_global = min(batch, len(source.view))
+        sizes.append(len(items))
     stream = B.iterate(source.view, keys, load_images=not source.cached, num_workers=ctx.num_workers)
     weights = cfg["loss"]
     model.train()
     bar = L.progress_bar(steps, start, "stego train", ctx.progress)
     sums = {**dict.fromkeys(("loss", "pos_intra", "pos_inter", "neg_inter", "linear", "cluster"), 0.0), **summed.sums}
-    for step, item in zip(range(start, steps), stream):
+    for step, item, n_global in zip(range(start, steps), stream, sizes):
         torch.manual_seed(L.step_seed(ctx.seed, "stego", step))
         noise = L.StepNoise(ctx.seed, "stego", step, n_global, device)
         feats = source.tokens_of(item["index"], item.get("image"))
@@ -295,7 +378,12 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
             sums[k] += float(values[k].detach())
         bar.update(1)
         done = step + 1
-        if validating and (done % val_every == 0 or done == steps):
+        if validating and isinstance(best, ReferenceSelection):
+            if done in save_steps:  # the checkpoint callback runs before the step's validation (see the class)
+                best.saved(done, model)
+            if done in val_steps:
+                best.validated(done, validate_cluster_miou(model, val, cfg, n_classes))
+        elif validating and done in val_steps:
             best.offer(done, validate_cluster_miou(model, val, cfg, n_classes), model)
         if done % int(cfg["checkpoint_every"]) == 0 or done == steps:
             stats = L.averaged_stats(sums, done - summed.since, "train_")
@@ -306,8 +394,20 @@ def train_stego(model: StegoModel, source: TokenSource, nns: torch.Tensor, cfg: 
     return _select(model, best, stats, validating)
 
 
-def _select(model: StegoModel, best: BestCheckpoint, stats: dict[str, Any], validating: bool) -> dict[str, Any]:
-    """Load the best state into ``model`` when selecting; the stats say which step was evaluated."""
+def _selector(selection: str, cfg: dict[str, Any], state: dict[str, Any] | None = None):
+    if selection == "reference":
+        return ReferenceSelection(int(cfg.get("save_top_k", 2)), state)
+    return BestCheckpoint(state)
+
+
+def _select(model: StegoModel, best, stats: dict[str, Any], validating: bool) -> dict[str, Any]:
+    """Load the selected state into ``model`` when selecting; the stats say which step was evaluated."""
+    if isinstance(best, ReferenceSelection) and validating:
+        chosen = best.best()
+        if chosen is None:  # no checkpoint was saved (fewer steps than save_every): the last state
+            return {**stats, "selection": {**best.record(), "step": None, "evaluated": "last"}}
+        model.load_state_dict(chosen["model"])
+        return {**stats, "selection": best.record()}
     if not validating or best.model is None:
         return {**stats, "selection": {"mode": "last"}}
     model.load_state_dict(best.model)
@@ -373,9 +473,42 @@ def stego_metrics(results: dict[str, dict[str, float]], crf: bool) -> dict[str, 
     return metrics
 
 
+def selection_resolution(cfg: dict[str, Any], patch_size: int) -> int:
+    """The validation resolution of the checkpoint selection: ``cfg['val_resolution']`` (STEGO: 320) rounded up
+    to a multiple of the backbone's patch size (a ViT/14 takes no 320 input; 322 then)."""
+    res = int(cfg.get("val_resolution", cfg["eval_resolution"]))
+    return math.ceil(res / patch_size) * patch_size
+
+
+def stego_deviations(cfg: dict[str, Any], selection: dict[str, Any], select_resolution: int | None,
+                     n_train_items: int | None = None) -> list[str]:  # fmt: skip
+    """How this run departs from STEGO's train_segmentation.py (the record's ``deviations``)."""
+    mode = selection.get("mode")
+    out = ["negative pairs drawn by a true derangement (STEGO's super_perm can map two items to one)"]
+    note = None if n_train_items is None else L.partial_batch_dropped(n_train_items, int(cfg["batch_size"]))
+    if note is not None:
+        out.append(note)
+    if mode == "last":
+        out.append("selection=last: the last step is evaluated (STEGO: the best of its top-2 checkpoints by "
+                   "lagged validation cluster mIoU)")  # fmt: skip
+    elif mode == "best":
+        out.append(f"selection=best: the best of a validation every {cfg.get('val_every', 100)} steps and the last "
+                   "step (STEGO: checkpoints every 400 steps carrying the previous validation's score, top 2)")
+    elif selection.get("evaluated") == "last":
+        out.append(f"selection=reference saved no checkpoint in {cfg['steps']} steps (every "
+                   f"{cfg.get('save_every', 400)}): the last step is evaluated")  # fmt: skip
+    wanted = int(cfg.get("val_resolution", cfg["eval_resolution"]))
+    if mode in ("reference", "best") and select_resolution is not None and select_resolution != wanted:
+        out.append(f"selection validates at {select_resolution}: val_resolution {wanted} is not a multiple of the "
+                   "patch size (STEGO validates at a 320 centre crop)")  # fmt: skip
+    return out
+
+
 def run_stego(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, knn_view: SegmentationView,
-              val_view: SegmentationView, n_classes: int, loss_variant: str) -> dict[str, Any]:  # fmt: skip
-    """Train STEGO on ``train_view`` and score it on ``val_view``: ``{"metrics", "hparams"}``."""
+              val_view: SegmentationView, n_classes: int, loss_variant: str,
+              select_view: SegmentationView | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train STEGO on ``train_view`` and score it on ``val_view``: ``{"metrics", "hparams"}``. The checkpoint
+    selection validates on ``select_view`` (default ``val_view``)."""
     from .tokens import knn_indices
 
     device = torch.device(ctx.device)
@@ -389,8 +522,9 @@ def run_stego(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, 
     model = StegoModel(source.channels, n_classes, cfg["code_dim"], cfg["dropout"], cfg.get("extra_clusters", 0))
     model.to(device)
     val = None
-    if cfg.get("selection", "last") == "best":
-        val = TokenSource(backbone, val_view, ctx, cache=cfg["feature_cache"], max_cache_gb=cfg["max_cache_gb"],
+    select_view = val_view if select_view is None else select_view
+    if cfg.get("selection", "last") in ("best", "reference"):
+        val = TokenSource(backbone, select_view, ctx, cache=cfg["feature_cache"], max_cache_gb=cfg["max_cache_gb"],
                           batch_size=int(cfg["eval_batch_size"]) * 4, desc="stego val tokens")  # fmt: skip
     stats = train_stego(model, source, nns, cfg, ctx, n_classes, val)
     crf_name = backend_name(cfg["crf_backend"]) if cfg["crf"] else None
@@ -402,9 +536,10 @@ def run_stego(backbone, ctx, cfg: dict[str, Any], train_view: SegmentationView, 
         "n_train_items": len(train_view), "n_val_items": len(val_view), "steps": int(cfg["steps"]),
         "global_batch": int(cfg["batch_size"]), "world_size": D.world_size(),
         "batch_per_rank": D.per_rank_batch(int(cfg["batch_size"])), "lr": cfg["lr"], "probe_lr": cfg["probe_lr"],
+        "selection_resolution": select_view.resolution if val is not None else None,
+        "head_precision": "float32",  # the heads and probes train and evaluate in float32, as STEGO's (no autocast)
         **{k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in stats.items()},
     }  # fmt: skip
     details = {name: scores for name, scores in results.items()}
-    deviations = [] if hparams["selection"]["mode"] == "best" else ["selection=last: the last step is evaluated "
-                                                                    "(STEGO: the best by validation cluster mIoU)"]
+    deviations = stego_deviations(cfg, hparams["selection"], hparams["selection_resolution"], len(train_view))
     return {"metrics": metrics, "hparams": hparams, "details": details, "deviations": deviations}

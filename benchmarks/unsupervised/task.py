@@ -82,7 +82,10 @@ class _UnsupervisedTask(Task):
 
 class _StegoTask(_UnsupervisedTask):
     method = "stego"
-    version = "2"  # 2: a step's randomness drawn for the global batch (same training on any number of ranks)
+    # 2: a step's randomness drawn for the global batch (same training on any number of ranks)
+    # 3: STEGO's checkpoint selection (every 400 steps, lagged score, top 2, validation at 320), float32, the
+    #    epoch's last partial batch kept
+    version = "3"
     table = "table1"
     metrics = (
         Metric("cluster_miou", True, "unsupervised cluster probe mIoU (%), Hungarian-matched, with CRF"),
@@ -93,7 +96,7 @@ class _StegoTask(_UnsupervisedTask):
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         from .data import SegmentationView, parse_crops
-        from .stego import run_stego
+        from .stego import run_stego, selection_resolution
 
         cfg = dict(ctx.config)
         variant = loss_variant(backbone, getattr(ctx, "backbone_role", None))
@@ -110,7 +113,14 @@ class _StegoTask(_UnsupervisedTask):
                  f"{cfg['dataset']}:{cfg['val_split']}"),
             )
         }  # fmt: skip
-        return run_stego(backbone, ctx, cfg, views["train"], views["knn"], views["val"], cfg["n_classes"], variant)
+        # the checkpoint selection validates at STEGO's 320 centre crop (rounded up to the patch size)
+        select_res = selection_resolution(cfg, int(backbone.patch_size))
+        select_view = views["val"]
+        if select_res != views["val"].resolution:
+            select_view = SegmentationView(views["val"].base, select_res, (), cfg["resize"], cfg["interpolation"],
+                                           name=f"{cfg['dataset']}:{cfg['val_split']}")  # fmt: skip
+        return run_stego(backbone, ctx, cfg, views["train"], views["knn"], views["val"], cfg["n_classes"], variant,
+                         select_view=select_view)  # fmt: skip
 
 
 @register_task
@@ -129,7 +139,9 @@ class StegoPotsdam(_StegoTask):
 
 class _CauseTask(_UnsupervisedTask):
     method = "cause"
-    version = "2"  # 2: global-batch randomness; ddp: reference trains one official process's model (batch 16)
+    # 2: global-batch randomness; ddp: reference trains one official process's model (batch 16)
+    # 3: rank 0's sampler share is ceil(N / 4) and each epoch's last partial batch is trained on (as official)
+    version = "3"
     table = "table2"
     metrics = (
         Metric("miou", True, "cluster mIoU (%) without CRF"),

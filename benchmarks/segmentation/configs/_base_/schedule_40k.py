@@ -1,5 +1,8 @@
 # Shared by every Table 4 config: DINOv2's segmentation schedule and the mmengine runtime.
-# AdamW lr 1e-3, wd 1e-4; linear warmup for 1500 iterations, then poly (power 1) to 0 at 40k iterations.
+# AdamW lr 1e-3, wd 1e-4; poly (power 1) from iteration 0 to 0 at 40k iterations, its first 1500 iterations
+# scaled by a linear warm-up from 1e-6: DINOv2's mmcv 1.x lr_config (policy='poly', warmup='linear',
+# warmup_iters=1500, warmup_ratio=1e-6, power=1.0, min_lr=0.0, by_epoch=False; dinov2 eval/segmentation configs),
+# computed as mmcv 1.x's PolyLrUpdaterHook did (benchmarks/segmentation/schedule.py).
 default_scope = "mmseg"
 
 optim_wrapper = dict(
@@ -8,8 +11,8 @@ optim_wrapper = dict(
     clip_grad=None,
 )
 param_scheduler = [
-    dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=40000),
+    dict(type="MMCVPolyLR", max_iters=40000, warmup_iters=1500, warmup_ratio=1e-6, power=1.0, eta_min=0.0,
+         by_epoch=False, begin=0, end=40001),
 ]
 # mmengine's IterBasedTrainLoop, but a resume skips the sampler's indices instead of reloading every batch
 # trained on, and restores the RNG states kept in the checkpoint (benchmarks/segmentation/resume.py).
