@@ -1,0 +1,162 @@
+"""Issue 23, 'Inputs': every bad input is one line, exit 2, before any work, and nothing is written.
+
+One table: the command (``{tmp}`` is the test's folder, ``{w}`` a folder of weights files made once), and a
+piece of the message. Each row runs the CLI in this process (a traceback would be an exception here) and then
+checks that no file appeared outside the inputs. Then a fuzz test: random ``--cfg-options`` strings against a
+run whose preflight can never pass (a paper profile without data), so nothing runs: exit 2 with one line, or
+the parser's own usage error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+RUN = ["run", "--profile", "smoke", "--no-progress", "--out", "{tmp}/runs", "--cache-dir", "{tmp}/cache"]
+TINY = "dinov2_tiny_defective"
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    """good, NaN, pickled, garbage, truncated and wrong-architecture weights of the tiny model; corrupt images."""
+    from sinder.models.weights import load_backbone, save_state_dict
+
+    folder = tmp_path_factory.mktemp("weights")
+    state = load_backbone(TINY).state_dict()
+    save_state_dict(state, folder / "good.safetensors", force=True)
+    nan = {k: v.clone() for k, v in state.items()}
+    key = next(k for k in nan if k.endswith("attn.qkv.weight"))
+    nan[key][0, 0] = float("nan")
+    save_state_dict(nan, folder / "nan.safetensors", force=True)
+    torch.save({"model": _Pickled()}, folder / "pickled.pth")
+    (folder / "garbage.safetensors").write_bytes(b"not a checkpoint " * 8)
+    data = (folder / "good.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    wrong = {k: v for k, v in state.items() if "blocks.0." not in k}
+    save_state_dict(wrong, folder / "wrong.safetensors", force=True)
+    corrupt = folder / "corrupt_images"
+    corrupt.mkdir()
+    for i in range(3):
+        (corrupt / f"img{i}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return folder
+
+
+class _Pickled:
+    """A class pickled into a .pth: never unpickled (weights_only)."""
+
+
+CASES = [
+    # --cfg-options: typed and ranged task keys, at preflight
+    ("cfg unbalanced", [*RUN, "--suite", "imagenet_knn", "--cfg-options", "imagenet_knn.ks=[10,"], "unbalanced"),
+    ("cfg float iterations", [*RUN, "--suite", "imagenet_linear", "--cfg-options", "imagenet_linear.iterations=1.5"],
+     "iterations=1.5: expected an integer"),
+    ("cfg zero iterations", [*RUN, "--suite", "imagenet_linear", "--cfg-options", "imagenet_linear.iterations=0"],
+     "iterations=0: expected >= 1"),
+    ("cfg negative iterations", [*RUN, "--suite", "imagenet_linear", "--cfg-options",
+                                 "imagenet_linear.iterations=-1"], "iterations=-1: expected >= 1"),
+    ("cfg batch 0", [*RUN, "--suite", "imagenet_knn", "--cfg-options", "imagenet_knn.batch_size=0"],
+     "batch_size=0: expected >= 1"),
+    ("cfg empty lrs", [*RUN, "--suite", "imagenet_linear", "--cfg-options", "imagenet_linear.lrs=[]"],
+     "lrs=[]: expected at least one item"),
+    ("cfg text ks", [*RUN, "--suite", "imagenet_knn", "--cfg-options", "imagenet_knn.ks=[a,b]"],
+     "expected a list of integers"),
+    ("cfg negative ks", [*RUN, "--suite", "imagenet_knn", "--cfg-options", "imagenet_knn.ks=[-5]"],
+     "ks=[-5]: expected >= 1"),
+    ("cfg nan", [*RUN, "--suite", "imagenet_knn", "--cfg-options", "imagenet_knn.T=nan"], "not a finite number"),
+    ("checkpoint_every 0", [*RUN, "--suite", "imagenet_linear", "--cfg-options",
+                            "imagenet_linear.checkpoint_every=0"], "checkpoint_every=0: expected >= 1"),
+    ("checkpoint_every text", [*RUN, "--suite", "imagenet_linear", "--cfg-options",
+                               "imagenet_linear.checkpoint_every=often"], "checkpoint_every='often'"),
+    ("stego steps", [*RUN, "--suite", "stego_potsdam", "--cfg-options", "stego_potsdam.steps=0"],
+     "steps=0: expected >= 1"),
+    ("cause stage lr", [*RUN, "--suite", "cause_voc", "--cfg-options", "cause_voc.stage2.lr=-1.0"],
+     "stage2: lr=-1.0: expected a positive number"),
+    ("census images", [*RUN, "--suite", "defect_census", "--cfg-options", "defect_census.n_images=0"],
+     "n_images=0: expected >= 1"),
+    # devices
+    ("device index", [*RUN, "--suite", "imagenet_knn", "--device", "cuda:7"], "--device cuda:7"),
+    ("device name", [*RUN, "--suite", "imagenet_knn", "--device", "gpuu"], "--device gpuu"),
+    # weights of run
+    ("run pickled", [*RUN, "--suite", "imagenet_knn", "--backbone", TINY + ":{w}/pickled.pth"], "pickled.pth"),
+    ("run nan", [*RUN, "--suite", "imagenet_knn", "--backbone", TINY + ":{w}/nan.safetensors"], "not finite"),
+    ("duplicate labels", [*RUN, "--suite", "imagenet_knn", "--backbone", "a=" + TINY,
+                          "--backbone", "a=" + TINY + ":{w}/nan.safetensors"], "label 'a'"),
+    # clamp
+    ("clamp garbage", ["clamp", "--backbone", TINY + ":{w}/garbage.safetensors", "--gamma", "5",
+                       "--out", "{tmp}/c.safetensors"], "garbage.safetensors"),
+    ("clamp truncated", ["clamp", "--backbone", TINY + ":{w}/truncated.safetensors", "--gamma", "5",
+                         "--out", "{tmp}/c.safetensors"], "truncated.safetensors"),
+    ("clamp missing", ["clamp", "--backbone", TINY + ":{w}/missing.safetensors", "--gamma", "5",
+                       "--out", "{tmp}/c.safetensors"], "missing.safetensors"),
+    ("clamp wrong arch", ["clamp", "--backbone", TINY + ":{w}/wrong.safetensors", "--gamma", "5",
+                          "--out", "{tmp}/c.safetensors"], "wrong.safetensors"),
+    ("clamp nan weights", ["clamp", "--backbone", TINY + ":{w}/nan.safetensors", "--gamma", "5",
+                           "--out", "{tmp}/c.safetensors"], "not finite"),
+    ("clamp negative", ["clamp", "--backbone", TINY, "--gamma", "-5", "--out", "{tmp}/c.safetensors"],
+     "--gamma -5.0"),
+    ("clamp nan gamma", ["clamp", "--backbone", TINY, "--gamma", "nan", "--out", "{tmp}/c.safetensors"],
+     "--gamma nan"),
+    ("clamp read-only out", ["clamp", "--backbone", TINY, "--gamma", "5", "--out", "{tmp}/ro/c.safetensors"],
+     "not writable"),
+    ("remedy inf gamma", [*RUN, "--suite", "imagenet_knn", "--backbone", TINY + "+clamp:gamma=inf"], "gamma=inf"),
+    ("remedy repeated gamma", [*RUN, "--suite", "imagenet_knn", "--backbone", TINY + "+clamp:gamma=5,gamma=3"],
+     "gamma"),
+    # repair
+    ("repair nan weights", ["repair", "--backbone", TINY + ":{w}/nan.safetensors", "--images", "{w}/corrupt_images",
+                            "--out", "{tmp}/r.safetensors", "--no-progress"], "not finite"),
+    ("repair pickled", ["repair", "--backbone", TINY + ":{w}/pickled.pth", "--images", "{w}/corrupt_images",
+                        "--out", "{tmp}/r.safetensors", "--no-progress"], "pickled.pth"),
+    ("repair no census", ["repair", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out",
+                          "{tmp}/r.safetensors", "--no-progress", "--fail-on-regression", "--cfg-options",
+                          "holdout_images=0"], "--fail-on-regression"),
+    ("repair read-only out", ["repair", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out",
+                              "{tmp}/ro/r.safetensors", "--no-progress"], "not writable"),
+    # analyze / report
+    ("analyze read-only out", ["analyze", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out",
+                               "{tmp}/ro/analysis"], "not writable"),
+    ("analyze compare missing", ["analyze", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out",
+                                 "{tmp}/analysis", "--compare", "own", "{w}/missing.safetensors"],
+     "missing.safetensors"),
+]  # fmt: skip
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize(("argv", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_bad_input_is_one_line_and_exit_2_before_any_work(tmp_path, weights_dir, capsys, argv, message):
+    from benchmarks.cli import main
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.access(read_only, os.W_OK) and any("{tmp}/ro" in a for a in argv):
+        pytest.skip("running as a user that writes into read-only folders")
+    before = _files(tmp_path)
+    argv = [a.format(tmp=tmp_path, w=weights_dir) for a in argv]
+    try:
+        with pytest.raises(SystemExit) if argv[0] == "run" and "[10," in argv[-1] else _nothing() as exited:
+            code = main(argv)
+        if exited is not None:
+            code = exited.value.code
+    finally:
+        read_only.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert message in err
+    lines = [line for line in err.splitlines() if line.startswith("error:") or "error:" in line]
+    assert len(lines) == 1, err
+    assert _files(tmp_path) == before, "a refused command wrote files"
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
