@@ -247,6 +247,10 @@ def run_suite(
     if log is None:
         ensure_console()  # a script that set up no logging still sees the run's lines, as the CLI does
     say = log or (lambda msg: logger.info(msg) if D.is_main() else None)
+    from sinder.cli.common import device_problem
+
+    if device_problem(device):  # before anything touches the device
+        raise PreflightError(device_problem(device))
     device_t = torch.device(default_device(device))
     D.init_from_env(device_t)
     if jobs > 1 and D.is_distributed():
@@ -285,6 +289,7 @@ def run_suite(
         specs = []
         if not models:
             problems.append("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
+    problems += _duplicate_labels(specs)
     problems += [p for p in (B.backbone_problem(s) for s in specs) if p]
     given, model_problems = B.given_models(models or {})
     problems += model_problems
@@ -357,6 +362,19 @@ def run_suite(
         except OSError as err:
             say(f"could not write the run summary into {out}: {err}")
     return summary
+
+
+def _duplicate_labels(specs) -> list[str]:
+    """A problem for each label given to two different backbones: records and tables would mix them."""
+    seen: dict[str, Any] = {}
+    problems = []
+    for spec in specs:
+        other = seen.setdefault(spec.label, spec)
+        if other is not spec and (other.name, other.weights, other.remedy, other.remedy_args) != (
+                spec.name, spec.weights, spec.remedy, spec.remedy_args):  # fmt: skip
+            problems.append(f"backbone label {spec.label!r} names two backbones ({other.text!r} and {spec.text!r}): "
+                            "give each its own label, LABEL=SPEC")  # fmt: skip
+    return problems
 
 
 def _task_overrides(options: dict[str, Any], tasks: Sequence[Task], unavailable: dict[str, str],
