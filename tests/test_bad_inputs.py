@@ -9,6 +9,7 @@ the parser's own usage error, never a traceback.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,99 @@ def test_a_bad_input_is_one_line_and_exit_2_before_any_work(tmp_path, weights_di
     lines = [line for line in err.splitlines() if line.startswith("error:") or "error:" in line]
     assert len(lines) == 1, err
     assert _files(tmp_path) == before, "a refused command wrote files"
+
+
+# ------------------------------------------------------------------------------------- --cfg-options fuzz
+_VALUES = ["0", "-1", "1", "1.5", "-0.5", "1e9", "1e-3", "nan", "inf", "-inf", ".inf", "[]", "[", "]", "[1,",
+           "[1,2]", "[a,b]", "[-5]", "[[1,2],[3]]", "(1,2)", "()", "a,b", "1,", ",", "'x'", '"y"', "null", "None",
+           "true", "false", "yes", "auto", "{a: 1}", "x" * 40, "[1.5]", "[true]", "0x10", "1_000", "~", "", " ",
+           "é", "[nan]", "{", "}", "[1,[2,", "a=b", "=", "''"]  # fmt: skip
+
+
+def _keys(config: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in config.items():
+        out.append(prefix + key)
+        if isinstance(value, dict):
+            out += _keys(value, f"{prefix}{key}.")
+    return out
+
+
+def _random_options(rng: random.Random, keys: dict[str, list[str]]) -> list[str]:
+    options = []
+    for _ in range(rng.randint(1, 3)):
+        task = rng.choice([*keys, "no_such_task"])
+        key = rng.choice(keys.get(task) or ["iterations"]) if rng.random() < 0.9 else rng.choice(["x", "", "a.b.c"])
+        value = rng.choice(_VALUES)
+        shape = rng.random()
+        if shape < 0.8:
+            options.append(f"{task}.{key}={value}")
+        elif shape < 0.9:
+            options.append(f"{key}={value}")  # no task
+        else:
+            options.append(f"{task}.{key}{value}")  # no '='
+    return options
+
+
+def test_random_cfg_options_end_in_a_usage_error_never_a_traceback(tmp_path, capsys):
+    """The preflight of a paper run without data can never pass, so nothing runs: every random option string
+    ends in exit 2 (one ``error:`` line) or the parser's own error, and an exception here would be a traceback."""
+    from benchmarks.cli import main
+    from benchmarks.core.registry import get_suite, get_task, list_tasks
+
+    names = [t for t in get_suite("all").tasks if t in list_tasks()]
+    keys = {name: _keys(get_task(name).config("paper")) for name in names}
+    (tmp_path / "data").mkdir()
+    rng = random.Random(23)
+    base = ["run", "--suite", "all", "--profile", "paper", "--backbone", TINY, "--data-root", str(tmp_path / "data"),
+            "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    for _ in range(40):
+        options = _random_options(rng, keys)
+        try:
+            code = main([*base, "--cfg-options", *options])
+        except SystemExit as exited:  # argparse: usage and one error line
+            code = exited.code
+        err = capsys.readouterr().err
+        assert code == 2, (options, err)
+        assert "Traceback" not in err and err.count("error:") == 1, (options, err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache" / "synth").exists()
+
+
+# ------------------------------------------------------------------------------------- repair outcomes
+_FAST = ["resolution=112", "num_images=8", "max_iters=6", "n_samples=2000", "checkpoint_every=3", "limit_layers=4"]
+
+
+def test_a_repair_that_could_not_train_is_exit_2_and_writes_no_output(tmp_path, weights_dir, capsys):
+    """All training images corrupt: no step read an image, so no repaired file (the issue: exit 0, output = input)."""
+    from benchmarks.cli import main
+
+    out = tmp_path / "r.safetensors"
+    for flag in ([], ["--fail-on-regression"]):
+        code = main(["repair", "--backbone", TINY, "--images", str(weights_dir / "corrupt_images"), "--out", str(out),
+                     "--no-progress", "--device", "cpu", *flag, "--cfg-options", *_FAST, "holdout_images=1"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "error: the repair could not train: none of the 2 training images" in err, err
+        assert not out.exists()
+        if not flag:
+            import shutil
+
+            shutil.rmtree(tmp_path / "r.safetensors.work")
+
+
+def test_repair_resume_after_the_output_finishes_the_report(tmp_path, capsys):
+    """Killed after writing --out, before the report: --resume writes the report (and the same output bytes)."""
+    from benchmarks.cli import main
+    from sinder.utils.synthetic_images import write_synthetic_photos
+
+    images = write_synthetic_photos(tmp_path / "imgs", 10)
+    out = tmp_path / "r.safetensors"
+    argv = ["repair", "--backbone", TINY, "--images", str(images), "--out", str(out), "--no-progress", "--device",
+            "cpu", "--cfg-options", *_FAST, "holdout_images=2"]  # fmt: skip
+    assert main(argv) == 0
+    report = out.with_name("r.report.json")
+    first = out.read_bytes()
+    report.unlink()  # as if killed between the two writes
+    capsys.readouterr()
+    assert main(argv) == 2 and "exists; pass --force" in capsys.readouterr().err  # without --resume: refused
+    assert main([*argv, "--resume"]) == 0
+    assert report.is_file() and out.read_bytes() == first

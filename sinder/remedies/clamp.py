@@ -43,7 +43,7 @@ def gamma_problem(gamma: float) -> str | None:
     """Why ``gamma`` is no singular value bound (not a positive finite number: NaN or infinity would leave
     every weight as it is and call the copy clamped), else None."""
     if not math.isfinite(gamma) or gamma <= 0:
-        return "the singular value bound must be a positive finite number"
+        return "the singular value bound must be positive and finite"
     return None
 
 
