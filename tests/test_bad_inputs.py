@@ -37,6 +37,7 @@ def weights_dir(tmp_path_factory):
     (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     wrong = {k: v for k, v in state.items() if "blocks.0." not in k}
     save_state_dict(wrong, folder / "wrong.safetensors", force=True)
+    (folder / "empty_runs").mkdir()
     corrupt = folder / "corrupt_images"
     corrupt.mkdir()
     for i in range(3):
@@ -120,6 +121,10 @@ CASES = [
     ("analyze compare missing", ["analyze", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out",
                                  "{tmp}/analysis", "--compare", "own", "{w}/missing.safetensors"],
      "missing.safetensors"),
+    ("report empty runs", ["report", "--runs", "{w}/empty_runs", "--out", "{tmp}/tables", "--no-plots"],
+     "no run records"),
+    ("report unwritable out", ["report", "--runs", "{w}/empty_runs", "--out", "{tmp}/afile/tables"],
+     "afile is not a folder"),
 ]  # fmt: skip
 
 
@@ -243,3 +248,42 @@ def test_repair_resume_after_the_output_finishes_the_report(tmp_path, capsys):
     assert main(argv) == 2 and "exists; pass --force" in capsys.readouterr().err  # without --resume: refused
     assert main([*argv, "--resume"]) == 0
     assert report.is_file() and out.read_bytes() == first
+
+
+# ------------------------------------------------------------------------------------- a nearly full disk
+def _nearly_full(monkeypatch, free: int):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - free, free))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([*RUN, "--suite", "imagenet_knn"], "cache folder (--cache-dir) {tmp}/cache: 1 MiB free, the run writes about 256"),
+    (["repair", "--backbone", TINY, "--images", "{tmp}", "--out", "{tmp}/r.safetensors", "--no-progress"],
+     "--out's folder {tmp}: 1 MiB free, the run writes about 4 MiB"),
+])  # fmt: skip
+def test_a_nearly_full_disk_stops_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    from benchmarks.cli import main
+
+    _nearly_full(monkeypatch, 2**20)
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message.format(tmp=tmp_path) in err and err.count("error:") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_still_fails_for_space_is_one_line(capsys):
+    import argparse
+    import errno
+
+    from sinder.cli.common import run_verb
+
+    def verb(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/results/runs/x.json")
+
+    assert run_verb(verb, argparse.Namespace()) == 2
+    assert capsys.readouterr().err == ("error: No space left on device writing /results/runs/x.json: free some "
+                                       "space (or choose another folder) and rerun; with --resume a run goes on "
+                                       "where it stopped\n")  # fmt: skip

@@ -296,6 +296,7 @@ def run_suite(
     specs += list(given)
     problems += [p for p in (_writable_problem(Path(out).expanduser(), "output folder (--out)"),
                              _writable_problem(cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
+    problems += _free_space_problems(Path(out).expanduser(), cache, specs)
     overrides, option_problems = _task_overrides(cfg_options or {}, tasks, unavailable, suite)
     problems += option_problems
     for task in tasks:
@@ -362,6 +363,24 @@ def run_suite(
         except OSError as err:
             say(f"could not write the run summary into {out}: {err}")
     return summary
+
+
+# What a run writes beside its records at least: claims, logs, the summary (out); synthetic data, directions,
+# task checkpoints of the tiny and linear heads (cache). A backbone's own weights add to the cache when a
+# repaired twin or a remedy's copy is made of them (smoke), and to the task checkpoints that hold a backbone.
+MIN_FREE_OUT = 16 * 2**20
+MIN_FREE_CACHE = 256 * 2**20
+
+
+def _free_space_problems(out: Path, cache: Path, specs) -> list[str]:
+    """A problem for a folder whose disk cannot take what the run writes (checked before any work, so a run
+    never dies with ENOSPC half-way): MIN_FREE_* plus, in the cache, twice the largest weights file given."""
+    from sinder.cli.common import free_space_problem
+
+    sizes = [Path(s.weights).stat().st_size for s in specs if s.weights and Path(s.weights).is_file()]
+    need_cache = MIN_FREE_CACHE + 2 * max(sizes, default=0)
+    return [p for p in (free_space_problem(out, MIN_FREE_OUT, "output folder (--out)"),
+                        free_space_problem(cache, need_cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
 
 
 def _duplicate_labels(specs) -> list[str]:

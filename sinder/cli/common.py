@@ -13,6 +13,7 @@ it into one line, ``error: <message>``, on stderr and exit 2 (:func:`run_verb`).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -43,10 +44,17 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFo
                                                  PermissionError)  # fmt: skip
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def as_usage_error(err: BaseException) -> UsageError | None:
     """``err`` as a :class:`UsageError`, or None when it is not a usage error (a bug: let it raise)."""
     if isinstance(err, UsageError):
         return err
+    if isinstance(err, OSError) and err.errno in _DISK_FULL:  # a write that still failed: one line, not a traceback
+        where = f" writing {err.filename}" if err.filename else ""
+        return UsageError(f"{err.strerror or err}{where}: free some space (or choose another folder) and rerun; "
+                          "with --resume a run goes on where it stopped")  # fmt: skip
     if isinstance(err, KNOWN_ERRORS):
         # str(KeyError("x")) is "'x'" with the quotes; the message is the argument
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

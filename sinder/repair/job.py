@@ -51,7 +51,7 @@ def check_free_space(folders: dict[str, Path], state_bytes: int) -> None:
     for what, folder in folders.items():
         problem = free_space_problem(folder, need[what], what)
         if problem:
-            raise OSError(problem)
+            raise ValueError(problem)  # bad input the user fixes: one line, exit 2
 
 
 def _checkpoint_of(work_dir: Path) -> Path:
