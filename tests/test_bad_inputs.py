@@ -80,6 +80,10 @@ CASES = [
     # devices
     ("device index", [*RUN, "--suite", "imagenet_knn", "--device", "cuda:7"], "--device cuda:7"),
     ("device name", [*RUN, "--suite", "imagenet_knn", "--device", "gpuu"], "--device gpuu"),
+    ("repair device", ["repair", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out", "{tmp}/r.safetensors",
+                       "--device", "gpuu"], "--device gpuu"),
+    ("ttr device", ["ttr", "fit", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out", "{tmp}/n.json",
+                    "--device", "cuda:7"], "--device cuda:7"),
     # weights of run
     ("run pickled", [*RUN, "--suite", "imagenet_knn", "--backbone", TINY + ":{w}/pickled.pth"], "pickled.pth"),
     ("run nan", [*RUN, "--suite", "imagenet_knn", "--backbone", TINY + ":{w}/nan.safetensors"], "not finite"),
