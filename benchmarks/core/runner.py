@@ -202,6 +202,8 @@ def _writable_problem(folder: Path, what: str) -> str | None:
 
 
 def _preflight_failed(suite: str, profile: str, problems: list[str]):
+    if len(problems) == 1 and "\n" not in problems[0]:  # one bad input: one line
+        raise PreflightError(f"cannot start suite {suite!r} (profile {profile}): {problems[0]}")
     raise PreflightError(
         f"cannot start suite {suite!r} (profile {profile}): {len(problems)} missing or invalid input(s):\n  - "
         + "\n  - ".join(problems)

@@ -87,10 +87,9 @@ def load_state_dict_strict(
     mismatches = _mismatches({k: v.shape for k, v in state.items()}, {k: v.shape for k, v in expected.items()},
                              limits=(20, 20, 8))  # fmt: skip
     if mismatches:
-        parts = [f"weights {source} do not fit the backbone architecture {_describe(model.config)}:"]
-        parts += [f"  {line}" for line in mismatches]
-        parts.append("  check that --backbone names the architecture these weights were trained with.")
-        raise WeightsError("\n".join(parts))
+        raise WeightsError(f"weights {source} do not fit the backbone architecture {_describe(model.config)}: "
+                           + "; ".join(mismatches)
+                           + "; check that --backbone names the architecture these weights were trained with")
     if assign:  # the model lives on the meta device: take the file's tensors as the parameters
         state = {k: v.to(expected[k].dtype if expected[k].is_floating_point() else v.dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=assign)
