@@ -208,7 +208,7 @@ def writable_problem(folder: str | Path, what: str) -> str | None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        return f"{what} {folder}: {probe} is not a folder"
+        return f"{what} {folder} is not writable: {probe} is not a folder"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{what} {folder} is not writable ({probe}: permission denied or read-only); choose another folder"
     return None
