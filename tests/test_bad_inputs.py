@@ -119,6 +119,8 @@ CASES = [
                           "holdout_images=0"], "--fail-on-regression"),
     ("repair unwritable out", ["repair", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out",
                               "{tmp}/afile/r.safetensors", "--no-progress"], "afile is not a folder"),
+    ("repair inf lr", ["repair", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out", "{tmp}/r.safetensors",
+                       "--cfg-options", "lr=inf"], "config field 'lr': inf; expected a finite number"),
     # analyze / report
     ("analyze unwritable out", ["analyze", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out",
                                "{tmp}/afile/analysis"], "afile is not a folder"),
@@ -290,3 +292,43 @@ def test_a_write_that_still_fails_for_space_is_one_line(capsys):
     assert capsys.readouterr().err == ("error: No space left on device writing /results/runs/x.json: free some "
                                        "space (or choose another folder) and rerun; with --resume a run goes on "
                                        "where it stopped\n")  # fmt: skip
+
+
+def test_torch_save_failing_on_a_full_disk_is_one_line(capsys):
+    """torch.save's writer reports a full disk as a RuntimeError without errno (the issue's repair traceback)."""
+    import argparse
+
+    from sinder.cli.common import run_verb
+
+    def verb(args):
+        raise RuntimeError("basic_ios::clear: iostream error\nException raised from ...")
+
+    assert run_verb(verb, argparse.Namespace()) == 2
+    assert capsys.readouterr().err == ("error: writing a file failed (basic_ios::clear: iostream error): is the disk "
+                                       "full? Free some space and rerun; with --resume a run goes on where it "
+                                       "stopped\n")  # fmt: skip
+
+
+def test_random_repair_cfg_options_end_in_a_usage_error_never_a_traceback(tmp_path, capsys):
+    """``repair --cfg-options`` with random keys and values: the images folder is missing, so even a valid
+    config stops before any work; every string ends in exit 2 and one ``error:`` line."""
+    import dataclasses
+
+    from benchmarks.cli import main
+    from sinder.repair.config import RepairConfig
+
+    fields = [f.name for f in dataclasses.fields(RepairConfig)] + ["no_such_field"]
+    rng = random.Random(7)
+    seen = set()
+    for _ in range(40):
+        options = [f"{rng.choice(fields)}={rng.choice(_VALUES)}" for _ in range(rng.randint(1, 3))]
+        try:
+            code = main(["repair", "--backbone", TINY, "--images", str(tmp_path / "missing"), "--out",
+                         str(tmp_path / "r.safetensors"), "--no-progress", "--cfg-options", *options])  # fmt: skip
+        except SystemExit as exited:  # refused while parsing
+            code = exited.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (options, err)
+        seen.add("missing" in err)
+    assert seen == {True, False}  # some options were refused, some configs valid (then the folder is missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

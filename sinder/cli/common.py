@@ -45,6 +45,8 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFo
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# How torch.save's C++ writer says that a write failed (it raises a RuntimeError without an errno)
+_WRITE_FAILED = ("file write failed", "basic_ios::clear", "iostream error")
 
 
 def as_usage_error(err: BaseException) -> UsageError | None:
@@ -55,6 +57,10 @@ def as_usage_error(err: BaseException) -> UsageError | None:
         where = f" writing {err.filename}" if err.filename else ""
         return UsageError(f"{err.strerror or err}{where}: free some space (or choose another folder) and rerun; "
                           "with --resume a run goes on where it stopped")  # fmt: skip
+    if isinstance(err, RuntimeError) and any(m in str(err) for m in _WRITE_FAILED):  # torch.save on a full disk
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        return UsageError(f"writing a file failed ({first}): is the disk full? Free some space and rerun; with "
+                          "--resume a run goes on where it stopped")  # fmt: skip
     if isinstance(err, KNOWN_ERRORS):
         # str(KeyError("x")) is "'x'" with the quotes; the message is the argument
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

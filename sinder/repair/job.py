@@ -139,6 +139,8 @@ def repair_checkpoint(
     run = RepairRun(model, train, config, work_dir, load, directions=directions, device=device,
                     progress=progress)
     result = run.run(resume=resume)
+    if result.iterations == 0:
+        raise ValueError(f"the repair ran no iteration (max_iters={config.max_iters}): nothing was written to --out")
     if trained_steps(run.log_path) == 0:
         raise ValueError(f"the repair could not train: none of the {len(train)} training images under {images} "
                          f"could be read ({len(result.bad_images)} unreadable, e.g. {result.bad_images[:1]}); "
