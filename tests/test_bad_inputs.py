@@ -332,3 +332,31 @@ def test_random_repair_cfg_options_end_in_a_usage_error_never_a_traceback(tmp_pa
         seen.add("missing" in err)
     assert seen == {True, False}  # some options were refused, some configs valid (then the folder is missing)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- every key typed
+def _schemas():
+    from benchmarks.census.task import CENSUS_RANGES, CensusProfile
+    from benchmarks.unsupervised import schema as S
+
+    return [("stego_potsdam", S.StegoProfile, S.STEGO_RANGES), ("stego_cityscapes", S.StegoProfile, S.STEGO_RANGES),
+            ("cause_voc", S.CauseProfile, S.CAUSE_RANGES), ("cause_cityscapes", S.CauseProfile, S.CAUSE_RANGES),
+            ("defect_census", CensusProfile, CENSUS_RANGES)]  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", ["paper", "smoke"])
+def test_every_key_of_the_new_schemas_profiles_has_a_type_and_each_range_names_a_key(profile):
+    import dataclasses
+
+    from benchmarks.core.registry import get_task
+    from benchmarks.unsupervised.schema import STAGE_RANGES, CauseStage
+
+    for task, schema, ranges in _schemas():
+        names = {f.name for f in dataclasses.fields(schema)}
+        config = get_task(task).config(profile)  # checked against the schema on the way
+        assert set(config) == names, task
+        assert set(ranges) <= names, task
+        for stage in ("stage1", "stage2", "stage3") if task.startswith("cause") else ():
+            derived = {"batch_size_per_process", "lr_per_process"}  # _cause_ddp's, after the check
+            assert set(config[stage]) - derived <= {f.name for f in dataclasses.fields(CauseStage)}
+    assert set(STAGE_RANGES) <= {f.name for f in dataclasses.fields(CauseStage)}
