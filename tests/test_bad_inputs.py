@@ -38,6 +38,12 @@ def weights_dir(tmp_path_factory):
     wrong = {k: v for k, v in state.items() if "blocks.0." not in k}
     save_state_dict(wrong, folder / "wrong.safetensors", force=True)
     (folder / "empty_runs").mkdir()
+    from benchmarks.core import results as R
+
+    failed = R.make_record(task="imagenet_knn", profile="smoke", metrics={}, metric_directions={}, hparams={},
+                           backbone={"label": "tiny", "weights_sha256": "ab" * 32, "spec": "tiny"}, config={},
+                           seed=0, wall_time_s=1.0, device=R.device_info("cpu"), error="RuntimeError: boom")  # fmt: skip
+    R.ResultStore(folder / "failed_runs").write(failed)
     corrupt = folder / "corrupt_images"
     corrupt.mkdir()
     for i in range(3):
@@ -129,6 +135,7 @@ CASES = [
      "missing.safetensors"),
     ("report empty runs", ["report", "--runs", "{w}/empty_runs", "--out", "{tmp}/tables", "--no-plots"],
      "no run records"),
+    ("report failed runs", ["report", "--runs", "{w}/failed_runs", "--no-plots"], "only 1 failed record(s)"),
     ("report unwritable out", ["report", "--runs", "{w}/empty_runs", "--out", "{tmp}/afile/tables"],
      "afile is not a folder"),
 ]  # fmt: skip
