@@ -83,6 +83,9 @@ CASES = [
      "stage2: lr=-1.0: expected a positive number"),
     ("census images", [*RUN, "--suite", "defect_census", "--cfg-options", "defect_census.n_images=0"],
      "n_images=0: expected >= 1"),
+    ("ablation evaluation", [*RUN, "--suite", "ablation_thresholds", "--cfg-options",
+                             "ablation_thresholds.evaluation_overrides.seg_ade20k_linear.iterations=0"],
+     "evaluation_overrides.seg_ade20k_linear: task seg_ade20k_linear (profile smoke): overrides: iterations=0"),
     # devices
     ("device index", [*RUN, "--suite", "imagenet_knn", "--device", "cuda:7"], "--device cuda:7"),
     ("device name", [*RUN, "--suite", "imagenet_knn", "--device", "gpuu"], "--device gpuu"),
