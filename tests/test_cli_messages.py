@@ -113,13 +113,19 @@ def test_report_on_a_missing_folder_exits_2(tmp_path, capsys):
 
 
 def test_report_says_where_it_wrote_the_tables(tmp_path, capsys):
-    (tmp_path / "runs").mkdir()
+    from benchmarks.core import results as R
+
+    record = R.make_record(task="imagenet_knn", profile="smoke", metrics={"top1": 50.0, "top5": 80.0},
+                           backbone={"label": "tiny", "weights_sha256": "ab" * 32, "spec": "tiny"},
+                           metric_directions={"top1": "higher", "top5": "higher"}, hparams={}, config={}, seed=0,
+                           wall_time_s=1.0, device=R.device_info("cpu"), table="table3", suite="table3")  # fmt: skip
+    R.ResultStore(tmp_path / "runs").write(record)  # an empty folder is refused: nothing to report
     out = tmp_path / "tables"
     assert main(["report", "--runs", str(tmp_path / "runs"), "--tables", "3,5", "--out", str(out), "--no-plots"]) == 0
     err = capsys.readouterr().err
     assert f"tables written: {out}/table{{3,5}}.md" in err
-    assert "remedies table written" not in err  # no remedy records, no remedies table
-    assert sorted(p.name for p in out.iterdir()) == ["table3.md", "table5.md"]
+    assert f"remedies table written: {out}/remedies.md" in err  # the records' backbone gets a remedies row
+    assert sorted(p.name for p in out.iterdir()) == ["remedies.md", "table3.md", "table5.md"]
 
 
 def test_ls_describes_tasks_suites_and_whether_official_weights_are_present(tmp_path, monkeypatch, capsys):

@@ -111,6 +111,26 @@ def scaled_overrides(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
     return out
 
 
+def _check_evaluation_overrides(task_name: str, profile: str, extra: Any, where: str) -> None:
+    """``evaluation_overrides.<task>`` checked as that task checks its own ``overrides`` (types and ranges), so
+    ``iterations=0`` stops the run at preflight; skipped where the evaluation cannot resolve its config here
+    (not in this checkout, or its packages missing: run() notes it)."""
+    if not isinstance(extra, dict):
+        raise ValueError(f"{where}: evaluation_overrides.{task_name}: {extra!r}; expected a mapping")
+    try:
+        task = get_task(task_name)
+    except KeyError:
+        return
+    try:
+        task.config(profile, {f"overrides.{key}": value for key, value in extra.items()})
+    except TypeError:
+        return  # a task whose config takes no overrides (a stand-in): nothing to check against
+    except ValueError as err:
+        if "not installed" in str(err):
+            return
+        raise ValueError(f"{where}: evaluation_overrides.{task_name}: {err}") from None
+
+
 class _AblationTask(Task):
     version = "2"  # 2: the unrepaired backbone's row (base) and each row's resolved setting in the record
     first_backbone_only = True  # each row repairs DINOv2 itself; a repaired twin would be repaired twice
@@ -118,7 +138,10 @@ class _AblationTask(Task):
     def config(self, profile: str, overrides=None) -> dict[str, Any]:
         """The profile, checked (check_profile) after ``overrides``: the runner's preflight reads it."""
         config = super().config(profile, overrides)
-        check_profile(config, f"task {self.name} (profile {profile})")
+        where = f"task {self.name} (profile {profile})"
+        check_profile(config, where)
+        for task_name, extra in (config.get("evaluation_overrides") or {}).items():
+            _check_evaluation_overrides(task_name, profile, extra, where)
         return config
 
     @property

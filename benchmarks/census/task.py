@@ -11,9 +11,30 @@ remedies table can show it. The counting is ``sinder.defects.census``'s.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.core.registry import Metric, Task, register_task
+
+
+@dataclass
+class CensusProfile:
+    """What ``defect_census`` reads from its profile: the types and ranges check_schema holds it to."""
+
+    split: str
+    n_images: int
+    resolution: int
+    mu: float
+    min_ratio: float
+    eq5_mu: float
+    exclude_border: bool
+    n_samples: int
+    batch_size: int
+
+
+CENSUS_RANGES: dict[str, Any] = {"split": ("train", "val"), "n_images": (1, None), "resolution": (1, None),
+                                 "mu": "positive", "min_ratio": "positive", "eq5_mu": "positive",
+                                 "n_samples": (1, None), "batch_size": (1, None)}  # fmt: skip
 
 
 @register_task
@@ -31,6 +52,14 @@ class DefectCensus(Task):
 
     def datasets_needed(self, profile: str) -> list[str]:
         return [f"imagenet:{self.config(profile)['split']}"]
+
+    def config(self, profile: str, overrides=None) -> dict[str, Any]:
+        """The profile, each key checked against CensusProfile (types and ranges) at preflight."""
+        from benchmarks.core.task_config import check_schema
+
+        config = super().config(profile, overrides)
+        check_schema(CensusProfile, config, f"task {self.name} (profile {profile})", CENSUS_RANGES)
+        return config
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         from benchmarks.data import open_dataset

@@ -137,7 +137,8 @@ class ImageNetLinear(_ImageNetTask):
     title = "ImageNet-1K linear probe (52 heads: last 1/4 class tokens x avgpool x 13 lrs)"
     schema = LinearProfile
     ranges = {"resize": (1, None), "crop": (1, None), "iterations": (1, None), "batch_size": (1, None),
-              "eval_batch_size": (1, None), "lrs": "positive", "n_last_blocks": (1, None)}  # fmt: skip
+              "eval_batch_size": (1, None), "lrs": "positive", "n_last_blocks": (1, None),
+              "avgpool": "nonempty"}  # fmt: skip
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         cfg = ctx.config

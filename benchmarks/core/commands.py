@@ -197,6 +197,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not Path(args.runs).exists():
         raise UsageError(f"--runs {args.runs}: no such folder of run records; `sinder-bench run` writes them "
                          "(default results/runs)")  # fmt: skip
+    _check_report_inputs(args)
     started = time.time()
     # A ReportError (a ValueError) reaches the CLI's main: exit 2.
     text = build_report(
@@ -214,6 +215,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if remedies.is_file() and remedies.stat().st_mtime >= started - 1:  # written now: the runs hold remedies
             print(f"remedies table written: {Path(args.out) / 'remedies'}.{kinds}", file=sys.stderr)
     return 0
+
+
+def _check_report_inputs(args: argparse.Namespace) -> None:
+    """Before any work: --out writable, and --runs holding a successful record (else the tables would hold the
+    paper's numbers only, and exit 0 would say that the runs were reported)."""
+    from sinder.cli.common import check_writable
+
+    from .results import is_failure, load_records
+
+    if args.out:
+        check_writable(args.out, "--out")
+    records = load_records(args.runs, missing_ok=True)
+    if not any(not is_failure(r) for r in records):
+        what = f"only {len(records)} failed record(s)" if records else "no run records"
+        raise UsageError(f"--runs {args.runs}: {what}; nothing to report beside the paper's numbers "
+                         "(`sinder-bench run` writes the records)")  # fmt: skip
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -113,6 +113,8 @@ def key_value_args(remedy: str, text: str | None, allowed: dict[str, type], posi
                 raise ValueError(f"remedy {remedy}: argument {part!r} needs a name (KEY=VALUE)")
             key, value = positional, part
         key = key.strip()
+        if key in out:  # gamma=5,gamma=3: never the last one silently
+            raise ValueError(f"remedy {remedy}: argument {key!r} given twice")
         if key not in allowed:
             raise ValueError(f"remedy {remedy}: unknown argument {key!r}; it takes {', '.join(allowed)}")
         try:

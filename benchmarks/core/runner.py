@@ -202,6 +202,8 @@ def _writable_problem(folder: Path, what: str) -> str | None:
 
 
 def _preflight_failed(suite: str, profile: str, problems: list[str]):
+    if len(problems) == 1 and "\n" not in problems[0]:  # one bad input: one line
+        raise PreflightError(f"cannot start suite {suite!r} (profile {profile}): {problems[0]}")
     raise PreflightError(
         f"cannot start suite {suite!r} (profile {profile}): {len(problems)} missing or invalid input(s):\n  - "
         + "\n  - ".join(problems)
@@ -247,6 +249,10 @@ def run_suite(
     if log is None:
         ensure_console()  # a script that set up no logging still sees the run's lines, as the CLI does
     say = log or (lambda msg: logger.info(msg) if D.is_main() else None)
+    from sinder.cli.common import device_problem
+
+    if device_problem(device):  # before anything touches the device
+        raise PreflightError(device_problem(device))
     device_t = torch.device(default_device(device))
     D.init_from_env(device_t)
     if jobs > 1 and D.is_distributed():
@@ -285,12 +291,14 @@ def run_suite(
         specs = []
         if not models:
             problems.append("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
+    problems += _duplicate_labels(specs)
     problems += [p for p in (B.backbone_problem(s) for s in specs) if p]
     given, model_problems = B.given_models(models or {})
     problems += model_problems
     specs += list(given)
     problems += [p for p in (_writable_problem(Path(out).expanduser(), "output folder (--out)"),
                              _writable_problem(cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
+    problems += _free_space_problems(Path(out).expanduser(), cache, specs)
     overrides, option_problems = _task_overrides(cfg_options or {}, tasks, unavailable, suite)
     problems += option_problems
     for task in tasks:
@@ -357,6 +365,37 @@ def run_suite(
         except OSError as err:
             say(f"could not write the run summary into {out}: {err}")
     return summary
+
+
+# What a run writes beside its records at least: claims, logs, the summary (out); synthetic data, directions,
+# task checkpoints of the tiny and linear heads (cache). A backbone's own weights add to the cache when a
+# repaired twin or a remedy's copy is made of them (smoke), and to the task checkpoints that hold a backbone.
+MIN_FREE_OUT = 16 * 2**20
+MIN_FREE_CACHE = 256 * 2**20
+
+
+def _free_space_problems(out: Path, cache: Path, specs) -> list[str]:
+    """A problem for a folder whose disk cannot take what the run writes (checked before any work, so a run
+    never dies with ENOSPC half-way): MIN_FREE_* plus, in the cache, twice the largest weights file given."""
+    from sinder.cli.common import free_space_problem
+
+    sizes = [Path(s.weights).stat().st_size for s in specs if s.weights and Path(s.weights).is_file()]
+    need_cache = MIN_FREE_CACHE + 2 * max(sizes, default=0)
+    return [p for p in (free_space_problem(out, MIN_FREE_OUT, "output folder (--out)"),
+                        free_space_problem(cache, need_cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
+
+
+def _duplicate_labels(specs) -> list[str]:
+    """A problem for each label given to two different backbones: records and tables would mix them."""
+    seen: dict[str, Any] = {}
+    problems = []
+    for spec in specs:
+        other = seen.setdefault(spec.label, spec)
+        if other is not spec and (other.name, other.weights, other.remedy, other.remedy_args) != (
+                spec.name, spec.weights, spec.remedy, spec.remedy_args):  # fmt: skip
+            problems.append(f"backbone label {spec.label!r} names two backbones ({other.text!r} and {spec.text!r}): "
+                            "give each its own label, LABEL=SPEC")  # fmt: skip
+    return problems
 
 
 def _task_overrides(options: dict[str, Any], tasks: Sequence[Task], unavailable: dict[str, str],

@@ -13,6 +13,8 @@ values typed as YAML types them. A key the profile does not hold is refused, so 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -84,8 +86,42 @@ def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any], *, whe
         if old is not None and value is not None and _kind(old) != _kind(value):
             raise ValueError(f"{where}: {dotted}={value!r} is {_kind(value)}, the config holds {_kind(old)} "
                              f"({old!r})")  # fmt: skip
+        bad = _non_finite(value)
+        if bad is not None:
+            raise ValueError(f"{where}: {dotted}={value!r}: {bad} is not a finite number")
         node[leaf] = copy.deepcopy(value)
+    check_optional_keys(out, where)
     return out
+
+
+# The keys every task may add (OPTIONAL_KEYS): read by benchmarks.core.checkpointing for every task
+OPTIONAL_RANGES: dict[str, Any] = {"checkpoint_every": (1, None), "checkpoint_every_s": "positive"}
+
+
+@dataclasses.dataclass
+class OptionalKeys:
+    """The types of OPTIONAL_KEYS (null: no checkpoints by that measure)."""
+
+    checkpoint_every: int | None = None
+    checkpoint_every_s: float | None = None
+
+
+def check_optional_keys(config: Mapping[str, Any], where: str) -> None:
+    """A one-line ValueError unless the checkpoint intervals of ``config`` (when it holds them) are a positive
+    integer of steps / a positive number of seconds, or null."""
+    check_schema(OptionalKeys, {k: config[k] for k in OPTIONAL_KEYS if k in config}, where, OPTIONAL_RANGES)
+
+
+def _non_finite(value: Any) -> float | None:
+    """The first NaN or infinity in ``value`` (a number, or lists and mappings of them), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
+    for item in items:
+        bad = _non_finite(item)
+        if bad is not None:
+            return bad
+    return None
 
 
 def _kind(value: Any) -> str:
@@ -108,8 +144,8 @@ def check_schema(schema: type, values: Mapping[str, Any], where: str,
     the dataclass ``schema`` has the field's type (``int``: an integer; ``float``: a number; ``bool``; ``str``;
     ``dict``: a mapping; ``tuple[int, ...]`` / ``list[...]``: a list of such items; ``X | None``: also null) and lies in
     ``ranges[key]``: (lowest, highest), either end None for none, inclusive; or ``"positive"`` (> 0), or a
-    tuple of the allowed texts."""
-    import dataclasses
+    tuple of the allowed values (texts, and true/false where a text or a flag is allowed); or ``"nonempty"``
+    (a list with at least one item: any range of a list's items also asks for one). Numbers are finite."""
     import typing
 
     hints = typing.get_type_hints(schema)
@@ -122,13 +158,20 @@ def check_schema(schema: type, values: Mapping[str, Any], where: str,
             raise ValueError(f"{where}: {key}={value!r}: expected {problem}")
         bounds = (ranges or {}).get(key, (None, None))
         items = value if isinstance(value, list | tuple) else [value]
+        bad = _non_finite(value)
+        if bad is not None:
+            raise ValueError(f"{where}: {key}={value!r}: {bad} is not a finite number")
+        if isinstance(value, list | tuple) and not value and bounds != (None, None):
+            raise ValueError(f"{where}: {key}=[]: expected at least one item")
+        if bounds == "nonempty":
+            continue
         if bounds == "positive":
             if any(item is not None and not item > 0 for item in items):
                 raise ValueError(f"{where}: {key}={value!r}: expected a positive number")
             continue
-        if all(isinstance(b, str) for b in bounds):
-            if any(item not in bounds for item in items):
-                raise ValueError(f"{where}: {key}={value!r}: expected one of {', '.join(bounds)}")
+        if any(isinstance(b, str) for b in bounds):  # the allowed values (texts, or texts and true/false)
+            if any(not any(item == b and type(item) is type(b) for b in bounds) for item in items):
+                raise ValueError(f"{where}: {key}={value!r}: expected one of {', '.join(map(str, bounds))}")
             continue
         low, high = bounds
         for item in items:

@@ -17,11 +17,14 @@ class Clamp(Remedy):
     args_help = "gamma=G"
 
     def parse_args(self, text: str | None) -> dict[str, Any]:
+        from sinder.remedies.clamp import gamma_problem
+
         params = key_value_args(self.name, text, {"gamma": float}, positional="gamma")
         if "gamma" not in params:
             raise ValueError("remedy clamp needs the singular value bound: gamma=G")
-        if not params["gamma"] > 0:
-            raise ValueError(f"remedy clamp: gamma={params['gamma']} must be positive")
+        problem = gamma_problem(params["gamma"])
+        if problem:
+            raise ValueError(f"remedy clamp: gamma={params['gamma']}: {problem}")
         return params
 
     def smoke_args(self, base, cache_dir, seed=0, log=print) -> str:

@@ -25,7 +25,11 @@ def resolve_config(method: str, dataset_key: str, profile: str, overrides=None) 
     scripts set them (:func:`_cause_ddp`)."""
     from benchmarks.core.task_config import load_task_config
 
-    cfg = load_task_config(Path(__file__).parent, TASK_NAMES[method, dataset_key], profile, overrides)
+    from .schema import check_unsupervised
+
+    name = TASK_NAMES[method, dataset_key]
+    cfg = load_task_config(Path(__file__).parent, name, profile, overrides)
+    check_unsupervised(method, cfg, f"task {name} (profile {profile})")  # types and ranges, at preflight
     return _cause_ddp(cfg) if method == "cause" else cfg
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from sinder.cli.common import (
     UsageError,
     backbone_parent,
+    check_writable,
     force_parent,
     out_parent,
     resolve_backbone,
@@ -133,6 +134,19 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     if args.sv_top < 1:
         raise UsageError(f"--sv-top {args.sv_top} must be >= 1")
+    check_writable(args.out, "--out")
+    if args.compare:  # both checkpoints opened against --backbone's architecture before any work
+        from sinder.models.weights import check_weights_file
+
+        name, _ = split_backbone(args.backbone)
+        for weights in args.compare:
+            if weights == "own":
+                continue
+            if not Path(weights).exists():
+                raise UsageError(f"--compare {weights}: weights file does not exist (or write 'own')")
+            problem = check_weights_file(name, weights)
+            if problem:
+                raise UsageError(f"--compare {weights}: {problem}")
     model, images = _setup(args)
     if args.compare:
         return _run_compare(args, images)
@@ -170,12 +184,15 @@ def _run_compare(args: argparse.Namespace, images) -> int:
 # --------------------------------------------------------------------------------------------- clamp
 def run_clamp(args: argparse.Namespace) -> int:
     from sinder.models.weights import save_state_dict
-    from sinder.remedies.clamp import clamp_singular_values
+    from sinder.remedies.clamp import clamp_singular_values, gamma_problem
 
     if args.out.exists() and not args.force:
         raise UsageError(f"{args.out} exists; pass --force to overwrite it")
     if args.out.suffix.lower() != ".safetensors":
         raise UsageError(f"--out {args.out} must end in .safetensors")
+    if gamma_problem(args.gamma):
+        raise UsageError(f"--gamma {args.gamma}: {gamma_problem(args.gamma)}")
+    check_writable(args.out.parent, "--out")
     model, _ = _setup(args, images=False)
     state, report = clamp_singular_values(model, args.gamma)
     meta = {"clamp_gamma": str(args.gamma), "source_sha256": str(getattr(model, "weights_sha256", ""))}

@@ -92,12 +92,13 @@ def parse_cfg_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 class CfgOptionsAction(argparse.Action):
-    """``--cfg-options KEY=VALUE ...`` (repeatable) into one dict; a malformed item is a usage error (exit 2)."""
+    """``--cfg-options KEY=VALUE ...`` (repeatable) into one dict; a malformed item is a usage error: one line
+    ``error: ...`` and exit 2."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         options = dict(getattr(namespace, self.dest, None) or {})
         try:
             options.update(parse_cfg_options(values or []))
-        except ValueError as err:
-            parser.error(str(err))
+        except ValueError as err:  # one line, as every usage error: no usage block above it
+            parser.exit(2, f"error: {err}\n")
         setattr(namespace, self.dest, options)

@@ -13,6 +13,7 @@ it into one line, ``error: <message>``, on stderr and exit 2 (:func:`run_verb`).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -43,10 +44,23 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFo
                                                  PermissionError)  # fmt: skip
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# How torch.save's C++ writer says that a write failed (it raises a RuntimeError without an errno)
+_WRITE_FAILED = ("file write failed", "basic_ios::clear", "iostream error")
+
+
 def as_usage_error(err: BaseException) -> UsageError | None:
     """``err`` as a :class:`UsageError`, or None when it is not a usage error (a bug: let it raise)."""
     if isinstance(err, UsageError):
         return err
+    if isinstance(err, OSError) and err.errno in _DISK_FULL:  # a write that still failed: one line, not a traceback
+        where = f" writing {err.filename}" if err.filename else ""
+        return UsageError(f"{err.strerror or err}{where}: free some space (or choose another folder) and rerun; "
+                          "with --resume a run goes on where it stopped")  # fmt: skip
+    if isinstance(err, RuntimeError) and any(m in str(err) for m in _WRITE_FAILED):  # torch.save on a full disk
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        return UsageError(f"writing a file failed ({first}): is the disk full? Free some space and rerun; with "
+                          "--resume a run goes on where it stopped")  # fmt: skip
     if isinstance(err, KNOWN_ERRORS):
         # str(KeyError("x")) is "'x'" with the quotes; the message is the argument
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
@@ -159,6 +173,76 @@ def device_parent() -> argparse.ArgumentParser:
     _shared(parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"),
             "device")  # fmt: skip
     return parser
+
+
+def device_problem(text: str | None) -> str | None:
+    """None when ``--device`` names a device of this machine (or is not given), else the problem in one line."""
+    import torch
+
+    if text is None:
+        return None
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        return f"--device {text}: not a device; use cpu, cuda or cuda:N"
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        return f"--device {text}: only cpu and cuda devices are supported"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return f"--device {text}: no CUDA device on this machine; use --device cpu"
+    if device.index is not None and device.index >= count:
+        return f"--device {text}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+    return None
+
+
+def check_device(text: str | None) -> None:
+    """:func:`device_problem` as a :class:`UsageError`."""
+    problem = device_problem(text)
+    if problem:
+        raise UsageError(problem)
+
+
+def writable_problem(folder: str | Path, what: str) -> str | None:
+    """None when files can be written into ``folder`` (created if missing; nothing is created now), else the
+    problem in one line."""
+    import os
+
+    folder = Path(folder).expanduser()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{what} {folder} is not writable: {probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{what} {folder} is not writable ({probe}: permission denied or read-only); choose another folder"
+    return None
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """:func:`writable_problem` as a :class:`UsageError`."""
+    problem = writable_problem(folder, what)
+    if problem:
+        raise UsageError(problem)
+
+
+def free_space_problem(folder: str | Path, need_bytes: int, what: str) -> str | None:
+    """None when the file system of ``folder`` (or its nearest existing parent) has ``need_bytes`` free, else
+    the problem: a run that would fill the disk stops before its work, not after it."""
+    import shutil
+
+    probe = Path(folder).expanduser()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return None  # cannot tell: the write itself will say
+    if free >= need_bytes:
+        return None
+    return (f"{what} {folder}: {free / 2**20:.0f} MiB free, the run writes about {need_bytes / 2**20:.0f} MiB; "
+            "free some space or choose another folder")
 
 
 def force_parent() -> argparse.ArgumentParser:

@@ -6,7 +6,14 @@ import json
 import sys
 from pathlib import Path
 
-from sinder.cli.common import backbone_parent, device_parent, force_parent, out_parent, resolve_backbone
+from sinder.cli.common import (
+    UsageError,
+    backbone_parent,
+    device_parent,
+    force_parent,
+    out_parent,
+    resolve_backbone,
+)
 
 
 def build_config(args):
@@ -35,12 +42,17 @@ def build_config(args):
 
 
 def run(args) -> int:
+    # Bad input (a missing folder, an existing --out, a bad config value) raises through to the CLI: exit 2.
+    from sinder.cli.common import check_device
     from sinder.repair.job import repair_checkpoint
     from sinder.repair.step import NonFiniteLossError
 
-    # Bad input (a missing folder, an existing --out, a bad config value) raises through to the CLI: exit 2.
     name, weights = resolve_backbone(args)
     config, defaults = build_config(args)
+    check_device(args.device)
+    if args.fail_on_regression and not config.holdout_images:
+        raise UsageError(f"--fail-on-regression with holdout_images={config.holdout_images}: without held-out "
+                         "images there is no defect census to find a regression in; hold some out")  # fmt: skip
     try:
         report = repair_checkpoint(name, args.images, args.out, config=config, weights=weights,
                                    work_dir=args.work_dir, resume=args.resume, force=args.force,
@@ -59,6 +71,10 @@ def run(args) -> int:
         print(report["warning"], file=sys.stderr)
         if args.fail_on_regression:
             return 4
+    if args.fail_on_regression and report.get("images_made_worse") is None:
+        print("error: --fail-on-regression: no held-out image could be read, so no census says whether the "
+              "repair made images worse", file=sys.stderr)  # fmt: skip
+        return 2
     return 0
 
 

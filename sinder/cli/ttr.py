@@ -8,6 +8,8 @@ from pathlib import Path
 from sinder.cli.common import (
     UsageError,
     backbone_parent,
+    check_device,
+    check_writable,
     device_parent,
     force_parent,
     out_parent,
@@ -93,6 +95,8 @@ def run_fit(args: argparse.Namespace) -> int:
     if resize < args.resolution:
         raise UsageError(f"--resize {resize} is smaller than --resolution {args.resolution}")
     backbone, weights = resolve_backbone(args)
+    check_device(args.device)
+    check_writable(args.out.parent, "--out")
     device = default_device(args.device)
     # A missing folder or a bad value (FileNotFoundError, ValueError) raises through to the CLI: exit 2.
     paths = stride_subset(list_images(args.images), args.max_images)

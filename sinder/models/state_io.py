@@ -50,6 +50,17 @@ class WeightsError(ValueError):
     """A weights file that does not fit the requested architecture, or cannot be read."""
 
 
+def unreadable(path: str | Path, err: BaseException) -> str:
+    """One line saying why the weights file ``path`` could not be read (torch's pickle refusals span lines)."""
+    import pickle
+
+    if isinstance(err, pickle.UnpicklingError):
+        return (f"cannot read weights file {path}: it holds pickled Python objects besides tensors, which are "
+                "never unpickled (torch.load weights_only=True); save its state dict of tensors (or .safetensors)")
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"cannot read weights file {path}: {type(err).__name__}: {first}"
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict from ``.safetensors`` or (safely) from a ``.pth``/``.pt`` pickle."""
     path = Path(path)
@@ -68,7 +79,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except WeightsError:
         raise
     except Exception as err:  # corrupt or truncated file, or a pickle that is not plain tensors
-        raise WeightsError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from err
+        raise WeightsError(unreadable(path, err)) from err
     # Training checkpoints wrap the weights; official releases are a flat dict.
     for wrapper in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
@@ -109,7 +120,7 @@ def file_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
     except Exception as err:
-        raise WeightsError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from err
+        raise WeightsError(unreadable(path, err)) from err
 
 
 def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -124,11 +135,11 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
             with safe_open(str(path), framework="pt") as handle:
                 return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
         except Exception as err:
-            raise WeightsError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from err
+            raise WeightsError(unreadable(path, err)) from err
     if path.suffix.lower() in {".pth", ".pt", ".bin", ".ckpt"}:
         try:  # a zip checkpoint memory-maps: shapes without reading a billion parameters
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
+        except Exception:  # not a zip, or not tensors only: read_state_dict below says which, in one line
             state = None
         if state is not None:
             for wrapper in ("model", "state_dict", "teacher"):

@@ -87,10 +87,9 @@ def load_state_dict_strict(
     mismatches = _mismatches({k: v.shape for k, v in state.items()}, {k: v.shape for k, v in expected.items()},
                              limits=(20, 20, 8))  # fmt: skip
     if mismatches:
-        parts = [f"weights {source} do not fit the backbone architecture {_describe(model.config)}:"]
-        parts += [f"  {line}" for line in mismatches]
-        parts.append("  check that --backbone names the architecture these weights were trained with.")
-        raise WeightsError("\n".join(parts))
+        raise WeightsError(f"weights {source} do not fit the backbone architecture {_describe(model.config)}: "
+                           + "; ".join(mismatches)
+                           + "; check that --backbone names the architecture these weights were trained with")
     if assign:  # the model lives on the meta device: take the file's tensors as the parameters
         state = {k: v.to(expected[k].dtype if expected[k].is_floating_point() else v.dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=assign)
@@ -152,6 +151,9 @@ def load_backbone(
     else:
         path = Path(weights) if weights is not None else resolve_weights_path(str(name_or_config))
     checkpoint = read_checkpoint(path)
+    bad = nonfinite_keys(checkpoint.state)
+    if bad:  # refused before any work: a NaN weight would give chance-level numbers or a failed SVD later
+        raise WeightsError(nonfinite_message(path, bad))
     if named_checkpoint:
         config = checkpoint_config(name) if weights is not None else checkpoint_architecture(checkpoint, str(path))
     else:
@@ -245,8 +247,40 @@ def check_weights_file(name_or_config: str | Path | Mapping[str, Any], path: str
         return str(err)
     mismatches = _mismatches(shapes, {k: v.shape for k, v in expected.items()}, limits=(5, 5, 3))
     if not mismatches:
-        return None
+        return nonfinite_problem(path)
     return f"weights {path} do not fit {name_or_config}: " + "; ".join(mismatches)
+
+
+def nonfinite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The floating-point tensors of ``state`` holding a NaN or an infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def nonfinite_message(path: str | Path, keys: list[str]) -> str:
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return (f"weights {path} are not finite: NaN or infinity in {', '.join(keys[:3])}{more}; a model with such "
+            "weights computes nothing meaningful (was it saved from a diverged training?)")
+
+
+def nonfinite_problem(path: str | Path) -> str | None:
+    """None when every floating-point tensor of the weights file ``path`` is finite, else the problem. A
+    safetensors file is read one tensor at a time (memory: the largest tensor); a folder's own file is read."""
+    path = Path(path)
+    try:
+        if path.is_file() and path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            bad = []
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    tensor = handle.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        bad.append(key)
+        else:
+            bad = nonfinite_keys(read_checkpoint(path).state)
+    except (OSError, ValueError) as err:
+        return str(err)
+    return nonfinite_message(path, bad) if bad else None
 
 
 def list_backbones() -> dict[str, str]:

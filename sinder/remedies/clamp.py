@@ -8,6 +8,7 @@ bit-identical. A "linear layer" is an ``nn.Linear`` of a block: ``attn.qkv`` (on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,12 +39,21 @@ def clamp_matrix(weight: Tensor, gamma: float) -> tuple[Tensor, ClampedLayer]:
     return out, info
 
 
+def gamma_problem(gamma: float) -> str | None:
+    """Why ``gamma`` is no singular value bound (not a positive finite number: NaN or infinity would leave
+    every weight as it is and call the copy clamped), else None."""
+    if not math.isfinite(gamma) or gamma <= 0:
+        return "the singular value bound must be positive and finite"
+    return None
+
+
 def clamp_singular_values(
     state_dict_or_model, gamma: float
 ) -> tuple[dict[str, Tensor], list[ClampedLayer]]:
     """A new state dict (same keys) with every block linear weight clamped to singular values <= gamma."""
-    if gamma <= 0:
-        raise ValueError(f"gamma={gamma}: the singular value bound must be positive")
+    problem = gamma_problem(gamma)
+    if problem:
+        raise ValueError(f"gamma={gamma}: {problem}")
     state = state_dict_or_model if isinstance(state_dict_or_model, Mapping) else state_dict_or_model.state_dict()
     out: dict[str, Tensor] = {}
     report: list[ClampedLayer] = []

@@ -4,6 +4,7 @@ of presets far from ViT-g at 518 px."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
     }[kind]
+    if ok and kind == "float" and not math.isfinite(value):
+        raise ValueError(f"config field '{key}': {value}; expected a finite number")
     if not ok:
         expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
         if "None" in annotation:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -34,13 +33,40 @@ def split_images(files: list[Path], num_train: int, num_holdout: int) -> tuple[l
 
 def check_writable(folder: Path, what: str) -> None:
     """Fail before any work when ``folder`` cannot take new files (a read-only --out used to fail after the
-    whole repair)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise PermissionError(f"{what} {folder} is not writable ({err.strerror or err}): choose another") from None
+    whole repair); nothing is created here."""
+    from sinder.cli.common import writable_problem
+
+    problem = writable_problem(folder, what)
+    if problem:
+        raise PermissionError(problem)
+
+
+def check_free_space(folders: dict[str, Path], state_bytes: int) -> None:
+    """Fail before any work when the disk cannot take what the repair writes: the output (``state_bytes``)
+    beside --out; the checkpoint (parameters, Adam moments and the original singular values: at most four
+    times the weights) and its temp copy in the work folder."""
+    from sinder.cli.common import free_space_problem
+
+    need = {"--out's folder": state_bytes, "the work folder": 8 * state_bytes}
+    for what, folder in folders.items():
+        problem = free_space_problem(folder, need[what], what)
+        if problem:
+            raise ValueError(problem)  # bad input the user fixes: one line, exit 2
+
+
+def _checkpoint_of(work_dir: Path) -> Path:
+    """Where RepairRun keeps the checkpoint of a run in ``work_dir`` (its own property, read without a model)."""
+    from types import SimpleNamespace
+
+    return RepairRun.checkpoint_path.fget(SimpleNamespace(work_dir=work_dir))
+
+
+def trained_steps(log_path: Path) -> int:
+    """Iterations of the run's JSONL log that read their image (not skipped as unreadable)."""
+    if not log_path.is_file():
+        return 0
+    entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    return sum(1 for e in entries if not e.get("skipped"))
 
 
 def readable(images: list[Path], load) -> tuple[list[Path], list[str]]:
@@ -80,14 +106,19 @@ def repair_checkpoint(
     config = config or RepairConfig()
     config.validate()
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     work_dir = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+    # --resume after the output was written but before the report: the checkpoint is the finished run, and
+    # resuming it rewrites the same output and writes the report
+    finishing = resume and out.exists() and _checkpoint_of(work_dir).is_file()
+    if out.exists() and not force and not finishing:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     check_writable(out.parent, "--out's folder")
     check_writable(work_dir, "the work folder")
     device = default_device(device)
 
     model = load_backbone(backbone, weights=weights)
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_free_space({"--out's folder": out.parent, "the work folder": work_dir}, state_bytes)
     source_format = getattr(model, "checkpoint_format", CheckpointFormat())
     out_format = check_save_format(save_format, source_format, out)
     files = list_images(images)
@@ -108,10 +139,16 @@ def repair_checkpoint(
     run = RepairRun(model, train, config, work_dir, load, directions=directions, device=device,
                     progress=progress)
     result = run.run(resume=resume)
+    if result.iterations == 0:
+        raise ValueError(f"the repair ran no iteration (max_iters={config.max_iters}): nothing was written to --out")
+    if trained_steps(run.log_path) == 0:
+        raise ValueError(f"the repair could not train: none of the {len(train)} training images under {images} "
+                         f"could be read ({len(result.bad_images)} unreadable, e.g. {result.bad_images[:1]}); "
+                         "nothing was written to --out")  # fmt: skip
 
     metadata = {"sinder_config": json.dumps(asdict(config)), "base_sha256": str(model.weights_sha256)}
     out_sha = save_checkpoint(result.state_dict, out, out_format, config=model.config, source=source_format,
-                              force=force, metadata=metadata)
+                              force=force or finishing, metadata=metadata)
     repaired = load_backbone(backbone, weights=out)  # proves the output loads into a plain DINOv2
     repaired.to(device)
     after = comparison = None
