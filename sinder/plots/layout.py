@@ -1,0 +1,129 @@
+"""Text that stays readable: every text box of a figure inside its canvas and clear of every other.
+
+``text_problems(fig)`` lists the violations as matplotlib lays the figure out (each text's drawn extent; a rotated
+label is its rotated rectangle, not the axis-aligned box around it, which would "overlap" its neighbours);
+``fit_text(fig)`` wraps titles and legends too wide for the canvas and lays the figure out again. The charts of
+``sinder.plots.figures`` and of the benchmark reports call ``fit_text`` before saving; the tests call
+``text_problems`` on every chart a smoke report writes.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+MARGIN_PX = 1.0  # extents are rounded to pixels: boxes touching within this are not an overlap
+
+
+def _renderer(fig: Figure):
+    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def visible_texts(fig: Figure) -> list[Text]:
+    """Every drawn, non-empty text of ``fig``: titles, labels, tick labels, legend entries, annotations."""
+    found = []
+    for artist in fig.findobj(Text):
+        if not artist.get_visible() or not artist.get_text().strip():
+            continue
+        axes = artist.axes
+        if axes is not None and not axes.get_visible():
+            continue
+        if artist.get_figure(root=True) is not fig and artist.figure is not fig:
+            continue
+        found.append(artist)
+    return found
+
+
+def _corners(text: Text, renderer) -> np.ndarray:
+    """The 4 corners (pixels) of ``text``'s drawn rectangle: its unrotated box turned by its rotation, placed
+    inside the axis-aligned extent matplotlib reports."""
+    box = text.get_window_extent(renderer)
+    angle = math.radians(text.get_rotation() % 180.0)
+    if abs(math.sin(angle)) < 1e-6 or abs(math.cos(angle)) < 1e-6:
+        return np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1]])
+    rotation = text.get_rotation()
+    text.set_rotation(0)
+    flat = text.get_window_extent(renderer)
+    text.set_rotation(rotation)
+    w, h = flat.width, flat.height
+    c, s = math.cos(angle), math.sin(angle)
+    local = np.array([[0, 0], [w, 0], [w, h], [0, h]]) @ np.array([[c, s], [-s, c]])
+    return local - local.min(axis=0) + np.array([box.x0, box.y0])
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two convex polygons overlap by more than ``MARGIN_PX`` (separating axis theorem)."""
+    for poly in (a, b):
+        for i in range(len(poly)):
+            edge = poly[(i + 1) % len(poly)] - poly[i]
+            axis = np.array([-edge[1], edge[0]])
+            norm = np.hypot(*axis)
+            if norm == 0:
+                continue
+            axis /= norm
+            pa, pb = a @ axis, b @ axis
+            if pa.max() - MARGIN_PX <= pb.min() or pb.max() - MARGIN_PX <= pa.min():
+                return False
+    return True
+
+
+def text_problems(fig: Figure) -> list[str]:
+    """One line per text leaving the canvas and per pair of texts that overlap; empty when all is readable."""
+    renderer = _renderer(fig)
+    width, height = fig.bbox.width, fig.bbox.height
+    texts = visible_texts(fig)
+    boxes = [(t, _corners(t, renderer)) for t in texts]
+    problems = []
+    for text, poly in boxes:
+        if (poly[:, 0].min() < -MARGIN_PX or poly[:, 1].min() < -MARGIN_PX or poly[:, 0].max() > width + MARGIN_PX
+                or poly[:, 1].max() > height + MARGIN_PX):  # fmt: skip
+            problems.append(f"{text.get_text()!r} leaves the {width:.0f}x{height:.0f} canvas")
+    for i, (a, pa) in enumerate(boxes):
+        for b, pb in boxes[i + 1:]:
+            if _overlap(pa, pb):
+                problems.append(f"{a.get_text()!r} overlaps {b.get_text()!r}")
+    return problems
+
+
+def _wrap_to(text: Text, renderer, limit_px: float) -> bool:
+    """Wrap ``text`` (each of its lines) until it is at most ``limit_px`` wide; whether it changed."""
+    changed = False
+    for _ in range(12):
+        width = text.get_window_extent(renderer).width
+        if width <= limit_px:
+            break
+        lines = text.get_text().split("\n")
+        longest = max(len(line) for line in lines)
+        target = max(8, int(longest * limit_px / width) - 1)
+        text.set_text("\n".join(textwrap.fill(line, target) if len(line) > target else line for line in lines))
+        changed = True
+    return changed
+
+
+def fit_text(fig: Figure, layout: bool = True) -> None:
+    """Wrap every title wider than its room (an axes' title: its axes' width; the figure's: the canvas) and lay
+    the figure out again (its layout engine, else ``tight_layout`` when ``layout``)."""
+    renderer = _renderer(fig)
+    changed = False
+    suptitle = fig._suptitle  # noqa: SLF001  (no public getter for the Text itself)
+    if suptitle is not None and suptitle.get_text():
+        changed |= _wrap_to(suptitle, renderer, fig.bbox.width * 0.96)
+    for ax in fig.axes:
+        if not ax.get_visible() or not ax.axison:
+            continue
+        for title in (ax.title, ax._left_title, ax._right_title):  # noqa: SLF001
+            if title.get_text():
+                changed |= _wrap_to(title, renderer, max(ax.bbox.width, fig.bbox.width * 0.3))
+    if layout and fig.get_layout_engine() is None:
+        fig.tight_layout()
+    elif changed:
+        fig.canvas.draw()
