@@ -2,7 +2,8 @@
 
 ``text_problems(fig)`` lists the violations as matplotlib lays the figure out (each text's drawn extent; a rotated
 label is its rotated rectangle, not the axis-aligned box around it, which would "overlap" its neighbours);
-``fit_text(fig)`` wraps titles and legends too wide for the canvas and lays the figure out again. The charts of
+``fit_text(fig)`` wraps titles too wide for their room, gives a legend too wide for the canvas fewer columns
+(or, at one column, a wider canvas) and lays the figure out again. The charts of
 ``sinder.plots.figures`` and of the benchmark reports call ``fit_text`` before saving; the tests call
 ``text_problems`` on every chart a smoke report writes.
 """
@@ -30,9 +31,17 @@ def _renderer(fig: Figure):
 
 def visible_texts(fig: Figure) -> list[Text]:
     """Every drawn, non-empty text of ``fig``: titles, labels, tick labels, legend entries, annotations."""
-    found = []
+    ticks, drawn = set(), []
+    for ax in fig.axes:
+        for axis in ax._axis_map.values():  # noqa: SLF001
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                ticks.update((id(tick.label1), id(tick.label2)))
+            if ax.get_visible() and ax.axison and axis.get_visible():
+                for tick in axis._update_ticks():  # noqa: SLF001  (the ticks inside the view: those drawn)
+                    drawn += [label for label in (tick.label1, tick.label2) if label.get_visible()]
+    found = [t for t in drawn if t.get_text().strip()]
     for artist in fig.findobj(Text):
-        if not artist.get_visible() or not artist.get_text().strip():
+        if id(artist) in ticks or not artist.get_visible() or not artist.get_text().strip():
             continue
         axes = artist.axes
         if axes is not None and not axes.get_visible():
@@ -110,8 +119,9 @@ def _wrap_to(text: Text, renderer, limit_px: float) -> bool:
 
 
 def fit_text(fig: Figure, layout: bool = True) -> None:
-    """Wrap every title wider than its room (an axes' title: its axes' width; the figure's: the canvas) and lay
-    the figure out again (its layout engine, else ``tight_layout`` when ``layout``)."""
+    """Wrap every title wider than its room (an axes' title: its axes' width; the figure's: the canvas), give each
+    legend wider than the canvas fewer columns (at one column: widen the canvas), and lay the figure out again
+    (its layout engine, else ``tight_layout`` when ``layout``)."""
     renderer = _renderer(fig)
     changed = False
     suptitle = fig._suptitle  # noqa: SLF001  (no public getter for the Text itself)
@@ -123,6 +133,19 @@ def fit_text(fig: Figure, layout: bool = True) -> None:
         for title in (ax.title, ax._left_title, ax._right_title):  # noqa: SLF001
             if title.get_text():
                 changed |= _wrap_to(title, renderer, max(ax.bbox.width, fig.bbox.width * 0.3))
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    for legend in legends:  # fewer columns, then a wider canvas, until each legend fits
+        for _ in range(20):
+            room = fig.bbox.width * 0.98
+            width = legend.get_window_extent(renderer).width
+            if width <= room:
+                break
+            if legend._ncols > 1:  # noqa: SLF001
+                legend.set_ncols(legend._ncols - 1)  # noqa: SLF001
+            else:
+                fig.set_figwidth(fig.get_figwidth() * min(2.0, width / room + 0.02))
+            changed = True
+            renderer = _renderer(fig)
     if layout and fig.get_layout_engine() is None:
         fig.tight_layout()
     elif changed:
