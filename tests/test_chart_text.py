@@ -69,3 +69,26 @@ def test_every_chart_of_a_smoke_report_keeps_its_text_inside_and_apart(tmp_path,
     assert {"table1_effects.png", "table4_effects.png", "table5_effects.png", "remedies.png"} <= set(names)
     assert sorted(checked) == names  # every chart went through the check
     assert {k: v for k, v in checked.items() if v} == {}
+
+
+def test_the_analyze_figures_keep_long_titles_inside(tmp_path, checked):
+    import torch
+
+    from sinder.plots.figures import (
+        plot_norm_violins,
+        plot_norm_violins_per_layer,
+        plot_singular_value_differences,
+    )
+
+    who = "dinov2_tiny_defective_sinder"  # analyze's titles, at the tiny model's default sizes (8 layers)
+    layers = list(range(8))
+    norms = [torch.rand(30) * 10 + 50 for _ in layers], [torch.rand(300) + 1 for _ in layers]
+    plot_norm_violins_per_layer(layers, *norms, tmp_path / "norms_per_layer.png",
+                                title=f"{who}: token norms per layer over 500 images (defective: high-norm tokens)")
+    plot_norm_violins({"defective": norms[0][-1], "normal": norms[1][-1]}, tmp_path / "norms_last_layer.png",
+                      title=f"{who}: layer 7 token norms")  # fmt: skip
+    diffs = {name: torch.randn(8, 4).numpy() for name in ("attn.qkv", "attn.proj", "mlp.w12", "mlp.w3")}
+    plot_singular_value_differences(diffs, tmp_path / "svd.png", ylabel="second - first",
+                                    title=f"leading singular values: {who} minus dinov2_tiny_defective (own)")
+    assert sorted(checked) == ["norms_last_layer.png", "norms_per_layer.png", "svd.png"]
+    assert {k: v for k, v in checked.items() if v} == {}

@@ -15,6 +15,7 @@ import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.text import Text
 
 MARGIN_PX = 1.0  # extents are rounded to pixels: boxes touching within this are not an overlap
@@ -118,10 +119,11 @@ def _wrap_to(text: Text, renderer, limit_px: float) -> bool:
     return changed
 
 
-def fit_text(fig: Figure, layout: bool = True) -> None:
+def fit_text(fig: Figure, layout: bool = True, grow: bool = True) -> None:
     """Wrap every title wider than its room (an axes' title: its axes' width; the figure's: the canvas), give each
     legend wider than the canvas fewer columns (at one column: widen the canvas), and lay the figure out again
-    (its layout engine, else ``tight_layout`` when ``layout``)."""
+    (constrained layout at the next draw, else ``tight_layout`` when ``layout``). ``grow=False`` keeps the canvas
+    size (a figure whose size is part of its contract)."""
     renderer = _renderer(fig)
     changed = False
     suptitle = fig._suptitle  # noqa: SLF001  (no public getter for the Text itself)
@@ -142,11 +144,15 @@ def fit_text(fig: Figure, layout: bool = True) -> None:
                 break
             if legend._ncols > 1:  # noqa: SLF001
                 legend.set_ncols(legend._ncols - 1)  # noqa: SLF001
+            elif not grow:
+                break
             else:
                 fig.set_figwidth(fig.get_figwidth() * min(2.0, width / room + 0.02))
             changed = True
             renderer = _renderer(fig)
-    if layout and fig.get_layout_engine() is None:
-        fig.tight_layout()
+    if layout and not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):  # none, or tight_layout's
+        for _ in range(2):  # a wrapped title moves at the next draw: lay out again once it has
+            fig.tight_layout()
+            fig.canvas.draw()
     elif changed:
         fig.canvas.draw()
