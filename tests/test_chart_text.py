@@ -92,3 +92,22 @@ def test_the_analyze_figures_keep_long_titles_inside(tmp_path, checked):
                                     title=f"leading singular values: {who} minus dinov2_tiny_defective (own)")
     assert sorted(checked) == ["norms_last_layer.png", "norms_per_layer.png", "svd.png"]
     assert {k: v for k, v in checked.items() if v} == {}
+
+
+def test_remedies_chart_shows_only_the_columns_that_ran(tmp_path, monkeypatch):
+    panels: dict[str, list[str]] = {}
+    save = Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        if "remedies" in str(fname):
+            panels["titles"] = [ax.get_title() for ax in self.axes if ax.axison]
+            panels["suptitle"] = [self.get_suptitle()]
+        return save(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    # the main job: no defect census (not in `all`), so no census panel, and the title says so
+    build_report(_smoke_records(tmp_path / "runs", with_census=False), tables="4", out_dir=tmp_path / "t")
+    assert panels["titles"] == ["ImageNet KNN Top1 (up)", "ADE20k Linear mIoU (up)", "NYUd Linear 4 RMSE (down)"]
+    assert "not run, so not shown: defect_census" in panels["suptitle"][0].replace("\n", " ")
+    build_report(_smoke_records(tmp_path / "all"), tables="4", out_dir=tmp_path / "t2")
+    assert len(panels["titles"]) == len(REMEDY_COLUMNS + COSTS)
