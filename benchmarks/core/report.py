@@ -435,6 +435,8 @@ def plot_table(table: dict, frame, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    from sinder.plots.layout import fit_text
+
     columns = table["columns"]
     rows, series, roles = chart_series(frame)
     palette = ["#9aa5b1", "#d95f02", "#1b9e77", "#7570b3", "#e7298a"]
@@ -488,8 +490,9 @@ def plot_table(table: dict, frame, path: str | Path) -> Path:
     if _is_smoke(frame):
         title += "\n(ours: smoke profile, a tiny constructed model on synthetic data)"
     fig.suptitle(title, fontsize=9, x=0.02, ha="left")
-    fig.legend(handles=handles, loc="upper right", ncol=1, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.2 + 0.17 * max(len(handles), title.count("\n") + 1)) / fig.get_figheight()))
+    fig.set_layout_engine("constrained")  # the title, then the legend, then the panels: each its own room
+    fig.legend(handles=handles, loc="outside upper right", ncol=len(handles), fontsize=7, frameon=False)
+    fit_text(fig)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
