@@ -111,3 +111,21 @@ def test_remedies_chart_shows_only_the_columns_that_ran(tmp_path, monkeypatch):
     assert "not run, so not shown: defect_census" in panels["suptitle"][0].replace("\n", " ")
     build_report(_smoke_records(tmp_path / "all"), tables="4", out_dir=tmp_path / "t2")
     assert len(panels["titles"]) == len(REMEDY_COLUMNS + COSTS)
+
+
+def test_every_analyze_figure_keeps_its_text_inside_and_apart(tmp_path, checked):
+    from benchmarks.cli import main
+
+    assert main(["data", "synth", "--dataset", "imagenet", "--out", str(tmp_path / "imagenet")]) == 0
+    # the repaired-file spelling gives analyze's longest titles (NAME:WEIGHTS names both)
+    from sinder.models.defective import defective_tiny_state_dict
+    from sinder.models.state_io import save_state_dict
+
+    save_state_dict(defective_tiny_state_dict(0), tmp_path / "tiny_sinder.safetensors")
+    assert main(["analyze", "--backbone", f"dinov2_tiny_defective:{tmp_path / 'tiny_sinder.safetensors'}",
+                 "--images", str(tmp_path / "imagenet" / "val"), "--max-images", "3", "--n-samples", "1500",
+                 "--compare-weights", str(tmp_path / "tiny_sinder.safetensors"), "--out", str(tmp_path / "a")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
+    assert "norms_per_layer.png" in names and len(names) >= 6
+    assert sorted(checked) == names
+    assert {k: v for k, v in checked.items() if v} == {}
