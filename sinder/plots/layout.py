@@ -47,8 +47,6 @@ def visible_texts(fig: Figure) -> list[Text]:
         axes = artist.axes
         if axes is not None and not axes.get_visible():
             continue
-        if artist.get_figure(root=True) is not fig and artist.figure is not fig:
-            continue
         found.append(artist)
     return found
 
