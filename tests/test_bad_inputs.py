@@ -92,7 +92,7 @@ CASES = [
     ("repair device", ["repair", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out", "{tmp}/r.safetensors",
                        "--device", "gpuu"], "--device gpuu"),
     ("ttr device", ["ttr", "fit", "--backbone", TINY, "--images", "{w}/corrupt_images", "--out", "{tmp}/n.json",
-                    "--device", "cuda:7"], "--device cuda:7"),
+                    "--selection", "robust_z", "--device", "cuda:7"], "--device cuda:7"),
     # weights of run
     ("run pickled", [*RUN, "--suite", "imagenet_knn", "--backbone", TINY + ":{w}/pickled.pth"], "pickled.pth"),
     ("run nan", [*RUN, "--suite", "imagenet_knn", "--backbone", TINY + ":{w}/nan.safetensors"], "not finite"),

@@ -130,7 +130,8 @@ def test_the_defaults_reach_every_reader():
     parser = argparse.ArgumentParser()
     analyze_cli.register(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(["analyze", "--backbone", "x", "--images", "y", "--out", "z"])
-    assert (args.resolution, args.sigma, args.n_samples) == (518, 3, 100_000)
+    assert (args.sigma, args.n_samples) == (3, 100_000)
+    assert args.resolution is None  # the preset's scale, else DEFAULT_RESOLUTION (tests/test_first_hour.py)
     # DataLoader workers: none for smoke; the paper profile's cap, at most the CPUs when they are known
     assert default_loader_workers("smoke", 64) == 0
     assert [default_loader_workers("paper", c) for c in (None, 2, 8, 64)] == [8, 2, 8, 8]

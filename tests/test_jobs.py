@@ -77,7 +77,12 @@ def test_two_jobs_write_the_records_of_one(cache, tmp_path, capsys):
     finished = re.findall(r"^\[(\d)/4 \| [^]]*\] (\S+) (imagenet_\w+): top1=", printed, flags=re.M)
     assert [k for k, _, _ in finished] == ["1", "2", "3", "4"]
     assert sorted((label, task) for _, label, task in finished) == sorted(one)
-    assert " ..." not in printed  # no "starting" lines: workers start at once
+    # Each pair also says when it starts, counted 1..4, before its result line.
+    started = re.findall(r"^\[(\d)/4 started \| [^]]*\] (\S+) (imagenet_\w+) \.\.\.$", printed, flags=re.M)
+    assert [k for k, _, _ in started] == ["1", "2", "3", "4"]
+    assert sorted((label, task) for _, label, task in started) == sorted(one)
+    for _, label, task in started:
+        assert printed.index("started | ") < printed.index(f"] {label} {task}: top1=")
     assert "next:    sinder-bench report --runs" in printed
     summary = json.loads(next((tmp_path / "two" / "summaries").glob("*.json")).read_text())
     assert [(e["backbone"], e["task"]) for e in summary["ran"]] == [
@@ -182,3 +187,35 @@ def test_longest_first_and_the_shared_estimate():
     assert progress.remaining_estimate() == 30.0  # 60 s of work on two workers, and no less than the longest
     progress.done("b", 10.0)
     assert progress.remaining_estimate() == 30.0 and progress.prefix(1).startswith("[1/3 | ")
+
+
+def test_the_estimate_comes_from_measured_smoke_times_scaled_by_cores():
+    table = workers.SMOKE_SECONDS
+    # measured on SMOKE_SECONDS_CORES cores, one process of one thread: as measured where the cores suffice
+    same = workers.smoke_expected({}, "smoke", jobs=2, threads=1, cores=2)
+    assert same["stego_cityscapes"] == table["stego_cityscapes"]
+    # two processes on one core take turns: each task takes twice its time; more cores do not speed a thread up
+    assert workers.smoke_expected({}, "smoke", jobs=2, threads=1, cores=1)["cause_voc"] == 2 * table["cause_voc"]
+    assert workers.smoke_expected({}, "smoke", jobs=1, threads=1, cores=16)["cause_voc"] == table["cause_voc"]
+    # the output folder's own records win; another profile has no table
+    assert workers.smoke_expected({"cause_voc": 99.0}, "smoke", 2, 1, 2)["cause_voc"] == 99.0
+    assert workers.smoke_expected({"cause_voc": 99.0}, "paper", 2, 1, 2) == {"cause_voc": 99.0}
+    # The main job's first estimate (nothing recorded, 2 workers on 2 cores): its tasks' table times over 2,
+    # not a mean of the first (longest) pairs to finish spread over all of them.
+    names = [n for n in table if not n.startswith("ablation_")] * 2 + ["ablation_constraints", "ablation_thresholds"]
+    progress = SuiteProgress(names, workers.smoke_expected({}, "smoke", 2, 1, 2), parallel=2)
+    assert progress.remaining_estimate() == pytest.approx(sum(table[n] for n in names) / 2)
+
+
+def test_a_running_pair_counts_only_what_it_has_left():
+    now = [0.0]
+    progress = SuiteProgress(["a", "b", "a"], expected={"a": 30.0, "b": 10.0}, clock=lambda: now[0])
+    assert progress.remaining_estimate() == 70.0
+    progress.started("a")
+    now[0] = 20.0
+    assert progress.remaining_estimate() == 50.0  # 10 s left of the running a, then b and the other a
+    now[0] = 45.0
+    assert progress.remaining_estimate() == 41.0  # over its time: at least a second left, until it finishes
+    progress.done("a", 45.0)
+    assert progress.remaining_estimate() == 40.0 and progress.running == []
+    assert progress.prefix(2, "started").startswith("[2/3 started | 45 s elapsed, about 40 s left]")

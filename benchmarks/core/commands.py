@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
     run = subparsers.add_parser(
         "run",
         help="run a benchmark suite on backbones and write one record per (backbone, task)",
-        description="Run a suite (table1..table7, all, or one task name) and write run records. Profile paper reads "
+        description="Run a suite (table1..table7, all, remedies, a task name, or several comma-separated) and write run records. Profile paper reads "
         "the real datasets under --data-root (or $SINDER_BENCH_DATA); profile smoke generates synthetic twins and "
         "defaults to the defective tiny backbone and its repaired twin. Exit 0 when every requested task ran or was "
         "already recorded; 1 when a task failed or was not available (after running the rest; the summary lists "
@@ -28,8 +29,12 @@ def register(subparsers) -> None:
         parents=[backbone_parent(repeatable=True), out_parent(RUNS_HELP, default="results/runs"), device_parent(),
                  seed_parent()],
     )  # fmt: skip
-    run.add_argument("--suite", required=True, help="suite name (see `sinder-bench ls`) or a single task name")
-    run.add_argument("--profile", choices=("paper", "smoke"), default="paper")
+    run.add_argument("--suite", required=True,
+                     help="a suite (all: Tables 1-7; remedies; table1 ... table7; see `sinder-bench ls suites`), a "
+                     "single task name, or several of either comma-separated, e.g. table3,table4")  # fmt: skip
+    run.add_argument("--profile", choices=("paper", "smoke"), default="paper",
+                     help="paper (the default): the paper's protocol on the real datasets under --data-root; smoke: "
+                     "the same tasks scaled down on synthetic twins and the tiny models, minutes on a CPU")  # fmt: skip
     run.add_argument("--data-root", default=None, help="folder holding the datasets (default: $SINDER_BENCH_DATA)")
     run.add_argument("--cache-dir", default=None, help="features, synthetic data (default: ~/.cache/sinder-bench)")
     run.add_argument(
@@ -68,6 +73,15 @@ def register(subparsers) -> None:
         "imagenet_knn.ks=[10,20]; values typed as YAML; an unknown task or key stops the run before any work",
     )  # fmt: skip
     run.set_defaults(func=_cmd_run)
+    show_help = run.format_help
+
+    def format_help() -> str:  # the remedies are discovered (imported) only when the help is asked for
+        run.epilog = run_epilog()
+        run.description = textwrap.fill(" ".join(run.description.split()), 79)  # the raw formatter keeps lines
+        return show_help()
+
+    run.format_help = format_help
+    run.formatter_class = argparse.RawDescriptionHelpFormatter
 
     report = subparsers.add_parser(
         "report",
@@ -114,6 +128,21 @@ RUNS_HELP = "run record folder (default: results/runs)"
 
 
 # -------------------------------------------------------------------------------------------------- ls
+def run_epilog() -> str:
+    """The end of ``run --help``: the backbone spelling with the registered remedies, and examples."""
+    from .remedy import list_remedies
+
+    return "\n".join([
+        "--backbone [LABEL=]SPEC[+REMEDY[:ARGS]]: REMEDY is one of " + ", ".join(list_remedies()) + ", applied to",
+        "SPEC, with its ARGS as key=value,... (e.g. dinov2_vitg14+clamp:gamma=5); repeat --backbone per backbone.",
+        "",
+        "examples:",
+        "  sinder-bench run --suite all --profile smoke          # the main job: every table on the tiny models",
+        "  sinder-bench run --suite table3,table4 --data-root /data --backbone dinov2_vitg14 \\",
+        "      --backbone sinder=dinov2_vitg14:dinov2_vitg14_sinder.safetensors --backbone dinov2_vitg14+clamp:gamma=5",
+    ])  # fmt: skip
+
+
 def ls_sections() -> dict[str, dict[str, str]]:
     """What this installation knows, for ``sinder-bench ls``: each section's names with their one-line titles."""
     from benchmarks.core.registry import get_suite, get_task, list_suites, list_tasks

@@ -128,7 +128,7 @@ class Job:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # --cfg-options by task
     tensorboard_dir: Path | None = None  # --tensorboard
     # In a worker process (jobs > 1): takes the line saying how a pair ended, which the parent prints with its
-    # [k/N ...] prefix; no "starting" line (workers run at once: one line per finished pair stays readable).
+    # [k/N ...] prefix (the parent also prints a "[k/N started ...]" line as it hands a pair to a worker).
     on_outcome: Callable[[str], None] | None = None
 
     def _prefix(self) -> str:
@@ -208,6 +208,8 @@ class Job:
             head_weights=self.head_weights, backbone_name=spec.name, tensorboard_dir=self.tensorboard_dir,
         )  # fmt: skip
         if self.on_outcome is None:
+            if self.tracker:
+                self.tracker.started(task.name)
             self.say(f"{self._prefix()}{spec.label} {task.name} ...")
         torch.manual_seed(self.seed)
         clock = SegmentClock(ctx.work_dir)  # a resumed task's wall time counts its earlier segments too

@@ -1,8 +1,10 @@
 """What a suite run tells its user: task k of N, time elapsed, an estimate of the time left, short result lines.
 
-The estimate sums, over the tasks still to run, the wall time each took in earlier records of the same profile
-in the output folder (their median), and for a task never recorded the mean of the tasks finished in this run;
-with ``parallel`` pairs running at once (``run --jobs``), that sum is shared among them.
+The estimate sums, over the tasks still to run, the wall time each is expected to take: its median in earlier
+records of the same profile in the output folder, else its measured smoke time (``workers.SMOKE_SECONDS``, given by
+the runner for profile smoke), else the mean of the tasks finished in this run (never the first guess: the
+longest run first, so an early mean overstates the rest). A task already running counts only what it has left.
+With ``parallel`` pairs running at once (``run --jobs``, at most the cores' worth), that sum is shared among them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class SuiteProgress:
         self.start = clock()
         self.finished: list[float] = []
         self.parallel = max(1, int(parallel))
+        self.running: list[tuple[str, float]] = []  # (task, when it started) of the pairs running now
+
+    def started(self, task: str) -> None:
+        """Mark one pair of ``task`` running: the estimate then counts only what it has left."""
+        self.running.append((task, self.clock()))
 
     @property
     def index(self) -> int:
@@ -59,26 +66,37 @@ class SuiteProgress:
     def remaining_estimate(self) -> float | None:
         """Seconds the pending tasks should take, or None before anything is known."""
         mean = statistics.fmean(self.finished) if self.finished else None
+        now = self.clock()
+        running = list(self.running)
         guesses = []
         for task in self.pending:
             guess = self.expected.get(task, mean)
             if guess is None:
                 return None
+            match = next((r for r in running if r[0] == task), None)
+            if match is not None:  # running: what it has left (at least a second: it has not finished)
+                running.remove(match)
+                guess = max(1.0, guess - (now - match[1]))
             guesses.append(guess)
         # Shared among the workers, but never less than the longest pending task.
         return max(sum(guesses) / self.parallel, max(guesses, default=0.0))
 
-    def prefix(self, index: int | None = None) -> str:
-        """``[k/N | elapsed, about T left]``; k is the task now running, or ``index`` (e.g. the pairs finished)."""
+    def prefix(self, index: int | None = None, word: str = "") -> str:
+        """``[k/N | elapsed, about T left]``; k is the task now running, or ``index`` (e.g. the pairs finished),
+        followed by ``word`` when given (``[3/28 started | ...]``)."""
         elapsed = format_duration(self.clock() - self.start)
         left = self.remaining_estimate()
         estimate = f", about {format_duration(left)} left" if left is not None else ""
-        return f"[{self.index if index is None else index}/{self.total} | {elapsed} elapsed{estimate}]"
+        what = f" {word}" if word else ""
+        return f"[{self.index if index is None else index}/{self.total}{what} | {elapsed} elapsed{estimate}]"
 
     def done(self, task: str, seconds: float | None) -> None:
         """Mark the first pending ``task`` finished (``seconds`` None: skipped, not counted in the mean)."""
         if task in self.pending:
             self.pending.remove(task)
+        match = next((r for r in self.running if r[0] == task), None)
+        if match is not None:
+            self.running.remove(match)
         if seconds is not None:
             self.finished.append(float(seconds))
 

@@ -177,10 +177,25 @@ def list_suites(suites_dir: str | Path | None = None) -> list[str]:
 
 
 def get_suite(name: str, suites_dir: str | Path | None = None, _seen: tuple[str, ...] = ()) -> Suite:
-    """The suite ``name`` (a YAML file), or a one-task suite when ``name`` is a registered task."""
+    """The suite ``name`` (a YAML file), or a one-task suite when ``name`` is a registered task; several of
+    either, comma-separated (``table3,table4``), are one suite of their tasks in order, without repeats."""
     import yaml
 
     folder = Path(suites_dir) if suites_dir else SUITES_DIR
+    if "," in name:
+        parts = [get_suite(p.strip(), suites_dir, _seen) for p in name.split(",") if p.strip()]
+        if not parts:
+            raise KeyError(f"suite {name!r} names no suite or task")
+        meta: dict[str, Any] = {}
+        for part in parts:  # lists (e.g. smoke_remedies) join, other keys keep the first suite's
+            for key, value in part.meta.items():
+                if isinstance(value, list) and isinstance(meta.get(key), list):
+                    meta[key] = list(dict.fromkeys([*meta[key], *value]))
+                else:
+                    meta.setdefault(key, value)
+        return Suite(name=",".join(p.name for p in parts), title=" + ".join(p.title or p.name for p in parts),
+                     tasks=tuple(dict.fromkeys(t for p in parts for t in p.tasks)),
+                     source=", ".join(p.source for p in parts), meta=meta)  # fmt: skip
     path = _suite_file(name, folder)
     if not path.is_file():
         if (table := _table_suite(name)) is not None:

@@ -152,41 +152,50 @@ def render_latex(frame) -> str:
                                                        label="tab:sinder-bench-remedies")  # fmt: skip
 
 
-def plot_remedies(frame, path: str | Path) -> Path:
-    """One panel per column (metrics and costs): a bar per backbone, each base followed by its remedies."""
+def plot_remedies(frame, path: str | Path) -> Path | None:
+    """One panel per column (metrics and costs) that has records: a bar per backbone, each base followed by its
+    remedies. A column whose task did not run (the census is not in ``--suite all``) is left out, and named under
+    the title; None (nothing written) when no column has a value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = list(COLUMNS + COSTS)
+    from sinder.plots.layout import fit_text
+
+    ran = {key for key, value in zip(frame["column_key"], frame["value"]) if not math.isnan(value)}
+    columns = [c for c in COLUMNS + COSTS if c["key"] in ran]
+    left_out = sorted({c["task"] for c in COLUMNS + COSTS if c["key"] not in ran})
+    if not columns:
+        return None
     series = list(dict.fromkeys(zip(frame["protocol"], frame["backbone"])))
     remedies = list(dict.fromkeys(frame["remedy"]))
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colour = {r: palette[i % len(palette)] for i, r in enumerate(remedies)}
-    ncols = 4
+    ncols = min(4, len(columns))
     nrows = math.ceil(len(columns) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows + 0.8), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(6, 4 * ncols), 3.2 * nrows + 1.2), dpi=100, squeeze=False,
+                             layout="constrained")  # fmt: skip
     for ax, col in zip(axes.flat, columns):
         part = frame[frame["column_key"] == col["key"]]
         values = {(r.protocol, r.backbone): (r.value, r.remedy) for r in part.itertuples()}
         heights = [values.get(s, (math.nan, ""))[0] for s in series]
         colours = [colour.get(values.get(s, (0, "base"))[1], "grey") for s in series]
         ax.bar(range(len(series)), heights, color=colours, edgecolor="black")
-        if all(math.isnan(h) for h in heights):
-            ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes, fontsize=8)
         ax.set_title(col["label"] + _arrow(col), fontsize=9)
         ax.set_xticks(range(len(series)))
         ax.set_xticklabels([b for _, b in series], rotation=35, ha="right", fontsize=7)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour[r]) for r in remedies]
-    fig.legend(handles, remedies, loc="lower center", ncol=len(remedies), fontsize=8, frameon=False)
+    fig.legend(handles, remedies, loc="outside lower center", ncol=len(remedies), fontsize=8, frameon=False)
     title = "Remedies beside their base"
     if (frame["protocol"] == "smoke").any():
         title += " (smoke: tiny constructed model, synthetic data)"
+    if left_out:
+        title += f"\nnot run, so not shown: {', '.join(left_out)}"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fit_text(fig)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")

@@ -512,16 +512,20 @@ def plot_effects(table: dict, effects, path: str | Path) -> Path:
                                                            else "remedy over its base")
     if (effects["protocol"] == "smoke").any():
         title += "\n(smoke: tiny constructed model, synthetic data)"
-    return _save_bars(fig, ax, title, path, legend_columns=2, legend_y=-0.35)
+    return _save_bars(fig, ax, title, path, legend_columns=2)
 
 
-def _save_bars(fig, ax, title: str, path: str | Path, legend_columns: int, legend_y: float) -> Path:
+def _save_bars(fig, ax, title: str, path: str | Path, legend_columns: int) -> Path:
     """Title, legend under the axes, and the PNG written atomically; closes the figure."""
     import matplotlib.pyplot as plt
 
+    from sinder.plots.layout import fit_text
+
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=legend_columns, loc="upper center", bbox_to_anchor=(0.5, legend_y), frameon=False)
-    fig.tight_layout()
+    fig.set_layout_engine("constrained")  # the legend gets its own room under the x labels, never over them
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, ncol=legend_columns, loc="outside lower center",
+               frameon=False)  # fmt: skip
+    fit_text(fig)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
@@ -540,6 +544,8 @@ def plot_table(table: dict, frame, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+
+    from sinder.plots.layout import fit_text
 
     columns = table["columns"]
     rows, series, roles = chart_series(frame)
@@ -594,8 +600,9 @@ def plot_table(table: dict, frame, path: str | Path) -> Path:
     if _is_smoke(frame):
         title += "\n(ours: smoke profile, a tiny constructed model on synthetic data)"
     fig.suptitle(title, fontsize=9, x=0.02, ha="left")
-    fig.legend(handles=handles, loc="upper right", ncol=1, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.2 + 0.17 * max(len(handles), title.count("\n") + 1)) / fig.get_figheight()))
+    fig.set_layout_engine("constrained")  # the title, then the legend, then the panels: each its own room
+    fig.legend(handles=handles, loc="outside upper right", ncol=len(handles), fontsize=7, frameon=False)
+    fit_text(fig)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")

@@ -341,7 +341,10 @@ def run_suite(
         except ValueError:  # an unreadable earlier record: no estimate from the records, the run still goes on
             expected = {}
         pairs = sum(len(ts) for _, ts in plan)
-        tracker = SuiteProgress([t.name for _, ts in plan for t in ts], expected, parallel=min(jobs, pairs) or 1)
+        from .workers import smoke_expected  # measured smoke times scaled by cores where no record says more
+
+        guesses = smoke_expected(expected, profile, min(jobs, pairs) or 1, torch.get_num_threads())
+        tracker = SuiteProgress([t.name for _, ts in plan for t in ts], guesses, parallel=min(jobs, pairs) or 1)
         job = Job(profile, suite, run_id, roots, cache, device_t, seed, num_workers, progress, store,
                   summary, say, head_dir, tracker, started=utc_now(), overrides=overrides,
                   tensorboard_dir=Path(tensorboard_dir).expanduser() if tensorboard_dir else None)  # fmt: skip

@@ -4,8 +4,8 @@ The workers are started once ('spawn': forking a process whose torch already run
 imports torch once and sets the parent's number of intra-op threads, then takes pairs from the parent one at a
 time, longest expected first, and runs each as the in-process runner does (``job.Job.run_task``): the same
 claims, resume logic and records as ``--jobs 1``. A worker keeps the last backbone it loaded for the next pair
-of the same backbone. Workers run without progress bars and hand their lines back; the parent prints one line
-per finished pair with the ``[k/N ...]`` prefix. A task that raises gets its failure record as in-process; a
+of the same backbone. Workers run without progress bars and hand their lines back; the parent prints a
+``[k/N started ...]`` line as it hands a pair to a worker and one ``[k/N ...]`` line per finished pair. A task that raises gets its failure record as in-process; a
 worker that dies (killed, out of memory) fails the pair it ran and is replaced. On Ctrl-C the parent stops the
 workers (records are written atomically: none is half-written) and says which pairs did not finish.
 """
@@ -34,14 +34,16 @@ JOBS_ENV = "SINDER_BENCH_JOBS"  # the default of --jobs (the tests set 1: they p
 MAX_AUTO_JOBS = 2  # the smoke suite's tiny models: more processes than this mostly add import time and memory
 POLL_S = 1.0  # how often the parent looks for a dead worker while it waits
 
-# Smoke-profile seconds per task (a --jobs 1 run of benchmarks/perf/smoke_suite.py, one thread, mean of the two
-# backbones): the order of a run without earlier records of its own, longest first. Only the order matters.
+# Smoke-profile seconds per task, measured: the --jobs 1 baseline of benchmarks/perf/smoke_suite.py (one thread,
+# an idle 2-core x86_64 machine, mean of the two backbones; results/perf/smoke_suite.json of 2026-11-30). The order of
+# a run without earlier records of its own (longest first), and its time estimate (smoke_expected: scaled by cores).
 SMOKE_SECONDS = {
-    "stego_cityscapes": 17.0, "depth_nyu_linear4": 14.2, "ablation_thresholds": 13.2, "ablation_constraints": 12.7,
-    "seg_ade20k_multiscale": 12.4, "stego_potsdam": 10.4, "seg_ade20k_linear": 9.6, "depth_nyu_linear1": 9.3,
-    "cause_voc": 9.1, "depth_nyu_dpt": 9.1, "seg_voc_multiscale": 6.3, "cause_cityscapes": 4.8, "seg_voc_linear": 2.9,
-    "imagenet_linear": 1.5, "imagenet_knn": 0.1,
+    "stego_cityscapes": 16.0, "ablation_constraints": 15.7, "ablation_thresholds": 15.0, "depth_nyu_linear4": 14.0,
+    "seg_ade20k_multiscale": 12.4, "stego_potsdam": 11.6, "seg_ade20k_linear": 10.5, "depth_nyu_dpt": 9.8,
+    "depth_nyu_linear1": 9.4, "cause_voc": 8.3, "seg_voc_multiscale": 5.5, "cause_cityscapes": 4.2,
+    "seg_voc_linear": 2.4, "imagenet_linear": 1.2, "imagenet_knn": 0.1,
 }  # fmt: skip
+SMOKE_SECONDS_CORES = 2  # the cores of the machine that measured SMOKE_SECONDS (one process, one thread)
 
 
 def available_cores() -> int:
@@ -94,6 +96,19 @@ def resolve_jobs(jobs: int | str, profile: str, threads: int | None, cores: int 
     return max(1, min(MAX_AUTO_JOBS, cores // max(1, threads or 1)))
 
 
+def smoke_expected(expected: dict[str, float], profile: str, jobs: int, threads: int | None,
+                   cores: int | None = None) -> dict[str, float]:
+    """Expected seconds per task for the progress estimate: the earlier records' times (``expected``) where there
+    are some, else, for profile smoke, the measured table above scaled by cores: ``jobs`` processes of ``threads``
+    threads on ``cores`` cores each run slower by the factor they oversubscribe the cores (no faster for more
+    cores: one thread per task). Another profile gets the records' times only."""
+    if profile != "smoke":
+        return dict(expected)
+    cores = available_cores() if cores is None else cores
+    factor = max(1.0, max(1, jobs) * max(1, threads or 1) / max(1, cores))
+    return {**{name: seconds * factor for name, seconds in SMOKE_SECONDS.items()}, **expected}
+
+
 def order_pairs(pairs: Sequence[tuple], expected: dict[str, float], profile: str) -> list[tuple]:
     """(index, spec, task) pairs, the longest expected first: an earlier record's median time, else the smoke
     table above, else first of all (never timed: it may be the longest). Ties keep the plan's order."""
@@ -137,6 +152,7 @@ def run_in_workers(job, plan, resume: bool, jobs: int, expected: dict[str, float
     context = mp.get_context("spawn")
     results = context.Queue()
     slots: list[_Slot] = []
+    started = [0]  # pairs handed to a worker so far
 
     def start(number: int) -> _Slot:
         inbox = context.Queue()
@@ -149,6 +165,12 @@ def run_in_workers(job, plan, resume: bool, jobs: int, expected: dict[str, float
         slot.busy = todo.popleft() if todo else None
         if slot.busy is not None:
             index, spec, task = slot.busy
+            if job.tracker is not None:
+                job.tracker.started(task.name)
+                started[0] += 1
+                job.say(f"{job.tracker.prefix(started[0], 'started')} {spec.label} {task.name} ...")
+            else:
+                job.say(f"{spec.label} {task.name} ...")
             slot.inbox.put({"index": index, "spec": spec, "task": task.name, "payload": payloads[task.name],
                             "resume": resume})  # fmt: skip
 

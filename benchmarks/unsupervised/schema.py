@@ -55,6 +55,9 @@ class StegoProfile(_Common):
     extra_clusters: int
     selection: str
     val_every: int
+    save_every: int
+    save_top_k: int
+    val_resolution: int
     train_resolution: int
     eval_resolution: int
     knn_resolution: int
@@ -107,7 +110,8 @@ COMMON_RANGES: dict[str, Any] = {
 STEGO_RANGES: dict[str, Any] = {
     **COMMON_RANGES, "code_dim": (1, None), "lr": "positive", "probe_lr": "positive", "feature_samples": (1, None),
     "neg_samples": (1, None), "num_neighbors": (1, None), "knn_k": (1, None), "correspondence_weight": (0, None),
-    "extra_clusters": (0, None), "selection": ("best", "last"), "val_every": (1, None),
+    "extra_clusters": (0, None), "selection": ("reference", "best", "last"), "val_every": (1, None),
+    "save_every": (1, None), "save_top_k": (1, None), "val_resolution": (1, None),
     "train_resolution": (1, None), "eval_resolution": (1, None), "knn_resolution": (1, None), "steps": (1, None),
     "batch_size": (1, None),
 }  # fmt: skip

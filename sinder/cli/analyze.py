@@ -49,8 +49,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--max-images", type=int, default=None, help="use at most this many images (sorted by name)")
     p.add_argument(
-        "--resolution", type=int, default=DEFAULT_RESOLUTION,
-        help="short side resize and square centre crop, a multiple of the patch size (default 518)",
+        "--resolution", type=int, default=None,
+        help="short side resize and square centre crop, a multiple of the patch size (default: the preset's scale, "
+        f"as repair uses it, e.g. 112 for dinov2_tiny_defective; {DEFAULT_RESOLUTION} for the official presets)",
     )
     p.add_argument("--cache-dir", type=Path, default=None, help="cache the directions here")
     p.add_argument("--mask-images", type=int, default=3,
@@ -104,6 +105,10 @@ def _setup(args: argparse.Namespace, images: bool = True):
     from sinder.utils.images import list_images
 
     name, weights = resolve_backbone(args)
+    if getattr(args, "resolution", 0) is None:  # one preset scale for every verb: repair's (sinder.repair.config)
+        from sinder.repair.config import preset_defaults
+
+        args.resolution = int(preset_defaults(name)[0].get("resolution", DEFAULT_RESOLUTION))
     paths = None
     if images:  # listed first: an empty or missing folder fails before a large model is built
         paths = list_images(args.images)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from sinder.cli.common import (
@@ -61,12 +63,7 @@ def run(args) -> int:
     except NonFiniteLossError as err:
         print(f"repair stopped: {err}")
         return 3
-    summary = {k: report[k] for k in ("output", "iterations", "iterations_with_loss", "stop_reason",
-                                      "high_norm_last_block", "high_norm_removed_fraction_last_block",
-                                      "eq5_defects_removed_fraction", "made_worse_rule", "images_made_worse",
-                                      "wall_time_s")}
-    print(json.dumps(summary, indent=2))
-    print(f"report: {Path(args.out).with_name(Path(args.out).stem + '.report.json')}")
+    print(summary_text(report, Path(args.out).with_name(Path(args.out).stem + ".report.json")))
     if report.get("warning"):
         print(report["warning"], file=sys.stderr)
         if args.fail_on_regression:
@@ -78,17 +75,51 @@ def run(args) -> int:
     return 0
 
 
+def summary_text(report: dict, report_path: Path) -> str:
+    """What the repair prints: the report's headline fields (the census pair named before/after), then one line
+    each for the held-out census, the Figure 7 file and the report file."""
+    summary = {k: report.get(k) for k in ("output", "iterations", "iterations_with_loss", "stop_reason",
+                                          "high_norm_last_block", "high_norm_removed_fraction_last_block",
+                                          "eq5_defects_removed_fraction", "made_worse_rule", "images_made_worse",
+                                          "wall_time_s")}  # fmt: skip
+    pair = summary.pop("high_norm_last_block")
+    lines = []
+    if pair is not None:
+        before, after = pair
+        summary = {**{k: v for k, v in summary.items() if k != "high_norm_removed_fraction_last_block"},
+                   "high_norm_last_block": {"before": before, "after": after}}  # fmt: skip
+        removed = report.get("high_norm_removed_fraction_last_block")
+        share = f" ({removed:.0%} removed)" if isinstance(removed, (int, float)) else ""
+        lines.append(f"high-norm tokens in the last block, held-out images: {before} before the repair, "
+                     f"{after} after{share}")  # fmt: skip
+    text = json.dumps(summary, indent=2)
+    if report.get("figure_sv_changes"):
+        lines.append(f"figure:  {report['figure_sv_changes']}  (Figure 7: change of the leading singular values)")
+    lines.append(f"report:  {report_path}")
+    return "\n".join([text, *lines])
+
+
+REPAIR_EPILOG = """images: any folder of photographs (searched recursively), e.g. ImageNet's train folder for the official
+presets. For the tiny test model, synthetic ones do:
+  sinder-bench data synth --dataset imagenet --out data/imagenet
+  sinder-bench repair --backbone dinov2_tiny_defective --images data/imagenet/train --out tiny_sinder.safetensors"""
+
+
 def register(subparsers) -> None:
     from sinder.cli.cfg_options import CfgOptionsAction
 
     parser = subparsers.add_parser(
         "repair", help="repair singular defects (SINDER, Algorithm 1)",
-        description="Fine-tune the singular values of a DINOv2-style backbone with SINDER's smoothness loss "
-        "(Algorithm 1; the official code's defaults) and write the repaired checkpoint, a report and Figure 7.",
+        description=textwrap.fill("Fine-tune the singular values of a DINOv2-style backbone with SINDER's smoothness "
+        "loss (Algorithm 1; the official code's defaults) and write the repaired checkpoint, a report and Figure 7.",
+                                  79),  # the raw formatter (for the epilog's commands) keeps the lines as given
         parents=[backbone_parent(), out_parent("repaired checkpoint (.safetensors or .pth)", required=True),
                  force_parent(), device_parent()],
+        epilog=REPAIR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--images", required=True, help="folder of training images (e.g. ImageNet train)")
+    parser.add_argument("--images", required=True,
+                        help="folder of training images (e.g. ImageNet train; for dinov2_tiny_defective: "
+                             "`sinder-bench data synth --dataset imagenet --out DIR`, then DIR/train)")  # fmt: skip
     parser.add_argument("--save-format", choices=("official", "source"), default="official",
                         help="keys of --out: official DINOv2 (default) or the format the backbone came in "
                              "(a Hugging Face folder, timm keys)")

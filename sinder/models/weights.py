@@ -294,8 +294,13 @@ def list_backbones() -> dict[str, str]:
             where = f"official weights present ({hub_checkpoint_dir() / file})"
         else:
             where = f"official weights not downloaded ({file} into {hub_checkpoint_dir()})"
-        registers = f", {cfg['num_register_tokens']} registers" if cfg["num_register_tokens"] else ""
-        out[name] = f"{cfg['embed_dim']}-d x {cfg['depth']} blocks, {cfg['ffn_layer']}{registers}; {where}"
-    for name in SYNTHETIC_BACKBONES:
-        out[name] = "constructed weights (tests and smoke runs)"
+        out[name] = f"{_architecture(cfg)}; {where}"
+    for name, build in SYNTHETIC_BACKBONES.items():  # built to read their architecture: tiny, about a second in all
+        out[name] = f"{_architecture(build()[0])}; constructed weights (tests and smoke runs)"
     return out
+
+
+def _architecture(cfg: Mapping[str, Any]) -> str:
+    """``96-d x 8 blocks, swiglufused, patch 14`` (``, 4 registers`` when it has them)."""
+    registers = f", {cfg['num_register_tokens']} registers" if cfg.get("num_register_tokens") else ""
+    return f"{cfg['embed_dim']}-d x {cfg['depth']} blocks, {cfg['ffn_layer']}, patch {cfg['patch_size']}{registers}"

@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 from torch import Tensor
 
+from sinder.plots.layout import fit_text
 from sinder.utils.atomic import atomic_path
 
 KIND_TITLES = {
@@ -33,11 +34,13 @@ DEFECTIVE_COLOR, NORMAL_COLOR = "tab:red", "tab:blue"
 
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
-    """Write ``fig`` as PNG atomically, its title also in the file's Title field (readable without the pixels)."""
+    """Write ``fig`` as PNG atomically, its text fitted to the canvas, its title also in the file's Title field
+    (readable without the pixels)."""
     path = Path(path)
     FigureCanvasAgg(fig)
     titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
     title = fig.get_suptitle() or (titled[0] if len(titled) == 1 else "")
+    fit_text(fig, grow=False)  # a long title wraps rather than leaving the canvas (sinder.plots.layout)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", metadata={"Title": title} if title else None)
     return path
