@@ -129,17 +129,20 @@ RUNS_HELP = "run record folder (default: results/runs)"
 
 # -------------------------------------------------------------------------------------------------- ls
 def run_epilog() -> str:
-    """The end of ``run --help``: the backbone spelling with the registered remedies, and examples."""
-    from .remedy import list_remedies
+    """The end of ``run --help``: the backbone spelling with the registered remedies (each with its own ARGS,
+    from the remedy registry: core names none), and examples."""
+    from .remedy import get_remedy, list_remedies
 
+    remedies = [f"  +{name}" + (f":{get_remedy(name).args_help}" if get_remedy(name).args_help else "")
+                + (f"  {get_remedy(name).title}" if get_remedy(name).title else "") for name in list_remedies()]
     return "\n".join([
-        "--backbone [LABEL=]SPEC[+REMEDY[:ARGS]]: REMEDY is one of " + ", ".join(list_remedies()) + ", applied to",
-        "SPEC, with its ARGS as key=value,... (e.g. dinov2_vitg14+clamp:gamma=5); repeat --backbone per backbone.",
+        "--backbone [LABEL=]SPEC[+REMEDY[:ARGS]]: a remedy applied to SPEC (repeat --backbone per backbone); REMEDY:",
+        *remedies,
         "",
         "examples:",
         "  sinder-bench run --suite all --profile smoke          # the main job: every table on the tiny models",
         "  sinder-bench run --suite table3,table4 --data-root /data --backbone dinov2_vitg14 \\",
-        "      --backbone sinder=dinov2_vitg14:dinov2_vitg14_sinder.safetensors --backbone dinov2_vitg14+clamp:gamma=5",
+        "      --backbone sinder=dinov2_vitg14:dinov2_vitg14_sinder.safetensors",
     ])  # fmt: skip
 
 
