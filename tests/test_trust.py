@@ -45,7 +45,7 @@ def test_preflight_opens_every_weights_file_before_any_work(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert code == 2 and calls == [] and "3 missing or invalid input(s)" in err
     problems = [line for line in err.splitlines() if line.startswith("  - ")]
-    assert any(f"output folder (--out) {blocker / 'runs'}: {blocker} is not a folder" in p for p in problems)
+    assert any(f"output folder (--out) {blocker / 'runs'} is not writable: {blocker} is not a folder" in p for p in problems)
     assert any("corrupt.safetensors" in p and "cannot read weights file" in p for p in problems)
     assert any("wrong.safetensors" in p and "wrong shapes (1): pos_embed" in p for p in problems)
     assert not (tmp_path / "cache" / "synth").exists()  # stopped before generating any data

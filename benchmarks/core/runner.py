@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from sinder.utils.atomic import atomic_write_text, remove_stale_temps, temp_prefix
+from sinder.utils.atomic import atomic_write_text, remove_stale_temps, temp_prefix, writable_problem
 from sinder.utils.device import default_device
 from sinder.utils.log import ensure_console, log_to_file
 
@@ -183,24 +183,6 @@ def _resolve_tasks(names: Sequence[str]) -> tuple[list[Task], dict[str, str]]:
     return available, missing
 
 
-def _writable_problem(folder: Path, what: str) -> str | None:
-    """None when ``folder`` can be written (created if missing) without creating it now, else the problem."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{what} {folder}: {probe} is not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{what} {folder} is not writable ({probe}: permission denied or read-only); choose another folder"
-    if probe == folder:
-        try:
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
-        except OSError as err:
-            return f"{what} {folder} is not writable ({err.strerror or err}); choose another folder"
-    return None
-
-
 def _preflight_failed(suite: str, profile: str, problems: list[str]):
     if len(problems) == 1 and "\n" not in problems[0]:  # one bad input: one line
         raise PreflightError(f"cannot start suite {suite!r} (profile {profile}): {problems[0]}")
@@ -296,8 +278,8 @@ def run_suite(
     given, model_problems = B.given_models(models or {})
     problems += model_problems
     specs += list(given)
-    problems += [p for p in (_writable_problem(Path(out).expanduser(), "output folder (--out)"),
-                             _writable_problem(cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
+    problems += [p for p in (writable_problem(Path(out).expanduser(), "output folder (--out)"),
+                             writable_problem(cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
     problems += _free_space_problems(Path(out).expanduser(), cache, specs)
     overrides, option_problems = _task_overrides(cfg_options or {}, tasks, unavailable, suite)
     problems += option_problems

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sinder.utils.atomic import writable_problem
+
 logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------- errors
@@ -204,20 +206,6 @@ def check_device(text: str | None) -> None:
         raise UsageError(problem)
 
 
-def writable_problem(folder: str | Path, what: str) -> str | None:
-    """None when files can be written into ``folder`` (created if missing; nothing is created now), else the
-    problem in one line."""
-    import os
-
-    folder = Path(folder).expanduser()
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{what} {folder} is not writable: {probe} is not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{what} {folder} is not writable ({probe}: permission denied or read-only); choose another folder"
-    return None
 
 
 def check_writable(folder: str | Path, what: str) -> None:

@@ -123,3 +123,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def writable_problem(folder: str | Path, what: str) -> str | None:
+    """None when files can be written into ``folder`` (created if missing; nothing is left behind), else the
+    problem in one line. An existing folder is probed with a temporary file: ``os.access`` says yes on a
+    read-only mount."""
+    folder = Path(folder).expanduser()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{what} {folder} is not writable: {probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{what} {folder} is not writable ({probe}: permission denied or read-only); choose another folder"
+    if probe == folder:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            return f"{what} {folder} is not writable ({err.strerror or err}); choose another folder"
+    return None
