@@ -57,7 +57,8 @@ class _Pickled:
 
 CASES = [
     # --cfg-options: typed and ranged task keys, at preflight
-    ("cfg unbalanced", [*RUN, "--suite", "imagenet_knn", "--cfg-options", "imagenet_knn.ks=[10,"], "unbalanced"),
+    ("cfg unbalanced", [*RUN, "--suite", "imagenet_knn", "--cfg-options", "imagenet_knn.ks=[10,"],
+     "--cfg-options 'imagenet_knn.ks=[10,': unbalanced"),
     ("cfg float iterations", [*RUN, "--suite", "imagenet_linear", "--cfg-options", "imagenet_linear.iterations=1.5"],
      "iterations=1.5: expected an integer"),
     ("cfg zero iterations", [*RUN, "--suite", "imagenet_linear", "--cfg-options", "imagenet_linear.iterations=0"],

@@ -87,7 +87,10 @@ def parse_cfg_options(items: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ValueError(f"--cfg-options {item!r}: write KEY=VALUE (e.g. max_iters=100 for repair, "
                              "imagenet_linear.iterations=100 for run)")
-        out[key.strip()] = parse_value(value)
+        try:
+            out[key.strip()] = parse_value(value)
+        except ValueError as err:  # name the option: "unbalanced brackets" alone does not say which one
+            raise ValueError(f"--cfg-options {item!r}: {err}") from None
     return out
 
 
