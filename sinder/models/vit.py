@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sinder.models.adapter import FAMILIES, num_prefix_tokens
+
 # Constructor arguments of the reference, with the values its hub backbones use where it has one.
 ARCH_DEFAULTS: dict[str, Any] = {
     "img_size": 518,
@@ -36,6 +38,12 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "num_register_tokens": 0,
     "interpolate_antialias": False,
     "interpolate_offset": 0.1,
+    # Family switches (sinder.models.adapter describes the families); the defaults are DINOv2's.
+    "family": "dinov2",
+    "act_layer": "gelu",  # the MLP activation: see ACTIVATIONS
+    "norm_eps": 1e-6,  # every LayerNorm's eps
+    "pre_norm": False,  # a LayerNorm on the tokens before the first block (CLIP's pre_layrnorm, timm's norm_pre)
+    "patch_bias": True,  # the patch-embedding convolution has a bias (CLIP's has none)
 }
 # Accepted for compatibility with reference configs; they do not change the inference graph.
 IGNORED_KEYS = {"block_chunks", "drop_path_rate", "drop_path_uniform"}
@@ -71,10 +79,10 @@ PRESETS["dinov2_tiny_reg"] = {**PRESETS["dinov2_tiny"], "num_register_tokens": 4
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         _, _, height, width = x.shape
@@ -112,13 +120,24 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
-class Mlp(nn.Module):
-    """The GELU MLP of ViT-S/B/L (keys ``fc1``/``fc2``)."""
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's activation: ``x * sigmoid(1.702 x)`` (transformers' ``quick_gelu``)."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool):
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+# The MLP activations by their transformers ``hidden_act`` names.
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU, "gelu_pytorch_tanh": partial(nn.GELU, approximate="tanh")}
+
+
+class Mlp(nn.Module):
+    """The MLP of ViT-S/B/L (keys ``fc1``/``fc2``): exact GELU for DINOv2, the family's activation otherwise."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool, act_layer: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[act_layer]()
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -147,12 +166,14 @@ class Block(nn.Module):
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__()
         dim = cfg["embed_dim"]
-        norm = partial(nn.LayerNorm, eps=1e-6)
+        norm = partial(nn.LayerNorm, eps=cfg["norm_eps"])
         self.norm1 = norm(dim)
         self.attn = Attention(dim, cfg["num_heads"], cfg["qkv_bias"], cfg["proj_bias"])
         self.ls1 = LayerScale(dim, cfg["init_values"]) if cfg["init_values"] else nn.Identity()
         self.norm2 = norm(dim)
-        self.mlp = FFN_LAYERS[cfg["ffn_layer"]](dim, int(dim * cfg["mlp_ratio"]), cfg["ffn_bias"])
+        ffn = FFN_LAYERS[cfg["ffn_layer"]]
+        hidden = int(dim * cfg["mlp_ratio"])
+        self.mlp = ffn(dim, hidden, cfg["ffn_bias"], cfg["act_layer"]) if ffn is Mlp else ffn(dim, hidden, cfg["ffn_bias"])
         self.ls2 = LayerScale(dim, cfg["init_values"]) if cfg["init_values"] else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -173,14 +194,16 @@ class DinoVisionTransformer(nn.Module):
         self.n_blocks = cfg["depth"]
         num_patches = (cfg["img_size"] // self.patch_size) ** 2
 
-        self.patch_embed = PatchEmbed(self.patch_size, cfg["in_chans"], dim)
+        self.patch_embed = PatchEmbed(self.patch_size, cfg["in_chans"], dim, bias=cfg["patch_bias"])
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, self.num_register_tokens, dim)) if self.num_register_tokens else None
         )
+        if cfg["pre_norm"]:  # registered only when used: DINOv2 state dicts keep their keys
+            self.norm_pre = nn.LayerNorm(dim, eps=cfg["norm_eps"])
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg["depth"]))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=cfg["norm_eps"])
         self.head = nn.Identity()
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.reset_parameters()
@@ -204,7 +227,8 @@ class DinoVisionTransformer(nn.Module):
         conv = self.patch_embed.proj
         bound = 1 / math.sqrt(conv.weight[0].numel())
         conv.weight.copy_((torch.rand(conv.weight.shape, generator=generator) * 2 - 1) * bound)
-        conv.bias.zero_()
+        if conv.bias is not None:
+            conv.bias.zero_()
 
     # ---------------------------------------------------------------- tokens
     def interpolate_pos_encoding(self, x: Tensor, height: int, width: int) -> Tensor:
@@ -238,6 +262,8 @@ class DinoVisionTransformer(nn.Module):
         x = x + self.interpolate_pos_encoding(x, height, width)
         if self.register_tokens is not None:
             x = torch.cat((x[:, :1], self.register_tokens.expand(x.shape[0], -1, -1), x[:, 1:]), dim=1)
+        if self.config["pre_norm"]:
+            x = self.norm_pre(x)
         return x
 
     # ---------------------------------------------------------------- outputs
@@ -246,7 +272,7 @@ class DinoVisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         x_norm = self.norm(x)
-        first_patch = self.num_register_tokens + 1
+        first_patch = num_prefix_tokens(self)
         return {
             "x_norm_clstoken": x_norm[:, 0],
             "x_norm_regtokens": x_norm[:, 1:first_patch],
@@ -287,7 +313,8 @@ class DinoVisionTransformer(nn.Module):
         if norm:
             outputs = [self.norm(out) for out in outputs]
         class_tokens = [out[:, 0] for out in outputs]
-        outputs = [out[:, 1 + self.num_register_tokens :] for out in outputs]
+        first_patch = num_prefix_tokens(self)
+        outputs = [out[:, first_patch:] for out in outputs]
         if reshape:
             rows, cols = height // self.patch_size, width // self.patch_size
             outputs = [out.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2).contiguous() for out in outputs]
@@ -331,6 +358,10 @@ def resolve_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     cfg = {**ARCH_DEFAULTS, **{k: v for k, v in config.items() if k in ARCH_DEFAULTS}}
     if cfg["ffn_layer"] not in FFN_LAYERS:
         raise ValueError(f"ffn_layer {cfg['ffn_layer']!r} not supported; use one of {sorted(FFN_LAYERS)}")
+    if cfg["act_layer"] not in ACTIVATIONS:
+        raise ValueError(f"act_layer {cfg['act_layer']!r} not supported; use one of {sorted(ACTIVATIONS)}")
+    if cfg["family"] not in FAMILIES:
+        raise ValueError(f"family {cfg['family']!r} not supported; use one of {list(FAMILIES)}")
     return cfg
 
 
