@@ -125,3 +125,44 @@ def test_clip_source_format_is_refused_until_written(clip_folder, tmp_path):
     with pytest.raises(ValueError, match="writing a 'clip_vision_model' folder is not supported yet"):
         check_save_format("source", ours.checkpoint_format, tmp_path / "out")
     assert check_save_format("official", ours.checkpoint_format, tmp_path / "out.safetensors") == "official"
+
+
+@pytest.fixture(scope="module")
+def siglip_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    config = transformers.SiglipVisionConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                             intermediate_size=128, image_size=56, patch_size=14)
+    model = transformers.SiglipVisionModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    folder = tmp_path_factory.mktemp("siglip")
+    model.save_pretrained(folder)
+    return folder, model
+
+
+@pytest.mark.parametrize("size", [(56, 56), (42, 70)])
+def test_siglip_per_block_parity_with_transformers(siglip_folder, size):
+    folder, reference = siglip_folder
+    ours = sinder.load_backbone(str(folder))
+    d = describe(ours)
+    assert (d.family, d.num_prefix_tokens, d.pooling) == ("siglip", 0, "attention")
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = reference(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True)
+        mine = ours.get_intermediate_layers(x, n=3, norm=False)
+        features = ours.forward_features(x)
+    theirs = out.hidden_states  # no class token: every token is a patch
+    assert len(mine) == len(theirs) - 1 == 3
+    for i, tokens in enumerate(mine):
+        assert tokens.shape == theirs[i + 1].shape
+        assert (tokens - theirs[i + 1]).abs().max().item() <= 1e-5, f"block {i}"
+    assert (features["x_norm_patchtokens"] - out.last_hidden_state).abs().max().item() <= 1e-5
+    assert (features["x_norm_clstoken"] - out.pooler_output).abs().max().item() <= 1e-5  # the attention pool
+
+
+def test_siglip_has_no_class_token_to_return(siglip_folder):
+    ours = sinder.load_backbone(str(siglip_folder[0]))
+    with pytest.raises(ValueError, match="a siglip model has no class token"):
+        ours.get_intermediate_layers(torch.zeros(1, 3, 56, 56), n=1, return_class_token=True)

@@ -3,7 +3,8 @@
 This module is the only place that knows the token layout: how many prefix tokens (class token, registers)
 precede the patch tokens. Everything else asks :func:`num_prefix_tokens` or ``sinder.models.backbone.describe``. Families so far:
 ``dinov2`` (class token + registers, LayerScale, exact GELU or SwiGLU) and ``clip`` (transformers'
-``CLIPVisionModel``: class token, no registers, pre-LayerNorm after the embeddings, QuickGELU, no LayerScale).
+``CLIPVisionModel``: class token, no registers, pre-LayerNorm after the embeddings, QuickGELU, no LayerScale) and
+``siglip`` (transformers' ``SiglipVisionModel``: no class token, tanh-GELU, an attention-pooling head).
 
 It imports nothing from the rest of ``sinder.models``, so the ViT itself can ask it; :func:`describe`, which also
 needs the presets' pretrained configs, lives beside them in ``sinder.models.backbone``.
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("dinov2", "clip")
+FAMILIES = ("dinov2", "clip", "siglip")
 POOLINGS = ("cls", "attention")
 
 

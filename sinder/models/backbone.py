@@ -134,6 +134,6 @@ def describe(model) -> ViTDescription:
         num_prefix_tokens=num_prefix_tokens(model),
         num_register_tokens=int(getattr(model, "num_register_tokens", 0) or 0),
         patch_size=int(model.patch_size),
-        pooling="cls" if config.get("class_token", True) else "attention",
+        pooling="attention" if config.get("attn_pool") else "cls",
         pretrained_cfg=pretrained,
     )

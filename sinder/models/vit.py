@@ -44,6 +44,8 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "norm_eps": 1e-6,  # every LayerNorm's eps
     "pre_norm": False,  # a LayerNorm on the tokens before the first block (CLIP's pre_layrnorm, timm's norm_pre)
     "patch_bias": True,  # the patch-embedding convolution has a bias (CLIP's has none)
+    "class_token": True,  # a class token before the patches (SigLIP has none)
+    "attn_pool": False,  # an attention-pooling head gives the pooled feature (SigLIP's ``head``)
 }
 # Accepted for compatibility with reference configs; they do not change the inference graph.
 IGNORED_KEYS = {"block_chunks", "drop_path_rate", "drop_path_uniform"}
@@ -162,6 +164,23 @@ class SwiGLUFFN(nn.Module):
 FFN_LAYERS = {"mlp": Mlp, "swiglu": SwiGLUFFN, "swiglufused": SwiGLUFFN}
 
 
+class AttentionPool(nn.Module):
+    """SigLIP's pooling head (transformers ``SiglipMultiheadAttentionPoolingHead``, same parameter names): a learned
+    probe attends over the tokens, then ``x + mlp(layernorm(x))``."""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__()
+        dim = cfg["embed_dim"]
+        self.probe = nn.Parameter(torch.zeros(1, 1, dim))
+        self.attention = nn.MultiheadAttention(dim, cfg["num_heads"], batch_first=True)
+        self.layernorm = nn.LayerNorm(dim, eps=cfg["norm_eps"])
+        self.mlp = Mlp(dim, int(dim * cfg["mlp_ratio"]), True, cfg["act_layer"])
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.attention(self.probe.expand(x.shape[0], -1, -1), x, x, need_weights=False)[0]
+        return (pooled + self.mlp(self.layernorm(pooled)))[:, 0]
+
+
 class Block(nn.Module):
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__()
@@ -195,8 +214,8 @@ class DinoVisionTransformer(nn.Module):
         num_patches = (cfg["img_size"] // self.patch_size) ** 2
 
         self.patch_embed = PatchEmbed(self.patch_size, cfg["in_chans"], dim, bias=cfg["patch_bias"])
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg["class_token"] else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + int(cfg["class_token"]), dim))
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, self.num_register_tokens, dim)) if self.num_register_tokens else None
         )
@@ -204,6 +223,8 @@ class DinoVisionTransformer(nn.Module):
             self.norm_pre = nn.LayerNorm(dim, eps=cfg["norm_eps"])
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg["depth"]))
         self.norm = nn.LayerNorm(dim, eps=cfg["norm_eps"])
+        if cfg["attn_pool"]:
+            self.attn_pool = AttentionPool(cfg)
         self.head = nn.Identity()
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.reset_parameters()
@@ -216,7 +237,8 @@ class DinoVisionTransformer(nn.Module):
             t.copy_(torch.randn(t.shape, generator=generator).clamp_(-2, 2) * std)
 
         trunc_normal(self.pos_embed, 0.02)
-        self.cls_token.copy_(torch.randn(self.cls_token.shape, generator=generator) * 1e-6)
+        if self.cls_token is not None:
+            self.cls_token.copy_(torch.randn(self.cls_token.shape, generator=generator) * 1e-6)
         if self.register_tokens is not None:
             self.register_tokens.copy_(torch.randn(self.register_tokens.shape, generator=generator) * 1e-6)
         for module in self.modules():
@@ -232,12 +254,13 @@ class DinoVisionTransformer(nn.Module):
 
     # ---------------------------------------------------------------- tokens
     def interpolate_pos_encoding(self, x: Tensor, height: int, width: int) -> Tensor:
-        npatch = x.shape[1] - 1
-        n_pos = self.pos_embed.shape[1] - 1
+        n_cls = int(self.cls_token is not None)
+        npatch = x.shape[1] - n_cls
+        n_pos = self.pos_embed.shape[1] - n_cls
         if npatch == n_pos and height == width:
             return self.pos_embed
         pos_embed = self.pos_embed.float()
-        class_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+        class_pos, patch_pos = pos_embed[:, :n_cls], pos_embed[:, n_cls:]
         rows, cols = height // self.patch_size, width // self.patch_size
         side = int(math.sqrt(n_pos))
         grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
@@ -258,10 +281,12 @@ class DinoVisionTransformer(nn.Module):
         x = self.patch_embed(x)
         if masks is not None:
             x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = x + self.interpolate_pos_encoding(x, height, width)
         if self.register_tokens is not None:
-            x = torch.cat((x[:, :1], self.register_tokens.expand(x.shape[0], -1, -1), x[:, 1:]), dim=1)
+            n_cls = int(self.cls_token is not None)
+            x = torch.cat((x[:, :n_cls], self.register_tokens.expand(x.shape[0], -1, -1), x[:, n_cls:]), dim=1)
         if self.config["pre_norm"]:
             x = self.norm_pre(x)
         return x
@@ -273,9 +298,11 @@ class DinoVisionTransformer(nn.Module):
             x = block(x)
         x_norm = self.norm(x)
         first_patch = num_prefix_tokens(self)
+        n_cls = int(self.cls_token is not None)
         return {
-            "x_norm_clstoken": x_norm[:, 0],
-            "x_norm_regtokens": x_norm[:, 1:first_patch],
+            # the pooled feature: the class token, or the attention pool's output (SigLIP)
+            "x_norm_clstoken": self.attn_pool(x_norm) if self.config["attn_pool"] else x_norm[:, 0],
+            "x_norm_regtokens": x_norm[:, n_cls:first_patch],
             "x_norm_patchtokens": x_norm[:, first_patch:],
             "x_prenorm": x,
             "masks": masks,
@@ -302,6 +329,8 @@ class DinoVisionTransformer(nn.Module):
         norm: bool = True,
     ):
         """Outputs of the selected blocks, in block order (as the reference), without cls/register tokens."""
+        if return_class_token and self.cls_token is None:
+            raise ValueError(f"return_class_token: a {self.config['family']} model has no class token")
         take = self._block_indices(n)
         batch, _, height, width = x.shape
         tokens = self.prepare_tokens_with_masks(x)

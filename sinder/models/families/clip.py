@@ -28,9 +28,6 @@ def config_from_clip(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
     act = hf.get("hidden_act", "quick_gelu")
     if act not in ACTIVATIONS:
         raise ValueError(f"{source}: hidden_act {act!r} is not supported; known: {sorted(ACTIVATIONS)}")
-    ratio = hidden / dim
-    if int(dim * ratio) != hidden:
-        raise ValueError(f"{source}: intermediate_size {hidden} is not expressible as hidden_size {dim} x a ratio")
     return {
         "family": "clip",
         "img_size": int(hf.get("image_size", 224)),
@@ -39,7 +36,7 @@ def config_from_clip(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
         "embed_dim": dim,
         "depth": int(hf.get("num_hidden_layers", 12)),
         "num_heads": int(hf.get("num_attention_heads", 12)),
-        "mlp_ratio": ratio,
+        "mlp_ratio": mlp_ratio(dim, hidden, source),
         "init_values": 0.0,  # no LayerScale
         "ffn_layer": "mlp",
         "act_layer": act,
@@ -64,6 +61,21 @@ def clip_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     for ours, theirs in (("norm_pre", "pre_layrnorm"), ("norm", "post_layernorm")):
         for p in ("weight", "bias"):
             out[f"{ours}.{p}"] = state[f"{theirs}.{p}"]
+    out.update(block_keys(state))
+    return out
+
+
+def mlp_ratio(dim: int, hidden: int, source: str) -> float:
+    """Our ``mlp_ratio`` for transformers' ``intermediate_size`` (the ViT builds ``int(dim * ratio)`` units)."""
+    ratio = hidden / dim
+    if int(dim * ratio) != hidden:
+        raise ValueError(f"{source}: intermediate_size {hidden} is not expressible as hidden_size {dim} x a ratio")
+    return ratio
+
+
+def block_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The encoder blocks of a transformers CLIP-style encoder (``encoder.layers.N.``) in our ViT's keys."""
+    out: dict[str, Tensor] = {}
     layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
     for i in layers:
         src, dst = f"encoder.layers.{i}.", f"blocks.{i}."
