@@ -166,3 +166,11 @@ def test_siglip_has_no_class_token_to_return(siglip_folder):
     ours = sinder.load_backbone(str(siglip_folder[0]))
     with pytest.raises(ValueError, match="a siglip model has no class token"):
         ours.get_intermediate_layers(torch.zeros(1, 3, 56, 56), n=1, return_class_token=True)
+
+
+def test_an_unknown_transformers_folder_names_the_accepted_types(tmp_path):
+    from sinder.models.formats import CheckpointError, config_from_hf
+
+    with pytest.raises(CheckpointError, match=r"model_type 'vit' is not a DINOv2, CLIP or SigLIP vision model; "
+                       r"expected one of 'dinov2', 'dinov2_with_registers', 'clip_vision_model', 'siglip_vision_model'"):
+        config_from_hf({"model_type": "vit"}, "x")

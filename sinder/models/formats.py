@@ -206,7 +206,8 @@ def config_from_hf(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
         return siglip.config_from_siglip(hf, source)
     if model_type not in ("dinov2", "dinov2_with_registers"):
         raise CheckpointError(
-            f"{source}: model_type {model_type!r} is not a DINOv2; expected 'dinov2' or 'dinov2_with_registers'"
+            f"{source}: model_type {model_type!r} is not a DINOv2, CLIP or SigLIP vision model; expected one of "
+            + ", ".join(repr(m) for m in ("dinov2", "dinov2_with_registers", *clip.MODEL_TYPES, *siglip.MODEL_TYPES))
         )
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
     if missing:
