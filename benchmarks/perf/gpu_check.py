@@ -53,6 +53,7 @@ from torch import nn
 from benchmarks.core.results import git_commit
 from benchmarks.core.task_config import MAX_LOADER_WORKERS
 from sinder.defects.linearize import DEFAULT_N_SAMPLES
+from sinder.models.adapter import num_prefix_tokens
 from sinder.utils.atomic import atomic_write_text
 from sinder.utils.device import default_device
 from sinder.utils.images import DEFAULT_RESOLUTION
@@ -141,7 +142,7 @@ def vit_forward_flops(model: nn.Module, resolution: int, batch: int = 1) -> dict
     """
     p = model.patch_size
     patches = (resolution // p) ** 2
-    tokens = 1 + int(getattr(model, "num_register_tokens", 0)) + patches
+    tokens = num_prefix_tokens(model) + patches
     dim = model.embed_dim
     patch_embed = 2 * patches * 3 * p * p * dim
     linear = attention = 0

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from sinder.models.adapter import ViTDescription, num_prefix_tokens
 from sinder.models.vit import PRESETS
 from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
@@ -114,3 +115,25 @@ def missing_members(obj, protocol: type = Backbone) -> list[str]:
              for n in (*getattr(klass, "__annotations__", {}), *(k for k, v in vars(klass).items() if callable(v)))]
     wanted = dict.fromkeys(n for n in names if not n.startswith("_"))
     return [n for n in wanted if not hasattr(obj, n)]
+
+
+def describe(model) -> ViTDescription:
+    """The model description (``sinder.models.adapter.ViTDescription``) of a built backbone: its family and
+    token layout from its architecture dict, its pretrained config from ``PRETRAINED`` (by name) or its own."""
+    config = getattr(model, "config", None) or {}
+    family = config.get("family", "dinov2")
+    pretrained = getattr(model, "pretrained_cfg", None) or PRETRAINED.get(getattr(model, "name", ""))
+    if pretrained is None:
+        size = int(config.get("img_size", 0))
+        pretrained = PretrainedConfig(
+            file=None, url=None, input_size=(int(config.get("in_chans", 3)), size, size),
+            patch_size=int(model.patch_size),
+        )
+    return ViTDescription(
+        family=family,
+        num_prefix_tokens=num_prefix_tokens(model),
+        num_register_tokens=int(getattr(model, "num_register_tokens", 0) or 0),
+        patch_size=int(model.patch_size),
+        pooling="attention" if config.get("attn_pool") else "cls",
+        pretrained_cfg=pretrained,
+    )

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sinder.models.families import clip, siglip
 from sinder.models.state_io import normalize_keys, read_state_dict, save_state_dict
 from sinder.models.vit import ARCH_DEFAULTS, PRESETS
 from sinder.utils.atomic import atomic_write_text
@@ -199,9 +200,14 @@ def _single(value: Any, what: str, source: str) -> int:
 def config_from_hf(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Our constructor arguments for the model a Hugging Face ``config.json`` describes."""
     model_type = hf.get("model_type")
+    if model_type in clip.MODEL_TYPES:
+        return clip.config_from_clip(hf, source)
+    if model_type in siglip.MODEL_TYPES:
+        return siglip.config_from_siglip(hf, source)
     if model_type not in ("dinov2", "dinov2_with_registers"):
         raise CheckpointError(
-            f"{source}: model_type {model_type!r} is not a DINOv2; expected 'dinov2' or 'dinov2_with_registers'"
+            f"{source}: model_type {model_type!r} is not a DINOv2, CLIP or SigLIP vision model; expected one of "
+            + ", ".join(repr(m) for m in ("dinov2", "dinov2_with_registers", *clip.MODEL_TYPES, *siglip.MODEL_TYPES))
         )
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
     if missing:
@@ -394,7 +400,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if path.is_dir():
         hf_config, raw = read_hf_folder(path)
         config = config_from_hf(hf_config, str(path))
-        state = hf_to_official(raw)
+        converters = {"clip": clip.clip_to_official, "siglip": siglip.siglip_to_official}
+        state = converters.get(config.get("family"), hf_to_official)(raw)
         state.setdefault("mask_token", torch.zeros(1, config["embed_dim"]))
         return Checkpoint(state, CheckpointFormat("hf", hf_config), config)
     raw = normalize_keys(read_state_dict(path))
@@ -435,6 +442,10 @@ def check_save_format(save_format: str, source: CheckpointFormat, out: str | Pat
     if save_format not in ("official", "source"):
         raise ValueError(f"save format {save_format!r}: use 'official' or 'source'")
     kind = source.kind if save_format == "source" else "official"
+    model_type = (source.hf_config or {}).get("model_type") if kind == "hf" else None
+    if model_type in (*clip.MODEL_TYPES, *siglip.MODEL_TYPES):
+        raise ValueError(f"--save-format source: writing a {model_type!r} folder is not supported yet; "
+                         "use --save-format official")
     if kind == "hf" and Path(out).suffix:
         raise ValueError(
             f"--out {out}: the source format of a Hugging Face checkpoint is a folder (config.json + "

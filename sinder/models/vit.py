@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sinder.models.adapter import FAMILIES, num_prefix_tokens
+
 # Constructor arguments of the reference, with the values its hub backbones use where it has one.
 ARCH_DEFAULTS: dict[str, Any] = {
     "img_size": 518,
@@ -36,6 +38,14 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "num_register_tokens": 0,
     "interpolate_antialias": False,
     "interpolate_offset": 0.1,
+    # Family switches (sinder.models.adapter describes the families); the defaults are DINOv2's.
+    "family": "dinov2",
+    "act_layer": "gelu",  # the MLP activation: see ACTIVATIONS
+    "norm_eps": 1e-6,  # every LayerNorm's eps
+    "pre_norm": False,  # a LayerNorm on the tokens before the first block (CLIP's pre_layrnorm, timm's norm_pre)
+    "patch_bias": True,  # the patch-embedding convolution has a bias (CLIP's has none)
+    "class_token": True,  # a class token before the patches (SigLIP has none)
+    "attn_pool": False,  # an attention-pooling head gives the pooled feature (SigLIP's ``head``)
 }
 # Accepted for compatibility with reference configs; they do not change the inference graph.
 IGNORED_KEYS = {"block_chunks", "drop_path_rate", "drop_path_uniform"}
@@ -71,10 +81,10 @@ PRESETS["dinov2_tiny_reg"] = {**PRESETS["dinov2_tiny"], "num_register_tokens": 4
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         _, _, height, width = x.shape
@@ -112,13 +122,24 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
-class Mlp(nn.Module):
-    """The GELU MLP of ViT-S/B/L (keys ``fc1``/``fc2``)."""
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's activation: ``x * sigmoid(1.702 x)`` (transformers' ``quick_gelu``)."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool):
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+# The MLP activations by their transformers ``hidden_act`` names.
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU, "gelu_pytorch_tanh": partial(nn.GELU, approximate="tanh")}
+
+
+class Mlp(nn.Module):
+    """The MLP of ViT-S/B/L (keys ``fc1``/``fc2``): exact GELU for DINOv2, the family's activation otherwise."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool, act_layer: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[act_layer]()
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,16 +164,35 @@ class SwiGLUFFN(nn.Module):
 FFN_LAYERS = {"mlp": Mlp, "swiglu": SwiGLUFFN, "swiglufused": SwiGLUFFN}
 
 
+class AttentionPool(nn.Module):
+    """SigLIP's pooling head (transformers ``SiglipMultiheadAttentionPoolingHead``, same parameter names): a learned
+    probe attends over the tokens, then ``x + mlp(layernorm(x))``."""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__()
+        dim = cfg["embed_dim"]
+        self.probe = nn.Parameter(torch.zeros(1, 1, dim))
+        self.attention = nn.MultiheadAttention(dim, cfg["num_heads"], batch_first=True)
+        self.layernorm = nn.LayerNorm(dim, eps=cfg["norm_eps"])
+        self.mlp = Mlp(dim, int(dim * cfg["mlp_ratio"]), True, cfg["act_layer"])
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.attention(self.probe.expand(x.shape[0], -1, -1), x, x, need_weights=False)[0]
+        return (pooled + self.mlp(self.layernorm(pooled)))[:, 0]
+
+
 class Block(nn.Module):
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__()
         dim = cfg["embed_dim"]
-        norm = partial(nn.LayerNorm, eps=1e-6)
+        norm = partial(nn.LayerNorm, eps=cfg["norm_eps"])
         self.norm1 = norm(dim)
         self.attn = Attention(dim, cfg["num_heads"], cfg["qkv_bias"], cfg["proj_bias"])
         self.ls1 = LayerScale(dim, cfg["init_values"]) if cfg["init_values"] else nn.Identity()
         self.norm2 = norm(dim)
-        self.mlp = FFN_LAYERS[cfg["ffn_layer"]](dim, int(dim * cfg["mlp_ratio"]), cfg["ffn_bias"])
+        ffn = FFN_LAYERS[cfg["ffn_layer"]]
+        hidden = int(dim * cfg["mlp_ratio"])
+        self.mlp = ffn(dim, hidden, cfg["ffn_bias"], cfg["act_layer"]) if ffn is Mlp else ffn(dim, hidden, cfg["ffn_bias"])
         self.ls2 = LayerScale(dim, cfg["init_values"]) if cfg["init_values"] else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -173,14 +213,18 @@ class DinoVisionTransformer(nn.Module):
         self.n_blocks = cfg["depth"]
         num_patches = (cfg["img_size"] // self.patch_size) ** 2
 
-        self.patch_embed = PatchEmbed(self.patch_size, cfg["in_chans"], dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.patch_embed = PatchEmbed(self.patch_size, cfg["in_chans"], dim, bias=cfg["patch_bias"])
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg["class_token"] else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + int(cfg["class_token"]), dim))
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, self.num_register_tokens, dim)) if self.num_register_tokens else None
         )
+        if cfg["pre_norm"]:  # registered only when used: DINOv2 state dicts keep their keys
+            self.norm_pre = nn.LayerNorm(dim, eps=cfg["norm_eps"])
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg["depth"]))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=cfg["norm_eps"])
+        if cfg["attn_pool"]:
+            self.attn_pool = AttentionPool(cfg)
         self.head = nn.Identity()
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.reset_parameters()
@@ -193,7 +237,8 @@ class DinoVisionTransformer(nn.Module):
             t.copy_(torch.randn(t.shape, generator=generator).clamp_(-2, 2) * std)
 
         trunc_normal(self.pos_embed, 0.02)
-        self.cls_token.copy_(torch.randn(self.cls_token.shape, generator=generator) * 1e-6)
+        if self.cls_token is not None:
+            self.cls_token.copy_(torch.randn(self.cls_token.shape, generator=generator) * 1e-6)
         if self.register_tokens is not None:
             self.register_tokens.copy_(torch.randn(self.register_tokens.shape, generator=generator) * 1e-6)
         for module in self.modules():
@@ -204,16 +249,18 @@ class DinoVisionTransformer(nn.Module):
         conv = self.patch_embed.proj
         bound = 1 / math.sqrt(conv.weight[0].numel())
         conv.weight.copy_((torch.rand(conv.weight.shape, generator=generator) * 2 - 1) * bound)
-        conv.bias.zero_()
+        if conv.bias is not None:
+            conv.bias.zero_()
 
     # ---------------------------------------------------------------- tokens
     def interpolate_pos_encoding(self, x: Tensor, height: int, width: int) -> Tensor:
-        npatch = x.shape[1] - 1
-        n_pos = self.pos_embed.shape[1] - 1
+        n_cls = int(self.cls_token is not None)
+        npatch = x.shape[1] - n_cls
+        n_pos = self.pos_embed.shape[1] - n_cls
         if npatch == n_pos and height == width:
             return self.pos_embed
         pos_embed = self.pos_embed.float()
-        class_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+        class_pos, patch_pos = pos_embed[:, :n_cls], pos_embed[:, n_cls:]
         rows, cols = height // self.patch_size, width // self.patch_size
         side = int(math.sqrt(n_pos))
         grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
@@ -234,10 +281,14 @@ class DinoVisionTransformer(nn.Module):
         x = self.patch_embed(x)
         if masks is not None:
             x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = x + self.interpolate_pos_encoding(x, height, width)
         if self.register_tokens is not None:
-            x = torch.cat((x[:, :1], self.register_tokens.expand(x.shape[0], -1, -1), x[:, 1:]), dim=1)
+            n_cls = int(self.cls_token is not None)
+            x = torch.cat((x[:, :n_cls], self.register_tokens.expand(x.shape[0], -1, -1), x[:, n_cls:]), dim=1)
+        if self.config["pre_norm"]:
+            x = self.norm_pre(x)
         return x
 
     # ---------------------------------------------------------------- outputs
@@ -246,10 +297,12 @@ class DinoVisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         x_norm = self.norm(x)
-        first_patch = self.num_register_tokens + 1
+        first_patch = num_prefix_tokens(self)
+        n_cls = int(self.cls_token is not None)
         return {
-            "x_norm_clstoken": x_norm[:, 0],
-            "x_norm_regtokens": x_norm[:, 1:first_patch],
+            # the pooled feature: the class token, or the attention pool's output (SigLIP)
+            "x_norm_clstoken": self.attn_pool(x_norm) if self.config["attn_pool"] else x_norm[:, 0],
+            "x_norm_regtokens": x_norm[:, n_cls:first_patch],
             "x_norm_patchtokens": x_norm[:, first_patch:],
             "x_prenorm": x,
             "masks": masks,
@@ -276,6 +329,8 @@ class DinoVisionTransformer(nn.Module):
         norm: bool = True,
     ):
         """Outputs of the selected blocks, in block order (as the reference), without cls/register tokens."""
+        if return_class_token and self.cls_token is None:
+            raise ValueError(f"return_class_token: a {self.config['family']} model has no class token")
         take = self._block_indices(n)
         batch, _, height, width = x.shape
         tokens = self.prepare_tokens_with_masks(x)
@@ -287,7 +342,8 @@ class DinoVisionTransformer(nn.Module):
         if norm:
             outputs = [self.norm(out) for out in outputs]
         class_tokens = [out[:, 0] for out in outputs]
-        outputs = [out[:, 1 + self.num_register_tokens :] for out in outputs]
+        first_patch = num_prefix_tokens(self)
+        outputs = [out[:, first_patch:] for out in outputs]
         if reshape:
             rows, cols = height // self.patch_size, width // self.patch_size
             outputs = [out.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2).contiguous() for out in outputs]
@@ -331,6 +387,10 @@ def resolve_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     cfg = {**ARCH_DEFAULTS, **{k: v for k, v in config.items() if k in ARCH_DEFAULTS}}
     if cfg["ffn_layer"] not in FFN_LAYERS:
         raise ValueError(f"ffn_layer {cfg['ffn_layer']!r} not supported; use one of {sorted(FFN_LAYERS)}")
+    if cfg["act_layer"] not in ACTIVATIONS:
+        raise ValueError(f"act_layer {cfg['act_layer']!r} not supported; use one of {sorted(ACTIVATIONS)}")
+    if cfg["family"] not in FAMILIES:
+        raise ValueError(f"family {cfg['family']!r} not supported; use one of {list(FAMILIES)}")
     return cfg
 
 

@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from sinder.defects.detect import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
+from sinder.models.adapter import num_prefix_tokens
 from sinder.utils.atomic import atomic_write_text
 
 FORMAT = "sinder-bench test-time register neurons"
@@ -213,7 +214,7 @@ def fit_register_neurons(
         raise ValueError("the reference selection needs a token norm threshold (the reference uses "
                          f"{REFERENCE_VIT_L_THRESHOLD:g} for ViT-L); or use selection robust_z")
     width = hidden_width(model)
-    first_patch = 1 + model.num_register_tokens
+    first_patch = num_prefix_tokens(model)
     abs_sum = torch.zeros(highest + 1, width, dtype=torch.float64)  # sum over images of per-image means
     signed_sum = torch.zeros_like(abs_sum)
     n_images = images_with_outliers = outlier_tokens = 0
@@ -395,7 +396,7 @@ class TestTimeRegisters(nn.Module):
     # -- hooks: the extra token is appended at each block's input and split off its output, so that outside
     # the blocks the sequence (and every output built from it) is exactly the base model's.
     def _block_pre(self, index: int):
-        first_patch = 1 + self.model.num_register_tokens
+        first_patch = num_prefix_tokens(self.model)
 
         def hook(_module, args):
             (x, *rest) = args
@@ -411,7 +412,7 @@ class TestTimeRegisters(nn.Module):
         return output[:, :-1]
 
     def _mlp_pre(self, index: int):
-        first_patch = 1 + self.model.num_register_tokens
+        first_patch = num_prefix_tokens(self.model)
 
         def hook(_module, args):
             (hidden, *rest) = args

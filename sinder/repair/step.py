@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from sinder.defects.detect import enough_defects, find_defects
 from sinder.defects.loss import neighbor_loss
+from sinder.models.adapter import num_prefix_tokens
 from sinder.repair.config import RepairConfig
 
 
@@ -20,8 +21,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def patch_grid(model: nn.Module, tokens: Tensor, rows: int, cols: int) -> Tensor:
-    """The (rows, cols, D) patch-token grid of a (1, 1+R+N, D) token tensor."""
-    return tokens[0, 1 + model.num_register_tokens :].reshape(rows, cols, -1)
+    """The (rows, cols, D) patch-token grid of a (1, prefix+N, D) token tensor."""
+    return tokens[0, num_prefix_tokens(model) :].reshape(rows, cols, -1)
 
 
 @dataclass

@@ -1,0 +1,45 @@
+"""The one model description (timm's way): what a ViT family looks like to the method and the benchmarks.
+
+This module is the only place that knows the token layout: how many prefix tokens (class token, registers)
+precede the patch tokens. Everything else asks :func:`num_prefix_tokens` or ``sinder.models.backbone.describe``. Families so far:
+``dinov2`` (class token + registers, LayerScale, exact GELU or SwiGLU) and ``clip`` (transformers'
+``CLIPVisionModel``: class token, no registers, pre-LayerNorm after the embeddings, QuickGELU, no LayerScale) and
+``siglip`` (transformers' ``SiglipVisionModel``: no class token, tanh-GELU, an attention-pooling head).
+
+It imports nothing from the rest of ``sinder.models``, so the ViT itself can ask it; :func:`describe`, which also
+needs the presets' pretrained configs, lives beside them in ``sinder.models.backbone``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+FAMILIES = ("dinov2", "clip", "siglip")
+POOLINGS = ("cls", "attention")
+
+
+@dataclass(frozen=True)
+class ViTDescription:
+    """A backbone as the method and the benchmarks see it."""
+
+    family: str  # one of FAMILIES
+    num_prefix_tokens: int  # tokens before the patch tokens: class token (if any) + registers
+    num_register_tokens: int
+    patch_size: int
+    pooling: str  # the pooled feature: 'cls' (class token) or 'attention' (an attention-pool head)
+    pretrained_cfg: Any  # sinder.models.backbone.PretrainedConfig: mean, std, input size of the checkpoint
+
+
+def prefix_count(config: Mapping[str, Any]) -> int:
+    """Prefix tokens of an architecture dict (``class_token`` defaults to True, ``num_register_tokens`` to 0)."""
+    return int(bool(config.get("class_token", True))) + int(config.get("num_register_tokens", 0) or 0)
+
+
+def num_prefix_tokens(model: Any) -> int:
+    """Prefix tokens of a model: from its architecture dict when it has one, else class token + registers."""
+    config = getattr(model, "config", None)
+    if isinstance(config, Mapping):
+        return prefix_count(config)
+    return prefix_count({"num_register_tokens": getattr(model, "num_register_tokens", 0)})

@@ -1,0 +1,69 @@
+"""transformers' ``SiglipVisionModel`` (``model_type`` ``siglip_vision_model``; SigLIP 2's fixed-resolution
+towers use the same classes) as our ViT.
+
+The architecture (transformers ``modeling_siglip``): patch embedding with bias, learned position embeddings for
+the patches only (no class token; bicubic resize to the grid, no offset, no antialias: ``interpolate_pos_encoding``),
+pre-norm blocks with separate q/k/v projections, no LayerScale, an MLP with ``hidden_act`` (``gelu_pytorch_tanh``),
+``post_layernorm`` on every token, and the pooled feature from an attention-pooling head (a learned probe attends
+over the normed tokens, then LayerNorm + MLP with a residual). The converter fuses q/k/v into ``attn.qkv`` and maps
+``post_layernorm`` to ``norm`` and ``head`` to ``attn_pool`` (same inner names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sinder.models.families.clip import block_keys, mlp_ratio
+
+MODEL_TYPES = ("siglip_vision_model",)
+_PREFIX = "vision_model."
+
+
+def config_from_siglip(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Our architecture dict for a ``SiglipVisionConfig`` (a ``config.json`` as ``save_pretrained`` writes it)."""
+    from sinder.models.vit import ACTIVATIONS
+
+    dim, hidden = int(hf.get("hidden_size", 768)), int(hf.get("intermediate_size", 3072))
+    act = hf.get("hidden_act", "gelu_pytorch_tanh")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{source}: hidden_act {act!r} is not supported; known: {sorted(ACTIVATIONS)}")
+    return {
+        "family": "siglip",
+        "img_size": int(hf.get("image_size", 224)),
+        "patch_size": int(hf.get("patch_size", 16)),
+        "in_chans": int(hf.get("num_channels", 3)),
+        "embed_dim": dim,
+        "depth": int(hf.get("num_hidden_layers", 12)),
+        "num_heads": int(hf.get("num_attention_heads", 12)),
+        "mlp_ratio": mlp_ratio(dim, hidden, source),
+        "init_values": 0.0,  # no LayerScale
+        "ffn_layer": "mlp",
+        "act_layer": act,
+        "norm_eps": float(hf.get("layer_norm_eps", 1e-6)),
+        "class_token": False,
+        "attn_pool": bool(hf.get("vision_use_head", True)),
+        "num_register_tokens": 0,
+        "interpolate_antialias": False,
+        "interpolate_offset": 0.0,
+    }
+
+
+def siglip_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A transformers SigLIP vision state dict (with or without ``vision_model.``) in our ViT's keys."""
+    state = {(k[len(_PREFIX):] if k.startswith(_PREFIX) else k): v for k, v in state.items()}
+    pos = state["embeddings.position_embedding.weight"]
+    out: dict[str, Tensor] = {
+        "pos_embed": pos.unsqueeze(0),
+        "patch_embed.proj.weight": state["embeddings.patch_embedding.weight"],
+        "patch_embed.proj.bias": state["embeddings.patch_embedding.bias"],
+        "mask_token": torch.zeros(1, pos.shape[-1], dtype=pos.dtype),  # unused at inference
+        "norm.weight": state["post_layernorm.weight"],
+        "norm.bias": state["post_layernorm.bias"],
+    }
+    out.update({f"attn_pool.{k[len('head.'):]}": v for k, v in state.items() if k.startswith("head.")})
+    out.update(block_keys(state))
+    return out
