@@ -17,44 +17,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sinder.models.families.clip import block_keys, mlp_ratio
+from sinder.models.families.transformers_encoder import block_keys, encoder_config, strip_prefix
 
 MODEL_TYPES = ("siglip_vision_model",)
-_PREFIX = "vision_model."
 
 
 def config_from_siglip(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Our architecture dict for a ``SiglipVisionConfig`` (a ``config.json`` as ``save_pretrained`` writes it)."""
-    from sinder.models.vit import ACTIVATIONS
-
-    dim, hidden = int(hf.get("hidden_size", 768)), int(hf.get("intermediate_size", 3072))
-    act = hf.get("hidden_act", "gelu_pytorch_tanh")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"{source}: hidden_act {act!r} is not supported; known: {sorted(ACTIVATIONS)}")
-    return {
-        "family": "siglip",
-        "img_size": int(hf.get("image_size", 224)),
-        "patch_size": int(hf.get("patch_size", 16)),
-        "in_chans": int(hf.get("num_channels", 3)),
-        "embed_dim": dim,
-        "depth": int(hf.get("num_hidden_layers", 12)),
-        "num_heads": int(hf.get("num_attention_heads", 12)),
-        "mlp_ratio": mlp_ratio(dim, hidden, source),
-        "init_values": 0.0,  # no LayerScale
-        "ffn_layer": "mlp",
-        "act_layer": act,
-        "norm_eps": float(hf.get("layer_norm_eps", 1e-6)),
-        "class_token": False,
-        "attn_pool": bool(hf.get("vision_use_head", True)),
-        "num_register_tokens": 0,
-        "interpolate_antialias": False,
-        "interpolate_offset": 0.0,
-    }
+    config = encoder_config(hf, source, family="siglip", patch_size=16, act="gelu_pytorch_tanh", eps=1e-6)
+    return {**config, "class_token": False, "attn_pool": bool(hf.get("vision_use_head", True))}
 
 
 def siglip_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A transformers SigLIP vision state dict (with or without ``vision_model.``) in our ViT's keys."""
-    state = {(k[len(_PREFIX):] if k.startswith(_PREFIX) else k): v for k, v in state.items()}
+    state = strip_prefix(state)
     pos = state["embeddings.position_embedding.weight"]
     out: dict[str, Tensor] = {
         "pos_embed": pos.unsqueeze(0),
