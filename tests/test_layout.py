@@ -102,6 +102,13 @@ def test_the_method_never_imports_the_benchmarks():
     assert {m: t for m, t in offenders.items() if t} == {}
 
 
+def test_the_methods_layers_never_import_its_command_line():
+    # sinder.cli is the top layer: the model, the defect maths, the repair and the helpers must not need it
+    offenders = {m: sorted(t for t in targets if t.startswith("sinder.cli"))
+                 for m, targets in import_graph().items() if m.startswith("sinder.") and not m.startswith("sinder.cli")}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
 def test_core_imports_no_task_or_remedy_package():
     allowed = ("benchmarks.core", "benchmarks.data", "sinder")
     offenders = {m: sorted(t for t in targets if not t.startswith(allowed))

@@ -231,7 +231,7 @@ def run_suite(
     if log is None:
         ensure_console()  # a script that set up no logging still sees the run's lines, as the CLI does
     say = log or (lambda msg: logger.info(msg) if D.is_main() else None)
-    from sinder.cli.common import device_problem
+    from sinder.utils.device import device_problem
 
     if device_problem(device):  # before anything touches the device
         raise PreflightError(device_problem(device))
@@ -362,7 +362,7 @@ MIN_FREE_CACHE = 256 * 2**20
 def _free_space_problems(out: Path, cache: Path, specs) -> list[str]:
     """A problem for a folder whose disk cannot take what the run writes (checked before any work, so a run
     never dies with ENOSPC half-way): MIN_FREE_* plus, in the cache, twice the largest weights file given."""
-    from sinder.cli.common import free_space_problem
+    from sinder.utils.atomic import free_space_problem
 
     sizes = [Path(s.weights).stat().st_size for s in specs if s.weights and Path(s.weights).is_file()]
     need_cache = MIN_FREE_CACHE + 2 * max(sizes, default=0)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sinder.utils.atomic import writable_problem
+from sinder.utils.device import device_problem
 
 logger = logging.getLogger(__name__)
 
@@ -177,28 +178,6 @@ def device_parent() -> argparse.ArgumentParser:
     return parser
 
 
-def device_problem(text: str | None) -> str | None:
-    """None when ``--device`` names a device of this machine (or is not given), else the problem in one line."""
-    import torch
-
-    if text is None:
-        return None
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        return f"--device {text}: not a device; use cpu, cuda or cuda:N"
-    if device.type == "cpu":
-        return None
-    if device.type != "cuda":
-        return f"--device {text}: only cpu and cuda devices are supported"
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        return f"--device {text}: no CUDA device on this machine; use --device cpu"
-    if device.index is not None and device.index >= count:
-        return f"--device {text}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
-    return None
-
-
 def check_device(text: str | None) -> None:
     """:func:`device_problem` as a :class:`UsageError`."""
     problem = device_problem(text)
@@ -213,24 +192,6 @@ def check_writable(folder: str | Path, what: str) -> None:
     problem = writable_problem(folder, what)
     if problem:
         raise UsageError(problem)
-
-
-def free_space_problem(folder: str | Path, need_bytes: int, what: str) -> str | None:
-    """None when the file system of ``folder`` (or its nearest existing parent) has ``need_bytes`` free, else
-    the problem: a run that would fill the disk stops before its work, not after it."""
-    import shutil
-
-    probe = Path(folder).expanduser()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = shutil.disk_usage(probe).free
-    except OSError:
-        return None  # cannot tell: the write itself will say
-    if free >= need_bytes:
-        return None
-    return (f"{what} {folder}: {free / 2**20:.0f} MiB free, the run writes about {need_bytes / 2**20:.0f} MiB; "
-            "free some space or choose another folder")
 
 
 def force_parent() -> argparse.ArgumentParser:

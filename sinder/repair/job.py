@@ -34,7 +34,7 @@ def split_images(files: list[Path], num_train: int, num_holdout: int) -> tuple[l
 def check_writable(folder: Path, what: str) -> None:
     """Fail before any work when ``folder`` cannot take new files (a read-only --out used to fail after the
     whole repair); nothing is created here."""
-    from sinder.cli.common import writable_problem
+    from sinder.utils.atomic import writable_problem
 
     problem = writable_problem(folder, what)
     if problem:
@@ -45,7 +45,7 @@ def check_free_space(folders: dict[str, Path], state_bytes: int) -> None:
     """Fail before any work when the disk cannot take what the repair writes: the output (``state_bytes``)
     beside --out; the checkpoint (parameters, Adam moments and the original singular values: at most four
     times the weights) and its temp copy in the work folder."""
-    from sinder.cli.common import free_space_problem
+    from sinder.utils.atomic import free_space_problem
 
     need = {"--out's folder": state_bytes, "the work folder": 8 * state_bytes}
     for what, folder in folders.items():

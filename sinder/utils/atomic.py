@@ -144,3 +144,19 @@ def writable_problem(folder: str | Path, what: str) -> str | None:
         except OSError as err:
             return f"{what} {folder} is not writable ({err.strerror or err}); choose another folder"
     return None
+
+
+def free_space_problem(folder: str | Path, need_bytes: int, what: str) -> str | None:
+    """None when the file system of ``folder`` (or its nearest existing parent) has ``need_bytes`` free, else
+    the problem: a run that would fill the disk stops before its work, not after it."""
+    probe = Path(folder).expanduser()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return None  # cannot tell: the write itself will say
+    if free >= need_bytes:
+        return None
+    return (f"{what} {folder}: {free / 2**20:.0f} MiB free, the run writes about {need_bytes / 2**20:.0f} MiB; "
+            "free some space or choose another folder")
