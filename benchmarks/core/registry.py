@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .registry_helper import Registry, import_discovered, modules_in
+from .registry_helper import Registry, failed_imports_hint, import_discovered, modules_in
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 PAPER_DIR = Path(__file__).resolve().parents[1] / "paper"  # the paper's numbers; columns order the table suites
@@ -105,13 +105,9 @@ def _discover_tasks() -> None:
     import_discovered(tasks, ENTRY_POINT_GROUP, _IMPORT_ERRORS)
 
 
-def _failed_modules_hint() -> str:
-    return f" (task modules that failed to import: {dict(_IMPORT_ERRORS)})" if _IMPORT_ERRORS else ""
-
-
 # Looked up through a lambda: a test may swap ``_TASKS`` for a copy and register into that.
 TASKS = Registry("task", table=lambda: _TASKS, discover=_discover_tasks, plural="registered tasks",
-                 hint=_failed_modules_hint)  # fmt: skip
+                 hint=failed_imports_hint("task", _IMPORT_ERRORS))  # fmt: skip
 register_task = TASKS.register
 
 

@@ -130,3 +130,9 @@ def import_discovered(modules: Iterable[str], entry_point_group: str, errors: di
             import_module_quietly(ep.module, errors)
     except Exception as err:  # broken metadata of an unrelated package
         errors[entry_point_group] = f"{type(err).__name__}: {err}"
+
+
+def failed_imports_hint(kind: str, errors: dict[str, str]) -> Callable[[], str]:
+    """The ``hint`` of a registry whose discovery remembers failed imports in ``errors``: an unknown name's error
+    then says which of its modules could not be imported, and why."""
+    return lambda: f" ({kind} modules that failed to import: {dict(errors)})" if errors else ""

@@ -24,7 +24,7 @@ from typing import Any
 
 from sinder.models.roles import Role
 
-from .registry_helper import Registry, import_discovered, modules_in
+from .registry_helper import Registry, failed_imports_hint, import_discovered, modules_in
 
 REMEDY_PACKAGE = "benchmarks.remedies"  # one module per remedy
 ENTRY_POINT_GROUP = "sinder_bench.remedies"
@@ -72,12 +72,8 @@ def _discover_remedies() -> None:
     import_discovered(remedies, ENTRY_POINT_GROUP, _IMPORT_ERRORS)
 
 
-def _failed_modules_hint() -> str:
-    return f" (remedy modules that failed to import: {dict(_IMPORT_ERRORS)})" if _IMPORT_ERRORS else ""
-
-
 REMEDIES = Registry("remedy", table=lambda: _REMEDIES, discover=_discover_remedies, plural="remedies",
-                    hint=_failed_modules_hint)  # fmt: skip
+                    hint=failed_imports_hint("remedy", _IMPORT_ERRORS))  # fmt: skip
 register_remedy = REMEDIES.register
 
 
