@@ -179,3 +179,16 @@ def test_a_dataset_is_one_entry_that_every_reader_finds(tmp_path, monkeypatch, c
     assert (tmp_path / "cli" / "val" / "0.txt").read_text() == "1 16x16"
     assert main(["ls", "datasets"]) == 0
     assert any(line.split() == ["notes", "text", "notes"] for line in capsys.readouterr().out.splitlines())
+
+
+def test_an_unknown_name_says_which_modules_failed_to_import():
+    from benchmarks.core.registry_helper import Registry, failed_imports_hint
+
+    errors: dict[str, str] = {}
+    registry = Registry("widget", hint=failed_imports_hint("widget", errors))
+    with pytest.raises(KeyError) as plain:
+        registry.get("nope")
+    assert "failed to import" not in str(plain.value)
+    errors["pkg.widgets"] = "ModuleNotFoundError: No module named 'faiss'"
+    with pytest.raises(KeyError, match=r"widget modules that failed to import: .*pkg\.widgets.*faiss"):
+        registry.get("nope")
