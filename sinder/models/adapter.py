@@ -43,3 +43,12 @@ def num_prefix_tokens(model: Any) -> int:
     if isinstance(config, Mapping):
         return prefix_count(config)
     return prefix_count({"num_register_tokens": getattr(model, "num_register_tokens", 0)})
+
+
+def mlp_activation(config: Mapping[str, Any] | None, swiglu: bool) -> str:
+    """The activation a block's MLP applies, as the defect maths name it: ``"swiglu"`` for a SwiGLU MLP, else the
+    architecture's ``act_layer`` (``"gelu"`` exact, ``"quick_gelu"``, ``"gelu_pytorch_tanh"``). Without an
+    architecture dict (a bare state dict) the DINOv2 rule: exact GELU."""
+    if swiglu:
+        return "swiglu"
+    return str((config or {}).get("act_layer") or "gelu")
