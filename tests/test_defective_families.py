@@ -1,0 +1,125 @@
+"""The constructed stand-ins of the other families (issue 21 item 5) and the method on them (item 3):
+``clip_tiny_defective`` (class token, pre-norm, no LayerScale, QuickGELU) and ``siglip_tiny_defective`` (no class
+token, tanh-GELU, attention pool) carry dinov2_tiny_defective's planted circuit; Eq. 5, the census, the clamp and
+test-time registers find and treat its defects through the model adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sinder.defects.census import census, compare
+from sinder.defects.detect import acute_angle, find_defects, high_norm_mask, patch_token_grids
+from sinder.defects.linearize import block_weights, singular_defect_directions
+from sinder.models import defective as dm
+from sinder.models.adapter import num_prefix_tokens
+from sinder.models.backbone import describe
+from sinder.models.weights import load_backbone
+from sinder.remedies.clamp import clamp_singular_values
+from sinder.remedies.ttr import apply_test_time_registers, fit_register_neurons
+
+FAMILY = {dm.CLIP_NAME: ("clip", 1, "cls", "quick_gelu"), dm.SIGLIP_NAME: ("siglip", 0, "attention", "gelu_pytorch_tanh")}
+NAMES = list(FAMILY)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def stand_in(request):
+    name = request.param
+    model = load_backbone(name)
+    nu = singular_defect_directions(model, method="expectation")
+    grids = patch_token_grids(model, dm.sample_images(6, 224, seed=21))
+    return name, model, nu, grids
+
+
+def test_stand_ins_are_registered_deterministic_and_of_their_family(stand_in):
+    name, model, _, _ = stand_in
+    family, prefix, pooling, act = FAMILY[name]
+    d = describe(model)
+    assert (d.family, d.num_prefix_tokens, d.pooling, d.patch_size) == (family, prefix, pooling, 14)
+    assert num_prefix_tokens(model) == prefix
+    assert not any(".ls1." in k or ".ls2." in k for k in model.state_dict())  # no LayerScale
+    assert {bw.mlp_kind for bw in block_weights(model)} == {act}
+    assert (model.cls_token is not None) == (family == "clip")
+    assert hasattr(model, "norm_pre") == (family == "clip") and hasattr(model, "attn_pool") == (family == "siglip")
+    again = dm.defective_tiny_state_dict(0, name=name)
+    assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
+    other = dm.defective_tiny_state_dict(1, name=name)
+    assert not torch.equal(other["blocks.3.mlp.fc2.weight"], again["blocks.3.mlp.fc2.weight"])
+
+
+def test_unknown_stand_in_is_named():
+    with pytest.raises(ValueError, match="unknown constructed stand-in 'vit_tiny_defective'"):
+        dm.build_defective_tiny(0, name="vit_tiny_defective")
+
+
+def test_a_few_defects_per_image_along_the_planted_direction(stand_in):
+    name, model, nu, grids = stand_in
+    u = dm.defect_direction(0, name=name)
+    for layer in range(1, 8):
+        assert acute_angle(nu[layer], u) < 15, (layer, acute_angle(nu[layer], u))  # the linearization finds u
+    early = grids[0].norm(dim=-1)
+    assert float(early.flatten(1).max(1).values.div(early.flatten(1).median(1).values).max()) < 3
+    last = grids[-1]
+    counts = [int(high_norm_mask(g).sum()) for g in last]
+    assert all(1 <= c <= 0.06 * 256 for c in counts), counts  # a few per image, not a region
+    for tokens in last:
+        hn = high_norm_mask(tokens)
+        eq5 = find_defects(tokens, nu[-1])
+        assert eq5.sum() >= 1 and (eq5 & ~hn).sum() == 0  # Eq. 5 along nu flags high-norm tokens only
+        defects = torch.nn.functional.normalize(tokens[hn], dim=-1)
+        assert float((defects @ u).abs().min()) > 0.9  # and they lie along u
+
+
+def test_clamping_removes_the_defects(stand_in):
+    name, model, nu, _ = stand_in
+    images = dm.sample_images(4, 224, seed=8)
+    state, layers = clamp_singular_values(model, 2.0)
+    assert any(info.n_clamped for info in layers)
+    assert all(k.endswith((".attn.qkv.weight", ".attn.proj.weight", ".mlp.fc1.weight", ".mlp.fc2.weight"))
+               for k in (info.key for info in layers))  # fmt: skip
+    clamped = dm.build_defective_tiny(0, name=name)[0]
+    clamped.load_state_dict(state)
+
+    def ratio(m):
+        norms = patch_token_grids(m, images)[-1].norm(dim=-1).flatten(1)
+        return float((norms.max(1).values / norms.median(1).values).max())
+
+    assert ratio(model) > 5 and ratio(clamped) < 3, (ratio(model), ratio(clamped))
+
+
+def test_census_before_and_after_a_clamp(stand_in):
+    name, model, nu, _ = stand_in
+    images = list(range(6))
+    batch = dm.sample_images(6, 112, seed=30)
+    state, _ = clamp_singular_values(model, 2.0)
+    clamped = dm.build_defective_tiny(0, name=name)[0]
+    clamped.load_state_dict(state)
+    before = census(model, images, lambda i: batch[i], nu)
+    after = census(clamped, images, lambda i: batch[i], singular_defect_directions(clamped, method="expectation"))
+    result = compare(before, after)
+    assert before["high_norm_tokens_per_layer"][-1] >= 3
+    assert result["high_norm_removed_fraction_last_block"] >= 0.9
+    assert result["images_made_worse"] == 0
+
+
+def test_test_time_registers_move_the_outliers_to_the_extra_token(stand_in):
+    name, model, _, _ = stand_in
+    fit_images = dm.sample_images(16, 112, seed=40)
+    neurons = fit_register_neurons(model, fit_images.split(8), selection="robust_z")  # top 50, as the smoke fit
+    assert neurons.neurons and neurons.fit["images_with_outliers"] >= 8
+    wrapped = apply_test_time_registers(model, neurons)
+    images = dm.sample_images(6, 224, seed=21)
+    with torch.no_grad():
+        base = model.get_intermediate_layers(images, n=1, norm=False)[0]
+        moved = wrapped.get_intermediate_layers(images, n=1, norm=False)[0]
+        extra = wrapped.extra_token_output(images)
+        features = wrapped.forward_features(images)
+    assert moved.shape == base.shape == (6, 256, 96)  # the extra token never reaches the patch tokens
+    grid = moved.reshape(6, 16, 16, -1)
+    before = sum(int(high_norm_mask(g).sum()) for g in base.reshape(6, 16, 16, -1))
+    after = sum(int(high_norm_mask(g).sum()) for g in grid)
+    assert before >= 6 and after <= before // 4, (before, after)
+    median = float(moved.norm(dim=-1).median())
+    assert float(extra.norm(dim=-1).min()) > 3 * median  # the outlier went to the register
+    # the pooled feature (class token or attention pool) and the patch tokens keep their shapes
+    assert features["x_norm_clstoken"].shape == (6, 96) and features["x_norm_patchtokens"].shape == (6, 256, 96)
