@@ -5,6 +5,12 @@ outlier positions and create them. At inference one extra token is appended afte
 neurons the extra token gets a large activation and the patch tokens get zero, so the outlier forms on the extra
 token instead of on an image patch. The class token and any trained registers are left as they are.
 
+Every family alike (the model adapter's ``num_prefix_tokens`` says where the patch tokens start): the extra token
+carries no position embedding and the blocks' attention is the same for any order of the tokens, so appending it
+is the same as putting it among the prefix tokens. A model without a class token (SigLIP) has every token before
+the extra one a patch token; its attention-pooling head sees only the real tokens, as trained registers are
+dropped before the pooled feature.
+
 ``protocol: reference`` (the default) is the official repository's computation (github.com/nickjiang2378/
 test-time-registers); today's earlier variants stay one named option away and are recorded as deviations:
 
