@@ -104,3 +104,56 @@ def test_repaired_folder_in_the_source_format_loads_in_transformers(folders, tmp
     before, after = theirs.state_dict(), repaired.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all(k.endswith("weight") and ("proj" in k or "fc" in k) for k in changed)  # the repair ran
+
+
+# The KNN and depth tasks still read a class token, which SigLIP has not: the benchmarks' side of issue 21 (item 4:
+# the pooled feature is the attention pool's output) is another change; until it lands the SigLIP run fails there.
+SIGLIP_BENCHMARKS = pytest.mark.xfail(reason="imagenet_knn and depth_nyu_linear4 ask for a class token (issue 21 "
+                                      "item 4, the benchmarks' side)", strict=False)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [dm.CLIP_NAME, pytest.param(dm.SIGLIP_NAME, marks=SIGLIP_BENCHMARKS)])
+def test_remedies_suite_smoke_on_the_stand_in(tmp_path, name):
+    """`sinder-bench run --suite remedies --profile smoke --backbone NAME`: every task of the suite on the stand-in."""
+    from conftest import run_smoke_suite
+
+    tasks = ["defect_census", "imagenet_knn", "seg_ade20k_linear", "depth_nyu_linear4"]
+    code, records = run_smoke_suite("remedies", tmp_path / "runs", tmp_path / "cache", tasks, backbone=name)
+    assert code == 0
+    for task, record in records.items():
+        assert record is not None and record["backbone"]["name"] == name, task
+    assert records["defect_census"]["metrics"]["high_norm_last"] > 0  # the planted defects are seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [dm.CLIP_NAME, dm.SIGLIP_NAME])
+def test_smoke_remedies_of_the_stand_in_treat_its_defects(tmp_path, monkeypatch, name):
+    """The remedies suite's smoke backbones (the base, its SINDER twin, +clamp, +ttr) built from the stand-in:
+    each remedy lowers the last block's high-norm tokens of the census."""
+    from benchmarks.census.task import DefectCensus
+    from benchmarks.core import backbones as B
+    from benchmarks.core import registry
+    from benchmarks.core.runner import run_suite
+    from benchmarks.remedies import ttr as ttr_remedy
+
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "cheap.yaml").write_text("smoke_remedies: [clamp, ttr]\ntasks: [defect_census]\n")
+    monkeypatch.setattr(registry, "SUITES_DIR", suites)
+    monkeypatch.setattr(B, "SMOKE_BACKBONE", name)
+    monkeypatch.setattr(ttr_remedy, "SMOKE_IMAGES", 40)
+    smoke = DefectCensus().config("smoke", {"n_images": 16})
+    monkeypatch.setattr(DefectCensus, "config", lambda self, profile, overrides=None: smoke)
+    out = tmp_path / "runs"
+    summary = run_suite("cheap", profile="smoke", out=out, cache_dir=tmp_path / "cache", device="cpu",
+                        progress=False, log=lambda msg: None)  # fmt: skip
+    assert summary.exit_code == 0 and len(summary.ran) == 4
+    high = {}
+    for path in (out / "defect_census").glob("*.json"):
+        record = json.loads(path.read_text())
+        high[record["backbone"]["label"]] = record["metrics"]["high_norm_last"]
+    assert set(high) == {name, f"{name}_sinder", f"{name}+clamp", f"{name}+ttr"}
+    assert high[name] > 0
+    for remedy in ("_sinder", "+clamp", "+ttr"):
+        assert high[f"{name}{remedy}"] <= 0.5 * high[name], (remedy, high)
