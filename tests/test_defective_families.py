@@ -123,3 +123,21 @@ def test_test_time_registers_move_the_outliers_to_the_extra_token(stand_in):
     assert float(extra.norm(dim=-1).min()) > 3 * median  # the outlier went to the register
     # the pooled feature (class token or attention pool) and the patch tokens keep their shapes
     assert features["x_norm_clstoken"].shape == (6, 96) and features["x_norm_patchtokens"].shape == (6, 256, 96)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_analyze_finds_the_defects_along_nu(tmp_path, name):
+    import json
+
+    from benchmarks.cli import main
+    from sinder.utils.synthetic_images import write_synthetic_photos
+
+    photos = write_synthetic_photos(tmp_path / "photos", 8, size=128, seed=5)
+    out = tmp_path / "analysis"
+    assert main(["analyze", "--backbone", name, "--images", str(photos), "--out", str(out), "--method",
+                 "expectation", "--no-progress"]) == 0  # fmt: skip
+    last = json.loads((out / "analysis.json").read_text())["layers"][-1]
+    assert last["high_norm"]["n_defects"] >= 1
+    assert last["angle_to_empirical"]["cumulative"] < 20  # nu points along the high-norm tokens
+    assert last["token_angles"]["nu"]["defective"] < 20 < last["token_angles"]["nu"]["normal"]
