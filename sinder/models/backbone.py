@@ -50,8 +50,9 @@ class Backbone(Protocol):
 class RepairableBackbone(Backbone, Protocol):
     """What the repair and the defect analysis use in addition: the token pipeline, block by block.
 
-    ``blocks`` must be DINOv2 blocks (``norm1``, ``attn.qkv``, ``attn.proj``, ``ls1``, ``norm2``, ``mlp``,
-    ``ls2``): the repair linearises and edits their weights.
+    ``blocks`` must be our ViT's blocks (``norm1``, ``attn.qkv``, ``attn.proj``, ``ls1``, ``norm2``, ``mlp``,
+    ``ls2``; ``ls1``/``ls2`` are identities in a family without LayerScale, the MLP's activation is the
+    architecture's ``act_layer``): the repair linearises and edits their weights.
     """
 
     norm: nn.Module
