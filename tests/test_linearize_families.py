@@ -166,3 +166,18 @@ def test_expectation_is_the_gaussian_integral_of_the_family_activation(family):
 
     for i, (nu, ref) in enumerate(zip(ours, restated_directions(model, expected_fit))):
         assert one_minus_cos(nu, ref) < 1e-7, f"block {i}"
+
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize(("hidden_act", "expected"), [(None, "quick_gelu"), ("gelu", "gelu")])
+def test_a_transformers_clip_folder_linearizes_with_its_own_hidden_act(tmp_path, hidden_act, expected):
+    import sinder
+
+    extra = {} if hidden_act is None else {"hidden_act": hidden_act}  # CLIPVisionConfig's default: quick_gelu
+    config = transformers.CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           intermediate_size=64, image_size=28, patch_size=14, **extra)  # fmt: skip
+    transformers.CLIPVisionModel(config).save_pretrained(tmp_path)
+    model = sinder.load_backbone(str(tmp_path))
+    assert {bw.mlp_kind for bw in lin.block_weights(model)} == {expected}

@@ -46,6 +46,15 @@ lr 0.005 drove it negative in a few steps, flipping ``e`` and the whole threshol
 increments; clamping all singular values to 2 (Appendix B) removes nearly all defects, and 20 SGD steps on the
 singular values alone with the paper's smoothness loss do too (both are tested).
 
+The same circuit in the other families' anatomy (``STAND_INS``: ``clip_tiny_defective``, ``siglip_tiny_defective``,
+issue 21): their MLP is fc1 -> activation -> fc2 (QuickGELU, tanh-GELU) with no LayerScale (gains divided by 1).
+The bumps are act(k y) - act(k (y - cap)) as with silu; the square units become act(a z) + act(-a z) = a z (2 F(a z)
+- 1), F the activation's gate, even and >= 0, about 2 F'(0) (a z)^2 near 0 and |a z| beyond: a is set from F'(0)
+so that small scores get the same energy. The energy of large scores then grows more slowly than z^2; on the
+SigLIP-like model that showed as fewer triggers, so its tau is 1.75 (measured on 16
+``sample_images`` at 224 px, last block high-norm tokens per image 2 to 10, DINOv2's 3 to 12; tau 2.25 gave 0 to 5).
+CLIP's keeps 2.25 (3 to 12). nu_i is within about 11 degrees of u for i >= 1 in both.
+
 All other weights are DINOv2's random initialisation (trunc-normal 0.02, layer scale 1.0) from ``build_vit``,
 so features and probes on them behave like those of a random tiny DINOv2. Defect counts scale with the number
 of tokens: at 224 x 224 (16 x 16 tokens) textured images get about 2 to 10 defects; perfectly flat images none.
