@@ -445,7 +445,7 @@ SOURCE_WRITERS = {
     **{m: clip.official_to_clip for m in clip.MODEL_TYPES},
     **{m: siglip.official_to_siglip for m in siglip.MODEL_TYPES},
 }
-DINOV2_HF_TYPES = ("dinov2", "dinov2_with_registers")
+DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 
 
 def source_key_prefix(hf_config: Mapping[str, Any], raw: Mapping[str, Tensor]) -> str:
@@ -459,7 +459,7 @@ def check_save_format(save_format: str, source: CheckpointFormat, out: str | Pat
         raise ValueError(f"save format {save_format!r}: use 'official' or 'source'")
     kind = source.kind if save_format == "source" else "official"
     model_type = (source.hf_config or {}).get("model_type") if kind == "hf" else None
-    if kind == "hf" and model_type not in (*DINOV2_HF_TYPES, *SOURCE_WRITERS):
+    if kind == "hf" and model_type not in (*DINOV2_MODEL_TYPES, *SOURCE_WRITERS):
         raise ValueError(f"--save-format source: writing a {model_type!r} folder is not supported yet; "
                          "use --save-format official")
     if kind == "hf" and Path(out).suffix:
