@@ -4,6 +4,8 @@ trained on, and from the newest checkpoint that is whole (mmengine writes its fi
 import pytest
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
+
 pytest.importorskip("mmseg", reason="segmentation stack not installed (mmsegmentation==1.2.2)")
 
 from benchmarks.data.synth import write_synthetic  # noqa: E402
@@ -33,7 +35,7 @@ def setup(tmp_path_factory):
 
 
 def train(setup, work, monkeypatch, die_at=None, loads=None):
-    cfg = resolve_config(load_config("voc2012", "linear"), data_root=setup["root"], work_dir=work,
+    cfg = resolve_config(load_config("voc2012", "linear"), preprocessing=family_preprocessing("dinov2", 14), data_root=setup["root"], work_dir=work,
                          embed_dim=setup["backbone"].embed_dim, overrides=SMOKE)  # fmt: skip
     real_build = ST.build_segmentor
 

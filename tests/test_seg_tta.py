@@ -6,6 +6,8 @@ import copy
 import pytest
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
+
 pytest.importorskip("mmseg", reason="segmentation stack not installed (mmsegmentation==1.2.2)")
 
 from benchmarks.data.synth import write_synthetic  # noqa: E402
@@ -27,7 +29,7 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
 
     def config(iterations):
-        return resolve_config(load_config("voc2012", "multiscale"), data_root=dataset_base("voc2012", root),
+        return resolve_config(load_config("voc2012", "multiscale"), preprocessing=family_preprocessing("dinov2", 14), data_root=dataset_base("voc2012", root),
                               embed_dim=backbone.embed_dim, work_dir=work, overrides={**SMOKE, "iterations": iterations})  # fmt: skip
 
     first = train_and_evaluate(config(8), backbone, tta=True)

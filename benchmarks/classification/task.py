@@ -24,6 +24,7 @@ from benchmarks.core.features import (
     describe,
     extract_features,
 )
+from benchmarks.core.preprocessing import pooled_layers, preprocessing_of
 from benchmarks.core.registry import Metric, Task, register_task
 from benchmarks.core.scalars import scalar_writer
 from benchmarks.core.task_config import check_schema
@@ -79,10 +80,11 @@ class _ImageNetTask(Task):
         return config
 
 
-def _cls_normalized(model, images):
-    # The class token after the final norm, L2-normalised: DINOv2's KNN feature.
-    (_, cls), = model.get_intermediate_layers(images, n=1, return_class_token=True, norm=True)
-    return F.normalize(cls.float(), dim=-1, p=2)
+def _pooled_normalized(model, images):
+    # The pooled feature (class token, or the attention pool's output) after the final norm, L2-normalised:
+    # DINOv2's KNN feature for a class-token model.
+    (_, pooled), = pooled_layers(model, images, n=1, norm=True)
+    return F.normalize(pooled.float(), dim=-1, p=2)
 
 
 @register_task
@@ -95,7 +97,8 @@ class ImageNetKNN(_ImageNetTask):
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         cfg = ctx.config
-        transform = eval_transform(cfg["resize"], cfg["crop"])
+        pre = preprocessing_of(backbone)
+        transform = eval_transform(cfg["resize"], cfg["crop"], mean=pre.mean, std=pre.std)
         root = ctx.dataset_root("imagenet")
         features = {}
         for split in ("train", "val"):
@@ -105,11 +108,11 @@ class ImageNetKNN(_ImageNetTask):
                 dataset=f"imagenet:{dataset_fingerprint(dataset)}",
                 transform=describe(transform),
                 resolution=str(cfg["crop"]),
-                layers="cls@last,norm,l2",
+                layers="cls@last,norm,l2" if pre.pooling == "cls" else f"{pre.pooling}-pool@last,norm,l2",
                 dtype=compute_dtype_name(ctx.device, ctx.amp_dtype),
             )
             features[split] = extract_features(
-                backbone, dataset, _cls_normalized, spec=spec, cache_dir=ctx.feature_cache,
+                backbone, dataset, _pooled_normalized, spec=spec, cache_dir=ctx.feature_cache,
                 batch_size=cfg["batch_size"], num_workers=ctx.num_workers, device=ctx.device,
                 amp_dtype=ctx.amp_dtype, progress=ctx.progress, desc=f"knn {split} features",
             )  # fmt: skip
@@ -126,6 +129,7 @@ class ImageNetKNN(_ImageNetTask):
             train["features"], train["labels"], val["features"].to(ctx.device), val["labels"],
             ks=ks, T=cfg["T"], num_classes=num_classes, backend=cfg["backend"], chunk_size=cfg["chunk_size"],
         )  # fmt: skip
+        result["hparams"]["pooled_feature"] = pre.pooled_feature
         result["hparams"]["n_train"] = len(train["labels"])
         result["hparams"]["n_val"] = len(val["labels"])
         return result
@@ -143,8 +147,9 @@ class ImageNetLinear(_ImageNetTask):
     def run(self, backbone, ctx) -> dict[str, Any]:
         cfg = ctx.config
         root = ctx.dataset_root("imagenet")
-        train = open_imagenet(root, "train", train_transform(cfg["crop"]))
-        val = open_imagenet(root, "val", eval_transform(cfg["resize"], cfg["crop"]))
+        pre = preprocessing_of(backbone)
+        train = open_imagenet(root, "train", train_transform(cfg["crop"], mean=pre.mean, std=pre.std))
+        val = open_imagenet(root, "val", eval_transform(cfg["resize"], cfg["crop"], mean=pre.mean, std=pre.std))
         batch = per_rank_batch(cfg["batch_size"], ctx.world_size)  # the protocol's batch is global
         checkpoint = TrainingCheckpoint.for_task(ctx, "linear_probe", fingerprint(
             cfg, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train), len(train.classes)))  # fmt: skip
@@ -157,5 +162,6 @@ class ImageNetLinear(_ImageNetTask):
             )  # fmt: skip
         heads = result.pop("heads")
         result["hparams"]["n_heads"] = len(heads)
+        result["hparams"]["pooled_feature"] = pre.pooled_feature
         result["details"] = {"heads": heads}  # every head's accuracy, kept in the run record
         return result

@@ -54,6 +54,7 @@ class _DepthTask(Task):
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
+        from benchmarks.core.preprocessing import preprocessing_of
         from benchmarks.data.nyud import NYUDepthV2
         from benchmarks.depth.features import head_blocks
         from benchmarks.depth.metrics import mean_depth_baseline
@@ -94,7 +95,8 @@ class _DepthTask(Task):
             "skipped_steps": int(getattr(head, "skipped_steps", 0)),
             "dead_readout_at_init": bool(getattr(head, "dead_at_init", False)),
             "test_images": n_images,
-            "features": "patch tokens + class token, no final norm",
+            "features": f"patch tokens + {preprocessing_of(backbone).pooled_feature}, no final norm",
+            "pooled_feature": preprocessing_of(backbone).pooled_feature,
             "head": released or {"source": "trained"},
         }
         return {"metrics": metrics, "hparams": hparams, "details": {"mean_depth_baseline": baseline},

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.core.preprocessing import family_preprocessing
 from benchmarks.core.results import git_commit
 from benchmarks.core.task_config import MAX_LOADER_WORKERS
 from sinder.defects.linearize import DEFAULT_N_SAMPLES
@@ -382,7 +383,7 @@ def measure_segmentation(sizes: Sizes, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu-check-seg-") as tmp:
         tmp = Path(tmp)
         write_synthetic("ade20k", tmp / "data", seed=0)
-        cfg = resolve_config(load_config("ade20k", "linear"), data_root=dataset_base("ade20k", tmp / "data"),
+        cfg = resolve_config(load_config("ade20k", "linear"), preprocessing=family_preprocessing("dinov2", 14), data_root=dataset_base("ade20k", tmp / "data"),
                              embed_dim=backbone.embed_dim, work_dir=tmp / "work", device_type=device.type,
                              num_workers=min(sizes.seg_workers, os.cpu_count() or 1), overrides=overrides)  # fmt: skip
         cfg.default_hooks.checkpoint = None  # no checkpoint write inside the timed iterations
@@ -428,11 +429,15 @@ def measure_jpeg(sizes: Sizes, device: torch.device, extraction_images_per_s: fl
 
     from benchmarks.classification.datasets import open_imagenet
     from benchmarks.classification.transforms import eval_transform, train_transform
+    from benchmarks.core.preprocessing import family_preprocessing
+
+    pre = family_preprocessing("dinov2", 14)  # the loader's cost: any mean/std costs the same
 
     out: dict[str, Any] = {"images": sizes.jpeg_images, "image_size": list(sizes.jpeg_size), "per_worker": {}}
     with tempfile.TemporaryDirectory(prefix="gpu-check-jpeg-") as tmp:
         _write_jpegs(Path(tmp), sizes.jpeg_images, sizes.jpeg_size)
-        for name, transform in (("eval_256_224", eval_transform(256, 224)), ("train_224", train_transform(224))):
+        for name, transform in (("eval_256_224", eval_transform(256, 224, mean=pre.mean, std=pre.std)),
+                                ("train_224", train_transform(224, mean=pre.mean, std=pre.std))):
             dataset = open_imagenet(tmp, "train", transform)
             rates = {}
             for workers in sizes.jpeg_workers:

@@ -98,13 +98,14 @@ class _SegTask(Task):
                 shutil.rmtree(base_dir, ignore_errors=True)
 
     def _run(self, backbone, ctx, data_root, overrides, base_dir: Path) -> dict[str, Any]:
+        from benchmarks.core.preprocessing import preprocessing_of
         from benchmarks.core.scalars import run_log_dir
         from benchmarks.segmentation.config import load_config, resolve_config
         from benchmarks.segmentation.train import train_and_evaluate
 
         cfg = resolve_config(
             load_config(self.dataset, self.setting), data_root=data_root, embed_dim=int(backbone.embed_dim),
-            work_dir=base_dir, world_size=ctx.world_size,
+            work_dir=base_dir, world_size=ctx.world_size, preprocessing=preprocessing_of(backbone),
             sync_bn=ctx.world_size > 1, device_type=ctx.device.type, num_workers=ctx.num_workers, seed=ctx.seed,
             overrides=overrides,
         )  # fmt: skip

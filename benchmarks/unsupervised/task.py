@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks.core.preprocessing import preprocessing_of
 from benchmarks.core.registry import Metric, Task, register_task
 
 LOSS_VARIANTS = ("dinov2", "register", "sinder")
@@ -103,13 +104,14 @@ class _StegoTask(_UnsupervisedTask):
         from .stego import run_stego, selection_resolution
 
         cfg = dict(ctx.config)
+        pre = preprocessing_of(backbone)
         variant = loss_variant(backbone, getattr(ctx, "backbone_role", None))
         cfg["loss"] = dict(cfg["loss_weights"][variant])
         crops = parse_crops(cfg["train_crops"])
         train_base = _open(ctx, cfg, cfg["train_split"])
         name = f"{cfg['dataset']}:{cfg['train_split']}"
         views = {
-            key: SegmentationView(base, res, crop, cfg["resize"], cfg["interpolation"], name=n)
+            key: SegmentationView(base, res, crop, cfg["resize"], cfg["interpolation"], name=n, preprocessing=pre)
             for key, base, res, crop, n in (
                 ("train", train_base, cfg["train_resolution"], crops, name),
                 ("knn", train_base, cfg["knn_resolution"], crops, name),
@@ -122,7 +124,7 @@ class _StegoTask(_UnsupervisedTask):
         select_view = views["val"]
         if select_res != views["val"].resolution:
             select_view = SegmentationView(views["val"].base, select_res, (), cfg["resize"], cfg["interpolation"],
-                                           name=f"{cfg['dataset']}:{cfg['val_split']}")  # fmt: skip
+                                           name=f"{cfg['dataset']}:{cfg['val_split']}", preprocessing=pre)  # fmt: skip
         return run_stego(backbone, ctx, cfg, views["train"], views["knn"], views["val"], cfg["n_classes"], variant,
                          select_view=select_view)  # fmt: skip
 
@@ -162,10 +164,12 @@ class _CauseTask(_UnsupervisedTask):
 
         cfg = dict(ctx.config)
         res = cfg["resolution"]
+        pre = preprocessing_of(backbone)
         train = SegmentationView(_open(ctx, cfg, cfg["train_split"]), res, parse_crops(cfg["train_crops"]),
-                                 cfg["resize"], cfg["interpolation"], name=f"{cfg['dataset']}:{cfg['train_split']}")
+                                 cfg["resize"], cfg["interpolation"], name=f"{cfg['dataset']}:{cfg['train_split']}",
+                                 preprocessing=pre)  # fmt: skip
         val = SegmentationView(_open(ctx, cfg, cfg["val_split"]), res, (), cfg["resize"], cfg["interpolation"],
-                               name=f"{cfg['dataset']}:{cfg['val_split']}")  # fmt: skip
+                               name=f"{cfg['dataset']}:{cfg['val_split']}", preprocessing=pre)  # fmt: skip
         return run_cause(backbone, ctx, cfg, train, val, cfg["n_classes"])
 
 

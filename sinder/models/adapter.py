@@ -16,8 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
+
 FAMILIES = ("dinov2", "clip", "siglip")
 POOLINGS = ("cls", "attention")
+# The mean/std a family's checkpoints were trained with, for a checkpoint that does not say its own (a
+# transformers folder without preprocessor_config.json, a file): DINOv2 the ImageNet statistics; CLIP OpenAI's
+# (transformers' OPENAI_CLIP_MEAN/STD, CLIPImageProcessor's defaults); SigLIP 0.5/0.5 (SiglipImageProcessor's).
+# The only place besides sinder.utils.images that writes a mean/std (tests/test_constants_once.py).
+FAMILY_MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 
 
 @dataclass(frozen=True)

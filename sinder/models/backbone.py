@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from sinder.models.adapter import ViTDescription, num_prefix_tokens
+from sinder.models.adapter import FAMILY_MEAN_STD, ViTDescription, num_prefix_tokens
 from sinder.models.vit import PRESETS
 from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
@@ -109,6 +109,70 @@ def pretrained_config(name: str) -> PretrainedConfig | None:
     return PRETRAINED.get(name)
 
 
+def family_pretrained_cfg(config, patch_size: int, mean=None, std=None,
+                          input_size: tuple[int, int, int] | None = None) -> PretrainedConfig:  # fmt: skip
+    """A checkpoint's pretrained config from its architecture dict: its family's mean/std (FAMILY_MEAN_STD) and
+    its position embeddings' input size, unless given."""
+    family_mean, family_std = FAMILY_MEAN_STD.get(config.get("family", "dinov2"), FAMILY_MEAN_STD["dinov2"])
+    size = int(config.get("img_size", 0))
+    return PretrainedConfig(
+        file=None, url=None, input_size=input_size or (int(config.get("in_chans", 3)), size, size),
+        patch_size=int(patch_size), mean=tuple(mean or family_mean), std=tuple(std or family_std),
+    )
+
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"  # what a transformers image processor's save_pretrained writes
+
+
+def read_preprocessor_config(folder, config) -> PretrainedConfig | None:
+    """The pretrained config a transformers folder's ``preprocessor_config.json`` describes (``image_mean``,
+    ``image_std``, ``crop_size`` when it center-crops, else ``size``), for the architecture dict ``config``;
+    None without the file. Keys it leaves out take the family's defaults; a bad value is a ValueError."""
+    import json
+    import math
+    from pathlib import Path
+
+    path = Path(folder) / PREPROCESSOR_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    stats = {}
+    for key in ("image_mean", "image_std"):
+        value = data.get(key)
+        if value is None:
+            continue
+        value = [value] * 3 if isinstance(value, (int, float)) else value
+        ok = isinstance(value, list) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok or (key == "image_std" and min(value) <= 0):
+            raise ValueError(f"{path}: {key} {value!r} is not 3 finite numbers" + (" > 0" if key == "image_std" else ""))
+        stats[key] = tuple(float(v) for v in value)
+    if data.get("do_normalize") is False:  # the processor feeds [0, 1] pixels as they are
+        stats = {"image_mean": (0.0, 0.0, 0.0), "image_std": (1.0, 1.0, 1.0)}
+    size = _processor_size(data.get("crop_size") if data.get("do_center_crop", "crop_size" in data) else None) \
+        or _processor_size(data.get("size"))
+    channels = int(config.get("in_chans", 3))
+    return family_pretrained_cfg(config, int(config.get("patch_size", 14)), stats.get("image_mean"),
+                                 stats.get("image_std"), (channels, *size) if size else None)  # fmt: skip
+
+
+def _processor_size(value) -> tuple[int, int] | None:
+    """(height, width) of a processor's ``size``/``crop_size``: an int, {height, width} or {shortest_edge}."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, dict):
+        if "height" in value and "width" in value:
+            return int(value["height"]), int(value["width"])
+        if "shortest_edge" in value:
+            return int(value["shortest_edge"]), int(value["shortest_edge"])
+    return None
+
+
 def missing_members(obj, protocol: type = Backbone) -> list[str]:
     """The members of ``protocol`` that ``obj`` lacks (empty: it can be benchmarked), for one-line errors."""
     names = [n for klass in protocol.__mro__ if klass not in (object, Protocol, typing.Generic)
@@ -123,12 +187,8 @@ def describe(model) -> ViTDescription:
     config = getattr(model, "config", None) or {}
     family = config.get("family", "dinov2")
     pretrained = getattr(model, "pretrained_cfg", None) or PRETRAINED.get(getattr(model, "name", ""))
-    if pretrained is None:
-        size = int(config.get("img_size", 0))
-        pretrained = PretrainedConfig(
-            file=None, url=None, input_size=(int(config.get("in_chans", 3)), size, size),
-            patch_size=int(model.patch_size),
-        )
+    if pretrained is None:  # a checkpoint that does not say its preprocessing: its family's
+        pretrained = family_pretrained_cfg(config, int(model.patch_size))
     return ViTDescription(
         family=family,
         num_prefix_tokens=num_prefix_tokens(model),
