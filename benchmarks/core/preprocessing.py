@@ -51,9 +51,10 @@ class Preprocessing:
     def norm_tag(self) -> str:
         """The normalisation in a transform's description (feature-cache keys): ``imagenet-norm`` for the
         ImageNet statistics (the text caches were keyed by before other families), else the values."""
-        from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
+        from sinder.models.adapter import FAMILY_MEAN_STD
 
-        if (self.mean, self.std) == (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)):
+        imagenet_mean, imagenet_std = FAMILY_MEAN_STD["dinov2"]  # the ImageNet statistics
+        if (self.mean, self.std) == (tuple(imagenet_mean), tuple(imagenet_std)):
             return "imagenet-norm"
         return f"norm(mean={self.mean},std={self.std})"
 

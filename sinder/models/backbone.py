@@ -154,10 +154,10 @@ def read_preprocessor_config(folder, config) -> PretrainedConfig | None:
         stats[key] = tuple(float(v) for v in value)
     if data.get("do_normalize") is False:  # the processor feeds [0, 1] pixels as they are
         stats = {"image_mean": (0.0, 0.0, 0.0), "image_std": (1.0, 1.0, 1.0)}
-    size = _processor_size(data.get("crop_size") if data.get("do_center_crop", "crop_size" in data) else None) \
-        or _processor_size(data.get("size"))
+    crops = data.get("do_center_crop", "crop_size" in data)  # CLIP: resize, then the crop the model sees
+    size = (_processor_size(data.get("crop_size")) if crops else None) or _processor_size(data.get("size"))
     channels = int(config.get("in_chans", 3))
-    return family_pretrained_cfg(config, int(config.get("patch_size", 14)), stats.get("image_mean"),
+    return family_pretrained_cfg(config, int(config["patch_size"]), stats.get("image_mean"),
                                  stats.get("image_std"), (channels, *size) if size else None)  # fmt: skip
 
 
