@@ -25,6 +25,7 @@ class FeatureBackbone(nn.Module):
     def __init__(self, dim):
         super().__init__()
         self.embed_dim = dim
+        self.patch_size = 1  # a Backbone member: its description (the pooling: class token) reads it
         self.calls = 0
         self.batch_sizes = []
 

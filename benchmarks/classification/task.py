@@ -134,6 +134,12 @@ class ImageNetKNN(_ImageNetTask):
         result["hparams"]["n_val"] = len(val["labels"])
         return result
 
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """The cached pooled features of both splits: one float32 row of the token width per image."""
+        from benchmarks.core.disk import feature_bytes
+
+        return feature_bytes(images("imagenet:train") + images("imagenet:val"), backbone.embed_dim)
+
 
 @register_task
 class ImageNetLinear(_ImageNetTask):
@@ -165,3 +171,13 @@ class ImageNetLinear(_ImageNetTask):
         result["hparams"]["pooled_feature"] = pre.pooled_feature
         result["details"] = {"heads": heads}  # every head's accuracy, kept in the run record
         return result
+
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """The training checkpoint: every head's weights and SGD momentum (ImageNet's classes)."""
+        from benchmarks.core.disk import checkpoint_bytes
+        from benchmarks.data import DATASETS
+
+        classes = int(DATASETS["imagenet"].n_classes or 1000)
+        heads = head_configs(config["n_last_blocks"], config["avgpool"], config["lrs"])
+        dims = [backbone.embed_dim * (h.n_last_blocks + int(h.avgpool)) for h in heads]
+        return checkpoint_bytes(sum((d + 1) * classes for d in dims), slots=2)

@@ -47,6 +47,14 @@ class _DepthTask(Task):
             raise ValueError(f"task {self.name} (profile {profile}): {err}") from None
         return config
 
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """The training checkpoint of the head (built on the meta device to count it) and its AdamW state."""
+        from benchmarks.core.disk import checkpoint_bytes, module_params
+        from benchmarks.depth.train import DepthConfig, make_head
+
+        cfg = DepthConfig.from_dict(dict(config))
+        return checkpoint_bytes(module_params(lambda: make_head(cfg, backbone.embed_dim)))
+
     def released_head_file(self, arch: str) -> str:
         from benchmarks.depth.released import released_head_file
 

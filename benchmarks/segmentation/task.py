@@ -132,6 +132,16 @@ class _SegTask(Task):
             metrics.update({f"{key}_single_scale": value for key, value in single.items()})
         return {"metrics": metrics, "hparams": self._hparams(cfg, result, ctx.world_size)}
 
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """mmengine's checkpoints of the head (BN + 1x1 conv over the concatenated maps: the last block's for
+        linear, four for multiscale) with the optimizer state, the last two kept (max_keep_ckpts)."""
+        from benchmarks.core.disk import checkpoint_bytes
+        from benchmarks.data import DATASETS
+
+        channels = backbone.embed_dim * (4 if self.setting == "multiscale" else 1)
+        classes = int(DATASETS[self.dataset].n_classes or 1)
+        return 2 * checkpoint_bytes(channels * classes + classes + 4 * channels)
+
     def released_head_file(self, arch: str) -> str:
         """DINOv2's official file name, e.g. dinov2_vitg14_ade20k_linear_head.pth (multiscale: ``ms``)."""
         return f"{arch}_{self.dataset}_{'linear' if self.setting == 'linear' else 'ms'}_head.pth"

@@ -84,6 +84,22 @@ class _UnsupervisedTask(Task):
     def config(self, profile: str, overrides=None) -> dict[str, Any]:
         return resolve_config(self.method, self.dataset_key, profile, overrides)
 
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """The training crops' token maps when cached on disk (TokenSource's rule: ``feature_cache`` true, or
+        auto and at most ``max_cache_gb``) and, for STEGO, the pooled features its neighbours come from."""
+        from benchmarks.core.disk import FLOAT32, feature_bytes
+
+        from .data import parse_crops
+
+        crops = sum(c.count for c in parse_crops(config["train_crops"])) or 1
+        n = images(f"{config['dataset']}:{config['train_split']}") * crops
+        res = int(config.get("train_resolution", config.get("resolution", 0)))
+        tokens = n * backbone.embed_dim * (res // backbone.patch_size) ** 2 * FLOAT32
+        cache = config.get("feature_cache", "auto")
+        cached = bool(cache) if cache != "auto" else tokens <= float(config.get("max_cache_gb", 0)) * 1e9
+        pooled = feature_bytes(n, backbone.embed_dim) if self.method == "stego" else 0
+        return (tokens if cached else 0) + pooled
+
 
 class _StegoTask(_UnsupervisedTask):
     method = "stego"
