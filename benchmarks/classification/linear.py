@@ -84,6 +84,7 @@ class LinearHeads(nn.Module):
 def backbone_tokens(backbone: nn.Module, images: Tensor, n_last_blocks: int, amp_dtype=None):
     """The ``(patch tokens, pooled feature)`` pairs of the last ``n_last_blocks`` blocks, after the final norm
     (the pooled feature: the class token, or the attention pool's output: benchmarks.core.preprocessing)."""
+    from benchmarks.core.padding import center_pad
     from benchmarks.core.preprocessing import pooled_layers
 
     autocast = (
@@ -93,6 +94,7 @@ def backbone_tokens(backbone: nn.Module, images: Tensor, n_last_blocks: int, amp
     )
     # no_grad, not inference_mode: the heads' backward must be able to save these tensors.
     with torch.no_grad(), autocast:
+        images, _ = center_pad(images, int(backbone.patch_size))  # a crop the patch size does not divide
         tokens = pooled_layers(backbone, images, n=n_last_blocks, norm=True)
     return [(p.float(), c.float()) for p, c in tokens]
 

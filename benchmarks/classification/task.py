@@ -24,6 +24,7 @@ from benchmarks.core.features import (
     describe,
     extract_features,
 )
+from benchmarks.core.padding import center_pad
 from benchmarks.core.preprocessing import pooled_layers, preprocessing_of
 from benchmarks.core.registry import Metric, Task, register_task
 from benchmarks.core.scalars import scalar_writer
@@ -82,9 +83,18 @@ class _ImageNetTask(Task):
 
 def _pooled_normalized(model, images):
     # The pooled feature (class token, or the attention pool's output) after the final norm, L2-normalised:
-    # DINOv2's KNN feature for a class-token model.
+    # DINOv2's KNN feature for a class-token model. A crop the patch size does not divide is center-padded.
+    images, _ = center_pad(images, int(model.patch_size))
     (_, pooled), = pooled_layers(model, images, n=1, norm=True)
     return F.normalize(pooled.float(), dim=-1, p=2)
+
+
+def padding_record(crop: int, patch_size: int) -> dict[str, str]:
+    """The record's note when the crop is not a multiple of the patch size (inputs center-padded), else none."""
+    if crop % patch_size == 0:
+        return {}
+    padded = crop + (-crop) % patch_size
+    return {"input_padding": f"{crop} px crops center-padded to {padded} (patch {patch_size})"}
 
 
 @register_task
@@ -130,6 +140,7 @@ class ImageNetKNN(_ImageNetTask):
             ks=ks, T=cfg["T"], num_classes=num_classes, backend=cfg["backend"], chunk_size=cfg["chunk_size"],
         )  # fmt: skip
         result["hparams"]["pooled_feature"] = pre.pooled_feature
+        result["hparams"].update(padding_record(cfg["crop"], pre.patch_size))
         result["hparams"]["n_train"] = len(train["labels"])
         result["hparams"]["n_val"] = len(val["labels"])
         return result
@@ -169,6 +180,7 @@ class ImageNetLinear(_ImageNetTask):
         heads = result.pop("heads")
         result["hparams"]["n_heads"] = len(heads)
         result["hparams"]["pooled_feature"] = pre.pooled_feature
+        result["hparams"].update(padding_record(cfg["crop"], pre.patch_size))
         result["details"] = {"heads": heads}  # every head's accuracy, kept in the run record
         return result
 
