@@ -49,11 +49,15 @@ def quick_knn(monkeypatch):
     """The task's work replaced by a constant result: these tests are about the preflight."""
     from benchmarks.classification.task import ImageNetKNN
 
-    monkeypatch.setattr(ImageNetKNN, "run", lambda self, backbone, ctx: {"metrics": {"top1": 1.0, "top5": 1.0}})
+    monkeypatch.setattr(
+        ImageNetKNN, "run", lambda self, backbone, ctx: {"metrics": {"top1": 1.0, "top5": 1.0}}
+    )
 
 
 @pytest.mark.parametrize("per_class", [2, 6])
-def test_a_run_needing_more_than_is_free_is_refused_before_any_work(tmp_path, monkeypatch, quick_knn, per_class):
+def test_a_run_needing_more_than_is_free_is_refused_before_any_work(
+    tmp_path, monkeypatch, quick_knn, per_class
+):
     data = tmp_path / "data"
     n_images = _imagenet(data, per_class)
     need = _expected_knn_run(n_images, width=96)  # dinov2_tiny_defective: 96-wide tokens
@@ -76,7 +80,9 @@ def test_the_estimate_grows_with_the_feature_width(tmp_path, monkeypatch, quick_
     n_images = _imagenet(data, 2)
     needs = {}
     for width in (32, 128):
-        model = build_vit({"embed_dim": width, "depth": 2, "num_heads": 2, "patch_size": 14, "img_size": 56}, seed=0)
+        model = build_vit(
+            {"embed_dim": width, "depth": 2, "num_heads": 2, "patch_size": 14, "img_size": 56}, seed=0
+        )
         model.name, model.weights_sha256, model.weights_source = f"w{width}", f"{width:064d}", "built"
         needs[width] = need = _expected_knn_run(n_images, width)
         _free(monkeypatch, need - 1)
@@ -104,7 +110,10 @@ def test_each_task_estimate_against_an_independent_count():
     widths = [48 * (n + a) for n in config["n_last_blocks"] for a in (int(x) for x in config["avgpool"])
               for _ in config["lrs"]]  # fmt: skip
     assert len(widths) == 52
-    assert linear.disk_bytes("paper", config, size, lambda entry: 0) == 2 * sum((w + 1) * 1000 for w in widths) * 4 * 2
+    assert (
+        linear.disk_bytes("paper", config, size, lambda entry: 0)
+        == 2 * sum((w + 1) * 1000 for w in widths) * 4 * 2
+    )
 
 
 def test_a_remedied_backbone_adds_a_copy_of_its_weights():
@@ -128,5 +137,9 @@ def test_a_remedied_backbone_adds_a_copy_of_its_weights():
 def test_state_bytes_is_the_weights_size():
     from sinder.models.state_io import state_bytes
 
-    state = {"a": torch.zeros(3, 4), "b": torch.zeros(5, dtype=torch.float16), "c": torch.zeros(2, dtype=torch.int64)}
+    state = {
+        "a": torch.zeros(3, 4),
+        "b": torch.zeros(5, dtype=torch.float16),
+        "c": torch.zeros(2, dtype=torch.int64),
+    }
     assert state_bytes(state) == 12 * 4 + 5 * 2 + 2 * 8

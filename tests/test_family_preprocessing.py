@@ -23,7 +23,10 @@ from sinder.models.backbone import describe
 transformers = pytest.importorskip("transformers")
 
 OWN_MEAN, OWN_STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
-OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # CLIPImageProcessor's
+OPENAI_CLIP = (
+    (0.48145466, 0.4578275, 0.40821073),
+    (0.26862954, 0.26130258, 0.27577711),
+)  # CLIPImageProcessor's
 
 
 def _perturbed(model):
@@ -55,11 +58,22 @@ def siglip_folder(path, patch=16, image=64):
 
 
 def test_a_clip_folder_carries_its_own_preprocessing(tmp_path):
-    processor = {"image_processor_type": "CLIPImageProcessor", "image_mean": OWN_MEAN, "image_std": OWN_STD,
-                 "do_center_crop": True, "crop_size": {"height": 42, "width": 42}, "size": {"shortest_edge": 48}}
+    processor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "image_mean": OWN_MEAN,
+        "image_std": OWN_STD,
+        "do_center_crop": True,
+        "crop_size": {"height": 42, "width": 42},
+        "size": {"shortest_edge": 48},
+    }
     clip_folder(tmp_path / "clip", processor=processor)
     cfg = describe(sinder.load_backbone(str(tmp_path / "clip"))).pretrained_cfg
-    assert (cfg.mean, cfg.std, cfg.input_size, cfg.patch_size) == (tuple(OWN_MEAN), tuple(OWN_STD), (3, 42, 42), 14)
+    assert (cfg.mean, cfg.std, cfg.input_size, cfg.patch_size) == (
+        tuple(OWN_MEAN),
+        tuple(OWN_STD),
+        (3, 42, 42),
+        14,
+    )
 
 
 def test_family_defaults_without_a_preprocessor_config(tmp_path):
@@ -67,7 +81,12 @@ def test_family_defaults_without_a_preprocessor_config(tmp_path):
     siglip_folder(tmp_path / "siglip")
     clip, siglip = (preprocessing_of(sinder.load_backbone(str(tmp_path / n))) for n in ("clip", "siglip"))
     assert (clip.mean, clip.std, clip.input_size, clip.pooling) == (*OPENAI_CLIP, (3, 56, 56), "cls")
-    assert (siglip.mean, siglip.std, siglip.patch_size, siglip.pooling) == ((0.5,) * 3, (0.5,) * 3, 16, "attention")
+    assert (siglip.mean, siglip.std, siglip.patch_size, siglip.pooling) == (
+        (0.5,) * 3,
+        (0.5,) * 3,
+        16,
+        "attention",
+    )
     dinov2 = preprocessing_of(sinder.load_backbone("dinov2_tiny_defective"))
     assert (dinov2.mean, dinov2.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -115,7 +134,9 @@ def test_the_knn_loader_normalizes_with_the_checkpoints_statistics(tmp_path, mon
     expected = (pixels - np.array(OWN_MEAN)) / np.array(OWN_STD)
     got = batch.numpy().transpose(0, 2, 3, 1)
     errors = np.abs(got - expected[None]).reshape(len(got), -1).max(axis=1)
-    assert errors.min() < 1e-5  # one of the loaded images is that file, normalised with the checkpoint's mean/std
+    assert (
+        errors.min() < 1e-5
+    )  # one of the loaded images is that file, normalised with the checkpoint's mean/std
 
 
 def test_a_patch16_siglip_tower_is_padded_to_multiples_of_16_for_segmentation(tmp_path):
@@ -151,7 +172,7 @@ def test_clip_pooled_feature_is_the_class_token(tmp_path):
     x = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         ((_, pooled),) = pooled_layers(model, x, n=1, norm=True)
-        (_, cls), = model.get_intermediate_layers(x, n=1, return_class_token=True, norm=True)
+        ((_, cls),) = model.get_intermediate_layers(x, n=1, return_class_token=True, norm=True)
     assert torch.equal(pooled, cls)
 
 
@@ -164,9 +185,15 @@ def test_smoke_benchmarks_on_clip_and_siglip_record_family_and_preprocessing(tmp
     clip_folder(tmp_path / "clip", processor={"image_mean": OWN_MEAN, "image_std": OWN_STD,
                                               "crop_size": {"height": 56, "width": 56}})  # fmt: skip
     siglip_folder(tmp_path / "siglip")
-    summary = run_suite("imagenet_knn,seg_ade20k_linear,depth_nyu_linear4",
-                        [f"clip={tmp_path / 'clip'}", f"siglip={tmp_path / 'siglip'}"], profile="smoke",
-                        out=tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False, log=lambda m: None)
+    summary = run_suite(
+        "imagenet_knn,seg_ade20k_linear,depth_nyu_linear4",
+        [f"clip={tmp_path / 'clip'}", f"siglip={tmp_path / 'siglip'}"],
+        profile="smoke",
+        out=tmp_path / "runs",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        log=lambda m: None,
+    )
     assert summary.failed == [] and len(summary.ran) == 6
     records = {(r["backbone"]["label"], r["task"]): r for r in ResultStore(tmp_path / "runs").records()}
     assert len(records) == 6
@@ -178,7 +205,12 @@ def test_smoke_benchmarks_on_clip_and_siglip_record_family_and_preprocessing(tmp
         family, mean, std, resolution, patch, pooled = expected[label]
         pre = record["backbone"]["preprocessing"]
         assert record["backbone"]["family"] == family
-        assert (pre["mean"], pre["std"], pre["resolution"], pre["patch_size"]) == (mean, std, resolution, patch)
+        assert (pre["mean"], pre["std"], pre["resolution"], pre["patch_size"]) == (
+            mean,
+            std,
+            resolution,
+            patch,
+        )
         assert pre["pooled_feature"].startswith(pooled)
         assert all(np.isfinite(v) for v in record["metrics"].values()) and record["metrics"]
         if task == "imagenet_knn":
@@ -186,7 +218,9 @@ def test_smoke_benchmarks_on_clip_and_siglip_record_family_and_preprocessing(tmp
             padding = record["hparams"].get("input_padding")  # the smoke crop, 56, is no multiple of 16
             assert padding == ("56 px crops center-padded to 64 (patch 16)" if patch == 16 else None)
         if task == "seg_ade20k_linear":
-            assert record["config"]["overrides"]["crop"] == 84  # padded to 96 for patch 16 (the wrapper's test)
+            assert (
+                record["config"]["overrides"]["crop"] == 84
+            )  # padded to 96 for patch 16 (the wrapper's test)
 
 
 def test_ls_lists_the_families_and_the_checkpoint_formats(capsys):
@@ -201,4 +235,7 @@ def test_ls_lists_the_families_and_the_checkpoint_formats(capsys):
         assert [line.split()[0] for line in lines[1:]] == list(names)
     assert main(["ls", "families"]) == 0
     clip_line = next(line for line in capsys.readouterr().out.splitlines() if line.split()[0] == "clip")
-    assert clip_line.split(None, 1)[1] == "default mean (0.481455, 0.457827, 0.408211), std (0.26863, 0.261303, 0.275777)"
+    assert (
+        clip_line.split(None, 1)[1]
+        == "default mean (0.481455, 0.457827, 0.408211), std (0.26863, 0.261303, 0.275777)"
+    )

@@ -80,7 +80,8 @@ def test_stego_clusters_the_synthetic_cityscapes_well_above_chance(cityscapes, b
     result = task.run(backbone, ctx)
     metrics, hparams = result["metrics"], result["hparams"]
     # chance: every pixel of the evaluation set assigned a uniformly random cluster, then the same matching
-    view = SegmentationView(open_dataset("cityscapes", cityscapes, "val"), ctx.config["eval_resolution"], preprocessing=DINOV2)
+    view = SegmentationView(open_dataset("cityscapes", cityscapes, "val"), ctx.config["eval_resolution"],
+                            preprocessing=DINOV2)  # fmt: skip
     labels = torch.stack([torch.from_numpy(view.load(i)[1]) for i in range(len(view))])
     chance = unsupervised_metrics(torch.randint(0, 27, labels.shape, generator=torch.Generator().manual_seed(0)),
                                   labels, 27)  # fmt: skip

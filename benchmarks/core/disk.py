@@ -42,7 +42,9 @@ def size_of_model(model: torch.nn.Module) -> BackboneSize:
     """The size of a built backbone."""
     from sinder.models.state_io import state_bytes
 
-    return BackboneSize(int(model.embed_dim), len(model.blocks), int(model.patch_size), state_bytes(model.state_dict()))
+    return BackboneSize(
+        int(model.embed_dim), len(model.blocks), int(model.patch_size), state_bytes(model.state_dict())
+    )
 
 
 def size_of_spec(spec) -> BackboneSize | None:

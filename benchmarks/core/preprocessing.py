@@ -92,7 +92,9 @@ def pooled_layers(model, images: Tensor, n: int | Iterable[int] = 1, *, reshape:
     it was trained on, as DINOv2's probes take the normed class token of earlier blocks); the patch tokens
     follow ``norm``. SigLIP has no prefix tokens: its patch tokens are all its tokens, the pool's whole input."""
     if preprocessing_of(model).pooling != "attention":
-        return tuple(model.get_intermediate_layers(images, n=n, reshape=reshape, return_class_token=True, norm=norm))
+        return tuple(
+            model.get_intermediate_layers(images, n=n, reshape=reshape, return_class_token=True, norm=norm)
+        )
     outs = model.get_intermediate_layers(images, n=n, norm=False)
     result = []
     for tokens in outs:

@@ -42,18 +42,18 @@ def check_writable(folder: Path, what: str) -> None:
         raise PermissionError(problem)
 
 
-def repair_disk_bytes(state_bytes: int) -> dict[str, int]:
-    """What a repair of weights of ``state_bytes`` writes: the output (``out``) and, in its work folder
-    (``work``), the checkpoint (parameters, Adam moments and the original singular values: at most four times
-    the weights) and its temp copy. The run preflight counts a repair it makes with this too."""
-    return {"out": state_bytes, "work": 8 * state_bytes}
+def repair_disk_bytes(weights_bytes: int) -> dict[str, int]:
+    """What a repair of weights of ``weights_bytes`` (``sinder.models.state_io.state_bytes``) writes: the output
+    (``out``) and, in its work folder (``work``), the checkpoint (parameters, Adam moments and the original
+    singular values: at most four times the weights) and its temp copy. The run preflight counts a repair it makes with this too."""
+    return {"out": weights_bytes, "work": 8 * weights_bytes}
 
 
-def check_free_space(folders: dict[str, Path], state_bytes: int) -> None:
+def check_free_space(folders: dict[str, Path], weights_bytes: int) -> None:
     """Fail before any work when the disk cannot take what the repair writes (:func:`repair_disk_bytes`)."""
     from sinder.utils.atomic import free_space_problem
 
-    sizes = repair_disk_bytes(state_bytes)
+    sizes = repair_disk_bytes(weights_bytes)
     need = {"--out's folder": sizes["out"], "the work folder": sizes["work"]}
     for what, folder in folders.items():
         problem = free_space_problem(folder, need[what], what)

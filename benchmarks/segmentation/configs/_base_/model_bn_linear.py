@@ -16,7 +16,8 @@ model = dict(
         seg_pad_val=255,
         size=(512, 512),
     ),
-    backbone=dict(type="FrozenViTBackbone", spec=None, layers=4, norm=True, pad_multiple=None),  # resolve_config: the backbone's patch size
+    # pad_multiple: the backbone's patch size, set by resolve_config
+    backbone=dict(type="FrozenViTBackbone", spec=None, layers=4, norm=True, pad_multiple=None),
     decode_head=dict(
         type="BNLinearHead",
         in_channels=[embed_dim],
