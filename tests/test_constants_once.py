@@ -156,8 +156,8 @@ def _three_numbers(expr: ast.AST) -> bool:
 
     if isinstance(expr, ast.Tuple | ast.List) and len(expr.elts) == 3 and all(numbers(e) for e in expr.elts):
         return True
-    return isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Mult) and any(
-        isinstance(s, ast.Tuple | ast.List) and len(s.elts) == 1 and numbers(s.elts[0]) for s in (expr.left, expr.right))
+    sides = (expr.left, expr.right) if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Mult) else ()
+    return any(isinstance(s, ast.Tuple | ast.List) and len(s.elts) == 1 and numbers(s.elts[0]) for s in sides)
 
 
 def mean_std_literals() -> list[str]:
@@ -185,8 +185,9 @@ def patch_multiple_literals() -> list[str]:
                 found.append(f"{path.relative_to(ROOT)}:{line} {name}")
         for node in ast.walk(tree):
             callee = getattr(node, "func", None)
-            if isinstance(node, ast.Call) and getattr(callee, "id", getattr(callee, "attr", "")).startswith("center_pad") \
-                    and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+            name = getattr(callee, "id", getattr(callee, "attr", ""))
+            if isinstance(node, ast.Call) and name.startswith("center_pad") and len(node.args) > 1 \
+                    and isinstance(node.args[1], ast.Constant):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} center_pad")
     return sorted(set(found))
 

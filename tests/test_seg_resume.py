@@ -16,6 +16,8 @@ from benchmarks.segmentation.resume import resume_point  # noqa: E402
 from benchmarks.segmentation.task import dataset_base  # noqa: E402
 from sinder.models.weights import load_backbone  # noqa: E402
 
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
+
 # Full augmentation (random resize, crop, flip, photometric distortion: numpy and python RNG draws in the
 # pipeline), so an exact resume needs the data position and the generators.
 SMOKE = {"crop": 42, "iterations": 7, "warmup": 2, "batch_size": 2, "lr": 3e-3, "log_level": "ERROR",
@@ -35,7 +37,7 @@ def setup(tmp_path_factory):
 
 
 def train(setup, work, monkeypatch, die_at=None, loads=None):
-    cfg = resolve_config(load_config("voc2012", "linear"), preprocessing=family_preprocessing("dinov2", 14), data_root=setup["root"], work_dir=work,
+    cfg = resolve_config(load_config("voc2012", "linear"), preprocessing=DINOV2, data_root=setup["root"], work_dir=work,
                          embed_dim=setup["backbone"].embed_dim, overrides=SMOKE)  # fmt: skip
     real_build = ST.build_segmentor
 

@@ -174,7 +174,8 @@ def test_cause_clusters_the_synthetic_twins_well_above_chance(task_name, dataset
     result = task.run(backbone, ctx)
     metrics = result["metrics"]
     n = cfg["n_classes"]
-    view = SegmentationView(open_dataset(dataset, root, "val"), cfg["resolution"], (), cfg["resize"], preprocessing=DINOV2)
+    view = SegmentationView(open_dataset(dataset, root, "val"), cfg["resolution"], (), cfg["resize"],
+                            preprocessing=DINOV2)
     labels = torch.stack([torch.from_numpy(view.load(i)[1]) for i in range(len(view))])
     chance = unsupervised_metrics(torch.randint(0, n, labels.shape, generator=torch.Generator().manual_seed(0)),
                                   labels, n)  # fmt: skip

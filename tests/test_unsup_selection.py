@@ -94,7 +94,8 @@ def test_stego_evaluates_the_checkpoint_with_the_best_validation_score(setup, tm
     ctx = TaskContext(profile="smoke", config=cfg, datasets={"cityscapes": root}, device=torch.device("cpu"),
                       feature_cache=tmp_path / "features", progress=False, weights_sha256=backbone.weights_sha256,
                       backbone_label="tiny", log=lambda m: None)  # fmt: skip
-    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs", preprocessing=DINOV2)
+    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs",
+                            preprocessing=DINOV2)
     source = TokenSource(backbone, view, ctx)
     scores, seen = iter([10.0, 40.0, 20.0, 40.0, 30.0]), {}  # validations at steps 2, 4, 6, 8, 10
 
@@ -170,7 +171,8 @@ def _stego_smoke_run(setup, tmp_path, monkeypatch, scores, **overrides):
     ctx = TaskContext(profile="smoke", config=cfg, datasets={"cityscapes": root}, device=torch.device("cpu"),
                       feature_cache=tmp_path / "features", progress=False, weights_sha256=backbone.weights_sha256,
                       backbone_label="tiny", log=lambda m: None)  # fmt: skip
-    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs", preprocessing=DINOV2)
+    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs",
+                            preprocessing=DINOV2)
     source = TokenSource(backbone, view, ctx)
     scripted_scores = iter(scores)
     monkeypatch.setattr(S, "validate_cluster_miou", lambda model, val, cfg, n_classes: next(scripted_scores))
@@ -242,7 +244,8 @@ def test_stego_reference_selection_survives_a_resume(setup, tmp_path, monkeypatc
     cfg = {**task.config("smoke"), "train_resolution": 56, "knn_resolution": 56, "steps": 20, "val_every": 2,
            "save_every": 5, "checkpoint_every": 4}  # fmt: skip
     cfg["loss"] = cfg["loss_weights"]["dinov2"]
-    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs", preprocessing=DINOV2)
+    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs",
+                            preprocessing=DINOV2)
 
     def train(work_dir, die_at_step=None):
         ctx = TaskContext(profile="smoke", config=cfg, datasets={"cityscapes": root}, device=torch.device("cpu"),

@@ -3,7 +3,8 @@
 Train (the depth toolbox's NYU pipeline): NYU crop (the valid area of the 480 x 640 frame), rotation by
 U(-2.5, 2.5) degrees (with probability 0.5; bilinear image, nearest depth, zeros outside), horizontal flip
 (0.5), random crop (416 x 544 in the paper), colour augmentation (0.5: gamma U(0.9, 1.1), brightness
-U(0.75, 1.25), per-channel colour U(0.9, 1.1)), normalization with the backbone's mean/std (ImageNet's for DINOv2). The toolbox applies the colour
+U(0.75, 1.25), per-channel colour U(0.9, 1.1)), normalization with the backbone's mean/std (ImageNet's for
+DINOv2). The toolbox applies the colour
 augmentation to 0-255 pixel values and clips at 255 (``colour_aug: reference``; gamma on that scale brightens
 far more than on [0, 1]); ``unit`` applies it on [0, 1] and clips at 1. Crop boxes given for
 480 x 640 frames are scaled to the image's size, so the synthetic twin (smaller frames) gets the same framing.
@@ -108,7 +109,8 @@ class TrainTransform:
 
     def describe(self) -> str:
         return (f"nyu_crop+rotate({self.rotate_degrees})+flip+crop{self.crop}+color(g{self.gamma},"
-                f"b{self.brightness},c{self.colour},{self.colour_aug})+norm(mean={tuple(self.mean)},std={tuple(self.std)})")  # fmt: skip
+                f"b{self.brightness},c{self.colour},{self.colour_aug})"
+                f"+norm(mean={tuple(self.mean)},std={tuple(self.std)})")  # fmt: skip
 
 
 class AugmentedNYU(torch.utils.data.Dataset):

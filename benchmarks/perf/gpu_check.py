@@ -59,6 +59,8 @@ from sinder.utils.atomic import atomic_write_text
 from sinder.utils.device import default_device
 from sinder.utils.images import DEFAULT_RESOLUTION
 
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
+
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s per SKU: (regular expression on
 # torch.cuda.get_device_name(), SKU, streaming multiprocessors of that SKU, peak, source), first match wins.
 # NVIDIA's datasheets quote "with sparsity"; the dense peak is half of that. The SM count is what the device must
@@ -383,7 +385,8 @@ def measure_segmentation(sizes: Sizes, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu-check-seg-") as tmp:
         tmp = Path(tmp)
         write_synthetic("ade20k", tmp / "data", seed=0)
-        cfg = resolve_config(load_config("ade20k", "linear"), preprocessing=family_preprocessing("dinov2", 14), data_root=dataset_base("ade20k", tmp / "data"),
+        cfg = resolve_config(load_config("ade20k", "linear"), preprocessing=DINOV2,
+                             data_root=dataset_base("ade20k", tmp / "data"),
                              embed_dim=backbone.embed_dim, work_dir=tmp / "work", device_type=device.type,
                              num_workers=min(sizes.seg_workers, os.cpu_count() or 1), overrides=overrides)  # fmt: skip
         cfg.default_hooks.checkpoint = None  # no checkpoint write inside the timed iterations

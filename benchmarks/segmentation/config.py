@@ -1,7 +1,8 @@
 """Load a Table 4 config (``configs/*.py``, mmengine format) and resolve it for one run.
 
 The config files hold the paper's protocol. :func:`resolve_config` fills in what depends on the run: the
-dataset folder, the backbone's width, mean/std and patch size (the padding multiple), BN or SyncBN (on CPUs an all-reduce BN: sync_bn.py), the per-rank batch,
+dataset folder, the backbone's width, mean/std and patch size (the padding multiple),
+BN or SyncBN (on CPUs an all-reduce BN: sync_bn.py), the per-rank batch,
 workers, the work dir and the seed; and for short schedules (the smoke profile) the iteration count, warmup and a smaller resolution, rescaling
 every resolution-bearing field of the pipelines (resize scales, crop, slide window and stride) by one factor;
 and, with ``feature_cache``, an un-augmented training pipeline whose crops' backbone maps are cached.

@@ -1,7 +1,8 @@
 """The images STEGO and CAUSE feed their frozen backbone: fixed crops of a segmentation dataset, resized.
 
 ``SegmentationView`` turns a dataset of ``{"image": H x W x 3 uint8, "label": H x W int}`` samples into items
-``{"index", "image" (3 x R x R, normalized with the backbone's mean/std), "label" (R x R long), "rgb" (R x R x 3 uint8)}``:
+``{"index", "image" (3 x R x R, normalized with the backbone's mean/std), "label" (R x R long),
+"rgb" (R x R x 3 uint8)}``:
 - crops (training sets): STEGO five-crops Cityscapes at half height and width (torchvision ``five_crop``: four
   corners and the centre, top-left first); CAUSE's "super" crop of VOC is ``ten_crop`` (the five crops and those
   of the flipped image) at ratios 0.3 ... 0.7. Item ``i`` is crop ``i % n_crops`` of image ``i // n_crops``.
@@ -124,7 +125,8 @@ class SegmentationView(Dataset):
 
     def describe(self) -> str:
         crops = ",".join(f"{c.kind}{c.ratio:g}" for c in self.crops) or "none"
-        return f"crops={crops};resize={self.resize}@{self.resolution};interp={self.interpolation};{self.preprocessing.norm_tag()}"
+        norm = self.preprocessing.norm_tag()
+        return f"crops={crops};resize={self.resize}@{self.resolution};interp={self.interpolation};{norm}"
 
     def fingerprint(self) -> str:
         inner = getattr(self.base, "fingerprint", None)
@@ -151,7 +153,8 @@ class SegmentationView(Dataset):
             raise IndexError(f"{self.name}: index {index} out of range for {len(self)} items")
         rgb, label = self.load(index)
         rgb_t = torch.from_numpy(rgb)
-        return {"index": index, "image": normalize(rgb_t, self.preprocessing), "label": torch.from_numpy(label), "rgb": rgb_t}
+        image = normalize(rgb_t, self.preprocessing)
+        return {"index": index, "image": image, "label": torch.from_numpy(label), "rgb": rgb_t}
 
 
 class ImageOnly(Dataset):

@@ -150,7 +150,8 @@ def read_preprocessor_config(folder, config) -> PretrainedConfig | None:
         ok = isinstance(value, list) and len(value) == 3 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         if not ok or (key == "image_std" and min(value) <= 0):
-            raise ValueError(f"{path}: {key} {value!r} is not 3 finite numbers" + (" > 0" if key == "image_std" else ""))
+            positive = " > 0" if key == "image_std" else ""
+            raise ValueError(f"{path}: {key} {value!r} is not 3 finite numbers{positive}")
         stats[key] = tuple(float(v) for v in value)
     if data.get("do_normalize") is False:  # the processor feeds [0, 1] pixels as they are
         stats = {"image_mean": (0.0, 0.0, 0.0), "image_std": (1.0, 1.0, 1.0)}

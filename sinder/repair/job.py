@@ -45,7 +45,8 @@ def check_writable(folder: Path, what: str) -> None:
 def repair_disk_bytes(weights_bytes: int) -> dict[str, int]:
     """What a repair of weights of ``weights_bytes`` (``sinder.models.state_io.state_bytes``) writes: the output
     (``out``) and, in its work folder (``work``), the checkpoint (parameters, Adam moments and the original
-    singular values: at most four times the weights) and its temp copy. The run preflight counts a repair it makes with this too."""
+    singular values: at most four times the weights) and its temp copy. The run preflight counts a repair it
+    makes with this too."""
     return {"out": weights_bytes, "work": 8 * weights_bytes}
 
 

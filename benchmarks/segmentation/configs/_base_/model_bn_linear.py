@@ -1,6 +1,6 @@
 # The segmentor of Table 4: frozen ViT (patch maps of the last 4 blocks, final norm, inputs center-padded to a
-# multiple of its patch size) + BatchNorm + 1x1 conv head. Channel counts are ViT-g's (1536); the task sets them from the
-# backbone it runs, and attaches that backbone (backbone.spec stays None).
+# multiple of its patch size) + BatchNorm + 1x1 conv head. Channel counts are ViT-g's (1536); the task sets them
+# from the backbone it runs, and attaches that backbone (backbone.spec stays None).
 embed_dim = 1536
 norm_cfg = dict(type="SyncBN", requires_grad=True)  # the task uses BN on a single process / CPU
 model = dict(
