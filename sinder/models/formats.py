@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sinder.models.families import clip, siglip
+from sinder.models.families import clip, dinov3, siglip
 from sinder.models.state_io import normalize_keys, read_state_dict, save_state_dict
 from sinder.models.vit import ARCH_DEFAULTS, PRESETS
 from sinder.utils.atomic import atomic_write_text
@@ -197,17 +197,34 @@ def _single(value: Any, what: str, source: str) -> int:
     return int(value)
 
 
+DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+# The other families' transformers folders by model_type: (config.json -> our architecture, keys -> our keys).
+TRANSFORMERS_FAMILIES = {
+    **{m: (clip.config_from_clip, clip.clip_to_official) for m in clip.MODEL_TYPES},
+    **{m: (siglip.config_from_siglip, siglip.siglip_to_official) for m in siglip.MODEL_TYPES},
+    **{m: (dinov3.config_from_dinov3, dinov3.dinov3_to_official) for m in dinov3.MODEL_TYPES},
+}
+
+
+def hf_converter(hf_config: Mapping[str, Any]):
+    """The key converter of a transformers folder's ``config.json`` (DINOv2's for the DINOv2 model types)."""
+    return TRANSFORMERS_FAMILIES.get(hf_config.get("model_type"), (None, hf_to_official))[1]
+
+
 def config_from_hf(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Our constructor arguments for the model a Hugging Face ``config.json`` describes."""
     model_type = hf.get("model_type")
-    if model_type in clip.MODEL_TYPES:
-        return clip.config_from_clip(hf, source)
-    if model_type in siglip.MODEL_TYPES:
-        return siglip.config_from_siglip(hf, source)
-    if model_type not in ("dinov2", "dinov2_with_registers"):
+    if model_type in TRANSFORMERS_FAMILIES:
+        try:
+            return TRANSFORMERS_FAMILIES[model_type][0](hf, source)
+        except CheckpointError:
+            raise
+        except ValueError as err:  # the family modules raise ValueError; loaders report CheckpointError
+            raise CheckpointError(str(err)) from err
+    if model_type not in DINOV2_MODEL_TYPES:
         raise CheckpointError(
-            f"{source}: model_type {model_type!r} is not a DINOv2, CLIP or SigLIP vision model; expected one of "
-            + ", ".join(repr(m) for m in ("dinov2", "dinov2_with_registers", *clip.MODEL_TYPES, *siglip.MODEL_TYPES))
+            f"{source}: model_type {model_type!r} is not a supported vision model; expected one of "
+            + ", ".join(repr(m) for m in (*DINOV2_MODEL_TYPES, *TRANSFORMERS_FAMILIES))
         )
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
     if missing:
@@ -400,8 +417,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if path.is_dir():
         hf_config, raw = read_hf_folder(path)
         config = config_from_hf(hf_config, str(path))
-        converters = {"clip": clip.clip_to_official, "siglip": siglip.siglip_to_official}
-        state = converters.get(config.get("family"), hf_to_official)(raw)
+        state = hf_converter(hf_config)(raw)
         state.setdefault("mask_token", torch.zeros(1, config["embed_dim"]))
         return Checkpoint(state, CheckpointFormat("hf", hf_config), config)
     raw = normalize_keys(read_state_dict(path))
@@ -443,7 +459,7 @@ def check_save_format(save_format: str, source: CheckpointFormat, out: str | Pat
         raise ValueError(f"save format {save_format!r}: use 'official' or 'source'")
     kind = source.kind if save_format == "source" else "official"
     model_type = (source.hf_config or {}).get("model_type") if kind == "hf" else None
-    if model_type in (*clip.MODEL_TYPES, *siglip.MODEL_TYPES):
+    if model_type in TRANSFORMERS_FAMILIES:
         raise ValueError(f"--save-format source: writing a {model_type!r} folder is not supported yet; "
                          "use --save-format official")
     if kind == "hf" and Path(out).suffix:
