@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sinder.models.families import clip, dinov3, siglip
+from sinder.models.families import clip, dinov3, siglip, siglip2
 from sinder.models.state_io import normalize_keys, read_state_dict, save_state_dict
 from sinder.models.vit import ARCH_DEFAULTS, PRESETS
 from sinder.utils.atomic import atomic_write_text
@@ -202,6 +202,7 @@ DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 TRANSFORMERS_FAMILIES = {
     **{m: (clip.config_from_clip, clip.clip_to_official) for m in clip.MODEL_TYPES},
     **{m: (siglip.config_from_siglip, siglip.siglip_to_official) for m in siglip.MODEL_TYPES},
+    **{m: (siglip2.config_from_siglip2, siglip2.siglip2_to_official) for m in siglip2.MODEL_TYPES},
     **{m: (dinov3.config_from_dinov3, dinov3.dinov3_to_official) for m in dinov3.MODEL_TYPES},
 }
 
