@@ -81,7 +81,7 @@ def import_reference(name: str):
         sys.path.append(extra)
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"{name} is not installed: a test-only reference; `pip install --no-deps --target DIR "
-                    f"{PINS[name]}` and set {ENV}=DIR (torchvision is not needed)")
+                    f"{PINS[name]}` and set {ENV}=DIR (torchvision is not needed)", allow_module_level=True)
     if _torchvision_imports():
         return importlib.import_module(name)
     finder = _StandInFinder()
