@@ -169,7 +169,12 @@ def test_siglip_has_no_class_token_to_return(siglip_folder):
 
 
 def test_an_unknown_transformers_folder_names_the_accepted_types(tmp_path):
-    from sinder.models.formats import DINOV2_MODEL_TYPES, TRANSFORMERS_FAMILIES, CheckpointError, config_from_hf
+    from sinder.models.formats import (
+        DINOV2_MODEL_TYPES,
+        TRANSFORMERS_FAMILIES,
+        CheckpointError,
+        config_from_hf,
+    )
 
     with pytest.raises(CheckpointError, match=r"model_type 'vit' is not a DINOv2 nor another supported vision model \(CLIP, SigLIP, "
                        r"SigLIP 2, DINOv3\); expected one of "

@@ -10,11 +10,11 @@ import json
 
 import pytest
 import torch
+from family_libs import import_reference
 
 import sinder
 from sinder.models.backbone import describe
 from sinder.models.state_io import save_state_dict
-from family_libs import import_reference
 
 open_clip = import_reference("open_clip")
 

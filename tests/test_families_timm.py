@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from family_libs import import_reference
 
 import sinder
 from sinder.models.backbone import describe
-from family_libs import import_reference
 
 timm = import_reference("timm")
 from timm.models._hub import save_for_hf  # noqa: E402
