@@ -105,3 +105,50 @@ def test_an_unsupported_dinov3_activation_names_the_supported_one():
     with pytest.raises(CheckpointError, match=r"hidden_act 'gelu' is not supported for DINOv3; supported: 'silu' "
                                               r"with use_gated_mlp"):
         config_from_hf({"model_type": "dinov3_vit", "use_gated_mlp": True, "hidden_act": "gelu"}, "x")
+
+
+def _as_timm_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers DINOv3 keys written out in timm's ``Eva`` keys by hand (timm 1.0 eva.py: ``gamma_1``,
+    ``attn.qkv`` without bias + ``q_bias``/``v_bias``, ``mlp.fc1_g``/``fc1_x``/``fc2`` for SwiGLU)."""
+    out = {"cls_token": state["embeddings.cls_token"], "reg_token": state["embeddings.register_tokens"],
+           "patch_embed.proj.weight": state["embeddings.patch_embeddings.weight"],
+           "patch_embed.proj.bias": state["embeddings.patch_embeddings.bias"],
+           "norm.weight": state["norm.weight"], "norm.bias": state["norm.bias"]}  # fmt: skip
+    gated = any("gate_proj" in k for k in state)
+    mlp = {"gate_proj": "fc1_g", "up_proj": "fc1_x", "down_proj": "fc2"} if gated else {"up_proj": "fc1", "down_proj": "fc2"}
+    for i in range(3):
+        src, dst = f"layer.{i}.", f"blocks.{i}."
+        out[f"{dst}attn.qkv.weight"] = torch.cat([state[f"{src}attention.{x}_proj.weight"] for x in "qkv"])
+        out[f"{dst}attn.q_bias"] = state[f"{src}attention.q_proj.bias"]
+        out[f"{dst}attn.v_bias"] = state[f"{src}attention.v_proj.bias"]
+        out[f"{dst}gamma_1"], out[f"{dst}gamma_2"] = (state[f"{src}layer_scale{j}.lambda1"] for j in (1, 2))
+        for p in ("weight", "bias"):
+            out[f"{dst}attn.proj.{p}"] = state[f"{src}attention.o_proj.{p}"]
+            for norm in ("norm1", "norm2"):
+                out[f"{dst}{norm}.{p}"] = state[f"{src}{norm}.{p}"]
+            for theirs, timm_name in mlp.items():
+                out[f"{dst}mlp.{timm_name}.{p}"] = state[f"{src}mlp.{theirs}.{p}"]
+    return out
+
+
+def test_timm_dinov3_folder_matches_transformers(dinov3_folder, tmp_path):
+    """The timm converter checked without timm: the same weights in timm's keys load to the same model."""
+    import json
+
+    from sinder.models.state_io import save_state_dict
+
+    folder, reference = dinov3_folder
+    gated = reference.config.use_gated_mlp
+    architecture = "vit_huge_plus_patch16_dinov3" if gated else "vit_small_patch16_dinov3_qkvb"
+    state = {k.removeprefix("model."): v for k, v in reference.state_dict().items()}  # module path: model.layer.N
+    save_state_dict(_as_timm_keys(state), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": architecture, "global_pool": "token",
+                                                      "model_args": {"num_heads": 4, "embed_dim": 64, "depth": 3}}))
+    ours = sinder.load_backbone(str(tmp_path))
+    assert ours.checkpoint_format.kind == "timm" and describe(ours).family == "dinov3"
+    x = torch.randn(2, 3, 24, 40, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        theirs = reference(pixel_values=x, output_hidden_states=True).hidden_states
+        mine = ours.get_intermediate_layers(x, n=3, norm=False)
+    for i, tokens in enumerate(mine):
+        assert (tokens - theirs[i + 1][:, 1 + REGISTERS:]).abs().max().item() <= 1e-5, f"block {i}"

@@ -2,6 +2,7 @@
 ``model_args`` + ``pretrained_cfg``, and ``model.safetensors``) of the CLIP, SigLIP, DeiT-III and DINOv2 ViTs:
 loaded with ``sinder.load_backbone``, every block's patch tokens must match timm's own blocks (forward hooks on
 ``model.blocks[i]``, prefix tokens dropped), and the pooled feature timm's ``forward_head(pre_logits=True)``.
+timm's DINOv3 (``Eva`` with RoPE) is checked the same way, with ``global_pool='token'`` (upstream DINOv3's pooling).
 
 timm is a test-only reference (``tests/family_libs.py`` says how it is found, and why not in the dev extras).
 """
@@ -27,6 +28,10 @@ CASES = {
     "deit3_base_patch16_224": ("deit3", 1, "cls", "gelu", {}),
     "vit_small_patch14_reg4_dinov2": ("dinov2", 5, "cls", "gelu",
                                       {"embed_dim": 384, "num_heads": 6, "img_size": 28, "patch_size": 14}),
+    # timm's DINOv3 (Eva, RoPE): plain MLP without q/k/v bias, with q/v biases, and SwiGLU; class-token pooling
+    "vit_small_patch16_dinov3": ("dinov3", 5, "cls", "gelu", {"global_pool": "token"}),
+    "vit_small_patch16_dinov3_qkvb": ("dinov3", 5, "cls", "gelu", {"global_pool": "token"}),
+    "vit_huge_plus_patch16_dinov3": ("dinov3", 5, "cls", "gelu", {"global_pool": "token"}),
 }
 
 
@@ -36,7 +41,7 @@ def _timm_folder(tmp_path_factory, architecture: str):
     model = timm.create_model(architecture, pretrained=False, **kwargs).eval()
     with torch.no_grad():  # non-trivial norms, biases, layer scales and tokens so that a mapping mistake shows
         for name, p in model.named_parameters():
-            if any(w in name for w in ("norm", "bias", "gamma", "token", "latent", "pos_embed")):
+            if any(w in name for w in ("norm", "bias", "gamma", "token", "latent", "pos_embed")):  # gamma_1: Eva
                 p.add_(torch.randn_like(p) * 0.1)
     folder = tmp_path_factory.mktemp(architecture)
     save_for_hf(model, folder, safe_serialization=True)
@@ -50,7 +55,8 @@ def timm_case(request, tmp_path_factory):
 
 def _timm_blocks(model, x):
     outputs = []
-    hooks = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for block in model.blocks]
+    # cloned: timm's Eva blocks update their input in place afterwards
+    hooks = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out.clone())) for block in model.blocks]
     try:
         with torch.no_grad():
             pooled = model.forward_head(model.forward_features(x), pre_logits=True)

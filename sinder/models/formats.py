@@ -438,8 +438,12 @@ def _timm_checkpoint(timm_config: dict[str, Any], raw: Mapping[str, Tensor], sou
         state.setdefault("mask_token", torch.zeros(1, state["cls_token"].shape[-1]))
         return Checkpoint(state, CheckpointFormat("timm", timm_config), None)
     try:
-        config = timm_vit.config_from_timm(timm_config, raw, source)
-        state = timm_vit.timm_vit_to_official(raw, source)
+        if family == "dinov3":
+            config = timm_vit.config_from_timm_dinov3(timm_config, raw, source)
+            state = timm_vit.timm_dinov3_to_official(raw)
+        else:
+            config = timm_vit.config_from_timm(timm_config, raw, source)
+            state = timm_vit.timm_vit_to_official(raw, source)
     except ValueError as err:
         raise CheckpointError(str(err)) from err
     return Checkpoint(state, CheckpointFormat("timm", timm_config, config["family"]), config)

@@ -19,6 +19,12 @@ say from the architecture name as timm's defs set it (timm 1.0 ``vision_transfor
 Position embeddings resize as timm's ``resample_abs_pos_embed`` does (``dynamic_img_size``): bicubic with
 antialiasing to the exact grid. Positions of class/register tokens, when timm has them, are constants folded into
 those tokens. timm's DINOv2 files go through ``sinder.models.formats`` (``timm_to_official``).
+
+timm's DINOv3 (``vit_*_dinov3*``, timm's ``Eva`` class, ``eva.py``): class token + ``reg_token`` registers, no
+position embeddings (RoPE, ``rope_type='dinov3'``, base ``rope_temperature`` 100), fused ``attn.qkv`` without bias
+plus ``q_bias``/``v_bias`` for the ``*_qkvb`` variants, LayerScale as ``gamma_1``/``gamma_2``, a GELU MLP or
+SwiGLU (``mlp.fc1_g``/``fc1_x``/``fc2``: ``fc2(silu(fc1_g x) * fc1_x x)``), LayerNorm eps 1e-5. Our pooled feature
+is the normed class token (upstream DINOv3's; timm's own default ``global_pool`` for these is ``'avg'``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ FAMILY_WORDS = (("siglip", "siglip"), ("clip", "clip"), ("deit3", "deit3"))
 # timm's heads per width for the sizes its defs use (tiny .. gigantic, so400m): 64-wide heads up to base, 16 above.
 HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16, 1664: 16}
 POOLS = ("token", "map")
+# Heads per width in timm's DINOv3 defs (eva.py: small/small_plus, base, large, huge_plus, 7b).
+DINOV3_HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1280: 20, 4096: 32}
 
 
 class TimmError(ValueError):
@@ -60,8 +68,8 @@ def timm_family(architecture: str) -> str | None:
 
 def _unsupported(architecture: str, source: str) -> TimmError:
     return TimmError(f"{source}: timm architecture {architecture!r} is not supported; supported: vit_*_clip_* "
-                     "(incl. *_clip_quickgelu_*), vit_*_siglip_* (attention pool), deit3_*, vit_*_dinov2* "
-                     "(DINOv3 loads from its transformers folder, DINOv3ViTModel)")
+                     "(incl. *_clip_quickgelu_*), vit_*_siglip_* (attention pool), deit3_*, vit_*_dinov2*, "
+                     "vit_*_dinov3*")
 
 
 def config_from_timm(timm_config: Mapping[str, Any], state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
@@ -79,10 +87,7 @@ def config_from_timm(timm_config: Mapping[str, Any], state: Mapping[str, Tensor]
         raise TimmError(f"{source}: qk_norm blocks are not supported (timm {architecture!r})")
     patch = state["patch_embed.proj.weight"]
     dim, depth = int(patch.shape[0]), 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    heads = int(args.get("num_heads", HEADS_BY_WIDTH.get(dim, 0)))
-    if not heads:
-        raise TimmError(f"{source}: the head count of a {dim}-wide model is not in config.json's model_args "
-                        f"(num_heads) and not a timm default width ({sorted(HEADS_BY_WIDTH)})")
+    heads = _heads(args, dim, HEADS_BY_WIDTH, source)
     act = args.get("act_layer") or ("quick_gelu" if family == "clip" and "quickgelu" in architecture else "gelu")
     if act not in ("gelu", "quick_gelu"):
         raise TimmError(f"{source}: act_layer {act!r} is not supported; supported: 'gelu', 'quick_gelu'")
@@ -164,4 +169,68 @@ def timm_vit_to_official(state: Mapping[str, Tensor], source: str = "timm checkp
             out[f"attn_pool.layernorm.{p}"] = state[f"attn_pool.norm.{p}"]
             for fc in ("fc1", "fc2"):
                 out[f"attn_pool.mlp.{fc}.{p}"] = state[f"attn_pool.mlp.{fc}.{p}"]
+    return out
+
+
+def _heads(args: Mapping[str, Any], dim: int, table: Mapping[int, int], source: str) -> int:
+    heads = int(args.get("num_heads", table.get(dim, 0)))
+    if not heads:
+        raise TimmError(f"{source}: the head count of a {dim}-wide model is not in config.json's model_args "
+                        f"(num_heads) and not a timm default width ({sorted(table)})")
+    return heads
+
+
+def config_from_timm_dinov3(timm_config: Mapping[str, Any], state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
+    """Our architecture dict for timm's DINOv3 (``Eva`` with ``rope_type='dinov3'``)."""
+    args = dict(timm_config.get("model_args") or {})
+    if "pos_embed" in state or "blocks.0.attn.q_norm.weight" in state:
+        raise TimmError(f"{source}: a timm DINOv3 with position embeddings or qk_norm is not supported")
+    patch = state["patch_embed.proj.weight"]
+    dim, depth = int(patch.shape[0]), 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    swiglu = "blocks.0.mlp.fc1_g.weight" in state
+    hidden = state["blocks.0.mlp.fc1_g.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[0]
+    img = args.get("img_size", 224)
+    return {
+        "family": "dinov3",
+        "img_size": int(img[0] if isinstance(img, (list, tuple)) else img),
+        "patch_size": int(patch.shape[-1]),
+        "in_chans": int(patch.shape[1]),
+        "embed_dim": dim,
+        "depth": depth,
+        "num_heads": _heads(args, dim, DINOV3_HEADS_BY_WIDTH, source),
+        "mlp_ratio": mlp_ratio(dim, int(hidden), source),
+        "qkv_bias": "blocks.0.attn.q_bias" in state or "blocks.0.attn.qkv.bias" in state,
+        "proj_bias": "blocks.0.attn.proj.bias" in state,
+        "ffn_bias": f"blocks.0.mlp.{'fc1_g' if swiglu else 'fc1'}.bias" in state,
+        "init_values": 1.0,  # LayerScale values come from the file
+        "ffn_layer": "swiglu_exact" if swiglu else "mlp",
+        "act_layer": "gelu",
+        "norm_eps": 1e-5,  # timm's dinov3 defs: LayerNorm eps 1e-5
+        "num_register_tokens": int(state["reg_token"].shape[1]) if "reg_token" in state else 0,
+        "pos_embed": False,
+        "rope": True,
+        "rope_theta": float(args.get("rope_temperature", 100.0)),
+    }
+
+
+def timm_dinov3_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """timm's DINOv3 (``Eva``) state dict in our ViT's keys."""
+    out: dict[str, Tensor] = {}
+    dim = state["cls_token"].shape[-1]
+    for key, value in state.items():
+        if key.startswith(("head.", "fc_norm.")) or ".attn.q_bias" in key or ".attn.k_bias" in key:
+            continue  # classifier; the q/k/v biases are fused below
+        if ".attn.v_bias" in key:
+            block = key[: -len("attn.v_bias")]
+            zeros = torch.zeros(dim, dtype=value.dtype)
+            out[f"{block}attn.qkv.bias"] = torch.cat([state.get(f"{block}attn.q_bias", zeros),
+                                                      state.get(f"{block}attn.k_bias", zeros), value])  # fmt: skip
+            continue
+        key = key.replace(".gamma_1", ".ls1.gamma").replace(".gamma_2", ".ls2.gamma").replace("reg_token", "register_tokens")
+        out[key] = value
+    for key in [k for k in out if k.endswith("mlp.fc1_g.weight") or k.endswith("mlp.fc1_g.bias")]:
+        block, param = key[: -len("mlp.fc1_g.weight")] if key.endswith("weight") else key[: -len("mlp.fc1_g.bias")], key.rsplit(".", 1)[1]
+        out[f"{block}mlp.w12.{param}"] = torch.cat([out.pop(key), out.pop(f"{block}mlp.fc1_x.{param}")])
+        out[f"{block}mlp.w3.{param}"] = out.pop(f"{block}mlp.fc2.{param}")
+    out["mask_token"] = torch.zeros(1, dim, dtype=state["cls_token"].dtype)  # unused at inference
     return out
