@@ -180,3 +180,21 @@ def test_open_clip_config_beside_the_file_overrides_the_name(tmp_path):
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     outs, _ = open_clip_forward(tower, x, depth=DEPTH, heads=4, act="gelu")
     _compare(ours, outs, None, x, 1)
+
+
+def test_timm_clip_weights_without_their_config_say_what_to_pass(tmp_path):
+    from sinder.models.formats import CheckpointError
+
+    save_state_dict(_timm_state("vit_base_patch16_clip_224"), tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"holds timm weights of a CLIP, SigLIP or DINOv3 ViT but no timm "
+                                              r"config.json lies beside it: pass the folder"):
+        sinder.load_backbone(str(tmp_path / "model.safetensors"))
+
+
+def test_checkpoint_config_reads_a_timm_folder(tmp_path):
+    from sinder.models.weights import checkpoint_config
+
+    folder = _timm_folder(tmp_path, "vit_base_patch16_siglip_224", _timm_state("vit_base_patch16_siglip_224"))
+    config = checkpoint_config(folder)
+    assert (config["family"], config["class_token"], config["attn_pool"], config["num_heads"]) == (
+        "siglip", False, True, HEADS)

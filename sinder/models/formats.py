@@ -97,7 +97,7 @@ def detect_format(state: Mapping[str, Tensor]) -> str:
         return "open_clip"
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in state):
         return "hf"
-    if "reg_token" in state:
+    if "reg_token" in state or "attn_pool.latent" in state:  # timm's registers / SigLIP attention pool
         return "timm"
     if "mask_token" not in state and "cls_token" in state and not any(".mlp.w12." in k for k in state):
         # timm drops the (inference-unused) mask token; a GELU official file without it has timm's keys anyway.
@@ -491,6 +491,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     sibling = _sibling_config(path)
     if sibling is not None and timm_vit.is_timm_config(sibling):
         return _timm_checkpoint(sibling, raw, str(path))
+    if kind == "timm" and any(k.startswith(("norm_pre.", "attn_pool.")) or ".gamma_1" in k for k in raw):
+        raise CheckpointError(f"{path} holds timm weights of a CLIP, SigLIP or DINOv3 ViT but no timm {HF_CONFIG} "
+                              "lies beside it: pass the folder timm's save_pretrained wrote (its config.json names "
+                              "the architecture)")
     if kind == "hf":
         sibling = path.parent / HF_CONFIG
         if not sibling.is_file():
