@@ -4,7 +4,10 @@ This module is the only place that knows the token layout: how many prefix token
 precede the patch tokens. Everything else asks :func:`num_prefix_tokens` or ``sinder.models.backbone.describe``. Families so far:
 ``dinov2`` (class token + registers, LayerScale, exact GELU or SwiGLU) and ``clip`` (transformers'
 ``CLIPVisionModel``: class token, no registers, pre-LayerNorm after the embeddings, QuickGELU, no LayerScale) and
-``siglip`` (transformers' ``SiglipVisionModel``: no class token, tanh-GELU, an attention-pooling head).
+``siglip`` (transformers' ``SiglipVisionModel``, SigLIP 2 and timm's ``*_siglip_*``: no class token, tanh-GELU, an
+attention-pooling head), ``dinov3`` (transformers' ``DINOv3ViTModel``: class token + registers, LayerScale, RoPE on
+q/k instead of position embeddings, GELU MLP or SwiGLU) and ``deit3`` (timm's ``deit3_*``: class token, LayerScale,
+exact GELU, position embeddings on the patches only). timm's and OpenCLIP's CLIP towers are ``clip``.
 
 It imports nothing from the rest of ``sinder.models``, so the ViT itself can ask it; :func:`describe`, which also
 needs the presets' pretrained configs, lives beside them in ``sinder.models.backbone``.
@@ -16,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("dinov2", "clip", "siglip")
+FAMILIES = ("dinov2", "clip", "siglip", "dinov3", "deit3")
 POOLINGS = ("cls", "attention")
 
 
