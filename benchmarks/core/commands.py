@@ -184,7 +184,9 @@ def format_lines() -> dict[str, str]:
 
     what = {"official": "a DINOv2 repository state dict (.pth / .safetensors)",
             "hf": "a transformers save_pretrained folder (config.json + model.safetensors)",
-            "timm": "a timm state dict (.safetensors / .pth)"}  # fmt: skip
+            "timm": "a timm state dict (.safetensors / .pth), or a timm folder (config.json + model.safetensors)",
+            "open_clip": "OpenCLIP's layout (visual.transformer.resblocks.*): a file, or a folder with "
+                         "open_clip_config.json"}  # fmt: skip
     return {name: what.get(name, "") for name in FORMATS}
 
 
