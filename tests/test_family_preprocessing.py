@@ -239,3 +239,32 @@ def test_ls_lists_the_families_and_the_checkpoint_formats(capsys):
         clip_line.split(None, 1)[1]
         == "default mean (0.481455, 0.457827, 0.408211), std (0.26863, 0.261303, 0.275777)"
     )
+
+
+def test_a_timm_folder_carries_its_pretrained_cfg(tmp_path):
+    """timm's ``save_pretrained`` config.json: ``pretrained_cfg`` with mean, std and input size."""
+    from test_families_restated import _timm_folder, _timm_state
+
+    folder = _timm_folder(tmp_path, "deit3_base_patch16_224", _timm_state("deit3_base_patch16_224"))
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"] = {"input_size": [3, 48, 48], "mean": OWN_MEAN, "std": OWN_STD}
+    (folder / "config.json").write_text(json.dumps(config))
+    pre = preprocessing_of(sinder.load_backbone(str(folder)))
+    assert (pre.family, pre.mean, pre.std, pre.input_size) == ("deit3", tuple(OWN_MEAN), tuple(OWN_STD), (3, 48, 48))
+    del config["pretrained_cfg"]  # without it: the family's (DeiT-III: ImageNet's)
+    (folder / "config.json").write_text(json.dumps(config))
+    pre = preprocessing_of(sinder.load_backbone(str(folder)))
+    assert (pre.mean, pre.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_an_open_clip_folder_carries_its_preprocess_cfg(tmp_path):
+    from sinder.models.state_io import save_state_dict
+    from test_families_restated import _open_clip_state
+
+    tower = _open_clip_state(layer_scale=False)
+    save_state_dict({f"visual.{k}": v for k, v in tower.items()}, tmp_path / "open_clip_model.safetensors")
+    cfg = {"model_cfg": {"quick_gelu": True, "vision_cfg": {"head_width": 16}},
+           "preprocess_cfg": {"mean": OWN_MEAN, "std": OWN_STD}}  # fmt: skip
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    pre = preprocessing_of(sinder.load_backbone(str(tmp_path)))
+    assert (pre.family, pre.mean, pre.std) == ("clip", tuple(OWN_MEAN), tuple(OWN_STD))

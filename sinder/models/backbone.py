@@ -122,17 +122,47 @@ def family_pretrained_cfg(config, patch_size: int, mean=None, std=None,
 
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"  # what a transformers image processor's save_pretrained writes
+TIMM_CONFIG = "config.json"  # timm's save_pretrained: its ``pretrained_cfg`` holds mean, std, input_size
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # OpenCLIP's hub folders: ``preprocess_cfg`` holds mean, std
 
 
 def read_preprocessor_config(folder, config) -> PretrainedConfig | None:
-    """The pretrained config a transformers folder's ``preprocessor_config.json`` describes (``image_mean``,
-    ``image_std``, ``crop_size`` when it center-crops, else ``size``), for the architecture dict ``config``;
-    None without the file. Keys it leaves out take the family's defaults; a bad value is a ValueError."""
-    import json
-    import math
+    """The pretrained config a checkpoint folder says it was trained with, for the architecture dict ``config``:
+    a transformers ``preprocessor_config.json`` (``image_mean``, ``image_std``, ``crop_size`` when it
+    center-crops, else ``size``), a timm ``config.json``'s ``pretrained_cfg`` (``mean``, ``std``,
+    ``input_size``) or an ``open_clip_config.json``'s ``preprocess_cfg`` (``mean``, ``std``); None when none
+    says. Keys left out take the family's defaults; a bad value is a ValueError naming the file."""
     from pathlib import Path
 
-    path = Path(folder) / PREPROCESSOR_CONFIG
+    folder = Path(folder)
+    data = _json_object(folder / PREPROCESSOR_CONFIG)
+    if data is not None:
+        path = folder / PREPROCESSOR_CONFIG
+        mean, std = _stats(data.get("image_mean"), path, "image_mean"), _stats(data.get("image_std"), path, "image_std")
+        if data.get("do_normalize") is False:  # the processor feeds [0, 1] pixels as they are
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        crops = data.get("do_center_crop", "crop_size" in data)  # CLIP: resize, then the crop the model sees
+        size = (_processor_size(data.get("crop_size")) if crops else None) or _processor_size(data.get("size"))
+    else:
+        path = folder / TIMM_CONFIG
+        timm = (_json_object(path) or {}).get("pretrained_cfg")
+        if not isinstance(timm, dict):
+            path = folder / OPEN_CLIP_CONFIG
+            timm = (_json_object(path) or {}).get("preprocess_cfg")
+        if not isinstance(timm, dict):
+            return None
+        mean, std = _stats(timm.get("mean"), path, "mean"), _stats(timm.get("std"), path, "std")
+        given = timm.get("input_size")
+        size = tuple(int(v) for v in given[1:]) if isinstance(given, list) and len(given) == 3 else None
+    channels = int(config.get("in_chans", 3))
+    return family_pretrained_cfg(config, int(config["patch_size"]), mean, std,
+                                 (channels, *size) if size else None)  # fmt: skip
+
+
+def _json_object(path) -> dict | None:
+    """The JSON object in ``path``; None when there is no such file; a ValueError naming it when it is not one."""
+    import json
+
     if not path.is_file():
         return None
     try:
@@ -141,25 +171,22 @@ def read_preprocessor_config(folder, config) -> PretrainedConfig | None:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
-    stats = {}
-    for key in ("image_mean", "image_std"):
-        value = data.get(key)
-        if value is None:
-            continue
-        value = [value] * 3 if isinstance(value, (int, float)) else value
-        ok = isinstance(value, list) and len(value) == 3 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-        if not ok or (key == "image_std" and min(value) <= 0):
-            positive = " > 0" if key == "image_std" else ""
-            raise ValueError(f"{path}: {key} {value!r} is not 3 finite numbers{positive}")
-        stats[key] = tuple(float(v) for v in value)
-    if data.get("do_normalize") is False:  # the processor feeds [0, 1] pixels as they are
-        stats = {"image_mean": (0.0, 0.0, 0.0), "image_std": (1.0, 1.0, 1.0)}
-    crops = data.get("do_center_crop", "crop_size" in data)  # CLIP: resize, then the crop the model sees
-    size = (_processor_size(data.get("crop_size")) if crops else None) or _processor_size(data.get("size"))
-    channels = int(config.get("in_chans", 3))
-    return family_pretrained_cfg(config, int(config["patch_size"]), stats.get("image_mean"),
-                                 stats.get("image_std"), (channels, *size) if size else None)  # fmt: skip
+    return data
+
+
+def _stats(value, path, key: str) -> tuple[float, float, float] | None:
+    """A mean or std of a preprocessing file as 3 floats (one number: all channels); None when absent."""
+    import math
+
+    if value is None:
+        return None
+    value = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    ok = isinstance(value, list) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)  # fmt: skip
+    if not ok or (key.endswith("std") and min(value) <= 0):
+        positive = " > 0" if key.endswith("std") else ""
+        raise ValueError(f"{path}: {key} {value!r} is not 3 finite numbers{positive}")
+    return tuple(float(v) for v in value)
 
 
 def _processor_size(value) -> tuple[int, int] | None:
