@@ -250,7 +250,12 @@ def test_a_timm_folder_carries_its_pretrained_cfg(tmp_path):
     config["pretrained_cfg"] = {"input_size": [3, 48, 48], "mean": OWN_MEAN, "std": OWN_STD}
     (folder / "config.json").write_text(json.dumps(config))
     pre = preprocessing_of(sinder.load_backbone(str(folder)))
-    assert (pre.family, pre.mean, pre.std, pre.input_size) == ("deit3", tuple(OWN_MEAN), tuple(OWN_STD), (3, 48, 48))
+    assert (pre.family, pre.mean, pre.std, pre.input_size) == (
+        "deit3",
+        tuple(OWN_MEAN),
+        tuple(OWN_STD),
+        (3, 48, 48),
+    )
     del config["pretrained_cfg"]  # without it: the family's (DeiT-III: ImageNet's)
     (folder / "config.json").write_text(json.dumps(config))
     pre = preprocessing_of(sinder.load_backbone(str(folder)))
@@ -258,8 +263,9 @@ def test_a_timm_folder_carries_its_pretrained_cfg(tmp_path):
 
 
 def test_an_open_clip_folder_carries_its_preprocess_cfg(tmp_path):
-    from sinder.models.state_io import save_state_dict
     from test_families_restated import _open_clip_state
+
+    from sinder.models.state_io import save_state_dict
 
     tower = _open_clip_state(layer_scale=False)
     save_state_dict({f"visual.{k}": v for k, v in tower.items()}, tmp_path / "open_clip_model.safetensors")
