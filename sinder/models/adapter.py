@@ -19,8 +19,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
+
 FAMILIES = ("dinov2", "clip", "siglip", "dinov3", "deit3")
 POOLINGS = ("cls", "attention")
+# The mean/std a family's checkpoints were trained with, for a checkpoint that does not say its own (a
+# transformers folder without preprocessor_config.json, a file): DINOv2 the ImageNet statistics; CLIP OpenAI's
+# (transformers' OPENAI_CLIP_MEAN/STD, CLIPImageProcessor's defaults); SigLIP 0.5/0.5 (SiglipImageProcessor's).
+# The only place besides sinder.utils.images that writes a mean/std (tests/test_constants_once.py).
+# DINOv3 (its transformers processor) and DeiT-III (timm's deit3_* pretrained configs) use ImageNet's too.
+FAMILY_MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "dinov3": (IMAGENET_MEAN, IMAGENET_STD),
+    "deit3": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sinder.models.backbone import pretrained_config
+from sinder.models.backbone import pretrained_config, read_preprocessor_config
 from sinder.models.constructed import SYNTHETIC_BACKBONES
 from sinder.models.formats import (
     HF_CONFIG,
@@ -167,6 +167,13 @@ def load_backbone(
     label = _checkpoint_label(Path(name)) if named_checkpoint else (name or path.stem)
     model = _finish(model, str(path), label, weights_role(path, name), device)
     model.checkpoint_format = checkpoint.format
+    if path.is_dir():  # a transformers folder says its own preprocessing (else describe() gives the family's)
+        try:
+            preprocessing = read_preprocessor_config(path, config)
+        except ValueError as err:
+            raise WeightsError(str(err)) from None
+        if preprocessing is not None:
+            model.pretrained_cfg = preprocessing
     return model
 
 
