@@ -410,6 +410,22 @@ def test_refused_submission_is_one_line_and_the_submitted_job_is_recorded(tmp_pa
     assert [r["backbone"] for r in L.status_rows(tmp_path)] == ["a"]  # status sees the job that was submitted
 
 
+def test_a_first_refusal_says_nothing_was_submitted(tmp_path, monkeypatch, capsys):
+    """No job accepted: the line says so and points at no jobs file (none is written)."""
+    from benchmarks.cli import main
+
+    _Refusing.calls = 1  # the next call is refused
+    monkeypatch.setattr(L, "make_executor", lambda *a, **k: _Refusing())
+    capsys.readouterr()
+    code = main(["run", "--suite", "imagenet_knn", "--profile", "smoke", "--backbone", "a=dinov2_tiny",
+                 "--out", str(tmp_path), "--launcher", "slurm"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: slurm refused job [a] imagenet_knn: sbatch: error: Batch job submission failed")
+    assert err.rstrip().endswith("; nothing submitted (0 of 1 job(s))")
+    assert not (tmp_path / L.LAUNCH_DIR / L.MANIFEST).exists() and L.status_rows(tmp_path) == []
+
+
 # ------------------------------------------------------------------------------------------ resources
 def test_resources_per_task_with_overrides(tmp_path, monkeypatch):
     smoke, _ = L.plan_jobs("imagenet_knn", ["x=dinov2_tiny"], profile="smoke", cache_dir=tmp_path)

@@ -417,10 +417,11 @@ def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profil
                 handle = executor.submit(BenchJob(), asdict(job), run_args.to_json(), place)
         except Exception as err:
             done = ", ".join(f"[{j.label}] {j.task} (job {h.job_id})" for j, h in zip(jobs, submitted))
-            raise LaunchError(
-                f"{launcher} refused job [{job.label}] {job.task}: {_submission_error(err)}; submitted before it: "
-                f"{len(submitted)} of {len(jobs)} job(s){' (' + done + ')' if done else ''}, recorded in "
-                f"{launch_dir(out) / MANIFEST} (sinder-bench status --out {out})") from err  # fmt: skip
+            before = (f"submitted before it: {len(submitted)} of {len(jobs)} job(s) ({done}), recorded in "
+                      f"{launch_dir(out) / MANIFEST} (sinder-bench status --out {out})" if submitted
+                      else f"nothing submitted (0 of {len(jobs)} job(s))")  # fmt: skip
+            raise LaunchError(f"{launcher} refused job [{job.label}] {job.task}: {_submission_error(err)}; "
+                              f"{before}") from err  # fmt: skip
         submitted.append(handle)
         _append_manifest(out, [{**asdict(job), "job_id": str(handle.job_id), "launcher": launcher,
                                 "folder": str(folder), "submitted": utc_now()}])  # fmt: skip
