@@ -84,10 +84,11 @@ AccountingStoragePort=$DBD_PORT
 # alone does not reach them.
 AccountingStoragePass=$SOCK
 AccountingStorageEnforce=associations,limits
-# Quick turnover for tests: a finished job leaves squeue after 5 s, sacct keeps it.
+# Quick turnover for tests: a finished job leaves squeue after 5 s (sacct keeps it); scancel kills at once
+# (SIGKILL right after SIGTERM, which submitit ignores; its checkpoint signal is USR2, --signal before the limit).
 MinJobAge=5
 InactiveLimit=0
-KillWait=5
+KillWait=0
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
@@ -167,7 +168,7 @@ start slurmdbd slurmdbd -D
 wait_for slurmdbd 60 sacctmgr -i list cluster
 sacctmgr -i add cluster sinderci >/dev/null
 sacctmgr -i add account sinder Cluster=sinderci Description=ci Organization=ci >/dev/null
-sacctmgr -i add user root Account=sinder Cluster=sinderci >/dev/null
+sacctmgr -i add user root Account=sinder DefaultAccount=sinder Cluster=sinderci >/dev/null
 say "slurmdbd up (port $DBD_PORT), cluster sinderci, account sinder"
 
 # --- slurmctld and slurmd
