@@ -157,6 +157,24 @@ def test_every_slurm_state_maps_and_an_unknown_one_is_never_running(text, state)
     assert L.slurm_state(text)[0] == state
 
 
+def test_the_readmes_status_table_names_every_slurm_state_with_its_status():
+    """The README's table of what `status` reports (section "On a cluster") against SLURM_STATES: each state is in
+    the first row that names it with the status launch.py gives it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### On a cluster"):]
+    section = section[: section.index("\n### ", 1)]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.strip().startswith("| ") and "`status`" not in line.split("|")[2]]  # fmt: skip
+    assert len(rows) >= 10
+    for word, (state, _) in L.SLURM_STATES.items():
+        row = next((r for r in rows if re.search(rf"\b{word}\b", r[0])), None)
+        assert row is not None, f"{word} is not in the README's status table"
+        assert row[1] == f"`{state}`", f"README says {word} -> {row[1]}; launch.py says {state}"
+
+
 def _slurm_entries(tmp_path, labels):
     folder = tmp_path / "launch" / "submitit"
     folder.mkdir(parents=True, exist_ok=True)
