@@ -96,6 +96,8 @@ def cluster(tmp_path_factory):
     if not conf:
         pytest.skip(f"no SLURM cluster: ${CONF_ENV} is not set (bash .ci/slurm/run.sh stands one up and runs "
                     "these tests with it)")  # fmt: skip
+    if not Path(conf).is_file():
+        pytest.fail(f"${CONF_ENV}={conf}: no such file")
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "SLURM_CONF": conf, "PYTHONPATH": path}
     problem = _cluster_problem(env)

@@ -14,14 +14,28 @@ mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
 TIMEOUT_S=${SINDER_SLURM_UP_TIMEOUT_S:-120}
-[ "$(id -u)" -eq 0 ] || { echo "up.sh: run as root (it installs packages and runs the daemons as root)" >&2; exit 1; }
 
+[ "$(id -u)" -eq 0 ] || { echo "up.sh: run as root (it installs packages and runs the daemons as root)" >&2; exit 1; }
 say() { echo "[slurm-up $(date -u +%H:%M:%S)] $*"; }
 fail() {
     echo "[slurm-up] FAILED: $*" >&2
-    bash "$HERE/down.sh" "$DIR" >&2 || true
     exit 1
 }
+# Whatever stops this script before the node is idle (a failed check, a failed command under set -e, Ctrl-C)
+# stops what it started.
+up=0
+cleanup() {
+    local code=$?
+    if [ "$up" -ne 1 ]; then
+        echo "[slurm-up] not up (exit $code): stopping what was started" >&2
+        bash "$HERE/down.sh" "$DIR" >&2 || true
+        [ "$code" -ne 0 ] || code=1
+    fi
+    exit "$code"
+}
+trap cleanup EXIT
+trap 'echo "[slurm-up] FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
+trap 'exit 130' INT TERM
 started=$(date +%s)
 
 # --- packages (Debian 12: slurm-wlm 22.05; no daemon starts on install, the policy-rc.d of a container denies it)
@@ -32,9 +46,18 @@ done
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || fail "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >"$DIR/apt.log" 2>&1 ||
-        fail "apt-get install ${need[*]} failed: $(tail -5 "$DIR/apt.log")"
+    # No system daemon may start from the install (munge, mariadb): only this script's, stopped by PID, run.
+    # A policy-rc.d that denies every start (Debian's invoke-rc.d policy), unless the image has one already.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    installed=0
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >"$DIR/apt.log" 2>&1 &&
+        installed=1
+    [ "$own_policy" -eq 0 ] || rm -f "$policy"
+    [ "$installed" -eq 1 ] || fail "apt-get install ${need[*]} failed: $(tail -5 "$DIR/apt.log" 2>/dev/null)"
 fi
 
 # --- layout, ports, host
@@ -177,5 +200,6 @@ wait_for slurmctld 60 scontrol ping
 start slurmd slurmd -D -f "$SLURM_CONF"
 idle() { sinfo -h -N -n "$HOST" -o %t | grep -qx idle; }
 wait_for slurmd "$TIMEOUT_S" idle
+up=1
 say "node $HOST idle ($CPUS CPUs, ${MEM_MB} MB), partition cpu; up in $(($(date +%s) - started)) s"
 say "use it with: source $DIR/env"
