@@ -87,6 +87,37 @@ def test_requeued_job_resumes_instead_of_rerunning(fanned):
     assert len(load_records(root / "fan")) == before
 
 
+@pytest.mark.slow
+def test_a_pair_held_by_another_process_is_waited_for_never_done_without_a_record(fanned, monkeypatch):
+    """A scancelled job still alive (submitit ignores SIGTERM) holds the pair's claim when its --resume rerun
+    starts: the rerun waits for it, then runs; a claim held past HELD_WAIT_S fails the job (before: it returned
+    success with no record, and status said done)."""
+    import threading
+
+    from benchmarks.core.job import pair_claim
+
+    root, cache, _ = fanned
+    (ref,) = [r for r in load_records(root / "inproc") if r["backbone"]["label"] == BACKBONES[0]]
+    out = root / "held"
+    job = L.JobSpec(BACKBONES[0], BACKBONES[0], "imagenet_knn", "smoke", 0, 5).__dict__
+    run_args = L.RunArgs(device="cpu", no_progress=True).to_json()
+    place = {"out": str(out), "cache_dir": str(cache)}
+    other = pair_claim(out, ref["identity"]["key"])
+    assert other.acquire()  # this process plays the cancelled job that is still alive
+    monkeypatch.setattr(L, "HELD_WAIT_S", 0.5)
+    monkeypatch.setattr(L, "HELD_POLL_S", 0.1)
+    with pytest.raises(RuntimeError, match=r"imagenet_knn: not run, being run by pid \d+ .*rerun with --resume"):
+        L.BenchJob()(job, run_args, place)
+    assert load_records(out, missing_ok=True) == []
+
+    monkeypatch.setattr(L, "HELD_WAIT_S", 60.0)
+    threading.Timer(1.0, other.release).start()  # the other process ends without a record
+    summary = L.BenchJob()(job, run_args, place)
+    assert [r["task"] for r in summary["ran"]] == ["imagenet_knn"]
+    (got,) = load_records(out)
+    assert got["identity"] == ref["identity"] and got["metrics"] == pytest.approx(ref["metrics"], abs=1e-9)
+
+
 def test_status_from_job_files(tmp_path, monkeypatch):
     import submitit
     from submitit.core.utils import cloudpickle_dump
