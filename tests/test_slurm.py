@@ -110,7 +110,8 @@ def cluster(tmp_path_factory):
     yield found
     # Leave nothing queued: every job these tests submitted (the launch manifests under their folders).
     base = tmp_path_factory.getbasetemp()
-    ids = {e["job_id"] for m in base.rglob(L.MANIFEST) for e in L.read_manifest(m.parent.parent)}
+    ids = {e["job_id"] for m in base.rglob(L.MANIFEST) for e in L.read_manifest(m.parent.parent)
+           if e.get("launcher") == "slurm"}  # fmt: skip
     if ids:
         found.slurm("scancel", *sorted(ids), check=False)
 
