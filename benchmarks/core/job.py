@@ -93,6 +93,11 @@ class RunSummary:
         }  # fmt: skip
 
 
+def pair_claim(out: str | Path, key: str) -> Claim:
+    """The claim a run holds on the run identity ``key`` while it works on it in the records folder ``out``."""
+    return Claim(Path(out) / ".claims" / f"{key}.lock")
+
+
 def split_dataset(entry: str) -> tuple[str, str | None]:
     name, _, split = entry.partition(":")
     return name, (split or None)
@@ -155,7 +160,7 @@ class Job:
                                   config={**self._identity_config(task, spec, config), **preprocessing.identity_part()},
                                   seed=self.seed, profile=self.profile)  # fmt: skip
         entry = {"backbone": spec.label, "task": task.name, "weights_sha256": sha, "identity": identity.key}
-        claim = Claim(self.store.root / ".claims" / f"{identity.key}.lock")
+        claim = pair_claim(self.store.root, identity.key)
         try:
             why_not = self._claim(claim, identity, spec, resume) if D.is_main() else None
             why_not = D.broadcast_object(why_not)
