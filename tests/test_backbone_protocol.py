@@ -100,8 +100,9 @@ def _independent_knn_top1(foreign, imagenet_root, config, metrics):
     (normalized class tokens, labels) per split."""
     from benchmarks.classification.datasets import open_imagenet
     from benchmarks.classification.transforms import eval_transform
+    from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
-    transform = eval_transform(config["resize"], config["crop"])
+    transform = eval_transform(config["resize"], config["crop"], mean=IMAGENET_MEAN, std=IMAGENET_STD)
     feats = {}
     for split in ("train", "val"):
         data = open_imagenet(imagenet_root, split, transform)

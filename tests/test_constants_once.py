@@ -144,12 +144,109 @@ def test_imagenet_mean_and_std_are_written_once():
     assert number_literals(IMAGENET_LITERALS) == ["sinder/utils/images.py:16", "sinder/utils/images.py:17"]
 
 
-def test_mmseg_configs_normalise_with_the_imagenet_mean_and_std():
+# Where a mean/std may be written: the ImageNet statistics' home, the families' defaults (the adapter) and the
+# backbone description that reads a checkpoint's own (preprocessor_config.json's "do_normalize": false).
+MEAN_STD_HOMES = ("sinder/utils/images.py", "sinder/models/adapter.py", "sinder/models/backbone.py")
+
+
+def _three_numbers(expr: ast.AST) -> bool:
+    """``(a, b, c)`` / ``[a, b, c]`` of number literals, or ``(a,) * 3``: how a mean or std is written."""
+    def numbers(node):
+        return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+    if isinstance(expr, ast.Tuple | ast.List) and len(expr.elts) == 3 and all(numbers(e) for e in expr.elts):
+        return True
+    sides = (expr.left, expr.right) if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Mult) else ()
+    return any(isinstance(s, ast.Tuple | ast.List) and len(s.elts) == 1 and numbers(s.elts[0]) for s in sides)
+
+
+def mean_std_literals() -> list[str]:
+    """``path:line name`` of each name holding 'mean' or 'std' bound to an expression with three number
+    literals in it (a normalisation written out), in sinder/ and benchmarks/."""
+    found = []
+    for path in SOURCES:
+        for name, expr, line in _bindings(ast.parse(path.read_text(), str(path))):
+            if ("mean" in name.lower() or "std" in name.lower()) and any(_three_numbers(e) for e in ast.walk(expr)):
+                found.append(f"{path.relative_to(ROOT)}:{line} {name}")
+    return sorted(set(found))
+
+
+def patch_multiple_literals() -> list[str]:
+    """``path:line name`` of each integer literal in benchmarks/ bound to a name holding 'patch' or 'multiple'
+    (``pad_multiple=14``, ``patch_size = 16``) or given to center_pad as its multiple: a task's own patch size."""
+    found = []
+    for path in SOURCES:
+        if path.relative_to(ROOT).parts[0] != "benchmarks":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for name, expr, line in _bindings(tree):
+            if ("patch" in name.lower() or "multiple" in name.lower()) and isinstance(expr, ast.Constant) \
+                    and type(expr.value) is int:
+                found.append(f"{path.relative_to(ROOT)}:{line} {name}")
+        for node in ast.walk(tree):
+            callee = getattr(node, "func", None)
+            name = getattr(callee, "id", getattr(callee, "attr", ""))
+            if isinstance(node, ast.Call) and name.startswith("center_pad") and len(node.args) > 1 \
+                    and isinstance(node.args[1], ast.Constant):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} center_pad")
+    return sorted(set(found))
+
+
+def test_a_mean_or_std_is_written_only_in_the_model_description():
+    """No task or data loader normalises with statistics of its own: each asks the backbone
+    (benchmarks.core.preprocessing), whose description reads them from the checkpoint or its family."""
+    found = [f for f in mean_std_literals() if not f.startswith(MEAN_STD_HOMES)]
+    assert found == [], "ask benchmarks.core.preprocessing.preprocessing_of(backbone) for the mean/std"
+    from sinder.models.adapter import FAMILY_MEAN_STD
+
+    # each family's values written anywhere else (0.5 is too common a number to hunt)
+    family_values = {v for mean, std in FAMILY_MEAN_STD.values() for v in (*mean, *std)} - {0.5}
+    assert [f for f in number_literals(family_values) if not f.startswith(MEAN_STD_HOMES)] == []
+    # and no benchmark reaches for the ImageNet statistics directly
+    users = [str(p.relative_to(ROOT)) for p in SOURCES if p.relative_to(ROOT).parts[0] == "benchmarks"
+             and ("IMAGENET_MEAN" in p.read_text() or "IMAGENET_STD" in p.read_text())]  # fmt: skip
+    assert users == []
+
+
+def test_no_benchmark_writes_a_patch_multiple():
+    assert patch_multiple_literals() == [], "pad to the backbone's patch size (preprocessing_of(model).patch_size)"
+
+
+def test_the_mean_std_and_patch_scans_find_the_patterns(tmp_path, monkeypatch):
+    fake = tmp_path / "benchmarks" / "fake.py"
+    fake.parent.mkdir()
+    fake.write_text(
+        "MEAN = (0.485, 0.456, 0.406)\n"
+        "t = Normalize(mean=[0.5, 0.5, 0.5], std=(0.5,) * 3)\n"
+        "cfg = {'pixel_std': [58.395, 57.12, 57.375]}\n"
+        "backbone = dict(pad_multiple=14)\n"
+        "x, _ = center_pad(x, 16)\n"
+        "patch = 14\n"
+        "fine = dict(pad_multiple=model.patch_size, mean=pre.mean)\n"
+    )
+    monkeypatch.setitem(globals(), "SOURCES", [fake])
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert mean_std_literals() == ["benchmarks/fake.py:1 MEAN", "benchmarks/fake.py:2 mean", "benchmarks/fake.py:2 std",
+                                   "benchmarks/fake.py:3 pixel_std"]  # fmt: skip
+    assert patch_multiple_literals() == ["benchmarks/fake.py:4 pad_multiple", "benchmarks/fake.py:5 center_pad",
+                                         "benchmarks/fake.py:6 patch"]  # fmt: skip
+
+
+def test_mmseg_configs_normalise_with_the_backbones_mean_std_and_pad_to_its_patch():
     pytest.importorskip("mmengine")
-    from benchmarks.segmentation.config import DATASETS, SETTINGS, load_config
+    from benchmarks.core.preprocessing import family_preprocessing
+    from benchmarks.segmentation.config import DATASETS, SETTINGS, load_config, resolve_config
 
     for dataset in DATASETS:
         for setting in SETTINGS:
-            pre = load_config(dataset, setting).model.data_preprocessor
-            # mmseg's own ADE20k/VOC configs write these 0-255 values (the rounding of 255 * 0.485, ...)
-            assert pre.mean == [123.675, 116.28, 103.53] and pre.std == [58.395, 57.12, 57.375]
+            raw = load_config(dataset, setting).model
+            assert raw.data_preprocessor.mean is None and raw.backbone.pad_multiple is None  # the backbone's
+            for family, patch in (("dinov2", 14), ("siglip", 16)):
+                cfg = resolve_config(load_config(dataset, setting), data_root="d", embed_dim=8, work_dir="w",
+                                     preprocessing=family_preprocessing(family, patch))  # fmt: skip
+                pre = cfg.model.data_preprocessor
+                if family == "dinov2":  # mmseg's own ADE20k/VOC configs write these 0-255 values (255 * 0.485, ...)
+                    assert pre.mean == [123.675, 116.28, 103.53] and pre.std == [58.395, 57.12, 57.375]
+                else:
+                    assert pre.mean == [127.5] * 3 and pre.std == [127.5] * 3
+                assert cfg.model.backbone.pad_multiple == patch

@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from benchmarks.depth.features import backbone_features
 from benchmarks.depth.heads import DPTDepthHead, LinearDepthHead, build_head
 from benchmarks.depth.train import DepthConfig, make_head, predict
-from benchmarks.depth.transforms import MEAN, STD, TrainTransform, rotate, scaled_box
+from benchmarks.depth.transforms import TrainTransform, rotate, scaled_box
+from sinder.models.adapter import FAMILY_MEAN_STD
 from sinder.models.vit import build_vit
+
+MEAN, STD = FAMILY_MEAN_STD["dinov2"]
 
 
 def _features(n_layers, dim=16, h=4, w=6, batch=2, seed=0):
@@ -95,7 +98,8 @@ def test_train_transform_moves_image_and_depth_together():
     image = np.zeros((height, width, 3), np.uint8)
     image[..., 0] = columns.astype(np.uint8)
     sample = {"image": image, "depth": columns / 100.0 + 1.0}
-    transform = TrainTransform(crop=(84, 112), rotate_degrees=0.0, gamma=(1, 1), brightness=(1, 1), colour=(1, 1))
+    transform = TrainTransform(crop=(84, 112), rotate_degrees=0.0, gamma=(1, 1), brightness=(1, 1), colour=(1, 1),
+                               mean=MEAN, std=STD)
     top, bottom, left, right = scaled_box((45, 472, 43, 608), height, width)
     assert (top, bottom, left, right) == (11, 118, 11, 152)
     flipped = 0
@@ -111,6 +115,6 @@ def test_train_transform_moves_image_and_depth_together():
 
 def test_train_transform_pads_frames_smaller_than_the_crop():
     sample = {"image": np.full((48, 64, 3), 128, np.uint8), "depth": np.full((48, 64), 2.0, np.float32)}
-    x, d = TrainTransform(crop=(84, 112))(sample, np.random.default_rng(0))
+    x, d = TrainTransform(crop=(84, 112), mean=MEAN, std=STD)(sample, np.random.default_rng(0))
     assert x.shape == (3, 84, 112) and d.shape == (1, 84, 112)
     assert (d == 0).any() and (d == 2.0).any()  # the padding is invalid depth

@@ -66,12 +66,12 @@ def test_colour_augmentation_applies_gamma_on_the_255_scale():
     outs = {}
     for mode in ("reference", "unit"):
         t = TrainTransform(crop=(28, 42), rotate_degrees=0.0, gamma=(1.1, 1.1), brightness=(1, 1), colour=(1, 1),
-                           colour_aug=mode)  # fmt: skip
+                           colour_aug=mode, mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip
         outs[mode] = [t(sample, np.random.default_rng(seed))[0][0, 5, 5].item() for seed in range(6)]
     changed = [abs(a - b) > 1e-3 for a, b in zip(outs["reference"], outs["unit"])]
     assert any(changed)  # the seeds where the colour branch fired
     with pytest.raises(ValueError, match="colour_aug"):
-        TrainTransform(colour_aug="linear")
+        TrainTransform(colour_aug="linear", mean=(0.5,) * 3, std=(0.25,) * 3)
 
 
 def test_eval_resize_reference_resizes_the_padded_map_and_clamps():

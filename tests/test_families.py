@@ -172,8 +172,17 @@ def test_siglip_has_no_class_token_to_return(siglip_folder):
 
 
 def test_an_unknown_transformers_folder_names_the_accepted_types(tmp_path):
-    from sinder.models.formats import CheckpointError, config_from_hf
+    from sinder.models.formats import (
+        DINOV2_MODEL_TYPES,
+        TRANSFORMERS_FAMILIES,
+        CheckpointError,
+        config_from_hf,
+    )
 
-    with pytest.raises(CheckpointError, match=r"model_type 'vit' is not a DINOv2, CLIP or SigLIP vision model; "
-                       r"expected one of 'dinov2', 'dinov2_with_registers', 'clip_vision_model', 'siglip_vision_model'"):
+    with pytest.raises(CheckpointError, match=r"model_type 'vit' is not a DINOv2 nor another supported vision model \(CLIP, SigLIP, "
+                       r"SigLIP 2, DINOv3\); expected one of "
+                       r"'dinov2', 'dinov2_with_registers', 'clip_vision_model', 'siglip_vision_model'") as err:
         config_from_hf({"model_type": "vit"}, "x")
+    named = str(err.value).split("expected one of ")[1]
+    assert named.split(", ") == [repr(m) for m in (*DINOV2_MODEL_TYPES, *TRANSFORMERS_FAMILIES)]
+    assert {"dinov3_vit", "siglip2_vision_model"} <= set(TRANSFORMERS_FAMILIES)

@@ -87,6 +87,37 @@ def test_requeued_job_resumes_instead_of_rerunning(fanned):
     assert len(load_records(root / "fan")) == before
 
 
+@pytest.mark.slow
+def test_a_pair_held_by_another_process_is_waited_for_never_done_without_a_record(fanned, monkeypatch):
+    """A scancelled job still alive (submitit ignores SIGTERM) holds the pair's claim when its --resume rerun
+    starts: the rerun waits for it, then runs; a claim held past HELD_WAIT_S fails the job (before: it returned
+    success with no record, and status said done)."""
+    import threading
+
+    from benchmarks.core.job import pair_claim
+
+    root, cache, _ = fanned
+    (ref,) = [r for r in load_records(root / "inproc") if r["backbone"]["label"] == BACKBONES[0]]
+    out = root / "held"
+    job = L.JobSpec(BACKBONES[0], BACKBONES[0], "imagenet_knn", "smoke", 0, 5).__dict__
+    run_args = L.RunArgs(device="cpu", no_progress=True).to_json()
+    place = {"out": str(out), "cache_dir": str(cache)}
+    other = pair_claim(out, ref["identity"]["key"])
+    assert other.acquire()  # this process plays the cancelled job that is still alive
+    monkeypatch.setattr(L, "HELD_WAIT_S", 0.5)
+    monkeypatch.setattr(L, "HELD_POLL_S", 0.1)
+    with pytest.raises(RuntimeError, match=r"imagenet_knn: not run, being run by pid \d+ .*rerun with --resume"):
+        L.BenchJob()(job, run_args, place)
+    assert load_records(out, missing_ok=True) == []
+
+    monkeypatch.setattr(L, "HELD_WAIT_S", 60.0)
+    threading.Timer(1.0, other.release).start()  # the other process ends without a record
+    summary = L.BenchJob()(job, run_args, place)
+    assert [r["task"] for r in summary["ran"]] == ["imagenet_knn"]
+    (got,) = load_records(out)
+    assert got["identity"] == ref["identity"] and got["metrics"] == pytest.approx(ref["metrics"], abs=1e-9)
+
+
 def test_status_from_job_files(tmp_path, monkeypatch):
     import submitit
     from submitit.core.utils import cloudpickle_dump
@@ -155,6 +186,24 @@ def test_every_slurm_state_maps_and_an_unknown_one_is_never_running(text, state)
     # The codes and names of https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES; sacct writes
     # "CANCELLED by <uid>" and cuts long names with a "+" (a cut name is no state: unknown, not a guess).
     assert L.slurm_state(text)[0] == state
+
+
+def test_the_readmes_status_table_names_every_slurm_state_with_its_status():
+    """The README's table of what `status` reports (section "On a cluster") against SLURM_STATES: each state is in
+    the first row that names it with the status launch.py gives it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### On a cluster"):]
+    section = section[: section.index("\n### ", 1)]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.strip().startswith("| ") and "`status`" not in line.split("|")[2]]  # fmt: skip
+    assert len(rows) >= 10
+    for word, (state, _) in L.SLURM_STATES.items():
+        row = next((r for r in rows if re.search(rf"\b{word}\b", r[0])), None)
+        assert row is not None, f"{word} is not in the README's status table"
+        assert row[1] == f"`{state}`", f"README says {word} -> {row[1]}; launch.py says {state}"
 
 
 def _slurm_entries(tmp_path, labels):
@@ -408,6 +457,22 @@ def test_refused_submission_is_one_line_and_the_submitted_job_is_recorded(tmp_pa
     assert "submitted before it: 1 of 2 job(s) ([a] imagenet_knn (job 4242))" in err
     assert [(e["label"], e["job_id"]) for e in L.read_manifest(tmp_path)] == [("a", "4242")]
     assert [r["backbone"] for r in L.status_rows(tmp_path)] == ["a"]  # status sees the job that was submitted
+
+
+def test_a_first_refusal_says_nothing_was_submitted(tmp_path, monkeypatch, capsys):
+    """No job accepted: the line says so and points at no jobs file (none is written)."""
+    from benchmarks.cli import main
+
+    _Refusing.calls = 1  # the next call is refused
+    monkeypatch.setattr(L, "make_executor", lambda *a, **k: _Refusing())
+    capsys.readouterr()
+    code = main(["run", "--suite", "imagenet_knn", "--profile", "smoke", "--backbone", "a=dinov2_tiny",
+                 "--out", str(tmp_path), "--launcher", "slurm"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: slurm refused job [a] imagenet_knn: sbatch: error: Batch job submission failed")
+    assert err.rstrip().endswith("; nothing submitted (0 of 1 job(s))")
+    assert not (tmp_path / L.LAUNCH_DIR / L.MANIFEST).exists() and L.status_rows(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------------------ resources

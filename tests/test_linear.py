@@ -13,6 +13,9 @@ from benchmarks.classification.linear import (
     linear_input,
     train_linear_probe,
 )
+from sinder.models.adapter import FAMILY_MEAN_STD
+
+MEAN, STD = FAMILY_MEAN_STD["dinov2"]
 
 
 class FeatureBackbone(nn.Module):
@@ -22,6 +25,7 @@ class FeatureBackbone(nn.Module):
     def __init__(self, dim):
         super().__init__()
         self.embed_dim = dim
+        self.patch_size = 1  # a Backbone member: its description (the pooling: class token) reads it
         self.calls = 0
         self.batch_sizes = []
 
@@ -113,9 +117,9 @@ def test_eval_transform_follows_resize_then_center_crop():
     img.paste((0, 0, 255), (0, 0, 150, 200))  # left half blue
     resized = T.Resize(64)(img)
     assert resized.size == (96, 64)  # short side 64, long side int(64 * 300 / 200)
-    x = T.eval_transform(64, 56)(img)
+    x = T.eval_transform(64, 56, mean=MEAN, std=STD)(img)
     assert x.shape == (3, 56, 56)
-    mean, std = torch.tensor(T.IMAGENET_MEAN), torch.tensor(T.IMAGENET_STD)
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
     # Left column blue, right column red, after normalisation.
     assert torch.allclose(x[:, 28, 0], (torch.tensor([0.0, 0.0, 1.0]) - mean) / std, atol=0.05)
     assert torch.allclose(x[:, 28, -1], (torch.tensor([1.0, 0.0, 0.0]) - mean) / std, atol=0.05)
@@ -123,7 +127,7 @@ def test_eval_transform_follows_resize_then_center_crop():
 
 def test_train_transform_shapes_and_randomness():
     img = Image.effect_noise((120, 90), 64).convert("RGB")
-    tf = T.train_transform(56)
+    tf = T.train_transform(56, mean=MEAN, std=STD)
     torch.manual_seed(0)
     a = tf(img)
     b = tf(img)

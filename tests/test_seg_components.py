@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.core.preprocessing import family_preprocessing
+
 pytest.importorskip("mmseg", reason="segmentation stack not installed (mmsegmentation==1.2.2)")
 
 from benchmarks.segmentation.mmseg_env import ensure_mmseg  # noqa: E402
@@ -16,6 +18,8 @@ from benchmarks.segmentation.config import load_config, resolve_config  # noqa: 
 from benchmarks.segmentation.head import BNLinearHead  # noqa: E402
 from benchmarks.segmentation.train import build_segmentor  # noqa: E402
 from sinder.models.vit import build_vit  # noqa: E402
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def test_backbone_maps_equal_the_vit_on_the_padded_input(vit):
 
 def test_backbone_is_frozen_and_outside_the_state(vit):
     cfg = load_config("ade20k", "linear")
-    cfg = resolve_config(cfg, data_root="unused", embed_dim=96, work_dir="unused")
+    cfg = resolve_config(cfg, preprocessing=DINOV2, data_root="unused", embed_dim=96, work_dir="unused")
     segmentor = build_segmentor(cfg, vit)
     names = [name for name, _ in segmentor.named_parameters()]
     assert names and all(name.startswith("decode_head.") for name in names)
@@ -96,7 +100,8 @@ def test_bn_linear_head_rejects_wrong_channels():
 
 def test_resolve_config_scales_every_resolution_for_smoke():
     cfg = resolve_config(
-        load_config("voc2012", "multiscale"), data_root="/data/voc", embed_dim=96, work_dir="/tmp/w",
+        load_config("voc2012", "multiscale"), preprocessing=DINOV2,
+        data_root="/data/voc", embed_dim=96, work_dir="/tmp/w",
         world_size=2, overrides={"crop": 70, "iterations": 50, "warmup": 5, "batch_size": 4, "eval_images": 3},
     )  # fmt: skip
     factor = 70 / 640
@@ -129,4 +134,4 @@ def test_paper_configs_hold_the_protocol():
     assert multi.model.decode_head.in_index == [0, 1, 2, 3] and multi.tta_ratios == [1.0, 1.32, 1.73, 2.28, 3.0]
     assert multi.model.decode_head.num_classes == 21 and multi.model.data_preprocessor.size == (640, 640)
     with pytest.raises(ValueError, match="not divisible"):
-        resolve_config(linear, data_root="x", embed_dim=96, work_dir="w", world_size=3)
+        resolve_config(linear, preprocessing=DINOV2, data_root="x", embed_dim=96, work_dir="w", world_size=3)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
+
 pytest.importorskip("mmseg", reason="segmentation stack not installed (mmsegmentation==1.2.2)")
 
 from benchmarks.segmentation.mmseg_env import ensure_mmseg  # noqa: E402
@@ -24,6 +26,8 @@ from benchmarks.segmentation.task import (  # noqa: E402
 )
 from benchmarks.segmentation.train import build_segmentor  # noqa: E402
 from sinder.models.vit import build_vit  # noqa: E402
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,8 @@ def test_other_weights_never_get_cached_maps(vit):
 
 
 def test_unaugmented_pipeline_config():
-    cfg = resolve_config(load_config("ade20k", "linear"), data_root="/d", embed_dim=96, work_dir="/w",
+    cfg = resolve_config(load_config("ade20k", "linear"), preprocessing=DINOV2,
+                         data_root="/d", embed_dim=96, work_dir="/w",
                          overrides={"crop": 84, "feature_cache": True})  # fmt: skip
     pipeline = cfg.train_dataloader.dataset.pipeline
     kinds = [t["type"] for t in pipeline]
@@ -94,7 +99,8 @@ def test_unaugmented_pipeline_config():
     # Evaluation keeps the real pipeline.
     assert test_kinds == ["LoadImageFromFile", "Resize", "LoadAnnotations", "PackSegInputs"]
 
-    plain = resolve_config(load_config("ade20k", "linear"), data_root="/d", embed_dim=96, work_dir="/w",
+    plain = resolve_config(load_config("ade20k", "linear"), preprocessing=DINOV2,
+                           data_root="/d", embed_dim=96, work_dir="/w",
                            overrides={"crop": 84})  # fmt: skip
     assert "RandomCrop" in [t["type"] for t in plain.train_dataloader.dataset.pipeline]
     assert plain.model.backbone.get("cache_train_features", False) is False
@@ -132,7 +138,8 @@ def _inputs(cfg, segmentor, draws):
 @pytest.mark.parametrize("cache", [True, False])
 def test_training_crops_repeat_only_without_augmentation(vit, ade_root, cache):
     np.random.seed(0)  # mmseg's random transforms draw from numpy's global generator
-    cfg = resolve_config(load_config("ade20k", "linear"), data_root=ade_root, embed_dim=96, work_dir="/w",
+    cfg = resolve_config(load_config("ade20k", "linear"), preprocessing=DINOV2,
+                         data_root=ade_root, embed_dim=96, work_dir="/w",
                          overrides={"crop": 56, "feature_cache": cache})  # fmt: skip
     segmentor = build_segmentor(cfg, vit).train()
     inputs = _inputs(cfg, segmentor, draws=3)
@@ -162,7 +169,8 @@ def test_center_crop_keeps_image_and_label_aligned(ade_root):
     """The cached pipeline's sample is the center 56x56 window of the resized image and label, the same window."""
     from mmseg.registry import DATASETS
 
-    cfg = resolve_config(load_config("ade20k", "linear"), data_root=ade_root, embed_dim=96, work_dir="/w",
+    cfg = resolve_config(load_config("ade20k", "linear"), preprocessing=DINOV2,
+                         data_root=ade_root, embed_dim=96, work_dir="/w",
                          overrides={"crop": 56, "feature_cache": True})  # fmt: skip
     uncropped = copy.deepcopy(cfg.train_dataloader.dataset)
     uncropped.pipeline = [t for t in uncropped.pipeline if t["type"] != "CenterCrop"]

@@ -4,6 +4,8 @@ trained on, and from the newest checkpoint that is whole (mmengine writes its fi
 import pytest
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
+
 pytest.importorskip("mmseg", reason="segmentation stack not installed (mmsegmentation==1.2.2)")
 
 from benchmarks.data.synth import write_synthetic  # noqa: E402
@@ -13,6 +15,8 @@ from benchmarks.segmentation.mmseg_env import ensure_mmseg  # noqa: E402
 from benchmarks.segmentation.resume import resume_point  # noqa: E402
 from benchmarks.segmentation.task import dataset_base  # noqa: E402
 from sinder.models.weights import load_backbone  # noqa: E402
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
 
 # Full augmentation (random resize, crop, flip, photometric distortion: numpy and python RNG draws in the
 # pipeline), so an exact resume needs the data position and the generators.
@@ -33,7 +37,7 @@ def setup(tmp_path_factory):
 
 
 def train(setup, work, monkeypatch, die_at=None, loads=None):
-    cfg = resolve_config(load_config("voc2012", "linear"), data_root=setup["root"], work_dir=work,
+    cfg = resolve_config(load_config("voc2012", "linear"), preprocessing=DINOV2, data_root=setup["root"], work_dir=work,
                          embed_dim=setup["backbone"].embed_dim, overrides=SMOKE)  # fmt: skip
     real_build = ST.build_segmentor
 

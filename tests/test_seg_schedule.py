@@ -6,7 +6,10 @@ import warnings
 import pytest
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
 from benchmarks.segmentation.config import load_config, resolve_config
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
 
 
 def mmcv1_poly_warmup_lr(base_lr, it, max_iters=40000, warmup_iters=1500, ratio=1e-6, power=1.0, min_lr=0.0):
@@ -52,15 +55,18 @@ def test_paper_schedule_is_mmcv1_poly_with_linear_warmup():
 
 
 def test_short_schedule_keeps_the_shape():
-    cfg = resolve_config(load_config("voc2012", "linear"), data_root="x", embed_dim=96, work_dir="w",
+    cfg = resolve_config(load_config("voc2012", "linear"), preprocessing=DINOV2,
+                         data_root="x", embed_dim=96, work_dir="w",
                          overrides={"iterations": 50, "warmup": 5})  # fmt: skip
     (sched,) = cfg.param_scheduler
     lrs = _lrs_of(dict(sched), 1e-3, 50)
     assert [lrs[i] for i in (0, 4, 5, 49, 50)] == pytest.approx(
         [mmcv1_poly_warmup_lr(1e-3, i, 50, 5) for i in (0, 4, 5, 49, 50)], rel=1e-12, abs=1e-18)
-    none = resolve_config(load_config("voc2012", "linear"), data_root="x", embed_dim=96, work_dir="w",
+    none = resolve_config(load_config("voc2012", "linear"), preprocessing=DINOV2,
+                          data_root="x", embed_dim=96, work_dir="w",
                           overrides={"iterations": 50, "warmup": 0})  # fmt: skip
     assert _lrs_of(dict(none.param_scheduler[0]), 1e-3, 50)[0] == pytest.approx(1e-3)
     with pytest.raises(ValueError, match=r"warmup \(50\) must be in \[0, iterations=50\)"):
-        resolve_config(load_config("voc2012", "linear"), data_root="x", embed_dim=96, work_dir="w",
+        resolve_config(load_config("voc2012", "linear"), preprocessing=DINOV2,
+                       data_root="x", embed_dim=96, work_dir="w",
                        overrides={"iterations": 50, "warmup": 50})  # fmt: skip

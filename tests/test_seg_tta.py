@@ -6,6 +6,8 @@ import copy
 import pytest
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
+
 pytest.importorskip("mmseg", reason="segmentation stack not installed (mmsegmentation==1.2.2)")
 
 from benchmarks.data.synth import write_synthetic  # noqa: E402
@@ -14,6 +16,8 @@ from benchmarks.segmentation.mmseg_env import ensure_mmseg  # noqa: E402
 from benchmarks.segmentation.task import dataset_base  # noqa: E402
 from benchmarks.segmentation.train import train_and_evaluate  # noqa: E402
 from sinder.models.weights import load_backbone  # noqa: E402
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
 
 SMOKE = {"crop": 70, "warmup": 2, "batch_size": 2, "lr": 3e-3, "log_level": "ERROR", "eval_images": 2}
 
@@ -27,7 +31,8 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
 
     def config(iterations):
-        return resolve_config(load_config("voc2012", "multiscale"), data_root=dataset_base("voc2012", root),
+        return resolve_config(load_config("voc2012", "multiscale"), preprocessing=DINOV2,
+                              data_root=dataset_base("voc2012", root),
                               embed_dim=backbone.embed_dim, work_dir=work, overrides={**SMOKE, "iterations": iterations})  # fmt: skip
 
     first = train_and_evaluate(config(8), backbone, tta=True)

@@ -10,15 +10,21 @@ from sinder.utils import images
 from sinder.utils.device import default_device
 
 
-def test_every_normalization_uses_sinder_images_mean_and_std():
+def test_every_normalization_uses_the_backbones_mean_and_std():
+    """No loader holds statistics of its own (they take the backbone's: benchmarks.core.preprocessing); the
+    ImageNet ones reach DINOv2 from sinder.utils.images, through its family default and its releases' configs."""
     from benchmarks.classification import transforms as cls_t
+    from benchmarks.core.preprocessing import family_preprocessing
     from benchmarks.depth import transforms as depth_t
     from benchmarks.unsupervised import data as unsup_d
+    from sinder.models.adapter import FAMILY_MEAN_STD
     from sinder.models.backbone import PretrainedConfig
 
-    for mean, std in ((cls_t.IMAGENET_MEAN, cls_t.IMAGENET_STD), (depth_t.MEAN, depth_t.STD),
-                      (unsup_d.IMAGENET_MEAN, unsup_d.IMAGENET_STD)):
-        assert mean is images.IMAGENET_MEAN and std is images.IMAGENET_STD
+    for module in (cls_t, depth_t, unsup_d):
+        assert not [n for n in vars(module) if n in ("MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD")], module
+    assert FAMILY_MEAN_STD["dinov2"][0] is images.IMAGENET_MEAN and FAMILY_MEAN_STD["dinov2"][1] is images.IMAGENET_STD
+    dinov2 = family_preprocessing("dinov2", 14)
+    assert (dinov2.mean, dinov2.std) == (images.IMAGENET_MEAN, images.IMAGENET_STD)
     fields = {f.name: f.default for f in PretrainedConfig.__dataclass_fields__.values()}
     assert fields["mean"] is images.IMAGENET_MEAN and fields["std"] is images.IMAGENET_STD
 

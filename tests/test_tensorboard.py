@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from benchmarks.core import scalars as S
+from benchmarks.core.preprocessing import family_preprocessing
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
 
 
 def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
@@ -89,7 +92,8 @@ def test_mmseg_logs_its_logger_hooks_scalars(tmp_path):
     ensure_mmseg()
     write_synthetic("ade20k", tmp_path / "ade", seed=0, n_train=4, n_val=1)
     backbone = load_backbone("dinov2_tiny_random")
-    cfg = resolve_config(load_config("ade20k", "linear"), data_root=dataset_base("ade20k", tmp_path / "ade"),
+    cfg = resolve_config(load_config("ade20k", "linear"), preprocessing=DINOV2,
+                         data_root=dataset_base("ade20k", tmp_path / "ade"),
                          embed_dim=backbone.embed_dim, work_dir=tmp_path / "work", device_type="cpu",
                          overrides={"crop": 28, "iterations": 4, "warmup": 1, "batch_size": 2, "log_level": "ERROR",
                                     "eval_images": 1})  # fmt: skip

@@ -8,11 +8,14 @@ import torch
 import torch.nn.functional as F
 from token_maps import TokenMaps
 
+from benchmarks.core.preprocessing import family_preprocessing
 from benchmarks.core.runner import TaskContext
 from benchmarks.data import open_dataset
 from benchmarks.unsupervised import cause as C
 from benchmarks.unsupervised.data import SegmentationView
 from benchmarks.unsupervised.metrics import unsupervised_metrics
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std
 
 
 def test_modularity_loss_matches_direct_computation():
@@ -171,7 +174,8 @@ def test_cause_clusters_the_synthetic_twins_well_above_chance(task_name, dataset
     result = task.run(backbone, ctx)
     metrics = result["metrics"]
     n = cfg["n_classes"]
-    view = SegmentationView(open_dataset(dataset, root, "val"), cfg["resolution"], (), cfg["resize"])
+    view = SegmentationView(open_dataset(dataset, root, "val"), cfg["resolution"], (), cfg["resize"],
+                            preprocessing=DINOV2)
     labels = torch.stack([torch.from_numpy(view.load(i)[1]) for i in range(len(view))])
     chance = unsupervised_metrics(torch.randint(0, n, labels.shape, generator=torch.Generator().manual_seed(0)),
                                   labels, n)  # fmt: skip

@@ -4,15 +4,17 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
 from benchmarks.unsupervised.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     CropSpec,
     SegmentationView,
     crop_boxes,
     parse_crops,
     resize_pair,
 )
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std
+IMAGENET_MEAN, IMAGENET_STD = DINOV2.mean, DINOV2.std
 
 
 class ArrayDataset:
@@ -38,7 +40,7 @@ def test_ten_crop_is_five_crop_of_the_mirrored_image():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (9, 13, 3)).astype(np.uint8)
     label = rng.integers(0, 5, (9, 13))
-    view = SegmentationView(ArrayDataset([image], [label]), 4, (CropSpec("ten", 0.6),), "square")
+    view = SegmentationView(ArrayDataset([image], [label]), 4, (CropSpec("ten", 0.6),), "square", preprocessing=DINOV2)
     assert len(view) == 10
     mirrored = image[:, ::-1]
     for k, (top, left, ch, cw, flipped) in enumerate(crop_boxes(9, 13, view.crops)):
@@ -72,7 +74,7 @@ def test_view_items_are_normalized_images_with_their_labels():
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (12, 20, 3)).astype(np.uint8) for _ in range(2)]
     labels = [rng.integers(0, 3, (12, 20)) for _ in range(2)]
-    view = SegmentationView(ArrayDataset(images, labels), 6, parse_crops([["five", 0.5]]))
+    view = SegmentationView(ArrayDataset(images, labels), 6, parse_crops([["five", 0.5]]), preprocessing=DINOV2)
     assert len(view) == 10
     item = view[7]  # image 1, crop 2 (bottom-left)
     assert item["image"].shape == (3, 6, 6) and item["label"].shape == (6, 6) and item["rgb"].shape == (6, 6, 3)

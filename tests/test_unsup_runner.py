@@ -5,9 +5,12 @@ import json
 import pytest
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
 from benchmarks.data import open_dataset
 from benchmarks.unsupervised.data import SegmentationView
 from benchmarks.unsupervised.metrics import unsupervised_metrics
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std
 
 BACKBONE = "dinov2_tiny_random"
 
@@ -26,7 +29,7 @@ def records(tmp_path, task):
 
 
 def chance_miou(root, dataset, resolution, resize, n_classes):
-    view = SegmentationView(open_dataset(dataset, root, "val"), resolution, (), resize)
+    view = SegmentationView(open_dataset(dataset, root, "val"), resolution, (), resize, preprocessing=DINOV2)
     labels = torch.stack([torch.from_numpy(view.load(i)[1]) for i in range(len(view))])
     random = torch.randint(0, n_classes, labels.shape, generator=torch.Generator().manual_seed(0))
     return unsupervised_metrics(random, labels, n_classes)["mIoU"]

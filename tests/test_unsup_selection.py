@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
 from benchmarks.core.registry import get_task
 from benchmarks.core.runner import TaskContext
 from benchmarks.data import open_dataset
@@ -16,6 +17,8 @@ from benchmarks.unsupervised import stego as S
 from benchmarks.unsupervised.cause import _schedule, cause_deviations
 from benchmarks.unsupervised.data import SegmentationView, parse_crops
 from benchmarks.unsupervised.task import _cause_ddp, resolve_config
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std
 
 
 def test_cause_paper_profile_is_the_official_rank_zero_model():
@@ -91,7 +94,8 @@ def test_stego_evaluates_the_checkpoint_with_the_best_validation_score(setup, tm
     ctx = TaskContext(profile="smoke", config=cfg, datasets={"cityscapes": root}, device=torch.device("cpu"),
                       feature_cache=tmp_path / "features", progress=False, weights_sha256=backbone.weights_sha256,
                       backbone_label="tiny", log=lambda m: None)  # fmt: skip
-    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs")
+    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs",
+                            preprocessing=DINOV2)
     source = TokenSource(backbone, view, ctx)
     scores, seen = iter([10.0, 40.0, 20.0, 40.0, 30.0]), {}  # validations at steps 2, 4, 6, 8, 10
 
@@ -167,7 +171,8 @@ def _stego_smoke_run(setup, tmp_path, monkeypatch, scores, **overrides):
     ctx = TaskContext(profile="smoke", config=cfg, datasets={"cityscapes": root}, device=torch.device("cpu"),
                       feature_cache=tmp_path / "features", progress=False, weights_sha256=backbone.weights_sha256,
                       backbone_label="tiny", log=lambda m: None)  # fmt: skip
-    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs")
+    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs",
+                            preprocessing=DINOV2)
     source = TokenSource(backbone, view, ctx)
     scripted_scores = iter(scores)
     monkeypatch.setattr(S, "validate_cluster_miou", lambda model, val, cfg, n_classes: next(scripted_scores))
@@ -239,7 +244,8 @@ def test_stego_reference_selection_survives_a_resume(setup, tmp_path, monkeypatc
     cfg = {**task.config("smoke"), "train_resolution": 56, "knn_resolution": 56, "steps": 20, "val_every": 2,
            "save_every": 5, "checkpoint_every": 4}  # fmt: skip
     cfg["loss"] = cfg["loss_weights"]["dinov2"]
-    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs")
+    view = SegmentationView(open_dataset("cityscapes", root, "train"), 56, parse_crops([["five", 0.5]]), name="cs",
+                            preprocessing=DINOV2)
 
     def train(work_dir, die_at_step=None):
         ctx = TaskContext(profile="smoke", config=cfg, datasets={"cityscapes": root}, device=torch.device("cpu"),

@@ -4,11 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.core.preprocessing import family_preprocessing
 from benchmarks.core.runner import TaskContext
 from benchmarks.data import open_dataset
 from benchmarks.unsupervised import stego as S
 from benchmarks.unsupervised.data import SegmentationView, parse_crops
 from benchmarks.unsupervised.metrics import unsupervised_metrics
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,8 @@ def test_stego_clusters_the_synthetic_cityscapes_well_above_chance(cityscapes, b
     result = task.run(backbone, ctx)
     metrics, hparams = result["metrics"], result["hparams"]
     # chance: every pixel of the evaluation set assigned a uniformly random cluster, then the same matching
-    view = SegmentationView(open_dataset("cityscapes", cityscapes, "val"), ctx.config["eval_resolution"])
+    view = SegmentationView(open_dataset("cityscapes", cityscapes, "val"), ctx.config["eval_resolution"],
+                            preprocessing=DINOV2)  # fmt: skip
     labels = torch.stack([torch.from_numpy(view.load(i)[1]) for i in range(len(view))])
     chance = unsupervised_metrics(torch.randint(0, 27, labels.shape, generator=torch.Generator().manual_seed(0)),
                                   labels, 27)  # fmt: skip
@@ -100,7 +104,7 @@ def test_killed_training_resumes_to_the_same_model(cityscapes, backbone, tmp_pat
     task = get_task("stego_cityscapes")
     overrides = dict(train_resolution=56, knn_resolution=56, steps=10, checkpoint_every=4)
     base = open_dataset("cityscapes", cityscapes, "train")
-    view = SegmentationView(base, 56, parse_crops([["five", 0.5]]), name="cs")
+    view = SegmentationView(base, 56, parse_crops([["five", 0.5]]), name="cs", preprocessing=DINOV2)
 
     def train(work_dir, fail_at_call=None):
         ctx = make_ctx(task, cityscapes, backbone, tmp_path, work_dir=work_dir, **overrides)

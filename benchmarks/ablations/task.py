@@ -265,6 +265,23 @@ class _AblationTask(Task):
         return out
 
 
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """Each row's repair (its checkpoint and temp copy under the official schedule, the repaired weights
+        shared with the other ranks) and the evaluations of the base and every row (their features and heads)."""
+        from sinder.repair.job import repair_disk_bytes
+
+        rows = len(config["settings"])
+        repair = repair_disk_bytes(backbone.state_bytes)["work"] if config["repair"] == "official" else 0
+        evaluations = 0
+        for task_name in config["evaluations"]:
+            try:
+                task = get_task(task_name)
+                evaluations += task.disk_bytes(profile, task.config(profile), backbone, images)
+            except (KeyError, ValueError):
+                continue  # not in this checkout, or its packages missing: run() notes it
+        return rows * (repair + backbone.state_bytes) + (rows + 1) * evaluations
+
+
 def _shared_directions(backbone, config, device, computed: dict):
     """The un-repaired backbone's singular defect directions for ``config``'s sampling (n_samples, seed):
     what RepairRun would compute for each row's copy of it, computed once per sampling in ``computed``."""

@@ -62,6 +62,7 @@ class DefectCensus(Task):
         return config
 
     def run(self, backbone, ctx) -> dict[str, Any]:
+        from benchmarks.core.preprocessing import preprocessing_of
         from benchmarks.data import open_dataset
         from sinder.defects.census import census
         from sinder.defects.linearize import singular_defect_directions
@@ -71,8 +72,9 @@ class DefectCensus(Task):
         dataset = open_dataset("imagenet", ctx.dataset_root("imagenet"), cfg["split"])
         step = max(1, len(dataset) // cfg["n_images"])
         indices = list(range(0, len(dataset), step))[: cfg["n_images"]]
-        images = [to_normalized_tensor(resize_center_crop(dataset[i][0].convert("RGB"), cfg["resolution"]))
-                  for i in indices]  # fmt: skip
+        pre = preprocessing_of(backbone)
+        images = [to_normalized_tensor(resize_center_crop(dataset[i][0].convert("RGB"), cfg["resolution"]), pre.mean,
+                                       pre.std) for i in indices]  # fmt: skip
         cache = ctx.feature_cache.parent / "directions" if ctx.feature_cache else None
         directions = singular_defect_directions(backbone, n_samples=cfg["n_samples"], seed=0, cache_dir=cache)
         counts = census(backbone, range(len(images)), images.__getitem__, directions, mu=cfg["eq5_mu"],

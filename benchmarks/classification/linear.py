@@ -82,7 +82,11 @@ class LinearHeads(nn.Module):
 
 
 def backbone_tokens(backbone: nn.Module, images: Tensor, n_last_blocks: int, amp_dtype=None):
-    """The ``(patch tokens, class token)`` pairs of the last ``n_last_blocks`` blocks, after the final norm."""
+    """The ``(patch tokens, pooled feature)`` pairs of the last ``n_last_blocks`` blocks, after the final norm
+    (the pooled feature: the class token, or the attention pool's output: benchmarks.core.preprocessing)."""
+    from benchmarks.core.padding import center_pad
+    from benchmarks.core.preprocessing import pooled_layers
+
     autocast = (
         torch.autocast("cuda", dtype=amp_dtype)
         if images.device.type == "cuda" and amp_dtype is not None
@@ -90,7 +94,8 @@ def backbone_tokens(backbone: nn.Module, images: Tensor, n_last_blocks: int, amp
     )
     # no_grad, not inference_mode: the heads' backward must be able to save these tensors.
     with torch.no_grad(), autocast:
-        tokens = backbone.get_intermediate_layers(images, n=n_last_blocks, return_class_token=True, norm=True)
+        images, _ = center_pad(images, int(backbone.patch_size))  # a crop the patch size does not divide
+        tokens = pooled_layers(backbone, images, n=n_last_blocks, norm=True)
     return [(p.float(), c.float()) for p, c in tokens]
 
 

@@ -24,6 +24,8 @@ from benchmarks.core.features import (
     describe,
     extract_features,
 )
+from benchmarks.core.padding import center_pad
+from benchmarks.core.preprocessing import pooled_layers, preprocessing_of
 from benchmarks.core.registry import Metric, Task, register_task
 from benchmarks.core.scalars import scalar_writer
 from benchmarks.core.task_config import check_schema
@@ -79,10 +81,20 @@ class _ImageNetTask(Task):
         return config
 
 
-def _cls_normalized(model, images):
-    # The class token after the final norm, L2-normalised: DINOv2's KNN feature.
-    (_, cls), = model.get_intermediate_layers(images, n=1, return_class_token=True, norm=True)
-    return F.normalize(cls.float(), dim=-1, p=2)
+def _pooled_normalized(model, images):
+    # The pooled feature (class token, or the attention pool's output) after the final norm, L2-normalised:
+    # DINOv2's KNN feature for a class-token model. A crop the patch size does not divide is center-padded.
+    images, _ = center_pad(images, int(model.patch_size))
+    (_, pooled), = pooled_layers(model, images, n=1, norm=True)
+    return F.normalize(pooled.float(), dim=-1, p=2)
+
+
+def padding_record(crop: int, patch_size: int) -> dict[str, str]:
+    """The record's note when the crop is not a multiple of the patch size (inputs center-padded), else none."""
+    if crop % patch_size == 0:
+        return {}
+    padded = crop + (-crop) % patch_size
+    return {"input_padding": f"{crop} px crops center-padded to {padded} (patch {patch_size})"}
 
 
 @register_task
@@ -95,7 +107,8 @@ class ImageNetKNN(_ImageNetTask):
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         cfg = ctx.config
-        transform = eval_transform(cfg["resize"], cfg["crop"])
+        pre = preprocessing_of(backbone)
+        transform = eval_transform(cfg["resize"], cfg["crop"], mean=pre.mean, std=pre.std)
         root = ctx.dataset_root("imagenet")
         features = {}
         for split in ("train", "val"):
@@ -105,11 +118,11 @@ class ImageNetKNN(_ImageNetTask):
                 dataset=f"imagenet:{dataset_fingerprint(dataset)}",
                 transform=describe(transform),
                 resolution=str(cfg["crop"]),
-                layers="cls@last,norm,l2",
+                layers="cls@last,norm,l2" if pre.pooling == "cls" else f"{pre.pooling}-pool@last,norm,l2",
                 dtype=compute_dtype_name(ctx.device, ctx.amp_dtype),
             )
             features[split] = extract_features(
-                backbone, dataset, _cls_normalized, spec=spec, cache_dir=ctx.feature_cache,
+                backbone, dataset, _pooled_normalized, spec=spec, cache_dir=ctx.feature_cache,
                 batch_size=cfg["batch_size"], num_workers=ctx.num_workers, device=ctx.device,
                 amp_dtype=ctx.amp_dtype, progress=ctx.progress, desc=f"knn {split} features",
             )  # fmt: skip
@@ -126,9 +139,17 @@ class ImageNetKNN(_ImageNetTask):
             train["features"], train["labels"], val["features"].to(ctx.device), val["labels"],
             ks=ks, T=cfg["T"], num_classes=num_classes, backend=cfg["backend"], chunk_size=cfg["chunk_size"],
         )  # fmt: skip
+        result["hparams"]["pooled_feature"] = pre.pooled_feature
+        result["hparams"].update(padding_record(cfg["crop"], pre.patch_size))
         result["hparams"]["n_train"] = len(train["labels"])
         result["hparams"]["n_val"] = len(val["labels"])
         return result
+
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """The cached pooled features of both splits: one float32 row of the token width per image."""
+        from benchmarks.core.disk import feature_bytes
+
+        return feature_bytes(images("imagenet:train") + images("imagenet:val"), backbone.embed_dim)
 
 
 @register_task
@@ -143,8 +164,9 @@ class ImageNetLinear(_ImageNetTask):
     def run(self, backbone, ctx) -> dict[str, Any]:
         cfg = ctx.config
         root = ctx.dataset_root("imagenet")
-        train = open_imagenet(root, "train", train_transform(cfg["crop"]))
-        val = open_imagenet(root, "val", eval_transform(cfg["resize"], cfg["crop"]))
+        pre = preprocessing_of(backbone)
+        train = open_imagenet(root, "train", train_transform(cfg["crop"], mean=pre.mean, std=pre.std))
+        val = open_imagenet(root, "val", eval_transform(cfg["resize"], cfg["crop"], mean=pre.mean, std=pre.std))
         batch = per_rank_batch(cfg["batch_size"], ctx.world_size)  # the protocol's batch is global
         checkpoint = TrainingCheckpoint.for_task(ctx, "linear_probe", fingerprint(
             cfg, ctx.seed, ctx.world_size, ctx.weights_sha256, len(train), len(train.classes)))  # fmt: skip
@@ -157,5 +179,17 @@ class ImageNetLinear(_ImageNetTask):
             )  # fmt: skip
         heads = result.pop("heads")
         result["hparams"]["n_heads"] = len(heads)
+        result["hparams"]["pooled_feature"] = pre.pooled_feature
+        result["hparams"].update(padding_record(cfg["crop"], pre.patch_size))
         result["details"] = {"heads": heads}  # every head's accuracy, kept in the run record
         return result
+
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """The training checkpoint: every head's weights and SGD momentum (ImageNet's classes)."""
+        from benchmarks.core.disk import checkpoint_bytes
+        from benchmarks.data import DATASETS
+
+        classes = int(DATASETS["imagenet"].n_classes or 1000)
+        heads = head_configs(config["n_last_blocks"], config["avgpool"], config["lrs"])
+        dims = [backbone.embed_dim * (h.n_last_blocks + int(h.avgpool)) for h in heads]
+        return checkpoint_bytes(sum((d + 1) * classes for d in dims), slots=2)

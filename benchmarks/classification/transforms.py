@@ -13,8 +13,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
-
 BICUBIC = Image.Resampling.BICUBIC
 
 
@@ -116,9 +114,10 @@ class RandomHorizontalFlip:
 
 
 class ToTensorNormalize:
-    """PIL RGB image -> float tensor (3, H, W) in [0, 1], then per-channel ``(x - mean) / std``."""
+    """PIL RGB image -> float tensor (3, H, W) in [0, 1], then per-channel ``(x - mean) / std`` (the backbone's:
+    ``benchmarks.core.preprocessing``)."""
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, mean, std):
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
 
@@ -131,11 +130,11 @@ class ToTensorNormalize:
         return f"to_tensor_normalize(mean={tuple(self.mean.flatten().tolist())},std={tuple(self.std.flatten().tolist())})"
 
 
-def eval_transform(resize: int = 256, crop: int = 224) -> Compose:
-    """The evaluation transform: resize the short side, centre crop, ImageNet normalisation."""
-    return Compose([Resize(resize), CenterCrop(crop), ToTensorNormalize()])
+def eval_transform(resize: int, crop: int, *, mean, std) -> Compose:
+    """The evaluation transform: resize the short side, centre crop, the backbone's normalisation."""
+    return Compose([Resize(resize), CenterCrop(crop), ToTensorNormalize(mean, std)])
 
 
-def train_transform(crop: int = 224) -> Compose:
+def train_transform(crop: int, *, mean, std) -> Compose:
     """The linear-probe training transform: RandomResizedCrop (bicubic) + horizontal flip + normalisation."""
-    return Compose([RandomResizedCrop(crop), RandomHorizontalFlip(), ToTensorNormalize()])
+    return Compose([RandomResizedCrop(crop), RandomHorizontalFlip(), ToTensorNormalize(mean, std)])

@@ -147,7 +147,12 @@ def backbone_problem(spec: BackboneSpec) -> str | None:
         problem = checkpoint_problem(spec.name)
         if problem is None:
             try:
-                problem = W.check_weights_file(W.checkpoint_config(spec.name), spec.name)
+                config = W.checkpoint_config(spec.name)
+                problem = W.check_weights_file(config, spec.name)
+                if problem is None and Path(spec.name).is_dir():  # its preprocessor_config.json, if any
+                    from sinder.models.backbone import read_preprocessor_config
+
+                    read_preprocessor_config(spec.name, config)
             except (OSError, ValueError) as err:
                 problem = str(err)
         return f"backbone {spec.text!r}: {problem}" if problem else None

@@ -14,8 +14,9 @@ from .scalars import TensorboardAction
 
 
 def register(subparsers) -> None:
-    ls = subparsers.add_parser("ls", help="list backbones, datasets, tasks and suites")
-    ls.add_argument("what", nargs="?", choices=["backbones", "datasets", "tasks", "suites"])
+    ls = subparsers.add_parser("ls", help="list backbones, model families, checkpoint formats, datasets, tasks and "
+                               "suites")  # fmt: skip
+    ls.add_argument("what", nargs="?", choices=["backbones", "families", "formats", "datasets", "tasks", "suites"])
     ls.set_defaults(func=_cmd_ls)
 
     run = subparsers.add_parser(
@@ -154,10 +155,39 @@ def ls_sections() -> dict[str, dict[str, str]]:
 
     return {
         "backbones": list_backbones(),
+        "families": family_lines(),
+        "formats": format_lines(),
         "datasets": {name: spec.description for name, spec in DATASETS.items()},
         "tasks": {name: _task_line(get_task(name)) for name in list_tasks()},
         "suites": {name: _suite_line(get_suite(name)) for name in list_suites()},
     }
+
+
+def family_lines() -> dict[str, str]:
+    """Each ViT family ``--backbone LABEL=PATH`` loads (sinder.models.adapter.FAMILIES) with its default
+    normalisation (a checkpoint's own preprocessor_config.json wins)."""
+    from sinder.models.adapter import FAMILIES, FAMILY_MEAN_STD
+
+    def numbers(values) -> str:
+        return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+    out = {}
+    for family in FAMILIES:
+        stats = FAMILY_MEAN_STD.get(family)
+        out[family] = f"default mean {numbers(stats[0])}, std {numbers(stats[1])}" if stats else ""
+    return out
+
+
+def format_lines() -> dict[str, str]:
+    """The checkpoint formats load_backbone reads and repairs write (sinder.models.formats.FORMATS)."""
+    from sinder.models.formats import FORMATS
+
+    what = {"official": "a DINOv2 repository state dict (.pth / .safetensors)",
+            "hf": "a transformers save_pretrained folder (config.json + model.safetensors)",
+            "timm": "a timm state dict (.safetensors / .pth), or a timm folder (config.json + model.safetensors)",
+            "open_clip": "OpenCLIP's layout (visual.transformer.resblocks.*): a file, or a folder with "
+                         "open_clip_config.json"}  # fmt: skip
+    return {name: what.get(name, "") for name in FORMATS}
 
 
 def _task_line(task) -> str:

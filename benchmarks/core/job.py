@@ -25,6 +25,7 @@ from . import distributed as D
 from .checkpointing import SegmentClock
 from .claims import Claim
 from .identity import RunIdentity
+from .preprocessing import preprocessing_of
 from .progress import SuiteProgress, format_duration, headline
 from .registry import Task
 from .results import ResultStore, device_info, make_record, utc_now
@@ -92,6 +93,11 @@ class RunSummary:
         }  # fmt: skip
 
 
+def pair_claim(out: str | Path, key: str) -> Claim:
+    """The claim a run holds on the run identity ``key`` while it works on it in the records folder ``out``."""
+    return Claim(Path(out) / ".claims" / f"{key}.lock")
+
+
 def split_dataset(entry: str) -> tuple[str, str | None]:
     name, _, split = entry.partition(":")
     return name, (split or None)
@@ -149,11 +155,12 @@ class Job:
         sha = model.weights_sha256
         role = dict(getattr(model, "weights_role", None) or Role().as_dict())
         config = task.config(self.profile, self.overrides.get(task.name))  # recorded, and in the identity
+        preprocessing = preprocessing_of(model)
         identity = RunIdentity.of(backbone_sha256=sha, role=role, task=task.name, task_version=task.version,
-                                  config=self._identity_config(task, spec, config), seed=self.seed,
-                                  profile=self.profile)  # fmt: skip
+                                  config={**self._identity_config(task, spec, config), **preprocessing.identity_part()},
+                                  seed=self.seed, profile=self.profile)  # fmt: skip
         entry = {"backbone": spec.label, "task": task.name, "weights_sha256": sha, "identity": identity.key}
-        claim = Claim(self.store.root / ".claims" / f"{identity.key}.lock")
+        claim = pair_claim(self.store.root, identity.key)
         try:
             why_not = self._claim(claim, identity, spec, resume) if D.is_main() else None
             why_not = D.broadcast_object(why_not)
@@ -162,7 +169,7 @@ class Job:
                 self._outcome(f"{spec.label} {task.name}: {why_not}, skipped", self._prefix())
                 self._done(task, None)
                 return
-            self._run(task, model, spec, config, identity, role, entry)
+            self._run(task, model, spec, config, identity, role, entry, preprocessing.as_record())
         finally:
             claim.release()
 
@@ -197,7 +204,8 @@ class Job:
             return None
         return f"same weights recorded as {latest['backbone']['label']!r}; record reused under this label -> {path}"
 
-    def _run(self, task, model, spec, config, identity: RunIdentity, role: dict, entry: dict) -> None:
+    def _run(self, task, model, spec, config, identity: RunIdentity, role: dict, entry: dict,
+             preprocessing: dict) -> None:  # fmt: skip
         amp_dtype = autocast_dtype(config)
         ctx = TaskContext(
             profile=self.profile, config=config, datasets=self.roots, device=self.device, amp_dtype=amp_dtype,
@@ -217,7 +225,9 @@ class Job:
         used = {split_dataset(e)[0] for e in task.datasets_needed(self.profile)}
         common = dict(
             task=task.name, table=task.table, suite=self.suite, profile=self.profile, run_id=self.run_id,
-            backbone=spec.as_record(identity.backbone_sha256, getattr(model, "weights_source", ""), role),
+            # the backbone's family and preprocessing (mean, std, resolution, patch size, pooled feature) beside it
+            backbone={**spec.as_record(identity.backbone_sha256, getattr(model, "weights_source", ""), role),
+                      **preprocessing},
             config=config, seed=self.seed, device=device_info(self.device, D.world_size()), identity=identity,
         )  # fmt: skip
         try:

@@ -65,6 +65,12 @@ MEASURED_MARGIN, MEASURED_EXTRA_MIN, MIN_TIMEOUT_MIN = 3.0, 10, 15
 DEFAULT_MEM_GB = {"smoke": 4, "paper": 64}
 # GPUs per job by default: the smoke profile runs on CPUs (a CPU partition has no GPU to grant), paper on one GPU.
 DEFAULT_GPUS = {"smoke": 0, "paper": 1}
+# A pair whose claim another live process holds is skipped by the runner: a scancelled job that slurmstepd has not
+# killed yet (submitit ignores SIGTERM: it lives KillWait seconds more, 30 by default) or the same pair launched
+# twice. The job waits up to HELD_WAIT_S for the claim (polling every HELD_POLL_S), then runs the pair with
+# resume on, so the other's record or checkpoint counts; still held, the job fails saying so (never "done"
+# without a record).
+HELD_WAIT_S, HELD_POLL_S = 180.0, 2.0
 # The states of ``sinder-bench status`` (the last two only when some row has them).
 STATES = ("done", "running", "failed", "pending", "cancelled", "unknown")
 
@@ -235,12 +241,22 @@ class BenchJob(_checkpointable_base()):
         _distributed_env()
         threads, kwargs = RunArgs(**run_args).for_task(job["task"]).resolve(job["profile"])
         apply_threads(threads)
-        summary = run_suite(job["task"], [job["backbone"]], profile=job["profile"], out=place["out"],
-                            **{**kwargs, "cache_dir": place["cache_dir"]})  # fmt: skip
-        if D.is_distributed():
+        kwargs = {**kwargs, "cache_dir": place["cache_dir"]}
+        summary = run_suite(job["task"], [job["backbone"]], profile=job["profile"], out=place["out"], **kwargs)
+        held = _held_pairs(summary, place["out"])
+        distributed = D.is_distributed()  # the ranks would have to wait together: such a job fails at once
+        if held and not distributed and _wait_for_claims(place["out"], held, HELD_WAIT_S):
+            summary = run_suite(job["task"], [job["backbone"]], profile=job["profile"], out=place["out"],
+                                **{**kwargs, "resume": True})  # fmt: skip
+            held = _held_pairs(summary, place["out"])
+        if distributed:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+        if held:
+            raise RuntimeError("; ".join(f"[{e['backbone']}] {e['task']}: not run, {e['why']} (still after "
+                                         f"{0 if distributed else HELD_WAIT_S:g} s); rerun with --resume once it "
+                                         "ended" for e in held))  # fmt: skip
         if summary.failed:
             raise RuntimeError("; ".join(f"[{f['backbone']}] {f['task']}: {f['error']}" for f in summary.failed))
         if summary.not_available:
@@ -252,6 +268,33 @@ class BenchJob(_checkpointable_base()):
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self, job, {**run_args, "resume": True}, place)
+
+
+def _held_pairs(summary, out: str | Path) -> list[dict[str, Any]]:
+    """The pairs ``summary`` skipped without a record of theirs in ``out``: another process held their claim
+    (every other reason to skip, done or reused, leaves a record)."""
+    from .results import is_failure
+
+    if not summary.skipped:
+        return []
+    records = load_records(out, missing_ok=True)
+    recorded = {(r.get("identity") or {}).get("key") for r in records if not is_failure(r)}
+    return [e for e in summary.skipped if e.get("identity") not in recorded]
+
+
+def _wait_for_claims(out: str | Path, held: list[dict[str, Any]], limit_s: float) -> bool:
+    """True once no other process holds the claims of ``held`` (taken and released here), False after ``limit_s``."""
+    from .job import pair_claim
+
+    deadline = time.monotonic() + limit_s
+    for entry in held:
+        claim = pair_claim(out, entry["identity"])
+        while not claim.acquire():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(HELD_POLL_S)
+        claim.release()
+    return True
 
 
 # --------------------------------------------------------------------------------------------- submitting
@@ -417,10 +460,11 @@ def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profil
                 handle = executor.submit(BenchJob(), asdict(job), run_args.to_json(), place)
         except Exception as err:
             done = ", ".join(f"[{j.label}] {j.task} (job {h.job_id})" for j, h in zip(jobs, submitted))
-            raise LaunchError(
-                f"{launcher} refused job [{job.label}] {job.task}: {_submission_error(err)}; submitted before it: "
-                f"{len(submitted)} of {len(jobs)} job(s){' (' + done + ')' if done else ''}, recorded in "
-                f"{launch_dir(out) / MANIFEST} (sinder-bench status --out {out})") from err  # fmt: skip
+            before = (f"submitted before it: {len(submitted)} of {len(jobs)} job(s) ({done}), recorded in "
+                      f"{launch_dir(out) / MANIFEST} (sinder-bench status --out {out})" if submitted
+                      else f"nothing submitted (0 of {len(jobs)} job(s))")  # fmt: skip
+            raise LaunchError(f"{launcher} refused job [{job.label}] {job.task}: {_submission_error(err)}; "
+                              f"{before}") from err  # fmt: skip
         submitted.append(handle)
         _append_manifest(out, [{**asdict(job), "job_id": str(handle.job_id), "launcher": launcher,
                                 "folder": str(folder), "submitted": utc_now()}])  # fmt: skip

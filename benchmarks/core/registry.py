@@ -90,6 +90,13 @@ class Task:
     def run(self, backbone, ctx) -> dict[str, Any]:
         raise NotImplementedError
 
+    def disk_bytes(self, profile: str, config: Mapping[str, Any], backbone, images: Callable[[str], int]) -> int:
+        """An estimate of the bytes the task writes into the cache for one backbone (feature caches, head
+        checkpoints, repairs), from its resolved ``config`` of ``profile``, ``backbone`` (a
+        :class:`benchmarks.core.disk.BackboneSize`) and ``images("name:split")``, the number of images of a
+        dataset split it reads. The run's free-space preflight adds them up; 0: nothing worth counting."""
+        return 0
+
     def metric(self, name: str) -> Metric | None:
         return next((m for m in self.metrics if m.name == name), None)
 

@@ -280,14 +280,19 @@ def run_suite(
     specs += list(given)
     problems += [p for p in (writable_problem(Path(out).expanduser(), "output folder (--out)"),
                              writable_problem(cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
-    problems += _free_space_problems(Path(out).expanduser(), cache, specs)
     overrides, option_problems = _task_overrides(cfg_options or {}, tasks, unavailable, suite)
     problems += option_problems
+    configs: dict[str, dict[str, Any]] = {}
     for task in tasks:
         try:
-            autocast_dtype(task.config(profile, overrides.get(task.name)))
+            configs[task.name] = task.config(profile, overrides.get(task.name))
+            autocast_dtype(configs[task.name])
         except ValueError as err:
             problems.append(str(err))
+    smoke_extras = [] if backbones or models or profile != "smoke" or not specs else \
+        ["repaired twin", *(suite_obj.meta.get("smoke_remedies") or [])]  # made after the preflight
+    problems += _disk_problems(Path(out).expanduser(), cache, tasks, specs, given, configs, profile, data_root, seed,
+                               smoke_extras)  # fmt: skip
     head_dir = Path(head_weights).expanduser() if head_weights else None
     if head_dir is not None:
         problems += released_head_problems(tasks, specs, head_dir)
@@ -352,22 +357,57 @@ def run_suite(
     return summary
 
 
-# What a run writes beside its records at least: claims, logs, the summary (out); synthetic data, directions,
-# task checkpoints of the tiny and linear heads (cache). A backbone's own weights add to the cache when a
-# repaired twin or a remedy's copy is made of them (smoke), and to the task checkpoints that hold a backbone.
-MIN_FREE_OUT = 16 * 2**20
-MIN_FREE_CACHE = 256 * 2**20
+def _disk_problems(out: Path, cache: Path, tasks, specs, given, configs, profile: str, data_root: Path | None,
+                   seed: int, smoke_extras: Sequence[str]) -> list[str]:  # fmt: skip
+    """A problem for a folder whose disk cannot take what the run will write (``benchmarks.core.disk``: each
+    task's estimate per backbone, the records, a copy of the weights per remedied backbone and per smoke
+    extra), checked before any work so a run never dies with ENOSPC half-way."""
+    from .disk import free_space_problems, run_disk_needs, size_of_model, size_of_spec
+
+    sizes = {spec: size_of_model(given[spec]) if spec in given else size_of_spec(spec) for spec in specs}
+    plan = [(spec, [t for t in tasks if i == 0 or not getattr(t, "first_backbone_only", False)])
+            for i, spec in enumerate(specs)]  # fmt: skip
+    copies = [spec for spec in specs if spec.remedy]
+    for extra in smoke_extras:  # the smoke twin and remedies of the first backbone: its size, every task
+        stand_in = f"{specs[0].label}+{extra}"
+        sizes[stand_in] = sizes.get(specs[0])
+        plan.append((stand_in, [t for t in tasks if not getattr(t, "first_backbone_only", False)]))
+        copies.append(stand_in)
+    needs = run_disk_needs(plan, sizes, configs, _image_counter(profile, data_root, cache, seed), profile=profile,
+                           copies=copies)  # fmt: skip
+    return free_space_problems(out, cache, needs)
 
 
-def _free_space_problems(out: Path, cache: Path, specs) -> list[str]:
-    """A problem for a folder whose disk cannot take what the run writes (checked before any work, so a run
-    never dies with ENOSPC half-way): MIN_FREE_* plus, in the cache, twice the largest weights file given."""
-    from sinder.utils.atomic import free_space_problem
+def _image_counter(profile: str, data_root: Path | None, cache: Path, seed: int) -> Callable[[str], int]:
+    """``count("name:split")``: the images of a split, from its folder when it is there (the paper's data, a
+    smoke twin already written), else the smoke twin's defaults; 0 when unknown (its problem is reported)."""
+    import functools
 
-    sizes = [Path(s.weights).stat().st_size for s in specs if s.weights and Path(s.weights).is_file()]
-    need_cache = MIN_FREE_CACHE + 2 * max(sizes, default=0)
-    return [p for p in (free_space_problem(out, MIN_FREE_OUT, "output folder (--out)"),
-                        free_space_problem(cache, need_cache, "cache folder (--cache-dir)")) if p]  # fmt: skip
+    @functools.cache
+    def count(entry: str) -> int:
+        name, split = split_dataset(entry)
+        if profile == "smoke":
+            root = cache / "synth" / f"{name}-seed{seed}"
+        else:
+            root = data_root / _dataset_dirname(name) if data_root is not None else None
+        if root is not None and root.is_dir() and split:
+            try:
+                from benchmarks.data import open_dataset
+
+                return len(open_dataset(name, root, split))
+            except Exception:  # a bad layout is the dataset check's to report
+                pass
+        if profile == "smoke":
+            try:
+                from benchmarks.data.specs import REGISTRY
+
+                defaults = REGISTRY.get(name).twin_module().DEFAULTS  # n_train / n_val: per class where it has classes
+                return int(defaults["n_train" if split == "train" else "n_val"]) * int(defaults.get("n_classes", 1))
+            except Exception:  # a task's own data (Task.synthesize): not counted
+                return 0
+        return 0
+
+    return count
 
 
 def _duplicate_labels(specs) -> list[str]:

@@ -31,12 +31,14 @@ def head_blocks(head: str, n_blocks: int) -> list[int]:
 
 def backbone_features(backbone: nn.Module, images: Tensor, blocks: list[int],
                       amp_dtype: torch.dtype | None = None) -> list[tuple[Tensor, Tensor]]:  # fmt: skip
-    """``(patch map, class token)`` of ``blocks`` without the final norm (the depth protocol), inputs
+    """``(patch map, pooled feature)`` of ``blocks`` without the final norm (the depth protocol; the pooled
+    feature: the class token, or the attention pool's output: benchmarks.core.preprocessing), inputs
     center-padded to a multiple of the patch size; computed under inference mode (and CUDA autocast to
     ``amp_dtype`` when given), returned as normal float32 tensors."""
     from benchmarks.core.features import _autocast
+    from benchmarks.core.preprocessing import pooled_layers
 
     with torch.inference_mode(), _autocast(images.device, amp_dtype):
         padded, _ = center_pad(images, int(backbone.patch_size))
-        outs = backbone.get_intermediate_layers(padded, n=blocks, reshape=True, return_class_token=True, norm=False)
+        outs = pooled_layers(backbone, padded, n=blocks, reshape=True, norm=False)
     return [(patch.float().clone(), cls.float().clone()) for patch, cls in outs]

@@ -47,6 +47,14 @@ class _DepthTask(Task):
             raise ValueError(f"task {self.name} (profile {profile}): {err}") from None
         return config
 
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """The training checkpoint of the head (built on the meta device to count it) and its AdamW state."""
+        from benchmarks.core.disk import checkpoint_bytes, module_params
+        from benchmarks.depth.train import DepthConfig, make_head
+
+        cfg = DepthConfig.from_dict(dict(config))
+        return checkpoint_bytes(module_params(lambda: make_head(cfg, backbone.embed_dim)))
+
     def released_head_file(self, arch: str) -> str:
         from benchmarks.depth.released import released_head_file
 
@@ -54,6 +62,7 @@ class _DepthTask(Task):
 
     def run(self, backbone, ctx) -> dict[str, Any]:
         from benchmarks.core.checkpointing import TrainingCheckpoint, fingerprint
+        from benchmarks.core.preprocessing import preprocessing_of
         from benchmarks.data.nyud import NYUDepthV2
         from benchmarks.depth.features import head_blocks
         from benchmarks.depth.metrics import mean_depth_baseline
@@ -94,7 +103,8 @@ class _DepthTask(Task):
             "skipped_steps": int(getattr(head, "skipped_steps", 0)),
             "dead_readout_at_init": bool(getattr(head, "dead_at_init", False)),
             "test_images": n_images,
-            "features": "patch tokens + class token, no final norm",
+            "features": f"patch tokens + {preprocessing_of(backbone).pooled_feature}, no final norm",
+            "pooled_feature": preprocessing_of(backbone).pooled_feature,
             "head": released or {"source": "trained"},
         }
         return {"metrics": metrics, "hparams": hparams, "details": {"mean_depth_baseline": baseline},

@@ -30,6 +30,7 @@ from benchmarks.core.checkpointing import (
     module_signature,
 )
 from benchmarks.core.padding import center_pad
+from benchmarks.core.preprocessing import preprocessing_of
 from benchmarks.core.scalars import ScalarWriter
 from benchmarks.core.task_config import check_schema
 from benchmarks.depth.features import backbone_features, head_blocks
@@ -268,7 +269,9 @@ def train_head(backbone: nn.Module, train_set, cfg: DepthConfig, *, device: torc
     state = checkpoint.resume("head", head, optimizer, scheduler) if checkpoint is not None else None
     if state is not None:
         start, skipped = int(state["step"]), int(state["skipped"])
-    dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop, colour_aug=cfg.colour_aug))
+    pre = preprocessing_of(backbone)
+    dataset = AugmentedNYU(train_set, TrainTransform(crop=cfg.crop, colour_aug=cfg.colour_aug, mean=pre.mean,
+                                                     std=pre.std))  # fmt: skip
     sampler = GlobalBatches(len(dataset), cfg.batch_size, seed, start, group=cfg.loss_group)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
     batches = iter(loader)
@@ -333,7 +336,8 @@ def evaluate(backbone: nn.Module, head: nn.Module, test_set, cfg: DepthConfig, *
              num_workers: int = 0, amp_dtype: torch.dtype | None = None) -> dict[str, float]:  # fmt: skip
     """Metrics averaged over the test images (full resolution, flip-averaged when ``cfg.flip_eval``)."""
     blocks = head_blocks(cfg.head, len(backbone.blocks))
-    dataset = TestNYU(test_set)
+    pre = preprocessing_of(backbone)
+    dataset = TestNYU(test_set, pre.mean, pre.std)
     if cfg.eval_images:
         dataset = Subset(dataset, range(min(cfg.eval_images, len(dataset))))
     start, stop = D.shard_range(len(dataset))

@@ -3,7 +3,8 @@
 Train (the depth toolbox's NYU pipeline): NYU crop (the valid area of the 480 x 640 frame), rotation by
 U(-2.5, 2.5) degrees (with probability 0.5; bilinear image, nearest depth, zeros outside), horizontal flip
 (0.5), random crop (416 x 544 in the paper), colour augmentation (0.5: gamma U(0.9, 1.1), brightness
-U(0.75, 1.25), per-channel colour U(0.9, 1.1)), ImageNet normalization. The toolbox applies the colour
+U(0.75, 1.25), per-channel colour U(0.9, 1.1)), normalization with the backbone's mean/std (ImageNet's for
+DINOv2). The toolbox applies the colour
 augmentation to 0-255 pixel values and clips at 255 (``colour_aug: reference``; gamma on that scale brightens
 far more than on [0, 1]); ``unit`` applies it on [0, 1] and clips at 1. Crop boxes given for
 480 x 640 frames are scaled to the image's size, so the synthetic twin (smaller frames) gets the same framing.
@@ -12,15 +13,12 @@ far more than on [0, 1]); ``unit`` applies it on [0, 1] and clips at 1. Crop box
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from sinder.utils.images import IMAGENET_MEAN as MEAN
-from sinder.utils.images import IMAGENET_STD as STD
 
 NYU_CROP_480x640 = (45, 472, 43, 608)  # rows [45, 472), cols [43, 608): the toolbox's NYUCrop
 
@@ -32,9 +30,10 @@ def to_tensors(sample: dict) -> tuple[Tensor, Tensor]:
     return image, depth
 
 
-def normalize(image: Tensor) -> Tensor:
-    mean = torch.tensor(MEAN, dtype=image.dtype, device=image.device).view(-1, 1, 1)
-    std = torch.tensor(STD, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+def normalize(image: Tensor, mean, std) -> Tensor:
+    """``(image - mean) / std`` per channel, with the backbone's statistics (benchmarks.core.preprocessing)."""
+    mean = torch.tensor(mean, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+    std = torch.tensor(std, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     return (image - mean) / std
 
 
@@ -75,6 +74,8 @@ class TrainTransform:
     brightness: tuple[float, float] = (0.75, 1.25)
     colour: tuple[float, float] = (0.9, 1.1)
     colour_aug: str = "reference"
+    mean: tuple[float, ...] = field(kw_only=True)  # the backbone's normalisation
+    std: tuple[float, ...] = field(kw_only=True)
 
     def __post_init__(self):
         if self.colour_aug not in COLOUR_AUGS:
@@ -93,7 +94,7 @@ class TrainTransform:
             gamma, brightness = rng.uniform(*self.gamma), rng.uniform(*self.brightness)
             image = colour_augment(image, gamma, brightness, rng.uniform(*self.colour, size=3),
                                    COLOUR_AUGS[self.colour_aug])  # fmt: skip
-        return normalize(image), depth
+        return normalize(image, self.mean, self.std), depth
 
     def _random_crop(self, image: Tensor, depth: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
         height, width = image.shape[-2:]
@@ -108,7 +109,8 @@ class TrainTransform:
 
     def describe(self) -> str:
         return (f"nyu_crop+rotate({self.rotate_degrees})+flip+crop{self.crop}+color(g{self.gamma},"
-                f"b{self.brightness},c{self.colour},{self.colour_aug})+imagenet_norm")  # fmt: skip
+                f"b{self.brightness},c{self.colour},{self.colour_aug})"
+                f"+norm(mean={tuple(self.mean)},std={tuple(self.std)})")  # fmt: skip
 
 
 class AugmentedNYU(torch.utils.data.Dataset):
@@ -127,14 +129,14 @@ class AugmentedNYU(torch.utils.data.Dataset):
 
 
 class TestNYU(torch.utils.data.Dataset):
-    """Full-resolution normalized image and depth of a ``NYUDepthV2`` split."""
+    """Full-resolution normalized image (the backbone's ``mean``/``std``) and depth of a ``NYUDepthV2`` split."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, mean, std):
+        self.dataset, self.mean, self.std = dataset, tuple(mean), tuple(std)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image, depth = to_tensors(self.dataset[index])
-        return normalize(image), depth
+        return normalize(image, self.mean, self.std), depth

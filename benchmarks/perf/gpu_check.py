@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.core.preprocessing import family_preprocessing
 from benchmarks.core.results import git_commit
 from benchmarks.core.task_config import MAX_LOADER_WORKERS
 from sinder.defects.linearize import DEFAULT_N_SAMPLES
@@ -57,6 +58,8 @@ from sinder.models.adapter import num_prefix_tokens
 from sinder.utils.atomic import atomic_write_text
 from sinder.utils.device import default_device
 from sinder.utils.images import DEFAULT_RESOLUTION
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s per SKU: (regular expression on
 # torch.cuda.get_device_name(), SKU, streaming multiprocessors of that SKU, peak, source), first match wins.
@@ -382,7 +385,8 @@ def measure_segmentation(sizes: Sizes, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu-check-seg-") as tmp:
         tmp = Path(tmp)
         write_synthetic("ade20k", tmp / "data", seed=0)
-        cfg = resolve_config(load_config("ade20k", "linear"), data_root=dataset_base("ade20k", tmp / "data"),
+        cfg = resolve_config(load_config("ade20k", "linear"), preprocessing=DINOV2,
+                             data_root=dataset_base("ade20k", tmp / "data"),
                              embed_dim=backbone.embed_dim, work_dir=tmp / "work", device_type=device.type,
                              num_workers=min(sizes.seg_workers, os.cpu_count() or 1), overrides=overrides)  # fmt: skip
         cfg.default_hooks.checkpoint = None  # no checkpoint write inside the timed iterations
@@ -428,11 +432,15 @@ def measure_jpeg(sizes: Sizes, device: torch.device, extraction_images_per_s: fl
 
     from benchmarks.classification.datasets import open_imagenet
     from benchmarks.classification.transforms import eval_transform, train_transform
+    from benchmarks.core.preprocessing import family_preprocessing
+
+    pre = family_preprocessing("dinov2", 14)  # the loader's cost: any mean/std costs the same
 
     out: dict[str, Any] = {"images": sizes.jpeg_images, "image_size": list(sizes.jpeg_size), "per_worker": {}}
     with tempfile.TemporaryDirectory(prefix="gpu-check-jpeg-") as tmp:
         _write_jpegs(Path(tmp), sizes.jpeg_images, sizes.jpeg_size)
-        for name, transform in (("eval_256_224", eval_transform(256, 224)), ("train_224", train_transform(224))):
+        for name, transform in (("eval_256_224", eval_transform(256, 224, mean=pre.mean, std=pre.std)),
+                                ("train_224", train_transform(224, mean=pre.mean, std=pre.std))):
             dataset = open_imagenet(tmp, "train", transform)
             rates = {}
             for workers in sizes.jpeg_workers:

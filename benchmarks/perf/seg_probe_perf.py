@@ -30,7 +30,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.core.preprocessing import family_preprocessing
 from sinder.utils.atomic import atomic_write_text
+
+DINOV2 = family_preprocessing("dinov2", 14)  # the ImageNet mean/std, patch 14
 
 BACKBONE = "dinov2_tiny_defective"
 VARIANTS = {
@@ -84,7 +87,8 @@ def variant_config(data_root: Path, work_dir: Path, *, unaugmented: bool, cache:
     warmup = min(smoke["warmup"], iterations - 1)  # short timing runs keep a valid schedule
     overrides = {**smoke, "iterations": iterations, "warmup": warmup, "crop": crop, "batch_size": batch,
                  "feature_cache": cache}  # fmt: skip
-    cfg = resolve_config(load_config("ade20k", "linear"), data_root=data_root, embed_dim=96, work_dir=work_dir,
+    cfg = resolve_config(load_config("ade20k", "linear"), preprocessing=DINOV2,
+                         data_root=data_root, embed_dim=96, work_dir=work_dir,
                          device_type="cpu", overrides=overrides)  # fmt: skip
     if unaugmented and not cache:
         cfg.train_augmentation = unaugmented_train_pipeline(cfg)

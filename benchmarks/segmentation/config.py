@@ -1,7 +1,8 @@
 """Load a Table 4 config (``configs/*.py``, mmengine format) and resolve it for one run.
 
 The config files hold the paper's protocol. :func:`resolve_config` fills in what depends on the run: the
-dataset folder, the backbone's width, BN or SyncBN (on CPUs an all-reduce BN: sync_bn.py), the per-rank batch,
+dataset folder, the backbone's width, mean/std and patch size (the padding multiple),
+BN or SyncBN (on CPUs an all-reduce BN: sync_bn.py), the per-rank batch,
 workers, the work dir and the seed; and for short schedules (the smoke profile) the iteration count, warmup and a smaller resolution, rescaling
 every resolution-bearing field of the pipelines (resize scales, crop, slide window and stride) by one factor;
 and, with ``feature_cache``, an un-augmented training pipeline whose crops' backbone maps are cached.
@@ -72,18 +73,9 @@ def load_config(dataset: str, setting: str):
 
     cfg = Config.fromfile(str(config_path(dataset, setting)))
     data = cfg.to_dict()
-    data["model"]["data_preprocessor"].update(pixel_mean_std())
     # fromfile drops format_python_code=False for a plain (non-lazy) config file in mmengine 0.10: rebuild.
     return Config(data, cfg_text=cfg.text, filename=cfg.filename, env_variables=cfg.env_variables,
                   format_python_code=False)  # fmt: skip
-
-
-def pixel_mean_std() -> dict[str, list[float]]:
-    """mmseg's ``SegDataPreProcessor`` mean/std: sinder.utils.images' on 0-255 pixels (rounded to the 3 decimals
-    of mmseg's own configs, 123.675 rather than 0.485 * 255 = 123.67499...)."""
-    from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
-
-    return {"mean": [round(255 * m, 3) for m in IMAGENET_MEAN], "std": [round(255 * s, 3) for s in IMAGENET_STD]}
 
 
 def _scaled(value: Sequence[int], factor: float) -> tuple[int, ...]:
@@ -187,13 +179,18 @@ def resolve_config(
     num_workers: int = 0,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
+    preprocessing,
 ):
-    """A copy of ``cfg`` ready for one run (see the module docstring). ``overrides`` (profile values):
+    """A copy of ``cfg`` ready for one run (see the module docstring). ``preprocessing``: the backbone's
+    (``benchmarks.core.preprocessing.Preprocessing``): the data preprocessor's mean/std and the padding multiple
+    (its patch size). ``overrides`` (profile values):
     ``crop``, ``iterations``, ``warmup``, ``batch_size`` (global), ``lr``, ``log_level``, ``checkpoint_every``
     (iterations between checkpoints), ``eval_images`` (evaluate
     on the first N images of the val split only), ``feature_cache`` (un-augmented training crops whose backbone
     maps are computed once; the description of the pipeline lands in ``cfg.train_augmentation``)."""
     cfg = copy.deepcopy(cfg)
+    cfg.model.data_preprocessor.update(preprocessing.pixel_mean_std())
+    cfg.model.backbone.pad_multiple = int(preprocessing.patch_size)
     overrides = dict(overrides or {})
     if "crop" in overrides:
         rescale_resolution(cfg, int(overrides["crop"]))

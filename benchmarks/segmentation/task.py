@@ -98,13 +98,14 @@ class _SegTask(Task):
                 shutil.rmtree(base_dir, ignore_errors=True)
 
     def _run(self, backbone, ctx, data_root, overrides, base_dir: Path) -> dict[str, Any]:
+        from benchmarks.core.preprocessing import preprocessing_of
         from benchmarks.core.scalars import run_log_dir
         from benchmarks.segmentation.config import load_config, resolve_config
         from benchmarks.segmentation.train import train_and_evaluate
 
         cfg = resolve_config(
             load_config(self.dataset, self.setting), data_root=data_root, embed_dim=int(backbone.embed_dim),
-            work_dir=base_dir, world_size=ctx.world_size,
+            work_dir=base_dir, world_size=ctx.world_size, preprocessing=preprocessing_of(backbone),
             sync_bn=ctx.world_size > 1, device_type=ctx.device.type, num_workers=ctx.num_workers, seed=ctx.seed,
             overrides=overrides,
         )  # fmt: skip
@@ -130,6 +131,16 @@ class _SegTask(Task):
         if tta is not None:
             metrics.update({f"{key}_single_scale": value for key, value in single.items()})
         return {"metrics": metrics, "hparams": self._hparams(cfg, result, ctx.world_size)}
+
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """mmengine's checkpoints of the head (BN + 1x1 conv over the concatenated maps: the last block's for
+        linear, four for multiscale) with the optimizer state, the last two kept (max_keep_ckpts)."""
+        from benchmarks.core.disk import checkpoint_bytes
+        from benchmarks.data import DATASETS
+
+        channels = backbone.embed_dim * (4 if self.setting == "multiscale" else 1)
+        classes = int(DATASETS[self.dataset].n_classes or 1)
+        return 2 * checkpoint_bytes(channels * classes + classes + 4 * channels)
 
     def released_head_file(self, arch: str) -> str:
         """DINOv2's official file name, e.g. dinov2_vitg14_ade20k_linear_head.pth (multiscale: ``ms``)."""

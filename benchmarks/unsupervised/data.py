@@ -1,7 +1,8 @@
 """The images STEGO and CAUSE feed their frozen backbone: fixed crops of a segmentation dataset, resized.
 
 ``SegmentationView`` turns a dataset of ``{"image": H x W x 3 uint8, "label": H x W int}`` samples into items
-``{"index", "image" (3 x R x R, ImageNet-normalized), "label" (R x R long), "rgb" (R x R x 3 uint8)}``:
+``{"index", "image" (3 x R x R, normalized with the backbone's mean/std), "label" (R x R long),
+"rgb" (R x R x 3 uint8)}``:
 - crops (training sets): STEGO five-crops Cityscapes at half height and width (torchvision ``five_crop``: four
   corners and the centre, top-left first); CAUSE's "super" crop of VOC is ``ten_crop`` (the five crops and those
   of the flipped image) at ratios 0.3 ... 0.7. Item ``i`` is crop ``i % n_crops`` of image ``i // n_crops``.
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
+from benchmarks.core.preprocessing import Preprocessing
 
 RESIZE_MODES = ("short_center", "square")
 CROP_KINDS = ("five", "ten")
@@ -89,12 +90,9 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size: int, mode: str, inte
     return image, label
 
 
-def normalize(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 ... x H x W x 3 -> float ... x 3 x H x W with ImageNet mean/std."""
-    x = rgb.float().div(255.0).movedim(-1, -3)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
+def normalize(rgb: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 ... x H x W x 3 -> float ... x 3 x H x W with the backbone's mean/std."""
+    return preprocessing.normalize(rgb.float().div(255.0).movedim(-1, -3))
 
 
 class SegmentationView(Dataset):
@@ -108,6 +106,8 @@ class SegmentationView(Dataset):
         resize: str = "short_center",
         interpolation: str = "nearest",
         name: str = "",
+        *,
+        preprocessing: Preprocessing,  # the backbone's (benchmarks.core.preprocessing.preprocessing_of)
     ):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {resize!r}")
@@ -118,13 +118,15 @@ class SegmentationView(Dataset):
         self.resize = resize
         self.interpolation = interpolation
         self.name = name or type(base).__name__
+        self.preprocessing = preprocessing
 
     def __len__(self) -> int:
         return len(self.base) * self.n_crops
 
     def describe(self) -> str:
         crops = ",".join(f"{c.kind}{c.ratio:g}" for c in self.crops) or "none"
-        return f"crops={crops};resize={self.resize}@{self.resolution};interp={self.interpolation};imagenet-norm"
+        norm = self.preprocessing.norm_tag()
+        return f"crops={crops};resize={self.resize}@{self.resolution};interp={self.interpolation};{norm}"
 
     def fingerprint(self) -> str:
         inner = getattr(self.base, "fingerprint", None)
@@ -151,7 +153,8 @@ class SegmentationView(Dataset):
             raise IndexError(f"{self.name}: index {index} out of range for {len(self)} items")
         rgb, label = self.load(index)
         rgb_t = torch.from_numpy(rgb)
-        return {"index": index, "image": normalize(rgb_t), "label": torch.from_numpy(label), "rgb": rgb_t}
+        image = normalize(rgb_t, self.preprocessing)
+        return {"index": index, "image": image, "label": torch.from_numpy(label), "rgb": rgb_t}
 
 
 class ImageOnly(Dataset):

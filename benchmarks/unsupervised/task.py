@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks.core.preprocessing import preprocessing_of
 from benchmarks.core.registry import Metric, Task, register_task
 
 LOSS_VARIANTS = ("dinov2", "register", "sinder")
@@ -83,6 +84,22 @@ class _UnsupervisedTask(Task):
     def config(self, profile: str, overrides=None) -> dict[str, Any]:
         return resolve_config(self.method, self.dataset_key, profile, overrides)
 
+    def disk_bytes(self, profile, config, backbone, images) -> int:
+        """The training crops' token maps when cached on disk (TokenSource's rule: ``feature_cache`` true, or
+        auto and at most ``max_cache_gb``) and, for STEGO, the pooled features its neighbours come from."""
+        from benchmarks.core.disk import FLOAT32, feature_bytes
+
+        from .data import parse_crops
+
+        crops = sum(c.count for c in parse_crops(config["train_crops"])) or 1
+        n = images(f"{config['dataset']}:{config['train_split']}") * crops
+        res = int(config.get("train_resolution", config.get("resolution", 0)))
+        tokens = n * backbone.embed_dim * (res // backbone.patch_size) ** 2 * FLOAT32
+        cache = config.get("feature_cache", "auto")
+        cached = bool(cache) if cache != "auto" else tokens <= float(config.get("max_cache_gb", 0)) * 1e9
+        pooled = feature_bytes(n, backbone.embed_dim) if self.method == "stego" else 0
+        return (tokens if cached else 0) + pooled
+
 
 class _StegoTask(_UnsupervisedTask):
     method = "stego"
@@ -103,13 +120,14 @@ class _StegoTask(_UnsupervisedTask):
         from .stego import run_stego, selection_resolution
 
         cfg = dict(ctx.config)
+        pre = preprocessing_of(backbone)
         variant = loss_variant(backbone, getattr(ctx, "backbone_role", None))
         cfg["loss"] = dict(cfg["loss_weights"][variant])
         crops = parse_crops(cfg["train_crops"])
         train_base = _open(ctx, cfg, cfg["train_split"])
         name = f"{cfg['dataset']}:{cfg['train_split']}"
         views = {
-            key: SegmentationView(base, res, crop, cfg["resize"], cfg["interpolation"], name=n)
+            key: SegmentationView(base, res, crop, cfg["resize"], cfg["interpolation"], name=n, preprocessing=pre)
             for key, base, res, crop, n in (
                 ("train", train_base, cfg["train_resolution"], crops, name),
                 ("knn", train_base, cfg["knn_resolution"], crops, name),
@@ -122,7 +140,7 @@ class _StegoTask(_UnsupervisedTask):
         select_view = views["val"]
         if select_res != views["val"].resolution:
             select_view = SegmentationView(views["val"].base, select_res, (), cfg["resize"], cfg["interpolation"],
-                                           name=f"{cfg['dataset']}:{cfg['val_split']}")  # fmt: skip
+                                           name=f"{cfg['dataset']}:{cfg['val_split']}", preprocessing=pre)  # fmt: skip
         return run_stego(backbone, ctx, cfg, views["train"], views["knn"], views["val"], cfg["n_classes"], variant,
                          select_view=select_view)  # fmt: skip
 
@@ -162,10 +180,12 @@ class _CauseTask(_UnsupervisedTask):
 
         cfg = dict(ctx.config)
         res = cfg["resolution"]
+        pre = preprocessing_of(backbone)
         train = SegmentationView(_open(ctx, cfg, cfg["train_split"]), res, parse_crops(cfg["train_crops"]),
-                                 cfg["resize"], cfg["interpolation"], name=f"{cfg['dataset']}:{cfg['train_split']}")
+                                 cfg["resize"], cfg["interpolation"], name=f"{cfg['dataset']}:{cfg['train_split']}",
+                                 preprocessing=pre)  # fmt: skip
         val = SegmentationView(_open(ctx, cfg, cfg["val_split"]), res, (), cfg["resize"], cfg["interpolation"],
-                               name=f"{cfg['dataset']}:{cfg['val_split']}")  # fmt: skip
+                               name=f"{cfg['dataset']}:{cfg['val_split']}", preprocessing=pre)  # fmt: skip
         return run_cause(backbone, ctx, cfg, train, val, cfg["n_classes"])
 
 

@@ -4,7 +4,10 @@ This module is the only place that knows the token layout: how many prefix token
 precede the patch tokens. Everything else asks :func:`num_prefix_tokens` or ``sinder.models.backbone.describe``. Families so far:
 ``dinov2`` (class token + registers, LayerScale, exact GELU or SwiGLU) and ``clip`` (transformers'
 ``CLIPVisionModel``: class token, no registers, pre-LayerNorm after the embeddings, QuickGELU, no LayerScale) and
-``siglip`` (transformers' ``SiglipVisionModel``: no class token, tanh-GELU, an attention-pooling head).
+``siglip`` (transformers' ``SiglipVisionModel``, SigLIP 2 and timm's ``*_siglip_*``: no class token, tanh-GELU, an
+attention-pooling head), ``dinov3`` (transformers' ``DINOv3ViTModel``: class token + registers, LayerScale, RoPE on
+q/k instead of position embeddings, GELU MLP or SwiGLU) and ``deit3`` (timm's ``deit3_*``: class token, LayerScale,
+exact GELU, position embeddings on the patches only). timm's and OpenCLIP's CLIP towers are ``clip``.
 
 It imports nothing from the rest of ``sinder.models``, so the ViT itself can ask it; :func:`describe`, which also
 needs the presets' pretrained configs, lives beside them in ``sinder.models.backbone``.
@@ -16,8 +19,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("dinov2", "clip", "siglip")
+from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
+
+FAMILIES = ("dinov2", "clip", "siglip", "dinov3", "deit3")
 POOLINGS = ("cls", "attention")
+# The mean/std a family's checkpoints were trained with, for a checkpoint that does not say its own (a
+# transformers folder without preprocessor_config.json, a file): DINOv2 the ImageNet statistics; CLIP OpenAI's
+# (transformers' OPENAI_CLIP_MEAN/STD, CLIPImageProcessor's defaults); SigLIP 0.5/0.5 (SiglipImageProcessor's).
+# The only place besides sinder.utils.images that writes a mean/std (tests/test_constants_once.py).
+# DINOv3 (its transformers processor) and DeiT-III (timm's deit3_* pretrained configs) use ImageNet's too.
+FAMILY_MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "dinov3": (IMAGENET_MEAN, IMAGENET_STD),
+    "deit3": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from sinder.models.adapter import ViTDescription, num_prefix_tokens
+from sinder.models.adapter import FAMILY_MEAN_STD, ViTDescription, num_prefix_tokens
 from sinder.models.vit import PRESETS
 from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
@@ -110,6 +110,98 @@ def pretrained_config(name: str) -> PretrainedConfig | None:
     return PRETRAINED.get(name)
 
 
+def family_pretrained_cfg(config, patch_size: int, mean=None, std=None,
+                          input_size: tuple[int, int, int] | None = None) -> PretrainedConfig:  # fmt: skip
+    """A checkpoint's pretrained config from its architecture dict: its family's mean/std (FAMILY_MEAN_STD) and
+    its position embeddings' input size, unless given."""
+    family_mean, family_std = FAMILY_MEAN_STD.get(config.get("family", "dinov2"), FAMILY_MEAN_STD["dinov2"])
+    size = int(config.get("img_size", 0))
+    return PretrainedConfig(
+        file=None, url=None, input_size=input_size or (int(config.get("in_chans", 3)), size, size),
+        patch_size=int(patch_size), mean=tuple(mean or family_mean), std=tuple(std or family_std),
+    )
+
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"  # what a transformers image processor's save_pretrained writes
+TIMM_CONFIG = "config.json"  # timm's save_pretrained: its ``pretrained_cfg`` holds mean, std, input_size
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # OpenCLIP's hub folders: ``preprocess_cfg`` holds mean, std
+
+
+def read_preprocessor_config(folder, config) -> PretrainedConfig | None:
+    """The pretrained config a checkpoint folder says it was trained with, for the architecture dict ``config``:
+    a transformers ``preprocessor_config.json`` (``image_mean``, ``image_std``, ``crop_size`` when it
+    center-crops, else ``size``), a timm ``config.json``'s ``pretrained_cfg`` (``mean``, ``std``,
+    ``input_size``) or an ``open_clip_config.json``'s ``preprocess_cfg`` (``mean``, ``std``); None when none
+    says. Keys left out take the family's defaults; a bad value is a ValueError naming the file."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    data = _json_object(folder / PREPROCESSOR_CONFIG)
+    if data is not None:
+        path = folder / PREPROCESSOR_CONFIG
+        mean, std = _stats(data.get("image_mean"), path, "image_mean"), _stats(data.get("image_std"), path, "image_std")
+        if data.get("do_normalize") is False:  # the processor feeds [0, 1] pixels as they are
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        crops = data.get("do_center_crop", "crop_size" in data)  # CLIP: resize, then the crop the model sees
+        size = (_processor_size(data.get("crop_size")) if crops else None) or _processor_size(data.get("size"))
+    else:
+        path = folder / TIMM_CONFIG
+        timm = (_json_object(path) or {}).get("pretrained_cfg")
+        if not isinstance(timm, dict):
+            path = folder / OPEN_CLIP_CONFIG
+            timm = (_json_object(path) or {}).get("preprocess_cfg")
+        if not isinstance(timm, dict):
+            return None
+        mean, std = _stats(timm.get("mean"), path, "mean"), _stats(timm.get("std"), path, "std")
+        given = timm.get("input_size")
+        size = tuple(int(v) for v in given[1:]) if isinstance(given, list) and len(given) == 3 else None
+    channels = int(config.get("in_chans", 3))
+    return family_pretrained_cfg(config, int(config["patch_size"]), mean, std,
+                                 (channels, *size) if size else None)  # fmt: skip
+
+
+def _json_object(path) -> dict | None:
+    """The JSON object in ``path``; None when there is no such file; a ValueError naming it when it is not one."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _stats(value, path, key: str) -> tuple[float, float, float] | None:
+    """A mean or std of a preprocessing file as 3 floats (one number: all channels); None when absent."""
+    import math
+
+    if value is None:
+        return None
+    value = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    ok = isinstance(value, list) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)  # fmt: skip
+    if not ok or (key.endswith("std") and min(value) <= 0):
+        positive = " > 0" if key.endswith("std") else ""
+        raise ValueError(f"{path}: {key} {value!r} is not 3 finite numbers{positive}")
+    return tuple(float(v) for v in value)
+
+
+def _processor_size(value) -> tuple[int, int] | None:
+    """(height, width) of a processor's ``size``/``crop_size``: an int, {height, width} or {shortest_edge}."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, dict):
+        if "height" in value and "width" in value:
+            return int(value["height"]), int(value["width"])
+        if "shortest_edge" in value:
+            return int(value["shortest_edge"]), int(value["shortest_edge"])
+    return None
+
+
 def missing_members(obj, protocol: type = Backbone) -> list[str]:
     """The members of ``protocol`` that ``obj`` lacks (empty: it can be benchmarked), for one-line errors."""
     names = [n for klass in protocol.__mro__ if klass not in (object, Protocol, typing.Generic)
@@ -124,12 +216,8 @@ def describe(model) -> ViTDescription:
     config = getattr(model, "config", None) or {}
     family = config.get("family", "dinov2")
     pretrained = getattr(model, "pretrained_cfg", None) or PRETRAINED.get(getattr(model, "name", ""))
-    if pretrained is None:
-        size = int(config.get("img_size", 0))
-        pretrained = PretrainedConfig(
-            file=None, url=None, input_size=(int(config.get("in_chans", 3)), size, size),
-            patch_size=int(model.patch_size),
-        )
+    if pretrained is None:  # a checkpoint that does not say its preprocessing: its family's
+        pretrained = family_pretrained_cfg(config, int(model.patch_size))
     return ViTDescription(
         family=family,
         num_prefix_tokens=num_prefix_tokens(model),

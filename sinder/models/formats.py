@@ -1,4 +1,6 @@
-"""DINOv2 checkpoints in the three formats users have, converted to and from the official key format.
+"""Checkpoints in the formats users have, converted to and from the official key format (one dispatcher).
+
+DINOv2 in three formats:
 
 - ``official``: the DINOv2 repository's ``state_dict`` (``blocks.N.attn.qkv``, ``mlp.w12``, ``ls1.gamma`` ...).
 - ``hf``: a Hugging Face ``Dinov2Model`` / ``Dinov2WithRegistersModel`` folder as ``save_pretrained`` writes it
@@ -6,6 +8,15 @@
 - ``timm``: a ``vit_*_patch14_dinov2`` / ``vit_*_patch14_reg4_dinov2`` state dict (no mask token, SwiGLU packed
   as ``mlp.fc1``/``mlp.fc2``, registers as ``reg_token`` and, for the register models, the class position
   folded into ``cls_token`` with ``pos_embed`` holding patch positions only).
+
+Other families (``sinder.models.families``, one module each), detected by ``config.json`` (transformers'
+``model_type``, timm's ``architecture``) or by key names (OpenCLIP's ``visual.transformer.resblocks.``):
+
+- ``hf``: transformers folders of ``CLIPVisionModel``, ``SiglipVisionModel``, ``Siglip2VisionModel``,
+  ``DINOv3ViTModel``.
+- ``timm``: timm folders (or a weights file beside its ``config.json``) of ``*_clip_*``, ``*_siglip_*``,
+  ``deit3_*`` and ``*_dinov2*`` ViTs.
+- ``open_clip``: OpenCLIP's own layout, a weights file or a folder with ``open_clip_config.json``.
 
 Everything else in the package works on official keys; this module is the only place that knows the others.
 """
@@ -23,13 +34,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sinder.models.families import clip, siglip
+from sinder.models.families import clip, dinov3, open_clip, siglip, siglip2, timm_vit
 from sinder.models.families.transformers_encoder import key_prefix
 from sinder.models.state_io import normalize_keys, read_state_dict, save_state_dict
 from sinder.models.vit import ARCH_DEFAULTS, PRESETS
 from sinder.utils.atomic import atomic_write_text
 
-FORMATS = ("official", "hf", "timm")
+FORMATS = ("official", "hf", "timm", "open_clip")
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HF_INDEX = "model.safetensors.index.json"
@@ -50,8 +61,10 @@ class CheckpointFormat:
     """The key format a backbone's weights came in, and what is needed to write that format back."""
 
     kind: str = "official"  # one of FORMATS
-    hf_config: dict[str, Any] | None = field(default=None, compare=False)  # config.json of an ``hf`` source
-    key_prefix: str = field(default="", compare=False)  # the source folder's key prefix (``vision_model.``)
+    hf_config: dict[str, Any] | None = field(default=None, compare=False)  # config.json of an ``hf``/``timm`` source
+    # writing back in the source format: DINOv2's formats, and transformers folders of SOURCE_WRITERS' families
+    family: str = field(default="dinov2", compare=False)
+    key_prefix: str = field(default="", compare=False)  # a transformers folder's key prefix (``vision_model.``)
 
 
 # ------------------------------------------------------------------------------------------- detection
@@ -70,6 +83,10 @@ def checkpoint_problem(path: str | Path) -> str | None:
         return None
     if not path.is_dir():
         return f"checkpoint {path} does not exist"
+    if (path / open_clip.CONFIG_FILE).is_file() and not (path / HF_CONFIG).is_file():
+        if not any((path / name).is_file() for name in open_clip.WEIGHT_FILES):
+            return f"{path}: no weights file ({', '.join(open_clip.WEIGHT_FILES)}) beside {open_clip.CONFIG_FILE}"
+        return None
     if not (path / HF_CONFIG).is_file():
         return f"{path} is a folder without {HF_CONFIG}: not a Hugging Face checkpoint folder"
     if not any((path / name).is_file() for name in (*HF_WEIGHTS, HF_INDEX)):
@@ -78,10 +95,12 @@ def checkpoint_problem(path: str | Path) -> str | None:
 
 
 def detect_format(state: Mapping[str, Tensor]) -> str:
-    """``hf``, ``timm`` or ``official`` from the key names alone."""
+    """``hf``, ``timm``, ``open_clip`` or ``official`` from the key names alone."""
+    if open_clip.is_open_clip_state(state):
+        return "open_clip"
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in state):
         return "hf"
-    if "reg_token" in state:
+    if "reg_token" in state or "attn_pool.latent" in state:  # timm's registers / SigLIP attention pool
         return "timm"
     if "mask_token" not in state and "cls_token" in state and not any(".mlp.w12." in k for k in state):
         # timm drops the (inference-unused) mask token; a GELU official file without it has timm's keys anyway.
@@ -199,17 +218,36 @@ def _single(value: Any, what: str, source: str) -> int:
     return int(value)
 
 
+DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+# The other families' transformers folders by model_type: (config.json -> our architecture, keys -> our keys).
+TRANSFORMERS_FAMILIES = {
+    **{m: (clip.config_from_clip, clip.clip_to_official) for m in clip.MODEL_TYPES},
+    **{m: (siglip.config_from_siglip, siglip.siglip_to_official) for m in siglip.MODEL_TYPES},
+    **{m: (siglip2.config_from_siglip2, siglip2.siglip2_to_official) for m in siglip2.MODEL_TYPES},
+    **{m: (dinov3.config_from_dinov3, dinov3.dinov3_to_official) for m in dinov3.MODEL_TYPES},
+}
+
+
+def hf_converter(hf_config: Mapping[str, Any]):
+    """The key converter of a transformers folder's ``config.json`` (DINOv2's for the DINOv2 model types)."""
+    return TRANSFORMERS_FAMILIES.get(hf_config.get("model_type"), (None, hf_to_official))[1]
+
+
 def config_from_hf(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Our constructor arguments for the model a Hugging Face ``config.json`` describes."""
     model_type = hf.get("model_type")
-    if model_type in clip.MODEL_TYPES:
-        return clip.config_from_clip(hf, source)
-    if model_type in siglip.MODEL_TYPES:
-        return siglip.config_from_siglip(hf, source)
-    if model_type not in ("dinov2", "dinov2_with_registers"):
+    if model_type in TRANSFORMERS_FAMILIES:
+        try:
+            return TRANSFORMERS_FAMILIES[model_type][0](hf, source)
+        except CheckpointError:
+            raise
+        except ValueError as err:  # the family modules raise ValueError; loaders report CheckpointError
+            raise CheckpointError(str(err)) from err
+    if model_type not in DINOV2_MODEL_TYPES:
         raise CheckpointError(
-            f"{source}: model_type {model_type!r} is not a DINOv2, CLIP or SigLIP vision model; expected one of "
-            + ", ".join(repr(m) for m in ("dinov2", "dinov2_with_registers", *clip.MODEL_TYPES, *siglip.MODEL_TYPES))
+            f"{source}: model_type {model_type!r} is not a DINOv2 nor another supported vision model (CLIP, "
+            "SigLIP, SigLIP 2, DINOv3); expected one of "
+            + ", ".join(repr(m) for m in (*DINOV2_MODEL_TYPES, *TRANSFORMERS_FAMILIES))
         )
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
     if missing:
@@ -395,19 +433,72 @@ def _safetensors_config(path: Path) -> dict[str, Any] | None:
     return json.loads(text) if text else None
 
 
+def _timm_checkpoint(timm_config: dict[str, Any], raw: Mapping[str, Tensor], source: str) -> Checkpoint:
+    """A timm checkpoint with its ``config.json``: DINOv2 through the DINOv2 converter, the others by family."""
+    family = timm_vit.timm_family(str(timm_config.get("architecture", "")))
+    if family == "dinov2":
+        state = timm_to_official({k: v for k, v in raw.items() if not k.startswith(("head.", "fc_norm."))})
+        state.setdefault("mask_token", torch.zeros(1, state["cls_token"].shape[-1]))
+        return Checkpoint(state, CheckpointFormat("timm", timm_config), None)
+    try:
+        if family == "dinov3":
+            config = timm_vit.config_from_timm_dinov3(timm_config, raw, source)
+            state = timm_vit.timm_dinov3_to_official(raw)
+        else:
+            config = timm_vit.config_from_timm(timm_config, raw, source)
+            state = timm_vit.timm_vit_to_official(raw, source)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    return Checkpoint(state, CheckpointFormat("timm", timm_config, config["family"]), config)
+
+
+def _open_clip_checkpoint(raw: Mapping[str, Tensor], model_cfg: dict[str, Any] | None, path: Path) -> Checkpoint:
+    state = open_clip.visual_state(raw)
+    try:
+        config = open_clip.config_from_open_clip(state, model_cfg, path.name, str(path))
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    return Checkpoint(open_clip.open_clip_to_official(state), CheckpointFormat("open_clip", family="clip"), config)
+
+
+def _open_clip_folder(path: Path) -> Checkpoint:
+    weights = next((path / n for n in open_clip.WEIGHT_FILES if (path / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: no weights file ({', '.join(open_clip.WEIGHT_FILES)}) beside "
+                              f"{open_clip.CONFIG_FILE}")
+    return _open_clip_checkpoint(normalize_keys(read_state_dict(weights)), open_clip.read_model_cfg(path), path)
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a weights file or a Hugging Face folder and convert it to official keys."""
+    """Read a weights file or a checkpoint folder and convert it to official keys.
+
+    One dispatch: a folder by its config (OpenCLIP's ``open_clip_config.json``; in ``config.json`` timm's
+    ``architecture`` or transformers' ``model_type``), a file by its key names (and a timm ``config.json`` beside it).
+    """
 
     path = Path(path)
+    if path.is_dir() and (path / open_clip.CONFIG_FILE).is_file() and not (path / HF_CONFIG).is_file():
+        return _open_clip_folder(path)
     if path.is_dir():
         hf_config, raw = read_hf_folder(path)
+        if timm_vit.is_timm_config(hf_config):
+            return _timm_checkpoint(hf_config, raw, str(path))
         config = config_from_hf(hf_config, str(path))
-        converters = {"clip": clip.clip_to_official, "siglip": siglip.siglip_to_official}
-        state = converters.get(config.get("family"), hf_to_official)(raw)
+        state = hf_converter(hf_config)(raw)
         state.setdefault("mask_token", torch.zeros(1, config["embed_dim"]))
-        return Checkpoint(state, CheckpointFormat("hf", hf_config, source_key_prefix(hf_config, raw)), config)
+        source = CheckpointFormat("hf", hf_config, config.get("family", "dinov2"), source_key_prefix(hf_config, raw))
+        return Checkpoint(state, source, config)
     raw = normalize_keys(read_state_dict(path))
     kind = detect_format(raw)
+    if kind == "open_clip":
+        return _open_clip_checkpoint(raw, open_clip.read_model_cfg(path.parent), path)
+    sibling = _sibling_config(path)
+    if sibling is not None and timm_vit.is_timm_config(sibling):
+        return _timm_checkpoint(sibling, raw, str(path))
+    if kind == "timm" and any(k.startswith(("norm_pre.", "attn_pool.")) or ".gamma_1" in k for k in raw):
+        raise CheckpointError(f"{path} holds timm weights of a CLIP, SigLIP or DINOv3 ViT but no timm {HF_CONFIG} "
+                              "lies beside it: pass the folder timm's save_pretrained wrote (its config.json names "
+                              "the architecture)")
     if kind == "hf":
         sibling = path.parent / HF_CONFIG
         if not sibling.is_file():
@@ -424,6 +515,18 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if "mask_token" not in state and "cls_token" in state:
         state["mask_token"] = torch.zeros(1, state["cls_token"].shape[-1])  # unused at inference
     return Checkpoint(state, CheckpointFormat(kind), _safetensors_config(path))
+
+
+def _sibling_config(path: Path) -> dict[str, Any] | None:
+    """The ``config.json`` beside a weights file, when there is a readable one."""
+    config_path = path.parent / HF_CONFIG
+    if not config_path.is_file():
+        return None
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 # timm resizes position embeddings to the exact grid with antialiasing, for every DINOv2 (checked against timm 1.0).
@@ -445,7 +548,6 @@ SOURCE_WRITERS = {
     **{m: clip.official_to_clip for m in clip.MODEL_TYPES},
     **{m: siglip.official_to_siglip for m in siglip.MODEL_TYPES},
 }
-DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 
 
 def source_key_prefix(hf_config: Mapping[str, Any], raw: Mapping[str, Tensor]) -> str:
@@ -462,6 +564,9 @@ def check_save_format(save_format: str, source: CheckpointFormat, out: str | Pat
     if kind == "hf" and model_type not in (*DINOV2_MODEL_TYPES, *SOURCE_WRITERS):
         raise ValueError(f"--save-format source: writing a {model_type!r} folder is not supported yet; "
                          "use --save-format official")
+    if kind != "official" and source.family != "dinov2" and model_type not in SOURCE_WRITERS:
+        raise ValueError(f"--save-format source: writing a {source.family} checkpoint in {kind} format is not "
+                         "supported yet; use --save-format official")
     if kind == "hf" and Path(out).suffix:
         raise ValueError(
             f"--out {out}: the source format of a Hugging Face checkpoint is a folder (config.json + "

@@ -50,6 +50,12 @@ class WeightsError(ValueError):
     """A weights file that does not fit the requested architecture, or cannot be read."""
 
 
+def state_bytes(state_dict: Mapping[str, Tensor]) -> int:
+    """Bytes of the tensors of ``state_dict``: what a checkpoint of them takes on disk (safetensors adds a
+    header of a few KiB). The one size estimate of a backbone's weights (repair, run preflight)."""
+    return sum(t.numel() * t.element_size() for t in state_dict.values())
+
+
 def unreadable(path: str | Path, err: BaseException) -> str:
     """One line saying why the weights file ``path`` could not be read (torch's pickle refusals span lines)."""
     import pickle

@@ -46,6 +46,10 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "patch_bias": True,  # the patch-embedding convolution has a bias (CLIP's has none)
     "class_token": True,  # a class token before the patches (SigLIP has none)
     "attn_pool": False,  # an attention-pooling head gives the pooled feature (SigLIP's ``head``)
+    "pos_embed": True,  # learned absolute position embeddings (DINOv3 has none: RoPE instead)
+    "interpolate_mode": "bicubic",  # how position embeddings resize to another grid (SigLIP 2: bilinear)
+    "rope": False,  # 2-D axial rotary embedding on the patch tokens' q/k (DINOv3): see Rope2D
+    "rope_theta": 100.0,  # its base (transformers' DINOv3ViTConfig.rope_theta)
 }
 # Accepted for compatibility with reference configs; they do not change the inference graph.
 IGNORED_KEYS = {"block_chunks", "drop_path_rate", "drop_path_uniform"}
@@ -96,6 +100,56 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Rope2D(nn.Module):
+    """DINOv3's rotary position embedding (transformers ``DINOv3ViTRopePositionEmbedding``, eval mode): each patch
+    centre's (row, col) normalised to [-1, 1] per axis on the input's own grid, ``head_dim / 4`` frequencies
+    ``theta ** -(4 i / head_dim)`` per axis, angles ``2 pi coord freq`` laid out (rows, cols) then tiled twice,
+    applied to the last ``rows * cols`` tokens (the patches; class and register tokens are not rotated).
+
+    The training-time coordinate augmentation (``pos_embed_shift/jitter/rescale``) is off at inference, as in
+    transformers' eval mode. The model sets :attr:`grid` from each input in ``prepare_tokens_with_masks``.
+    """
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        if head_dim % 4:
+            raise ValueError(f"rope: head dimension {head_dim} is not a multiple of 4")
+        self.head_dim, self.theta = head_dim, float(theta)
+        self.grid: tuple[int, int] | None = None
+        self._cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
+
+    def cos_sin(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if self.grid is None:
+            raise RuntimeError("rope: no token grid set; run prepare_tokens_with_masks before the blocks")
+        key = (self.grid, device, dtype)
+        if self._cache is None or self._cache[0] != key:
+            rows, cols = self.grid
+            f32 = {"dtype": torch.float32, "device": device}
+            # Same operations in the same order as transformers (float32), for bit-level parity.
+            inv_freq = 1 / self.theta ** torch.arange(0, 1, 4 / self.head_dim, **f32)
+            coords_h = torch.arange(0.5, rows, **f32) / rows
+            coords_w = torch.arange(0.5, cols, **f32) / cols
+            coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)
+            coords = 2.0 * coords - 1.0
+            angles = (2 * math.pi * coords[:, :, None] * inv_freq[None, None, :]).flatten(1, 2).tile(2)
+            self._cache = (key, (torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)))
+        return self._cache[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` (batch, heads, tokens, head_dim) with the patch tokens last."""
+        cos, sin = self.cos_sin(x.device, x.dtype)
+        n = cos.shape[0]
+        if x.shape[-2] < n:
+            raise RuntimeError(f"rope: {x.shape[-2]} tokens but the grid {self.grid} has {n} patches")
+        prefix, patches = x.split((x.shape[-2] - n, n), dim=-2)
+        return torch.cat((prefix, patches * cos + _rotate_half(patches) * sin), dim=-2)
+
+
 class LayerScale(nn.Module):
     def __init__(self, dim: int, init_values: float):
         super().__init__()
@@ -106,18 +160,21 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, proj_bias: bool):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, proj_bias: bool, rope: Rope2D | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.rope = rope  # shared by every block; no parameters, so the state dict is unchanged
 
     def forward(self, x: Tensor) -> Tensor:
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.rope is not None:  # rotates q and k only: the value path is what it is without RoPE
+            q, k = self.rope(q), self.rope(k)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
@@ -149,10 +206,10 @@ class Mlp(nn.Module):
 class SwiGLUFFN(nn.Module):
     """The SwiGLU MLP of ViT-g (keys ``w12``/``w3``): ``w3(silu(x1) * x2)`` with ``x1, x2 = w12(x).chunk(2)``."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool):
+    def __init__(self, dim: int, hidden: int, bias: bool, exact: bool = False):
         super().__init__()
-        # The fused reference shrinks the hidden width to 2/3 and rounds up to a multiple of 8.
-        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        if not exact:  # The fused reference shrinks the hidden width to 2/3 and rounds up to a multiple of 8.
+            hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
         self.w12 = nn.Linear(dim, 2 * hidden, bias=bias)
         self.w3 = nn.Linear(hidden, dim, bias=bias)
 
@@ -161,7 +218,8 @@ class SwiGLUFFN(nn.Module):
         return self.w3(F.silu(x1) * x2)
 
 
-FFN_LAYERS = {"mlp": Mlp, "swiglu": SwiGLUFFN, "swiglufused": SwiGLUFFN}
+# swiglu_exact: the hidden width as given (DINOv3's gated MLP: gate_proj/up_proj of intermediate_size each).
+FFN_LAYERS = {"mlp": Mlp, "swiglu": SwiGLUFFN, "swiglufused": SwiGLUFFN, "swiglu_exact": partial(SwiGLUFFN, exact=True)}
 
 
 class AttentionPool(nn.Module):
@@ -182,12 +240,12 @@ class AttentionPool(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: Mapping[str, Any]):
+    def __init__(self, cfg: Mapping[str, Any], rope: Rope2D | None = None):
         super().__init__()
         dim = cfg["embed_dim"]
         norm = partial(nn.LayerNorm, eps=cfg["norm_eps"])
         self.norm1 = norm(dim)
-        self.attn = Attention(dim, cfg["num_heads"], cfg["qkv_bias"], cfg["proj_bias"])
+        self.attn = Attention(dim, cfg["num_heads"], cfg["qkv_bias"], cfg["proj_bias"], rope)
         self.ls1 = LayerScale(dim, cfg["init_values"]) if cfg["init_values"] else nn.Identity()
         self.norm2 = norm(dim)
         ffn = FFN_LAYERS[cfg["ffn_layer"]]
@@ -215,13 +273,15 @@ class DinoVisionTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(self.patch_size, cfg["in_chans"], dim, bias=cfg["patch_bias"])
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg["class_token"] else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + int(cfg["class_token"]), dim))
+        n_pos = num_patches + int(cfg["class_token"])
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, dim)) if cfg["pos_embed"] else None
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, self.num_register_tokens, dim)) if self.num_register_tokens else None
         )
         if cfg["pre_norm"]:  # registered only when used: DINOv2 state dicts keep their keys
             self.norm_pre = nn.LayerNorm(dim, eps=cfg["norm_eps"])
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg["depth"]))
+        self.rope = Rope2D(dim // cfg["num_heads"], cfg["rope_theta"]) if cfg["rope"] else None
+        self.blocks = nn.ModuleList(Block(cfg, self.rope) for _ in range(cfg["depth"]))
         self.norm = nn.LayerNorm(dim, eps=cfg["norm_eps"])
         if cfg["attn_pool"]:
             self.attn_pool = AttentionPool(cfg)
@@ -236,7 +296,8 @@ class DinoVisionTransformer(nn.Module):
         def trunc_normal(t: Tensor, std: float) -> None:
             t.copy_(torch.randn(t.shape, generator=generator).clamp_(-2, 2) * std)
 
-        trunc_normal(self.pos_embed, 0.02)
+        if self.pos_embed is not None:
+            trunc_normal(self.pos_embed, 0.02)
         if self.cls_token is not None:
             self.cls_token.copy_(torch.randn(self.cls_token.shape, generator=generator) * 1e-6)
         if self.register_tokens is not None:
@@ -264,13 +325,14 @@ class DinoVisionTransformer(nn.Module):
         rows, cols = height // self.patch_size, width // self.patch_size
         side = int(math.sqrt(n_pos))
         grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        mode = self.config["interpolate_mode"]
         if self.interpolate_offset:
             # The reference passes scale factors with a small offset rather than a size, so that
             # floating point rounding in interpolate lands on the requested grid.
             scale = ((rows + self.interpolate_offset) / side, (cols + self.interpolate_offset) / side)
-            grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=self.interpolate_antialias)
+            grid = F.interpolate(grid, scale_factor=scale, mode=mode, antialias=self.interpolate_antialias)
         else:
-            grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", antialias=self.interpolate_antialias)
+            grid = F.interpolate(grid, size=(rows, cols), mode=mode, antialias=self.interpolate_antialias)
         if grid.shape[-2:] != (rows, cols):
             raise RuntimeError(f"positional embedding interpolated to {tuple(grid.shape[-2:])}, wanted {(rows, cols)}")
         patch_pos = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
@@ -283,7 +345,10 @@ class DinoVisionTransformer(nn.Module):
             x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-        x = x + self.interpolate_pos_encoding(x, height, width)
+        if self.pos_embed is not None:
+            x = x + self.interpolate_pos_encoding(x, height, width)
+        if self.rope is not None:  # the blocks rotate q/k on this input's grid
+            self.rope.grid = (height // self.patch_size, width // self.patch_size)
         if self.register_tokens is not None:
             n_cls = int(self.cls_token is not None)
             x = torch.cat((x[:, :n_cls], self.register_tokens.expand(x.shape[0], -1, -1), x[:, n_cls:]), dim=1)
@@ -389,6 +454,8 @@ def resolve_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"ffn_layer {cfg['ffn_layer']!r} not supported; use one of {sorted(FFN_LAYERS)}")
     if cfg["act_layer"] not in ACTIVATIONS:
         raise ValueError(f"act_layer {cfg['act_layer']!r} not supported; use one of {sorted(ACTIVATIONS)}")
+    if cfg["interpolate_mode"] not in ("bicubic", "bilinear"):
+        raise ValueError(f"interpolate_mode {cfg['interpolate_mode']!r} not supported; use 'bicubic' or 'bilinear'")
     if cfg["family"] not in FAMILIES:
         raise ValueError(f"family {cfg['family']!r} not supported; use one of {list(FAMILIES)}")
     return cfg

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sinder.models.backbone import pretrained_config
+from sinder.models.backbone import pretrained_config, read_preprocessor_config
 from sinder.models.constructed import SYNTHETIC_BACKBONES
 from sinder.models.formats import (
+    HF_CONFIG,
     checkpoint_architecture,
     config_from_hf,
     detect_format,
@@ -131,8 +132,10 @@ def load_backbone(
     """Build a backbone and load its weights; the model comes back in eval mode.
 
     ``name_or_config``: a preset (``dinov2_vitg14``), a constructed backbone (``dinov2_tiny_defective``),
-    a JSON/YAML config file, a dict, or a checkpoint that says its own architecture: a Hugging Face DINOv2
-    folder (``config.json`` + ``model.safetensors``) or a weights file in official or timm keys.
+    a JSON/YAML config file, a dict, or a checkpoint that says its own architecture: a transformers folder
+    (``config.json`` + ``model.safetensors``: DINOv2, CLIP, SigLIP, SigLIP 2, DINOv3), a timm folder (CLIP,
+    SigLIP, DeiT-III, DINOv2, DINOv3), an OpenCLIP file or folder, or a weights file in official or timm keys
+    (``sinder.models.formats`` dispatches).
     ``weights``: an explicit file (any of those formats); without it an official preset is looked up in the
     torch hub cache. The model records ``weights_sha256`` (a content hash of its tensors under official keys,
     the same whatever the file or format), ``weights_role``, ``weights_source``, ``name`` and
@@ -164,6 +167,13 @@ def load_backbone(
     label = _checkpoint_label(Path(name)) if named_checkpoint else (name or path.stem)
     model = _finish(model, str(path), label, weights_role(path, name), device)
     model.checkpoint_format = checkpoint.format
+    if path.is_dir():  # a transformers folder says its own preprocessing (else describe() gives the family's)
+        try:
+            preprocessing = read_preprocessor_config(path, config)
+        except ValueError as err:
+            raise WeightsError(str(err)) from None
+        if preprocessing is not None:
+            model.pretrained_cfg = preprocessing
     return model
 
 
@@ -174,8 +184,10 @@ def _checkpoint_label(path: Path) -> str:
 def checkpoint_config(path: str | Path) -> dict[str, Any]:
     """The architecture a checkpoint (Hugging Face folder or weights file) describes."""
     path = Path(path)
-    if path.is_dir():
-        return config_from_hf(read_hf_folder_config(path), str(path))
+    if path.is_dir() and (path / HF_CONFIG).is_file():
+        hf_config = read_hf_folder_config(path)
+        if "model_type" in hf_config:  # a transformers folder: its config alone says the architecture
+            return config_from_hf(hf_config, str(path))
     return checkpoint_architecture(read_checkpoint(path), str(path))
 
 

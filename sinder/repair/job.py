@@ -11,6 +11,7 @@ from typing import Any
 
 from sinder.defects.census import census, compare, resize_views, worse_warning
 from sinder.models.formats import CheckpointFormat, check_save_format, save_checkpoint
+from sinder.models.state_io import state_bytes
 from sinder.models.weights import load_backbone
 from sinder.plots.figures import plot_singular_value_differences, singular_value_differences
 from sinder.repair.config import RepairConfig
@@ -41,13 +42,20 @@ def check_writable(folder: Path, what: str) -> None:
         raise PermissionError(problem)
 
 
-def check_free_space(folders: dict[str, Path], state_bytes: int) -> None:
-    """Fail before any work when the disk cannot take what the repair writes: the output (``state_bytes``)
-    beside --out; the checkpoint (parameters, Adam moments and the original singular values: at most four
-    times the weights) and its temp copy in the work folder."""
+def repair_disk_bytes(weights_bytes: int) -> dict[str, int]:
+    """What a repair of weights of ``weights_bytes`` (``sinder.models.state_io.state_bytes``) writes: the output
+    (``out``) and, in its work folder (``work``), the checkpoint (parameters, Adam moments and the original
+    singular values: at most four times the weights) and its temp copy. The run preflight counts a repair it
+    makes with this too."""
+    return {"out": weights_bytes, "work": 8 * weights_bytes}
+
+
+def check_free_space(folders: dict[str, Path], weights_bytes: int) -> None:
+    """Fail before any work when the disk cannot take what the repair writes (:func:`repair_disk_bytes`)."""
     from sinder.utils.atomic import free_space_problem
 
-    need = {"--out's folder": state_bytes, "the work folder": 8 * state_bytes}
+    sizes = repair_disk_bytes(weights_bytes)
+    need = {"--out's folder": sizes["out"], "the work folder": sizes["work"]}
     for what, folder in folders.items():
         problem = free_space_problem(folder, need[what], what)
         if problem:
@@ -117,8 +125,7 @@ def repair_checkpoint(
     device = default_device(device)
 
     model = load_backbone(backbone, weights=weights)
-    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    check_free_space({"--out's folder": out.parent, "the work folder": work_dir}, state_bytes)
+    check_free_space({"--out's folder": out.parent, "the work folder": work_dir}, state_bytes(model.state_dict()))
     source_format = getattr(model, "checkpoint_format", CheckpointFormat())
     out_format = check_save_format(save_format, source_format, out)
     files = list_images(images)

@@ -55,11 +55,12 @@ def resize_center_crop(img: Image.Image, size: int, round_long_side: bool = Fals
     return img.crop((left, top, left + size, top + size))
 
 
-def to_normalized_tensor(img: Image.Image) -> Tensor:
+def to_normalized_tensor(img: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
+    """A 3 x H x W float tensor of ``img``, ``(x / 255 - mean) / std`` (a benchmark passes its backbone's)."""
     array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean = torch.tensor(mean).view(3, 1, 1)
+    std = torch.tensor(std).view(3, 1, 1)
     return (tensor - mean) / std
 
 

@@ -1,0 +1,112 @@
+"""timm checkpoints (a folder as timm's ``save_pretrained`` writes it: ``config.json`` with ``architecture`` +
+``model_args`` + ``pretrained_cfg``, and ``model.safetensors``) of the CLIP, SigLIP, DeiT-III and DINOv2 ViTs:
+loaded with ``sinder.load_backbone``, every block's patch tokens must match timm's own blocks (forward hooks on
+``model.blocks[i]``, prefix tokens dropped), and the pooled feature timm's ``forward_head(pre_logits=True)``.
+timm's DINOv3 (``Eva`` with RoPE) is checked the same way, with ``global_pool='token'`` (upstream DINOv3's pooling).
+
+timm is a test-only reference (``tests/family_libs.py`` says how it is found, and why not in the dev extras).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from family_libs import import_reference
+
+import sinder
+from sinder.models.backbone import describe
+
+timm = import_reference("timm")
+from timm.models._hub import save_for_hf  # noqa: E402
+
+SMALL = {"embed_dim": 64, "depth": 3, "num_heads": 4, "img_size": 32, "patch_size": 8}
+# architecture -> (family, prefix tokens, pooling, activation, extra constructor arguments)
+CASES = {
+    "vit_base_patch16_clip_quickgelu_224": ("clip", 1, "cls", "quick_gelu", {}),
+    "vit_base_patch16_clip_224": ("clip", 1, "cls", "gelu", {}),
+    "vit_base_patch16_siglip_224": ("siglip", 0, "attention", "gelu", {}),
+    "deit3_base_patch16_224": ("deit3", 1, "cls", "gelu", {}),
+    "vit_small_patch14_reg4_dinov2": ("dinov2", 5, "cls", "gelu",
+                                      {"embed_dim": 384, "num_heads": 6, "img_size": 28, "patch_size": 14}),
+    # timm's DINOv3 (Eva, RoPE): plain MLP without q/k/v bias, with q/v biases, and SwiGLU; class-token pooling
+    "vit_small_patch16_dinov3": ("dinov3", 5, "cls", "gelu", {"global_pool": "token"}),
+    "vit_small_patch16_dinov3_qkvb": ("dinov3", 5, "cls", "gelu", {"global_pool": "token"}),
+    "vit_huge_plus_patch16_dinov3": ("dinov3", 5, "cls", "gelu", {"global_pool": "token"}),
+}
+
+
+def _timm_folder(tmp_path_factory, architecture: str):
+    torch.manual_seed(0)
+    kwargs = {**SMALL, **CASES[architecture][4], "dynamic_img_size": True}
+    model = timm.create_model(architecture, pretrained=False, **kwargs).eval()
+    with torch.no_grad():  # non-trivial norms, biases, layer scales and tokens so that a mapping mistake shows
+        for name, p in model.named_parameters():
+            if any(w in name for w in ("norm", "bias", "gamma", "token", "latent", "pos_embed")):  # gamma_1: Eva
+                p.add_(torch.randn_like(p) * 0.1)
+    folder = tmp_path_factory.mktemp(architecture)
+    save_for_hf(model, folder, safe_serialization=True)
+    return folder, model
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def timm_case(request, tmp_path_factory):
+    return request.param, *_timm_folder(tmp_path_factory, request.param)
+
+
+def _timm_blocks(model, x):
+    outputs = []
+    # cloned: timm's Eva blocks update their input in place afterwards
+    hooks = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out.clone())) for block in model.blocks]
+    try:
+        with torch.no_grad():
+            pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs, pooled
+
+
+def test_timm_per_block_parity(timm_case):
+    architecture, folder, reference = timm_case
+    family, prefix, pooling, act, extra = CASES[architecture]
+    ours = sinder.load_backbone(str(folder))
+    d = describe(ours)
+    assert (d.family, d.num_prefix_tokens, d.pooling) == (family, prefix, pooling)
+    assert ours.config.get("act_layer", "gelu") == act
+    patch = extra.get("patch_size", SMALL["patch_size"])
+    for rows, cols in ((4, 4) if family != "dinov2" else (2, 2), (3, 5)):  # native grid, and one that resizes
+        x = torch.randn(2, 3, rows * patch, cols * patch, generator=torch.Generator().manual_seed(1))
+        theirs, pooled = _timm_blocks(reference, x)
+        with torch.no_grad():
+            mine = ours.get_intermediate_layers(x, n=3, norm=False)
+            features = ours.forward_features(x)
+        assert len(theirs) == len(mine) == 3
+        for i, tokens in enumerate(mine):
+            assert tokens.shape == theirs[i][:, prefix:].shape == (2, rows * cols, ours.embed_dim)
+            assert (tokens - theirs[i][:, prefix:]).abs().max().item() <= 1e-5, f"{architecture} block {i}"
+        assert (features["x_norm_clstoken"] - pooled).abs().max().item() <= 1e-5
+
+
+def test_timm_source_format_is_refused_for_the_new_families(tmp_path_factory, tmp_path):
+    from sinder.models.formats import check_save_format
+
+    folder, _ = _timm_folder(tmp_path_factory, "deit3_base_patch16_224")
+    ours = sinder.load_backbone(str(folder))
+    assert ours.checkpoint_format.kind == "timm"
+    with pytest.raises(ValueError, match="writing a deit3 checkpoint in timm format is not supported yet"):
+        check_save_format("source", ours.checkpoint_format, tmp_path / "out.safetensors")
+
+
+def test_an_unsupported_timm_architecture_names_the_supported_ones(tmp_path):
+    import json
+
+    from sinder.models.formats import CheckpointError
+    from sinder.models.state_io import save_state_dict
+
+    folder = tmp_path / "eva"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "eva02_base_patch14_224", "model_args": {}}))
+    save_state_dict({"cls_token": torch.zeros(1, 1, 64)}, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"timm architecture 'eva02_base_patch14_224' is not supported; "
+                                              r"supported: vit_\*_clip_\*"):
+        sinder.load_backbone(str(folder))
