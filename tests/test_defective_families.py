@@ -141,3 +141,30 @@ def test_analyze_finds_the_defects_along_nu(tmp_path, name):
     assert last["high_norm"]["n_defects"] >= 1
     assert last["angle_to_empirical"]["cumulative"] < 20  # nu points along the high-norm tokens
     assert last["token_angles"]["nu"]["defective"] < 20 < last["token_angles"]["nu"]["normal"]
+
+
+def test_test_time_register_is_one_more_prefix_token_under_rope():
+    """DINOv3 rotates the last rows x cols tokens (the patches) with RoPE: the extra token must sit among the prefix
+    tokens. With its register neuron's output column zero, the wrapped model is exactly the model with one more,
+    zero, trained register."""
+    from sinder.models.vit import build_vit
+
+    config = {"family": "dinov3", "embed_dim": 64, "depth": 3, "num_heads": 4, "img_size": 56, "pos_embed": False,
+              "rope": True, "ffn_layer": "swiglu_exact", "num_register_tokens": 2, "interpolate_offset": 0.0}  # fmt: skip
+    model = build_vit(config, seed=0)
+    with torch.no_grad():
+        model.register_tokens.normal_(generator=torch.Generator().manual_seed(1))
+        model.blocks[1].mlp.w3.weight[:, 5] = 0  # the register neuron's edit changes nothing but the extra token
+    twin = build_vit({**config, "num_register_tokens": 3}, seed=0)
+    state = dict(model.state_dict())
+    state["register_tokens"] = torch.cat([state["register_tokens"], torch.zeros(1, 1, 64)], dim=1)
+    twin.load_state_dict(state)
+    wrapped = apply_test_time_registers(model, [(1, 5)])
+    x = torch.randn(2, 3, 42, 56, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = wrapped.get_intermediate_layers(x, n=3, norm=False)
+        reference = twin.get_intermediate_layers(x, n=3, norm=False)
+        plain = model.get_intermediate_layers(x, n=3, norm=False)
+    for i, (a, b) in enumerate(zip(ours, reference)):
+        assert (a - b).abs().max().item() <= 1e-5, f"block {i}"
+    assert (ours[-1] - plain[-1]).abs().max().item() > 1e-3  # the extra token takes part in attention
