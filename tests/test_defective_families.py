@@ -168,3 +168,37 @@ def test_test_time_register_is_one_more_prefix_token_under_rope():
     for i, (a, b) in enumerate(zip(ours, reference)):
         assert (a - b).abs().max().item() <= 1e-5, f"block {i}"
     assert (ours[-1] - plain[-1]).abs().max().item() > 1e-3  # the extra token takes part in attention
+
+
+def test_images_are_normalised_with_the_backbones_own_statistics(tmp_path, stand_in):
+    """The repair, the census, analyze and test-time registers feed each backbone its own mean/std: a stand-in was
+    built on ImageNet-normalised images; a real CLIP or SigLIP checkpoint gets its family's statistics."""
+    import numpy as np
+    from PIL import Image
+
+    from sinder.defects.census import resize_views
+    from sinder.models.adapter import FAMILY_MEAN_STD
+    from sinder.models.backbone import normalization
+    from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
+
+    name, model, _, _ = stand_in
+    assert normalization(model) == {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    family = FAMILY[name][0]
+    real = build_like(model, family)
+    mean, std = FAMILY_MEAN_STD[family]
+    assert normalization(real) == {"mean": tuple(mean), "std": tuple(std)}
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "img.png")
+    expected = (torch.from_numpy(pixels).permute(2, 0, 1) / 255.0 - torch.tensor(mean)[:, None, None]) / torch.tensor(
+        std)[:, None, None]  # fmt: skip
+    for view in resize_views(28, 14, **normalization(real)):
+        assert torch.allclose(view(tmp_path / "img.png"), expected, atol=1e-6)
+
+
+def build_like(model, family):
+    """A model of the stand-in's architecture that is no stand-in (as a checkpoint of that family loads)."""
+    from sinder.models.vit import build_vit
+
+    other = build_vit(model.config, seed=0)
+    other.name = f"a {family} checkpoint"
+    return other

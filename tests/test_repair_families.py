@@ -106,14 +106,8 @@ def test_repaired_folder_in_the_source_format_loads_in_transformers(folders, tmp
     assert changed and all(k.endswith("weight") and ("proj" in k or "fc" in k) for k in changed)  # the repair ran
 
 
-# The KNN and depth tasks still read a class token, which SigLIP has not: the benchmarks' side of issue 21 (item 4:
-# the pooled feature is the attention pool's output) is another change; until it lands the SigLIP run fails there.
-SIGLIP_BENCHMARKS = pytest.mark.xfail(reason="imagenet_knn and depth_nyu_linear4 ask for a class token (issue 21 "
-                                      "item 4, the benchmarks' side)", strict=False)  # fmt: skip
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [dm.CLIP_NAME, pytest.param(dm.SIGLIP_NAME, marks=SIGLIP_BENCHMARKS)])
+@pytest.mark.parametrize("name", [dm.CLIP_NAME, dm.SIGLIP_NAME])
 def test_remedies_suite_smoke_on_the_stand_in(tmp_path, name):
     """`sinder-bench run --suite remedies --profile smoke --backbone NAME`: every task of the suite on the stand-in."""
     from conftest import run_smoke_suite

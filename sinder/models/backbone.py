@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from sinder.models.adapter import FAMILY_MEAN_STD, ViTDescription, num_prefix_tokens
+from sinder.models.defective import STAND_INS
 from sinder.models.vit import PRESETS
 from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
@@ -99,6 +100,12 @@ def _pretrained_configs() -> dict[str, PretrainedConfig]:
                 hf_hub_id=f"facebook/dinov2-{'with-registers-' if reg else ''}{word}",
                 timm_name=f"vit_{word}_patch14_{'reg4_' if reg else ''}dinov2.lvd142m",
             )
+    # The constructed stand-ins (dinov2_tiny_defective and its CLIP-like and SigLIP-like twins) were built on
+    # ImageNet-normalised images (defective.sample_images, the synthetic photographs), whatever family's anatomy they
+    # imitate: that is their pretrained config; real CLIP and SigLIP checkpoints get their family's statistics.
+    for name, (arch, _) in STAND_INS.items():
+        out[name] = PretrainedConfig(file=None, url=None, input_size=(arch["in_chans"], arch["img_size"],
+                                     arch["img_size"]), patch_size=arch["patch_size"])  # fmt: skip
     return out
 
 
@@ -208,6 +215,13 @@ def missing_members(obj, protocol: type = Backbone) -> list[str]:
              for n in (*getattr(klass, "__annotations__", {}), *(k for k, v in vars(klass).items() if callable(v)))]
     wanted = dict.fromkeys(n for n in names if not n.startswith("_"))
     return [n for n in wanted if not hasattr(obj, n)]
+
+
+def normalization(model) -> dict[str, tuple[float, float, float]]:
+    """``{"mean": ..., "std": ...}`` the backbone was trained with (its pretrained config, else its family's):
+    what the repair, the census, analyze and test-time registers normalise their images with."""
+    cfg = describe(model).pretrained_cfg
+    return {"mean": tuple(cfg.mean), "std": tuple(cfg.std)}
 
 
 def describe(model) -> ViTDescription:
