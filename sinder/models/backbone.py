@@ -100,16 +100,18 @@ def _pretrained_configs() -> dict[str, PretrainedConfig]:
                 hf_hub_id=f"facebook/dinov2-{'with-registers-' if reg else ''}{word}",
                 timm_name=f"vit_{word}_patch14_{'reg4_' if reg else ''}dinov2.lvd142m",
             )
-    # The constructed stand-ins (dinov2_tiny_defective and its CLIP-like and SigLIP-like twins) were built on
-    # ImageNet-normalised images (defective.sample_images, the synthetic photographs), whatever family's anatomy they
-    # imitate: that is their pretrained config; real CLIP and SigLIP checkpoints get their family's statistics.
-    for name, (arch, _) in STAND_INS.items():
-        out[name] = PretrainedConfig(file=None, url=None, input_size=(arch["in_chans"], arch["img_size"],
-                                     arch["img_size"]), patch_size=arch["patch_size"])  # fmt: skip
     return out
 
 
 PRETRAINED: dict[str, PretrainedConfig] = _pretrained_configs()
+# The constructed stand-ins (dinov2_tiny_defective and its CLIP-like and SigLIP-like twins) were built on
+# ImageNet-normalised images (defective.sample_images, the synthetic photographs), whatever family's anatomy they
+# imitate: that is their pretrained config; real CLIP and SigLIP checkpoints get their family's statistics.
+STAND_IN_PRETRAINED: dict[str, PretrainedConfig] = {
+    name: PretrainedConfig(file=None, url=None, input_size=(arch["in_chans"], arch["img_size"], arch["img_size"]),
+                           patch_size=arch["patch_size"])
+    for name, (arch, _) in STAND_INS.items()
+}
 
 
 def pretrained_config(name: str) -> PretrainedConfig | None:
@@ -229,7 +231,8 @@ def describe(model) -> ViTDescription:
     token layout from its architecture dict, its pretrained config from ``PRETRAINED`` (by name) or its own."""
     config = getattr(model, "config", None) or {}
     family = config.get("family", "dinov2")
-    pretrained = getattr(model, "pretrained_cfg", None) or PRETRAINED.get(getattr(model, "name", ""))
+    name = getattr(model, "name", "")
+    pretrained = getattr(model, "pretrained_cfg", None) or PRETRAINED.get(name) or STAND_IN_PRETRAINED.get(name)
     if pretrained is None:  # a checkpoint that does not say its preprocessing: its family's
         pretrained = family_pretrained_cfg(config, int(model.patch_size))
     return ViTDescription(
