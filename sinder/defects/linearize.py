@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sinder.models.adapter import mlp_activation
+from sinder.models.adapter import BLOCK_PARTS, MLP_LAYERS, mlp_activation
 from sinder.utils.atomic import atomic_path
 from sinder.utils.hashing import new_digest, text_sha256
 
@@ -99,37 +99,35 @@ def _f32(t: Tensor | None) -> Tensor | None:
 def _from_tensors(get, dim_hint: str, config: Mapping | None = None) -> BlockWeights:
     """Assemble BlockWeights from a getter ``get(name) -> Tensor | None`` over block-relative names; ``config``
     (the model's architecture dict) gives the MLP's activation (None: the DINOv2 rule, exact GELU)."""
-    qkv_w = get("attn.qkv.weight")
+    part = BLOCK_PARTS  # the names come from the model adapter, the one place that knows the block anatomy
+    qkv_w = get(f"{part['qkv']}.weight")
     if qkv_w is None:
-        raise KeyError(f"{dim_hint}: no attn.qkv.weight; is this a DINOv2 block?")
+        raise KeyError(f"{dim_hint}: no {part['qkv']}.weight; is this a ViT block?")
     dim = qkv_w.shape[1]
-    qkv_b = get("attn.qkv.bias")
+    qkv_b = get(f"{part['qkv']}.bias")
     ones = torch.ones(dim, device=qkv_w.device)
-    swiglu = get("mlp.w12.weight") is not None
-    kind = mlp_activation(config, swiglu)
-    if swiglu:
-        w_in, b_in, w_out, b_out = "mlp.w12.weight", "mlp.w12.bias", "mlp.w3.weight", "mlp.w3.bias"
-    elif get("mlp.fc1.weight") is not None:
-        w_in, b_in, w_out, b_out = "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"
-    else:
-        raise KeyError(f"{dim_hint}: the MLP has neither w12/w3 (SwiGLU) nor fc1/fc2 (GELU) weights")
-    ls1, ls2 = get("ls1.gamma"), get("ls2.gamma")  # absent when the model has no layer scale
+    mlp = next((kind for kind, (first, _) in MLP_LAYERS.items() if get(f"{first}.weight") is not None), None)
+    if mlp is None:
+        raise KeyError(f"{dim_hint}: the MLP has neither w12/w3 (SwiGLU) nor fc1/fc2 weights")
+    kind = mlp_activation(config, mlp == "swiglu")
+    w_in, w_out = MLP_LAYERS[mlp]
+    ls1, ls2 = get(part["ls1"]), get(part["ls2"])  # absent when the model has no layer scale
     return BlockWeights(
-        norm1_weight=_f32(get("norm1.weight")),
-        norm1_bias=_f32(get("norm1.bias")),
+        norm1_weight=_f32(get(f"{part['norm1']}.weight")),
+        norm1_bias=_f32(get(f"{part['norm1']}.bias")),
         v_weight=_f32(qkv_w.chunk(3, dim=0)[2]),
         v_bias=None if qkv_b is None else _f32(qkv_b.chunk(3, dim=0)[2]),
-        proj_weight=_f32(get("attn.proj.weight")),
-        proj_bias=_f32(get("attn.proj.bias")),
+        proj_weight=_f32(get(f"{part['proj']}.weight")),
+        proj_bias=_f32(get(f"{part['proj']}.bias")),
         ls1=ones if ls1 is None else _f32(ls1),
-        norm2_weight=_f32(get("norm2.weight")),
-        norm2_bias=_f32(get("norm2.bias")),
+        norm2_weight=_f32(get(f"{part['norm2']}.weight")),
+        norm2_bias=_f32(get(f"{part['norm2']}.bias")),
         ls2=ones if ls2 is None else _f32(ls2),
         mlp_kind=kind,
-        mlp_in_weight=_f32(get(w_in)),
-        mlp_in_bias=_f32(get(b_in)),
-        mlp_out_weight=_f32(get(w_out)),
-        mlp_out_bias=_f32(get(b_out)),
+        mlp_in_weight=_f32(get(f"{w_in}.weight")),
+        mlp_in_bias=_f32(get(f"{w_in}.bias")),
+        mlp_out_weight=_f32(get(f"{w_out}.weight")),
+        mlp_out_bias=_f32(get(f"{w_out}.bias")),
     )
 
 

@@ -63,7 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from sinder.defects.detect import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
-from sinder.models.adapter import num_prefix_tokens
+from sinder.models.adapter import MLP_LAYERS, num_prefix_tokens
 from sinder.utils.atomic import atomic_write_text
 
 FORMAT = "sinder-bench test-time register neurons"
@@ -117,13 +117,17 @@ class RegisterNeurons:
 
 # --------------------------------------------------------------------------------------------- model access
 def hidden_layer(block: nn.Module) -> nn.Linear:
-    """The MLP output layer of a block, whose input is the hidden activation (``fc2`` or SwiGLU's ``w3``)."""
-    mlp = getattr(block, "mlp", None)
-    for name in ("w3", "fc2"):
-        layer = getattr(mlp, name, None)
+    """The MLP output layer of a block, whose input is the hidden activation (``fc2`` or SwiGLU's ``w3``: the
+    model adapter's ``MLP_LAYERS``)."""
+    for _, out_name in MLP_LAYERS.values():
+        try:
+            layer = block.get_submodule(out_name)
+        except AttributeError:
+            continue
         if isinstance(layer, nn.Linear):
             return layer
-    raise TypeError(f"{type(mlp).__name__}: not a DINOv2 MLP (no fc2 or w3 layer); test-time registers need one")
+    mlp = getattr(block, "mlp", None)
+    raise TypeError(f"{type(mlp).__name__}: not a ViT MLP (no fc2 or w3 layer); test-time registers need one")
 
 
 def hidden_width(model) -> int:
