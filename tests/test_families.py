@@ -118,13 +118,16 @@ def test_unknown_activation_is_refused(tmp_path):
         config_from_clip({"hidden_act": "relu", "hidden_size": 64, "intermediate_size": 128}, "x")
 
 
-def test_clip_source_format_is_refused_until_written(clip_folder, tmp_path):
-    from sinder.models.formats import check_save_format
+def test_clip_source_format_is_a_transformers_folder(clip_folder, tmp_path):
+    # the round trip through transformers itself: tests/test_source_format.py
+    from sinder.models.formats import CheckpointFormat, check_save_format
 
     ours = sinder.load_backbone(str(clip_folder[0]))
-    with pytest.raises(ValueError, match="writing a 'clip_vision_model' folder is not supported yet"):
-        check_save_format("source", ours.checkpoint_format, tmp_path / "out")
+    assert check_save_format("source", ours.checkpoint_format, tmp_path / "out") == "hf"
     assert check_save_format("official", ours.checkpoint_format, tmp_path / "out.safetensors") == "official"
+    unknown = CheckpointFormat("hf", {"model_type": "vit"})
+    with pytest.raises(ValueError, match="writing a 'vit' folder is not supported yet"):
+        check_save_format("source", unknown, tmp_path / "out")
 
 
 @pytest.fixture(scope="module")

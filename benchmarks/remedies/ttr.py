@@ -105,7 +105,10 @@ def smoke_neurons(spec, cache_dir: Path, seed: int = 0, log: Callable[[str], Non
     log(f"fitting test-time register neurons of {spec.label} on {len(files)} synthetic images (cached at {path})")
     import torch
 
-    images = torch.stack([load_image(f, SMOKE_RESOLUTION, base.patch_size) for f in files])
+    from sinder.models.backbone import normalization
+
+    # the base's own mean/std, as the tasks feed it (its family's when the checkpoint says none)
+    images = torch.stack([load_image(f, SMOKE_RESOLUTION, base.patch_size, **normalization(base)) for f in files])
     start = time.perf_counter()
     neurons = fit_register_neurons(base, images.split(16), selection=SMOKE_SELECTION)
     neurons.fit["seconds"] = round(time.perf_counter() - start, 3)

@@ -88,7 +88,7 @@ def run_verb(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace
 # ------------------------------------------------------------------------------------- backbone grammar
 BACKBONE_HELP = (
     "NAME, NAME:WEIGHTS or PATH: a preset (dinov2_vitg14, its official weights from the torch hub cache) or a "
-    "constructed backbone (dinov2_tiny_defective); that architecture with a weights file (.safetensors or .pth); "
+    "constructed backbone (dinov2_tiny_defective, clip_tiny_defective, siglip_tiny_defective); that architecture with a weights file (.safetensors or .pth); "
     "or a JSON/YAML config, or a checkpoint that says its own architecture (a Hugging Face folder, an official or "
     "timm weights file)"
 )

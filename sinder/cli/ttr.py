@@ -65,17 +65,20 @@ def register(subparsers) -> None:
     fit.set_defaults(func=run_fit)
 
 
-def _batches(paths, resolution: int, patch_size: int, batch_size: int, device, resize: int | None = None):
+def _batches(paths, resolution: int, patch_size: int, batch_size: int, device, resize: int | None = None,
+             **normalization):  # fmt: skip
     import torch
 
     from sinder.utils.images import load_image
 
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        yield torch.stack([load_image(p, resolution, patch_size, resize=resize) for p in chunk]).to(device)
+        yield torch.stack([load_image(p, resolution, patch_size, resize=resize, **normalization)
+                           for p in chunk]).to(device)  # fmt: skip
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    from sinder.models.backbone import normalization
     from sinder.models.weights import load_backbone
     from sinder.remedies.ttr import describe, fit_register_neurons, save_neurons
     from sinder.utils.device import default_device
@@ -104,7 +107,8 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.resolution % model.patch_size:
         raise UsageError(f"--resolution {args.resolution} is not a multiple of the patch size {model.patch_size}")
     neurons = fit_register_neurons(
-        model, _batches(paths, args.resolution, model.patch_size, args.batch_size, device, resize),
+        model, _batches(paths, args.resolution, model.patch_size, args.batch_size, device, resize,
+                        **normalization(model)),
         detection_block=args.detection_block, highest_block=args.highest_block, top_k=args.top_k,
         threshold=args.threshold, mu=args.mu, min_ratio=args.min_ratio, selection=args.selection,
     )

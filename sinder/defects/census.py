@@ -49,15 +49,16 @@ EQ5_NOT_COUNTED = ("not counted as made worse: Eq. 5 flags the tokens most align
                    "a new direction; a singular defect is a high-norm token, which the verdict counts")
 
 
-def resize_views(resolution: int, patch_size: int) -> list[Callable[[Any], Tensor]]:
+def resize_views(resolution: int, patch_size: int, **normalization) -> list[Callable[[Any], Tensor]]:
     """The census's two views of an image file (``RESIZE_VIEWS``): the long side truncated (as every loader of
-    this package resizes, torchvision's rule) and rounded; pass them as ``census``'s ``load``."""
+    this package resizes, torchvision's rule) and rounded; pass them as ``census``'s ``load``. ``normalization``:
+    the backbone's ``mean``/``std`` (``sinder.models.backbone.normalization``; ImageNet's without)."""
     import functools
 
     from sinder.utils.images import load_image
 
-    return [functools.partial(load_image, resolution=resolution, patch_size=patch_size, round_long_side=rounded)
-            for rounded in (False, True)]  # fmt: skip
+    return [functools.partial(load_image, resolution=resolution, patch_size=patch_size, round_long_side=rounded,
+                              **normalization) for rounded in (False, True)]  # fmt: skip
 
 
 @torch.no_grad()
@@ -225,6 +226,7 @@ def compare_checkpoints(
     directions, and their comparison (``second`` measured against ``first``)."""
 
     from sinder.defects.linearize import singular_defect_directions
+    from sinder.models.backbone import normalization
     from sinder.models.weights import load_backbone
 
     if not images:
@@ -232,7 +234,7 @@ def compare_checkpoints(
     records = []
     for weights in (first, second):
         model = load_backbone(backbone, weights=weights).to(device)
-        load = resize_views(resolution, model.patch_size)
+        load = resize_views(resolution, model.patch_size, **normalization(model))
         directions = singular_defect_directions(model, n_samples=n_samples, seed=seed, method=method,
                                                 cache_dir=cache_dir)
         records.append({"weights": weights or "(the backbone's own)", "weights_sha256": model.weights_sha256,

@@ -12,7 +12,9 @@ replaced by its least-squares linear fit. With the LayerNorm's division by the s
 The official code builds ``A + I`` and ``C + I`` and composes them as ``(C + I) @ (A + I)``, which is the
 E_i above and the paper's Eq. 3 without its offset; biases are left out of the directions, as there.
 ``L_i`` is the least-squares fit, without intercept, of the MLP's hidden activation (SwiGLU: silu(x1) * x2 from
-``w12``; GELU: gelu(fc1 x + b)) on inputs x drawn from N(0, I). N(0, I) rather than the LayerNorm's real output
+``w12``; otherwise act(fc1 x + b) with the family's own activation: exact GELU for DINOv2, QuickGELU
+x sigmoid(1.702 x) for OpenAI CLIP, tanh-GELU for SigLIP, as ``sinder.models.adapter.mlp_activation`` says) on
+inputs x drawn from N(0, I). A family without LayerScale has ls1 = ls2 = 1. N(0, I) rather than the LayerNorm's real output
 distribution because that is what the official code samples: the released directions (and the checkpoint
 repaired with them) are defined by it.
 
@@ -21,7 +23,8 @@ Two estimators of ``L_i``:
   normal equations accumulated chunk by chunk in float64 (X^T X is well conditioned for n >> D).
 - ``"expectation"``: its n -> infinity limit in closed form. For x ~ N(0, I) the least-squares map is
   E[h(x) x^T] = E[grad h(x)] (Stein's lemma), which reduces to one-dimensional Gaussian integrals per hidden
-  unit: seconds instead of minutes for ViT-g, and no sampling noise.
+  unit: seconds instead of minutes for ViT-g, and no sampling noise. Exact GELU has a closed form; the other
+  activations are integrated on the same fine grid as SwiGLU.
 
 Everything is a pure function of the weights; results can be cached on disk, keyed by a hash of the tensors
 used, the estimator, ``n_samples`` and ``seed``.
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sinder.models.adapter import BLOCK_PARTS, MLP_LAYERS, mlp_activation
 from sinder.utils.atomic import atomic_path
 from sinder.utils.hashing import new_digest, text_sha256
 
@@ -64,7 +68,9 @@ class BlockWeights:
     norm2_weight: Tensor
     norm2_bias: Tensor
     ls2: Tensor
-    mlp_kind: str  # "swiglu" or "gelu"
+    # The MLP's activation: "swiglu" (w12/w3), or the fc1/fc2 MLP's activation by its transformers name
+    # ("gelu" exact, "quick_gelu", "gelu_pytorch_tanh": sinder.models.vit.ACTIVATIONS)
+    mlp_kind: str
     mlp_in_weight: Tensor  # w12 (2H, D) or fc1 (H, D)
     mlp_in_bias: Tensor | None
     mlp_out_weight: Tensor  # w3 or fc2 (D, H)
@@ -90,51 +96,57 @@ def _f32(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().to(torch.float32)  # stays on its device
 
 
-def _from_tensors(get, dim_hint: str) -> BlockWeights:
-    """Assemble BlockWeights from a getter ``get(name) -> Tensor | None`` over block-relative names."""
-    qkv_w = get("attn.qkv.weight")
+def _from_tensors(get, dim_hint: str, config: Mapping | None = None) -> BlockWeights:
+    """Assemble BlockWeights from a getter ``get(name) -> Tensor | None`` over block-relative names; ``config``
+    (the model's architecture dict) gives the MLP's activation (None: the DINOv2 rule, exact GELU)."""
+    part = BLOCK_PARTS  # the names come from the model adapter, the one place that knows the block anatomy
+    qkv_w = get(f"{part['qkv']}.weight")
     if qkv_w is None:
-        raise KeyError(f"{dim_hint}: no attn.qkv.weight; is this a DINOv2 block?")
+        raise KeyError(f"{dim_hint}: no {part['qkv']}.weight; is this a ViT block?")
     dim = qkv_w.shape[1]
-    qkv_b = get("attn.qkv.bias")
+    qkv_b = get(f"{part['qkv']}.bias")
     ones = torch.ones(dim, device=qkv_w.device)
-    if get("mlp.w12.weight") is not None:
-        kind, w_in, b_in, w_out, b_out = "swiglu", "mlp.w12.weight", "mlp.w12.bias", "mlp.w3.weight", "mlp.w3.bias"
-    elif get("mlp.fc1.weight") is not None:
-        kind, w_in, b_in, w_out, b_out = "gelu", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"
-    else:
-        raise KeyError(f"{dim_hint}: the MLP has neither w12/w3 (SwiGLU) nor fc1/fc2 (GELU) weights")
-    ls1, ls2 = get("ls1.gamma"), get("ls2.gamma")  # absent when the model has no layer scale
+    mlp = next((kind for kind, (first, _) in MLP_LAYERS.items() if get(f"{first}.weight") is not None), None)
+    if mlp is None:
+        raise KeyError(f"{dim_hint}: the MLP has neither w12/w3 (SwiGLU) nor fc1/fc2 weights")
+    kind = mlp_activation(config, mlp == "swiglu")
+    w_in, w_out = MLP_LAYERS[mlp]
+    ls1, ls2 = get(part["ls1"]), get(part["ls2"])  # absent when the model has no layer scale
     return BlockWeights(
-        norm1_weight=_f32(get("norm1.weight")),
-        norm1_bias=_f32(get("norm1.bias")),
+        norm1_weight=_f32(get(f"{part['norm1']}.weight")),
+        norm1_bias=_f32(get(f"{part['norm1']}.bias")),
         v_weight=_f32(qkv_w.chunk(3, dim=0)[2]),
         v_bias=None if qkv_b is None else _f32(qkv_b.chunk(3, dim=0)[2]),
-        proj_weight=_f32(get("attn.proj.weight")),
-        proj_bias=_f32(get("attn.proj.bias")),
+        proj_weight=_f32(get(f"{part['proj']}.weight")),
+        proj_bias=_f32(get(f"{part['proj']}.bias")),
         ls1=ones if ls1 is None else _f32(ls1),
-        norm2_weight=_f32(get("norm2.weight")),
-        norm2_bias=_f32(get("norm2.bias")),
+        norm2_weight=_f32(get(f"{part['norm2']}.weight")),
+        norm2_bias=_f32(get(f"{part['norm2']}.bias")),
         ls2=ones if ls2 is None else _f32(ls2),
         mlp_kind=kind,
-        mlp_in_weight=_f32(get(w_in)),
-        mlp_in_bias=_f32(get(b_in)),
-        mlp_out_weight=_f32(get(w_out)),
-        mlp_out_bias=_f32(get(b_out)),
+        mlp_in_weight=_f32(get(f"{w_in}.weight")),
+        mlp_in_bias=_f32(get(f"{w_in}.bias")),
+        mlp_out_weight=_f32(get(f"{w_out}.weight")),
+        mlp_out_bias=_f32(get(f"{w_out}.bias")),
     )
 
 
 def block_weights(model) -> list[BlockWeights]:
-    """The linearization inputs of every block of a DINOv2 model (anything with ``.blocks``)."""
+    """The linearization inputs of every block of a model (anything with ``.blocks``; its ``config``, when it has
+    one, gives the MLP's activation)."""
+    config = getattr(model, "config", None)
     out = []
     for i, block in enumerate(model.blocks):
         params = dict(block.named_parameters())
-        out.append(_from_tensors(params.get, f"block {i}"))
+        out.append(_from_tensors(params.get, f"block {i}", config if isinstance(config, Mapping) else None))
     return out
 
 
-def state_dict_block_weights(state_dict: Mapping[str, Tensor]) -> list[BlockWeights]:
-    """The same from a state dict (``blocks.<i>.`` keys; wrapper prefixes and chunked blocks are accepted)."""
+def state_dict_block_weights(state_dict: Mapping[str, Tensor], config: Mapping | None = None) -> list[BlockWeights]:
+    """The same from a state dict (``blocks.<i>.`` keys; wrapper prefixes and chunked blocks are accepted).
+
+    ``config``: the architecture dict the weights belong to (a written checkpoint keeps it in its metadata,
+    ``sinder.models.formats.CONFIG_METADATA``); without one, the DINOv2 rule (exact GELU or SwiGLU)."""
     from sinder.models.weights import normalize_keys
 
     state = normalize_keys(state_dict)
@@ -142,7 +154,8 @@ def state_dict_block_weights(state_dict: Mapping[str, Tensor]) -> list[BlockWeig
     if not indices:
         raise KeyError("state dict has no blocks.<i>.* keys: not a DINOv2 ViT state dict")
     return [
-        _from_tensors(lambda name, i=i: state.get(f"blocks.{i}.{name}"), f"state dict block {i}") for i in indices
+        _from_tensors(lambda name, i=i: state.get(f"blocks.{i}.{name}"), f"state dict block {i}", config)
+        for i in indices
     ]
 
 
@@ -175,13 +188,24 @@ def attention_linear(bw: BlockWeights, with_bias: bool = False):
     return a, bw.ls1.double() * out
 
 
+def activation(kind: str):
+    """The elementwise activation of an fc1/fc2 MLP (``BlockWeights.mlp_kind``), the ViT's own module."""
+    from sinder.models.vit import ACTIVATIONS
+
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"MLP activation {kind!r} cannot be linearized; known: swiglu, {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[kind]()
+
+
 def mlp_hidden(bw: BlockWeights, x: Tensor) -> Tensor:
-    """The MLP's hidden activation on inputs ``x`` (n, D): silu(x1) * x2 (SwiGLU) or gelu(fc1 x + b)."""
+    """The MLP's hidden activation on inputs ``x`` (n, D): silu(x1) * x2 (SwiGLU) or act(fc1 x + b)."""
     pre = F.linear(x, bw.mlp_in_weight.to(x.dtype), None if bw.mlp_in_bias is None else bw.mlp_in_bias.to(x.dtype))
     if bw.mlp_kind == "swiglu":
         x1, x2 = pre.chunk(2, dim=-1)
         return F.silu(x1) * x2
-    return F.gelu(pre)
+    if bw.mlp_kind == "gelu":
+        return F.gelu(pre)
+    return activation(bw.mlp_kind)(pre)
 
 
 def block_seed(seed: int, index: int) -> int:
@@ -218,7 +242,8 @@ def _gaussian_grid(n: int = 4001, width: float = 8.0, device=None) -> tuple[Tens
 def mlp_expected_linear(bw: BlockWeights, grid_points: int = 4001, chunk_size: int = 256) -> Tensor:
     """The population limit of ``mlp_least_squares``: L = E[grad h(x)] for x ~ N(0, I) (Stein's lemma).
 
-    GELU unit gelu(a.x + p): L_j = E[gelu'(u)] a with u ~ N(p, |a|^2), in closed form.
+    GELU unit gelu(a.x + p): L_j = E[gelu'(u)] a with u ~ N(p, |a|^2), in closed form; the same for any other
+    elementwise activation (QuickGELU, tanh-GELU), E[act'(u)] on a fine grid (the derivative by autograd).
     SwiGLU unit silu(a.x + p) (c.x + q): L_j = (q E[silu'(u)] + (a.c / |a|) E[silu'(u) z]) a + E[silu(u)] c,
     with u = p + |a| z, z ~ N(0, 1): one-dimensional integrals on a fine grid.
     """
@@ -234,6 +259,8 @@ def mlp_expected_linear(bw: BlockWeights, grid_points: int = 4001, chunk_size: i
         e_phi = 0.5 * (1 + torch.erf(b_in / torch.sqrt(2 * var)))
         e_uphi = b_in / var * torch.exp(-0.5 * b_in**2 / var) / torch.sqrt(2 * math.pi * var)
         return (e_phi + e_uphi)[:, None] * w_in
+    if bw.mlp_kind != "swiglu":
+        return _expected_slope(activation(bw.mlp_kind), b_in, w_in.norm(dim=1), grid_points, chunk_size)[:, None] * w_in
     a, c = w_in.chunk(2, dim=0)
     p, q = b_in.chunk(2, dim=0)
     s = a.norm(dim=1)
@@ -249,6 +276,19 @@ def mlp_expected_linear(bw: BlockWeights, grid_points: int = 4001, chunk_size: i
     e_d, e_dz, e_f = torch.cat(e_d), torch.cat(e_dz), torch.cat(e_f)
     ac_over_s = torch.where(s > 0, (a * c).sum(dim=1) / s.clamp_min(1e-300), torch.zeros_like(s))
     return (q * e_d + ac_over_s * e_dz)[:, None] * a + e_f[:, None] * c
+
+
+def _expected_slope(act, p: Tensor, s: Tensor, grid_points: int, chunk_size: int) -> Tensor:
+    """E[act'(p + s z)], z ~ N(0, 1), per unit (float64), on the fine grid of ``_gaussian_grid``."""
+    z, w = _gaussian_grid(grid_points, device=p.device)
+    out = []
+    for start in range(0, p.shape[0], chunk_size):
+        u = (p[start : start + chunk_size, None] + s[start : start + chunk_size, None] * z[None, :]).detach()
+        with torch.enable_grad():
+            u.requires_grad_(True)
+            (deriv,) = torch.autograd.grad(act(u).sum(), u)
+        out.append(deriv @ w)
+    return torch.cat(out)
 
 
 def mlp_linear(bw: BlockWeights, lin: Tensor, with_bias: bool = False):
@@ -413,13 +453,15 @@ def linearized_directions(
     cache_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: bool | None = False,
+    config: Mapping | None = None,
 ) -> DefectDirections:
     """Directions of every requested kind (``KINDS``) for a model or a state dict; cached when ``cache_dir``.
 
     The work runs where the weights are unless ``device`` says otherwise (a GPU makes ViT-g take seconds).
+    ``config``: a state dict's architecture dict (its MLP activation); a model carries its own.
     """
     if isinstance(model_or_state_dict, Mapping):
-        blocks = state_dict_block_weights(model_or_state_dict)
+        blocks = state_dict_block_weights(model_or_state_dict, config)
     else:
         blocks = block_weights(model_or_state_dict)
     kinds = tuple(dict.fromkeys(kinds))
@@ -445,7 +487,9 @@ def singular_defect_directions(
     method: str = "sampled",
     cache_dir: str | Path | None = None,
     device: str | torch.device | None = None,
+    config: Mapping | None = None,
 ) -> list[Tensor]:
     """nu_i for every block i: unit float32 vectors (on the CPU), the leading left singular vectors of G_i."""
-    result = linearized_directions(model_or_state_dict, n_samples, seed, ("cumulative",), method, cache_dir, device)
+    result = linearized_directions(model_or_state_dict, n_samples, seed, ("cumulative",), method, cache_dir, device,
+                                   config=config)
     return result.nu

@@ -60,3 +60,22 @@ def num_prefix_tokens(model: Any) -> int:
     if isinstance(config, Mapping):
         return prefix_count(config)
     return prefix_count({"num_register_tokens": getattr(model, "num_register_tokens", 0)})
+
+
+def mlp_activation(config: Mapping[str, Any] | None, swiglu: bool) -> str:
+    """The activation a block's MLP applies, as the defect maths name it: ``"swiglu"`` for a SwiGLU MLP, else the
+    architecture's ``act_layer`` (``"gelu"`` exact, ``"quick_gelu"``, ``"gelu_pytorch_tanh"``). Without an
+    architecture dict (a bare state dict) the DINOv2 rule: exact GELU."""
+    if swiglu:
+        return "swiglu"
+    return str((config or {}).get("act_layer") or "gelu")
+
+
+# Our ViT's block anatomy, onto which every family's converter maps its checkpoint (sinder.models.families): the
+# parameter and module names, relative to ``blocks.<i>.``, that the defect maths and the remedies read. LayerScale
+# is absent in a family without one (1 then); the MLP is SwiGLU (w12 -> silu-gated -> w3) or fc1 -> act -> fc2.
+BLOCK_PARTS = {"norm1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ls1": "ls1.gamma", "norm2": "norm2",
+               "ls2": "ls2.gamma"}  # fmt: skip
+MLP_LAYERS = {"swiglu": ("mlp.w12", "mlp.w3"), "mlp": ("mlp.fc1", "mlp.fc2")}  # (input layer, output layer)
+# The linear layers of a block: what the repair parametrises by singular values, the clamp clamps, Figure 7 shows.
+BLOCK_LINEARS = (BLOCK_PARTS["qkv"], BLOCK_PARTS["proj"], *(name for pair in MLP_LAYERS.values() for name in pair))

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from sinder.models.adapter import FAMILY_MEAN_STD, ViTDescription, num_prefix_tokens
+from sinder.models.defective import STAND_INS
 from sinder.models.vit import PRESETS
 from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
@@ -50,8 +51,9 @@ class Backbone(Protocol):
 class RepairableBackbone(Backbone, Protocol):
     """What the repair and the defect analysis use in addition: the token pipeline, block by block.
 
-    ``blocks`` must be DINOv2 blocks (``norm1``, ``attn.qkv``, ``attn.proj``, ``ls1``, ``norm2``, ``mlp``,
-    ``ls2``): the repair linearises and edits their weights.
+    ``blocks`` must be our ViT's blocks (``norm1``, ``attn.qkv``, ``attn.proj``, ``ls1``, ``norm2``, ``mlp``,
+    ``ls2``; ``ls1``/``ls2`` are identities in a family without LayerScale, the MLP's activation is the
+    architecture's ``act_layer``): the repair linearises and edits their weights.
     """
 
     norm: nn.Module
@@ -102,6 +104,14 @@ def _pretrained_configs() -> dict[str, PretrainedConfig]:
 
 
 PRETRAINED: dict[str, PretrainedConfig] = _pretrained_configs()
+# The constructed stand-ins (dinov2_tiny_defective and its CLIP-like and SigLIP-like twins) were built on
+# ImageNet-normalised images (defective.sample_images, the synthetic photographs), whatever family's anatomy they
+# imitate: that is their pretrained config; real CLIP and SigLIP checkpoints get their family's statistics.
+STAND_IN_PRETRAINED: dict[str, PretrainedConfig] = {
+    name: PretrainedConfig(file=None, url=None, input_size=(arch["in_chans"], arch["img_size"], arch["img_size"]),
+                           patch_size=arch["patch_size"])
+    for name, (arch, _) in STAND_INS.items()
+}
 
 
 def pretrained_config(name: str) -> PretrainedConfig | None:
@@ -209,12 +219,20 @@ def missing_members(obj, protocol: type = Backbone) -> list[str]:
     return [n for n in wanted if not hasattr(obj, n)]
 
 
+def normalization(model) -> dict[str, tuple[float, float, float]]:
+    """``{"mean": ..., "std": ...}`` the backbone was trained with (its pretrained config, else its family's):
+    what the repair, the census, analyze and test-time registers normalise their images with."""
+    cfg = describe(model).pretrained_cfg
+    return {"mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+
+
 def describe(model) -> ViTDescription:
     """The model description (``sinder.models.adapter.ViTDescription``) of a built backbone: its family and
     token layout from its architecture dict, its pretrained config from ``PRETRAINED`` (by name) or its own."""
     config = getattr(model, "config", None) or {}
     family = config.get("family", "dinov2")
-    pretrained = getattr(model, "pretrained_cfg", None) or PRETRAINED.get(getattr(model, "name", ""))
+    name = getattr(model, "name", "")
+    pretrained = getattr(model, "pretrained_cfg", None) or PRETRAINED.get(name) or STAND_IN_PRETRAINED.get(name)
     if pretrained is None:  # a checkpoint that does not say its preprocessing: its family's
         pretrained = family_pretrained_cfg(config, int(model.patch_size))
     return ViTDescription(

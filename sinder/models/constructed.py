@@ -25,11 +25,15 @@ def _random_tiny(arch: str) -> Builder:
     return build
 
 
-def _defective_tiny():
-    return dict(defective_model.CONFIG), defective_model.defective_tiny_state_dict(0)
+def _defective_tiny(name: str) -> Builder:
+    def build():
+        return dict(defective_model.STAND_INS[name][0]), defective_model.defective_tiny_state_dict(0, name=name)
+
+    return build
 
 
 SYNTHETIC_BACKBONES: dict[str, Builder] = {
     **{f"{arch}_random": _random_tiny(arch) for arch in ("dinov2_tiny", "dinov2_tiny_swiglu", "dinov2_tiny_reg")},
-    defective_model.PRESET_NAME: _defective_tiny,
+    # dinov2_tiny_defective and its CLIP-like and SigLIP-like twins (the same planted circuit)
+    **{name: _defective_tiny(name) for name in defective_model.STAND_INS},
 }

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from sinder.models.families import clip, dinov3, open_clip, siglip, siglip2, timm_vit
+from sinder.models.families.transformers_encoder import key_prefix
 from sinder.models.state_io import normalize_keys, read_state_dict, save_state_dict
 from sinder.models.vit import ARCH_DEFAULTS, PRESETS
 from sinder.utils.atomic import atomic_write_text
@@ -61,7 +62,9 @@ class CheckpointFormat:
 
     kind: str = "official"  # one of FORMATS
     hf_config: dict[str, Any] | None = field(default=None, compare=False)  # config.json of an ``hf``/``timm`` source
-    family: str = field(default="dinov2", compare=False)  # writing back in the source format: DINOv2 only so far
+    # writing back in the source format: DINOv2's formats, and transformers folders of SOURCE_WRITERS' families
+    family: str = field(default="dinov2", compare=False)
+    key_prefix: str = field(default="", compare=False)  # a transformers folder's key prefix (``vision_model.``)
 
 
 # ------------------------------------------------------------------------------------------- detection
@@ -483,7 +486,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         config = config_from_hf(hf_config, str(path))
         state = hf_converter(hf_config)(raw)
         state.setdefault("mask_token", torch.zeros(1, config["embed_dim"]))
-        return Checkpoint(state, CheckpointFormat("hf", hf_config, config.get("family", "dinov2")), config)
+        source = CheckpointFormat("hf", hf_config, config.get("family", "dinov2"), source_key_prefix(hf_config, raw))
+        return Checkpoint(state, source, config)
     raw = normalize_keys(read_state_dict(path))
     kind = detect_format(raw)
     if kind == "open_clip":
@@ -538,16 +542,29 @@ def checkpoint_architecture(checkpoint: Checkpoint, source: str) -> dict[str, An
 
 
 # ------------------------------------------------------------------------------------------- writing
+# The transformers folders of the other families that a repair can be written back as: model_type -> our keys to
+# the folder's (without prefix). DINOv2's folders go through official_to_hf.
+SOURCE_WRITERS = {
+    **{m: clip.official_to_clip for m in clip.MODEL_TYPES},
+    **{m: siglip.official_to_siglip for m in siglip.MODEL_TYPES},
+}
+
+
+def source_key_prefix(hf_config: Mapping[str, Any], raw: Mapping[str, Tensor]) -> str:
+    """The key prefix of a transformers folder of another family (kept to write it back), else ''."""
+    return key_prefix(raw) if hf_config.get("model_type") in SOURCE_WRITERS else ""
+
+
 def check_save_format(save_format: str, source: CheckpointFormat, out: str | Path) -> str:
     """The concrete format (``official``, ``hf`` or ``timm``) of ``save_format`` (``official`` | ``source``)."""
     if save_format not in ("official", "source"):
         raise ValueError(f"save format {save_format!r}: use 'official' or 'source'")
     kind = source.kind if save_format == "source" else "official"
     model_type = (source.hf_config or {}).get("model_type") if kind == "hf" else None
-    if model_type in TRANSFORMERS_FAMILIES:
+    if kind == "hf" and model_type not in (*DINOV2_MODEL_TYPES, *SOURCE_WRITERS):
         raise ValueError(f"--save-format source: writing a {model_type!r} folder is not supported yet; "
                          "use --save-format official")
-    if kind != "official" and source.family != "dinov2":
+    if kind != "official" and source.family != "dinov2" and model_type not in SOURCE_WRITERS:
         raise ValueError(f"--save-format source: writing a {source.family} checkpoint in {kind} format is not "
                          "supported yet; use --save-format official")
     if kind == "hf" and Path(out).suffix:
@@ -584,7 +601,11 @@ def save_checkpoint(
         raise ValueError(f"cannot write format {kind!r} (source {source.kind!r})")
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite it")
-    sha = save_state_dict(official_to_hf(state, source.hf_config), out / HF_WEIGHTS[0], force=True,
-                          metadata={**metadata, "format": "pt"})  # fmt: skip
+    writer = SOURCE_WRITERS.get(source.hf_config.get("model_type"))
+    if writer is None:
+        hf_state = official_to_hf(state, source.hf_config)
+    else:  # the family's keys, under the prefix the source folder had
+        hf_state = {source.key_prefix + k: v.contiguous() for k, v in writer(state).items()}
+    sha = save_state_dict(hf_state, out / HF_WEIGHTS[0], force=True, metadata={**metadata, "format": "pt"})
     atomic_write_text(out / HF_CONFIG, json.dumps(source.hf_config, indent=2, sort_keys=True) + "\n")
     return sha

@@ -80,6 +80,7 @@ def analyze(model, image_paths, out: Path, n_samples=DEFAULT_N_SAMPLES, seed=0, 
         random_unit_direction,
     )
     from sinder.defects.linearize import KINDS
+    from sinder.models.backbone import normalization
     from sinder.utils.images import load_image
 
     if not image_paths:
@@ -99,6 +100,7 @@ def analyze(model, image_paths, out: Path, n_samples=DEFAULT_N_SAMPLES, seed=0, 
                                                  progress=progress)
 
     out.mkdir(parents=True, exist_ok=True)
+    stats = normalization(model)  # the backbone's own mean/std
     dirs = directions_with_progress(model, n_samples, seed, method, cache_dir, progress)
     nu = dirs.nu
     rand = random_unit_direction(model.embed_dim, seed)
@@ -109,7 +111,7 @@ def analyze(model, image_paths, out: Path, n_samples=DEFAULT_N_SAMPLES, seed=0, 
     mask_rows, mask_inputs = [], []
     first_maps, first_image = None, None
     for j, path in enumerate(_bar(image_paths, progress, desc="images", unit="img")):
-        image = load_image(path, resolution, model.patch_size)
+        image = load_image(path, resolution, model.patch_size, **stats)
         with torch.inference_mode():
             grids = patch_token_grids(model, image[None])
         row = [None] * len(mask_layers)

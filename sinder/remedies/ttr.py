@@ -1,9 +1,16 @@
 """Test-time registers (Jiang, Dravid, Efros, Gandelsman 2025, "Vision Transformers Don't Need Trained Registers").
 
 A training-free remedy for high-norm outlier tokens. A few MLP hidden units ("register neurons") fire at the
-outlier positions and create them. At inference one extra token is appended after the sequence; in the register
-neurons the extra token gets a large activation and the patch tokens get zero, so the outlier forms on the extra
-token instead of on an image patch. The class token and any trained registers are left as they are.
+outlier positions and create them. At inference one extra token joins the sequence; in the register neurons the
+extra token gets a large activation and the patch tokens get zero, so the outlier forms on the extra token instead
+of on an image patch. The class token and any trained registers are left as they are.
+
+Every family alike: the extra token is an extra prefix token, right after the model's own (class token and trained
+registers, as the model adapter's ``num_prefix_tokens`` counts them; none for SigLIP), before the patches. The
+reference appends it after the sequence; with no position embedding of its own that is the same token for the
+blocks' attention, which does not depend on the order of the tokens, but rotary embeddings (DINOv3) rotate the
+last rows x cols tokens as the patches. A SigLIP tower's attention-pooling head sees only the real tokens, as
+trained registers are dropped before a pooled feature.
 
 ``protocol: reference`` (the default) is the official repository's computation (github.com/nickjiang2378/
 test-time-registers); today's earlier variants stay one named option away and are recorded as deviations:
@@ -56,7 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from sinder.defects.detect import HIGH_NORM_MIN_RATIO, HIGH_NORM_Z
-from sinder.models.adapter import num_prefix_tokens
+from sinder.models.adapter import MLP_LAYERS, num_prefix_tokens
 from sinder.utils.atomic import atomic_write_text
 
 FORMAT = "sinder-bench test-time register neurons"
@@ -110,13 +117,17 @@ class RegisterNeurons:
 
 # --------------------------------------------------------------------------------------------- model access
 def hidden_layer(block: nn.Module) -> nn.Linear:
-    """The MLP output layer of a block, whose input is the hidden activation (``fc2`` or SwiGLU's ``w3``)."""
-    mlp = getattr(block, "mlp", None)
-    for name in ("w3", "fc2"):
-        layer = getattr(mlp, name, None)
+    """The MLP output layer of a block, whose input is the hidden activation (``fc2`` or SwiGLU's ``w3``: the
+    model adapter's ``MLP_LAYERS``)."""
+    for _, out_name in MLP_LAYERS.values():
+        try:
+            layer = block.get_submodule(out_name)
+        except AttributeError:
+            continue
         if isinstance(layer, nn.Linear):
             return layer
-    raise TypeError(f"{type(mlp).__name__}: not a DINOv2 MLP (no fc2 or w3 layer); test-time registers need one")
+    mlp = getattr(block, "mlp", None)
+    raise TypeError(f"{type(mlp).__name__}: not a ViT MLP (no fc2 or w3 layer); test-time registers need one")
 
 
 def hidden_width(model) -> int:
@@ -393,8 +404,11 @@ class TestTimeRegisters(nn.Module):
         except AttributeError:
             return getattr(self._modules["model"], name)
 
-    # -- hooks: the extra token is appended at each block's input and split off its output, so that outside
-    # the blocks the sequence (and every output built from it) is exactly the base model's.
+    # -- hooks: the extra token is put in at each block's input and split off its output, so that outside the
+    # blocks the sequence (and every output built from it) is exactly the base model's. It goes right after the
+    # prefix tokens (class token, trained registers; none for SigLIP), before the patches: the reference appends it
+    # last, which is the same for attention (no position of its own), but RoPE (DINOv3) rotates the last
+    # rows x cols tokens as the patches.
     def _block_pre(self, index: int):
         first_patch = num_prefix_tokens(self.model)
 
@@ -403,13 +417,18 @@ class TestTimeRegisters(nn.Module):
             if index == 0:  # the reference: zeros after the position embeddings (none of its own)
                 self._extra = (x[:, first_patch:].mean(dim=1, keepdim=True) if self.init == "patch_mean"
                                else torch.zeros_like(x[:, :1]))
-            return (torch.cat((x, self._extra.to(x.dtype)), dim=1), *rest)
+            return (torch.cat((x[:, :first_patch], self._extra.to(x.dtype), x[:, first_patch:]), dim=1), *rest)
 
         return hook
 
-    def _block_post(self, _module, _args, output: Tensor) -> Tensor:
-        self._extra = output[:, -1:]
-        return output[:, :-1]
+    def _block_post(self, index: int):
+        first_patch = num_prefix_tokens(self.model)
+
+        def hook(_module, _args, output: Tensor) -> Tensor:
+            self._extra = output[:, first_patch : first_patch + 1]
+            return torch.cat((output[:, :first_patch], output[:, first_patch + 1 :]), dim=1)
+
+        return hook
 
     def _mlp_pre(self, index: int):
         first_patch = num_prefix_tokens(self.model)
@@ -420,8 +439,8 @@ class TestTimeRegisters(nn.Module):
             units, signs = units.to(hidden.device), signs.to(hidden)
             hidden = hidden.clone()
             extra = register_values(hidden[:, :, units], signs, self.value)
-            hidden[:, first_patch:-1, units] = 0
-            hidden[:, -1, units] = extra
+            hidden[:, first_patch + 1 :, units] = 0  # the patch tokens
+            hidden[:, first_patch, units] = extra
             return (hidden, *rest)
 
         return hook
@@ -438,7 +457,7 @@ class TestTimeRegisters(nn.Module):
             return
         blocks = self.model.blocks
         hooks = [(blocks[i], "pre", self._block_pre(i)) for i in range(len(blocks))]
-        hooks += [(blocks[i], "post", self._block_post) for i in range(len(blocks))]
+        hooks += [(blocks[i], "post", self._block_post(i)) for i in range(len(blocks))]
         hooks += [(hidden_layer(blocks[b]), "pre", self._mlp_pre(b)) for b in sorted(self._by_block)]
         try:
             with _hooks(hooks):

@@ -180,6 +180,9 @@ PRESET_REPAIR_DEFAULTS: dict[str, dict[str, Any]] = {
     "dinov2_tiny_defective": dict(resolution=112, sigma=1, limit_layers=4, n_samples=20_000, window=50,
                                   max_iters=300, checkpoint_every=100, holdout_images=48),
 }
+# Its CLIP-like and SigLIP-like twins (sinder.models.defective.STAND_INS) carry the same circuit at the same scale.
+PRESET_REPAIR_DEFAULTS.update({name: PRESET_REPAIR_DEFAULTS["dinov2_tiny_defective"]
+                               for name in ("clip_tiny_defective", "siglip_tiny_defective")})  # fmt: skip
 
 
 def preset_defaults(backbone: str) -> tuple[dict[str, Any], str]:

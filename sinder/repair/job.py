@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sinder.defects.census import census, compare, resize_views, worse_warning
+from sinder.models.backbone import normalization
 from sinder.models.formats import CheckpointFormat, check_save_format, save_checkpoint
 from sinder.models.state_io import state_bytes
 from sinder.models.weights import load_backbone
@@ -130,7 +131,8 @@ def repair_checkpoint(
     out_format = check_save_format(save_format, source_format, out)
     files = list_images(images)
     train, holdout = split_images(files, config.num_images, config.holdout_images)
-    load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size)
+    stats = normalization(model)  # the backbone's own mean/std (its family's when the checkpoint says none)
+    load = functools.partial(load_image, resolution=config.resolution, patch_size=model.patch_size, **stats)
     holdout, unreadable_holdout = readable(holdout, load)
 
     from sinder.defects.linearize import singular_defect_directions
@@ -139,7 +141,7 @@ def repair_checkpoint(
     directions = singular_defect_directions(model, n_samples=config.n_samples, seed=config.direction_seed,
                                             cache_dir=cache)
     model.to(device)
-    measure = functools.partial(census, images=holdout, load=resize_views(config.resolution, model.patch_size),
+    measure = functools.partial(census, images=holdout, load=resize_views(config.resolution, model.patch_size, **stats),
                                 mu=config.mu, exclude_border=config.exclude_border, kernel=config.kernel)
     before = measure(model, directions=directions) if holdout else None
 

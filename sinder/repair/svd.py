@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sinder.models.adapter import BLOCK_LINEARS, BLOCK_PARTS
+
 # What is trainable: the settings of the paper's Table 6 (and the default of Algorithm 1).
 TRAINABLE_SETTINGS = {
     "singular_values_except_qk",  # default: every linear layer's singular values except q and k
@@ -86,7 +88,9 @@ class SVDLinear(nn.Module):
 # The one definition of a "block linear layer", shared by the repair's parametrization, the clamp (Appendix B)
 # and Figure 7: the weight of a block's attention qkv / proj or MLP w12 / w3 / fc1 / fc2 (DINOv2's key names,
 # optionally chunked as blocks.<chunk>.<i>). Biases, norms and layer scales are not.
-BLOCK_LINEAR_KEY = re.compile(r"(^|\.)blocks\.(\d+\.)?\d+\.(attn\.(qkv|proj)|mlp\.(w12|w3|fc1|fc2))\.weight$")
+# The layer names are the model adapter's (sinder.models.adapter.BLOCK_LINEARS): every family's blocks have them.
+BLOCK_LINEAR_KEY = re.compile(r"(^|\.)blocks\.(\d+\.)?\d+\.(" + "|".join(re.escape(n) for n in BLOCK_LINEARS)
+                              + r")\.weight$")  # fmt: skip
 
 
 def is_block_linear(key: str, tensor: Tensor) -> bool:
@@ -116,7 +120,7 @@ def parametrize_singular_values(model: nn.Module, trainable: str = "singular_val
         param.requires_grad_(False)
     for parent, attr in _block_linears(model):
         linear = getattr(parent, attr)
-        if attr == "qkv":
+        if attr == BLOCK_PARTS["qkv"].rpartition(".")[2]:  # the fused q/k/v projection
             train_qk = trainable != "singular_values_except_qk"
             svd = SVDLinear(linear, parts=3, trainable_parts=(train_qk, train_qk, True))
         else:

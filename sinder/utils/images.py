@@ -65,10 +65,11 @@ def to_normalized_tensor(img: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def load_image(path: str | Path, resolution: int, patch_size: int = 14, resize: int | None = None,
-               round_long_side: bool = False) -> Tensor:  # fmt: skip
+               round_long_side: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:  # fmt: skip
     """A 3 x R x R normalised tensor of one image file, R = ``resolution`` (a multiple of the patch size); with
     ``resize``, the short side goes to ``resize`` first and the centred R square is cut from it (no rescale).
-    ``round_long_side``: round, not truncate, the resized long side (the census looks at both)."""
+    ``round_long_side``: round, not truncate, the resized long side (the census looks at both). ``mean``/``std``:
+    the backbone's (``sinder.models.backbone.normalization``), ImageNet's by default."""
     if resolution % patch_size:
         raise ValueError(f"resolution {resolution} is not a multiple of the patch size {patch_size}")
     if resize is not None and resize < resolution:
@@ -82,7 +83,7 @@ def load_image(path: str | Path, resolution: int, patch_size: int = 14, resize: 
                 new_w, new_h = int(resize * width / short), int(resize * height / short)
                 img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
                 left, top = int(round((new_w - resolution) / 2.0)), int(round((new_h - resolution) / 2.0))
-                return to_normalized_tensor(img.crop((left, top, left + resolution, top + resolution)))
-            return to_normalized_tensor(resize_center_crop(img, resolution, round_long_side))
+                return to_normalized_tensor(img.crop((left, top, left + resolution, top + resolution)), mean, std)
+            return to_normalized_tensor(resize_center_crop(img, resolution, round_long_side), mean, std)
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err

@@ -16,7 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sinder.models.families.transformers_encoder import block_keys, encoder_config, strip_prefix
+from sinder.models.families.transformers_encoder import (
+    block_keys,
+    encoder_config,
+    official_block_keys,
+    strip_prefix,
+)
 
 MODEL_TYPES = ("clip_vision_model",)
 
@@ -40,4 +45,19 @@ def clip_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         for p in ("weight", "bias"):
             out[f"{ours}.{p}"] = state[f"{theirs}.{p}"]
     out.update(block_keys(state))
+    return out
+
+
+def official_to_clip(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our ViT's keys back to a ``CLIPVisionModel``'s (without the ``vision_model.`` prefix; q/k/v split). The
+    patch embedding's bias and the mask token, which CLIP has not, are dropped."""
+    out: dict[str, Tensor] = {
+        "embeddings.class_embedding": state["cls_token"].reshape(-1),
+        "embeddings.position_embedding.weight": state["pos_embed"][0],
+        "embeddings.patch_embedding.weight": state["patch_embed.proj.weight"],
+    }
+    for ours, theirs in (("norm_pre", "pre_layrnorm"), ("norm", "post_layernorm")):
+        for p in ("weight", "bias"):
+            out[f"{theirs}.{p}"] = state[f"{ours}.{p}"]
+    out.update(official_block_keys(state))
     return out

@@ -17,7 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sinder.models.families.transformers_encoder import block_keys, encoder_config, strip_prefix
+from sinder.models.families.transformers_encoder import (
+    block_keys,
+    encoder_config,
+    official_block_keys,
+    strip_prefix,
+)
 
 MODEL_TYPES = ("siglip_vision_model",)
 
@@ -42,4 +47,19 @@ def siglip_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     }
     out.update({f"attn_pool.{k[len('head.'):]}": v for k, v in state.items() if k.startswith("head.")})
     out.update(block_keys(state))
+    return out
+
+
+def official_to_siglip(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our ViT's keys back to a ``SiglipVisionModel``'s (without the ``vision_model.`` prefix; q/k/v split,
+    ``attn_pool`` as ``head``); the mask token, which SigLIP has not, is dropped."""
+    out: dict[str, Tensor] = {
+        "embeddings.position_embedding.weight": state["pos_embed"][0],
+        "embeddings.patch_embedding.weight": state["patch_embed.proj.weight"],
+        "embeddings.patch_embedding.bias": state["patch_embed.proj.bias"],
+        "post_layernorm.weight": state["norm.weight"],
+        "post_layernorm.bias": state["norm.bias"],
+    }
+    out.update({f"head.{k[len('attn_pool.'):]}": v for k, v in state.items() if k.startswith("attn_pool.")})
+    out.update(official_block_keys(state))
     return out

@@ -70,3 +70,26 @@ def block_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             out[f"{dst}mlp.fc1.{p}"] = state[f"{src}mlp.fc1.{p}"]
             out[f"{dst}mlp.fc2.{p}"] = state[f"{src}mlp.fc2.{p}"]
     return out
+
+
+def official_block_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of :func:`block_keys`: our ``blocks.N.`` keys as ``encoder.layers.N.`` with q/k/v split."""
+    out: dict[str, Tensor] = {}
+    layers = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
+    for i in layers:
+        src, dst = f"blocks.{i}.", f"encoder.layers.{i}."
+        for p in ("weight", "bias"):
+            for x, part in zip("qkv", state[f"{src}attn.qkv.{p}"].chunk(3, dim=0)):
+                out[f"{dst}self_attn.{x}_proj.{p}"] = part.clone()
+            out[f"{dst}self_attn.out_proj.{p}"] = state[f"{src}attn.proj.{p}"]
+            out[f"{dst}layer_norm1.{p}"] = state[f"{src}norm1.{p}"]
+            out[f"{dst}layer_norm2.{p}"] = state[f"{src}norm2.{p}"]
+            out[f"{dst}mlp.fc1.{p}"] = state[f"{src}mlp.fc1.{p}"]
+            out[f"{dst}mlp.fc2.{p}"] = state[f"{src}mlp.fc2.{p}"]
+    return out
+
+
+def key_prefix(state: Mapping[str, Tensor]) -> str:
+    """The prefix a transformers vision tower's keys came with: ``vision_model.`` (transformers 4 and full models
+    saved it), or none (transformers 5 saves the tower's own keys)."""
+    return PREFIX if any(k.startswith(PREFIX) for k in state) else ""
