@@ -218,3 +218,20 @@ def test_a_source_that_is_gone_is_named(tmp_path):
     shutil.rmtree(source)
     with pytest.raises(ValueError, match=r"the source checkpoint .*siglip-source is gone"):
         _write_source(model, tmp_path / "out")
+
+
+def test_a_tensor_the_source_cannot_hold_is_refused_unless_zero():
+    from sinder.models.source_format import source_state
+
+    raw = {"embeddings.cls_token": torch.ones(1, 1, 4), "embeddings.mask_token": torch.zeros(1, 1, 4),
+           "embeddings.patch_embeddings.weight": torch.ones(4, 3, 2, 2)}
+
+    def state(bias):
+        return {"cls_token": torch.full((1, 1, 4), 2.0), "mask_token": torch.zeros(1, 4), "norm.weight": torch.ones(4),
+                "norm.bias": bias, "patch_embed.proj.weight": torch.ones(4, 3, 2, 2)}  # fmt: skip
+
+    with pytest.raises(ValueError, match="cannot write norm.weight back: the source checkpoint has no such tensor"):
+        source_state(state(torch.zeros(4)), raw, ("hf", "dinov3_vit"))
+    raw["norm.weight"] = torch.ones(4)
+    out = source_state(state(torch.zeros(4)), raw, ("hf", "dinov3_vit"))  # the zero norm.bias is dropped
+    assert set(out) == set(raw) and torch.equal(out["embeddings.cls_token"], torch.full((1, 1, 4), 2.0))

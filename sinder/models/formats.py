@@ -589,7 +589,7 @@ def check_save_format(save_format: str, source: CheckpointFormat, out: str | Pat
     if _folder_output(source) and Path(out).suffix:
         what = {"hf": "Hugging Face", "timm": "timm", "open_clip": "OpenCLIP"}[kind]
         raise ValueError(
-            f"--out {out}: the source format of a {what} checkpoint is a folder (its config and weights); give a "
+            f"--out {out}: the source format of this {what} checkpoint is a folder (its config and weights); give a "
             "folder name without a suffix, or use --save-format official"
         )
     if not _folder_output(source) and kind == "open_clip" and Path(out).suffix != ".safetensors":
