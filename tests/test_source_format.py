@@ -138,7 +138,8 @@ def test_dinov3_written_back_loads_in_transformers(tmp_path, gated):
     edited = _clamped(model)
     out = tmp_path / "repaired"
     assert _write_source(model, out) == "hf"
-    _only_edited_weights_changed(load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors")))
+    before, written = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    _only_edited_weights_changed(before, written)
     assert not any("k_proj.bias" in k for k in keys_of(out / "model.safetensors"))  # the source has none
 
     theirs = transformers.DINOv3ViTModel.from_pretrained(out).eval()
@@ -165,7 +166,8 @@ def test_siglip2_written_back_loads_in_transformers(tmp_path):
     _clamped(model)
     out = tmp_path / "repaired"
     _write_source(model, out)
-    _only_edited_weights_changed(load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors")))
+    before, written = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    _only_edited_weights_changed(before, written)
 
     theirs = transformers.Siglip2VisionModel.from_pretrained(out).eval()
     x = torch.randn(2, 3, 24, 40, generator=torch.Generator().manual_seed(3))
