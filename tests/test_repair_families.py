@@ -125,7 +125,7 @@ def test_remedies_suite_smoke_on_the_stand_in(tmp_path, name):
         record = json.loads(path.read_text())
         census[record["backbone"]["label"]] = record
     assert census[name]["metrics"]["high_norm_last"] > 0  # the planted defects are seen
-    assert census[f"{name}_sinder"]["backbone"]["role"]["kind"] == "repaired"
+    assert census[f"{name}_sinder"]["backbone"]["role"]["remedy"] == "sinder"
     assert census[f"{name}+clamp"]["backbone"]["remedy"]["name"] == "clamp"
     assert census[f"{name}+ttr"]["backbone"]["remedy"]["name"] == "ttr"
     assert all(r["backbone"]["family"] == census[name]["backbone"]["family"] for r in census.values())
