@@ -560,6 +560,15 @@ def source_key_prefix(hf_config: Mapping[str, Any], raw: Mapping[str, Tensor]) -
     return key_prefix(raw) if hf_config.get("model_type") in TRANSFORMERS_FAMILIES else ""
 
 
+def _family_writer(kind: str, source: CheckpointFormat) -> tuple[str, str] | None:
+    """The :data:`WRITERS` key that writes ``source`` back as ``kind``: a transformers folder by its
+    ``model_type``, another family's timm or OpenCLIP checkpoint by family; None for DINOv2's own formats."""
+    if kind == "hf":
+        key = writer_key(kind, source.family, source.hf_config)
+        return key if key in WRITERS else None
+    return None if source.family == "dinov2" or kind == "official" else writer_key(kind, source.family, None)
+
+
 def _folder_output(source: CheckpointFormat) -> bool:
     """Whether ``source``'s own format is a folder: transformers and timm folders, an OpenCLIP folder."""
     if source.family == "dinov2":
@@ -576,14 +585,15 @@ def check_save_format(save_format: str, source: CheckpointFormat, out: str | Pat
     if kind == "official":
         return kind
     model_type = (source.hf_config or {}).get("model_type") if kind == "hf" else None
-    if source.family == "dinov2":
+    writer = _family_writer(kind, source)
+    if writer is None:  # DINOv2's formats
         if kind == "hf" and model_type not in DINOV2_MODEL_TYPES:
             raise ValueError(f"--save-format source: writing a {model_type!r} folder is not supported yet; "
                              "use --save-format official")
-    elif writer_key(kind, source.family, source.hf_config) not in WRITERS:
+    elif writer not in WRITERS:
         raise ValueError(f"--save-format source: writing a {source.family} checkpoint in {kind} format is not "
                          "supported yet; use --save-format official")
-    elif source.path is None:
+    elif source.path is None and kind != "hf":
         raise ValueError(f"--save-format source: where the {source.family} checkpoint was read from is not known "
                          "(its untouched tensors are copied from there); use --save-format official")
     if _folder_output(source) and Path(out).suffix:
@@ -611,21 +621,26 @@ def _source_raw(source: CheckpointFormat) -> dict[str, Tensor]:
 
 def _save_source_family(state: Mapping[str, Tensor], out: Path, source: CheckpointFormat, *, force: bool,
                         metadata: Mapping[str, str]) -> str:  # fmt: skip
-    """Write an other family's checkpoint in its source layout: the source's state dict with ours laid over it."""
-    written = source_state(state, _source_raw(source), writer_key(source.kind, source.family, source.hf_config))
+    """Write an other family's checkpoint in its source layout: the source's state dict with ours laid over it
+    (a transformers folder of a known ``config.json`` without a source file: the family's keys alone)."""
+    key = _family_writer(source.kind, source)
+    if source.path is None and source.kind != "hf":
+        raise ValueError(f"cannot write a {source.family} checkpoint in {source.kind} format without its source")
+    raw = _source_raw(source) if source.path is not None else None
+    written = source_state(state, raw, key, prefix=source.key_prefix)
     if not _folder_output(source):  # an OpenCLIP weights file
         return save_state_dict(written, out, force=force, metadata=metadata)
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite it")
-    src = Path(str(source.path))
-    folder = src if src.is_dir() else src.parent
+    src = Path(str(source.path)) if source.path is not None else None
+    folder = None if src is None else src if src.is_dir() else src.parent
     if source.kind == "open_clip":
         sha = save_state_dict(written, out / open_clip.WEIGHT_FILES[0], force=True, metadata=metadata)
         atomic_write_text(out / open_clip.CONFIG_FILE, (folder / open_clip.CONFIG_FILE).read_text())
         return sha
     sha = save_state_dict(written, out / HF_WEIGHTS[0], force=True, metadata={**metadata, "format": "pt"})
     atomic_write_text(out / HF_CONFIG, json.dumps(source.hf_config, indent=2, sort_keys=True) + "\n")
-    if (folder / PREPROCESSOR_CONFIG).is_file():  # the output is fed as the source was
+    if folder is not None and (folder / PREPROCESSOR_CONFIG).is_file():  # the output is fed as the source was
         atomic_write_text(out / PREPROCESSOR_CONFIG, (folder / PREPROCESSOR_CONFIG).read_text())
     return sha
 
@@ -651,7 +666,7 @@ def save_checkpoint(
     out = Path(out)
     if kind == "official":
         return save_state_dict(state, out, force=force, metadata=metadata)
-    if source.family != "dinov2":
+    if _family_writer(kind, source) is not None:
         return _save_source_family(state, out, source, force=force, metadata=metadata)
     if kind == "timm":
         return save_state_dict(official_to_timm(state), out, force=force, metadata=metadata)

@@ -52,13 +52,18 @@ def writer_key(kind: str, family: str, hf_config: Mapping | None) -> tuple[str, 
     return (kind, str((hf_config or {}).get("model_type")) if kind == "hf" else family)
 
 
-def source_state(state: Mapping[str, Tensor], raw: Mapping[str, Tensor], key: tuple[str, str]) -> dict[str, Tensor]:
+def source_state(state: Mapping[str, Tensor], raw: Mapping[str, Tensor] | None, key: tuple[str, str],
+                 prefix: str = "") -> dict[str, Tensor]:  # fmt: skip
     """The source's state dict ``raw`` with the backbone's tensors replaced by ours (``state``, official keys).
 
     A tensor our inverse writes under a name the source has not is dropped when it is zero (a bias the source has
-    not reads as zero: DINOv3's key bias, our mask token) and refused otherwise: its value would be lost.
+    not reads as zero: DINOv3's key bias, our mask token) and refused otherwise: its value would be lost. Without
+    a source (``raw`` None: a model written as a transformers folder from scratch) the inverse's keys under
+    ``prefix`` are the output.
     """
     names, inverse = WRITERS[key]
+    if raw is None:
+        return {prefix + k: v.contiguous() for k, v in inverse(state, {}).items()}
     where = names(raw)  # our inverse's key -> the source's key
     out = dict(raw)
     for name, value in inverse(state, {k: raw[v] for k, v in where.items()}).items():
