@@ -20,3 +20,18 @@ def assert_blocks_match(
         assert tokens.shape == ref.shape, f"{label} block {i}: {tuple(tokens.shape)} vs {tuple(ref.shape)}"
         err = (tokens.double() - ref.double()).abs().max().item()
         assert err <= TOLERANCE, f"{label} block {i}: max abs error {err:.3g}"
+
+
+def assert_tower_matches(ours, x: Tensor, out, prefix: int) -> None:
+    """Our model on ``x`` against a transformers vision tower's output ``out`` (run with
+    ``output_hidden_states=True``): every block's patch tokens, the final normed patch tokens and the pooled feature
+    (``pooler_output``: the class token after the norm, or the attention pool's output)."""
+    import torch
+
+    with torch.no_grad():
+        mine = ours.get_intermediate_layers(x, n=len(out.hidden_states) - 1, norm=False)
+        features = ours.forward_features(x)
+    assert_blocks_match(mine, out.hidden_states[1:], prefix)
+    patches = out.last_hidden_state[:, prefix:]
+    assert (features["x_norm_patchtokens"] - patches).abs().max().item() <= TOLERANCE
+    assert (features["x_norm_clstoken"] - out.pooler_output).abs().max().item() <= TOLERANCE

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import assert_blocks_match
+from parity import assert_blocks_match, assert_tower_matches
 
 import sinder
 from sinder.models.backbone import describe
@@ -57,14 +57,8 @@ def test_dinov3_per_block_parity_with_transformers(dinov3_folder, size):
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = reference(pixel_values=x, output_hidden_states=True)
-        mine = ours.get_intermediate_layers(x, n=3, norm=False)
-        features = ours.forward_features(x)
-    theirs = out.hidden_states
-    assert len(mine) == 3
-    prefix = 1 + REGISTERS
-    assert_blocks_match(mine, theirs[1:], prefix)
-    assert (features["x_norm_clstoken"] - out.pooler_output).abs().max().item() <= 1e-5
-    assert (features["x_norm_patchtokens"] - out.last_hidden_state[:, prefix:]).abs().max().item() <= 1e-5
+    assert len(out.hidden_states) == 4
+    assert_tower_matches(ours, x, out, prefix=1 + REGISTERS)
 
 
 def test_dinov3_description(dinov3_folder):
