@@ -35,3 +35,18 @@ def assert_tower_matches(ours, x: Tensor, out, prefix: int) -> None:
     patches = out.last_hidden_state[:, prefix:]
     assert (features["x_norm_patchtokens"] - patches).abs().max().item() <= TOLERANCE
     assert (features["x_norm_clstoken"] - out.pooler_output).abs().max().item() <= TOLERANCE
+
+
+def save_tiny_tower(model_class, config, folder):
+    """A random transformers vision tower, with norms and biases moved off their init so that a key-mapping
+    mistake shows, saved with ``save_pretrained``. Returns the model (eval mode)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder)
+    return model

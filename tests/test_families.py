@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from parity import assert_tower_matches
+from parity import assert_tower_matches, save_tiny_tower
 
 import sinder
 from sinder.models.adapter import num_prefix_tokens
@@ -76,7 +76,6 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    torch.manual_seed(0)
     config = transformers.CLIPVisionConfig(
         hidden_size=64,
         num_hidden_layers=3,
@@ -85,13 +84,8 @@ def clip_folder(tmp_path_factory):
         image_size=56,
         patch_size=14,
     )
-    model = transformers.CLIPVisionModel(config).eval()
-    with torch.no_grad():  # non-trivial norms and biases so that a mapping mistake shows
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
     folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
+    model = save_tiny_tower(transformers.CLIPVisionModel, config, folder)
     return folder, model
 
 
@@ -143,7 +137,6 @@ def test_clip_source_format_is_a_transformers_folder(clip_folder, tmp_path):
 
 @pytest.fixture(scope="module")
 def siglip_folder(tmp_path_factory):
-    torch.manual_seed(0)
     config = transformers.SiglipVisionConfig(
         hidden_size=64,
         num_hidden_layers=3,
@@ -152,13 +145,8 @@ def siglip_folder(tmp_path_factory):
         image_size=56,
         patch_size=14,
     )
-    model = transformers.SiglipVisionModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
     folder = tmp_path_factory.mktemp("siglip")
-    model.save_pretrained(folder)
+    model = save_tiny_tower(transformers.SiglipVisionModel, config, folder)
     return folder, model
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import assert_tower_matches
+from parity import assert_tower_matches, save_tiny_tower
 
 import sinder
 from sinder.models.backbone import describe
@@ -26,7 +26,6 @@ def _patchify(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def siglip2_folder(tmp_path_factory):
-    torch.manual_seed(0)
     config = transformers.Siglip2VisionConfig(
         hidden_size=64,
         num_hidden_layers=3,
@@ -35,13 +34,8 @@ def siglip2_folder(tmp_path_factory):
         num_patches=16,
         patch_size=PATCH,
     )
-    model = transformers.Siglip2VisionModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
     folder = tmp_path_factory.mktemp("siglip2")
-    model.save_pretrained(folder)
+    model = save_tiny_tower(transformers.Siglip2VisionModel, config, folder)
     return folder, model
 
 
