@@ -50,3 +50,7 @@ def save_tiny_tower(model_class, config, folder):
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(folder)
     return model
+
+
+# The encoder size of every tiny transformers tower in the family tests.
+TINY_ENCODER = {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 128}

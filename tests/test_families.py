@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from parity import assert_tower_matches, save_tiny_tower
+from parity import TINY_ENCODER, assert_tower_matches, save_tiny_tower
 
 import sinder
 from sinder.models.adapter import num_prefix_tokens
@@ -77,10 +77,7 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
     config = transformers.CLIPVisionConfig(
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=128,
+        **TINY_ENCODER,
         image_size=56,
         patch_size=14,
     )
@@ -138,10 +135,7 @@ def test_clip_source_format_is_a_transformers_folder(clip_folder, tmp_path):
 @pytest.fixture(scope="module")
 def siglip_folder(tmp_path_factory):
     config = transformers.SiglipVisionConfig(
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=128,
+        **TINY_ENCODER,
         image_size=56,
         patch_size=14,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import assert_tower_matches, save_tiny_tower
+from parity import TINY_ENCODER, assert_tower_matches, save_tiny_tower
 
 import sinder
 from sinder.models.backbone import describe
@@ -27,10 +27,7 @@ def _patchify(x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def siglip2_folder(tmp_path_factory):
     config = transformers.Siglip2VisionConfig(
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=128,
+        **TINY_ENCODER,
         num_patches=16,
         patch_size=PATCH,
     )
