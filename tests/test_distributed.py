@@ -67,6 +67,7 @@ def case_data():
 
 class _Identity(torch.nn.Module):
     embed_dim = 6
+    patch_size = 1  # the Backbone protocol's field: the probe pads crops to a multiple of it
 
     def get_intermediate_layers(self, x, n=1, reshape=False, return_class_token=False, norm=True):
         return tuple((x[:, None, :], x * (i + 1)) for i in range(n))

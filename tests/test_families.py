@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity import TINY_ENCODER, assert_tower_matches, save_tiny_tower
 
 import sinder
 from sinder.models.adapter import num_prefix_tokens
@@ -43,7 +44,9 @@ def test_only_the_adapter_counts_prefix_tokens():
 
 def test_the_scan_finds_the_pattern(tmp_path):
     fake = tmp_path / "fake.py"
-    fake.write_text("a = tokens[:, 1 + model.num_register_tokens:]\nb = int(getattr(m, 'num_register_tokens', 0)) + 1\n")
+    fake.write_text(
+        "a = tokens[:, 1 + model.num_register_tokens:]\nb = int(getattr(m, 'num_register_tokens', 0)) + 1\n"
+    )
     assert _one_plus_registers(fake) == [1, 2]
 
 
@@ -73,16 +76,13 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    config = transformers.CLIPVisionConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                           intermediate_size=128, image_size=56, patch_size=14)
-    model = transformers.CLIPVisionModel(config).eval()
-    with torch.no_grad():  # non-trivial norms and biases so that a mapping mistake shows
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
+    config = transformers.CLIPVisionConfig(
+        **TINY_ENCODER,
+        image_size=56,
+        patch_size=14,
+    )
     folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
+    model = save_tiny_tower(transformers.CLIPVisionModel, config, folder)
     return folder, model
 
 
@@ -93,7 +93,9 @@ def test_clip_per_block_parity_with_transformers(clip_folder, size):
     assert describe(ours).family == "clip" and num_prefix_tokens(ours) == 1
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        theirs = reference(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states
+        theirs = reference(
+            pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True
+        ).hidden_states
         mine = ours.get_intermediate_layers(x, n=3, norm=False)
     assert len(mine) == len(theirs) - 1 == 3
     for i, out in enumerate(mine):
@@ -132,16 +134,13 @@ def test_clip_source_format_is_a_transformers_folder(clip_folder, tmp_path):
 
 @pytest.fixture(scope="module")
 def siglip_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    config = transformers.SiglipVisionConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                             intermediate_size=128, image_size=56, patch_size=14)
-    model = transformers.SiglipVisionModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
+    config = transformers.SiglipVisionConfig(
+        **TINY_ENCODER,
+        image_size=56,
+        patch_size=14,
+    )
     folder = tmp_path_factory.mktemp("siglip")
-    model.save_pretrained(folder)
+    model = save_tiny_tower(transformers.SiglipVisionModel, config, folder)
     return folder, model
 
 
@@ -154,15 +153,10 @@ def test_siglip_per_block_parity_with_transformers(siglip_folder, size):
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = reference(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True)
-        mine = ours.get_intermediate_layers(x, n=3, norm=False)
-        features = ours.forward_features(x)
-    theirs = out.hidden_states  # no class token: every token is a patch
-    assert len(mine) == len(theirs) - 1 == 3
-    for i, tokens in enumerate(mine):
-        assert tokens.shape == theirs[i + 1].shape
-        assert (tokens - theirs[i + 1]).abs().max().item() <= 1e-5, f"block {i}"
-    assert (features["x_norm_patchtokens"] - out.last_hidden_state).abs().max().item() <= 1e-5
-    assert (features["x_norm_clstoken"] - out.pooler_output).abs().max().item() <= 1e-5  # the attention pool
+    assert len(out.hidden_states) == 4
+    assert_tower_matches(
+        ours, x, out, prefix=0
+    )  # no class token: every token is a patch; pooled: the attention pool
 
 
 def test_siglip_has_no_class_token_to_return(siglip_folder):
@@ -179,9 +173,12 @@ def test_an_unknown_transformers_folder_names_the_accepted_types(tmp_path):
         config_from_hf,
     )
 
-    with pytest.raises(CheckpointError, match=r"model_type 'vit' is not a DINOv2 nor another supported vision model \(CLIP, SigLIP, "
-                       r"SigLIP 2, DINOv3\); expected one of "
-                       r"'dinov2', 'dinov2_with_registers', 'clip_vision_model', 'siglip_vision_model'") as err:
+    with pytest.raises(
+        CheckpointError,
+        match=r"model_type 'vit' is not a DINOv2 nor another supported vision model \(CLIP, SigLIP, "
+        r"SigLIP 2, DINOv3\); expected one of "
+        r"'dinov2', 'dinov2_with_registers', 'clip_vision_model', 'siglip_vision_model'",
+    ) as err:
         config_from_hf({"model_type": "vit"}, "x")
     named = str(err.value).split("expected one of ")[1]
     assert named.split(", ") == [repr(m) for m in (*DINOV2_MODEL_TYPES, *TRANSFORMERS_FAMILIES)]

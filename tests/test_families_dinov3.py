@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import assert_blocks_match, assert_tower_matches
 
 import sinder
 from sinder.models.backbone import describe
@@ -23,9 +24,16 @@ REGISTERS = 2
 def _random_dinov3(tmp_path_factory, gated: bool):
     torch.manual_seed(0)
     config = transformers.DINOv3ViTConfig(
-        hidden_size=64, intermediate_size=96 if gated else 128, num_hidden_layers=3, num_attention_heads=4,
-        image_size=32, patch_size=8, num_register_tokens=REGISTERS, use_gated_mlp=gated,
-        hidden_act="silu" if gated else "gelu", layerscale_value=0.5,
+        hidden_size=64,
+        intermediate_size=96 if gated else 128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        num_register_tokens=REGISTERS,
+        use_gated_mlp=gated,
+        hidden_act="silu" if gated else "gelu",
+        layerscale_value=0.5,
     )
     model = transformers.DINOv3ViTModel(config).eval()
     with torch.no_grad():  # non-trivial norms, biases and layer scales so that a mapping mistake shows
@@ -49,23 +57,20 @@ def test_dinov3_per_block_parity_with_transformers(dinov3_folder, size):
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = reference(pixel_values=x, output_hidden_states=True)
-        mine = ours.get_intermediate_layers(x, n=3, norm=False)
-        features = ours.forward_features(x)
-    theirs = out.hidden_states
-    assert len(mine) == len(theirs) - 1 == 3
-    prefix = 1 + REGISTERS
-    for i, tokens in enumerate(mine):
-        assert tokens.shape == theirs[i + 1][:, prefix:].shape
-        assert (tokens - theirs[i + 1][:, prefix:]).abs().max().item() <= 1e-5, f"block {i}"
-    assert (features["x_norm_clstoken"] - out.pooler_output).abs().max().item() <= 1e-5
-    assert (features["x_norm_patchtokens"] - out.last_hidden_state[:, prefix:]).abs().max().item() <= 1e-5
+    assert len(out.hidden_states) == 4
+    assert_tower_matches(ours, x, out, prefix=1 + REGISTERS)
 
 
 def test_dinov3_description(dinov3_folder):
     ours = sinder.load_backbone(str(dinov3_folder[0]))
     d = describe(ours)
     assert (d.family, d.num_prefix_tokens, d.num_register_tokens, d.patch_size, d.pooling) == (
-        "dinov3", 1 + REGISTERS, REGISTERS, 8, "cls")
+        "dinov3",
+        1 + REGISTERS,
+        REGISTERS,
+        8,
+        "cls",
+    )
     assert ours.pos_embed is None and ours.rope is not None  # RoPE instead of position embeddings
     # the key projection has no bias in DINOv3: its third of the fused bias is zero
     k_bias = ours.blocks[0].attn.qkv.bias.chunk(3)[1]
@@ -102,8 +107,11 @@ def test_rope_needs_the_grid_of_the_input():
 def test_an_unsupported_dinov3_activation_names_the_supported_one():
     from sinder.models.formats import CheckpointError, config_from_hf
 
-    with pytest.raises(CheckpointError, match=r"hidden_act 'gelu' is not supported for DINOv3; supported: 'silu' "
-                                              r"with use_gated_mlp"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"hidden_act 'gelu' is not supported for DINOv3; supported: 'silu' "
+        r"with use_gated_mlp",
+    ):
         config_from_hf({"model_type": "dinov3_vit", "use_gated_mlp": True, "hidden_act": "gelu"}, "x")
 
 
@@ -115,7 +123,11 @@ def _as_timm_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
            "patch_embed.proj.bias": state["embeddings.patch_embeddings.bias"],
            "norm.weight": state["norm.weight"], "norm.bias": state["norm.bias"]}  # fmt: skip
     gated = any("gate_proj" in k for k in state)
-    mlp = {"gate_proj": "fc1_g", "up_proj": "fc1_x", "down_proj": "fc2"} if gated else {"up_proj": "fc1", "down_proj": "fc2"}
+    mlp = (
+        {"gate_proj": "fc1_g", "up_proj": "fc1_x", "down_proj": "fc2"}
+        if gated
+        else {"up_proj": "fc1", "down_proj": "fc2"}
+    )
     for i in range(3):
         src, dst = f"layer.{i}.", f"blocks.{i}."
         out[f"{dst}attn.qkv.weight"] = torch.cat([state[f"{src}attention.{x}_proj.weight"] for x in "qkv"])
@@ -140,15 +152,23 @@ def test_timm_dinov3_folder_matches_transformers(dinov3_folder, tmp_path):
     folder, reference = dinov3_folder
     gated = reference.config.use_gated_mlp
     architecture = "vit_huge_plus_patch16_dinov3" if gated else "vit_small_patch16_dinov3_qkvb"
-    state = {k.removeprefix("model."): v for k, v in reference.state_dict().items()}  # module path: model.layer.N
+    state = {
+        k.removeprefix("model."): v for k, v in reference.state_dict().items()
+    }  # module path: model.layer.N
     save_state_dict(_as_timm_keys(state), tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({"architecture": architecture, "global_pool": "token",
-                                                      "model_args": {"num_heads": 4, "embed_dim": 64, "depth": 3}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": architecture,
+                "global_pool": "token",
+                "model_args": {"num_heads": 4, "embed_dim": 64, "depth": 3},
+            }
+        )
+    )
     ours = sinder.load_backbone(str(tmp_path))
     assert ours.checkpoint_format.kind == "timm" and describe(ours).family == "dinov3"
     x = torch.randn(2, 3, 24, 40, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         theirs = reference(pixel_values=x, output_hidden_states=True).hidden_states
         mine = ours.get_intermediate_layers(x, n=3, norm=False)
-    for i, tokens in enumerate(mine):
-        assert (tokens - theirs[i + 1][:, 1 + REGISTERS:]).abs().max().item() <= 1e-5, f"block {i}"
+    assert_blocks_match(mine, theirs[1:], prefix=1 + REGISTERS)

@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 from family_libs import import_reference
+from parity import assert_blocks_match
 
 import sinder
 from sinder.models.backbone import describe
@@ -34,7 +35,9 @@ def _clip(quick_gelu: bool, image_size: int = 32, **vision) -> torch.nn.Module:
 
 def _blocks(visual, x):
     outputs = []
-    hooks = [b.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for b in visual.transformer.resblocks]
+    hooks = [
+        b.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for b in visual.transformer.resblocks
+    ]
     try:
         with torch.no_grad():
             embedding = visual(x)
@@ -49,10 +52,8 @@ def _check(ours, reference, x, proj):
     with torch.no_grad():
         mine = ours.get_intermediate_layers(x, n=3, norm=False)
         pooled = ours.forward_features(x)["x_norm_clstoken"]
-    assert len(theirs) == len(mine) == 3
-    for i, tokens in enumerate(mine):
-        assert tokens.shape == theirs[i][:, 1:].shape
-        assert (tokens - theirs[i][:, 1:]).abs().max().item() <= 1e-5, f"block {i}"
+    assert len(mine) == 3
+    assert_blocks_match(mine, theirs, prefix=1)
     # the pooled feature is ln_post's class token before the projection to the joint space
     assert (pooled @ proj - embedding).abs().max().item() <= 1e-5
 
@@ -64,10 +65,16 @@ def test_openai_style_file_by_name_is_quickgelu_and_matches_open_clip(tmp_path):
     ours = sinder.load_backbone(str(path))
     d = describe(ours)
     assert (d.family, d.num_prefix_tokens, d.pooling, d.patch_size) == ("clip", 1, "cls", 8)
-    assert ours.config["act_layer"] == "quick_gelu" and ours.config["num_heads"] == 2  # width 128 / head_width 64
+    assert (
+        ours.config["act_layer"] == "quick_gelu" and ours.config["num_heads"] == 2
+    )  # width 128 / head_width 64
     assert ours.checkpoint_format.kind == "open_clip"
-    _check(ours, reference, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
-           reference.visual.proj)
+    _check(
+        ours,
+        reference,
+        torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
+        reference.visual.proj,
+    )
 
 
 def test_folder_with_open_clip_config_sets_activation_heads_and_layer_scale(tmp_path):
@@ -75,25 +82,42 @@ def test_folder_with_open_clip_config_sets_activation_heads_and_layer_scale(tmp_
     folder = tmp_path / "openai-lookalike"  # the name says openai, the config says GELU: the config wins
     folder.mkdir()
     save_state_dict(reference.state_dict(), folder / "open_clip_model.safetensors")
-    cfg = {"model_cfg": {"embed_dim": 32, "quick_gelu": False, "vision_cfg": {"head_width": 32, "ls_init_value": 0.5}}}
+    cfg = {
+        "model_cfg": {
+            "embed_dim": 32,
+            "quick_gelu": False,
+            "vision_cfg": {"head_width": 32, "ls_init_value": 0.5},
+        }
+    }
     (folder / "open_clip_config.json").write_text(json.dumps(cfg))
     ours = sinder.load_backbone(str(folder))
     assert ours.config["act_layer"] == "gelu" and ours.config["num_heads"] == 4 and ours.config["init_values"]
-    _check(ours, reference, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
-           reference.visual.proj)
+    _check(
+        ours,
+        reference,
+        torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
+        reference.visual.proj,
+    )
 
 
 def test_another_size_matches_open_clip_resized_on_loading(tmp_path):
     """open_clip resizes position embeddings when loading at another size (``resize_pos_embed``); ours at run time."""
     source = _clip(quick_gelu=True)
     path = tmp_path / "tower-openai.pt"  # the image tower alone, as a .pt state dict
-    torch.save({k[len("visual."):]: v for k, v in source.state_dict().items() if k.startswith("visual.")}, path)
+    torch.save(
+        {k[len("visual.") :]: v for k, v in source.state_dict().items() if k.startswith("visual.")}, path
+    )
     ours = sinder.load_backbone(str(path))
     resized = _clip(quick_gelu=True, image_size=48)
     state = source.state_dict()
     open_clip.model.resize_pos_embed(state, resized)
     resized.load_state_dict(state)
-    _check(ours, resized, torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(2)), resized.visual.proj)
+    _check(
+        ours,
+        resized,
+        torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(2)),
+        resized.visual.proj,
+    )
 
 
 def test_an_attention_pooled_tower_is_refused(tmp_path):
@@ -102,7 +126,12 @@ def test_an_attention_pooled_tower_is_refused(tmp_path):
     folder = tmp_path / "coca"
     folder.mkdir()
     save_state_dict(_clip(quick_gelu=False).state_dict(), folder / "open_clip_model.safetensors")
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"vision_cfg": {"attentional_pool": True}}}))
-    with pytest.raises(CheckpointError, match=r"this OpenCLIP image tower is not supported \(attentional_pool\); "
-                                              r"supported: ViT towers with class-token pooling"):
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": {"vision_cfg": {"attentional_pool": True}}})
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"this OpenCLIP image tower is not supported \(attentional_pool\); "
+        r"supported: ViT towers with class-token pooling",
+    ):
         sinder.load_backbone(str(folder))

@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 from naive_vit_families import open_clip_forward, timm_forward
+from parity import assert_blocks_match
 
 import sinder
 from sinder.models.backbone import describe
@@ -35,12 +36,20 @@ def _blocks(state, gen, prefix, names, layer_scale):
         b = f"{prefix}{i}."
         _norm(state, gen, b + names["norm1"])
         _norm(state, gen, b + names["norm2"])
-        for role, (rows, cols) in (("qkv", (3 * D, D)), ("proj", (D, D)), ("fc1", (HIDDEN, D)), ("fc2", (D, HIDDEN))):
+        for role, (rows, cols) in (
+            ("qkv", (3 * D, D)),
+            ("proj", (D, D)),
+            ("fc1", (HIDDEN, D)),
+            ("fc2", (D, HIDDEN)),
+        ):
             name, sep = names[role]
             state[f"{b}{name}{sep}weight"] = _rand(gen, rows, cols, scale=cols**-0.5)
             state[f"{b}{name}{sep}bias"] = _rand(gen, rows)
         if layer_scale:
-            state[f"{b}{names['ls1']}"], state[f"{b}{names['ls2']}"] = _rand(gen, D, base=0.5), _rand(gen, D, base=0.5)
+            state[f"{b}{names['ls1']}"], state[f"{b}{names['ls2']}"] = (
+                _rand(gen, D, base=0.5),
+                _rand(gen, D, base=0.5),
+            )
 
 
 TIMM_NAMES = {"norm1": "norm1", "norm2": "norm2", "qkv": ("attn.qkv", "."), "proj": ("attn.proj", "."),
@@ -62,7 +71,10 @@ def _timm_state(architecture: str) -> dict[str, torch.Tensor]:
         state["patch_embed.proj.bias"] = _rand(gen, D)
     if family != "siglip":
         state["cls_token"] = _rand(gen, 1, 1, D, scale=1.0)
-        state["head.weight"], state["head.bias"] = _rand(gen, 10, D), _rand(gen, 10)  # classifier: not the backbone
+        state["head.weight"], state["head.bias"] = (
+            _rand(gen, 10, D),
+            _rand(gen, 10),
+        )  # classifier: not the backbone
     if registers:
         state["reg_token"] = _rand(gen, 1, registers, D, scale=1.0)
     state["pos_embed"] = _rand(gen, 1, 16 + (0 if no_embed_class else prefix), D, scale=0.5)
@@ -96,10 +108,8 @@ def _compare(ours, theirs_blocks, theirs_pooled, mine_x, prefix):
     with torch.no_grad():
         mine = ours.get_intermediate_layers(mine_x, n=DEPTH, norm=False)
         pooled = ours.forward_features(mine_x)["x_norm_clstoken"]
-    assert len(mine) == len(theirs_blocks) == DEPTH
-    for i, tokens in enumerate(mine):
-        assert tokens.shape == theirs_blocks[i][:, prefix:].shape
-        assert (tokens.double() - theirs_blocks[i][:, prefix:]).abs().max().item() <= 1e-5, f"block {i}"
+    assert len(mine) == DEPTH
+    assert_blocks_match(mine, theirs_blocks, prefix)
     return pooled
 
 
@@ -114,7 +124,9 @@ def test_timm_folder_matches_the_restated_forward(tmp_path, architecture, grid):
     assert (d.pooling, ours.config["act_layer"], ours.config["norm_eps"]) == (
         "attention" if family == "siglip" else "cls", act, eps)  # fmt: skip
     x = torch.randn(2, 3, grid[0] * PATCH, grid[1] * PATCH, generator=torch.Generator().manual_seed(1))
-    outs, pooled = timm_forward(state, x, depth=DEPTH, heads=HEADS, eps=eps, act=act, no_embed_class=no_embed_class)
+    outs, pooled = timm_forward(
+        state, x, depth=DEPTH, heads=HEADS, eps=eps, act=act, no_embed_class=no_embed_class
+    )
     mine = _compare(ours, outs, pooled, x, prefix)
     assert (mine.double() - pooled).abs().max().item() <= 1e-5
 
@@ -122,7 +134,10 @@ def test_timm_folder_matches_the_restated_forward(tmp_path, architecture, grid):
 def test_timm_weights_file_beside_its_config_loads_as_the_folder(tmp_path):
     state = _timm_state("deit3_base_patch16_224")
     folder = _timm_folder(tmp_path, "deit3_base_patch16_224", state)
-    by_file, by_folder = sinder.load_backbone(str(folder / "model.safetensors")), sinder.load_backbone(str(folder))
+    by_file, by_folder = (
+        sinder.load_backbone(str(folder / "model.safetensors")),
+        sinder.load_backbone(str(folder)),
+    )
     assert by_file.weights_sha256 == by_folder.weights_sha256 and describe(by_file).family == "deit3"
 
 
@@ -133,7 +148,9 @@ def test_timm_width_without_heads_is_refused(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     del config["model_args"]["num_heads"]
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"the head count of a 64-wide model is not in config.json's model_args"):
+    with pytest.raises(
+        CheckpointError, match=r"the head count of a 64-wide model is not in config.json's model_args"
+    ):
         sinder.load_backbone(str(folder))
 
 
@@ -186,8 +203,11 @@ def test_timm_clip_weights_without_their_config_say_what_to_pass(tmp_path):
     from sinder.models.formats import CheckpointError
 
     save_state_dict(_timm_state("vit_base_patch16_clip_224"), tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"holds timm weights of a CLIP, SigLIP or DINOv3 ViT but no timm "
-                                              r"config.json lies beside it: pass the folder"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds timm weights of a CLIP, SigLIP or DINOv3 ViT but no timm "
+        r"config.json lies beside it: pass the folder",
+    ):
         sinder.load_backbone(str(tmp_path / "model.safetensors"))
 
 
@@ -197,4 +217,8 @@ def test_checkpoint_config_reads_a_timm_folder(tmp_path):
     folder = _timm_folder(tmp_path, "vit_base_patch16_siglip_224", _timm_state("vit_base_patch16_siglip_224"))
     config = checkpoint_config(folder)
     assert (config["family"], config["class_token"], config["attn_pool"], config["num_heads"]) == (
-        "siglip", False, True, HEADS)
+        "siglip",
+        False,
+        True,
+        HEADS,
+    )

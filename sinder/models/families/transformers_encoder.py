@@ -15,7 +15,7 @@ PREFIX = "vision_model."
 
 def strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A vision tower's state dict without ``vision_model.`` (a full model's vision part, or the tower alone)."""
-    return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in state.items()}
+    return {(k[len(PREFIX) :] if k.startswith(PREFIX) else k): v for k, v in state.items()}
 
 
 def encoder_config(hf: Mapping[str, Any], source: str, *, family: str, patch_size: int, act: str,
@@ -52,40 +52,41 @@ def mlp_ratio(dim: int, hidden: int, source: str) -> float:
     """Our ``mlp_ratio`` for transformers' ``intermediate_size`` (the ViT builds ``int(dim * ratio)`` units)."""
     ratio = hidden / dim
     if int(dim * ratio) != hidden:
-        raise ValueError(f"{source}: intermediate_size {hidden} is not expressible as hidden_size {dim} x a ratio")
+        raise ValueError(
+            f"{source}: intermediate_size {hidden} is not expressible as hidden_size {dim} x a ratio"
+        )
     return ratio
+
+
+# Our block parameter names and transformers' (``encoder.layers.N.`` relative), besides the fused q/k/v.
+BLOCK_NAMES = (("attn.proj", "self_attn.out_proj"), ("norm1", "layer_norm1"), ("norm2", "layer_norm2"),
+               ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2"))  # fmt: skip
+
+
+def _layers(state: Mapping[str, Tensor], prefix: str, index_at: int) -> list[int]:
+    return sorted({int(k.split(".")[index_at]) for k in state if k.startswith(prefix)})
 
 
 def block_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The encoder blocks of a transformers CLIP-style encoder (``encoder.layers.N.``) in our ViT's keys."""
     out: dict[str, Tensor] = {}
-    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
-    for i in layers:
+    for i in _layers(state, "encoder.layers.", 2):
         src, dst = f"encoder.layers.{i}.", f"blocks.{i}."
         for p in ("weight", "bias"):
             out[f"{dst}attn.qkv.{p}"] = torch.cat([state[f"{src}self_attn.{x}_proj.{p}"] for x in "qkv"])
-            out[f"{dst}attn.proj.{p}"] = state[f"{src}self_attn.out_proj.{p}"]
-            out[f"{dst}norm1.{p}"] = state[f"{src}layer_norm1.{p}"]
-            out[f"{dst}norm2.{p}"] = state[f"{src}layer_norm2.{p}"]
-            out[f"{dst}mlp.fc1.{p}"] = state[f"{src}mlp.fc1.{p}"]
-            out[f"{dst}mlp.fc2.{p}"] = state[f"{src}mlp.fc2.{p}"]
+            out.update({f"{dst}{ours}.{p}": state[f"{src}{theirs}.{p}"] for ours, theirs in BLOCK_NAMES})
     return out
 
 
 def official_block_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The inverse of :func:`block_keys`: our ``blocks.N.`` keys as ``encoder.layers.N.`` with q/k/v split."""
     out: dict[str, Tensor] = {}
-    layers = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
-    for i in layers:
+    for i in _layers(state, "blocks.", 1):
         src, dst = f"blocks.{i}.", f"encoder.layers.{i}."
         for p in ("weight", "bias"):
             for x, part in zip("qkv", state[f"{src}attn.qkv.{p}"].chunk(3, dim=0)):
                 out[f"{dst}self_attn.{x}_proj.{p}"] = part.clone()
-            out[f"{dst}self_attn.out_proj.{p}"] = state[f"{src}attn.proj.{p}"]
-            out[f"{dst}layer_norm1.{p}"] = state[f"{src}norm1.{p}"]
-            out[f"{dst}layer_norm2.{p}"] = state[f"{src}norm2.{p}"]
-            out[f"{dst}mlp.fc1.{p}"] = state[f"{src}mlp.fc1.{p}"]
-            out[f"{dst}mlp.fc2.{p}"] = state[f"{src}mlp.fc2.{p}"]
+            out.update({f"{dst}{theirs}.{p}": state[f"{src}{ours}.{p}"] for ours, theirs in BLOCK_NAMES})
     return out
 
 
