@@ -97,13 +97,15 @@ def test_timm_per_block_parity(timm_case):
         assert (features["x_norm_clstoken"] - pooled).abs().max().item() <= 1e-5
 
 
-def test_timm_source_format_is_refused_for_the_new_families(tmp_path_factory, tmp_path):
+def test_timm_source_format_is_a_timm_folder(tmp_path_factory, tmp_path):
+    # the round trip through timm itself: tests/test_source_format_libs.py
     from sinder.models.formats import check_save_format
 
     folder, _ = _timm_folder(tmp_path_factory, "deit3_base_patch16_224")
     ours = sinder.load_backbone(str(folder))
-    assert ours.checkpoint_format.kind == "timm"
-    with pytest.raises(ValueError, match="writing a deit3 checkpoint in timm format is not supported yet"):
+    assert ours.checkpoint_format.kind == "timm" and ours.checkpoint_format.path == str(folder)
+    assert check_save_format("source", ours.checkpoint_format, tmp_path / "out") == "timm"
+    with pytest.raises(ValueError, match="the source format of this timm checkpoint is a folder"):
         check_save_format("source", ours.checkpoint_format, tmp_path / "out.safetensors")
 
 

@@ -57,6 +57,16 @@ def siglip_folder(path, patch=16, image=64):
     return model
 
 
+def dinov3_folder(path, patch=16, image=64, registers=4):
+    torch.manual_seed(2)
+    config = transformers.DINOv3ViTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                          intermediate_size=128, image_size=image, patch_size=patch,
+                                          num_register_tokens=registers)  # fmt: skip
+    model = _perturbed(transformers.DINOv3ViTModel(config))
+    model.save_pretrained(path)
+    return model
+
+
 def test_a_clip_folder_carries_its_own_preprocessing(tmp_path):
     processor = {
         "image_processor_type": "CLIPImageProcessor",
@@ -221,6 +231,54 @@ def test_smoke_benchmarks_on_clip_and_siglip_record_family_and_preprocessing(tmp
             assert (
                 record["config"]["overrides"]["crop"] == 84
             )  # padded to 96 for patch 16 (the wrapper's test)
+
+
+@pytest.mark.slow
+def test_smoke_benchmarks_on_a_dinov3_like_backbone(tmp_path):
+    """A random tiny transformers DINOv3 (patch 16, a class token and 4 registers, RoPE): KNN, the linear
+    segmentation head and the depth head run in the smoke profile, whose sizes are multiples of 14."""
+    pytest.importorskip("mmseg")
+    from benchmarks.core.results import ResultStore
+    from benchmarks.core.runner import run_suite
+
+    dinov3_folder(tmp_path / "dinov3")
+    summary = run_suite("imagenet_knn,seg_ade20k_linear,depth_nyu_linear4", [f"dinov3={tmp_path / 'dinov3'}"],
+                        profile="smoke", out=tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False,
+                        log=lambda m: None)  # fmt: skip
+    assert summary.failed == [] and len(summary.ran) == 3
+    records = {r["task"]: r for r in ResultStore(tmp_path / "runs").records()}
+    assert set(records) == {"imagenet_knn", "seg_ade20k_linear", "depth_nyu_linear4"}
+    for task, record in records.items():
+        pre = record["backbone"]["preprocessing"]
+        assert record["backbone"]["family"] == "dinov3", task
+        assert (pre["mean"], pre["std"], pre["resolution"], pre["patch_size"]) == (
+            [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], [64, 64], 16)  # fmt: skip
+        assert pre["pooled_feature"] == "class token"
+        assert record["metrics"] and all(np.isfinite(v) for v in record["metrics"].values()), task
+    assert records["imagenet_knn"]["hparams"]["input_padding"] == "56 px crops center-padded to 64 (patch 16)"
+
+
+def test_patch_multiple_is_the_one_rounding_rule():
+    from benchmarks.core.padding import center_pad_amounts
+    from benchmarks.core.preprocessing import patch_multiple
+    from benchmarks.unsupervised.stego import selection_resolution
+
+    assert [patch_multiple(s, 16) for s in (56, 64, 65, 320)] == [64, 64, 80, 320]
+    assert [patch_multiple(s, 14) for s in (56, 320, 322)] == [56, 322, 322]
+    assert center_pad_amounts(56, 16) == (4, 4) and center_pad_amounts(57, 16) == (3, 4)
+    assert selection_resolution({"val_resolution": 320, "eval_resolution": 56}, 14) == 322
+
+
+def test_unsupervised_resolutions_round_to_the_patch_size_and_are_recorded():
+    from benchmarks.unsupervised.task import _at_patch_size, _note_rounding
+
+    config = {"train_resolution": 56, "knn_resolution": 56, "eval_resolution": 64, "steps": 3}
+    keys = ("train_resolution", "knn_resolution", "eval_resolution")
+    assert _at_patch_size(config, keys, 16) == {**config, "train_resolution": 64, "knn_resolution": 64}
+    assert _at_patch_size(config, keys[:2], 14) == config
+    noted = _note_rounding({"hparams": {}}, config, keys, 16)
+    assert noted["hparams"]["resolutions_at_patch_size"] == {"train_resolution": 64, "knn_resolution": 64}
+    assert "resolutions_at_patch_size" not in _note_rounding({"hparams": {}}, config, keys[:2], 14)["hparams"]
 
 
 def test_ls_lists_the_families_and_the_checkpoint_formats(capsys):

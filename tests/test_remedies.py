@@ -182,8 +182,9 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     text = build_report(out, tables="3", out_dir=tmp_path / "report", plots=True)
     section = text[text.index("### Remedies"):]
     lines = [line for line in section.splitlines() if line.startswith("|")]
-    assert f"| {BASE} | base | smoke |" in lines[2]
-    ttr_line = next(line for line in lines if f"{BASE}+ttr (of {BASE})" in line)
+    shown = {label: f"{label} (constructed)" for label in census}  # the report says the model is constructed
+    assert f"| {shown[BASE]} | base | smoke |" in lines[2]
+    ttr_line = next(line for line in lines if f"{shown[BASE + '+ttr']} (of {shown[BASE]})" in line)
     cells = [c.strip() for c in ttr_line.strip("|").split("|")]
     high = census[f"{BASE}+ttr"]["metrics"]["high_norm_last"]
     assert cells[1] == "ttr" and cells[3] == f"{high:.4g} ({high - base_high:+.3g})"
@@ -193,5 +194,24 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
 
     assert main(["report", "--runs", str(out), "--tables", "3", "--out", str(tmp_path / "cli"), "--no-plots"]) == 0
     assert f"remedies table written: {tmp_path / 'cli' / 'remedies'}.md" in capsys.readouterr().err
-    assert f"{BASE}+ttr - {BASE}" in text  # Table 3's effects view gains the remedy
-    assert f"| (no paper row: ttr) | ours: {BASE}+ttr (n=1) | smoke |" in text  # and a row of its own
+    assert f"{shown[BASE + '+ttr']} - {shown[BASE]}" in text  # Table 3's effects view gains the remedy
+    assert f"| (no paper row: ttr) | ours: {shown[BASE + '+ttr']} (n=1) | smoke |" in text  # and a row of its own
+
+
+def test_smoke_twins_and_remedies_go_to_each_named_backbone_of_the_remedies_suite():
+    """Which backbones get the SINDER twin and the suite's smoke remedies: the default stand-in without
+    --backbone (any suite); with --backbone, each named one without a remedy of its own, for a suite that lists
+    remedies only; none in the paper profile."""
+    from benchmarks.core.backbones import parse_backbone_spec
+    from benchmarks.core.registry import get_suite
+    from benchmarks.core.runner import _smoke_bases
+
+    remedies, table = get_suite("remedies"), get_suite("imagenet_knn")
+    assert remedies.meta.get("smoke_remedies") and not table.meta.get("smoke_remedies")
+    clip, siglip = parse_backbone_spec("clip_tiny_defective"), parse_backbone_spec("siglip_tiny_defective")
+    clamped = parse_backbone_spec("clip_tiny_defective+clamp:gamma=1")
+    assert _smoke_bases([clip], False, False, "smoke", table) == [clip]  # the default, as before
+    assert _smoke_bases([clip, siglip, clamped], True, False, "smoke", remedies) == [clip, siglip]
+    assert _smoke_bases([clip], True, False, "smoke", table) == []
+    assert _smoke_bases([clip], True, False, "paper", remedies) == []
+    assert _smoke_bases([], False, True, "smoke", remedies) == []

@@ -109,7 +109,8 @@ def test_repaired_folder_in_the_source_format_loads_in_transformers(folders, tmp
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [dm.CLIP_NAME, dm.SIGLIP_NAME])
 def test_remedies_suite_smoke_on_the_stand_in(tmp_path, name):
-    """`sinder-bench run --suite remedies --profile smoke --backbone NAME`: every task of the suite on the stand-in."""
+    """`sinder-bench run --suite remedies --profile smoke --backbone NAME`: every task of the suite on the stand-in,
+    its SINDER twin, +clamp and +ttr (the suite's remedies applied to the named backbone, issue 21 item 5)."""
     from conftest import run_smoke_suite
 
     tasks = ["defect_census", "imagenet_knn", "seg_ade20k_linear", "depth_nyu_linear4"]
@@ -117,7 +118,17 @@ def test_remedies_suite_smoke_on_the_stand_in(tmp_path, name):
     assert code == 0
     for task, record in records.items():
         assert record is not None and record["backbone"]["name"] == name, task
-    assert records["defect_census"]["metrics"]["high_norm_last"] > 0  # the planted defects are seen
+        labels = {json.loads(p.read_text())["backbone"]["label"] for p in (tmp_path / "runs" / task).glob("*.json")}
+        assert labels == {name, f"{name}_sinder", f"{name}+clamp", f"{name}+ttr"}, task
+    census = {}
+    for path in (tmp_path / "runs" / "defect_census").glob("*.json"):
+        record = json.loads(path.read_text())
+        census[record["backbone"]["label"]] = record
+    assert census[name]["metrics"]["high_norm_last"] > 0  # the planted defects are seen
+    assert census[f"{name}_sinder"]["backbone"]["role"]["remedy"] == "sinder"
+    assert census[f"{name}+clamp"]["backbone"]["remedy"]["name"] == "clamp"
+    assert census[f"{name}+ttr"]["backbone"]["remedy"]["name"] == "ttr"
+    assert all(r["backbone"]["family"] == census[name]["backbone"]["family"] for r in census.values())
 
 
 @pytest.mark.slow

@@ -294,3 +294,44 @@ def test_a_task_joins_its_tables_suite_by_declaring_the_table(monkeypatch):
     assert "aa_extra_segmentation" in registry.get_suite("all").tasks
     # the paper's column order, not the alphabet: Table 5 lists the linear heads before DPT
     assert registry.get_suite("table5").tasks == ("depth_nyu_linear1", "depth_nyu_linear4", "depth_nyu_dpt")
+
+
+def test_rows_say_the_family_and_that_a_model_is_constructed(tmp_path):
+    """Records that carry ``backbone.family`` label their rows with it (the paper's DINOv2 left implicit) and say
+    when the model is constructed: a stand-in, or a remedy whose base is one; older records keep their label."""
+    from benchmarks.core.remedies_report import remedies_frame
+    from benchmarks.core.report import aggregate, table_frame
+
+    store = R.ResultStore(tmp_path)
+    knn = {"top1": 1.0, "top5": 2.0}
+
+    def write(label, role, family, sha=None):
+        store.write(R.make_record(
+            task="imagenet_knn", profile="smoke", metrics=knn, metric_directions=dict.fromkeys(knn, "higher"),
+            hparams={}, config={}, seed=0, wall_time_s=1.0, device={"type": "cpu"},
+            backbone={"label": label, "weights_sha256": sha or _sha(label), "role": role,
+                      **({"family": family} if family else {})},
+        ))  # fmt: skip
+
+    clip = "clip_tiny_defective"
+    write(clip, Role.constructed(clip).as_dict(), "clip")
+    write(f"{clip}_sinder", _repair(clip), "clip")
+    write(f"{clip}+clamp", Role.remedied("remedy", "clamp", {"gamma": 1}, _sha(clip)).as_dict(), "clip")
+    write("dinov2_tiny_defective", Role.constructed("dinov2_tiny_defective").as_dict(), "dinov2")
+    write("vitg", OFFICIAL, "dinov2")
+    write("siglip_folder", {"kind": "other"}, "siglip")
+    write("old", {"kind": "other"}, None)
+    labels = {v["label"] for v in aggregate(store.records()).values()}
+    assert labels == {f"{clip} (clip, constructed)", f"{clip}_sinder (clip, constructed)",
+                      f"{clip}+clamp (clip, constructed)", "dinov2_tiny_defective (constructed)", "vitg",
+                      "siglip_folder (siglip)", "old"}  # fmt: skip
+
+    agg = aggregate(store.records())
+    table = next(t for t in load_paper_tables().values() if any(c["task"] == "imagenet_knn" for c in t["columns"]))
+    frame = table_frame(table, agg)
+    ours = frame[frame["source"] == "ours"]
+    rows = dict(zip(ours["backbone"], ours["row"]))
+    assert rows[f"{clip} (clip, constructed)"] == "(no paper row)"  # a CLIP stand-in is no DINOv2 row
+    remedies = remedies_frame(agg)
+    bases = dict(zip(remedies["backbone"], remedies["base"]))
+    assert bases[f"{clip}+clamp (clip, constructed)"] == f"{clip} (clip, constructed)"

@@ -92,3 +92,148 @@ def test_source_format_of_a_folder_needs_a_folder_name(tmp_path):
     model = sinder.load_backbone(str(source))
     with pytest.raises(ValueError, match="give a folder name without a suffix"):
         check_save_format("source", model.checkpoint_format, tmp_path / "out.safetensors")
+
+
+def _clamped(model):
+    """``model`` with its block linears clamped (an edit that changes weights); the edited official state."""
+    edited, layers = clamp_singular_values(model, gamma=1.0)
+    assert any(info.n_clamped for info in layers)
+    model.load_state_dict(edited)
+    return edited
+
+
+def _inflate(model):
+    """Random norms/biases/tokens and block weights above the clamp's bound, so that a mapping mistake shows."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias") or "token" in name or "lambda" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            elif "layer" in name and name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
+                p.mul_(20)
+
+
+def _write_source(model, out):
+    kind = check_save_format("source", model.checkpoint_format, out)
+    save_checkpoint(model.state_dict(), out, kind, config=model.config, source=model.checkpoint_format)
+    return kind
+
+
+def _only_edited_weights_changed(before: dict, written: dict):
+    assert set(written) == set(before)  # the source's keys, no more, no fewer
+    changed = [k for k in before if not torch.equal(before[k], written[k])]
+    assert changed and all(k.endswith("weight") and ("proj" in k or "fc" in k) for k in changed), changed
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_dinov3_written_back_loads_in_transformers(tmp_path, gated):
+    torch.manual_seed(0)
+    config = transformers.DINOv3ViTConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                          intermediate_size=128, num_register_tokens=4, image_size=32, patch_size=8,
+                                          use_gated_mlp=gated, hidden_act="silu" if gated else "gelu")  # fmt: skip
+    reference = transformers.DINOv3ViTModel(config).eval()
+    _inflate(reference)
+    source = tmp_path / "dinov3"
+    reference.save_pretrained(source)
+    model = sinder.load_backbone(str(source))
+    edited = _clamped(model)
+    out = tmp_path / "repaired"
+    assert _write_source(model, out) == "hf"
+    before, written = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    _only_edited_weights_changed(before, written)
+    assert not any("k_proj.bias" in k for k in keys_of(out / "model.safetensors"))  # the source has none
+
+    theirs = transformers.DINOv3ViTModel.from_pretrained(out).eval()
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        hidden = theirs(pixel_values=x, output_hidden_states=True).hidden_states
+        mine = model.get_intermediate_layers(x, n=3, norm=False)
+    for i, tokens in enumerate(mine):
+        assert (tokens - hidden[i + 1][:, 5:]).abs().max().item() <= 1e-5, f"block {i}"
+    again = sinder.load_backbone(str(out))
+    assert all(torch.equal(v, edited[k]) for k, v in again.state_dict().items())
+
+
+def test_siglip2_written_back_loads_in_transformers(tmp_path):
+    patch = 8
+    torch.manual_seed(0)
+    config = transformers.Siglip2VisionConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                              intermediate_size=128, num_patches=16, patch_size=patch)
+    reference = transformers.Siglip2VisionModel(config).eval()
+    _inflate(reference)
+    source = tmp_path / "siglip2"
+    reference.save_pretrained(source)
+    model = sinder.load_backbone(str(source))
+    _clamped(model)
+    out = tmp_path / "repaired"
+    _write_source(model, out)
+    before, written = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    _only_edited_weights_changed(before, written)
+
+    theirs = transformers.Siglip2VisionModel.from_pretrained(out).eval()
+    x = torch.randn(2, 3, 24, 40, generator=torch.Generator().manual_seed(3))
+    rows, cols = 24 // patch, 40 // patch
+    patches = x.reshape(2, 3, rows, patch, cols, patch).permute(0, 2, 4, 3, 5, 1).reshape(2, rows * cols, -1)
+    with torch.no_grad():
+        result = theirs(pixel_values=patches, pixel_attention_mask=torch.ones(2, rows * cols, dtype=torch.long),
+                        spatial_shapes=torch.tensor([[rows, cols]] * 2), output_hidden_states=True)
+        mine = model.get_intermediate_layers(x, n=3, norm=False)
+        pooled = model.forward_features(x)["x_norm_clstoken"]
+    for i, tokens in enumerate(mine):
+        assert (tokens - result.hidden_states[i + 1]).abs().max().item() <= 1e-5, f"block {i}"
+    assert (pooled - result.pooler_output).abs().max().item() <= 1e-5
+
+
+def test_keys_the_reader_ignores_are_carried_into_the_output(tmp_path):
+    """A ``CLIPVisionModelWithProjection`` folder: its ``visual_projection`` is not the backbone's, yet the written
+    folder is a complete checkpoint of the source (the projection unchanged), with its preprocessing config."""
+    torch.manual_seed(0)
+    config = transformers.CLIPVisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                           intermediate_size=128, image_size=32, patch_size=8, projection_dim=16)
+    reference = transformers.CLIPVisionModelWithProjection(config).eval()
+    _inflate(reference)
+    source = tmp_path / "clip-with-projection"
+    reference.save_pretrained(source)
+    (source / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+                                                                 "crop_size": {"height": 32, "width": 32}}))
+    model = sinder.load_backbone(str(source))
+    _clamped(model)
+    out = tmp_path / "repaired"
+    _write_source(model, out)
+    before, written = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    _only_edited_weights_changed(before, written)
+    assert "visual_projection.weight" in written
+    assert (out / "preprocessor_config.json").read_text() == (source / "preprocessor_config.json").read_text()
+    theirs = transformers.CLIPVisionModelWithProjection.from_pretrained(out).eval()
+    assert torch.equal(theirs.visual_projection.weight, reference.visual_projection.weight)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        embeds = theirs(pixel_values=x).image_embeds
+        pooled = model.forward_features(x)["x_norm_clstoken"]
+    assert (pooled @ reference.visual_projection.weight.T - embeds).abs().max().item() <= 1e-5
+
+
+def test_a_source_that_is_gone_is_named(tmp_path):
+    import shutil
+
+    source = source_folder(tmp_path, "siglip", "")
+    model = sinder.load_backbone(str(source))
+    shutil.rmtree(source)
+    with pytest.raises(ValueError, match=r"the source checkpoint .*siglip-source is gone"):
+        _write_source(model, tmp_path / "out")
+
+
+def test_a_tensor_the_source_cannot_hold_is_refused_unless_zero():
+    from sinder.models.source_format import source_state
+
+    raw = {"embeddings.cls_token": torch.ones(1, 1, 4), "embeddings.mask_token": torch.zeros(1, 1, 4),
+           "embeddings.patch_embeddings.weight": torch.ones(4, 3, 2, 2)}
+
+    def state(bias):
+        return {"cls_token": torch.full((1, 1, 4), 2.0), "mask_token": torch.zeros(1, 4), "norm.weight": torch.ones(4),
+                "norm.bias": bias, "patch_embed.proj.weight": torch.ones(4, 3, 2, 2)}  # fmt: skip
+
+    with pytest.raises(ValueError, match="cannot write norm.weight back: the source checkpoint has no such tensor"):
+        source_state(state(torch.zeros(4)), raw, ("hf", "dinov3_vit"))
+    raw["norm.weight"] = torch.ones(4)
+    out = source_state(state(torch.zeros(4)), raw, ("hf", "dinov3_vit"))  # the zero norm.bias is dropped
+    assert set(out) == set(raw) and torch.equal(out["embeddings.cls_token"], torch.full((1, 1, 4), 2.0))

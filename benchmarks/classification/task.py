@@ -25,7 +25,7 @@ from benchmarks.core.features import (
     extract_features,
 )
 from benchmarks.core.padding import center_pad
-from benchmarks.core.preprocessing import pooled_layers, preprocessing_of
+from benchmarks.core.preprocessing import patch_multiple, pooled_layers, preprocessing_of
 from benchmarks.core.registry import Metric, Task, register_task
 from benchmarks.core.scalars import scalar_writer
 from benchmarks.core.task_config import check_schema
@@ -93,7 +93,7 @@ def padding_record(crop: int, patch_size: int) -> dict[str, str]:
     """The record's note when the crop is not a multiple of the patch size (inputs center-padded), else none."""
     if crop % patch_size == 0:
         return {}
-    padded = crop + (-crop) % patch_size
+    padded = patch_multiple(crop, patch_size)
     return {"input_padding": f"{crop} px crops center-padded to {padded} (patch {patch_size})"}
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from .preprocessing import patch_multiple
+
 
 def center_pad_amounts(size: int, multiple: int) -> tuple[int, int]:
     """(before, after) padding that brings ``size`` to the next multiple of ``multiple``, split evenly."""
-    total = (-size) % multiple
+    total = patch_multiple(size, multiple) - size
     return total // 2, total - total // 2
 
 

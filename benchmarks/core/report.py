@@ -143,6 +143,19 @@ def row_for_role(role: Role | Mapping[str, Any] | None, rows: list[dict]) -> dic
 Key = tuple[BackboneIdentity, str, str]  # (backbone, task, profile)
 
 
+def model_tags(backbone: Mapping[str, Any], role: Role, constructed_sha256: set[str]) -> str:
+    """What a row's label adds about the model, from a record that says its family (``backbone.family``): the
+    family where it is not the paper's DINOv2, and ``constructed`` for a constructed stand-in or a remedy of one
+    (its base's content hash among ``constructed_sha256``): `` (clip, constructed)``; '' for an older record."""
+    family = backbone.get("family")
+    if not family:
+        return ""
+    tags = [family] if family != "dinov2" else []
+    if role.kind == "constructed" or (role.is_remedied and role.base_sha256 in constructed_sha256):
+        tags.append("constructed")
+    return f" ({', '.join(tags)})" if tags else ""
+
+
 def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
     """Per (backbone identity, task, profile): the mean of each metric over distinct seeds (records of one seed,
     such as a record reused under a new label, count once), the seed count and a display label (the role is
@@ -159,6 +172,7 @@ def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
             labels[backbone].append(rec["backbone"]["label"])
     latest = {b: names[-1] for b, names in labels.items()}
     clashes = {name for name in latest.values() if list(latest.values()).count(name) > 1}
+    constructed = {b.sha256 for b in labels if b.role.kind == "constructed"}
     out = {}
     for key, recs in groups.items():
         by_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -169,8 +183,9 @@ def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
         metrics = {m: statistics.fmean([statistics.fmean(s[m]) for s in by_seed.values() if m in s]) for m in names}
         label = latest[key[0]]
         newest = max(recs, key=lambda r: r["created"])
+        label = f"{label} [{key[0].short}]" if label in clashes else label
         out[key] = {"metrics": metrics, "n": len(by_seed), "hparams": newest.get("hparams") or {},
-                    "label": f"{label} [{key[0].short}]" if label in clashes else label}  # fmt: skip
+                    "label": label + model_tags(newest["backbone"], key[0].role, constructed)}  # fmt: skip
     return out
 
 

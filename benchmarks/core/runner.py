@@ -275,6 +275,7 @@ def run_suite(
             problems.append("no backbone: pass --backbone SPEC (e.g. dinov2_vitg14); only --profile smoke has defaults")
     problems += _duplicate_labels(specs)
     problems += [p for p in (B.backbone_problem(s) for s in specs) if p]
+    bases = _smoke_bases(specs, bool(backbones), bool(models), profile, suite_obj)  # get the twin and remedies
     given, model_problems = B.given_models(models or {})
     problems += model_problems
     specs += list(given)
@@ -289,8 +290,7 @@ def run_suite(
             autocast_dtype(configs[task.name])
         except ValueError as err:
             problems.append(str(err))
-    smoke_extras = [] if backbones or models or profile != "smoke" or not specs else \
-        ["repaired twin", *(suite_obj.meta.get("smoke_remedies") or [])]  # made after the preflight
+    smoke_extras = {base: ["repaired twin", *(suite_obj.meta.get("smoke_remedies") or [])] for base in bases}
     problems += _disk_problems(Path(out).expanduser(), cache, tasks, specs, given, configs, profile, data_root, seed,
                                smoke_extras)  # fmt: skip
     head_dir = Path(head_weights).expanduser() if head_weights else None
@@ -305,16 +305,17 @@ def run_suite(
     # every line of the run (workers' included: they come back through ``say``) also goes to <out>/logs/<run>.log
     run_log = log_to_file(Path(out).expanduser() / "logs" / f"{run_id}.log") if D.is_main() else contextlib.nullcontext()
     with run_log, scratch_dir(cache / "tmp", f"{run_id}-r{D.rank()}"):  # temp files of this run; a killed run's are removed
-        if profile == "smoke" and not backbones and not models and specs:
-            twin = B.repaired_twin(specs[0], cache, say) if D.is_main() else None
+        added = {}
+        for base in bases:  # the smoke twin and remedies, made after the preflight, listed after their base
+            twin = B.repaired_twin(base, cache, say) if D.is_main() else None
             D.barrier()
             twin = D.broadcast_object(twin)
-            if twin is not None:  # a test may leave it out
-                specs.append(twin)
             remedies = list(suite_obj.meta.get("smoke_remedies") or [])  # each remedy makes its own (Remedy.smoke_args)
-            extra = B.smoke_remedies(specs[0], remedies, cache, seed, say) if D.is_main() and remedies else []
+            extra = B.smoke_remedies(base, remedies, cache, seed, say) if D.is_main() and remedies else []
             D.barrier()
-            specs += D.broadcast_object(extra)
+            # a test may leave the twin out
+            added[base] = [*([twin] if twin is not None else []), *D.broadcast_object(extra)]
+        specs = [s for spec in specs for s in (spec, *added.get(spec, []))]
 
         store = ResultStore(out)
         # Tasks that repair their input (Tables 6-7) run on the first backbone only: the paper applies them to DINOv2.
@@ -357,8 +358,22 @@ def run_suite(
     return summary
 
 
+def _smoke_bases(specs: Sequence[B.BackboneSpec], named: bool, models: bool, profile: str,
+                 suite_obj) -> list[B.BackboneSpec]:  # fmt: skip
+    """The backbones whose SINDER twin and smoke remedies (suite key ``smoke_remedies``) the smoke profile adds:
+    the default stand-in when no backbone is named; with ``--backbone``, each named one without a remedy of its own
+    for a suite that lists remedies (the remedies suite: every remedy beside each base, issue 21 item 5)."""
+    if profile != "smoke" or not specs:
+        return []
+    if not named and not models:
+        return [specs[0]]
+    if named and suite_obj.meta.get("smoke_remedies"):
+        return [spec for spec in specs if not spec.remedy]
+    return []
+
+
 def _disk_problems(out: Path, cache: Path, tasks, specs, given, configs, profile: str, data_root: Path | None,
-                   seed: int, smoke_extras: Sequence[str]) -> list[str]:  # fmt: skip
+                   seed: int, smoke_extras: Mapping[Any, Sequence[str]]) -> list[str]:  # fmt: skip
     """A problem for a folder whose disk cannot take what the run will write (``benchmarks.core.disk``: each
     task's estimate per backbone, the records, a copy of the weights per remedied backbone and per smoke
     extra), checked before any work so a run never dies with ENOSPC half-way."""
@@ -368,11 +383,12 @@ def _disk_problems(out: Path, cache: Path, tasks, specs, given, configs, profile
     plan = [(spec, [t for t in tasks if i == 0 or not getattr(t, "first_backbone_only", False)])
             for i, spec in enumerate(specs)]  # fmt: skip
     copies = [spec for spec in specs if spec.remedy]
-    for extra in smoke_extras:  # the smoke twin and remedies of the first backbone: its size, every task
-        stand_in = f"{specs[0].label}+{extra}"
-        sizes[stand_in] = sizes.get(specs[0])
-        plan.append((stand_in, [t for t in tasks if not getattr(t, "first_backbone_only", False)]))
-        copies.append(stand_in)
+    for base, extras in smoke_extras.items():  # the smoke twin and remedies of a base: its size, every task
+        for extra in extras:
+            stand_in = f"{base.label}+{extra}"
+            sizes[stand_in] = sizes.get(base)
+            plan.append((stand_in, [t for t in tasks if not getattr(t, "first_backbone_only", False)]))
+            copies.append(stand_in)
     needs = run_disk_needs(plan, sizes, configs, _image_counter(profile, data_root, cache, seed), profile=profile,
                            copies=copies)  # fmt: skip
     return free_space_problems(out, cache, needs)

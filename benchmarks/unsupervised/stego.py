@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.core import distributed as D
+from benchmarks.core.preprocessing import patch_multiple
 
 from . import batches as B
 from . import loop as L
@@ -476,8 +477,7 @@ def stego_metrics(results: dict[str, dict[str, float]], crf: bool) -> dict[str, 
 def selection_resolution(cfg: dict[str, Any], patch_size: int) -> int:
     """The validation resolution of the checkpoint selection: ``cfg['val_resolution']`` (STEGO: 320) rounded up
     to a multiple of the backbone's patch size (a ViT/14 takes no 320 input; 322 then)."""
-    res = int(cfg.get("val_resolution", cfg["eval_resolution"]))
-    return math.ceil(res / patch_size) * patch_size
+    return patch_multiple(int(cfg.get("val_resolution", cfg["eval_resolution"])), patch_size)
 
 
 def stego_deviations(cfg: dict[str, Any], selection: dict[str, Any], select_resolution: int | None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core.preprocessing import preprocessing_of
+from benchmarks.core.preprocessing import patch_multiple, preprocessing_of
 from benchmarks.core.registry import Metric, Task, register_task
 
 LOSS_VARIANTS = ("dinov2", "register", "sinder")
@@ -101,6 +101,21 @@ class _UnsupervisedTask(Task):
         return (tokens if cached else 0) + pooled
 
 
+def _at_patch_size(config, keys, patch_size: int) -> dict[str, Any]:
+    """``config`` with the resolutions under ``keys`` rounded up to the backbone's patch size (the profiles give
+    multiples of 14: 56 is no input for a patch-16 model, 64 is)."""
+    return {**config, **{k: patch_multiple(config[k], patch_size) for k in keys}}
+
+
+def _note_rounding(result: dict[str, Any], config, keys, patch_size: int) -> dict[str, Any]:
+    """The record says which resolutions ran other than the profile's (``hparams.resolutions_at_patch_size``)."""
+    rounded = {k: patch_multiple(config[k], patch_size) for k in keys}
+    changed = {k: v for k, v in rounded.items() if v != config[k]}
+    if changed:
+        result.setdefault("hparams", {})["resolutions_at_patch_size"] = changed
+    return result
+
+
 class _StegoTask(_UnsupervisedTask):
     method = "stego"
     # 2: a step's randomness drawn for the global batch (same training on any number of ranks)
@@ -119,8 +134,9 @@ class _StegoTask(_UnsupervisedTask):
         from .data import SegmentationView, parse_crops
         from .stego import run_stego, selection_resolution
 
-        cfg = dict(ctx.config)
         pre = preprocessing_of(backbone)
+        resolutions = ("train_resolution", "knn_resolution", "eval_resolution")
+        cfg = _at_patch_size(ctx.config, resolutions, pre.patch_size)
         variant = loss_variant(backbone, getattr(ctx, "backbone_role", None))
         cfg["loss"] = dict(cfg["loss_weights"][variant])
         crops = parse_crops(cfg["train_crops"])
@@ -141,8 +157,9 @@ class _StegoTask(_UnsupervisedTask):
         if select_res != views["val"].resolution:
             select_view = SegmentationView(views["val"].base, select_res, (), cfg["resize"], cfg["interpolation"],
                                            name=f"{cfg['dataset']}:{cfg['val_split']}", preprocessing=pre)  # fmt: skip
-        return run_stego(backbone, ctx, cfg, views["train"], views["knn"], views["val"], cfg["n_classes"], variant,
-                         select_view=select_view)  # fmt: skip
+        result = run_stego(backbone, ctx, cfg, views["train"], views["knn"], views["val"], cfg["n_classes"], variant,
+                           select_view=select_view)  # fmt: skip
+        return _note_rounding(result, ctx.config, resolutions, pre.patch_size)
 
 
 @register_task
@@ -178,15 +195,16 @@ class _CauseTask(_UnsupervisedTask):
         from .cause import run_cause
         from .data import SegmentationView, parse_crops
 
-        cfg = dict(ctx.config)
-        res = cfg["resolution"]
         pre = preprocessing_of(backbone)
+        cfg = _at_patch_size(ctx.config, ("resolution",), pre.patch_size)
+        res = cfg["resolution"]
         train = SegmentationView(_open(ctx, cfg, cfg["train_split"]), res, parse_crops(cfg["train_crops"]),
                                  cfg["resize"], cfg["interpolation"], name=f"{cfg['dataset']}:{cfg['train_split']}",
                                  preprocessing=pre)  # fmt: skip
         val = SegmentationView(_open(ctx, cfg, cfg["val_split"]), res, (), cfg["resize"], cfg["interpolation"],
                                name=f"{cfg['dataset']}:{cfg['val_split']}", preprocessing=pre)  # fmt: skip
-        return run_cause(backbone, ctx, cfg, train, val, cfg["n_classes"])
+        return _note_rounding(run_cause(backbone, ctx, cfg, train, val, cfg["n_classes"]), ctx.config, ("resolution",),
+                              pre.patch_size)
 
 
 @register_task

@@ -34,8 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sinder.models.backbone import PREPROCESSOR_CONFIG
 from sinder.models.families import clip, dinov3, open_clip, siglip, siglip2, timm_vit
 from sinder.models.families.transformers_encoder import key_prefix
+from sinder.models.source_format import WRITERS, source_state, writer_key
 from sinder.models.state_io import normalize_keys, read_state_dict, save_state_dict
 from sinder.models.vit import ARCH_DEFAULTS, PRESETS
 from sinder.utils.atomic import atomic_write_text
@@ -62,9 +64,11 @@ class CheckpointFormat:
 
     kind: str = "official"  # one of FORMATS
     hf_config: dict[str, Any] | None = field(default=None, compare=False)  # config.json of an ``hf``/``timm`` source
-    # writing back in the source format: DINOv2's formats, and transformers folders of SOURCE_WRITERS' families
+    # writing back in the source format: DINOv2's formats, and the other families' (sinder.models.source_format)
     family: str = field(default="dinov2", compare=False)
     key_prefix: str = field(default="", compare=False)  # a transformers folder's key prefix (``vision_model.``)
+    # the weights file or folder read: an other family's output is the source's state dict with ours laid over it
+    path: str | None = field(default=None, compare=False)
 
 
 # ------------------------------------------------------------------------------------------- detection
@@ -449,16 +453,22 @@ def _timm_checkpoint(timm_config: dict[str, Any], raw: Mapping[str, Tensor], sou
             state = timm_vit.timm_vit_to_official(raw, source)
     except ValueError as err:
         raise CheckpointError(str(err)) from err
-    return Checkpoint(state, CheckpointFormat("timm", timm_config, config["family"]), config)
+    return Checkpoint(state, CheckpointFormat("timm", timm_config, config["family"], path=source), config)
 
 
-def _open_clip_checkpoint(raw: Mapping[str, Tensor], model_cfg: dict[str, Any] | None, path: Path) -> Checkpoint:
+def _open_clip_checkpoint(raw: Mapping[str, Tensor], model_cfg: dict[str, Any] | None, path: Path,
+                          weights: Path | None = None) -> Checkpoint:  # fmt: skip
     state = open_clip.visual_state(raw)
     try:
         config = open_clip.config_from_open_clip(state, model_cfg, path.name, str(path))
     except ValueError as err:
         raise CheckpointError(str(err)) from err
-    return Checkpoint(open_clip.open_clip_to_official(state), CheckpointFormat("open_clip", family="clip"), config)
+    # a file we wrote says its architecture (the activation, which the weights and our file name may not say)
+    written = _safetensors_config(weights or path)
+    if written is not None and written.get("family") == "clip":
+        config = {**config, "act_layer": written.get("act_layer", config["act_layer"])}
+    source = CheckpointFormat("open_clip", family="clip", path=str(path))
+    return Checkpoint(open_clip.open_clip_to_official(state), source, config)
 
 
 def _open_clip_folder(path: Path) -> Checkpoint:
@@ -466,7 +476,8 @@ def _open_clip_folder(path: Path) -> Checkpoint:
     if weights is None:
         raise CheckpointError(f"{path}: no weights file ({', '.join(open_clip.WEIGHT_FILES)}) beside "
                               f"{open_clip.CONFIG_FILE}")
-    return _open_clip_checkpoint(normalize_keys(read_state_dict(weights)), open_clip.read_model_cfg(path), path)
+    return _open_clip_checkpoint(normalize_keys(read_state_dict(weights)), open_clip.read_model_cfg(path), path,
+                                 weights)
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -486,7 +497,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         config = config_from_hf(hf_config, str(path))
         state = hf_converter(hf_config)(raw)
         state.setdefault("mask_token", torch.zeros(1, config["embed_dim"]))
-        source = CheckpointFormat("hf", hf_config, config.get("family", "dinov2"), source_key_prefix(hf_config, raw))
+        family = config.get("family", "dinov2")
+        source = CheckpointFormat("hf", hf_config, family, source_key_prefix(hf_config, raw),
+                                  None if family == "dinov2" else str(path))
         return Checkpoint(state, source, config)
     raw = normalize_keys(read_state_dict(path))
     kind = detect_format(raw)
@@ -542,37 +555,94 @@ def checkpoint_architecture(checkpoint: Checkpoint, source: str) -> dict[str, An
 
 
 # ------------------------------------------------------------------------------------------- writing
-# The transformers folders of the other families that a repair can be written back as: model_type -> our keys to
-# the folder's (without prefix). DINOv2's folders go through official_to_hf.
-SOURCE_WRITERS = {
-    **{m: clip.official_to_clip for m in clip.MODEL_TYPES},
-    **{m: siglip.official_to_siglip for m in siglip.MODEL_TYPES},
-}
-
-
 def source_key_prefix(hf_config: Mapping[str, Any], raw: Mapping[str, Tensor]) -> str:
-    """The key prefix of a transformers folder of another family (kept to write it back), else ''."""
-    return key_prefix(raw) if hf_config.get("model_type") in SOURCE_WRITERS else ""
+    """The key prefix of a transformers folder of another family (``vision_model.`` or none), else ''."""
+    return key_prefix(raw) if hf_config.get("model_type") in TRANSFORMERS_FAMILIES else ""
+
+
+def _family_writer(kind: str, source: CheckpointFormat) -> tuple[str, str] | None:
+    """The :data:`WRITERS` key that writes ``source`` back as ``kind``: a transformers folder by its
+    ``model_type``, another family's timm or OpenCLIP checkpoint by family; None for DINOv2's own formats."""
+    if kind == "hf":
+        key = writer_key(kind, source.family, source.hf_config)
+        return key if key in WRITERS else None
+    return None if source.family == "dinov2" or kind == "official" else writer_key(kind, source.family, None)
+
+
+def _folder_output(source: CheckpointFormat) -> bool:
+    """Whether ``source``'s own format is a folder: transformers and timm folders, an OpenCLIP folder."""
+    if source.family == "dinov2":
+        return source.kind == "hf"
+    return source.kind in ("hf", "timm") or (source.path is not None and Path(source.path).is_dir())
 
 
 def check_save_format(save_format: str, source: CheckpointFormat, out: str | Path) -> str:
-    """The concrete format (``official``, ``hf`` or ``timm``) of ``save_format`` (``official`` | ``source``)."""
+    """The concrete format (``official``, ``hf``, ``timm`` or ``open_clip``) of ``save_format`` (``official`` |
+    ``source``), refused up front when that format cannot be written to ``out``."""
     if save_format not in ("official", "source"):
         raise ValueError(f"save format {save_format!r}: use 'official' or 'source'")
     kind = source.kind if save_format == "source" else "official"
+    if kind == "official":
+        return kind
     model_type = (source.hf_config or {}).get("model_type") if kind == "hf" else None
-    if kind == "hf" and model_type not in (*DINOV2_MODEL_TYPES, *SOURCE_WRITERS):
-        raise ValueError(f"--save-format source: writing a {model_type!r} folder is not supported yet; "
-                         "use --save-format official")
-    if kind != "official" and source.family != "dinov2" and model_type not in SOURCE_WRITERS:
+    writer = _family_writer(kind, source)
+    if writer is None:  # DINOv2's formats
+        if kind == "hf" and model_type not in DINOV2_MODEL_TYPES:
+            raise ValueError(f"--save-format source: writing a {model_type!r} folder is not supported yet; "
+                             "use --save-format official")
+    elif writer not in WRITERS:
         raise ValueError(f"--save-format source: writing a {source.family} checkpoint in {kind} format is not "
                          "supported yet; use --save-format official")
-    if kind == "hf" and Path(out).suffix:
+    elif source.path is None and kind != "hf":
+        raise ValueError(f"--save-format source: where the {source.family} checkpoint was read from is not known "
+                         "(its untouched tensors are copied from there); use --save-format official")
+    if _folder_output(source) and Path(out).suffix:
+        what = {"hf": "Hugging Face", "timm": "timm", "open_clip": "OpenCLIP"}[kind]
         raise ValueError(
-            f"--out {out}: the source format of a Hugging Face checkpoint is a folder (config.json + "
-            "model.safetensors); give a folder name without a suffix, or use --save-format official"
+            f"--out {out}: the source format of this {what} checkpoint is a folder (its config and weights); give a "
+            "folder name without a suffix, or use --save-format official"
         )
+    if not _folder_output(source) and kind == "open_clip" and Path(out).suffix != ".safetensors":
+        raise ValueError(f"--out {out}: an OpenCLIP weights file is written as .safetensors; name it so")
     return kind
+
+
+def _source_raw(source: CheckpointFormat) -> dict[str, Tensor]:
+    """The source checkpoint's state dict as :func:`read_checkpoint` read it, before conversion."""
+    path = Path(str(source.path))
+    if not path.exists():
+        raise CheckpointError(f"the source checkpoint {path} is gone: its tensors that are not the backbone's are "
+                              "copied from it into a --save-format source output; restore it or use "
+                              "--save-format official")
+    if source.kind == "open_clip" and path.is_dir():
+        return normalize_keys(read_state_dict(next(path / n for n in open_clip.WEIGHT_FILES if (path / n).is_file())))
+    return read_hf_folder(path)[1] if path.is_dir() else normalize_keys(read_state_dict(path))
+
+
+def _save_source_family(state: Mapping[str, Tensor], out: Path, source: CheckpointFormat, *, force: bool,
+                        metadata: Mapping[str, str]) -> str:  # fmt: skip
+    """Write an other family's checkpoint in its source layout: the source's state dict with ours laid over it
+    (a transformers folder of a known ``config.json`` without a source file: the family's keys alone)."""
+    key = _family_writer(source.kind, source)
+    if source.path is None and source.kind != "hf":
+        raise ValueError(f"cannot write a {source.family} checkpoint in {source.kind} format without its source")
+    raw = _source_raw(source) if source.path is not None else None
+    written = source_state(state, raw, key, prefix=source.key_prefix)
+    if not _folder_output(source):  # an OpenCLIP weights file
+        return save_state_dict(written, out, force=force, metadata=metadata)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite it")
+    src = Path(str(source.path)) if source.path is not None else None
+    folder = None if src is None else src if src.is_dir() else src.parent
+    if source.kind == "open_clip":
+        sha = save_state_dict(written, out / open_clip.WEIGHT_FILES[0], force=True, metadata=metadata)
+        atomic_write_text(out / open_clip.CONFIG_FILE, (folder / open_clip.CONFIG_FILE).read_text())
+        return sha
+    sha = save_state_dict(written, out / HF_WEIGHTS[0], force=True, metadata={**metadata, "format": "pt"})
+    atomic_write_text(out / HF_CONFIG, json.dumps(source.hf_config, indent=2, sort_keys=True) + "\n")
+    if folder is not None and (folder / PREPROCESSOR_CONFIG).is_file():  # the output is fed as the source was
+        atomic_write_text(out / PREPROCESSOR_CONFIG, (folder / PREPROCESSOR_CONFIG).read_text())
+    return sha
 
 
 def save_checkpoint(
@@ -588,24 +658,23 @@ def save_checkpoint(
     """Write official-key ``state`` in format ``kind``; returns the sha256 of the weights file written.
 
     ``config`` (our architecture) goes into the safetensors metadata so the file loads alone; an ``hf`` output
-    is a folder with the source's ``config.json`` and ``model.safetensors``.
+    is a folder with the source's ``config.json`` and ``model.safetensors``. Another family's source format is
+    its own layout (``sinder.models.source_format``): a transformers or timm folder, an OpenCLIP file or folder.
     """
 
     metadata = {**(metadata or {}), CONFIG_METADATA: json.dumps(dict(config), sort_keys=True)}
     out = Path(out)
     if kind == "official":
         return save_state_dict(state, out, force=force, metadata=metadata)
+    if _family_writer(kind, source) is not None:
+        return _save_source_family(state, out, source, force=force, metadata=metadata)
     if kind == "timm":
         return save_state_dict(official_to_timm(state), out, force=force, metadata=metadata)
     if kind != "hf" or source.hf_config is None:
         raise ValueError(f"cannot write format {kind!r} (source {source.kind!r})")
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite it")
-    writer = SOURCE_WRITERS.get(source.hf_config.get("model_type"))
-    if writer is None:
-        hf_state = official_to_hf(state, source.hf_config)
-    else:  # the family's keys, under the prefix the source folder had
-        hf_state = {source.key_prefix + k: v.contiguous() for k, v in writer(state).items()}
+    hf_state = official_to_hf(state, source.hf_config)
     sha = save_state_dict(hf_state, out / HF_WEIGHTS[0], force=True, metadata={**metadata, "format": "pt"})
     atomic_write_text(out / HF_CONFIG, json.dumps(source.hf_config, indent=2, sort_keys=True) + "\n")
     return sha

@@ -114,3 +114,48 @@ def dinov3_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out[f"{dst}ls1.gamma"] = state[f"{src}layer_scale1.lambda1"]
         out[f"{dst}ls2.gamma"] = state[f"{src}layer_scale2.lambda1"]
     return out
+
+
+def official_to_dinov3(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our ViT's keys back to a ``DINOv3ViTModel``'s as ``save_pretrained`` writes them (``layer.N.``; q/k/v split,
+    a gated MLP's ``w12`` as ``gate_proj``/``up_proj``). A bias the source has not (the key's, in the releases)
+    comes out as zeros, which the writer drops (``sinder.models.source_format``)."""
+    out: dict[str, Tensor] = {
+        "embeddings.cls_token": state["cls_token"],
+        "embeddings.mask_token": state["mask_token"].reshape(1, 1, -1),
+        "embeddings.patch_embeddings.weight": state["patch_embed.proj.weight"],
+        "norm.weight": state["norm.weight"],
+        "norm.bias": state["norm.bias"],
+    }
+    if "patch_embed.proj.bias" in state:
+        out["embeddings.patch_embeddings.bias"] = state["patch_embed.proj.bias"]
+    if "register_tokens" in state:
+        out["embeddings.register_tokens"] = state["register_tokens"]
+    layers = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
+    for i in layers:
+        src, dst = f"blocks.{i}.", f"layer.{i}."
+        for p in ("weight", "bias"):
+            if f"{src}attn.qkv.{p}" in state:
+                for x, part in zip(_QKV, state[f"{src}attn.qkv.{p}"].chunk(3, dim=0)):
+                    out[f"{dst}attention.{x}_proj.{p}"] = part.clone()
+        renames = {"attn.proj": "attention.o_proj", "norm1": "norm1", "norm2": "norm2"}
+        if f"{src}mlp.w12.weight" in state:
+            renames["mlp.w3"] = "mlp.down_proj"
+            for p in ("weight", "bias"):
+                if f"{src}mlp.w12.{p}" in state:
+                    gate, up = state[f"{src}mlp.w12.{p}"].chunk(2, dim=0)
+                    out[f"{dst}mlp.gate_proj.{p}"], out[f"{dst}mlp.up_proj.{p}"] = gate.clone(), up.clone()
+        else:
+            renames.update({"mlp.fc1": "mlp.up_proj", "mlp.fc2": "mlp.down_proj"})
+        for ours, theirs in renames.items():
+            for p in ("weight", "bias"):
+                if f"{src}{ours}.{p}" in state:
+                    out[f"{dst}{theirs}.{p}"] = state[f"{src}{ours}.{p}"]
+        out[f"{dst}layer_scale1.lambda1"] = state[f"{src}ls1.gamma"]
+        out[f"{dst}layer_scale2.lambda1"] = state[f"{src}ls2.gamma"]
+    return out
+
+
+def source_names(raw_keys) -> dict[str, str]:
+    """The source's key for each key of :func:`official_to_dinov3`'s naming (a prefix and ``model.`` undone)."""
+    return _strip({key: key for key in raw_keys})

@@ -146,3 +146,32 @@ def read_model_cfg(folder: Path) -> dict[str, Any] | None:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     return dict(data.get("model_cfg") or {})
+
+
+def official_to_open_clip(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our ViT's keys back to OpenCLIP's image tower (without ``visual.``; the inverse of
+    :func:`open_clip_to_official`). ``proj`` is not ours: the writer carries it over from the source."""
+    out: dict[str, Tensor] = {
+        "class_embedding": state["cls_token"].reshape(-1),
+        "positional_embedding": state["pos_embed"][0],
+        "conv1.weight": state["patch_embed.proj.weight"],
+    }
+    if "patch_embed.proj.bias" in state:
+        out["conv1.bias"] = state["patch_embed.proj.bias"]
+    for p in ("weight", "bias"):
+        out[f"ln_pre.{p}"] = state[f"norm_pre.{p}"]
+        out[f"ln_post.{p}"] = state[f"norm.{p}"]
+    theirs = {v: k for k, v in _RENAMES.items()}
+    for key, value in state.items():
+        match = re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias|gamma)$", key)
+        if not match:
+            continue
+        layer, module, param = match.groups()
+        dst = f"transformer.resblocks.{layer}."
+        if module == "attn.qkv":
+            out[f"{dst}attn.in_proj_{param}"] = value
+        elif module in ("ls1", "ls2"):
+            out[f"{dst}ls_{module[-1]}.gamma"] = value
+        elif module in theirs:
+            out[f"{dst}{theirs[module]}.{param}"] = value
+    return out

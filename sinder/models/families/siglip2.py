@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
-from sinder.models.families.siglip import config_from_siglip, siglip_to_official
+from sinder.models.families.siglip import config_from_siglip, official_to_siglip, siglip_to_official
 from sinder.models.families.transformers_encoder import strip_prefix
 
 MODEL_TYPES = ("siglip2_vision_model",)
@@ -48,3 +48,12 @@ def siglip2_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     conv = weight.reshape(dim, patch, patch, channels).permute(0, 3, 1, 2).contiguous()
     return siglip_to_official({**state, "embeddings.patch_embedding.weight": conv,
                                "embeddings.position_embedding.weight": pos})  # fmt: skip
+
+
+def official_to_siglip2(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our ViT's keys back to a ``Siglip2VisionModel``'s: SigLIP's, with the patch convolution as the ``Linear``
+    over channels-last flattened patches (the inverse of :func:`siglip2_to_official`)."""
+    out = official_to_siglip(state)
+    conv = out["embeddings.patch_embedding.weight"]
+    out["embeddings.patch_embedding.weight"] = conv.permute(0, 2, 3, 1).reshape(conv.shape[0], -1).contiguous()
+    return out

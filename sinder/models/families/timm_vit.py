@@ -234,3 +234,60 @@ def timm_dinov3_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out[f"{block}mlp.w3.{param}"] = out.pop(f"{block}mlp.fc2.{param}")
     out["mask_token"] = torch.zeros(1, dim, dtype=state["cls_token"].dtype)  # unused at inference
     return out
+
+
+def _unfold(value: Tensor, source_token: Tensor, position: Tensor) -> Tensor:
+    """A prefix token with its constant position taken out again (the source's own tensor when unchanged, so that
+    an unedited token is written back bit for bit)."""
+    return source_token if torch.equal(source_token + position, value) else value - position
+
+
+def official_to_timm_vit(state: Mapping[str, Tensor], source: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our ViT's keys back to timm's CLIP/SigLIP/DeiT-III ``VisionTransformer`` keys (the inverse of
+    :func:`timm_vit_to_official`); ``source`` is the state dict read, which holds the prefix tokens' positions."""
+    lead, _ = _patch_positions(source, "the source timm checkpoint")
+    pos = source["pos_embed"]
+    prefix_pos = pos[:, :lead]
+    n_cls = int("cls_token" in state)
+    skip = ("mask_token", "pos_embed", "cls_token", "register_tokens")
+    out = {k: v for k, v in state.items() if k not in skip and not k.startswith("attn_pool.")}
+    out["pos_embed"] = torch.cat([prefix_pos, state["pos_embed"][:, n_cls:]], dim=1)
+    if n_cls:
+        cls = state["cls_token"]
+        out["cls_token"] = _unfold(cls, source["cls_token"], prefix_pos[:, :1]) if lead else cls
+    if "register_tokens" in state:
+        reg = state["register_tokens"]
+        out["reg_token"] = _unfold(reg, source["reg_token"], prefix_pos[:, n_cls:]) if lead else reg
+    if "attn_pool.probe" in state:
+        dim = state["attn_pool.probe"].shape[-1]
+        out["attn_pool.latent"] = state["attn_pool.probe"]
+        for p in ("weight", "bias"):
+            in_proj = state[f"attn_pool.attention.in_proj_{p}"]
+            out[f"attn_pool.q.{p}"], out[f"attn_pool.kv.{p}"] = in_proj[:dim].clone(), in_proj[dim:].clone()
+            out[f"attn_pool.proj.{p}"] = state[f"attn_pool.attention.out_proj.{p}"]
+            out[f"attn_pool.norm.{p}"] = state[f"attn_pool.layernorm.{p}"]
+            for fc in ("fc1", "fc2"):
+                out[f"attn_pool.mlp.{fc}.{p}"] = state[f"attn_pool.mlp.{fc}.{p}"]
+    return out
+
+
+def official_to_timm_dinov3(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our ViT's keys back to timm's DINOv3 (``Eva``) keys (the inverse of :func:`timm_dinov3_to_official`): the
+    fused q/k/v bias as ``q_bias``/``k_bias``/``v_bias`` (``k_bias`` is a non-persistent zero buffer in timm: the
+    writer drops it when zero), LayerScale as ``gamma_1``/``gamma_2``, SwiGLU's ``w12``/``w3`` as
+    ``fc1_g``/``fc1_x``/``fc2``; the mask token, which timm's DINOv3 has not, comes out for the writer to drop."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(".attn.qkv.bias"):
+            block = key[: -len("qkv.bias")]
+            for x, part in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{block}{x}_bias"] = part.clone()
+            continue
+        if key.endswith((".mlp.w12.weight", ".mlp.w12.bias")):
+            block, param = key.rsplit(".mlp.w12.", 1)
+            gate, x = value.chunk(2, dim=0)
+            out[f"{block}.mlp.fc1_g.{param}"], out[f"{block}.mlp.fc1_x.{param}"] = gate.clone(), x.clone()
+            continue
+        key = key.replace(".mlp.w3.", ".mlp.fc2.").replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2")
+        out[key.replace("register_tokens", "reg_token")] = value
+    return out
