@@ -45,7 +45,7 @@ def remedy_of(role: Role | dict[str, Any] | None) -> str:
     role = Role.from_dict(role)
     if role.is_remedied:
         return role.remedy or role.kind
-    return "registers" if role.kind == "register" else "base"
+    return "registers" if role.kind == "register" or role.official_release is not None else "base"
 
 
 def _base_of(backbone: BackboneIdentity, candidates: list[BackboneIdentity]) -> BackboneIdentity | None:

@@ -308,6 +308,8 @@ def run_suite(
                 specs.append(twin)
             remedies = list(suite_obj.meta.get("smoke_remedies") or [])  # each remedy makes its own (Remedy.smoke_args)
             extra = B.smoke_remedies(specs[0], remedies, cache, seed, say) if D.is_main() and remedies else []
+            if suite_obj.meta.get("smoke_register_release"):  # the base's register release, where one is shipped
+                extra += B.smoke_register_release(specs[0])
             D.barrier()
             specs += D.broadcast_object(extra)
 
