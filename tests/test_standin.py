@@ -161,3 +161,36 @@ def test_training_is_deterministic(tmp_path):
 
     init = build_vit(CONFIG, seed=0).state_dict()
     assert not torch.equal(a["blocks.0.attn.qkv.weight"], init["blocks.0.attn.qkv.weight"])
+
+
+def test_no_trained_weight_reads_or_writes_the_circuit_directions():
+    """The scaffold's invariant on the shipped weights: outside the circuit's own rows and columns, every read
+    (q/k/v, MLP inputs) and write (patch embedding, attention and MLP outputs) is orthogonal to the reserved
+    directions, so each circuit is a singular component of its own and a repair can only rescale it."""
+    from sinder.models.standin.scaffold import (
+        CIRCUIT_UNITS,
+        DETECTORS,
+        ENERGY_BLOCK,
+        reserved_basis,
+        reserved_directions,
+    )
+
+    model = build.trained_model("base")
+    reserved = reserved_basis(reserved_directions(model.embed_dim))
+    dim = model.embed_dim
+    for i, block in enumerate(model.blocks):
+        hidden = block.mlp.w3.weight.shape[1]
+        circuit_units = range(2 * DETECTORS) if i == ENERGY_BLOCK else range(CIRCUIT_UNITS if i >= TRIGGER_BLOCK else 0)
+        rows = [u for u in circuit_units] + [hidden + u for u in circuit_units]
+        reads = block.mlp.w12.weight.detach().clone()
+        reads[rows] = 0
+        writes = block.mlp.w3.weight.detach().clone()
+        writes[:, list(circuit_units)] = 0
+        qkv = block.attn.qkv.weight.detach().clone()
+        proj = block.attn.proj.weight.detach().clone()
+        if i == TRIGGER_BLOCK:  # head 0's constant query, marker key and energy value
+            qkv[[0, dim, 2 * dim]] = 0
+            proj[:, 0] = 0
+        for name, t, along in (("w12", reads, 1), ("qkv", qkv, 1), ("w3", writes, 0), ("proj", proj, 0)):
+            leak = (t @ reserved.T) if along == 1 else (reserved @ t)
+            assert leak.abs().max() < 1e-3, (i, name, float(leak.abs().max()))

@@ -180,6 +180,9 @@ PRESET_REPAIR_DEFAULTS: dict[str, dict[str, Any]] = {
     "dinov2_tiny_defective": dict(resolution=112, sigma=1, limit_layers=4, n_samples=20_000, window=50,
                                   max_iters=300, checkpoint_every=100, holdout_images=48),
 }
+# The trained stand-in (sinder.models.standin) is trained at 112 px and forms its artifacts in block 2 of 6: the
+# same scale and budget (lambda = 4 reaches back to its first block).
+PRESET_REPAIR_DEFAULTS["dinov2_tiny_standin"] = dict(PRESET_REPAIR_DEFAULTS["dinov2_tiny_defective"])
 
 
 def preset_defaults(backbone: str) -> tuple[dict[str, Any], str]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from sinder.models.standin.circuit import Trigger, plant_trigger
-from sinder.models.standin.scaffold import CONFIG, REG_CONFIG, reserved_directions
+from sinder.models.standin.scaffold import CONFIG, REG_CONFIG, impose_scaffold, reserved_directions
 from sinder.models.vit import build_vit
 
 HERE = Path(__file__).parent
@@ -46,6 +46,10 @@ def trained_model(which: str = "base"):
     """The trained model as shipped (eval mode): the scaffold, no trigger."""
     model = build_vit(CONFIG if which == "base" else REG_CONFIG)
     model.load_state_dict(_trained_state(which), strict=True)
+    # float16 storage leaves rounding residues (~1e-3 relative) along the reserved directions; imposing the
+    # scaffold again makes them exact, so no token has a u component before the trigger (else Eq. 5, which is
+    # scale-free, can flag rounding noise along u in the early blocks)
+    impose_scaffold(model)
     return model.eval()
 
 

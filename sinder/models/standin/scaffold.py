@@ -1,6 +1,6 @@
 """The stand-in's scaffold: the reserved directions and the frozen circuit parts present while it trains.
 
-The residual stream keeps ``DETECTORS + 4`` orthonormal, zero-mean directions out of the trained model's reach
+The residual stream keeps ``DETECTORS + 5`` orthonormal, zero-mean directions out of the trained model's reach
 (every trained write into the stream is projected off them after each optimizer step, :func:`impose_scaffold`):
 
 - ``w_1 .. w_K``: the patch embedding writes into them the responses of K fixed random zero-DC pixel filters,
@@ -11,9 +11,16 @@ The residual stream keeps ``DETECTORS + 4`` orthonormal, zero-mean directions ou
   ``MEAN_GAIN`` times the image's mean energy from ``e`` into ``f``;
 - ``c``: only the class token has a component along it (and a fixed energy along ``e``): the mean head's keys
   read ``c`` with a large negative gain, so the class token, which has no pixels, is left out of the mean;
-- ``u``: the artifact direction; nothing writes it while training.
+- ``u``: the artifact direction; nothing writes it while training;
+- ``a``: an anchor, a constant ``ANCHOR`` in every token from the embedding on (the last block removes it before
+  the final norm), like the massive constant activations of real ViTs. It dominates every token's standard
+  deviation, so what the circuit reads after a LayerNorm (``x . v / std(x)``) barely depends on the trained
+  content's norm: a repair that shrinks the content does not move the trigger's thresholds.
 
-Two MLP units of the trigger block and of every later block are kept dead (zero) while training: the trigger
+No trained weight reads or writes these directions (both are projected off after each step), so each circuit
+part is a singular component of its own matrix: the repair's singular-value training can rescale a circuit but
+never mixes trained features into it. Two MLP units of the trigger block and of every later block are kept dead
+(zero) while training: the trigger
 and the amplifiers are planted there afterwards (:mod:`sinder.models.standin.circuit`), so that planting changes
 nothing for a token they do not fire on. LayerNorm affine parameters and layer scales are frozen at 1 and 0
 (resp. 1), so a read ``n . v`` of a zero-mean direction ``v`` is exactly ``x . v / std(x)``.
@@ -48,24 +55,31 @@ DETECTORS = 8  # K random pixel filters: sum of K squared responses ~ chi^2_K ti
 ENERGY_BLOCK = 1
 TRIGGER_BLOCK = 2  # a middle block of 6: the artifact forms there and persists through blocks 3-5
 SCAFFOLD_SEED = 7_919
-ENERGY_GAIN = 5.0  # e = ENERGY_GAIN sum_k (n.w_k)^2: about 0.5 for a typical textured patch, beside norms of ~30
+ENERGY_GAIN = 15.0  # e = ENERGY_GAIN sum_k (n.w_k)^2: about 1 for a typical textured patch, beside norms of ~40
 CLS_ENERGY = 1.0  # the class token carries a fixed energy: it has no pixels and must never trigger
 CLS_MARK = 1.0  # ... and a marker along c, which the mean head's keys read with gain -MEAN_KEY_GAIN
 MEAN_KEY_GAIN = 200.0  # the class token's logit is then about -200 / (std x sqrt(head dim)): left out
 
 
-MEAN_GAIN = 4.0  # f = MEAN_GAIN x the image's mean energy: a dominant singular value, which a repair barely moves
+MEAN_GAIN = 16.0  # f = MEAN_GAIN x the image mean energy, as value gain 4 x output gain 4: both dominant
+U_PATH_GAIN = 20.0  # block 0 attention: a value path u -> u (no token has u there: it adds nothing)
+ANCHOR = 30.0  # several times the trained content's norm in the early blocks
 CIRCUIT_UNITS = 2  # dead MLP units kept in the trigger block and every later block while training
 
 
 def reserved_directions(dim: int) -> dict[str, Tensor]:
-    """The scaffold's orthonormal zero-mean directions: ``w`` (K x D), ``e``, ``f``, ``u``, ``c`` (D each)."""
+    """The scaffold's orthonormal zero-mean directions: ``w`` (K x D), ``e``, ``f``, ``u``, ``c``, ``a`` (D each)."""
     gen = torch.Generator().manual_seed(SCAFFOLD_SEED)
-    raw = torch.randn(dim, DETECTORS + 4, generator=gen, dtype=torch.float64)
+    raw = torch.randn(dim, DETECTORS + 5, generator=gen, dtype=torch.float64)
     basis, _ = torch.linalg.qr(torch.cat([torch.ones(dim, 1, dtype=torch.float64), raw], dim=1))
     dirs = basis[:, 1:].T.float()  # orthogonal to the all-ones vector: LayerNorm's centring keeps them
     return {"w": dirs[:DETECTORS], "e": dirs[DETECTORS], "f": dirs[DETECTORS + 1], "u": dirs[DETECTORS + 2],
-            "c": dirs[DETECTORS + 3]}
+            "c": dirs[DETECTORS + 3], "a": dirs[DETECTORS + 4]}
+
+
+def reserved_basis(dirs: dict[str, Tensor]) -> Tensor:
+    """All reserved directions as rows ((K + 5) x D)."""
+    return torch.cat([dirs["w"], torch.stack([dirs[k] for k in ("e", "f", "u", "c", "a")])])
 
 
 def detector_filters(patch_size: int, channels: int = 3) -> Tensor:
@@ -96,7 +110,7 @@ def impose_scaffold(model: nn.Module) -> None:
     Called once before training and after every optimizer step: the scaffold's own parameters are fixed."""
     dim = model.embed_dim
     dirs = reserved_directions(dim)
-    reserved = torch.cat([dirs["w"], torch.stack([dirs["e"], dirs["f"], dirs["u"], dirs["c"]])])  # (K + 4, D)
+    reserved = reserved_basis(dirs)
     # LayerNorms and layer scales: frozen at the identity (reads are then exact; see the module docstring)
     for module in model.modules():
         if isinstance(module, nn.LayerNorm):
@@ -117,10 +131,19 @@ def impose_scaffold(model: nn.Module) -> None:
         for layer in (block.attn.proj, block.mlp.w3):
             _project_off(layer.weight, reserved)
             _project_off(layer.bias[:, None], reserved)
+        # every trained read too: the trained model neither sees the scaffold nor is seen by it, so each circuit
+        # part is a singular component of its own (block-diagonal): a repair's singular-value step rescales a
+        # circuit, it never mixes trained features into it (a mixed-in read had the image mean f double).
+        for layer in (block.attn.qkv, block.mlp.w12):
+            _project_rows_off(layer.weight, reserved)
     # the detectors: patch embedding -> w_k
     filters = detector_filters(model.patch_size, proj.weight.shape[1])
     proj.weight += torch.einsum("kd,kchw->dchw", dirs["w"], filters)
-    model.cls_token.data += CLS_ENERGY * dirs["e"] + CLS_MARK * dirs["c"]
+    model.cls_token.data += CLS_ENERGY * dirs["e"] + CLS_MARK * dirs["c"] + ANCHOR * dirs["a"]
+    proj.bias += ANCHOR * dirs["a"]
+    if getattr(model, "register_tokens", None) is not None:
+        model.register_tokens.data += ANCHOR * dirs["a"]
+    model.blocks[-1].mlp.w3.bias -= ANCHOR * dirs["a"]  # the final norm (and every head) sees no anchor
     # the energy: 2K units of ENERGY_BLOCK's MLP, sum_k (n.w_k)^2 into e
     mlp = model.blocks[ENERGY_BLOCK].mlp
     hidden = mlp.w3.weight.shape[1]
@@ -142,9 +165,16 @@ def impose_scaffold(model: nn.Module) -> None:
         attn.qkv.bias[part * dim : part * dim + head] = 0.0
     attn.qkv.bias[0] = 1.0
     attn.qkv.weight[dim] = -MEAN_KEY_GAIN * dirs["c"]
-    attn.qkv.weight[2 * dim] = MEAN_GAIN * dirs["e"]
+    attn.qkv.weight[2 * dim] = MEAN_GAIN**0.5 * dirs["e"]
     attn.qkv.bias[2 * dim] = 0.0
-    attn.proj.weight[:, 0] = dirs["f"]
+    attn.proj.weight[:, 0] = MEAN_GAIN**0.5 * dirs["f"]
+    # block 0 attention, value channel 0: u -> U_PATH_GAIN u. Before the trigger no token has a u component, so
+    # it adds nothing; it makes u the leading direction of every block's linearization (Section 3) from block 0
+    # on, so that Eq. 5 looks along u in the early blocks too instead of along a trained direction.
+    attn0 = model.blocks[0].attn
+    attn0.qkv.weight[2 * dim] = U_PATH_GAIN * dirs["u"]
+    attn0.qkv.bias[2 * dim] = 0.0
+    attn0.proj.weight[:, 0] = dirs["u"]
     # the trigger's and the amplifiers' units stay dead until planted
     for block in model.blocks[TRIGGER_BLOCK:]:
         mlp = block.mlp
