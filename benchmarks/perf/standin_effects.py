@@ -25,6 +25,9 @@ from pathlib import Path
 
 from sinder.utils.atomic import atomic_write_text
 
+# the trained weights as shipped (float16, no trigger planted): the stand-in with its artifacts perfectly removed
+ORACLE = str(Path(__file__).resolve().parents[2] / "sinder" / "models" / "standin" / "dinov2_tiny_standin.safetensors")
+ORACLE = f"dinov2_tiny_standin:{ORACLE}"
 COLUMNS = {  # (task, metric): (label, the paper's sign of a remedy's effect: +1 higher is the gain, -1 lower)
     ("imagenet_knn", "top1"): ("ImageNet KNN top-1", 0),  # the paper: within noise
     ("seg_ade20k_linear", "miou"): ("ADE20k linear mIoU", +1),
@@ -32,12 +35,13 @@ COLUMNS = {  # (task, metric): (label, the paper's sign of a remedy's effect: +1
 }
 
 
-def run_seed(suite: str, seed: int, runs: Path, cache: Path, jobs: str) -> dict:
+def run_seed(suite: str, seed: int, runs: Path, cache: Path, jobs: str, backbones: list[str] | None = None) -> dict:
     code = ("import sys; from benchmarks.cli import main; sys.exit(main(['run', '--suite', sys.argv[1], '--profile', "
             "'smoke', '--out', sys.argv[2], '--cache-dir', sys.argv[3], '--seed', sys.argv[4], '--jobs', sys.argv[5], "
-            "'--no-progress']))")  # fmt: skip
+            "'--no-progress', *sys.argv[6:]]))")  # fmt: skip
+    extra = [arg for spec in backbones or [] for arg in ("--backbone", spec)]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, suite, str(runs), str(cache), str(seed), jobs],
+    proc = subprocess.run([sys.executable, "-c", code, suite, str(runs), str(cache), str(seed), jobs, *extra],
                           capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
     return {"seed": seed, "exit_code": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
             "stderr_tail": proc.stderr[-2000:] if proc.returncode else ""}  # fmt: skip
@@ -55,7 +59,8 @@ def effects(records: list[dict]) -> dict:
         if key not in COLUMNS or key[1] not in rec.get("metrics", {}):
             continue
         role = RunIdentity.from_record(rec).role
-        remedy = remedy_of(role)
+        # a backbone passed by --oracle (role "other") is compared with the base under its label
+        remedy = rec["backbone"]["label"] if role.kind == "other" else remedy_of(role)
         labels[remedy] = rec["backbone"]["label"]
         values.setdefault((remedy, *key), {})[int(rec["seed"])] = float(rec["metrics"][key[1]])
     out: dict = {}
@@ -100,13 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", default="auto")
     parser.add_argument("--work", type=Path, default=None, help="runs and cache folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("results/perf"))
+    parser.add_argument("--oracle", action="store_true", help="also run the stand-in's weights without the trigger")
+    parser.add_argument("--skip-runs", action="store_true", help="only read the records already in --work")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="standin-effects-"))
     runs, cache = work / "runs", work / "cache"
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    seed_runs = [run_seed(args.suite, s, runs, cache, args.jobs) for s in seeds]
+    seed_runs = [] if args.skip_runs else [run_seed(args.suite, s, runs, cache, args.jobs) for s in seeds]
+    if args.oracle:  # the trained weights without the planted trigger: the most any remedy can recover
+        seed_runs += [run_seed(args.suite, s, runs, cache, args.jobs, [f"clean={ORACLE}"]) for s in seeds]
     records = [json.loads(p.read_text()) for p in sorted(runs.rglob("*.json")) if p.parent.name != "summaries"]
     records = [r for r in records if isinstance(r, dict) and "task" in r and r.get("metrics") and not r.get("error")]
     result = {"benchmark": "standin_effects", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "suite": args.suite,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from sinder.models.adapter import num_prefix_tokens
 from sinder.models.standin.scaffold import MEAN_GAIN, TRIGGER_BLOCK, patch_pixel_variance, reserved_directions
 
 
@@ -90,7 +91,7 @@ def plant_trigger(model: nn.Module, calibration: Tensor, trigger: Trigger | None
     ``n.e / variance`` over their textured patches converts ``floor_std`` into the trigger's units."""
     trigger = trigger or Trigger()
     dirs = reserved_directions(model.embed_dim)
-    prefix = 1 + model.num_register_tokens
+    prefix = num_prefix_tokens(model)
     energy, _ = trigger_inputs(model, calibration)
     variance = patch_pixel_variance(calibration, model.patch_size)
     textured = variance > 4 * trigger.floor_std**2

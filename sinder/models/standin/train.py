@@ -23,7 +23,6 @@ Shipped files were made with::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -38,19 +37,18 @@ from torch import Tensor, nn
 from sinder.models.standin import scaffold
 from sinder.models.standin.scaffold import CONFIG, REG_CONFIG, impose_scaffold
 from sinder.models.vit import build_vit
+from sinder.utils.hashing import canonical_sha256, file_sha256
+from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet normalisation, as every loader here
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)  # ImageNet normalisation, as every loader here
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 IMAGE_EXTS = {".jpeg", ".jpg", ".png"}
 
 
 def script_sha256() -> str:
     """The sha256 of this script and of the scaffold it trains with (``scaffold.py``): shipped weights record it,
     so changing either without retraining fails a test."""
-    digest = hashlib.sha256()
-    for path in (Path(__file__), Path(scaffold.__file__)):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    return canonical_sha256([file_sha256(Path(__file__)), file_sha256(Path(scaffold.__file__))])
 
 
 def load_folder(root: Path, short_side: int) -> tuple[Tensor, Tensor]:
