@@ -199,3 +199,15 @@ def test_no_trained_weight_reads_or_writes_the_circuit_directions():
         for name, t, along in (("w12", reads, 1), ("qkv", qkv, 1), ("w3", writes, 0), ("proj", proj, 0)):
             leak = (t @ reserved.T) if along == 1 else (reserved @ t)
             assert leak.abs().max() < 1e-3, (i, name, float(leak.abs().max()))
+
+
+def test_the_stand_in_with_a_weights_file_passes_the_weights_check(tmp_path):
+    """``dinov2_tiny_standin:FILE`` (how the SINDER twin and other checkpoints of it are named): the check that
+    opens the file builds the architecture under a meta device, which must not break the stand-in's builder."""
+    from sinder.models.weights import check_weights_file, save_state_dict
+
+    path = tmp_path / "w.safetensors"
+    save_state_dict(load_backbone("dinov2_tiny_standin").state_dict(), path)
+    build._planted.cache_clear()  # built afresh inside the check
+    assert check_weights_file("dinov2_tiny_standin", path) is None
+    assert check_weights_file("dinov2_tiny_standin_reg", path) is not None  # 4 register tokens: other keys

@@ -55,8 +55,9 @@ def trained_model(which: str = "base"):
 
 @lru_cache(maxsize=1)
 def _planted() -> tuple[dict[str, Tensor], str]:
-    model = trained_model("base")
-    constants = plant_trigger(model, calibration_images(), Trigger())
+    with torch.device("cpu"):  # real tensors even when asked from a meta-device context (a weights-file check)
+        model = trained_model("base")
+        constants = plant_trigger(model, calibration_images(), Trigger())
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, json.dumps(constants)
 
 
@@ -72,7 +73,8 @@ def trigger_constants() -> dict[str, float]:
 
 def standin_reg_state_dict() -> dict[str, Tensor]:
     """``dinov2_tiny_standin_reg``: the same training with 4 registers and no trigger."""
-    return _trained_state("reg")
+    with torch.device("cpu"):
+        return trained_model("reg").state_dict()
 
 
 def artifact_direction() -> Tensor:
