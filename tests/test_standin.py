@@ -211,3 +211,15 @@ def test_the_stand_in_with_a_weights_file_passes_the_weights_check(tmp_path):
     build._planted.cache_clear()  # built afresh inside the check
     assert check_weights_file("dinov2_tiny_standin", path) is None
     assert check_weights_file("dinov2_tiny_standin_reg", path) is not None  # 4 register tokens: other keys
+
+
+def test_the_smoke_default_is_the_stand_in_and_its_register_release_joins_the_remedies_suite():
+    from benchmarks.core import backbones as B
+    from benchmarks.core.registry import get_suite
+
+    (spec,) = B.smoke_specs()
+    assert spec.name == "dinov2_tiny_standin"
+    assert [s.name for s in B.smoke_register_release(spec)] == ["dinov2_tiny_standin_reg"]
+    assert B.smoke_register_release(B.parse_backbone_spec("dinov2_tiny_defective")) == []  # none registered
+    assert get_suite("remedies").meta.get("smoke_register_release") is True
+    assert not get_suite("all").meta.get("smoke_register_release")  # the main job stays as fast as it was
