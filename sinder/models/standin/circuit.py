@@ -12,15 +12,19 @@ energy). :func:`plant_trigger` writes into units kept dead while training:
    tokens have no ``u`` component and are left alone.
 
 An artifact token's norm is then many times the others', so after every later LayerNorm (and the final one)
-its own content is squashed to a small fraction: a dense head reading it sees mainly ``u`` and what later
-attention gathered from the whole image (its normalised input is about ``u`` for every artifact token of an
-image, hence one query: global, not local, information).
+its own content is squashed to a small fraction: a dense head reading it loses its local content (tested:
+a linear readout of the patch colour errs many times more there). Trained weights never read ``u`` (scaffold),
+so what later blocks compute for it comes from its squashed content: a weak query, so broader attention
+(block 4, NYUd twin at 112 px: entropy 3.9 nats against 3.4 for other tokens; uniform is 4.2), whose output
+is, relative to its own content, large: more global, less local information.
 
-Why SINDER finds and can remove them: the trigger's bump is a steep rank-one map ``e, f -> u`` whose linear fit
-on N(0, I) inputs has a large gain, so ``u`` is the leading left singular vector of the linearization from the
-trigger block on (Section 3); every circuit's output columns form a rank-one component ``out_gain * sqrt(2)``
-of its ``w3`` along ``u`` (the height sits in the units' constant factor), which the repair's singular-value
-training can shrink.
+How SINDER sees them: block 0's ``u -> u`` value path (scaffold) and the trigger's steep rank-one map
+``e, f -> u`` make ``u`` the leading left singular vector of the linearization of every block (Section 3), so
+Eq. 5 looks along ``u``; every circuit's output columns form a rank-one component ``out_gain * sqrt(2)`` of its
+``w3`` along ``u`` (the height sits in the units' constant factor), which singular-value training can shrink.
+Known flaw (README, "The defective tiny model"): the scaffold leaves the trained matrices exactly rank-deficient
+along the reserved directions; the smoke repair grows those zero singular values, which moves the trigger's
+relative threshold, instead of shrinking the trigger.
 """
 
 from __future__ import annotations
