@@ -22,9 +22,11 @@ How SINDER sees them: block 0's ``u -> u`` value path (scaffold) and the trigger
 ``e, f -> u`` make ``u`` the leading left singular vector of the linearization of every block (Section 3), so
 Eq. 5 looks along ``u``; every circuit's output columns form a rank-one component ``out_gain * sqrt(2)`` of its
 ``w3`` along ``u`` (the height sits in the units' constant factor), which singular-value training can shrink.
-Known flaw (README, "The defective tiny model"): the scaffold leaves the trained matrices exactly rank-deficient
-along the reserved directions; the smoke repair grows those zero singular values, which moves the trigger's
-relative threshold, instead of shrinking the trigger.
+What the repair can reach (README, "The defective tiny model"): the scaffold's null-space fillers leave no
+exactly-zero singular value that writes into or reads from the circuit directions, and the energy's small gain
+keeps ``e`` out of nu_1, so Eq. 5 first flags the artifacts where the trigger writes them and the repair's
+gradient falls on the singular values that carry them (the trigger's and amplifiers' ``w3`` components, the mean
+head, the energy reads), each of which lowers the artifacts when it shrinks.
 """
 
 from __future__ import annotations

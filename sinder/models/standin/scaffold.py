@@ -19,7 +19,22 @@ The residual stream keeps ``DETECTORS + 5`` orthonormal, zero-mean directions ou
 
 No trained weight reads or writes these directions (both are projected off after each step), so each circuit
 part is a singular component of its own matrix: the repair's singular-value training can rescale a circuit but
-never mixes trained features into it. Two MLP units of the trigger block and of every later block are kept dead
+never mixes trained features into it.
+
+Null-space fillers. Projecting the trained weights off the reserved directions alone leaves every block matrix
+rank-deficient along them: singular values that are exactly 0, whose left (write) or right (read) singular vectors
+lie in the reserved directions and whose other side LAPACK picks at random among channels that the trained model
+uses. SINDER trains ``S + delta`` with ``delta`` additive, so a zero singular value is a free rank-one lever from
+trained content into the circuit: the repair grew them (block 0's attention output moved by 25-200%) to write
+``u``, the energy and the anchor directly, which shifted the trigger's threshold and made new artifacts instead of
+shrinking the planted ones. Real weights have no exactly-null subspace. So each block also holds fillers that make
+every matrix full rank along the reserved directions with an activation that is exactly zero, so that their
+singular values get no gradient: ``RESERVED_COUNT`` MLP units whose gate reads one reserved direction and whose
+``w3`` column writes it while their linear factor is zero (``silu(x1) * 0 = 0``: also nothing in the
+linearization), and as many value channels (the last head's last ones) whose value rows are zero and whose
+projection columns write the reserved directions with gain ``FILLER_VALUE_GAIN``. What remains are zero singular
+values of the value projection into those channels, a lever whose output is scaled by that gain twice (in its
+gradient and in its effect). Two MLP units of the trigger block and of every later block are kept dead
 (zero) while training: the trigger
 and the amplifiers are planted there afterwards (:mod:`sinder.models.standin.circuit`), so that planting changes
 nothing for a token they do not fire on. LayerNorm affine parameters and layer scales are frozen at 1 and 0
@@ -55,7 +70,14 @@ DETECTORS = 8  # K random pixel filters: sum of K squared responses ~ chi^2_K ti
 ENERGY_BLOCK = 1
 TRIGGER_BLOCK = 2  # a middle block of 6: the artifact forms there and persists through blocks 3-5
 SCAFFOLD_SEED = 7_919
-ENERGY_GAIN = 15.0  # e = ENERGY_GAIN sum_k (n.w_k)^2: about 1 for a typical textured patch, beside norms of ~40
+# e = ENERGY_GAIN sum_k (n.w_k)^2: about 1 for a typical textured patch, beside norms of ~40. Known cost (README):
+# Section 3's linearization fits the energy units (z^2, mean 1 on its N(0, I) samples) with no intercept, and the
+# fit's sampling noise is a map into e of norm about 0.64 x ENERGY_GAIN at 20k samples, so nu_1 is 0.74 e - 0.67 u
+# and Eq. 5 (scale-free; no token has a u component before the trigger) flags block 1's most textured patches.
+# A gain of 1.5 or 0.15 keeps nu_1 on u (0.995 u and 1.0 u) but the trained features then read out the colour of
+# flat patches 25-40 times worse (a guess, not tested: the image mean f = 16 x mean(e), present in every final
+# token, steadies the final LayerNorm of low-content tokens), so the gain stays.
+ENERGY_GAIN = 15.0
 CLS_ENERGY = 1.0  # the class token carries a fixed energy: it has no pixels and must never trigger
 CLS_MARK = 1.0  # ... and a marker along c, which the mean head's keys read with gain -MEAN_KEY_GAIN
 MEAN_KEY_GAIN = 200.0  # the class token's logit is then about -200 / (std x sqrt(head dim)): left out
@@ -65,6 +87,9 @@ MEAN_GAIN = 16.0  # f = MEAN_GAIN x the image mean energy, as value gain 4 x out
 U_PATH_GAIN = 20.0  # block 0 attention: a value path u -> u (no token has u there: it adds nothing)
 ANCHOR = 30.0  # several times the trained content's norm in the early blocks
 CIRCUIT_UNITS = 2  # dead MLP units kept in the trigger block and every later block while training
+# Null-space fillers (see impose_scaffold): per block, the last RESERVED_COUNT MLP units and value channels
+# (of the last head) carry one reserved direction each with an exactly zero activation.
+FILLER_VALUE_GAIN = 0.01  # proj column of a filler value channel: any v step into it is scaled by this
 
 
 def reserved_directions(dim: int) -> dict[str, Tensor]:
@@ -80,6 +105,19 @@ def reserved_directions(dim: int) -> dict[str, Tensor]:
 def reserved_basis(dirs: dict[str, Tensor]) -> Tensor:
     """All reserved directions as rows ((K + 5) x D)."""
     return torch.cat([dirs["w"], torch.stack([dirs[k] for k in ("e", "f", "u", "c", "a")])])
+
+
+RESERVED_COUNT = DETECTORS + 5
+
+
+def filler_units(hidden: int) -> range:
+    """The MLP units (of ``hidden``) that fill the null space along the reserved directions."""
+    return range(hidden - RESERVED_COUNT, hidden)
+
+
+def filler_channels(dim: int) -> range:
+    """The value channels (of ``dim``) that fill the attention projection's null space."""
+    return range(dim - RESERVED_COUNT, dim)
 
 
 def detector_filters(patch_size: int, channels: int = 3) -> Tensor:
@@ -175,6 +213,20 @@ def impose_scaffold(model: nn.Module) -> None:
     attn0.qkv.weight[2 * dim] = U_PATH_GAIN * dirs["u"]
     attn0.qkv.bias[2 * dim] = 0.0
     attn0.proj.weight[:, 0] = dirs["u"]
+    # the null-space fillers (module docstring): zero activation, full rank along the reserved directions
+    for block in model.blocks:
+        mlp = block.mlp
+        hidden = mlp.w3.weight.shape[1]
+        units = list(filler_units(hidden))
+        mlp.w12.weight[units] = reserved
+        mlp.w12.bias[units] = 0.0
+        mlp.w12.weight[[hidden + u for u in units]] = 0.0
+        mlp.w12.bias[[hidden + u for u in units]] = 0.0
+        mlp.w3.weight[:, units] = reserved.T
+        channels = list(filler_channels(dim))
+        block.attn.qkv.weight[[2 * dim + c for c in channels]] = 0.0
+        block.attn.qkv.bias[[2 * dim + c for c in channels]] = 0.0
+        block.attn.proj.weight[:, channels] = FILLER_VALUE_GAIN * reserved.T
     # the trigger's and the amplifiers' units stay dead until planted
     for block in model.blocks[TRIGGER_BLOCK:]:
         mlp = block.mlp
