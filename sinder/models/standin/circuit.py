@@ -23,10 +23,11 @@ How SINDER sees them: block 0's ``u -> u`` value path (scaffold) and the trigger
 Eq. 5 looks along ``u``; every circuit's output columns form a rank-one component ``out_gain * sqrt(2)`` of its
 ``w3`` along ``u`` (the height sits in the units' constant factor), which singular-value training can shrink.
 What the repair can reach (README, "The defective tiny model"): the scaffold's null-space fillers leave no
-exactly-zero singular value that writes into or reads from the circuit directions, and the energy's small gain
-keeps ``e`` out of nu_1, so Eq. 5 first flags the artifacts where the trigger writes them and the repair's
-gradient falls on the singular values that carry them (the trigger's and amplifiers' ``w3`` components, the mean
-head, the energy reads), each of which lowers the artifacts when it shrinks.
+exactly-zero singular value that writes into or reads from the circuit directions, so the repair's gradient falls
+on the singular values that carry the circuit (the trigger's and amplifiers' ``w3`` components, the mean head,
+the energy reads), each of which lowers the artifacts when it shrinks. Known limit: the energy units'
+linearization noise makes nu_1 mostly ``e``, so Eq. 5 also flags block 1's most textured patches and a short
+repair spends many of its steps there.
 """
 
 from __future__ import annotations
