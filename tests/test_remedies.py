@@ -153,6 +153,9 @@ def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_t
     (suites / "cheap.yaml").write_text("smoke_remedies: [clamp, ttr]\ntasks: [defect_census, imagenet_knn]\n")
     monkeypatch.setattr(registry, "SUITES_DIR", suites)
     monkeypatch.setattr(B, "repaired_twin", lambda *args, **kwargs: None)
+    # the constructed model, whose census images hold high-norm tokens for every remedy to move (the smoke
+    # default, the trained stand-in, has almost none on the ImageNet twin: tests/test_standin.py covers it)
+    monkeypatch.setattr(B, "SMOKE_BACKBONE", BASE)
     monkeypatch.setattr(ttr_remedy, "SMOKE_IMAGES", 40)
     from benchmarks.census.task import DefectCensus
 

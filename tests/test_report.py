@@ -335,3 +335,23 @@ def test_rows_say_the_family_and_that_a_model_is_constructed(tmp_path):
     remedies = remedies_frame(agg)
     bases = dict(zip(remedies["backbone"], remedies["base"]))
     assert bases[f"{clip}+clamp (clip, constructed)"] == f"{clip} (clip, constructed)"
+
+
+def test_a_constructed_register_release_is_its_base_s_register_row_with_the_spread_over_seeds(tmp_path):
+    """``dinov2_tiny_standin_reg`` (role constructed) sits under ``dinov2_tiny_standin`` as its "registers" row,
+    and with three seeds each value shows mean ± sample standard deviation (2.0 over 40, 42, 44)."""
+    from benchmarks.core.remedies_report import remedies_frame, render_markdown
+    from benchmarks.core.report import aggregate
+
+    store = R.ResultStore(tmp_path)
+    for seed, (base, reg) in enumerate([(40.0, 41.0), (42.0, 44.0), (44.0, 47.0)]):
+        for label, value in (("dinov2_tiny_standin", base), ("dinov2_tiny_standin_reg", reg)):
+            _write(store, "seg_ade20k_linear", label, {"miou": value}, profile="smoke", seed=seed,
+                   role={"kind": "constructed", "name": label})  # fmt: skip
+    frame = remedies_frame(aggregate(store.records()))
+    reg = frame[(frame["backbone"] == "dinov2_tiny_standin_reg") & (frame["column_key"] == "ade_lin_miou")].iloc[0]
+    assert (reg["remedy"], reg["base"], bool(reg["has_base"])) == ("registers", "dinov2_tiny_standin", True)
+    assert reg["delta"] == pytest.approx(2.0) and reg["spread"] == pytest.approx(3.0) and reg["seeds"] == 3
+    text = render_markdown(frame)
+    assert "| dinov2_tiny_standin | base | smoke | - | - | - | 42 ± 2 |" in text
+    assert "  dinov2_tiny_standin_reg (of dinov2_tiny_standin) | registers |" in text

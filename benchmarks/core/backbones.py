@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-SMOKE_BACKBONE = "dinov2_tiny_defective"
+# The trained stand-in (sinder.models.standin): trained features, artifacts planted by their mechanism.
+SMOKE_BACKBONE = "dinov2_tiny_standin"
 REPAIRED_SUFFIX = "_sinder"
 logger = logging.getLogger(__name__)
 
@@ -187,8 +188,18 @@ def load(spec: BackboneSpec, device="cpu"):
 
 
 def smoke_specs() -> list[BackboneSpec]:
-    """The smoke profile's default backbone: the defective tiny model."""
+    """The smoke profile's default backbone: the trained stand-in with planted artifacts."""
     return [parse_backbone_spec(SMOKE_BACKBONE)]
+
+
+def smoke_register_release(spec: BackboneSpec) -> list[BackboneSpec]:
+    """The register release of a constructed base (``NAME_reg``, suite key ``smoke_register_release``), or
+    nothing when none is registered."""
+    from sinder.models.constructed import SYNTHETIC_BACKBONES
+    from sinder.models.roles import REGISTER_SUFFIX
+
+    name = f"{spec.name}{REGISTER_SUFFIX}"
+    return [parse_backbone_spec(name)] if name in SYNTHETIC_BACKBONES and spec.weights is None else []
 
 
 def repaired_twin(spec: BackboneSpec, cache_dir: Path, log: Callable[[str], None] | None = None) -> BackboneSpec:

@@ -45,7 +45,7 @@ def remedy_of(role: Role | dict[str, Any] | None) -> str:
     role = Role.from_dict(role)
     if role.is_remedied:
         return role.remedy or role.kind
-    return "registers" if role.kind == "register" else "base"
+    return "registers" if role.kind == "register" or role.official_release is not None else "base"
 
 
 def _base_of(backbone: BackboneIdentity, candidates: list[BackboneIdentity]) -> BackboneIdentity | None:
@@ -81,6 +81,14 @@ def remedies_frame(agg: dict):
             entry = agg.get((b, col["task"], profile))
             return entry["metrics"].get(col["metric"], math.nan) if entry else math.nan
 
+        def spread(b, col, profile=profile):
+            entry = agg.get((b, col["task"], profile))
+            return (entry.get("spread") or {}).get(col["metric"], math.nan) if entry else math.nan
+
+        def seeds(b, col, profile=profile):
+            entry = agg.get((b, col["task"], profile))
+            return entry["n"] if entry else 0
+
         for b in order:
             parent = base[b]
             for col in COLUMNS + COSTS:
@@ -91,8 +99,8 @@ def remedies_frame(agg: dict):
                     "base": info[parent]["label"] if parent is not None else info[b]["label"],
                     "has_base": parent is not None, "column": col["label"], "column_key": col["key"],
                     "task": col["task"], "metric": col["metric"], "cost": col in COSTS,
-                    "higher_is_better": directions[col["key"]], "value": v,
-                    "base_value": ref, "delta": v - ref,
+                    "higher_is_better": directions[col["key"]], "value": v, "spread": spread(b, col),
+                    "seeds": seeds(b, col), "base_value": ref, "delta": v - ref,
                 })  # fmt: skip
     return pd.DataFrame(lines)
 
@@ -105,10 +113,12 @@ def _arrow(col: dict[str, Any]) -> str:
     return {True: " (up)", False: " (down)"}.get(higher_is_better(col), "")
 
 
-def _fmt(value: float, delta: float | None = None) -> str:
+def _fmt(value: float, delta: float | None = None, spread: float | None = None) -> str:
     if value is None or math.isnan(value):
         return "-"
     text = f"{value:.4g}"
+    if spread is not None and not math.isnan(spread):
+        text += f" ± {spread:.2g}"  # the standard deviation over seeds, when several ran
     if delta is not None and not math.isnan(delta):
         text += f" ({delta:+.3g})"
     return text
@@ -124,12 +134,14 @@ def rows(frame) -> tuple[list[str], list[list[str]]]:
         first = part.iloc[0]
         name = key[1] if not first["has_base"] else f"  {key[1]} (of {first['base']})"
         body.append([name, first["remedy"], key[0]] + [
-            _fmt(cells[c["key"]].value, cells[c["key"]].delta if first["has_base"] else None) for c in COLUMNS
+            _fmt(cells[c["key"]].value, cells[c["key"]].delta if first["has_base"] else None, cells[c["key"]].spread)
+            for c in COLUMNS
         ] + [_fmt(cells[c["key"]].value) for c in COSTS])  # fmt: skip
     return header, body
 
 
-NOTE = ("Each remedy beside its base, with the difference from the base in parentheses; cost: tokens added at "
+NOTE = ("Each remedy beside its base, with the difference from the base in parentheses (mean ± standard deviation "
+        "over seeds where several ran); cost: tokens added at "
         "inference and seconds to make the remedy from its base (a repair's training, a neuron fit, a weight "
         "transform; '-' when not recorded, e.g. a register release's pretraining).")  # fmt: skip
 
@@ -138,7 +150,8 @@ def render_markdown(frame) -> str:
     header, body = rows(frame)
     lines = ["### Remedies: each remedy beside its base", "", NOTE]
     if (frame["protocol"] == "smoke").any():
-        lines += ["", "**Smoke profile: a tiny constructed model on synthetic data; only the effects compare.**"]
+        lines += ["", "**Smoke profile: a tiny constructed model (trained + planted artifacts) on synthetic data; only the "
+                  "effects compare.**"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"

@@ -35,9 +35,11 @@ from .results import RecordError, declared_direction, is_failure, load_records
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "paper"  # inside the package: works from any install
 DELTA = "delta (ours - paper)"
-# Constructed backbones that stand in for a paper row in smoke runs (by architecture name, not label).
-STAND_INS = {"dinov2_tiny_defective": "dinov2"}
-SMOKE_NOTE = ("Smoke profile: our numbers come from a tiny constructed model on synthetic data, so only the effects "
+# Constructed backbones that stand in for a paper row in smoke runs (by architecture name, not label); smoke
+# tables say that the model is constructed (trained + planted) and that only the effects compare.
+STAND_INS = {"dinov2_tiny_defective": "dinov2", "dinov2_tiny_standin": "dinov2", "dinov2_tiny_standin_reg": "register"}
+SMOKE_NOTE = ("Smoke profile: our numbers come from a tiny constructed model (trained on a synthetic twin, artifacts "
+              "planted by their mechanism) on synthetic data, so only the effects "
               "(a remedy minus its base), not the absolute numbers, are comparable with the paper.")
 
 
@@ -158,8 +160,9 @@ def model_tags(backbone: Mapping[str, Any], role: Role, constructed_sha256: set[
 
 def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
     """Per (backbone identity, task, profile): the mean of each metric over distinct seeds (records of one seed,
-    such as a record reused under a new label, count once), the seed count and a display label (the role is
-    the key's: ``backbone.role``)."""
+    such as a record reused under a new label, count once), its spread (``spread``: the standard deviation over
+    seeds, for metrics measured on two or more), the seed count and a display label (the role is the key's:
+    ``backbone.role``)."""
     groups: dict[Key, list[dict]] = defaultdict(list)
     for rec in records:
         if is_failure(rec):
@@ -180,11 +183,14 @@ def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
             for name, value in rec["metrics"].items():
                 by_seed[int(rec.get("seed", 0))][name].append(float(value))
         names = {m for seed in by_seed.values() for m in seed}
-        metrics = {m: statistics.fmean([statistics.fmean(s[m]) for s in by_seed.values() if m in s]) for m in names}
+        per_seed = {m: [statistics.fmean(s[m]) for s in by_seed.values() if m in s] for m in names}
+        metrics = {m: statistics.fmean(v) for m, v in per_seed.items()}
+        # the spread over seeds (sample standard deviation), where two or more seeds ran
+        spread = {m: statistics.stdev(v) for m, v in per_seed.items() if len(v) > 1}
         label = latest[key[0]]
         newest = max(recs, key=lambda r: r["created"])
         label = f"{label} [{key[0].short}]" if label in clashes else label
-        out[key] = {"metrics": metrics, "n": len(by_seed), "hparams": newest.get("hparams") or {},
+        out[key] = {"metrics": metrics, "spread": spread, "n": len(by_seed), "hparams": newest.get("hparams") or {},
                     "label": label + model_tags(newest["backbone"], key[0].role, constructed)}  # fmt: skip
     return out
 

@@ -311,7 +311,11 @@ def run_suite(
             D.barrier()
             twin = D.broadcast_object(twin)
             remedies = list(suite_obj.meta.get("smoke_remedies") or [])  # each remedy makes its own (Remedy.smoke_args)
-            extra = B.smoke_remedies(base, remedies, cache, seed, say) if D.is_main() and remedies else []
+            # Each remedy is made once from seed 0's data, as the SINDER twin is, so that runs of other seeds
+            # evaluate the same remedy and the tables can average it over seeds.
+            extra = B.smoke_remedies(base, remedies, cache, 0, say) if D.is_main() and remedies else []
+            if suite_obj.meta.get("smoke_register_release"):  # the base's register release, where one is shipped
+                extra += B.smoke_register_release(base)
             D.barrier()
             # a test may leave the twin out
             added[base] = [*([twin] if twin is not None else []), *D.broadcast_object(extra)]

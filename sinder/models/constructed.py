@@ -1,7 +1,8 @@
 """Backbones whose weights are constructed, not downloaded (tests and smoke runs): the one registry of them.
 
 Each name maps to a function returning (architecture config, state dict). ``sinder.models.weights`` loads them by
-name; the modules that build them (``sinder.models.vit``, ``sinder.models.defective``) know nothing of the loader.
+name; the modules that build them (``sinder.models.vit``, ``sinder.models.defective``,
+``sinder.models.standin``) know nothing of the loader.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from sinder.models import defective as defective_model
+from sinder.models import standin
 from sinder.models.vit import build_vit
 
 Builder = Callable[[], tuple[dict[str, Any], dict[str, Tensor]]]
@@ -36,4 +38,6 @@ SYNTHETIC_BACKBONES: dict[str, Builder] = {
     **{f"{arch}_random": _random_tiny(arch) for arch in ("dinov2_tiny", "dinov2_tiny_swiglu", "dinov2_tiny_reg")},
     # dinov2_tiny_defective and its CLIP-like and SigLIP-like twins (the same planted circuit)
     **{name: _defective_tiny(name) for name in defective_model.STAND_INS},
+    standin.PRESET_NAME: lambda: (dict(standin.CONFIG), standin.standin_state_dict()),
+    standin.REG_PRESET_NAME: lambda: (dict(standin.REG_CONFIG), standin.standin_reg_state_dict()),
 }

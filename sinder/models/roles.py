@@ -122,5 +122,10 @@ class Role:
 
     @property
     def official_release(self) -> Role | None:
-        """For a register release, the official release of the same architecture; else None."""
-        return Role("official", name=official_release_of(self.name)) if self.kind == "register" else None
+        """For a register release, the official release of the same architecture (for a constructed register
+        release such as ``dinov2_tiny_standin_reg``, the constructed model it pairs with); else None."""
+        if self.kind == "register":
+            return Role("official", name=official_release_of(self.name))
+        if self.kind == "constructed" and is_register_release(self.name):
+            return Role("constructed", name=official_release_of(self.name))
+        return None

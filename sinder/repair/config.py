@@ -183,6 +183,9 @@ PRESET_REPAIR_DEFAULTS: dict[str, dict[str, Any]] = {
 # Its CLIP-like and SigLIP-like twins (sinder.models.defective.STAND_INS) carry the same circuit at the same scale.
 PRESET_REPAIR_DEFAULTS.update({name: PRESET_REPAIR_DEFAULTS["dinov2_tiny_defective"]
                                for name in ("clip_tiny_defective", "siglip_tiny_defective")})  # fmt: skip
+# The trained stand-in (sinder.models.standin) is trained at 112 px and forms its artifacts in block 2 of 6: the
+# same scale and budget (lambda = 4 reaches back to its first block).
+PRESET_REPAIR_DEFAULTS["dinov2_tiny_standin"] = dict(PRESET_REPAIR_DEFAULTS["dinov2_tiny_defective"])
 
 
 def preset_defaults(backbone: str) -> tuple[dict[str, Any], str]:
