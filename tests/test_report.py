@@ -1,5 +1,6 @@
 import csv
 import io
+import statistics
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_markdown_has_paper_numbers_ours_and_deltas(tmp_path):
     lines = text.splitlines()
     assert any(line.startswith("| DINOv2 | paper | paper | 83.53 | 94.01 | 86.53 | 97.65 |") for line in lines)
     ours = next(line for line in lines if "ours: dinov2_vitg14 (n=2)" in line)
-    assert "| paper | 80.50 | 95.00 | - | - |" in ours
+    assert "| paper | 80.50 ± 0.71 | 95.00 ± 0.00 | - | - |" in ours  # mean ± standard deviation over the 2 seeds
     delta = lines[lines.index(ours) + 1]
     assert delta.startswith("| DINOv2 | delta (ours - paper) |") and "-3.03" in delta and "+0.99" in delta
     sinder = next(line for line in lines if "ours: sinder_run" in line)
@@ -355,3 +356,24 @@ def test_a_constructed_register_release_is_its_base_s_register_row_with_the_spre
     text = render_markdown(frame)
     assert "| dinov2_tiny_standin | base | smoke | - | - | - | 42 ± 2 |" in text
     assert "  dinov2_tiny_standin_reg (of dinov2_tiny_standin) | registers |" in text
+
+
+def test_paper_tables_show_the_spread_over_seeds_beside_the_mean(tmp_path, paper):
+    """Table 4 with three seeds of one backbone: each cell is mean ± sample standard deviation over the seeds,
+    computed here independently; a backbone with one seed shows the plain value."""
+    from benchmarks.core.report import _decimals, aggregate, render_markdown, table_frame
+
+    store = R.ResultStore(tmp_path)
+    seeds = [40.0, 43.0, 49.0]
+    for seed, miou in enumerate(seeds):
+        _write(store, "seg_ade20k_linear", "many", {"miou": miou}, profile="smoke", seed=seed)
+    _write(store, "seg_ade20k_linear", "once", {"miou": 41.0}, profile="smoke")
+    table = next(t for t in paper.values() if any(c["task"] == "seg_ade20k_linear" for c in t["columns"]))
+    column = next(c for c in table["columns"] if c["task"] == "seg_ade20k_linear" and c["metric"] == "miou")
+    decimals = _decimals(table, column["key"])  # the paper's own precision for the column
+    text = render_markdown(table, table_frame(table, aggregate(store.records())))
+    mean, sd = statistics.fmean(seeds), statistics.stdev(seeds)  # 44 ± 4.58
+    many = next(line for line in text.splitlines() if "ours: many" in line)
+    once = next(line for line in text.splitlines() if "ours: once" in line)
+    assert f"{mean:.{decimals}f} ± {sd:.{decimals}f}" in many
+    assert f"{41.0:.{decimals}f}" in once and "±" not in once

@@ -283,10 +283,11 @@ def _label_of(agg, backbone: BackboneIdentity, profile: str) -> str:
     return next(v["label"] for (b, _, p), v in agg.items() if b == backbone and p == profile)
 
 
-def _value(agg, backbone, profile, col, row_key: str | None = None) -> float:
+def _value(agg, backbone, profile, col, row_key: str | None = None, field: str = "metrics") -> float:
+    """A column's mean over seeds (``field="spread"``: its standard deviation over seeds, NaN for one seed)."""
     entry = agg.get((backbone, col["task"], profile))
     metric = col["metric"].replace("{row}", str(row_key)) if row_key is not None else col["metric"]
-    return entry["metrics"].get(metric, math.nan) if entry else math.nan
+    return (entry.get(field) or {}).get(metric, math.nan) if entry else math.nan
 
 
 def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
@@ -297,18 +298,19 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
     ours = _ours(table, agg)
     lines = []
 
-    def add(row, source, label, profile, n_runs, value_of, other="(no paper row)", ran=None):
+    def add(row, source, label, profile, n_runs, value_of, other="(no paper row)", ran=None, spread_of=None):
         name = row["name"] if row else other
         ran_label, same = ran if ran is not None else (name, True)
         for col in table["columns"]:
             paper = row["values"].get(col["key"], math.nan) if row else math.nan
             value = value_of(col)
+            spread = spread_of(col) if spread_of is not None else math.nan
             lines.append({
                 "table": table["table"], "row": row["name"] if row else other,
                 "row_key": row["key"] if row else "", "source": source, "backbone": label, "protocol": profile,
                 "n_runs": n_runs, "column": col["label"], "column_key": col["key"], "task": col["task"],
                 "metric": col["metric"], "higher_is_better": col["higher_is_better"], "paper": paper,
-                "value": value, "delta": value - paper if source == "ours" and same else math.nan,
+                "value": value, "spread": spread, "delta": value - paper if source == "ours" and same else math.nan,
                 "label": ran_label, "same_setting": same,
             })  # fmt: skip
 
@@ -329,11 +331,13 @@ def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
                 entry = next((agg[(backbone, t, profile)] for t in sorted(tasks) if (backbone, t, profile) in agg), None)
                 ran = _row_run(entry, row)
             add(row, "ours", _label_of(agg, backbone, profile), profile, n_runs(backbone, profile),
-                lambda col, b=backbone, p=profile, k=row_key: _value(agg, b, p, col, k), ran=ran)  # fmt: skip
+                lambda col, b=backbone, p=profile, k=row_key: _value(agg, b, p, col, k), ran=ran,
+                spread_of=lambda col, b=backbone, p=profile, k=row_key: _value(agg, b, p, col, k, "spread"))  # fmt: skip
     for (backbone, profile), row in assigned.items():
         if row is None:  # a backbone no paper row stands for: ours only, no delta
             add(None, "ours", _label_of(agg, backbone, profile), profile, n_runs(backbone, profile),
-                lambda col, b=backbone, p=profile: _value(agg, b, p, col), _unmatched_row(backbone.role))  # fmt: skip
+                lambda col, b=backbone, p=profile: _value(agg, b, p, col), _unmatched_row(backbone.role),
+                spread_of=lambda col, b=backbone, p=profile: _value(agg, b, p, col, field="spread"))  # fmt: skip
     return pd.DataFrame(lines)
 
 
@@ -420,7 +424,8 @@ def wide_rows(table: dict, frame) -> tuple[list[str], list[list[str]]]:
             body.append([row_name, "paper", "paper"] + fmt)
             continue
         n = int(part["n_runs"].max()) if len(part) else 0
-        values = [_fmt(cells[c["key"]].value, _decimals(table, c["key"])) for c in table["columns"]]
+        values = [_fmt(cells[c["key"]].value, _decimals(table, c["key"]), spread=cells[c["key"]].spread)
+                  for c in table["columns"]]  # fmt: skip
         body.append([part["label"].iloc[0], f"ours: {label} (n={n})", protocol] + values)
         if not row_name.startswith("(no paper row") and bool(part["same_setting"].all()):
             deltas = [_fmt(cells[c["key"]].delta, _decimals(table, c["key"]), sign=True) for c in table["columns"]]
@@ -428,10 +433,12 @@ def wide_rows(table: dict, frame) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def _fmt(value: float, decimals: int, sign: bool = False) -> str:
+def _fmt(value: float, decimals: int, sign: bool = False, spread: float = math.nan) -> str:
+    """A value at the table's decimals; `` ± s`` where several seeds ran (their standard deviation)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
+    text = f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
+    return text if spread is None or math.isnan(spread) else f"{text} ± {spread:.{decimals}f}"
 
 
 def effect_rows(table: dict, effects) -> tuple[list[str], list[list[str]]]:
