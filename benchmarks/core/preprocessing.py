@@ -8,13 +8,15 @@ family's pooled feature from :func:`pooled_layers` (the class token, or the atte
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+# The one rule for sizes given in multiples of 14 on another patch size lives with the model description.
+from sinder.models.adapter import patch_multiple as patch_multiple
 
 # What each pooling is, in words: the records' ``pooled_feature``.
 POOLED_FEATURE = {
@@ -72,13 +74,6 @@ class Preprocessing:
         if self.norm_tag() == "imagenet-norm":
             return {}
         return {"preprocessing": {"mean": list(self.mean), "std": list(self.std)}}
-
-
-def patch_multiple(size: int, patch_size: int) -> int:
-    """``size`` rounded up to a multiple of ``patch_size``: the one rule for a resolution or crop that a profile
-    gives as a multiple of 14 (the paper's DINOv2) on a backbone of another patch size (56 -> 64 at patch 16,
-    STEGO's 320 -> 322 at patch 14); a multiple already is kept."""
-    return math.ceil(int(size) / int(patch_size)) * int(patch_size)
 
 
 def preprocessing_of(model) -> Preprocessing:

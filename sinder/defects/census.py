@@ -226,6 +226,7 @@ def compare_checkpoints(
     directions, and their comparison (``second`` measured against ``first``)."""
 
     from sinder.defects.linearize import singular_defect_directions
+    from sinder.models.adapter import patch_multiple
     from sinder.models.backbone import normalization
     from sinder.models.weights import load_backbone
 
@@ -234,6 +235,7 @@ def compare_checkpoints(
     records = []
     for weights in (first, second):
         model = load_backbone(backbone, weights=weights).to(device)
+        resolution = patch_multiple(resolution, model.patch_size)  # the paper's 518 is 528 at patch 16
         load = resize_views(resolution, model.patch_size, **normalization(model))
         directions = singular_defect_directions(model, n_samples=n_samples, seed=seed, method=method,
                                                 cache_dir=cache_dir)

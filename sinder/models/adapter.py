@@ -15,6 +15,7 @@ needs the presets' pretrained configs, lives beside them in ``sinder.models.back
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,3 +80,10 @@ BLOCK_PARTS = {"norm1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ls1": 
 MLP_LAYERS = {"swiglu": ("mlp.w12", "mlp.w3"), "mlp": ("mlp.fc1", "mlp.fc2")}  # (input layer, output layer)
 # The linear layers of a block: what the repair parametrises by singular values, the clamp clamps, Figure 7 shows.
 BLOCK_LINEARS = (BLOCK_PARTS["qkv"], BLOCK_PARTS["proj"], *(name for pair in MLP_LAYERS.values() for name in pair))
+
+
+def patch_multiple(size: int, patch_size: int) -> int:
+    """``size`` rounded up to a multiple of ``patch_size``: the one rule for a resolution or crop given for the
+    paper's patch-14 DINOv2 on a backbone of another patch size (518 -> 528 and 56 -> 64 at patch 16, STEGO's
+    320 -> 322 at patch 14); a multiple already is kept. The repair, the analysis and every benchmark use it."""
+    return math.ceil(int(size) / int(patch_size)) * int(patch_size)

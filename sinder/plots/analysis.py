@@ -80,11 +80,16 @@ def analyze(model, image_paths, out: Path, n_samples=DEFAULT_N_SAMPLES, seed=0, 
         random_unit_direction,
     )
     from sinder.defects.linearize import KINDS
+    from sinder.models.adapter import patch_multiple
     from sinder.models.backbone import normalization
     from sinder.utils.images import load_image
 
     if not image_paths:
         raise ValueError("no images to analyze")
+    at_patch = patch_multiple(resolution, model.patch_size)
+    if at_patch != resolution:
+        log(f"resolution {resolution} is not a multiple of the backbone's patch size {model.patch_size}: using {at_patch}")
+        resolution = at_patch
     depth = len(model.blocks)
     mask_layers = default_mask_layers(depth) if mask_layers is None else sorted({int(i) for i in mask_layers})
     bad = [i for i in mask_layers if not 0 <= i < depth]

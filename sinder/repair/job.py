@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from sinder.defects.census import census, compare, resize_views, worse_warning
+from sinder.models.adapter import patch_multiple
 from sinder.models.backbone import normalization
 from sinder.models.formats import CheckpointFormat, check_save_format, save_checkpoint
 from sinder.models.state_io import state_bytes
@@ -20,6 +22,8 @@ from sinder.repair.report import write_report
 from sinder.repair.run import RepairRun
 from sinder.utils.device import default_device
 from sinder.utils.images import list_images, load_image, stride_subset
+
+logger = logging.getLogger(__name__)
 
 
 def split_images(files: list[Path], num_train: int, num_holdout: int) -> tuple[list[Path], list[Path]]:
@@ -91,6 +95,18 @@ def readable(images: list[Path], load) -> tuple[list[Path], list[str]]:
     return good, bad
 
 
+def at_patch_size(config: RepairConfig, patch_size: int) -> RepairConfig:
+    """``config`` with its resolution at a multiple of the backbone's patch size (``patch_multiple``: the paper's
+    518 px, 37 patches of DINOv2's 14, is 528 px, 33 patches, at patch 16). Logged; the report's config holds the
+    resolution that ran."""
+    resolution = patch_multiple(config.resolution, patch_size)
+    if resolution == config.resolution:
+        return config
+    logger.warning("resolution %d is not a multiple of the backbone's patch size %d: the repair uses %d",
+                   config.resolution, patch_size, resolution)  # fmt: skip
+    return replace(config, resolution=resolution)
+
+
 def repair_checkpoint(
     backbone: str,
     images: str | Path,
@@ -126,6 +142,7 @@ def repair_checkpoint(
     device = default_device(device)
 
     model = load_backbone(backbone, weights=weights)
+    config = at_patch_size(config, int(model.patch_size))
     check_free_space({"--out's folder": out.parent, "the work folder": work_dir}, state_bytes(model.state_dict()))
     source_format = getattr(model, "checkpoint_format", CheckpointFormat())
     out_format = check_save_format(save_format, source_format, out)
