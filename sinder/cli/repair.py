@@ -58,7 +58,7 @@ def run(args) -> int:
     try:
         report = repair_checkpoint(name, args.images, args.out, config=config, weights=weights,
                                    work_dir=args.work_dir, resume=args.resume, force=args.force,
-                                   device=args.device, progress=not args.no_progress,
+                                   device=args.device, progress=False if args.no_progress else None,
                                    save_format=args.save_format, defaults=defaults)
     except NonFiniteLossError as err:
         print(f"repair stopped: {err}")
@@ -133,7 +133,7 @@ def register(subparsers) -> None:
                              "(values typed as YAML; applied last; an unknown field or a bad value exits 2)")
     parser.add_argument("--work-dir", help="checkpoints and JSONL log (default: <out>.work)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="exit 4 when any held-out image is made worse by the repair (the rule the report "
                         "states as made_worse_rule: more high-norm tokens in some block, or a doubled median norm)")
