@@ -23,6 +23,17 @@ from sinder.models.families.transformers_encoder import mlp_ratio
 MODEL_TYPES = ("dinov3_vit",)
 _QKV = ("q", "k", "v")
 
+# Our block names -> DINOv3ViTModel's (``blocks.N.`` / ``layer.N.`` relative), both directions; q/k/v and a gated
+# MLP's w12 (gate_proj + up_proj) are split or joined apart.
+_PARAMS = (".weight", ".bias")
+_LAYER_SCALE = {"ls1.gamma": "layer_scale1.lambda1", "ls2.gamma": "layer_scale2.lambda1"}
+
+
+def _renames(gated: bool) -> dict[str, str]:
+    mlp = {"mlp.w3": "mlp.down_proj"} if gated else {"mlp.fc1": "mlp.up_proj", "mlp.fc2": "mlp.down_proj"}
+    return {"attn.proj": "attention.o_proj", "norm1": "norm1", "norm2": "norm2", **mlp}
+
+
 
 def _square(value: Any, what: str, source: str) -> int:
     if isinstance(value, (list, tuple)):
@@ -99,20 +110,16 @@ def dinov3_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if any(b is not None for b in biases):  # the key projection has no bias in the releases: zero
             out[f"{dst}attn.qkv.bias"] = torch.cat([b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype)
                                                     for b, w in zip(biases, weights)])  # fmt: skip
-        renames = {"attention.o_proj": "attn.proj", "norm1": "norm1", "norm2": "norm2"}
-        if f"{src}mlp.gate_proj.weight" in state:
-            renames["mlp.down_proj"] = "mlp.w3"
+        gated = f"{src}mlp.gate_proj.weight" in state
+        if gated:
             for p in ("weight", "bias"):
                 if f"{src}mlp.gate_proj.{p}" in state:
                     out[f"{dst}mlp.w12.{p}"] = torch.cat([state[f"{src}mlp.gate_proj.{p}"], state[f"{src}mlp.up_proj.{p}"]])
-        else:
-            renames.update({"mlp.up_proj": "mlp.fc1", "mlp.down_proj": "mlp.fc2"})
-        for theirs, ours in renames.items():
-            for p in ("weight", "bias"):
-                if f"{src}{theirs}.{p}" in state:
-                    out[f"{dst}{ours}.{p}"] = state[f"{src}{theirs}.{p}"]
-        out[f"{dst}ls1.gamma"] = state[f"{src}layer_scale1.lambda1"]
-        out[f"{dst}ls2.gamma"] = state[f"{src}layer_scale2.lambda1"]
+        for ours, theirs in _renames(gated).items():
+            for p in _PARAMS:
+                if f"{src}{theirs}{p}" in state:
+                    out[f"{dst}{ours}{p}"] = state[f"{src}{theirs}{p}"]
+        out.update({f"{dst}{ours}": state[f"{src}{theirs}"] for ours, theirs in _LAYER_SCALE.items()})
     return out
 
 
@@ -138,21 +145,17 @@ def official_to_dinov3(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             if f"{src}attn.qkv.{p}" in state:
                 for x, part in zip(_QKV, state[f"{src}attn.qkv.{p}"].chunk(3, dim=0)):
                     out[f"{dst}attention.{x}_proj.{p}"] = part.clone()
-        renames = {"attn.proj": "attention.o_proj", "norm1": "norm1", "norm2": "norm2"}
-        if f"{src}mlp.w12.weight" in state:
-            renames["mlp.w3"] = "mlp.down_proj"
+        gated = f"{src}mlp.w12.weight" in state
+        if gated:
             for p in ("weight", "bias"):
                 if f"{src}mlp.w12.{p}" in state:
                     gate, up = state[f"{src}mlp.w12.{p}"].chunk(2, dim=0)
                     out[f"{dst}mlp.gate_proj.{p}"], out[f"{dst}mlp.up_proj.{p}"] = gate.clone(), up.clone()
-        else:
-            renames.update({"mlp.fc1": "mlp.up_proj", "mlp.fc2": "mlp.down_proj"})
-        for ours, theirs in renames.items():
-            for p in ("weight", "bias"):
-                if f"{src}{ours}.{p}" in state:
-                    out[f"{dst}{theirs}.{p}"] = state[f"{src}{ours}.{p}"]
-        out[f"{dst}layer_scale1.lambda1"] = state[f"{src}ls1.gamma"]
-        out[f"{dst}layer_scale2.lambda1"] = state[f"{src}ls2.gamma"]
+        for ours, theirs in _renames(gated).items():
+            for p in _PARAMS:
+                if f"{src}{ours}{p}" in state:
+                    out[f"{dst}{theirs}{p}"] = state[f"{src}{ours}{p}"]
+        out.update({f"{dst}{theirs}": state[f"{src}{ours}"] for ours, theirs in _LAYER_SCALE.items()})
     return out
 
 
