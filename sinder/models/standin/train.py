@@ -15,7 +15,7 @@ seeds, one thread, ``torch.use_deterministic_algorithms``. The weights are writt
 this script's sha256 and its arguments in the metadata (a test checks the shipped files against the script).
 Shipped files were made with::
 
-    sinder-bench data synth --dataset imagenet --root /tmp/twins
+    sinder-bench data synth --dataset imagenet --seed 100 --n-train 24 --out /tmp/twins/imagenet
     python -m sinder.models.standin.train --images /tmp/twins/imagenet/train --out sinder/models/standin/dinov2_tiny_standin.safetensors
     python -m sinder.models.standin.train --images /tmp/twins/imagenet/train --registers 4 --out sinder/models/standin/dinov2_tiny_standin_reg.safetensors
 """
