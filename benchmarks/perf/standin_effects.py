@@ -47,7 +47,7 @@ def run_seed(suite: str, seed: int, runs: Path, cache: Path, jobs: str, backbone
     proc = subprocess.run([sys.executable, "-c", code, suite, str(runs), str(cache), str(seed), jobs, *extra],
                           capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
     return {"seed": seed, "exit_code": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
-            "stderr_tail": proc.stderr[-2000:] if proc.returncode else ""}  # fmt: skip
+            "stderr_tail": (proc.stderr + proc.stdout)[-2000:] if proc.returncode else ""}  # fmt: skip
 
 
 def effects(records: list[dict]) -> dict:
@@ -57,11 +57,15 @@ def effects(records: list[dict]) -> dict:
 
     values: dict[tuple[str, str, str], dict[int, float]] = {}
     labels: dict[str, str] = {}
-    for rec in records:
+    roles = [RunIdentity.from_record(rec).role for rec in records]
+    base_shas = {rec["backbone"]["weights_sha256"] for rec, role in zip(records, roles)
+                 if role.kind != "other" and remedy_of(role) == "base"}  # fmt: skip
+    for rec, role in zip(records, roles):
         key = (rec["task"], next(iter(m for (t, m) in COLUMNS if t == rec["task"]), ""))
         if key not in COLUMNS or key[1] not in rec.get("metrics", {}):
             continue
-        role = RunIdentity.from_record(rec).role
+        if role.is_remedied and role.base_sha256 not in base_shas:
+            continue  # a remedy of the oracle (--oracle runs the suite's remedies on it too): not the base's
         # a backbone passed by --oracle (role "other") is compared with the base under its label
         remedy = rec["backbone"]["label"] if role.kind == "other" else remedy_of(role)
         labels[remedy] = rec["backbone"]["label"]
