@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.core import backbones as B
 from benchmarks.core import remedy as R
@@ -97,6 +98,29 @@ def test_core_asks_each_remedy_for_its_smoke_variant(extra_remedies, tmp_path):
     assert clamp.remedy_params == {"gamma": 5.0}  # the smoke profile's gamma, as before
     with pytest.raises(ValueError, match="remedy swap has no smoke variant; remedies with one: clamp, ttr, twice"):
         B.smoke_remedies(base, ["swap"], tmp_path)
+
+
+def test_smoke_remedies_of_a_weights_file_apply_to_that_file_not_to_the_preset(tmp_path):
+    """A NAME:WEIGHTS base (the stand-in's oracle in benchmarks/perf/standin_effects.py) once had its smoke
+    remedies applied to NAME's preset weights: the clamp row silently measured another model."""
+    from safetensors.torch import save_file
+
+    from sinder.models.weights import load_backbone
+    from sinder.remedies.clamp import clamp_singular_values
+
+    preset = load_backbone("dinov2_tiny_defective")
+    state = {k: v.clone() for k, v in preset.state_dict().items()}
+    state["blocks.0.mlp.w3.weight"] *= 0.5  # other weights, same architecture
+    weights = tmp_path / "mine.safetensors"
+    save_file(state, str(weights))
+    base = B.parse_backbone_spec(f"mine=dinov2_tiny_defective:{weights}")
+    (clamp,) = B.smoke_remedies(base, ["clamp"], tmp_path)
+    assert (clamp.name, clamp.weights, clamp.label) == ("dinov2_tiny_defective", str(weights), "mine+clamp")
+    model = B.load(clamp)
+    expected, _ = clamp_singular_values(load_backbone("dinov2_tiny_defective", weights=str(weights)), 5.0)
+    got = model.state_dict()
+    assert torch.equal(got["blocks.0.mlp.w3.weight"], expected["blocks.0.mlp.w3.weight"])
+    assert not torch.equal(got["blocks.0.mlp.w3.weight"], clamp_singular_values(preset, 5.0)[0]["blocks.0.mlp.w3.weight"])
 
 
 def test_the_preflight_checks_the_base_weights_unless_the_remedy_replaces_them(extra_remedies, tmp_path):

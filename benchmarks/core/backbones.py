@@ -250,7 +250,9 @@ def smoke_remedies(spec: BackboneSpec, names, cache_dir: Path, seed: int = 0,
     from .remedy import get_remedy
 
     out = []
+    # the base's own weights file: without it a NAME:WEIGHTS base got its remedies applied to NAME's preset weights
+    base_text = f"{spec.name}:{spec.weights}" if spec.weights else spec.name
     for name in names:
         args = get_remedy(name).smoke_args(spec, cache_dir, seed, log)
-        out.append(parse_backbone_spec(f"{spec.label}+{name}={spec.name}+{name}:{args}"))
+        out.append(parse_backbone_spec(f"{spec.label}+{name}={base_text}+{name}:{args}"))
     return out

@@ -35,16 +35,19 @@ COLUMNS = {  # (task, metric): (label, the paper's sign of a remedy's effect: +1
 }
 
 
-def run_seed(suite: str, seed: int, runs: Path, cache: Path, jobs: str, backbones: list[str] | None = None) -> dict:
+def run_seed(suite: str, seed: int, runs: Path, cache: Path, jobs: str, backbones: list[str] | None = None,
+             cfg_options: list[str] | None = None) -> dict:
     code = ("import sys; from benchmarks.cli import main; sys.exit(main(['run', '--suite', sys.argv[1], '--profile', "
             "'smoke', '--out', sys.argv[2], '--cache-dir', sys.argv[3], '--seed', sys.argv[4], '--jobs', sys.argv[5], "
             "'--no-progress', *sys.argv[6:]]))")  # fmt: skip
     extra = [arg for spec in backbones or [] for arg in ("--backbone", spec)]
+    if cfg_options:
+        extra += ["--cfg-options", *cfg_options]
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, suite, str(runs), str(cache), str(seed), jobs, *extra],
                           capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
     return {"seed": seed, "exit_code": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
-            "stderr_tail": proc.stderr[-2000:] if proc.returncode else ""}  # fmt: skip
+            "stderr_tail": (proc.stderr + proc.stdout)[-2000:] if proc.returncode else ""}  # fmt: skip
 
 
 def effects(records: list[dict]) -> dict:
@@ -54,11 +57,15 @@ def effects(records: list[dict]) -> dict:
 
     values: dict[tuple[str, str, str], dict[int, float]] = {}
     labels: dict[str, str] = {}
-    for rec in records:
+    roles = [RunIdentity.from_record(rec).role for rec in records]
+    base_shas = {rec["backbone"]["weights_sha256"] for rec, role in zip(records, roles)
+                 if role.kind != "other" and remedy_of(role) == "base"}  # fmt: skip
+    for rec, role in zip(records, roles):
         key = (rec["task"], next(iter(m for (t, m) in COLUMNS if t == rec["task"]), ""))
         if key not in COLUMNS or key[1] not in rec.get("metrics", {}):
             continue
-        role = RunIdentity.from_record(rec).role
+        if role.is_remedied and role.base_sha256 not in base_shas:
+            continue  # a remedy of the oracle (--oracle runs the suite's remedies on it too): not the base's
         # a backbone passed by --oracle (role "other") is compared with the base under its label
         remedy = rec["backbone"]["label"] if role.kind == "other" else remedy_of(role)
         labels[remedy] = rec["backbone"]["label"]
@@ -107,30 +114,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/perf"))
     parser.add_argument("--oracle", action="store_true", help="also run the stand-in's weights without the trigger")
     parser.add_argument("--skip-runs", action="store_true", help="only read the records already in --work")
+    parser.add_argument("--cfg-options", nargs="+", default=None, metavar="TASK.KEY=VALUE",
+                        help="passed to every run (e.g. a longer probe schedule); recorded in the result")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="standin-effects-"))
     runs, cache = work / "runs", work / "cache"
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    seed_runs = [] if args.skip_runs else [run_seed(args.suite, s, runs, cache, args.jobs) for s in seeds]
+    opts = args.cfg_options
+    seed_runs = [] if args.skip_runs else [run_seed(args.suite, s, runs, cache, args.jobs, None, opts) for s in seeds]
     if args.oracle:  # the trained weights without the planted trigger: the most any remedy can recover
-        seed_runs += [run_seed(args.suite, s, runs, cache, args.jobs, [f"clean={ORACLE}"]) for s in seeds]
+        seed_runs += [run_seed(args.suite, s, runs, cache, args.jobs, [f"clean={ORACLE}"], opts) for s in seeds]
     records = [json.loads(p.read_text()) for p in sorted(runs.rglob("*.json")) if p.parent.name != "summaries"]
     records = [r for r in records if isinstance(r, dict) and "task" in r and r.get("metrics") and not r.get("error")]
     result = {"benchmark": "standin_effects", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "suite": args.suite,
-              "seeds": seeds, "runs": seed_runs, "wall_s": round(time.perf_counter() - started, 1),
+              "seeds": seeds, "cfg_options": opts or [], "runs": seed_runs, "wall_s": round(time.perf_counter() - started, 1),
               "load_average_1min_before": round(load_before, 2), "load_average_1min_after": round(os.getloadavg()[0], 2),
               "cores": os.cpu_count(), "effects": effects(records)}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "standin_effects.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(args.out / "standin_effects.md", markdown(result))
+    failed = [r for r in seed_runs if r["exit_code"]]
+    for run in failed:
+        print(f"seed {run['seed']} failed (exit {run['exit_code']}): {run['stderr_tail'].strip()[-500:]}", file=sys.stderr)
+    if not records:
+        print(f"no records under {runs}: no effects to report", file=sys.stderr)
+        return 1
     from benchmarks.core.remedies_report import remedies_frame, render_markdown
     from benchmarks.core.report import aggregate
 
     atomic_write_text(args.out / "standin_remedies.md", render_markdown(remedies_frame(aggregate(records))))
     print(markdown(result))
-    return 0 if all(r["exit_code"] == 0 for r in seed_runs) else 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
