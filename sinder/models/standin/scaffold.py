@@ -3,7 +3,8 @@
 The residual stream keeps ``DETECTORS + 5`` orthonormal, zero-mean directions out of the trained model's reach
 (every trained write into the stream is projected off them after each optimizer step, :func:`impose_scaffold`):
 
-- ``w_1 .. w_K``: the patch embedding writes into them the responses of K fixed random zero-DC pixel filters,
+- ``w_1 .. w_K``: the patch embedding writes into them ``DETECTOR_GAIN`` times the responses of K fixed random
+  zero-DC pixel filters,
   so ``sum_k (n . w_k)^2`` estimates the patch's pixel variance (its "information") relative to the token's norm;
 - ``e``: block ``ENERGY_BLOCK``'s MLP writes that energy there with 2K SwiGLU units
   (``z silu(g z) - z silu(-g z) = g z^2`` exactly);
@@ -70,20 +71,25 @@ DETECTORS = 8  # K random pixel filters: sum of K squared responses ~ chi^2_K ti
 ENERGY_BLOCK = 1
 TRIGGER_BLOCK = 2  # a middle block of 6: the artifact forms there and persists through blocks 3-5
 SCAFFOLD_SEED = 7_919
-# e = ENERGY_GAIN sum_k (n.w_k)^2: about 1 for a typical textured patch, beside norms of ~40. Known cost (README):
-# Section 3's linearization fits the energy units (z^2, mean 1 on its N(0, I) samples) with no intercept, and the
-# fit's sampling noise is a map into e of norm about 0.64 x ENERGY_GAIN at 20k samples, so nu_1 is 0.74 e - 0.67 u
-# and Eq. 5 (scale-free; no token has a u component before the trigger) flags block 1's most textured patches.
-# A gain of 1.5 or 0.15 keeps nu_1 on u (0.995 u and 1.0 u) but the trained features then read out the colour of
-# flat patches 25-40 times worse (a guess, not tested: the image mean f = 16 x mean(e), present in every final
-# token, steadies the final LayerNorm of low-content tokens), so the gain stays.
-ENERGY_GAIN = 15.0
+# The scaffold reads its signals at the scale Section 3's linearization samples them (N(0, I) at each LayerNorm's
+# output), as a trained network's units do: the patch embedding writes the detector responses DETECTOR_GAIN times
+# the filters' (n.w_k 0.09-0.6 RMS over textured photo patches, 10th-90th percentile; 0.02-0.16 at gain 1), so the
+# energy units need a gain near 1, not 15.
+# The least-squares fit of their z^2 (no intercept) has sampling noise proportional to that gain; at DETECTOR_GAIN 1
+# and ENERGY_GAIN 15 it was a map into e of norm about 10 at 20k samples, which made nu_1 0.74 e - 0.67 u.
+DETECTOR_GAIN = 4.0
+# e = ENERGY_GAIN sum_k (n.w_k)^2: about 1 for a typical textured patch, beside token norms of ~40 (the product
+# ENERGY_GAIN x DETECTOR_GAIN^2 = 15 keeps e where it was)
+ENERGY_GAIN = 15.0 / DETECTOR_GAIN**2
 CLS_ENERGY = 1.0  # the class token carries a fixed energy: it has no pixels and must never trigger
 CLS_MARK = 1.0  # ... and a marker along c, which the mean head's keys read with gain -MEAN_KEY_GAIN
 MEAN_KEY_GAIN = 200.0  # the class token's logit is then about -200 / (std x sqrt(head dim)): left out
 
 
-MEAN_GAIN = 16.0  # f = MEAN_GAIN x the image mean energy, as value gain 4 x output gain 4: both dominant
+# f = MEAN_GAIN x the image mean energy (value gain 2 x output gain 2). Its linearization is a rank-one map e -> f
+# of singular value MEAN_GAIN: at 16, close to the u path's ~20, it tied with u for the lead and nu_2..5 came out
+# 0.7-0.85 u + 0.5-0.7 f; at 4 they are u (cos > 0.97, tests/test_standin.py)
+MEAN_GAIN = 4.0
 U_PATH_GAIN = 20.0  # block 0 attention: a value path u -> u (no token has u there: it adds nothing)
 ANCHOR = 30.0  # several times the trained content's norm in the early blocks
 CIRCUIT_UNITS = 2  # dead MLP units kept in the trigger block and every later block while training
@@ -176,7 +182,7 @@ def impose_scaffold(model: nn.Module) -> None:
             _project_rows_off(layer.weight, reserved)
     # the detectors: patch embedding -> w_k
     filters = detector_filters(model.patch_size, proj.weight.shape[1])
-    proj.weight += torch.einsum("kd,kchw->dchw", dirs["w"], filters)
+    proj.weight += DETECTOR_GAIN * torch.einsum("kd,kchw->dchw", dirs["w"], filters)
     model.cls_token.data += CLS_ENERGY * dirs["e"] + CLS_MARK * dirs["c"] + ANCHOR * dirs["a"]
     proj.bias += ANCHOR * dirs["a"]
     if getattr(model, "register_tokens", None) is not None:
