@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     run.add_argument("--seeds", default=None, metavar="S,S,...",
                      help="run the suite once per seed into the same --out, e.g. 0,1,2 (distinct non-negative "
                      "integers; instead of --seed): report shows mean ± sd over the seeds; with --resume the "
-                     "recorded seeds are skipped; the exit code is the worst seed's")  # fmt: skip
+                     "recorded seeds are skipped; the exit code is the worst seed's; --launcher local|slurm "
+                     "submits each job once per seed")  # fmt: skip
     run.add_argument("--suite", required=True,
                      help="a suite (all: Tables 1-7; remedies; table1 ... table7; see `sinder-bench ls suites`), a "
                      "single task name, or several of either comma-separated, e.g. table3,table4")  # fmt: skip
@@ -148,6 +149,7 @@ def run_epilog() -> str:
         "",
         "examples:",
         "  sinder-bench run --suite all --profile smoke          # the main job: every table on the tiny models",
+        "  sinder-bench run --suite remedies --profile smoke --seeds 0,1,2   # each remedy's effect, mean ± sd",
         "  sinder-bench run --suite table3,table4 --data-root /data --backbone dinov2_vitg14 \\",
         "      --backbone sinder=dinov2_vitg14:dinov2_vitg14_sinder.safetensors",
     ])  # fmt: skip
