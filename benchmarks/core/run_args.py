@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # The ``run`` flags that decide what a run does (the launcher's own flags are in benchmarks/core/launch.py).
-# Every one reaches run_suite or the process settings through RunArgs.resolve.
+# Every one reaches run_suite or the process settings through RunArgs.resolve. ``--seeds`` is not one of them:
+# it repeats the run, once per seed (RunArgs.for_seed; benchmarks/core/seeds.py in process, one job per seed
+# launched).
 RUN_FLAGS = ("data_root", "cache_dir", "resume", "device", "seed", "num_workers", "tensorboard", "threads", "jobs",
              "no_progress", "head_weights", "cfg_options")  # fmt: skip
 
