@@ -324,7 +324,7 @@ def _run_flag_values(tmp_path):
     (heads / released_head_file("dinov2_vits14", "linear1")).write_bytes(b"")
     values = {
         "--data-root": [str(tmp_path / "data")], "--cache-dir": [str(tmp_path / "cache")], "--resume": [],
-        "--device": ["cpu"], "--seed": ["7"], "--num-workers": ["3"], "--threads": ["2"], "--jobs": ["2"],
+        "--device": ["cpu"], "--seed": ["7"], "--seeds": ["7"], "--num-workers": ["3"], "--threads": ["2"], "--jobs": ["2"],
         "--no-progress": [], "--head-weights": [str(heads)], "--cfg-options": ["depth_nyu_linear1.lr=0.5"],
         "--tensorboard": [str(tmp_path / "tb")],
     }  # fmt: skip
@@ -354,6 +354,7 @@ def _resolved(monkeypatch, argv):
     seen = []
 
     def fake_run_suite(suite, backbones, **kwargs):
+        kwargs.pop("seed_pass", None)  # --seeds' pass (k, n): names the run id, not what the run does
         seen.append((torch.get_num_threads(), {**kwargs, "cache_dir": str(kwargs.get("cache_dir") or
                                                                              runner.default_cache_dir())}))
         return RunSummary(run_id="r", suite=suite, profile=kwargs["profile"])

@@ -11,7 +11,6 @@ from benchmarks.core import backbones as B
 from benchmarks.core import registry
 from benchmarks.core.identity import RunIdentity
 from benchmarks.core.remedy import get_remedy, list_remedies
-from benchmarks.remedies import ttr as ttr_remedy
 from sinder.models.defective import sample_images
 from sinder.models.weights import load_backbone, role_key, save_state_dict
 from sinder.remedies.clamp import clamp_singular_values
@@ -141,34 +140,20 @@ def test_the_identity_records_the_remedy_and_its_parameters(neurons_file, loaded
 
 
 def test_remedies_suite_smoke_records_each_remedy_and_report_shows_them_beside_the_base(tmp_path, monkeypatch, capsys):
+    from remedies_harness import census_by_label, run_cheap_remedies_suite
+
     from benchmarks.core.report import build_report
-    from benchmarks.core.runner import run_suite
 
     suite = registry.get_suite("remedies")
     assert suite.tasks == ("defect_census", "imagenet_knn", "seg_ade20k_linear", "depth_nyu_linear4")
     assert suite.meta["smoke_remedies"] == ["clamp", "ttr"]
-    # The cheap part of the suite: the census and KNN; the SINDER twin's repair is tested elsewhere.
-    suites = tmp_path / "suites"
-    suites.mkdir()
-    (suites / "cheap.yaml").write_text("smoke_remedies: [clamp, ttr]\ntasks: [defect_census, imagenet_knn]\n")
-    monkeypatch.setattr(registry, "SUITES_DIR", suites)
-    monkeypatch.setattr(B, "repaired_twin", lambda *args, **kwargs: None)
-    # the constructed model, whose census images hold high-norm tokens for every remedy to move (the smoke
-    # default, the trained stand-in, has almost none on the ImageNet twin: tests/test_standin.py covers it)
-    monkeypatch.setattr(B, "SMOKE_BACKBONE", BASE)
-    monkeypatch.setattr(ttr_remedy, "SMOKE_IMAGES", 40)
-    from benchmarks.census.task import DefectCensus
-
-    smoke = DefectCensus().config("smoke", {"n_images": 16})
-    monkeypatch.setattr(DefectCensus, "config", lambda self, profile, overrides=None: smoke)
-    out = tmp_path / "runs"
-    summary = run_suite("cheap", profile="smoke", out=out, cache_dir=tmp_path / "cache", device="cpu",
-                        progress=False, log=lambda msg: None)  # fmt: skip
+    # The cheap part of the suite: the census and KNN; the SINDER twin's repair is tested elsewhere. On the
+    # constructed model, whose census images hold high-norm tokens for every remedy to move (the smoke default,
+    # the trained stand-in, has almost none on the ImageNet twin: tests/test_standin.py covers it).
+    summary, out = run_cheap_remedies_suite(tmp_path, monkeypatch, BASE, ["defect_census", "imagenet_knn"],
+                                            twin=False)  # fmt: skip
     assert summary.exit_code == 0 and len(summary.ran) == 6
-    census = {}
-    for path in (out / "defect_census").glob("*.json"):
-        record = json.loads(path.read_text())
-        census[record["backbone"]["label"]] = record
+    census = census_by_label(out)
     assert set(census) == {BASE, f"{BASE}+clamp", f"{BASE}+ttr"}
     assert census[f"{BASE}+ttr"]["backbone"]["role"]["kind"] == "remedy"
     assert census[f"{BASE}+ttr"]["metrics"]["extra_tokens"] == 1

@@ -136,28 +136,11 @@ def test_remedies_suite_smoke_on_the_stand_in(tmp_path, name):
 def test_smoke_remedies_of_the_stand_in_treat_its_defects(tmp_path, monkeypatch, name):
     """The remedies suite's smoke backbones (the base, its SINDER twin, +clamp, +ttr) built from the stand-in:
     each remedy lowers the last block's high-norm tokens of the census."""
-    from benchmarks.census.task import DefectCensus
-    from benchmarks.core import backbones as B
-    from benchmarks.core import registry
-    from benchmarks.core.runner import run_suite
-    from benchmarks.remedies import ttr as ttr_remedy
+    from remedies_harness import census_by_label, run_cheap_remedies_suite
 
-    suites = tmp_path / "suites"
-    suites.mkdir()
-    (suites / "cheap.yaml").write_text("smoke_remedies: [clamp, ttr]\ntasks: [defect_census]\n")
-    monkeypatch.setattr(registry, "SUITES_DIR", suites)
-    monkeypatch.setattr(B, "SMOKE_BACKBONE", name)
-    monkeypatch.setattr(ttr_remedy, "SMOKE_IMAGES", 40)
-    smoke = DefectCensus().config("smoke", {"n_images": 16})
-    monkeypatch.setattr(DefectCensus, "config", lambda self, profile, overrides=None: smoke)
-    out = tmp_path / "runs"
-    summary = run_suite("cheap", profile="smoke", out=out, cache_dir=tmp_path / "cache", device="cpu",
-                        progress=False, log=lambda msg: None)  # fmt: skip
+    summary, out = run_cheap_remedies_suite(tmp_path, monkeypatch, name)
     assert summary.exit_code == 0 and len(summary.ran) == 4
-    high = {}
-    for path in (out / "defect_census").glob("*.json"):
-        record = json.loads(path.read_text())
-        high[record["backbone"]["label"]] = record["metrics"]["high_norm_last"]
+    high = {label: record["metrics"]["high_norm_last"] for label, record in census_by_label(out).items()}
     assert set(high) == {name, f"{name}_sinder", f"{name}+clamp", f"{name}+ttr"}
     assert high[name] > 0
     for remedy in ("_sinder", "+clamp", "+ttr"):

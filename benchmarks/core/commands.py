@@ -30,6 +30,13 @@ def register(subparsers) -> None:
         parents=[backbone_parent(repeatable=True), out_parent(RUNS_HELP, default="results/runs"), device_parent(),
                  seed_parent()],
     )  # fmt: skip
+    run.set_defaults(seed=None)  # not given (0) told from given, which --seeds refuses (run_args.seed_list)
+    run._option_string_actions["--seed"].help = "random seed (default 0)"
+    run.add_argument("--seeds", default=None, metavar="S,S,...",
+                     help="run the suite once per seed into the same --out, e.g. 0,1,2 (distinct non-negative "
+                     "integers; instead of --seed): report shows mean ± sd over the seeds; with --resume the "
+                     "recorded seeds are skipped; the exit code is the worst seed's; --launcher local|slurm "
+                     "submits each job once per seed")  # fmt: skip
     run.add_argument("--suite", required=True,
                      help="a suite (all: Tables 1-7; remedies; table1 ... table7; see `sinder-bench ls suites`), a "
                      "single task name, or several of either comma-separated, e.g. table3,table4")  # fmt: skip
@@ -142,6 +149,7 @@ def run_epilog() -> str:
         "",
         "examples:",
         "  sinder-bench run --suite all --profile smoke          # the main job: every table on the tiny models",
+        "  sinder-bench run --suite remedies --profile smoke --seeds 0,1,2   # each remedy's effect, mean ± sd",
         "  sinder-bench run --suite table3,table4 --data-root /data --backbone dinov2_vitg14 \\",
         "      --backbone sinder=dinov2_vitg14:dinov2_vitg14_sinder.safetensors",
     ])  # fmt: skip
@@ -227,29 +235,53 @@ def _jobs_arg(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def seeds_of(args: argparse.Namespace) -> list[int] | None:
+    """``run --seeds`` as a list (None: one run of ``--seed``); a bad list, or ``--seed`` too, is a UsageError."""
+    from .run_args import seed_list
+
+    try:
+        return seed_list(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .run_args import RunArgs, apply_threads
     from .runner import PreflightError, format_summary, run_suite
     from .workers import distributed_refusal, under_torchrun
 
     started = time.monotonic()
+    seeds = seeds_of(args)
     threads, kwargs = RunArgs.from_namespace(args).resolve(args.profile)  # the same in a launched job
     apply_threads(threads)
     if kwargs["jobs"] > 1 and under_torchrun():
         raise UsageError(distributed_refusal(kwargs["jobs"]))
     try:
-        summary = run_suite(args.suite, args.backbone, profile=args.profile, out=args.out, **kwargs)
+        if seeds is not None:
+            from .seeds import run_seeds
+
+            result = run_seeds(args.suite, args.backbone, seeds=seeds, profile=args.profile, out=args.out, **kwargs)
+        else:
+            summary = run_suite(args.suite, args.backbone, profile=args.profile, out=args.out, **kwargs)
     except PreflightError as err:  # a RuntimeError: the inputs are checked before any work
         raise UsageError(str(err)) from err
     from . import distributed as D
 
-    if D.is_main():
-        from .progress import where_next
+    if not D.is_main():
+        return result.exit_code if seeds is not None else summary.exit_code
+    from .progress import where_next
 
-        print(format_summary(summary))
-        summary_file = Path(args.out) / "summaries" / f"{summary.run_id}.json"
-        print(where_next(args.out, str(summary_file) if summary_file.is_file() else None, len(summary.ran),
-                         time.monotonic() - started))  # fmt: skip
+    if seeds is not None:
+        from .seeds import format_seeds_summary
+
+        print(format_seeds_summary(result))
+        ran = sum(len(s.ran) for s in result.summaries.values())
+        print(where_next(args.out, f"{Path(args.out) / 'summaries'}/ (one per seed)", ran, time.monotonic() - started))
+        return result.exit_code
+    print(format_summary(summary))
+    summary_file = Path(args.out) / "summaries" / f"{summary.run_id}.json"
+    print(where_next(args.out, str(summary_file) if summary_file.is_file() else None, len(summary.ran),
+                     time.monotonic() - started))  # fmt: skip
     return summary.exit_code
 
 

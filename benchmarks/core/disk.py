@@ -95,10 +95,14 @@ class DiskNeeds:
 
 def run_disk_needs(plan: Sequence[tuple[object, Sequence[object]]], sizes: Mapping[object, BackboneSize | None],
                    configs: Mapping[str, dict], images: Callable[[str], int], *, profile: str,
-                   copies: Sequence[object] = ()) -> DiskNeeds:  # fmt: skip
+                   copies: Sequence[object] = (), seeds: int = 1) -> DiskNeeds:  # fmt: skip
     """The estimate for ``plan`` ((spec, tasks) pairs): each task's :meth:`disk_bytes` per backbone (resolved
     ``configs`` by task name), a copy of the weights for each spec in ``copies`` (remedied backbones, the smoke
-    twin), a record per pair and the run's log."""
+    twin), a record per pair and the run's log. ``seeds``: how many times the plan runs (``run --seeds``): what
+    a task, the records, the log and the smoke data take counts once per seed (an upper bound: a smoke seed's
+    synthetic twins, features and heads are its own); the weight copies once (remedies are made once)."""
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds}: give 1 or more")
     parts: dict[str, int] = {}
     pairs = 0
     for spec, tasks in plan:
@@ -107,14 +111,14 @@ def run_disk_needs(plan: Sequence[tuple[object, Sequence[object]]], sizes: Mappi
             pairs += 1
             if size is not None and task.name in configs:
                 key = f"{task.name} ({getattr(spec, 'label', spec)})"
-                parts[key] = int(task.disk_bytes(profile, configs[task.name], size, images))
+                parts[key] = seeds * int(task.disk_bytes(profile, configs[task.name], size, images))
     for spec in copies:
         size = sizes.get(spec)
         if size is not None:
             parts[f"weights of {getattr(spec, 'label', spec)}"] = size.state_bytes
     if profile == "smoke":
-        parts["synthetic data and directions"] = SMOKE_DATA_BYTES
-    out = pairs * RECORD_BYTES + LOG_BYTES
+        parts["synthetic data and directions"] = seeds * SMOKE_DATA_BYTES
+    out = seeds * (pairs * RECORD_BYTES + LOG_BYTES)
     return DiskNeeds(out=out, cache=sum(parts.values()), parts=parts)
 
 

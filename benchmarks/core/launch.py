@@ -106,6 +106,7 @@ class JobSpec:
     timeout_min: int
     cpus_per_task: int = 1
     mem_gb: float = DEFAULT_MEM_GB["smoke"]
+    seed: int = 0  # the job's --seed (run --seeds: one job per seed)
 
     @property
     def tasks(self) -> int:
@@ -357,10 +358,10 @@ _SBATCH_NAMES = {"name": "job_name", "timeout_min": "time", "mem_gb": "mem", "no
 
 
 def request_text(launcher: str, folder: Path, job: JobSpec, *, partition: str | None = None,
-                 slurm_params: dict[str, str] | None = None) -> str:  # fmt: skip
+                 slurm_params: dict[str, str] | None = None, seeds: Sequence[int] | None = None) -> str:  # fmt: skip
     """What ``--dry-run`` prints for ``job``: its resources and, for slurm, the ``#SBATCH`` lines submitit writes
-    (its own ``_make_sbatch_string``, so no cluster is needed to see them)."""
-    head = (f"[{job.label}] {job.task}: {job.gpus} GPU(s), {job.tasks} task(s) x {job.cpus_per_task} CPU(s), "
+    (its own ``_make_sbatch_string``, so no cluster is needed to see them); its seed with ``seeds`` (--seeds)."""
+    head = (f"[{job.label}] {job.task}{_seed_text(job, seeds)}: {job.gpus} GPU(s), {job.tasks} task(s) x {job.cpus_per_task} CPU(s), "
             f"{job.mem_gb:g} GB per task, {job.timeout_min} min")  # fmt: skip
     if launcher != "slurm":
         return head
@@ -371,6 +372,11 @@ def request_text(launcher: str, folder: Path, job: JobSpec, *, partition: str | 
     sbatch["mem"] = _convert_mem(sbatch["mem"])
     text = _make_sbatch_string(command="<job>", folder=folder, **sbatch)
     return head + "\n" + "\n".join("  " + line for line in text.splitlines() if line.startswith("#SBATCH"))
+
+
+def _seed_text(job: JobSpec, seeds: Sequence[int] | None) -> str:
+    """`` (seed S)`` for a job of a ``--seeds`` launch, else nothing (one seed: the lines as before)."""
+    return f" (seed {job.seed})" if seeds is not None else ""
 
 
 def _submission_error(err: BaseException) -> str:
@@ -420,12 +426,13 @@ def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profil
            timeout_min: int | None = None, partition: str | None = None,
            slurm_params: dict[str, str] | None = None, resources: Resources | None = None,
            run_args: RunArgs | dict[str, Any] | None = None, dry_run: bool = False,
-           say: Callable[[str], None] = logger.info) -> list:  # fmt: skip
+           seeds: Sequence[int] | None = None, say: Callable[[str], None] = logger.info) -> list:  # fmt: skip
     """Submit one job per (backbone, task) of ``suite``; returns the submitit jobs (in plan order).
 
     ``run_args``: the ``run`` flags every job resolves as an in-process run would (RunArgs, or a dict of its
     fields). Each job is recorded in ``<out>/launch/jobs.jsonl`` as soon as it is submitted; a refused submission
     is a LaunchError naming the jobs submitted before it. ``dry_run``: print each job's request, submit nothing.
+    ``seeds`` (``run --seeds``): every job once per seed, seed by seed (else once, with ``run_args.seed``).
     """
     from .runner import default_cache_dir
 
@@ -445,10 +452,14 @@ def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profil
     for name, why in missing.items():
         say(f"task {name}: not available ({why}); not submitted")
     _check_run_args(run_args, jobs, profile)
+    if seeds is not None:
+        jobs = [replace(job, seed=int(seed)) for seed in seeds for job in jobs]
+    else:
+        jobs = [replace(job, seed=run_args.seed) for job in jobs]
     folder = launch_dir(out) / "submitit"
     if dry_run:
         for job in jobs:
-            say(request_text(launcher, folder, job, partition=partition, slurm_params=slurm_params))
+            say(request_text(launcher, folder, job, partition=partition, slurm_params=slurm_params, seeds=seeds))
         say(f"dry run: {len(jobs)} job(s) not submitted")
         return []
     place = {"out": str(out), "cache_dir": str(cache)}
@@ -457,7 +468,7 @@ def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profil
         executor = make_executor(launcher, folder, job, partition=partition, slurm_params=slurm_params)
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr: it is in the error
-                handle = executor.submit(BenchJob(), asdict(job), run_args.to_json(), place)
+                handle = executor.submit(BenchJob(), asdict(job), run_args.for_seed(job.seed).to_json(), place)
         except Exception as err:
             done = ", ".join(f"[{j.label}] {j.task} (job {h.job_id})" for j, h in zip(jobs, submitted))
             before = (f"submitted before it: {len(submitted)} of {len(jobs)} job(s) ({done}), recorded in "
@@ -468,7 +479,7 @@ def launch(suite: str, backbones: Sequence[str] | None, *, launcher: str, profil
         submitted.append(handle)
         _append_manifest(out, [{**asdict(job), "job_id": str(handle.job_id), "launcher": launcher,
                                 "folder": str(folder), "submitted": utc_now()}])  # fmt: skip
-        say(f"[{job.label}] {job.task}: submitted job {handle.job_id} ({launcher}, {job.gpus} GPU(s), "
+        say(f"[{job.label}] {job.task}{_seed_text(job, seeds)}: submitted job {handle.job_id} ({launcher}, {job.gpus} GPU(s), "
             f"{job.cpus_per_task} CPU(s) per task, {job.mem_gb:g} GB per task, {job.timeout_min} min)")  # fmt: skip
     return submitted
 
@@ -616,28 +627,32 @@ def job_state(entry: dict[str, Any]) -> tuple[str, str]:
     return "pending", f"job {entry['job_id']}"
 
 
-def status_rows(out: str | Path) -> list[dict[str, str]]:
-    """One row per (backbone, task, profile) seen in the records or the launch manifest, with its state."""
-    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+def status_rows(out: str | Path) -> list[dict[str, Any]]:
+    """One row per (backbone, task, profile, seed) seen in the records or the launch manifest, with its state."""
+    rows: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for entry in read_manifest(out):  # later submissions of a pair replace earlier ones
-        key = (entry["label"], entry["task"], entry["profile"])
+        key = (entry["label"], entry["task"], entry["profile"], int(entry.get("seed", 0)))
         state, detail = job_state(entry)
-        rows[key] = {"backbone": key[0], "task": key[1], "profile": key[2], "state": state, "detail": detail}
+        rows[key] = {"backbone": key[0], "task": key[1], "profile": key[2], "seed": key[3], "state": state,
+                     "detail": detail}  # fmt: skip
     for record in load_records(out, missing_ok=True):
-        key = (record["backbone"]["label"], record["task"], record["profile"])
-        rows[key] = {"backbone": key[0], "task": key[1], "profile": key[2], "state": "done",
+        key = (record["backbone"]["label"], record["task"], record["profile"], int(record.get("seed", 0)))
+        rows[key] = {"backbone": key[0], "task": key[1], "profile": key[2], "seed": key[3], "state": "done",
                      "detail": record["_path"]}  # fmt: skip
     return [rows[k] for k in sorted(rows)]
 
 
-def format_status(rows: list[dict[str, str]]) -> str:
+def format_status(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no records and no launched jobs"
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     counts = {s: n for s, n in counts.items() if n or s in STATES[:4]}
-    width = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("backbone", "task", "profile", "state")}
+    columns = ["backbone", "task", "profile", "state"]
+    if len({r.get("seed", 0) for r in rows}) > 1:  # records of several seeds (run --seeds): a row per seed
+        columns.insert(3, "seed")
+    width = {k: max(len(k), *(len(str(r.get(k, 0))) for r in rows)) for k in columns}
     head = "  ".join(k.ljust(width[k]) for k in width) + "  detail"
-    lines = [head] + ["  ".join(r[k].ljust(width[k]) for k in width) + "  " + r["detail"] for r in rows]
+    lines = [head] + ["  ".join(str(r.get(k, 0)).ljust(width[k]) for k in width) + "  " + r["detail"] for r in rows]
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)
 
@@ -700,6 +715,9 @@ def register(subparsers) -> None:
 
 
 def _cmd_run(args: argparse.Namespace, in_process: Callable[[argparse.Namespace], int]) -> int:
+    from .commands import seeds_of
+
+    seeds = seeds_of(args)  # a bad --seeds: one line, before anything
     if args.launcher == "inprocess":
         if args.dry_run:
             raise LaunchError("--dry-run prints the jobs of --launcher local or slurm; add one of them")
@@ -710,7 +728,7 @@ def _cmd_run(args: argparse.Namespace, in_process: Callable[[argparse.Namespace]
     jobs = launch(args.suite, args.backbone, launcher=args.launcher, profile=args.profile, out=args.out,
                   cache_dir=args.cache_dir, partition=args.partition,
                   slurm_params=_parse_slurm_params(args.slurm_param), resources=resources,
-                  run_args=RunArgs.from_namespace(args), dry_run=args.dry_run, say=print)  # fmt: skip
+                  run_args=RunArgs.from_namespace(args), dry_run=args.dry_run, seeds=seeds, say=print)  # fmt: skip
     if args.dry_run:
         return 0
     if args.launcher == "slurm" and not args.wait:

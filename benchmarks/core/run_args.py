@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # The ``run`` flags that decide what a run does (the launcher's own flags are in benchmarks/core/launch.py).
-# Every one reaches run_suite or the process settings through RunArgs.resolve.
+# Every one reaches run_suite or the process settings through RunArgs.resolve. ``--seeds`` is not one of them:
+# it repeats the run, once per seed (RunArgs.for_seed; benchmarks/core/seeds.py in process, one job per seed
+# launched).
 RUN_FLAGS = ("data_root", "cache_dir", "resume", "device", "seed", "num_workers", "tensorboard", "threads", "jobs",
              "no_progress", "head_weights", "cfg_options")  # fmt: skip
 
@@ -37,7 +39,14 @@ class RunArgs:
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> RunArgs:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        if values["seed"] is None:  # run's --seed defaults to None, to tell it from --seeds (seed_list)
+            values["seed"] = 0
+        return cls(**values)
+
+    def for_seed(self, seed: int) -> RunArgs:
+        """These flags with ``--seed seed`` (one pass of ``--seeds``)."""
+        return RunArgs(**{**asdict(self), "seed": int(seed)})
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +80,32 @@ class RunArgs:
                   "cfg_options": dict(self.cfg_options or {}), "jobs": jobs,
                   "tensorboard_dir": self.tensorboard}  # fmt: skip
         return threads, kwargs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct non-negative integers, comma-separated; a ValueError names the problem."""
+    items = [item.strip() for item in str(text).split(",")]
+    if not any(items):
+        raise ValueError(f"--seeds {text!r}: no seed; give distinct non-negative integers, e.g. --seeds 0,1,2")
+    seeds = []
+    for item in items:
+        if not (item.isascii() and item.isdigit()):  # also refuses "-1", "1.5", "" (a stray comma)
+            raise ValueError(f"--seeds {text!r}: {item!r} is not a non-negative integer; e.g. --seeds 0,1,2")
+        if int(item) in seeds:
+            raise ValueError(f"--seeds {text!r}: seed {int(item)} is given twice; each seed runs once")
+        seeds.append(int(item))
+    return seeds
+
+
+def seed_list(args: argparse.Namespace) -> list[int] | None:
+    """The seeds of ``run --seeds`` (None without it: one run of ``--seed``); ValueError for a bad list or
+    for ``--seed`` given too."""
+    if getattr(args, "seeds", None) is None:
+        return None
+    if args.seed is not None:
+        raise ValueError(f"--seed {args.seed} and --seeds {args.seeds}: give one of them (--seeds S runs seed S "
+                         "alone)")  # fmt: skip
+    return parse_seeds(args.seeds)
 
 
 def apply_threads(threads: int | None) -> None:

@@ -211,6 +211,7 @@ def run_suite(
     models: Mapping[str, torch.nn.Module] | None = None,
     jobs: int = 1,
     tensorboard_dir: str | Path | None = None,
+    seed_pass: tuple[int, int] | None = None,
 ) -> RunSummary:
     """Run ``suite`` on ``backbones`` (specs; smoke default: the defective tiny model and its repaired twin).
 
@@ -221,6 +222,9 @@ def run_suite(
     processes (``benchmarks/core/workers.py``); 1 runs them one after the other in this process. The workers
     are spawned: a script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
     ``tensorboard_dir``: the long trainings write their loss and lr scalars there (``benchmarks.core.scalars``).
+    ``seed_pass``: (k, n) when this run is the k-th (from 1) of n seeds (``benchmarks.core.seeds.run_seeds``):
+    its run id (log and summary names) says the seed, and the disk preflight counts room for the n - k + 1
+    seeds still to run.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
@@ -253,7 +257,8 @@ def run_suite(
 
     suite_obj = get_suite(suite)
     tasks, unavailable = _resolve_tasks(suite_obj.tasks)
-    run_id = D.broadcast_object(time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
+    tag = f"-seed{seed}" if seed_pass else ""  # passes of one process can start within the same second
+    run_id = D.broadcast_object(time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}{tag}")
     summary = RunSummary(run_id=run_id, suite=suite, profile=profile, not_available=unavailable)
     for name, why in unavailable.items():
         say(f"task {name}: not available ({why}); skipped")
@@ -291,8 +296,9 @@ def run_suite(
         except ValueError as err:
             problems.append(str(err))
     smoke_extras = {base: ["repaired twin", *(suite_obj.meta.get("smoke_remedies") or [])] for base in bases}
+    seeds_left = seed_pass[1] - seed_pass[0] + 1 if seed_pass else 1
     problems += _disk_problems(Path(out).expanduser(), cache, tasks, specs, given, configs, profile, data_root, seed,
-                               smoke_extras)  # fmt: skip
+                               smoke_extras, seeds_left)  # fmt: skip
     head_dir = Path(head_weights).expanduser() if head_weights else None
     if head_dir is not None:
         problems += released_head_problems(tasks, specs, head_dir)
@@ -377,10 +383,11 @@ def _smoke_bases(specs: Sequence[B.BackboneSpec], named: bool, models: bool, pro
 
 
 def _disk_problems(out: Path, cache: Path, tasks, specs, given, configs, profile: str, data_root: Path | None,
-                   seed: int, smoke_extras: Mapping[Any, Sequence[str]]) -> list[str]:  # fmt: skip
+                   seed: int, smoke_extras: Mapping[Any, Sequence[str]], seeds: int = 1) -> list[str]:  # fmt: skip
     """A problem for a folder whose disk cannot take what the run will write (``benchmarks.core.disk``: each
     task's estimate per backbone, the records, a copy of the weights per remedied backbone and per smoke
-    extra), checked before any work so a run never dies with ENOSPC half-way."""
+    extra), checked before any work so a run never dies with ENOSPC half-way. ``seeds``: runs of this plan
+    still to come (``--seeds``), each writing its own records, caches and data; the weight copies are made once."""
     from .disk import free_space_problems, run_disk_needs, size_of_model, size_of_spec
 
     sizes = {spec: size_of_model(given[spec]) if spec in given else size_of_spec(spec) for spec in specs}
@@ -394,7 +401,7 @@ def _disk_problems(out: Path, cache: Path, tasks, specs, given, configs, profile
             plan.append((stand_in, [t for t in tasks if not getattr(t, "first_backbone_only", False)]))
             copies.append(stand_in)
     needs = run_disk_needs(plan, sizes, configs, _image_counter(profile, data_root, cache, seed), profile=profile,
-                           copies=copies)  # fmt: skip
+                           copies=copies, seeds=seeds)  # fmt: skip
     return free_space_problems(out, cache, needs)
 
 
