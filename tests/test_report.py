@@ -356,6 +356,37 @@ def test_a_constructed_register_release_is_its_base_s_register_row_with_the_spre
     text = render_markdown(frame)
     assert "| dinov2_tiny_standin | base | smoke | - | - | - | 42 ± 2 |" in text
     assert "  dinov2_tiny_standin_reg (of dinov2_tiny_standin) | registers |" in text
+    # the difference is paired by seed: 1, 2, 3 -> +2 ± 1, while each value alone spreads by 2 and 3
+    assert reg["delta_spread"] == pytest.approx(1.0)
+    assert "| 44 ± 3 (+2 ± 1) |" in text
+
+
+def test_an_effect_is_paired_by_seed_and_shows_its_own_spread(tmp_path, paper):
+    """A remedy's effect over its base in a paper table's effect view: per seed, remedy minus base on that seed's
+    data; the mean and sample standard deviation of those differences (computed here independently), over the
+    seeds both ran (a seed only the base ran is left out), not the difference of two spreads."""
+    from benchmarks.core.report import _decimals, aggregate, effect_rows, effects_frame
+
+    store = R.ResultStore(tmp_path)
+    base_runs = {0: 30.0, 1: 45.0, 2: 38.0, 3: 50.0}  # seed 3: the base only
+    remedy_runs = {0: 31.0, 1: 45.5, 2: 39.5}
+    for seed, miou in base_runs.items():
+        _write(store, "seg_ade20k_linear", "tiny", {"miou": miou}, profile="smoke", seed=seed,
+               role={"kind": "constructed", "name": "tiny"})  # fmt: skip
+    for seed, miou in remedy_runs.items():
+        _write(store, "seg_ade20k_linear", "tiny_sinder", {"miou": miou}, profile="smoke", seed=seed,
+               role=_repair("tiny"))  # fmt: skip
+    table = next(t for t in paper.values() if any(c["task"] == "seg_ade20k_linear" for c in t["columns"]))
+    column = next(c for c in table["columns"] if c["task"] == "seg_ade20k_linear" and c["metric"] == "miou")
+    effects = effects_frame(table, aggregate(store.records()))
+    ours = effects[(effects["source"] == "ours (sinder)") & (effects["column_key"] == column["key"])].iloc[0]
+    diffs = [remedy_runs[s] - base_runs[s] for s in remedy_runs]  # 1.0, 0.5, 1.5
+    assert ours["value"] == pytest.approx(statistics.fmean(diffs))
+    assert ours["spread"] == pytest.approx(statistics.stdev(diffs))
+    decimals = _decimals(table, column["key"])
+    _, body = effect_rows(table, effects)
+    row = next(r for r in body if r[1] == "ours (sinder)")
+    assert f"+{statistics.fmean(diffs):.{decimals}f} ± {statistics.stdev(diffs):.{decimals}f}" in row
 
 
 def test_paper_tables_show_the_spread_over_seeds_beside_the_mean(tmp_path, paper):

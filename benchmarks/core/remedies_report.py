@@ -60,8 +60,11 @@ def _base_of(backbone: BackboneIdentity, candidates: list[BackboneIdentity]) -> 
 
 
 def remedies_frame(agg: dict):
-    """Long format: one line per (backbone, column) with value, its base's value and the difference."""
+    """Long format: one line per (backbone, column) with value, its base's value and the difference (paired by
+    seed, with its spread)."""
     import pandas as pd
+
+    from .report import paired_effect  # report imports this module at its top
 
     tasks = {c["task"] for c in COLUMNS + COSTS}
     directions = {c["key"]: higher_is_better(c) for c in COLUMNS + COSTS}
@@ -89,18 +92,24 @@ def remedies_frame(agg: dict):
             entry = agg.get((b, col["task"], profile))
             return entry["n"] if entry else 0
 
+        def effect(b, parent, col, profile=profile):
+            if parent is None:
+                return math.nan, math.nan
+            return paired_effect(agg, b, parent, profile, col)
+
         for b in order:
             parent = base[b]
             for col in COLUMNS + COSTS:
                 v = value(b, col)
                 ref = value(parent, col) if parent is not None else math.nan
+                delta, delta_spread = effect(b, parent, col)
                 lines.append({
                     "protocol": profile, "backbone": info[b]["label"], "remedy": remedy_of(b.role),
                     "base": info[parent]["label"] if parent is not None else info[b]["label"],
                     "has_base": parent is not None, "column": col["label"], "column_key": col["key"],
                     "task": col["task"], "metric": col["metric"], "cost": col in COSTS,
                     "higher_is_better": directions[col["key"]], "value": v, "spread": spread(b, col),
-                    "seeds": seeds(b, col), "base_value": ref, "delta": v - ref,
+                    "seeds": seeds(b, col), "base_value": ref, "delta": delta, "delta_spread": delta_spread,
                 })  # fmt: skip
     return pd.DataFrame(lines)
 
@@ -113,14 +122,16 @@ def _arrow(col: dict[str, Any]) -> str:
     return {True: " (up)", False: " (down)"}.get(higher_is_better(col), "")
 
 
-def _fmt(value: float, delta: float | None = None, spread: float | None = None) -> str:
+def _fmt(value: float, delta: float | None = None, spread: float | None = None,
+         delta_spread: float | None = None) -> str:
     if value is None or math.isnan(value):
         return "-"
     text = f"{value:.4g}"
     if spread is not None and not math.isnan(spread):
         text += f" ± {spread:.2g}"  # the standard deviation over seeds, when several ran
     if delta is not None and not math.isnan(delta):
-        text += f" ({delta:+.3g})"
+        paired = "" if delta_spread is None or math.isnan(delta_spread) else f" ± {delta_spread:.2g}"
+        text += f" ({delta:+.3g}{paired})"
     return text
 
 
@@ -134,14 +145,16 @@ def rows(frame) -> tuple[list[str], list[list[str]]]:
         first = part.iloc[0]
         name = key[1] if not first["has_base"] else f"  {key[1]} (of {first['base']})"
         body.append([name, first["remedy"], key[0]] + [
-            _fmt(cells[c["key"]].value, cells[c["key"]].delta if first["has_base"] else None, cells[c["key"]].spread)
+            _fmt(cells[c["key"]].value, cells[c["key"]].delta if first["has_base"] else None, cells[c["key"]].spread,
+                 cells[c["key"]].delta_spread if first["has_base"] else None)
             for c in COLUMNS
         ] + [_fmt(cells[c["key"]].value) for c in COSTS])  # fmt: skip
     return header, body
 
 
-NOTE = ("Each remedy beside its base, with the difference from the base in parentheses (mean ± standard deviation "
-        "over seeds where several ran); cost: tokens added at "
+NOTE = ("Each remedy beside its base: its value (mean ± standard deviation over seeds where several ran) and, in "
+        "parentheses, its difference from the base paired by seed (the mean ± standard deviation of each seed's "
+        "remedy minus base, over the seeds both ran); cost: tokens added at "
         "inference and seconds to make the remedy from its base (a repair's training, a neuron fit, a weight "
         "transform; '-' when not recorded, e.g. a register release's pretraining).")  # fmt: skip
 

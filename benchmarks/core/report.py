@@ -190,7 +190,9 @@ def aggregate(records: list[dict]) -> dict[Key, dict[str, Any]]:
         label = latest[key[0]]
         newest = max(recs, key=lambda r: r["created"])
         label = f"{label} [{key[0].short}]" if label in clashes else label
-        out[key] = {"metrics": metrics, "spread": spread, "n": len(by_seed), "hparams": newest.get("hparams") or {},
+        seed_values = {m: {seed: statistics.fmean(v[m]) for seed, v in by_seed.items() if m in v} for m in names}
+        out[key] = {"metrics": metrics, "spread": spread, "n": len(by_seed), "per_seed": seed_values,
+                    "hparams": newest.get("hparams") or {},
                     "label": label + model_tags(newest["backbone"], key[0].role, constructed)}  # fmt: skip
     return out
 
@@ -290,6 +292,24 @@ def _value(agg, backbone, profile, col, row_key: str | None = None, field: str =
     return (entry.get(field) or {}).get(metric, math.nan) if entry else math.nan
 
 
+def paired_effect(agg, backbone, base, profile, col, row_key: str | None = None,
+                  base_row: str | None = None) -> tuple[float, float]:
+    """(mean, standard deviation) over seeds of ``backbone`` minus ``base`` in one column, paired by seed: each
+    seed's difference on the same seed's data, over the seeds both ran. The spread is NaN for fewer than two
+    common seeds; without common seeds the mean is the difference of the two means."""
+    def per_seed(b, key):
+        entry = agg.get((b, col["task"], profile))
+        metric = col["metric"].replace("{row}", str(key)) if key is not None else col["metric"]
+        return (entry.get("per_seed") or {}).get(metric, {}) if entry else {}
+
+    mine, theirs = per_seed(backbone, row_key), per_seed(base, base_row)
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        return _value(agg, backbone, profile, col, row_key) - _value(agg, base, profile, col, base_row), math.nan
+    diffs = [mine[s] - theirs[s] for s in common]
+    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else math.nan)
+
+
 def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
     """Long-format pandas DataFrame: one line per (paper row, source, column) with paper, ours and delta."""
     import pandas as pd
@@ -354,10 +374,12 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
 
     def add(name, source, profile, value_of):
         for col in table["columns"]:
+            value = value_of(col)
+            value, spread = value if isinstance(value, tuple) else (value, math.nan)
             lines.append({"table": table["table"], "effect": name, "source": source, "protocol": profile,
                           "column": col["label"], "column_key": col["key"], "task": col["task"],
                           "metric": col["metric"], "higher_is_better": col["higher_is_better"],
-                          "value": value_of(col)})  # fmt: skip
+                          "value": value, "spread": spread})  # fmt: skip
 
     if _templated(table):  # the ablations: each row minus the unrepaired base, the paper's and ours
         base = next((r for r in table["rows"] if r["key"] == BASE_ROW), None)
@@ -375,8 +397,7 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
                 if row is base:
                     continue
                 add(f"{_row_run(entry, row)[0]} - base", f"ours: {_label_of(agg, backbone, profile)}", profile,
-                    lambda col, b=backbone, p=profile, k=row["key"]: _value(agg, b, p, col, k)
-                    - _value(agg, b, p, col, BASE_ROW))  # fmt: skip
+                    lambda col, b=backbone, p=profile, k=row["key"]: paired_effect(agg, b, b, p, col, k, BASE_ROW))
         return pd.DataFrame(lines)
     sinder, dinov2 = _paper_row(table, "sinder"), _paper_row(table, "dinov2")
     if sinder and dinov2:
@@ -393,7 +414,7 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
         base = bases[0]
         name = f"{_label_of(agg, backbone, profile)} - {_label_of(agg, base, profile)}"
         add(name, f"ours ({role.remedy or 'remedy'})", profile,
-            lambda col, b=backbone, a=base, p=profile: _value(agg, b, p, col) - _value(agg, a, p, col))
+            lambda col, b=backbone, a=base, p=profile: paired_effect(agg, b, a, p, col))
     return pd.DataFrame(lines)
 
 
@@ -451,9 +472,12 @@ def effect_rows(table: dict, effects) -> tuple[list[str], list[list[str]]]:
         return header, body
     for key in dict.fromkeys(zip(effects["effect"], effects["source"], effects["protocol"])):
         part = effects[(effects["effect"] == key[0]) & (effects["source"] == key[1]) & (effects["protocol"] == key[2])]
-        cells = {r.column_key: r.value for r in part.itertuples()}
-        body.append(list(key) + [_fmt(cells.get(c["key"], math.nan), _decimals(table, c["key"]), sign=True)
-                                 for c in table["columns"]])  # fmt: skip
+        cells = {r.column_key: (r.value, r.spread) for r in part.itertuples()}
+        row = []
+        for c in table["columns"]:
+            value, spread = cells.get(c["key"], (math.nan, math.nan))
+            row.append(_fmt(value, _decimals(table, c["key"]), sign=True, spread=spread))
+        body.append(list(key) + row)
     return header, body
 
 
@@ -516,7 +540,8 @@ def render_latex(table: dict, frame, effects=None, ran: list[str] | None = None)
 
 
 def plot_effects(table: dict, effects, path: str | Path) -> Path:
-    """Grouped bars of each remedy's effect over its base, per column (the paper's and ours), PNG."""
+    """Grouped bars of each remedy's effect over its base, per column (the paper's and ours), with the spread over
+    seeds as error bars where several ran, PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -528,8 +553,12 @@ def plot_effects(table: dict, effects, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(columns) * max(1, len(series)) ** 0.5), 4.5), dpi=100)
     for i, (name, source, protocol) in enumerate(series):
         part = effects[(effects["effect"] == name) & (effects["source"] == source) & (effects["protocol"] == protocol)]
-        by_key = {r.column_key: r.value for r in part.itertuples()}
-        ax.bar([j + i * width for j in range(len(columns))], [by_key.get(c["key"], math.nan) for c in columns], width,
+        by_key = {r.column_key: (r.value, r.spread) for r in part.itertuples()}
+        values = [by_key.get(c["key"], (math.nan, math.nan)) for c in columns]
+        spreads = [0.0 if math.isnan(sd) else sd for _, sd in values]
+        # error bars: the standard deviation over seeds of the paired effect, where several seeds ran
+        ax.bar([j + i * width for j in range(len(columns))], [v for v, _ in values], width,
+               yerr=spreads if any(spreads) else None, capsize=3,
                label=f"{name} ({source}, {protocol})", hatch=None if source == "paper" else "//",
                edgecolor="black")  # fmt: skip
     ax.axhline(0.0, color="black", linewidth=0.8)
