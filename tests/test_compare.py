@@ -1,4 +1,5 @@
 import json
+import statistics
 
 import pytest
 
@@ -93,6 +94,25 @@ def test_tolerance_from_repeated_runs_and_from_file(tmp_path, capsys):
     tol.write_text("metrics:\n  top1: {typo: 1}\n")
     code, out = _gate(new, base, "--tolerance", str(tol), capsys=capsys)
     assert code == 2 and "bad tolerance" in out.err
+
+
+def test_shared_seeds_take_the_tolerance_from_the_paired_differences(tmp_path):
+    """Seeds on both sides: the tolerance is 3 sd of the per-seed differences, not of the baseline's values. A
+    drop of 5 on every seed, on data whose own spread across seeds is 10, regresses; the baseline's spread would
+    have allowed 30 (a silent pass). Noisy differences of mean -1.3 stay within theirs."""
+    base, steady, noisy = tmp_path / "b", tmp_path / "s", tmp_path / "n"
+    base_values = (40.0, 50.0, 60.0)
+    for seed, (b, s, n) in enumerate(zip(base_values, (35.0, 45.2, 54.8), (45.0, 40.0, 61.0))):
+        _write(base, "m", {"top1": b}, seed=seed)
+        _write(steady, "m", {"top1": s}, seed=seed)
+        _write(noisy, "m", {"top1": n}, seed=seed)
+    (row,), _ = compare(R.load_records(steady), R.load_records(base))
+    diffs = [s - b for s, b in zip((35.0, 45.2, 54.8), base_values)]
+    assert row.tolerance == pytest.approx(max(3 * statistics.stdev(diffs), 0.01 * 50.0))
+    assert row.status == "REGRESSION" and "differences on 3 shared seeds" in row.tolerance_source
+    (row,), _ = compare(R.load_records(noisy), R.load_records(base))
+    diffs = [n - b for n, b in zip((45.0, 40.0, 61.0), base_values)]
+    assert row.tolerance == pytest.approx(3 * statistics.stdev(diffs)) and row.status == "ok"
 
 
 def test_nan_and_unmatched(tmp_path, capsys):

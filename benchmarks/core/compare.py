@@ -15,8 +15,11 @@ retry), as ``status`` counts it. Records whose resolved config or task version d
 then listed.
 
 Tolerance of a metric, first found of: the tolerance file's ``task/metric`` entry, its ``metric`` entry, else the
-larger of ``SPREAD_K`` x the standard deviation over the baseline's seeds and the file's ``default`` (or the
-built-in 1% of the baseline value), so repeats can widen a tolerance but never tighten it. A metric regresses
+larger of ``SPREAD_K`` x a standard deviation over seeds and the file's ``default`` (or the built-in 1% of the
+baseline value), so repeats can widen a tolerance but never tighten it. The standard deviation is that of the
+per-seed differences (new minus baseline) when the sides share two or more seeds: each seed's pair saw the same
+data, so the spread of the data across seeds (tens of points between small twins' draws) does not widen the
+tolerance of a comparison it does not affect; otherwise that of the baseline's seeds. A metric regresses
 when it is worse than the baseline by more than its tolerance, in its own direction: the one its task declares
 (``Metric.higher_is_better``), never the direction a record carries (a record edited from "higher" to "lower"
 cannot turn a drop into an improvement); only for a task not registered here is the baseline records' used.
@@ -57,8 +60,9 @@ Tolerance file (YAML 1.2 or JSON), every key optional:
     imagenet_knn/top5: {abs: 0.3}
     depth_nyu_dpt/rmse: {rel: 2e-2}   # 2% of the baseline value
 A spec is a finite number >= 0 (absolute; any YAML 1.2 number: 0.5, 1e-3, 1E9, .5), {abs: x} or {rel: x}.
-Without an entry a metric gets the larger of 3 x the standard deviation over the baseline's seeds and the
-default (the file's, else 1% of the baseline value). Unknown keys, repeated keys, non-finite values (.inf, .nan)
+Without an entry a metric gets the larger of 3 x a standard deviation over seeds (of the per-seed differences
+when both sides share two or more seeds, else of the baseline's) and the default (the file's, else 1% of the
+baseline value). Unknown keys, repeated keys, non-finite values (.inf, .nan)
 and tasks or metrics that neither side has are errors (exit 2), so a typo cannot pass silently."""
 
 
@@ -362,7 +366,8 @@ def _seeds_text(seeds) -> str:
     return ",".join(map(str, sorted(seeds)))
 
 
-def _tolerance(tolerances: dict, task: str, metric: str, baseline: float, b_vals: list[float]) -> tuple[float, str]:
+def _tolerance(tolerances: dict, task: str, metric: str, baseline: float, b_vals: list[float],
+               paired: list[float] | None = None) -> tuple[float, str]:
     entries = tolerances.get("metrics", {})
     if f"{task}/{metric}" in entries:
         return _tolerance_value(entries[f"{task}/{metric}"], baseline), "file"
@@ -372,6 +377,13 @@ def _tolerance(tolerances: dict, task: str, metric: str, baseline: float, b_vals
         floor, source = _tolerance_value(tolerances["default"], baseline), "file default"
     else:
         floor, source = _tolerance_value(DEFAULT_TOLERANCE, baseline), "default 1%"
+    if paired is not None and len(paired) >= 2 and all(math.isfinite(v) for v in paired):
+        # seeds on both sides: each seed's difference sees the same data, so the data's own spread across seeds
+        # (10 mIoU between the smoke twins' draws) cancels; the differences' spread is the comparison's noise
+        spread = SPREAD_K * statistics.stdev(paired)
+        if spread > floor:
+            return spread, f"{SPREAD_K:g} sd of the differences on {len(paired)} shared seeds"
+        return floor, source
     if len(b_vals) >= 2 and all(math.isfinite(v) for v in b_vals):
         spread = SPREAD_K * statistics.stdev(b_vals)
         if spread > floor:
@@ -482,7 +494,8 @@ def gate(new_records: list[dict], baseline_records: list[dict], tolerances: dict
             if stated:  # an edited or outdated record: say so, and go by the task
                 result.notes.append(f"{new_label} / {task}: records state {metric} as {'/'.join(sorted(stated))} "
                                     f"is better; compared as {direction} (the task's)")  # fmt: skip
-            tol, source = _tolerance(tolerances, task, metric, baseline, list(b_by_seed.values()))
+            paired = [n_by_seed[s] - b_by_seed[s] for s in common] if len(common) >= 2 else None
+            tol, source = _tolerance(tolerances, task, metric, baseline, list(b_by_seed.values()), paired)
             result.rows.append(Comparison(
                 backbone=new_label if new_key == base_key else f"{new_label} vs {base_label}",
                 task=task, profile=new_key[2], metric=metric, direction=direction, baseline=baseline, new=value,
