@@ -155,7 +155,7 @@ def test_timm_average_pool_matches_dense_outputs_and_pooled_feature(tmp_path_fac
         dense = reference.forward_features(x)
         pooled = reference.forward_head(dense, pre_logits=True)
         features = ours.forward_features(x)
-        (patches, probe_pooled), = pooled_layers(ours, x, n=1, norm=True)
+        ((patches, probe_pooled),) = pooled_layers(ours, x, n=1, norm=True)
         last = ours.get_intermediate_layers(x, n=1, norm=True)[0]
     # timm's forward_features (norm an Identity with fc_norm): the dense outputs, prefix tokens dropped
     assert (features["x_norm_patchtokens"] - dense[:, prefix:]).abs().max().item() <= 1e-5
@@ -173,7 +173,7 @@ def test_timm_average_pool_matches_dense_outputs_and_pooled_feature(tmp_path_fac
     with torch.no_grad():
         out = ttr.forward_features(x)
         extra = ttr.extra_token_output(x)
-        (_, ttr_pooled), = pooled_layers(ttr, x, n=1, norm=True)
+        ((_, ttr_pooled),) = pooled_layers(ttr, x, n=1, norm=True)
     mean = out["x_norm_patchtokens"].mean(dim=1)
     assert out["x_norm_patchtokens"].shape == features["x_norm_patchtokens"].shape
     assert torch.allclose(out["x_norm_clstoken"], ours.fc_norm(mean) if fc_norm else mean, atol=1e-6)
