@@ -78,8 +78,10 @@ OPEN_CLIP = {"block": "transformer.resblocks.{}", "norm1": "ln_1", "qkv": "attn.
              "ls1": "ls_1.gamma", "norm2": "ln_2", "fc1": "mlp.c_fc", "fc2": "mlp.c_proj", "ls2": "ls_2.gamma"}  # fmt: skip
 
 
-def timm_forward(sd, x, *, depth, heads, eps, act, no_embed_class):
-    """(per-block tokens with prefix, pooled feature) of a timm ``VisionTransformer`` state dict."""
+def timm_forward(sd, x, *, depth, heads, eps, act, no_embed_class, pool="token"):
+    """(per-block tokens with prefix, pooled feature) of a timm ``VisionTransformer`` state dict. ``pool='avg'``:
+    the mean of the tokens after the class/register tokens, normed by ``fc_norm`` when the state has one (the
+    final ``norm`` is then absent: timm's Identity), else taken after ``norm``."""
     sd = {k: v.double() for k, v in sd.items()}
     x = x.double()
     weight = sd["patch_embed.proj.weight"]
@@ -97,6 +99,10 @@ def timm_forward(sd, x, *, depth, heads, eps, act, no_embed_class):
     if "norm_pre.weight" in sd:
         tokens = layer_norm(tokens, sd, "norm_pre", eps)
     outs = blocks(tokens, sd, TIMM, depth=depth, heads=heads, eps=eps, act=act)
+    if pool == "avg":
+        if "fc_norm.weight" in sd:
+            return outs, layer_norm(outs[-1][:, n_prefix:].mean(dim=1), sd, "fc_norm", eps)
+        return outs, layer_norm(outs[-1], sd, "norm", eps)[:, n_prefix:].mean(dim=1)
     final = layer_norm(outs[-1], sd, "norm", eps)
     if "attn_pool.latent" not in sd:
         return outs, final[:, 0]

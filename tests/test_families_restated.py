@@ -60,7 +60,12 @@ TIMM_CASES = {
     "vit_base_patch16_clip_224": ("clip", 3, "gelu", 1e-5, False, 2),  # registers with positions: folded in
     "vit_base_patch16_siglip_224": ("siglip", 0, "gelu", 1e-6, False, 0),
     "deit3_base_patch16_224": ("deit3", 1, "gelu", 1e-6, True, 0),
+    # average-pooled plain timm ViTs (global_pool='avg'): no class token and fc_norm=False (the gap defs), and a
+    # class token + 2 registers with fc_norm (timm's default for 'avg': the final norm an Identity)
+    "vit_medium_patch16_gap_240": ("vit", 0, "gelu", 1e-6, False, 0),
+    "vit_base_patch16_224": ("vit", 3, "gelu", 1e-6, False, 2),
 }
+AVG_POOLED = {"vit_medium_patch16_gap_240": False, "vit_base_patch16_224": True}  # architecture -> fc_norm
 
 
 def _timm_state(architecture: str) -> dict[str, torch.Tensor]:
@@ -69,8 +74,9 @@ def _timm_state(architecture: str) -> dict[str, torch.Tensor]:
     state = {"patch_embed.proj.weight": _rand(gen, D, 3, PATCH, PATCH, scale=0.2)}
     if family != "clip":
         state["patch_embed.proj.bias"] = _rand(gen, D)
-    if family != "siglip":
+    if prefix > registers:
         state["cls_token"] = _rand(gen, 1, 1, D, scale=1.0)
+    if family != "siglip":
         state["head.weight"], state["head.bias"] = (
             _rand(gen, 10, D),
             _rand(gen, 10),
@@ -80,8 +86,8 @@ def _timm_state(architecture: str) -> dict[str, torch.Tensor]:
     state["pos_embed"] = _rand(gen, 1, 16 + (0 if no_embed_class else prefix), D, scale=0.5)
     if family == "clip":
         _norm(state, gen, "norm_pre")
-    _blocks(state, gen, "blocks.", TIMM_NAMES, layer_scale=family == "deit3")
-    _norm(state, gen, "norm")
+    _blocks(state, gen, "blocks.", TIMM_NAMES, layer_scale=family in ("deit3", "vit"))
+    _norm(state, gen, "fc_norm" if AVG_POOLED.get(architecture) else "norm")
     if family == "siglip":
         state["attn_pool.latent"] = _rand(gen, 1, 1, D, scale=1.0)
         for name, rows, cols in (("q", D, D), ("kv", 2 * D, D), ("proj", D, D), ("mlp.fc1", HIDDEN, D),
@@ -96,7 +102,7 @@ def _timm_folder(tmp_path, architecture, state):
     folder = tmp_path / architecture
     folder.mkdir()
     save_state_dict(state, folder / "model.safetensors")
-    pool = "map" if TIMM_CASES[architecture][0] == "siglip" else "token"
+    pool = "map" if TIMM_CASES[architecture][0] == "siglip" else "avg" if architecture in AVG_POOLED else "token"
     config = {"architecture": architecture, "num_classes": 10, "num_features": D, "global_pool": pool,
               "model_args": {"depth": DEPTH, "embed_dim": D, "num_heads": HEADS, "img_size": [32, 32]},
               "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}}  # fmt: skip
@@ -121,12 +127,11 @@ def test_timm_folder_matches_the_restated_forward(tmp_path, architecture, grid):
     ours = sinder.load_backbone(str(_timm_folder(tmp_path, architecture, state)))
     d = describe(ours)
     assert (d.family, d.num_prefix_tokens, d.num_register_tokens) == (family, prefix, registers)
-    assert (d.pooling, ours.config["act_layer"], ours.config["norm_eps"]) == (
-        "attention" if family == "siglip" else "cls", act, eps)  # fmt: skip
+    pooling = "attention" if family == "siglip" else "avg" if architecture in AVG_POOLED else "cls"
+    assert (d.pooling, ours.config["act_layer"], ours.config["norm_eps"]) == (pooling, act, eps)
     x = torch.randn(2, 3, grid[0] * PATCH, grid[1] * PATCH, generator=torch.Generator().manual_seed(1))
-    outs, pooled = timm_forward(
-        state, x, depth=DEPTH, heads=HEADS, eps=eps, act=act, no_embed_class=no_embed_class
-    )
+    outs, pooled = timm_forward(state, x, depth=DEPTH, heads=HEADS, eps=eps, act=act, no_embed_class=no_embed_class,
+                                pool="avg" if architecture in AVG_POOLED else "token")  # fmt: skip
     mine = _compare(ours, outs, pooled, x, prefix)
     assert (mine.double() - pooled).abs().max().item() <= 1e-5
 
@@ -222,3 +227,41 @@ def test_checkpoint_config_reads_a_timm_folder(tmp_path):
         True,
         HEADS,
     )
+
+
+@pytest.mark.parametrize("pool", ["avgmax", "max"])
+def test_timm_pools_other_than_token_map_avg_are_refused_in_one_line(tmp_path, pool):
+    from sinder.models.formats import CheckpointError
+
+    folder = _timm_folder(tmp_path, "vit_base_patch16_224", _timm_state("vit_base_patch16_224"))
+    config = json.loads((folder / "config.json").read_text())
+    config["global_pool"] = config["model_args"]["global_pool"] = pool
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as err:
+        sinder.load_backbone(str(folder))
+    assert "\n" not in str(err.value)
+    assert f"global_pool {pool!r} is not supported; supported: 'token', 'map', 'avg'" in str(err.value)
+
+
+def test_timm_fc_norm_with_class_token_pooling_is_refused(tmp_path):
+    from sinder.models.formats import CheckpointError
+
+    folder = _timm_folder(tmp_path, "vit_base_patch16_224", _timm_state("vit_base_patch16_224"))  # has fc_norm
+    config = json.loads((folder / "config.json").read_text())
+    config["global_pool"] = config["model_args"]["global_pool"] = "token"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"global_pool 'token' with fc_norm is not supported"):
+        sinder.load_backbone(str(folder))
+
+
+def test_timm_residual_post_norm_vit_is_refused(tmp_path):
+    # vit_*_rpn_* (timm's ResPostBlock) has our key names but norms after attention/MLP: not our block
+    from sinder.models.formats import CheckpointError
+
+    state = _timm_state("vit_medium_patch16_gap_240")
+    folder = _timm_folder(tmp_path, "vit_medium_patch16_gap_240", state)
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"] = "vit_base_patch16_rpn_224"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"timm architecture 'vit_base_patch16_rpn_224' is not supported"):
+        sinder.load_backbone(str(folder))

@@ -27,6 +27,9 @@ TIMM_CASES = {
     "deit3_base_patch16_224": (1, {}),
     "vit_small_patch16_dinov3_qkvb": (5, {"global_pool": "token"}),
     "vit_huge_plus_patch16_dinov3": (5, {"global_pool": "token"}),
+    # average-pooled: fc_norm=False (final norm kept), and fc_norm by timm's default (norm an Identity)
+    "vit_medium_patch16_gap_240": (0, {}),
+    "vit_small_patch16_224": (3, {"global_pool": "avg", "reg_tokens": 2}),
 }
 
 
@@ -96,6 +99,12 @@ def test_timm_folder_written_back_loads_in_timm(tmp_path, architecture):
         mine = model.get_intermediate_layers(x, n=3, norm=False)
     for i, tokens in enumerate(mine):
         assert (tokens - blocks[i][:, prefix:]).abs().max().item() <= 1e-5, f"{architecture} block {i}"
+    if extra.get("global_pool", theirs.global_pool) == "avg":  # fc_norm carried: timm's pooled feature is ours
+        assert any(k.startswith("fc_norm.") for k in before) != ("norm.weight" in before)
+        with torch.no_grad():
+            pooled = theirs.forward_head(theirs.forward_features(x), pre_logits=True)
+            mine_pooled = model.forward_features(x)["x_norm_clstoken"]
+        assert (mine_pooled - pooled).abs().max().item() <= 1e-5, architecture
 
 
 def test_a_timm_output_is_a_folder(tmp_path):

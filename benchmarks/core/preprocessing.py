@@ -3,7 +3,8 @@
 No task or data loader writes a mean/std or a patch multiple of its own: each asks :func:`preprocessing_of`
 for the backbone's (``sinder.models.backbone.describe``: the checkpoint's ``preprocessor_config.json``, its
 release's pretrained config, or its family's defaults), and KNN, the linear probe and the depth heads take the
-family's pooled feature from :func:`pooled_layers` (the class token, or the attention pool's output for SigLIP).
+family's pooled feature from :func:`pooled_layers` (the class token, the attention pool's output for SigLIP, or
+the mean of the patch tokens for timm's average-pooled ViTs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from sinder.models.adapter import patch_multiple as patch_multiple
 POOLED_FEATURE = {
     "cls": "class token",
     "attention": "attention-pool head output (the family's pooled feature; no class token)",
+    "avg": "mean of the patch tokens (timm's global_pool='avg'; class/register tokens not in it; fc_norm after it "
+           "where the checkpoint has one)",
 }
 
 
@@ -34,7 +37,7 @@ class Preprocessing:
     std: tuple[float, ...]
     input_size: tuple[int, ...]  # (channels, height, width) of the checkpoint's own preprocessing
     patch_size: int
-    pooling: str  # 'cls' or 'attention' (sinder.models.adapter.POOLINGS)
+    pooling: str  # 'cls', 'attention' or 'avg' (sinder.models.adapter.POOLINGS)
 
     @property
     def pooled_feature(self) -> str:
@@ -90,23 +93,27 @@ def preprocessing_of(model) -> Preprocessing:
 def pooled_layers(model, images: Tensor, n: int | Iterable[int] = 1, *, reshape: bool = False,
                   norm: bool = True) -> tuple[tuple[Tensor, Tensor], ...]:  # fmt: skip
     """``(patch tokens, pooled feature)`` of the selected blocks, as ``get_intermediate_layers(...,
-    return_class_token=True)`` gives them for a class-token model. For an attention-pooled one (SigLIP) the
-    pooled feature of a block is the pool head applied to that block's tokens after the final norm (the input
-    it was trained on, as DINOv2's probes take the normed class token of earlier blocks); the patch tokens
-    follow ``norm``. SigLIP has no prefix tokens: its patch tokens are all its tokens, the pool's whole input."""
-    if preprocessing_of(model).pooling != "attention":
+    return_class_token=True)`` gives them for a class-token model. For an attention- or average-pooled one
+    (SigLIP; timm's ``global_pool='avg'``) the pooled feature of a block is the model's pool (``model.pool``:
+    the attention head, or ``mean_pool``: the mean of the patch tokens then ``fc_norm``) applied to that block's tokens after
+    the final norm (the input it was trained on, as DINOv2's probes take the normed class token of earlier
+    blocks; with ``fc_norm`` the final norm is an identity); the patch tokens follow ``norm``. SigLIP has no
+    prefix tokens: its patch tokens are all its tokens, the pool's whole input; the mean leaves out class and
+    register tokens (and test-time registers' extra token, which never leaves the blocks)."""
+    pooling = preprocessing_of(model).pooling
+    if pooling == "cls":
         return tuple(
             model.get_intermediate_layers(images, n=n, reshape=reshape, return_class_token=True, norm=norm)
         )
     outs = model.get_intermediate_layers(images, n=n, norm=False)
     result = []
-    for tokens in outs:
+    for tokens in outs:  # the patch tokens: the attention pool's whole input (SigLIP), the mean's only input
         normed = model.norm(tokens)
         patches = normed if norm else tokens
         if reshape:
             rows, cols = images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size
             patches = patches.reshape(patches.shape[0], rows, cols, -1).permute(0, 3, 1, 2).contiguous()
-        result.append((patches, model.attn_pool(normed)))
+        result.append((patches, model.mean_pool(normed) if pooling == "avg" else model.attn_pool(normed)))
     return tuple(result)
 
 

@@ -7,7 +7,8 @@ precede the patch tokens. Everything else asks :func:`num_prefix_tokens` or ``si
 ``siglip`` (transformers' ``SiglipVisionModel``, SigLIP 2 and timm's ``*_siglip_*``: no class token, tanh-GELU, an
 attention-pooling head), ``dinov3`` (transformers' ``DINOv3ViTModel``: class token + registers, LayerScale, RoPE on
 q/k instead of position embeddings, GELU MLP or SwiGLU) and ``deit3`` (timm's ``deit3_*``: class token, LayerScale,
-exact GELU, position embeddings on the patches only). timm's and OpenCLIP's CLIP towers are ``clip``.
+exact GELU, position embeddings on the patches only) and ``vit`` (timm's plain ``vit_*`` ``VisionTransformer``, e.g. the
+average-pooled ``vit_*_gap_*``). timm's and OpenCLIP's CLIP towers are ``clip``.
 
 It imports nothing from the rest of ``sinder.models``, so the ViT itself can ask it; :func:`describe`, which also
 needs the presets' pretrained configs, lives beside them in ``sinder.models.backbone``.
@@ -22,8 +23,10 @@ from typing import Any
 
 from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
 
-FAMILIES = ("dinov2", "clip", "siglip", "dinov3", "deit3")
-POOLINGS = ("cls", "attention")
+FAMILIES = ("dinov2", "clip", "siglip", "dinov3", "deit3", "vit")
+# the pooled feature: the class token, an attention-pool head's output, or the mean of the patch tokens (timm's
+# global_pool='avg': prefix tokens are not in the mean; with fc_norm the final norm follows the mean)
+POOLINGS = ("cls", "attention", "avg")
 # The mean/std a family's checkpoints were trained with, for a checkpoint that does not say its own (a
 # transformers folder without preprocessor_config.json, a file): DINOv2 the ImageNet statistics; CLIP OpenAI's
 # (transformers' OPENAI_CLIP_MEAN/STD, CLIPImageProcessor's defaults); SigLIP 0.5/0.5 (SiglipImageProcessor's).
@@ -35,6 +38,8 @@ FAMILY_MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float,
     "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "dinov3": (IMAGENET_MEAN, IMAGENET_STD),
     "deit3": (IMAGENET_MEAN, IMAGENET_STD),
+    # timm's VisionTransformer _cfg default (IMAGENET_INCEPTION_MEAN/STD); a timm folder's pretrained_cfg wins
+    "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 
@@ -46,13 +51,21 @@ class ViTDescription:
     num_prefix_tokens: int  # tokens before the patch tokens: class token (if any) + registers
     num_register_tokens: int
     patch_size: int
-    pooling: str  # the pooled feature: 'cls' (class token) or 'attention' (an attention-pool head)
+    pooling: str  # the pooled feature, one of POOLINGS: 'cls', 'attention' (an attention-pool head), 'avg'
     pretrained_cfg: Any  # sinder.models.backbone.PretrainedConfig: mean, std, input size of the checkpoint
 
 
 def prefix_count(config: Mapping[str, Any]) -> int:
     """Prefix tokens of an architecture dict (``class_token`` defaults to True, ``num_register_tokens`` to 0)."""
     return int(bool(config.get("class_token", True))) + int(config.get("num_register_tokens", 0) or 0)
+
+
+def pooling_of(config: Mapping[str, Any]) -> str:
+    """The pooling (one of :data:`POOLINGS`) of an architecture dict: ``attn_pool`` or ``avg_pool`` switched on,
+    else the class token."""
+    if config.get("attn_pool"):
+        return "attention"
+    return "avg" if config.get("avg_pool") else "cls"
 
 
 def num_prefix_tokens(model: Any) -> int:

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from sinder.models.adapter import FAMILY_MEAN_STD, ViTDescription, num_prefix_tokens
+from sinder.models.adapter import FAMILY_MEAN_STD, ViTDescription, num_prefix_tokens, pooling_of
 from sinder.models.defective import STAND_INS
 from sinder.models.vit import PRESETS
 from sinder.utils.images import IMAGENET_MEAN, IMAGENET_STD
@@ -240,6 +240,6 @@ def describe(model) -> ViTDescription:
         num_prefix_tokens=num_prefix_tokens(model),
         num_register_tokens=int(getattr(model, "num_register_tokens", 0) or 0),
         patch_size=int(model.patch_size),
-        pooling="attention" if config.get("attn_pool") else "cls",
+        pooling=pooling_of(config),
         pretrained_cfg=pretrained,
     )

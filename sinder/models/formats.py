@@ -15,7 +15,7 @@ Other families (``sinder.models.families``, one module each), detected by ``conf
 - ``hf``: transformers folders of ``CLIPVisionModel``, ``SiglipVisionModel``, ``Siglip2VisionModel``,
   ``DINOv3ViTModel``.
 - ``timm``: timm folders (or a weights file beside its ``config.json``) of ``*_clip_*``, ``*_siglip_*``,
-  ``deit3_*`` and ``*_dinov2*`` ViTs.
+  ``deit3_*``, ``*_dinov2*`` and other plain ``vit_*`` ViTs (class-token, attention or average pooling).
 - ``open_clip``: OpenCLIP's own layout, a weights file or a folder with ``open_clip_config.json``.
 
 Everything else in the package works on official keys; this module is the only place that knows the others.

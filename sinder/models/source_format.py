@@ -41,7 +41,7 @@ WRITERS: dict[tuple[str, str], tuple[Names, Inverse]] = {
     **{("hf", m): (_transformers_names, lambda s, _src: siglip2.official_to_siglip2(s))
        for m in siglip2.MODEL_TYPES},  # fmt: skip
     **{("hf", m): (dinov3.source_names, lambda s, _src: dinov3.official_to_dinov3(s)) for m in dinov3.MODEL_TYPES},
-    **{("timm", f): (_same_names, timm_vit.official_to_timm_vit) for f in ("clip", "siglip", "deit3")},
+    **{("timm", f): (_same_names, timm_vit.official_to_timm_vit) for f in ("clip", "siglip", "deit3", "vit")},
     ("timm", "dinov3"): (_same_names, lambda s, _src: timm_vit.official_to_timm_dinov3(s)),
     ("open_clip", "clip"): (_open_clip_names, lambda s, _src: open_clip.official_to_open_clip(s)),
 }

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sinder.models.adapter import FAMILIES, num_prefix_tokens
+from sinder.models.adapter import FAMILIES, num_prefix_tokens, pooling_of
 
 # Constructor arguments of the reference, with the values its hub backbones use where it has one.
 ARCH_DEFAULTS: dict[str, Any] = {
@@ -46,6 +46,8 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "patch_bias": True,  # the patch-embedding convolution has a bias (CLIP's has none)
     "class_token": True,  # a class token before the patches (SigLIP has none)
     "attn_pool": False,  # an attention-pooling head gives the pooled feature (SigLIP's ``head``)
+    "avg_pool": False,  # the mean of the patch tokens is the pooled feature (timm's ``global_pool='avg'``)
+    "fc_norm": False,  # the final norm follows that mean (timm's ``fc_norm``): ``norm`` is then an identity
     "pos_embed": True,  # learned absolute position embeddings (DINOv3 has none: RoPE instead)
     "interpolate_mode": "bicubic",  # how position embeddings resize to another grid (SigLIP 2: bilinear)
     "rope": False,  # 2-D axial rotary embedding on the patch tokens' q/k (DINOv3): see Rope2D
@@ -282,7 +284,10 @@ class DinoVisionTransformer(nn.Module):
             self.norm_pre = nn.LayerNorm(dim, eps=cfg["norm_eps"])
         self.rope = Rope2D(dim // cfg["num_heads"], cfg["rope_theta"]) if cfg["rope"] else None
         self.blocks = nn.ModuleList(Block(cfg, self.rope) for _ in range(cfg["depth"]))
-        self.norm = nn.LayerNorm(dim, eps=cfg["norm_eps"])
+        # timm's fc_norm: the tokens leave the blocks un-normed, the pooled mean is normed
+        self.norm = nn.Identity() if cfg["fc_norm"] else nn.LayerNorm(dim, eps=cfg["norm_eps"])
+        if cfg["fc_norm"]:
+            self.fc_norm = nn.LayerNorm(dim, eps=cfg["norm_eps"])
         if cfg["attn_pool"]:
             self.attn_pool = AttentionPool(cfg)
         self.head = nn.Identity()
@@ -365,13 +370,30 @@ class DinoVisionTransformer(nn.Module):
         first_patch = num_prefix_tokens(self)
         n_cls = int(self.cls_token is not None)
         return {
-            # the pooled feature: the class token, or the attention pool's output (SigLIP)
-            "x_norm_clstoken": self.attn_pool(x_norm) if self.config["attn_pool"] else x_norm[:, 0],
+            # the pooled feature: the class token, the attention pool's output (SigLIP) or the patch tokens' mean
+            "x_norm_clstoken": self.pool(x_norm),
             "x_norm_regtokens": x_norm[:, n_cls:first_patch],
             "x_norm_patchtokens": x_norm[:, first_patch:],
             "x_prenorm": x,
             "masks": masks,
         }
+
+    def pool(self, x_norm: Tensor) -> Tensor:
+        """The pooled feature of a token sequence after :attr:`norm` (prefix tokens first): the class token, the
+        attention pool's output, or (timm's ``global_pool='avg'``) the mean of the patch tokens only, class and
+        register tokens left out as timm's ``global_pool_nlc`` does, then ``fc_norm`` where the model has one."""
+        pooling = pooling_of(self.config)
+        if pooling == "attention":
+            return self.attn_pool(x_norm)
+        if pooling == "cls":
+            return x_norm[:, 0]
+        return self.mean_pool(x_norm[:, num_prefix_tokens(self) :])
+
+    def mean_pool(self, patches: Tensor) -> Tensor:
+        """timm's ``global_pool='avg'`` head on the patch tokens alone (after :attr:`norm`): their mean, then
+        ``fc_norm`` where the model has one (timm's ``forward_head``: ``pool`` then ``fc_norm``)."""
+        mean = patches.mean(dim=1)
+        return self.fc_norm(mean) if self.config["fc_norm"] else mean
 
     def _block_indices(self, n: int | Iterable[int]) -> set[int]:
         depth = len(self.blocks)
@@ -456,6 +478,10 @@ def resolve_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"act_layer {cfg['act_layer']!r} not supported; use one of {sorted(ACTIVATIONS)}")
     if cfg["interpolate_mode"] not in ("bicubic", "bilinear"):
         raise ValueError(f"interpolate_mode {cfg['interpolate_mode']!r} not supported; use 'bicubic' or 'bilinear'")
+    if cfg["fc_norm"] and not cfg["avg_pool"]:
+        raise ValueError("fc_norm: the final norm after the pool needs avg_pool (timm's global_pool='avg')")
+    if cfg["avg_pool"] and cfg["attn_pool"]:
+        raise ValueError("avg_pool and attn_pool: a model has one pooled feature; switch one of them off")
     if cfg["family"] not in FAMILIES:
         raise ValueError(f"family {cfg['family']!r} not supported; use one of {list(FAMILIES)}")
     return cfg

@@ -1,6 +1,8 @@
 """timm's ``VisionTransformer`` checkpoints (a folder or a weights file beside ``config.json`` as timm's
 ``save_pretrained`` / ``push_to_hub`` write them: ``architecture``, ``model_args``, ``pretrained_cfg``, and
-``model.safetensors``) of the CLIP (``*_clip_*``), SigLIP (``*_siglip_*``) and DeiT-III (``deit3_*``) families.
+``model.safetensors``) of the CLIP (``*_clip_*``), SigLIP (``*_siglip_*``) and DeiT-III (``deit3_*``) families,
+and timm's plain ``vit_*`` ViTs (family ``vit``: ``vit_*_gap_*`` and the other ``VisionTransformer`` defs with
+pre-norm blocks).
 
 timm's keys are already ours for the most part (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``norm_pre``,
 ``blocks.N.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,mlp.fc1,mlp.fc2,ls2.gamma}``, ``norm``). The architecture is
@@ -15,6 +17,16 @@ say from the architecture name as timm's defs set it (timm 1.0 ``vision_transfor
   projections, proj, norm, MLP), exact GELU (timm's default), eps 1e-6.
 - ``deit3_*``: class token, LayerScale, exact GELU, eps 1e-6, ``no_embed_class=True``: position embeddings on the
   patches only, the class token gets none (we give it a zero position).
+- ``vit_*`` (no family word): timm's ``VisionTransformer`` defaults, exact GELU, eps 1e-6. ``vit_*_rpn_*``
+  (``ResPostBlock``: norms after attention/MLP, same key names) is refused.
+
+Pooling (``global_pool`` in ``model_args``, else at the top of ``config.json``): ``'token'`` (class token),
+``'map'`` (attention pool) or ``'avg'``: timm's ``global_pool_nlc`` takes the mean of the tokens after the
+``num_prefix_tokens`` class/register tokens, and ``forward_head`` applies ``fc_norm`` to it. timm's ``fc_norm``
+(``None`` by default: on for ``global_pool`` in ``('avg', 'avgmax', 'max')``) replaces the final ``norm`` (then an
+Identity, so ``forward_features`` returns the un-normed last block); ``vit_*_gap_*`` defs pass ``fc_norm=False``
+and keep ``norm`` (timm 1.0.31 ``vision_transformer.py``: ``VisionTransformer.__init__``, ``pool``,
+``forward_head``). Whether ``fc_norm`` is there is read off the tensors (``fc_norm.weight``).
 
 Position embeddings resize as timm's ``resample_abs_pos_embed`` does (``dynamic_img_size``): bicubic with
 antialiasing to the exact grid. Positions of class/register tokens, when timm has them, are constants folded into
@@ -42,7 +54,7 @@ from sinder.models.families.transformers_encoder import mlp_ratio
 FAMILY_WORDS = (("siglip", "siglip"), ("clip", "clip"), ("deit3", "deit3"))
 # timm's heads per width for the sizes its defs use (tiny .. gigantic, so400m): 64-wide heads up to base, 16 above.
 HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16, 1664: 16}
-POOLS = ("token", "map")
+POOLS = ("token", "map", "avg")  # timm's global_pool values we represent ('avgmax', 'max', 'prr', '' are not)
 # Heads per width in timm's DINOv3 defs (eva.py: small/small_plus, base, large, huge_plus, 7b).
 DINOV3_HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1280: 20, 4096: 32}
 
@@ -57,34 +69,45 @@ def is_timm_config(config: Mapping[str, Any]) -> bool:
 
 
 def timm_family(architecture: str) -> str | None:
-    """``clip``/``siglip``/``deit3``/``dinov2``/``dinov3`` from a timm architecture name; None for others."""
+    """``clip``/``siglip``/``deit3``/``dinov2``/``dinov3`` from a timm architecture name, ``vit`` for another
+    ``vit_*`` (timm's plain ``VisionTransformer``); None for others."""
     name = architecture.split(".")[0]
     if "dinov3" in name:
         return "dinov3"
     if "dinov2" in name:
         return "dinov2"
-    return next((family for word, family in FAMILY_WORDS if word in name.split("_")), None)
+    family = next((family for word, family in FAMILY_WORDS if word in name.split("_")), None)
+    if family is None and name.startswith("vit_") and "rpn" not in name.split("_"):
+        return "vit"
+    return family
 
 
 def _unsupported(architecture: str, source: str) -> TimmError:
     return TimmError(f"{source}: timm architecture {architecture!r} is not supported; supported: vit_*_clip_* "
                      "(incl. *_clip_quickgelu_*), vit_*_siglip_* (attention pool), deit3_*, vit_*_dinov2*, "
-                     "vit_*_dinov3*")
+                     "vit_*_dinov3*, other vit_* VisionTransformers (e.g. vit_*_gap_*; not vit_*_rpn_*)")
 
 
 def config_from_timm(timm_config: Mapping[str, Any], state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
-    """Our architecture dict for a timm ``VisionTransformer`` of the CLIP, SigLIP or DeiT-III family."""
+    """Our architecture dict for a timm ``VisionTransformer`` of the CLIP, SigLIP, DeiT-III or plain ViT family."""
     architecture = str(timm_config.get("architecture", ""))
     family = timm_family(architecture)
-    if family not in ("clip", "siglip", "deit3"):
+    if family not in ("clip", "siglip", "deit3", "vit"):
         raise _unsupported(architecture, source)
     args = dict(timm_config.get("model_args") or {})
     pool = args.get("global_pool", timm_config.get("global_pool", "map" if family == "siglip" else "token"))
-    if pool not in POOLS or "fc_norm.weight" in state:
-        raise TimmError(f"{source}: global_pool {pool!r} is not supported; supported: {', '.join(map(repr, POOLS))} "
-                        "(class token, attention pool)")
+    fc_norm = "fc_norm.weight" in state
+    if pool not in POOLS or (fc_norm and pool != "avg"):
+        raise TimmError(f"{source}: global_pool {pool!r}{' with fc_norm' if fc_norm and pool in POOLS else ''} is "
+                        f"not supported; supported: {', '.join(map(repr, POOLS))} (class token, attention pool, "
+                        "mean of the patch tokens with or without fc_norm)")
     if "blocks.0.attn.q_norm.weight" in state:
         raise TimmError(f"{source}: qk_norm blocks are not supported (timm {architecture!r})")
+    missing = [k for k in ("norm.weight" if not fc_norm else "fc_norm.weight", "blocks.0.norm1.bias",
+                           "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight") if k not in state]  # fmt: skip
+    if missing:  # a final_norm=False model, RmsNorm, parallel or SwiGLU blocks: not our block anatomy
+        raise TimmError(f"{source}: timm {architecture!r} has no {', '.join(missing)}: only pre-norm LayerNorm "
+                        "blocks with a fused qkv and a fc1/fc2 MLP, and a final norm (or fc_norm), are supported")
     patch = state["patch_embed.proj.weight"]
     dim, depth = int(patch.shape[0]), 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     heads = _heads(args, dim, HEADS_BY_WIDTH, source)
@@ -114,6 +137,8 @@ def config_from_timm(timm_config: Mapping[str, Any], state: Mapping[str, Tensor]
         "patch_bias": "patch_embed.proj.bias" in state,
         "class_token": "cls_token" in state,
         "attn_pool": "attn_pool.latent" in state,
+        "avg_pool": pool == "avg",
+        "fc_norm": fc_norm,
         # resample_abs_pos_embed: bicubic, antialias=True, to the exact grid
         "interpolate_antialias": True,
         "interpolate_offset": 0.0,
@@ -141,8 +166,9 @@ def _grid_side(state: Mapping[str, Tensor], source: str) -> int:
 
 
 def timm_vit_to_official(state: Mapping[str, Tensor], source: str = "timm checkpoint") -> dict[str, Tensor]:
-    """A timm CLIP/SigLIP/DeiT-III ``VisionTransformer`` state dict in our ViT's keys."""
-    drop = ("head.", "fc_norm.")  # the classifier / CLIP projection and an identity fc_norm: not the backbone
+    """A timm CLIP/SigLIP/DeiT-III/plain ``VisionTransformer`` state dict in our ViT's keys (``fc_norm``, the
+    average pool's norm, keeps its name)."""
+    drop = ("head.",)  # the classifier / CLIP projection: not the backbone
     out = {k: v for k, v in state.items() if not k.startswith(drop) and not k.startswith("attn_pool.")}
     lead, _ = _patch_positions(state, source)
     pos = out.pop("pos_embed")
