@@ -9,6 +9,7 @@ columns come from the census records: tokens added at inference and seconds to m
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,31 @@ def _base_of(backbone: BackboneIdentity, candidates: list[BackboneIdentity]) -> 
     return None
 
 
+def paired_effect(agg, backbone, base, profile, col, row_key: str | None = None,
+                  base_row: str | None = None) -> tuple[float, float]:
+    """(mean, standard deviation) over seeds of ``backbone`` minus ``base`` in one column of an aggregate
+    (``benchmarks.core.report.aggregate``), paired by seed: each seed's difference on the same seed's data, over
+    the seeds both ran. The spread is NaN for fewer than two common seeds; without common seeds the mean is the
+    difference of the two means."""
+
+    def field_of(b, key, field, empty):
+        entry = agg.get((b, col["task"], profile))
+        metric = col["metric"].replace("{row}", str(key)) if key is not None else col["metric"]
+        return (entry.get(field) or {}).get(metric, empty) if entry else empty
+
+    mine, theirs = field_of(backbone, row_key, "per_seed", {}), field_of(base, base_row, "per_seed", {})
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        return field_of(backbone, row_key, "metrics", math.nan) - field_of(base, base_row, "metrics", math.nan), math.nan
+    diffs = [mine[s] - theirs[s] for s in common]
+    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else math.nan)
+
+
 def remedies_frame(agg: dict):
     """Long format: one line per (backbone, column) with value, its base's value and the difference (paired by
     seed, with its spread)."""
     import pandas as pd
 
-    from .report import paired_effect  # report imports this module at its top
 
     tasks = {c["task"] for c in COLUMNS + COSTS}
     directions = {c["key"]: higher_is_better(c) for c in COLUMNS + COSTS}

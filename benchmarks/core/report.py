@@ -292,24 +292,6 @@ def _value(agg, backbone, profile, col, row_key: str | None = None, field: str =
     return (entry.get(field) or {}).get(metric, math.nan) if entry else math.nan
 
 
-def paired_effect(agg, backbone, base, profile, col, row_key: str | None = None,
-                  base_row: str | None = None) -> tuple[float, float]:
-    """(mean, standard deviation) over seeds of ``backbone`` minus ``base`` in one column, paired by seed: each
-    seed's difference on the same seed's data, over the seeds both ran. The spread is NaN for fewer than two
-    common seeds; without common seeds the mean is the difference of the two means."""
-    def per_seed(b, key):
-        entry = agg.get((b, col["task"], profile))
-        metric = col["metric"].replace("{row}", str(key)) if key is not None else col["metric"]
-        return (entry.get("per_seed") or {}).get(metric, {}) if entry else {}
-
-    mine, theirs = per_seed(backbone, row_key), per_seed(base, base_row)
-    common = sorted(set(mine) & set(theirs))
-    if not common:
-        return _value(agg, backbone, profile, col, row_key) - _value(agg, base, profile, col, base_row), math.nan
-    diffs = [mine[s] - theirs[s] for s in common]
-    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else math.nan)
-
-
 def table_frame(table: dict, agg: dict[Key, dict[str, Any]]):
     """Long-format pandas DataFrame: one line per (paper row, source, column) with paper, ours and delta."""
     import pandas as pd
@@ -397,7 +379,7 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
                 if row is base:
                     continue
                 add(f"{_row_run(entry, row)[0]} - base", f"ours: {_label_of(agg, backbone, profile)}", profile,
-                    lambda col, b=backbone, p=profile, k=row["key"]: paired_effect(agg, b, b, p, col, k, BASE_ROW))
+                    lambda col, b=backbone, p=profile, k=row["key"]: R.paired_effect(agg, b, b, p, col, k, BASE_ROW))
         return pd.DataFrame(lines)
     sinder, dinov2 = _paper_row(table, "sinder"), _paper_row(table, "dinov2")
     if sinder and dinov2:
@@ -414,7 +396,7 @@ def effects_frame(table: dict, agg: dict[Key, dict[str, Any]]):
         base = bases[0]
         name = f"{_label_of(agg, backbone, profile)} - {_label_of(agg, base, profile)}"
         add(name, f"ours ({role.remedy or 'remedy'})", profile,
-            lambda col, b=backbone, a=base, p=profile: paired_effect(agg, b, a, p, col))
+            lambda col, b=backbone, a=base, p=profile: R.paired_effect(agg, b, a, p, col))
     return pd.DataFrame(lines)
 
 
