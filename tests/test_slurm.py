@@ -1,4 +1,5 @@
-"""``--launcher slurm`` on a real SLURM cluster (issue 24): records equal an in-process run's, a cancelled job
+"""``--launcher slurm`` on a real SLURM cluster (issue 24): records equal an in-process run's (also over ``--seeds``,
+one job per seed), a cancelled job
 shows as cancelled in ``status`` and ``--resume --wait`` completes it with the uninterrupted metrics, and a
 refused submission is one line, exit 2.
 
@@ -154,6 +155,31 @@ def test_slurm_jobs_write_the_records_of_an_in_process_run(cluster, tmp_path):
     assert {e["job_id"]: cluster.final_state(e["job_id"]) for e in manifest} == {
         e["job_id"]: "COMPLETED" for e in manifest}  # fmt: skip
     assert {r["state"] for r in _status(cluster, tmp_path / "slurm").values()} == {"done"}
+
+
+def test_seeds_submit_one_job_per_seed_and_record_what_in_process_seeds_record(cluster, tmp_path):
+    """``run --seeds 0,1 --launcher slurm --wait``: a job per (backbone, task, seed), each recording what the
+    in-process ``--seeds 0,1`` records, and ``status`` keeps the seeds apart (a row each, all done)."""
+    common = ["run", "--suite", "imagenet_knn", "--profile", "smoke", "--seeds", "0,1", "--no-progress"]
+    ref = cluster.bench(*common, "--out", str(tmp_path / "inproc"), "--cache-dir", str(tmp_path / "c1"))
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-2000:]
+    got = cluster.bench(*common, "--out", str(tmp_path / "slurm"), "--cache-dir", str(tmp_path / "c2"),
+                        "--launcher", "slurm", "--partition", cluster.partition, "--wait")  # fmt: skip
+    assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-2000:]
+
+    def by_seed(folder):
+        return {(r["backbone"]["label"], r["task"], r["seed"]): r for r in load_records(folder)}
+
+    ours, theirs = by_seed(tmp_path / "slurm"), by_seed(tmp_path / "inproc")
+    assert {key[2] for key in theirs} == {0, 1}
+    _same_records(ours, theirs)
+    manifest = L.read_manifest(tmp_path / "slurm")
+    assert sorted(e.get("seed", 0) for e in manifest) == sorted(key[2] for key in theirs)
+    assert {cluster.final_state(e["job_id"]) for e in manifest} == {"COMPLETED"}
+    done = cluster.bench("status", "--out", str(tmp_path / "slurm"), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) == len(theirs) and {r["state"] for r in rows} == {"done"}
 
 
 # ---------------------------------------------------------------------------- 2-3. scancel, status, --resume
