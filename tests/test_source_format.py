@@ -124,6 +124,18 @@ def _only_edited_weights_changed(before: dict, written: dict):
     assert changed and all(k.endswith("weight") and ("proj" in k or "fc" in k) for k in changed), changed
 
 
+def _clamped_round_trip(reference, source, out):
+    """Save ``reference`` as a transformers folder at ``source``, load it, clamp it and write it back to ``out`` in
+    the source format; checks that only the edited weights changed. (our model, edited state, written tensors)"""
+    reference.save_pretrained(source)
+    model = sinder.load_backbone(str(source))
+    edited = _clamped(model)
+    assert _write_source(model, out) == "hf"
+    before, written = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    _only_edited_weights_changed(before, written)
+    return model, edited, written
+
+
 @pytest.mark.parametrize("gated", [False, True])
 def test_dinov3_written_back_loads_in_transformers(tmp_path, gated):
     torch.manual_seed(0)
@@ -132,14 +144,8 @@ def test_dinov3_written_back_loads_in_transformers(tmp_path, gated):
                                           use_gated_mlp=gated, hidden_act="silu" if gated else "gelu")  # fmt: skip
     reference = transformers.DINOv3ViTModel(config).eval()
     _inflate(reference)
-    source = tmp_path / "dinov3"
-    reference.save_pretrained(source)
-    model = sinder.load_backbone(str(source))
-    edited = _clamped(model)
     out = tmp_path / "repaired"
-    assert _write_source(model, out) == "hf"
-    before, written = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    _only_edited_weights_changed(before, written)
+    model, edited, written = _clamped_round_trip(reference, tmp_path / "dinov3", out)
     assert not any("k_proj.bias" in k for k in keys_of(out / "model.safetensors"))  # the source has none
 
     theirs = transformers.DINOv3ViTModel.from_pretrained(out).eval()
@@ -160,14 +166,8 @@ def test_siglip2_written_back_loads_in_transformers(tmp_path):
                                               intermediate_size=128, num_patches=16, patch_size=patch)
     reference = transformers.Siglip2VisionModel(config).eval()
     _inflate(reference)
-    source = tmp_path / "siglip2"
-    reference.save_pretrained(source)
-    model = sinder.load_backbone(str(source))
-    _clamped(model)
     out = tmp_path / "repaired"
-    _write_source(model, out)
-    before, written = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    _only_edited_weights_changed(before, written)
+    model, _, _ = _clamped_round_trip(reference, tmp_path / "siglip2", out)
 
     theirs = transformers.Siglip2VisionModel.from_pretrained(out).eval()
     x = torch.randn(2, 3, 24, 40, generator=torch.Generator().manual_seed(3))
